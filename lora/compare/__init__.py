@@ -1,0 +1,1 @@
+"""Compare LoRA backends: correctness against the torch reference, timing, and a report."""

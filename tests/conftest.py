@@ -1,0 +1,28 @@
+"""Shared test setup.
+
+* No CUDA device: Triton kernels run on its CPU interpreter (TRITON_INTERPRET=1), set before any
+  test imports triton.
+* Random inputs are fresh each run: the base seed comes from LORA_TEST_SEED or the clock and is
+  printed in the header, so a failure can be replayed with LORA_TEST_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+try:
+    import torch
+
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # the torch-free JAX venv
+    HAS_CUDA = False
+
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+BASE_SEED = int(os.environ.get("LORA_TEST_SEED", time.time_ns() % 1_000_000))
+
+
+def pytest_report_header(config):
+    return f"LoRA random inputs: LORA_TEST_SEED={BASE_SEED} (set it to replay); CUDA: {HAS_CUDA}"
