@@ -6,7 +6,9 @@
 #            their CPU interpret mode and their Mosaic lowering is traced (jax 0.11 needs Python 3.12).
 
 PYTHON    ?= python3
-PY312     ?= $(shell command -v python3.12 2>/dev/null || echo $(HOME)/.pyenv/versions/3.12.1/bin/python3.12)
+# The first python3.12 that runs (a pyenv shim can exist and still refuse to run).
+PY312     ?= $(shell for p in python3.12 $(HOME)/.pyenv/versions/3.12*/bin/python3.12; do \
+               $$p -c '' 2>/dev/null && { command -v $$p; break; }; done)
 VENV      := .venv
 JAX_VENV  := .venv-jax
 TORCH_SPEC ?= torch==2.13.0
@@ -37,6 +39,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(JAX_VENV)/.installed: pyproject.toml
+	@test -n "$(PY312)" || { echo 'Python 3.12 not found (jax 0.11 needs it): make PY312=/path/to/python3.12'; exit 1; }
 	test -x $(JAX_VENV)/bin/python || $(PY312) -m venv $(JAX_VENV)
 	$(JAX_VENV)/bin/pip install $(PIP_FLAGS) $(JAX_SPEC) 'numpy>=1.26' 'pytest>=8' 'pytest-timeout>=2.3'
 	touch $@
