@@ -1,0 +1,129 @@
+"""LLM provider backends behind one interface.
+
+The core (backend interface, program state, sampling parameters, chat templates, choice methods,
+errors, retry policy) is imported eagerly and needs nothing outside the standard library. Backends
+that need an HTTP client or a provider SDK are imported on first use, so ``import providers`` works
+without them::
+
+    from providers import ProgramState, RuntimeEndpoint
+
+    backend = RuntimeEndpoint("http://127.0.0.1:30000")
+    s = ProgramState(backend)
+    s.user("Hello")
+    with s.assistant():
+        s.gen("reply", max_new_tokens=32)
+
+A missing optional dependency raises ``ImportError`` naming ``pip install 'kernelstack[providers]'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import BaseBackend, StateView, make_meta_info, normalize_finish_reason
+from .chat_template import (
+    ChatTemplate,
+    ChatTemplateStyle,
+    chat_template_names,
+    get_chat_template,
+    get_chat_template_by_model_path,
+    register_chat_template,
+    register_chat_template_matching_function,
+)
+from .choices import (
+    ChoicesDecision,
+    ChoicesSamplingMethod,
+    greedy_token_selection,
+    token_length_normalized,
+    unconditional_likelihood_normalized,
+)
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    LaunchError,
+    ProviderError,
+    RateLimitError,
+    Secret,
+    ServerError,
+    StreamInterruptedError,
+    UnsupportedOperationError,
+    UnsupportedParameterError,
+)
+from .retry import RetryPolicy
+from .sampling import SamplingParams, UnsupportedParameterWarning
+from .state import ProgramState
+
+# name -> module that defines it; imported on first attribute access.
+_LAZY = {
+    "RuntimeEndpoint": "providers.runtime_endpoint",
+    "Runtime": "providers.runtime",
+    "OpenAI": "providers.openai",
+    "TokenUsage": "providers.openai",
+    "Anthropic": "providers.anthropic",
+    "LiteLLM": "providers.litellm",
+    "VertexAI": "providers.vertexai",
+}
+
+__all__ = [
+    "BaseBackend",
+    "StateView",
+    "ProgramState",
+    "SamplingParams",
+    "UnsupportedParameterWarning",
+    "ChatTemplate",
+    "ChatTemplateStyle",
+    "register_chat_template",
+    "register_chat_template_matching_function",
+    "get_chat_template",
+    "get_chat_template_by_model_path",
+    "chat_template_names",
+    "ChoicesDecision",
+    "ChoicesSamplingMethod",
+    "token_length_normalized",
+    "greedy_token_selection",
+    "unconditional_likelihood_normalized",
+    "ProviderError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "APIStatusError",
+    "BadRequestError",
+    "AuthenticationError",
+    "RateLimitError",
+    "ServerError",
+    "StreamInterruptedError",
+    "UnsupportedParameterError",
+    "UnsupportedOperationError",
+    "LaunchError",
+    "Secret",
+    "RetryPolicy",
+    "make_meta_info",
+    "normalize_finish_reason",
+]  # the lazy names stay out of __all__: `from providers import *` must not import every SDK
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'providers' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        missing = err.name or ""
+        if missing == module_name or missing.startswith("providers"):
+            raise  # our own module is missing or broken: not an optional dependency
+        raise ImportError(
+            f"providers.{name} needs the optional dependency {missing!r}; "
+            f"install it with: pip install 'kernelstack[providers]'",
+            name=missing,
+        ) from err
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,284 @@
+"""Sampling parameters, validated once, and one mapping function per provider.
+
+:class:`SamplingParams` is what a frontend passes to ``backend.generate``. It is validated on
+construction (a bad value raises ``ValueError``/``TypeError`` naming the field, before any network
+call), and immutable -- use :meth:`SamplingParams.replace` for a changed copy.
+
+Defaults mean "the provider's default": a field counts as *set* when its value differs from its
+default (``top_k=-1`` is "unset" and is never sent as -1). The exception is ``max_new_tokens``,
+which every mapping always sends because several APIs require a limit.
+
+The rule for parameters a provider cannot honour (:func:`check_supported`):
+
+* **Output constraints** change what the caller gets back -- ``n``, ``stop``, ``stop_token_ids``,
+  ``min_new_tokens``, ``ignore_eos``, ``regex``, ``json_schema``, ``dtype`` and the logprob fields.
+  Setting one the provider cannot honour raises :class:`~providers.errors.UnsupportedParameterError`.
+* **Sampling knobs** only reshape the distribution -- ``temperature``, ``top_p``, ``top_k``,
+  ``min_p``, ``frequency_penalty``, ``presence_penalty``. Setting one the provider cannot honour emits
+  an :class:`UnsupportedParameterWarning` and the request goes ahead without it.
+
+Adding a provider: write ``to_<provider>(params) -> dict`` at the end of this module. Call
+``check_supported(params, "<provider>", {...fields you map...})`` first, then translate the set
+fields (see :func:`to_sglang`). ``dtype`` has a portable meaning -- :data:`DTYPE_REGEX` -- that a
+provider may implement by other means (e.g. logit bias) or list as unsupported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UnsupportedParameterError
+
+__all__ = [
+    "SamplingParams",
+    "UnsupportedParameterWarning",
+    "OUTPUT_CONSTRAINTS",
+    "SAMPLING_KNOBS",
+    "DTYPE_REGEX",
+    "check_supported",
+    "to_sglang",
+]
+
+
+class UnsupportedParameterWarning(UserWarning):
+    """A sampling knob was set that the provider ignores (see the module docstring)."""
+
+
+#: Regular expressions the server-side constraint uses for ``dtype``.
+DTYPE_REGEX: dict[str, str] = {
+    "int": r"[-+]?[0-9]+",
+    "float": r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?",
+    "bool": r"(?:True|False)",
+    "str": r'"(?:[^"\\\n]|\\.)*"',
+}
+_DTYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str"}
+
+OUTPUT_CONSTRAINTS = frozenset(
+    {
+        "n",
+        "stop",
+        "stop_token_ids",
+        "min_new_tokens",
+        "ignore_eos",
+        "regex",
+        "json_schema",
+        "dtype",
+        "return_logprob",
+        "logprob_start_len",
+        "top_logprobs_num",
+        "return_text_in_logprobs",
+    }
+)
+SAMPLING_KNOBS = frozenset(
+    {"temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty"}
+)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling parameters of one generation call.
+
+    ``stop`` accepts a string or a sequence of strings and is stored as a tuple. ``dtype`` accepts
+    ``int``/``float``/``bool``/``str`` or their names and is stored as the name; it constrains the
+    output to that literal syntax (:data:`DTYPE_REGEX`) and cannot be combined with ``regex`` or
+    ``json_schema``. ``json_schema`` accepts a dict or a JSON string and is stored as a JSON string.
+    """
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    ignore_eos: bool = False
+    return_logprob: bool = False
+    logprob_start_len: int | None = None
+    top_logprobs_num: int = 0
+    return_text_in_logprobs: bool = False
+    json_schema: str | None = None
+    regex: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        _int("max_new_tokens", self.max_new_tokens, minimum=0)
+        _int("min_new_tokens", self.min_new_tokens, minimum=0)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})"
+            )
+        _int("n", self.n, minimum=1)
+        set_(self, "stop", _str_tuple("stop", self.stop))
+        set_(self, "stop_token_ids", _int_tuple("stop_token_ids", self.stop_token_ids))
+        _float("temperature", self.temperature, 0.0, None)
+        _float("top_p", self.top_p, 0.0, 1.0)
+        if self.top_p == 0.0:
+            raise ValueError("top_p must be in (0, 1], got 0")
+        _int("top_k", self.top_k, minimum=-1)
+        if self.top_k == 0:
+            raise ValueError("top_k must be -1 (unset) or >= 1, got 0")
+        _float("min_p", self.min_p, 0.0, 1.0)
+        _float("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _float("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        for name in ("ignore_eos", "return_logprob", "return_text_in_logprobs"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.logprob_start_len is not None:
+            _int("logprob_start_len", self.logprob_start_len, minimum=-1)
+        _int("top_logprobs_num", self.top_logprobs_num, minimum=0)
+        if self.json_schema is not None:
+            set_(self, "json_schema", _schema_json(self.json_schema))
+        if self.regex is not None and (not isinstance(self.regex, str) or not self.regex):
+            raise TypeError(f"regex must be a non-empty str, got {self.regex!r}")
+        if self.dtype is not None:
+            set_(self, "dtype", _dtype_name(self.dtype))
+        constraints = [k for k in ("regex", "json_schema", "dtype") if getattr(self, k) is not None]
+        if len(constraints) > 1:
+            raise ValueError(f"set at most one of regex, json_schema, dtype; got {', '.join(constraints)}")
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def set_fields(self) -> dict[str, Any]:
+        """The fields whose value differs from the default (what the user asked for)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        }
+
+    @property
+    def regex_constraint(self) -> str | None:
+        """The effective regex: ``regex``, or the one ``dtype`` stands for."""
+        if self.dtype is not None:
+            return DTYPE_REGEX[self.dtype]
+        return self.regex
+
+
+def check_supported(params: SamplingParams, provider: str, supported: Collection[str]) -> dict[str, Any]:
+    """Apply the unsupported-parameter rule; returns the set fields that ``provider`` supports.
+
+    Raises :class:`UnsupportedParameterError` (naming every offending field) if an output constraint
+    outside ``supported`` is set; warns once per call for set sampling knobs outside ``supported``.
+    """
+    set_fields = params.set_fields()
+    unsupported = [name for name in set_fields if name not in supported and name != "max_new_tokens"]
+    hard = [name for name in unsupported if name not in SAMPLING_KNOBS]
+    if hard:
+        raise UnsupportedParameterError(
+            f"{provider} cannot honour sampling parameter(s) {', '.join(hard)} "
+            f"(set to {', '.join(repr(set_fields[n]) for n in hard)})",
+            provider=provider,
+        )
+    soft = [name for name in unsupported if name in SAMPLING_KNOBS]
+    if soft:
+        warnings.warn(
+            f"{provider} ignores sampling parameter(s) {', '.join(soft)}",
+            UnsupportedParameterWarning,
+            stacklevel=3,
+        )
+    return {name: value for name, value in set_fields.items() if name in supported}
+
+
+def to_sglang(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(sampling_params, top_level)`` for SGLang's ``POST /generate``.
+
+    SGLang honours every field. ``dtype`` becomes ``regex`` (:data:`DTYPE_REGEX`); the logprob
+    fields go to the top level of the request body. Only set fields are sent (plus
+    ``max_new_tokens``), so the server's defaults apply to the rest.
+    """
+    chosen = params.set_fields()
+    sampling: dict[str, Any] = {"max_new_tokens": params.max_new_tokens}
+    top: dict[str, Any] = {}
+    for name, value in chosen.items():
+        if name in ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs"):
+            top[name] = value
+        elif name == "dtype":
+            sampling["regex"] = DTYPE_REGEX[value]
+        elif name in ("stop", "stop_token_ids"):
+            sampling[name] = list(value)
+        else:
+            sampling[name] = value
+    return sampling, top
+
+
+# ----------------------------------------------------------------------------------- validation
+
+
+def _int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _float(name: str, value: Any, low: float, high: float | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+
+
+def _str_tuple(name: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a str or a sequence of str, got {value!r}") from None
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} entries must be str, got {item!r}")
+        if not item:
+            raise ValueError(f"{name} entries must be non-empty")
+    return items
+
+
+def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of int, got {value!r}") from None
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise TypeError(f"{name} entries must be ints >= 0, got {item!r}")
+    return items
+
+
+def _schema_json(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return json.dumps(value, sort_keys=False)
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"json_schema is not valid JSON: {err}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("json_schema must be a JSON object")
+        return value
+    raise TypeError(f"json_schema must be a dict or a JSON string, got {type(value).__name__}")
+
+
+def _dtype_name(value: Any) -> str:
+    if isinstance(value, type) and value in _DTYPE_NAMES:
+        return _DTYPE_NAMES[value]
+    if isinstance(value, str) and value in DTYPE_REGEX:
+        return value
+    raise ValueError(f"dtype must be one of int, float, bool, str (or their names), got {value!r}")
