@@ -1,4 +1,4 @@
-"""``python -m lora list | compare``."""
+"""``python -m lora list`` (backends, cases, ops) and ``python -m lora compare [options]``."""
 
 from lora.compare.cli import main
 
