@@ -282,3 +282,202 @@ def _dtype_name(value: Any) -> str:
     if isinstance(value, str) and value in DTYPE_REGEX:
         return value
     raise ValueError(f"dtype must be one of int, float, bool, str (or their names), got {value!r}")
+
+
+# ------------------------------------------------------------------ API providers (OpenAI & co.)
+#
+# The four SDK-backed backends (providers/openai.py, anthropic.py, litellm.py, vertexai.py) map
+# parameters here. Shared rules:
+#
+# * ``max_new_tokens`` is always sent (under the provider's name for it).
+# * ``json_schema`` becomes the provider's native structured output (see each function).
+# * ``dtype`` is not mapped here: each backend implements it (structured output with a one-field
+#   wrapper object, or logit bias for OpenAI completion models) and formats the value as
+#   :data:`DTYPE_REGEX` describes (``42``, ``3.5``, ``True``, ``"text"``).
+# * ``return_logprob`` / ``top_logprobs_num`` ask for output-token logprobs where the API has them;
+#   ``return_text_in_logprobs`` is accepted (API logprobs always carry the token text).
+#   ``logprob_start_len`` (prompt logprobs) is offered by none of them and raises.
+# * ``stop_token_ids``, ``min_new_tokens``, ``ignore_eos`` and ``regex`` are offered by none of
+#   them and raise :class:`UnsupportedParameterError` (the output-constraint rule above).
+
+#: Name of the wrapper property ``dtype`` constraints use with structured output.
+DTYPE_VALUE_KEY = "value"
+_DTYPE_JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
+
+
+def dtype_json_schema(dtype: str) -> dict[str, Any]:
+    """The one-field object schema a ``dtype`` constraint asks structured output for."""
+    return {
+        "type": "object",
+        "properties": {DTYPE_VALUE_KEY: {"type": _DTYPE_JSON_TYPES[dtype]}},
+        "required": [DTYPE_VALUE_KEY],
+        "additionalProperties": False,
+    }
+
+
+def format_dtype_value(dtype: str, value: Any) -> str:
+    """``value`` (decoded from structured output) written in :data:`DTYPE_REGEX` syntax."""
+    if dtype == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"expected a boolean, got {value!r}")
+        return "True" if value else "False"
+    if dtype == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ValueError(f"expected an integer, got {value!r}")
+        return str(value)
+    if dtype == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _is_strict_compatible(schema: Any) -> bool:
+    """Whether OpenAI's strict mode accepts ``schema`` as is: every object closes its properties
+    (``additionalProperties: false``) and requires all of them."""
+    if isinstance(schema, list):
+        return all(_is_strict_compatible(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False or set(schema.get("required") or []) != set(props):
+            return False
+    return all(_is_strict_compatible(v) for k, v in schema.items() if k not in ("enum", "const", "default"))
+
+
+def openai_response_format(json_schema: str) -> dict[str, Any]:
+    """``response_format`` for a ``json_schema``.
+
+    A schema given in OpenAI's own wrapper form (``{"name": ..., "schema": {...}, "strict": ...}``)
+    is sent as is. A bare schema is named ``"output"`` and sent with ``strict: true`` when strict mode
+    accepts it (every object has ``additionalProperties: false`` and requires all its properties),
+    else ``strict: false`` (the model is guided by the schema but not constrained to it).
+    """
+    schema = json.loads(json_schema)
+    if isinstance(schema.get("schema"), dict) and isinstance(schema.get("name"), str):
+        return {"type": "json_schema", "json_schema": schema}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": _is_strict_compatible(schema)},
+    }
+
+
+_OPENAI_COMMON = {"n", "stop", "temperature", "top_p", "frequency_penalty", "presence_penalty",
+                  "return_logprob", "top_logprobs_num", "return_text_in_logprobs", "dtype"}
+
+
+def to_openai_kwargs(params: SamplingParams, *, chat: bool = True, reasoning: bool = False,
+                     provider: str = "openai") -> dict[str, Any]:
+    """Keyword arguments for ``client.chat.completions.create`` (``chat``) or ``completions.create``.
+
+    The limit goes as ``max_completion_tokens`` for reasoning models and ``max_tokens`` otherwise,
+    never both. ``json_schema`` -> ``response_format`` (chat only; :func:`openai_response_format`).
+    ``top_k`` and ``min_p`` do not exist in the OpenAI API: they warn and are not sent. Logprobs: chat
+    gets ``logprobs=True`` (+ ``top_logprobs``), completions ``logprobs=<top_logprobs_num>``.
+    """
+    supported = set(_OPENAI_COMMON)
+    if chat:
+        supported.add("json_schema")
+    chosen = check_supported(params, provider, supported)
+    limit_key = "max_completion_tokens" if reasoning else "max_tokens"
+    kwargs: dict[str, Any] = {limit_key: params.max_new_tokens}
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "n"):
+        if name in chosen:
+            kwargs[name] = chosen[name]
+    if "stop" in chosen:
+        kwargs["stop"] = list(chosen["stop"])
+    if "json_schema" in chosen:
+        kwargs["response_format"] = openai_response_format(chosen["json_schema"])
+    if params.return_logprob or params.top_logprobs_num:
+        if chat:
+            kwargs["logprobs"] = True
+            if params.top_logprobs_num:
+                kwargs["top_logprobs"] = params.top_logprobs_num
+        else:
+            kwargs["logprobs"] = params.top_logprobs_num
+    return kwargs
+
+
+def to_litellm_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """Keyword arguments for ``litellm.completion`` (OpenAI-style names; litellm translates them).
+
+    ``top_k`` is passed through (litellm forwards it to providers that have it and raises its own
+    error for those that do not -- nothing is dropped silently); ``min_p`` warns and is not sent.
+    ``json_schema`` -> ``response_format`` as for OpenAI (litellm maps it to each provider's
+    structured output).
+    """
+    supported = set(_OPENAI_COMMON) | {"json_schema", "top_k"}
+    chosen = check_supported(params, "litellm", supported)
+    kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens}
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "n", "top_k"):
+        if name in chosen:
+            kwargs[name] = chosen[name]
+    if "stop" in chosen:
+        kwargs["stop"] = list(chosen["stop"])
+    if "json_schema" in chosen:
+        kwargs["response_format"] = openai_response_format(chosen["json_schema"])
+    if params.return_logprob or params.top_logprobs_num:
+        kwargs["logprobs"] = True
+        if params.top_logprobs_num:
+            kwargs["top_logprobs"] = params.top_logprobs_num
+    return kwargs
+
+
+def to_anthropic_kwargs(params: SamplingParams) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``(kwargs for messages.create, client_side_stops)``.
+
+    ``max_tokens`` is always sent (the API requires it); ``top_k`` only when set. The Messages API
+    has no ``n``, no frequency/presence penalties, no ``min_p`` and no logprobs: ``n``/logprobs raise,
+    the knobs warn. Stop sequences the API rejects -- whitespace-only ones such as ``"\\n"`` -- are not
+    sent but returned as ``client_side_stops``: the backend cuts the output at their first occurrence
+    (finish_reason ``"stop"``), which is what a server-side stop would have returned. ``json_schema``
+    is handled by the backend (a forced tool call, see ``providers/anthropic.py``).
+    """
+    supported = {"stop", "temperature", "top_p", "top_k", "json_schema", "dtype"}
+    chosen = check_supported(params, "anthropic", supported)
+    kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens}
+    for name in ("temperature", "top_p", "top_k"):
+        if name in chosen:
+            kwargs[name] = chosen[name]
+    client_stops: tuple[str, ...] = ()
+    if "stop" in chosen:
+        server = [s for s in chosen["stop"] if s.strip()]
+        client_stops = tuple(s for s in chosen["stop"] if not s.strip())
+        if server:
+            kwargs["stop_sequences"] = server
+    return kwargs, client_stops
+
+
+def to_vertexai_config(params: SamplingParams) -> dict[str, Any]:
+    """Fields of google-genai's ``GenerateContentConfig``.
+
+    ``max_output_tokens`` always; ``candidate_count`` for ``n``; ``stop_sequences``; the sampling
+    knobs Gemini has (temperature, top_p, top_k, presence/frequency penalties; ``min_p`` warns);
+    ``json_schema`` -> ``response_mime_type="application/json"`` + ``response_json_schema`` (the
+    schema as given, JSON Schema dialect); logprobs -> ``response_logprobs`` (+ ``logprobs``).
+    """
+    supported = {"n", "stop", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
+                 "json_schema", "dtype", "return_logprob", "top_logprobs_num", "return_text_in_logprobs"}
+    chosen = check_supported(params, "vertexai", supported)
+    config: dict[str, Any] = {"max_output_tokens": params.max_new_tokens}
+    for name in ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty"):
+        if name in chosen:
+            config[name] = chosen[name]
+    if "n" in chosen:
+        config["candidate_count"] = chosen["n"]
+    if "stop" in chosen:
+        config["stop_sequences"] = list(chosen["stop"])
+    if "json_schema" in chosen:
+        config["response_mime_type"] = "application/json"
+        config["response_json_schema"] = json.loads(chosen["json_schema"])
+    if params.return_logprob or params.top_logprobs_num:
+        config["response_logprobs"] = True
+        if params.top_logprobs_num:
+            config["logprobs"] = params.top_logprobs_num
+    return config
