@@ -132,10 +132,21 @@ def retry_after_of(exc: BaseException) -> float | None:
         return None
 
 
+# Error types that arrive inside a 200 stream (Anthropic's ``event: error``), as the status they stand for.
+_STREAM_ERROR_TYPES = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                       "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
+                       "api_error": 500, "overloaded_error": 529}
+
+
 def _status_of(exc: BaseException) -> int | None:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        kind = body["error"].get("type")
+        if kind in _STREAM_ERROR_TYPES and getattr(exc, "status_code", 200) in (200, None):
+            return _STREAM_ERROR_TYPES[kind]
     for attr in ("status_code", "code", "status"):
         value = getattr(exc, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value < 600:
+        if isinstance(value, int) and not isinstance(value, bool) and 400 <= value < 600:
             return value
     response = getattr(exc, "response", None)
     value = getattr(response, "status_code", None)
