@@ -61,6 +61,7 @@ __all__ = [
     "parse_shape_spec",
     "prefill",
     "select_cases",
+    "target_us",
 ]
 
 
@@ -351,6 +352,19 @@ def min_bytes(op: ResolvedOp, comp: Composition, itemsize: int, fused_add: bool 
         itemsize=itemsize,
         fused_add=fused_add,
     )
+
+
+def target_us(op: ResolvedOp, decode: bool, nbytes: int, copy_gbps: float) -> float:
+    """The speed target of issue 3 for one call, in microseconds.
+
+    Prefill / mixed: the minimum bytes at 85% of the measured copy bandwidth. Decode (replayed from a
+    CUDA graph): 6 us + the minimum bytes at 75% for a single-kernel op (a shrink, an expand), 8 us +
+    the same for a fused shrink+expand op (qkv, gate_up).
+    """
+    bytes_per_us = copy_gbps * 1e3  # GB/s -> bytes/us
+    if decode:
+        return (8.0 if op.kind == "fused" else 6.0) + nbytes / (0.75 * bytes_per_us)
+    return nbytes / (0.85 * bytes_per_us)
 
 
 # ---- cases ---------------------------------------------------------------------------------------

@@ -189,12 +189,11 @@ def _is_host_syncing(cls) -> bool:
 
 
 def _replay_command(case, args, backend: str, dtype: str, op: str, is_shape: str | None) -> str:
-    parts = [_PROG, "compare"]
-    parts += ["--shape", is_shape] if is_shape else ["--case", case.name]
+    parts = ["--shape", is_shape] if is_shape else ["--case", case.name]
     parts += ["--ops", op, "--dtype", dtype, "--backends", backend, "--seed", str(args.seed)]
     if args.device:
         parts += ["--device", args.device]
-    return " ".join(shlex.quote(p) for p in parts)
+    return f"{_PROG} compare " + " ".join(shlex.quote(p) for p in parts)
 
 
 def _run_one(backend_name, cls, batch_info, op, comp, case, dtype, device, check_set, ref, timing_sets,
@@ -204,6 +203,7 @@ def _run_one(backend_name, cls, batch_info, op, comp, case, dtype, device, check
 
     from . import inputs as I
     from .report import Result
+    from .cases import target_us
     from .timing import time_calls, time_cuda_graph
 
     res = Result(case.name, op.name, dtype, backend_name, "error", seed, tolerance=I.TOLERANCE[dtype], min_bytes=mbytes)
@@ -214,9 +214,11 @@ def _run_one(backend_name, cls, batch_info, op, comp, case, dtype, device, check
     try:
         backend = cls(backend_name, batch_info)
         t = {k: v.clone() for k, v in check_set.items()}
+        t0 = time.perf_counter()
         out = I.call_op(backend, op, t)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        first_us = (time.perf_counter() - t0) * 1e6
         c = I.check(out, ref, dtype, expect_dtype=I.DTYPES[dtype], base=t.get("base"))
         res.rel_error, res.detail = c.rel_error, c.detail
         res.status = "pass" if c.ok else "fail"
@@ -231,7 +233,7 @@ def _run_one(backend_name, cls, batch_info, op, comp, case, dtype, device, check
 
     try:
         fns = [lambda s=s: I.call_op(backend, op, s) for s in timing_sets]
-        eager = time_calls(fns, device, budget)
+        eager = time_calls(fns, device, budget, first_us=first_us)
         res.timings[eager.method] = eager.to_dict()
         headline = eager
         if device.type == "cuda" and case.decode:
@@ -251,6 +253,9 @@ def _run_one(backend_name, cls, batch_info, op, comp, case, dtype, device, check
         if mbytes and res.time_us:
             res.gbps = mbytes / (res.time_us * 1e-6) / 1e9
             res.fraction_of_copy = res.gbps / copy_gbps if copy_gbps else None
+            if device.type == "cuda" and copy_gbps:
+                res.target_us = target_us(op, case.decode, mbytes, copy_gbps)
+                res.meets_target = res.time_us <= res.target_us
     except Exception as exc:
         tb = traceback.extract_tb(exc.__traceback__)[-1]
         res.timings["error"] = f"{type(exc).__name__}: {exc} (at {os.path.basename(tb.filename)}:{tb.lineno})"
@@ -345,9 +350,8 @@ def _compare_on(args, device, out) -> int:
                     check_set = I.make_inputs(op, comp, tdtype, device, seed)
                     ref = I.oracle(op, comp, check_set)
                     n_sets = rotation_sets(I.set_bytes(check_set), device)
-                    timing_sets = [check_set] + [
-                        I.make_inputs(op, comp, tdtype, device, seed + 1 + i) for i in range(n_sets - 1)
-                    ]
+                    # separate sets: timed calls add into their base_output, which must not reach a later check
+                    timing_sets = [I.make_inputs(op, comp, tdtype, device, seed + 1 + i) for i in range(n_sets)]
                     mbytes = min_bytes(op, comp, torch.finfo(tdtype).bits // 8)
                     group = []
                     for name in backends:

@@ -37,6 +37,8 @@ class Result:
     gbps: float | None = None  # min_bytes / time_us
     fraction_of_copy: float | None = None  # gbps / the run's copy bandwidth
     speedup_vs_torch: float | None = None
+    target_us: float | None = None  # issue 3's speed target for this call (CUDA only)
+    meets_target: bool | None = None
     timings: dict = field(default_factory=dict)  # every measurement: method -> figures
 
     @property
@@ -127,10 +129,11 @@ def _row(r: Result) -> list[str]:
         _rate(r.gbps),
         _rate(None if r.fraction_of_copy is None else 100 * r.fraction_of_copy),
         _fmt(r.speedup_vs_torch, ".1f"),
+        "-" if r.target_us is None else f"{r.target_us:,.1f} {'met' if r.meets_target else 'missed'}",
     ]
 
 
-_HEADERS = ["op", "backend", "dtype", "check", "rel err", "time us", "timed by", "min bytes", "GB/s", "% copy", "x torch"]
+_HEADERS = ["op", "backend", "dtype", "check", "rel err", "time us", "timed by", "min bytes", "GB/s", "% copy", "x torch", "target us"]
 
 
 def print_tables(meta: dict, cases: list[dict], results: list[Result], file=None) -> None:
@@ -144,13 +147,19 @@ def print_tables(meta: dict, cases: list[dict], results: list[Result], file=None
     by_case: dict[str, list[Result]] = {}
     for r in results:
         by_case.setdefault(r.case, []).append(r)
-    console = Console(file=file, width=max(120, 0)) if Console else None
+    console = None
+    if Console:
+        console = Console(file=file)
+        if not console.is_terminal:
+            console.width = 150  # a log file or pipe: wide enough that no column wraps
+    with_target = any(r.target_us is not None for r in results)
+    headers = _HEADERS if with_target else _HEADERS[:-1]
     for case in cases:
         rows = by_case.get(case["name"], [])
         title = f"{case['name']}: {case['composition_summary']}"
         if console:
             table = Table(title=title, title_justify="left", caption=case["description"], caption_justify="left")
-            for h in _HEADERS:
+            for h in headers:
                 table.add_column(h, justify="left" if h in ("op", "backend", "dtype", "check", "timed by") else "right")
             last_op = None
             for r in rows:
@@ -158,13 +167,13 @@ def print_tables(meta: dict, cases: list[dict], results: list[Result], file=None
                     table.add_section()
                 last_op = r.op
                 style = "bold red" if r.failed else ("dim" if r.status in ("skipped", "unsupported") else None)
-                table.add_row(*_row(r), style=style)
+                table.add_row(*_row(r)[: len(headers)], style=style)
             console.print(table)
         else:
             print(title, file=file)
-            print("  " + " | ".join(_HEADERS), file=file)
+            print("  " + " | ".join(headers), file=file)
             for r in rows:
-                print("  " + " | ".join(_row(r)), file=file)
+                print("  " + " | ".join(_row(r)[: len(headers)]), file=file)
     bw = meta["copy_bandwidth"]
     lines = [
         f"device: {meta['device']['name']} ({meta['device']['type']}); copy bandwidth {bw['gbps']:,.0f} GB/s "
@@ -177,6 +186,11 @@ def print_tables(meta: dict, cases: list[dict], results: list[Result], file=None
         f"{s['passed']} passed, {s['failed']} wrong, {s['errors']} errors, {s['skipped']} skipped"
         f" ({s['checked']} checked against the float64 oracle)"
     )
+    if with_target:
+        timed = [r for r in results if r.meets_target is not None and r.backend != "torch"]
+        if timed:
+            lines.append(f"speed targets (issue 3) met by {sum(r.meets_target for r in timed)} of {len(timed)} "
+                         "non-reference results")
     for line in lines:
         (console.print(line, highlight=False, markup=False) if console else print(line, file=file))
 
@@ -205,56 +219,66 @@ def write_json(path: str, meta: dict, cases: list[dict], results: list[Result]) 
 
 
 def write_plot(path: str, meta: dict, cases: list[dict], results: list[Result]) -> None:
-    """Bars of each backend's fraction of copy bandwidth per op, one panel per case."""
+    """Bars of each backend's fraction of copy bandwidth per op, one panel per case (two columns)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [c["name"] for c in cases]
-    series = sorted({(r.backend, r.dtype) for r in results})
+    names = [c["name"] for c in cases] or ["(none)"]
+    series = sorted({(r.backend, r.dtype) for r in results}, key=lambda s: (s[0] != "torch", s))
     ops = list(dict.fromkeys(r.op for r in results))
-    panels = max(1, len(names))
-    fig, axes = plt.subplots(panels, 1, figsize=(max(8, 1.3 * len(ops) * max(1, len(series)) / 2 + 4), 2.6 * panels + 0.8),
-                             squeeze=False)
+    ncols = 2 if len(names) >= 4 else 1
+    nrows = math.ceil(len(names) / ncols)
+    panel_w = max(6.0, 0.45 * len(ops) * max(1, len(series)) + 2)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_w * ncols, 2.7 * nrows + 1.2), squeeze=False,
+                             layout="constrained")
+    flat = list(axes.flat)
     width = 0.8 / max(1, len(series))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    many_dtypes = len({d for _, d in series}) > 1
     top = 0.0 if meta.get("correctness_only") else 1.0
-    for ax, case in zip(axes[:, 0], names):
+    index = {(r.case, r.op, r.backend, r.dtype): r for r in results}
+    for ax, case in zip(flat, names):
         for si, (backend, dtype) in enumerate(series):
             xs, ys, fails = [], [], []
             for oi, op in enumerate(ops):
-                hit = [r for r in results if (r.case, r.op, r.backend, r.dtype) == (case, op, backend, dtype)]
-                if not hit or hit[0].fraction_of_copy is None:
+                r = index.get((case, op, backend, dtype))
+                if r is None or r.fraction_of_copy is None:
                     continue
                 xs.append(oi + (si - (len(series) - 1) / 2) * width)
-                ys.append(hit[0].fraction_of_copy)
-                fails.append(hit[0].failed)
-                top = max(top, hit[0].fraction_of_copy)
-            label = f"{backend} {dtype}" if len({d for _, d in series}) > 1 else backend
-            bars = ax.bar(xs, ys, width, label=label, color=colors[si % len(colors)])
-            for bar, failed in zip(bars, fails):
+                ys.append(r.fraction_of_copy)
+                fails.append(r.failed)
+                top = max(top, r.fraction_of_copy)
+            bars = ax.bar(xs, ys, width, label=f"{backend} {dtype}" if many_dtypes else backend,
+                          color=colors[si % len(colors)])
+            for bar, y, failed in zip(bars, ys, fails):
                 if failed:
                     bar.set_hatch("xx")
                     bar.set_edgecolor("red")
+                if len(series) <= 4:
+                    ax.annotate(f"{100 * y:.0f}" if y >= 0.01 else f"{100 * y:.1g}", (bar.get_x() + bar.get_width() / 2, y),
+                                ha="center", va="bottom", fontsize=6)
         if not meta.get("correctness_only"):
             ax.axhline(0.85, color="grey", ls="--", lw=0.8)
             ax.axhline(0.75, color="grey", ls=":", lw=0.8)
         ax.set_title(case, fontsize=9, loc="left")
         ax.set_xticks(range(len(ops)))
-        ax.set_xticklabels(ops, fontsize=8)
+        ax.set_xticklabels(ops, fontsize=7)
         ax.set_ylabel("of copy BW", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    for ax in axes[:, 0]:
-        ax.set_ylim(0, (top or 1.0) * 1.05)
-    axes[0, 0].legend(fontsize=8, ncol=max(1, len(series)), loc="upper right")
+    for ax in flat[len(names):]:
+        ax.set_visible(False)
+    for ax in flat:
+        ax.set_ylim(0, (top or 1.0) * 1.1)
+    flat[0].legend(fontsize=7, ncol=max(1, len(series)), loc="upper left")
     bw = meta["copy_bandwidth"]["gbps"]
-    title = f"minimum bytes / time, as a fraction of copy bandwidth ({bw:,.0f} GB/s) -- {meta['device']['name']}"
+    title = (f"minimum bytes / time as a fraction of copy bandwidth ({bw:,.0f} GB/s), "
+             f"{meta['device']['name']}, {', '.join(meta.get('dtypes', []))}")
     if meta.get("correctness_only"):
         title += "\nCPU correctness run: times do not describe GPU speed"
     else:
-        title += "\ndashed: 85% (prefill/mixed target), dotted: 75%; hatched red: wrong result"
+        title += "\ndashed: 85% (prefill/mixed target); dotted: 75%; labels in %; hatched red: wrong result"
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -42,7 +42,7 @@ class Budget:
         if device.type == "cuda":
             return cls(10.0, 25.0, 10, 500) if quick else cls(25.0, 100.0, 20, 2000)
         # CPU: a correctness run; just enough calls for a stable wall-clock median.
-        return cls(0.0, 20.0, 1, 3) if quick else cls(0.0, 150.0, 3, 20)
+        return cls(0.0, 20.0, 1, 3) if quick else cls(0.0, 150.0, 1, 20)
 
 
 @dataclass
@@ -58,6 +58,10 @@ class Measurement:
     def to_dict(self) -> dict:
         return {"method": self.method, "median_us": self.median_us, "p20_us": self.p20_us, "p80_us": self.p80_us,
                 "reps": self.reps, "sets": self.sets, **self.extra}
+
+
+#: A CPU call at least this slow (microseconds) is timed once: it is an interpreter, not a kernel.
+_SLOW_CPU_CALL_US = 100_000.0
 
 
 def _summary(method: str, samples_us: Sequence[float], sets: int) -> Measurement:
@@ -87,8 +91,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(fns: Sequence[Callable[[], object]], device: torch.device, budget: Budget) -> Measurement:
-    """Median time of one call, rotating over ``fns`` (one per input set), after a warm-up."""
+def time_calls(
+    fns: Sequence[Callable[[], object]], device: torch.device, budget: Budget, first_us: float | None = None
+) -> Measurement:
+    """Median time of one call, rotating over ``fns`` (one per input set), after a warm-up.
+
+    On the CPU, ``first_us`` (the wall time of a call just made) is the first sample; more calls are
+    made only while they fit in the budget.
+    """
     n = len(fns)
     if device.type == "cuda":
         for f in fns:  # at least one call per set: compiles, autotunes, touches every buffer once
@@ -114,13 +124,21 @@ def time_calls(fns: Sequence[Callable[[], object]], device: torch.device, budget
         torch.cuda.synchronize(device)
         return _summary("cuda-events", [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)], n)
 
-    # CPU (or any synchronous device): the wall clock around each call
-    t0 = time.perf_counter()
-    fns[0]()  # warm-up (the interpreter's first call also pays for tracing)
-    est_s = max(time.perf_counter() - t0, 1e-6)
-    reps = int(min(budget.max_reps, max(budget.min_reps, budget.rep_ms / 1e3 / est_s)))
-    samples = []
-    for i in range(reps):
+    # CPU (or any synchronous device): the wall clock around each call. ``first_us`` is the call just
+    # checked: a slow one (Triton's interpreter, 0.1-2 s) is the only sample, so a correctness run stays
+    # short; a fast one counts as the warm-up and fresh calls are timed within the budget.
+    if first_us is None:
+        t0 = time.perf_counter()
+        fns[0]()
+        _sync(device)
+        first_us = (time.perf_counter() - t0) * 1e6
+    if first_us >= _SLOW_CPU_CALL_US:
+        samples = [first_us]
+        reps = int(min(budget.max_reps, budget.rep_ms * 1e3 / first_us))
+    else:
+        samples = []
+        reps = int(min(budget.max_reps, max(budget.min_reps, 2, budget.rep_ms * 1e3 / max(first_us, 1.0))))
+    for i in range(len(samples), reps):
         t0 = time.perf_counter()
         fns[i % n]()
         _sync(device)
