@@ -114,3 +114,55 @@ def test_make_meta_info_shape():
     assert "finish_reason_raw" not in make_meta_info(
         model=None, prompt_tokens=None, completion_tokens=None, finish_reason="stop", latency=0.0
     )
+
+
+# ----------------------------------------------------------------------------- BaseBackend
+
+
+class _Named(providers.BaseBackend):
+    provider = "acme"
+
+
+@pytest.mark.parametrize(
+    "operation, args",
+    [
+        ("get_model_name", ()),
+        ("get_server_info", ()),
+        ("generate", (None, providers.SamplingParams())),
+        ("generate_stream", (None, providers.SamplingParams())),
+        ("select", (None, ["a"], 0.0, providers.token_length_normalized)),
+        ("concatenate_and_append", (["a"], "b")),
+    ],
+)
+def test_base_operations_raise_naming_backend_and_operation(operation, args):
+    with pytest.raises(NotImplementedError, match=f"_Named does not support {operation}") as info:
+        getattr(_Named(), operation)(*args)
+    assert isinstance(info.value, providers.UnsupportedOperationError) and info.value.provider == "acme"
+
+
+@pytest.mark.parametrize(
+    "hook, args",
+    [
+        ("cache_prefix", ("p",)),
+        ("uncache_prefix", ("rid",)),
+        ("end_request", ("rid",)),
+        ("begin_program", (None,)),
+        ("end_program", (None,)),
+        ("commit_lazy_operations", (None,)),
+        ("fork_program", (None, [])),
+        ("fill_image", (None,)),
+        ("flush_cache", ()),
+        ("shutdown", ()),
+    ],
+)
+def test_base_hooks_are_noops(hook, args):
+    assert getattr(_Named(), hook)(*args) is None
+
+
+def test_base_defaults():
+    b = _Named()
+    assert b.get_chat_template().name == "default"
+    assert repr(b) == "_Named(model='?')"
+    with b as same:
+        assert same is b
+    assert isinstance(providers.ProgramState(b), providers.StateView)
