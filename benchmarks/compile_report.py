@@ -1,0 +1,95 @@
+"""Compile the Triton kernels for sm_90 without a GPU and report resources (registers, spills,
+shared memory) and whether the main loop was software-pipelined (cp.async) and uses wgmma.
+
+    python benchmarks/compile_report.py            # the default plans of the Llama-3-8B cases
+
+Arguments get the specialisation a real launch gives them (16-byte aligned pointers, strides
+divisible by 16), so the code matches what runs on the device as long as the Triton versions agree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lora.triton import tiling  # noqa: E402
+from lora.triton.expand import _expand_kernel  # noqa: E402
+from lora.triton.shrink import _shrink_kernel  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+DIV16 = {"x_ptr", "w_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "seg_lens", "seg_indptr", "weight_indices",
+         "lora_ranks", "scalings", "offsets_ptr", "K", "stride_xm", "stride_wl", "stride_wn", "stride_om"}
+
+
+def compile_kernel(fn, types: dict, consts: dict, num_warps: int, num_stages: int, div16=DIV16):
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+            continue
+        sig[name] = types.get(name, "i32")
+        if name in div16:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return triton.compile(ASTSource(fn, sig, consts, attrs), target=TARGET,
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def resources(k) -> dict:
+    ptx = k.asm["ptx"]
+    out = {"smem": k.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"), "cp_async": ptx.count("cp.async.cg") + ptx.count("cp.async.ca")}
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "k.cubin")
+        with open(p, "wb") as f:
+            f.write(k.asm["cubin"])
+        txt = subprocess.run([cuobjdump, "--dump-resource-usage", p], capture_output=True, text=True).stdout
+        for key, pat in (("regs", r"REG:(\d+)"), ("stack", r"STACK:(\d+)"), ("local", r"LOCAL:(\d+)")):
+            m = re.search(pat, txt)
+            out[key] = int(m.group(1)) if m else None
+    return out
+
+
+def shrink_report(dtype: str, stack: int, n_out: int, plan: tiling.ShrinkPlan, num_lora=8, bs=8):
+    t = "*" + {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[dtype]
+    types = dict(x_ptr=t, w_ptr=t, out_ptr=t, ws_ptr="*fp32", cnt_ptr="*i32", seg_lens="*i32",
+                 seg_indptr="*i32", weight_indices="*i32", lora_ranks="*i32")
+    consts = dict(STACK=stack, N_OUT=n_out, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, N_SUB=plan.n_sub,
+                  BLOCK_K=plan.block_k, SPLIT_K=plan.split_k, L_BLOCK=tiling.group_block(num_lora + 1),
+                  SEG_BLOCK=tiling.seg_block(bs, plan.block_m), PRECISION="tf32x3" if dtype == "fp32" else "ieee")
+    return resources(compile_kernel(_shrink_kernel, types, consts, plan.num_warps, plan.num_stages))
+
+
+def expand_report(dtype: str, max_r: int, plan: tiling.ExpandPlan, num_lora=8, bs=8):
+    t = "*" + dtype
+    types = dict(x_ptr=t, w_ptr=t, out_ptr=t, offsets_ptr="*i32", seg_lens="*i32", seg_indptr="*i32",
+                 weight_indices="*i32", lora_ranks="*i32", scalings="*fp32")
+    consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_R=tiling.rank_block(max_r), N_ITERS=plan.n_iters,
+                  L_BLOCK=tiling.group_block(num_lora), SEG_BLOCK=tiling.seg_block(bs, plan.block_m),
+                  PRECISION="tf32x3" if dtype == "fp32" else "ieee", ALIGN=16)
+    return resources(compile_kernel(_expand_kernel, types, consts, plan.num_warps, plan.num_stages))
+
+
+def main():
+    print(f"triton {triton.__version__}, target sm_90")
+    for s, bs in ((8192, 8), (256, 256), (64, 64)):
+        for r in (16, 64):
+            for stack, k in ((1, 4096), (2, 4096), (3, 4096), (1, 14336)):
+                n_out = stack * r
+                plan = tiling.heuristic_shrink(s, k, n_out, 8, 132)
+                res = shrink_report("bf16", stack, n_out, plan, bs=bs)
+                print(f"shrink s={s} K={k} N={n_out}: {plan} -> {res}")
+            plan = tiling.heuristic_expand(s, r, 4096, 8)
+            print(f"expand s={s} r={r}: {plan} -> {expand_report('bf16', r, plan, bs=bs)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""Triton kernels of the multi-LoRA contract, registered as the "triton" backend.
+
+* :mod:`.shrink`  -- kernel + launcher: x @ A.T per adapter group, stacked widths, split-K.
+* :mod:`.expand`  -- kernel + launcher: base += scaling * x @ B.T over 1..3 output slices.
+* :mod:`.grouping` -- device-side mapping of a program to (adapter group, chunk of rows).
+* :mod:`.tiling`  -- launch plans from shapes: tuned table per device name, else a heuristic.
+* :mod:`.backend` -- ``TritonLoRABackend``; build it through ``lora.get_backend_from_name("triton")``.
+
+Importing this package imports nothing; the modules import triton.
+"""

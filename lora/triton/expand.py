@@ -1,0 +1,165 @@
+"""Expand (LoRA B) with fused scaling and in-place add, over 1, 2 or 3 output slices in one launch.
+
+For slice ``j`` of ``stack = len(output_offset) - 1`` and a segment with slot ``w`` of rank ``r``::
+
+    out[:, off[j]:off[j+1]] += scaling[w] * x[:, j*r:(j+1)*r] @ B[w, off[j]:off[j+1], :r].T
+
+Grid: (chunk slots, slices, column blocks of the widest slice). A program loads its chunk's x
+columns of slice ``j`` once (``BLOCK_M x BLOCK_R``, only the real rank read) and then walks
+``N_ITERS`` column blocks of ``BLOCK_N``: B tile, ``base_output`` tile, one dot, scale, add, store.
+The slice bounds come from ``output_offset`` on the device (GQA: q != kv), so the same launch serves
+plain expand (one slice), gate-up (two) and QKV (three). Only rows of groups with rank > 0 are
+touched; every other row of ``base_output`` is left as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import tiling
+from .grouping import chunk_rows, find_chunk
+
+#: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
+ALIGN = 16
+
+
+@triton.jit
+def _expand_kernel(
+    x_ptr,
+    w_ptr,
+    out_ptr,
+    offsets_ptr,
+    seg_lens,
+    seg_indptr,
+    weight_indices,
+    lora_ranks,
+    scalings,
+    num_tokens,
+    num_lora,
+    bs,
+    stride_xm,
+    stride_wl,
+    stride_wn,
+    stride_om,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    N_ITERS: tl.constexpr,
+    L_BLOCK: tl.constexpr,
+    SEG_BLOCK: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_j = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    group, chunk, n_rows, rank, total = find_chunk(
+        pid_m, seg_lens, seg_indptr, weight_indices, lora_ranks, num_tokens, num_lora, bs,
+        BLOCK_M, L_BLOCK, SEG_BLOCK, False,
+    )
+    if pid_m >= total:
+        return
+    lo = tl.load(offsets_ptr + pid_j).to(tl.int64)
+    hi = tl.load(offsets_ptr + pid_j + 1).to(tl.int64)
+    # Column blocks start on a multiple of ALIGN so base_output is read and written in 16-byte
+    # vectors (the slice offsets are device values the compiler cannot see); the columns of the
+    # first block that belong to the previous slice are masked off.
+    n_start = (lo // ALIGN) * ALIGN + pid_n * (BLOCK_N * N_ITERS)
+    n_start = tl.multiple_of(n_start, ALIGN)
+    if n_start >= hi:
+        return
+    rows, row_ok = chunk_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK)
+    scale = tl.load(scalings + group)
+    w_slot = w_ptr + group.to(tl.int64) * stride_wl
+    out_rows = out_ptr + rows * stride_om
+    # Vector loads and stores need bounds the compiler knows to be aligned; offsets and ranks are
+    # device values, so branch once on their alignment (uniform per program). In the aligned branch
+    # the bounds are rebuilt as (v // a) * a: equal to v there, and visibly a multiple of a to the
+    # compiler (tl.multiple_of would tag the value itself, the other branch's too).
+    if (lo % ALIGN == 0) & (hi % ALIGN == 0) & (rank % 8 == 0):
+        rank_a = (rank // 8) * 8
+        _expand_columns(
+            x_ptr, w_slot, out_rows, rows, row_ok, (lo // ALIGN) * ALIGN, (hi // ALIGN) * ALIGN, n_start,
+            pid_j * rank_a, rank_a, scale, stride_xm, stride_wn,
+            BLOCK_N, BLOCK_R, N_ITERS, PRECISION,
+        )
+    else:
+        _expand_columns(
+            x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, pid_j * rank, rank, scale, stride_xm, stride_wn,
+            BLOCK_N, BLOCK_R, N_ITERS, PRECISION,
+        )
+
+
+@triton.jit
+def _expand_columns(
+    x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, x_col, rank, scale, stride_xm, stride_wn,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """``out[rows, lo:hi] += scale * x[rows, x_col:x_col+rank] @ w_slot[lo:hi, :rank].T`` for the
+    ``N_ITERS`` column blocks from ``n_start``."""
+    kr = tl.arange(0, BLOCK_R)
+    km = kr < rank
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
+    offs_n = tl.arange(0, BLOCK_N)
+    for it in range(N_ITERS):
+        n = n_start + it * BLOCK_N + offs_n
+        nm = (n >= lo) & (n < hi)
+        w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0)
+        o_ptrs = out_rows[:, None] + n[None, :]
+        om = row_ok[:, None] & nm[None, :]
+        base = tl.load(o_ptrs, mask=om, other=0.0)
+        acc = tl.dot(x, w, input_precision=PRECISION)
+        tl.store(o_ptrs, (acc * scale + base.to(tl.float32)).to(out_rows.dtype.element_ty), mask=om)
+
+
+def expand_grid(num_tokens: int, num_lora: int, stack: int, max_slice_width: int, plan: tiling.ExpandPlan):
+    """Launch grid: chunk slots (an upper bound from shapes), slices, column blocks of the widest slice."""
+    return (
+        triton.cdiv(num_tokens, plan.block_m) + num_lora,
+        stack,
+        triton.cdiv(max_slice_width + ALIGN - 1, plan.block_n * plan.n_iters),
+    )
+
+
+def lora_expand(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    output_offset: torch.Tensor,
+    max_slice_width: int,
+    base_output: torch.Tensor,
+    batch_info,
+    plan: tiling.ExpandPlan | None = None,
+) -> torch.Tensor:
+    """``base_output (s, N) += `` the slice-wise scaled ``x @ B.T``; returns ``base_output``.
+
+    ``x (s, stack*max_r)``, ``weights (num_lora, N, max_r)``, ``output_offset (stack+1,)`` on the
+    device. Inputs are assumed validated; nothing here reads device values.
+    """
+    s = x.shape[0]
+    num_lora, n_total, max_r = weights.shape
+    stack = output_offset.shape[0] - 1
+    if s == 0 or batch_info.bs == 0:
+        return base_output
+    if plan is None:
+        plan = tiling.plan_expand(s, max_r, n_total, max_slice_width, stack, num_lora, batch_info.bs, x.dtype, x.device)
+    grid = expand_grid(s, num_lora, stack, max_slice_width, plan)
+    _expand_kernel[grid](
+        x, weights, base_output, output_offset,
+        batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices, batch_info.lora_ranks,
+        batch_info.scalings,
+        s, num_lora, batch_info.bs,
+        x.stride(0), weights.stride(0), weights.stride(1), base_output.stride(0),
+        BLOCK_M=plan.block_m,
+        BLOCK_N=plan.block_n,
+        BLOCK_R=tiling.rank_block(max_r),
+        N_ITERS=plan.n_iters,
+        L_BLOCK=tiling.group_block(num_lora),
+        SEG_BLOCK=tiling.seg_block(batch_info.bs, plan.block_m),
+        PRECISION=tiling.dot_precision(x.dtype, x.device),
+        ALIGN=ALIGN,
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
+    )
+    return base_output

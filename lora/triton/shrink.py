@@ -1,0 +1,223 @@
+"""Shrink (LoRA A): ``x (s, K) -> out (s, stack*max_r)``, per segment ``x @ A[w, :stack*r].T``.
+
+The adapter of rank ``r`` is packed as ``[A_1; ...; A_stack]`` in the first ``stack*r`` rows of its
+slot, so the stacked shrink is one GEMM of width ``stack*r``; rows at or past ``stack*r`` (stale
+tails of the buffer) are never read, and the output columns there are written as zeros.
+
+One program computes a ``BLOCK_M x (N_SUB*BLOCK_N)`` output tile for one chunk of an adapter's rows
+(see :mod:`.grouping`), streaming its K range in ``BLOCK_K`` steps: the x tile is loaded once per
+step and multiplied by ``N_SUB`` weight sub-tiles, so x is read from memory once for the whole
+stacked width (192 columns for QKV at rank 64 are three sub-tiles of 64, no padding to 256).
+
+Split-K (``SPLIT_K > 1``, grid axis 2) gives decode and short batches enough programs to fill the
+GPU: each program stores its float32 partial tile to a workspace, then takes a ticket from a
+per-tile counter; the program that arrives last sums the partials in a fixed order (so the result
+is deterministic), writes the output and resets the counter to zero for the next call. Counters are
+zero when allocated and left zero by every call, so a CUDA graph replays without a memset.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import tiling
+from .grouping import chunk_rows, find_chunk
+from .scratch import scratch_for
+
+
+@triton.jit
+def _shrink_kernel(
+    x_ptr,
+    w_ptr,
+    out_ptr,
+    ws_ptr,
+    cnt_ptr,
+    seg_lens,
+    seg_indptr,
+    weight_indices,
+    lora_ranks,
+    num_tokens,
+    K,
+    num_lora,
+    bs,
+    stride_xm,
+    stride_wl,
+    stride_wn,
+    stride_om,
+    STACK: tl.constexpr,
+    N_OUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    N_SUB: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    L_BLOCK: tl.constexpr,
+    SEG_BLOCK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    group, chunk, n_rows, rank, total = find_chunk(
+        pid_m, seg_lens, seg_indptr, weight_indices, lora_ranks, num_tokens, num_lora, bs,
+        BLOCK_M, L_BLOCK, SEG_BLOCK, True,
+    )
+    if pid_m >= total:
+        return
+    rows, row_ok = chunk_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK)
+
+    n0 = pid_n * (N_SUB * BLOCK_N)
+    n_real = STACK * rank  # 0 for rank-0 slots and for the trailing-row group
+    offs_n = tl.arange(0, BLOCK_N)
+    out_rows = out_ptr + rows * stride_om
+    dtype = out_ptr.dtype.element_ty
+
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    if n_real <= n0:
+        # No real column in this tile: only zeros to write, once (by split 0).
+        if pid_k == 0:
+            for i in tl.static_range(N_SUB):
+                n = n0 + i * BLOCK_N + offs_n
+                tl.store(out_rows[:, None] + n[None, :], acc0.to(dtype), mask=row_ok[:, None] & (n < N_OUT)[None, :])
+        return
+
+    k_steps = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(k_steps, SPLIT_K)
+    k_lo = pid_k * per_split * BLOCK_K
+    k_hi = tl.minimum(K, k_lo + per_split * BLOCK_K)
+    x_rows = x_ptr + rows * stride_xm
+    w_slot = w_ptr + group.to(tl.int64) * stride_wl
+    offs_k = tl.arange(0, BLOCK_K)
+    n_a = n0 + offs_n
+    n_b = n_a + BLOCK_N
+    n_c = n_b + BLOCK_N
+    n_d = n_c + BLOCK_N
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + offs_k
+        km = kk < K
+        x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
+        # Weight sub-tiles as (BLOCK_K, BLOCK_N): row n of A is column n of the product.
+        w = tl.load(w_slot + n_a[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_a < n_real)[None, :], other=0.0)
+        acc0 = tl.dot(x, w, acc0, input_precision=PRECISION)
+        if N_SUB > 1:
+            w = tl.load(w_slot + n_b[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_b < n_real)[None, :], other=0.0)
+            acc1 = tl.dot(x, w, acc1, input_precision=PRECISION)
+        if N_SUB > 2:
+            w = tl.load(w_slot + n_c[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_c < n_real)[None, :], other=0.0)
+            acc2 = tl.dot(x, w, acc2, input_precision=PRECISION)
+        if N_SUB > 3:
+            w = tl.load(w_slot + n_d[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_d < n_real)[None, :], other=0.0)
+            acc3 = tl.dot(x, w, acc3, input_precision=PRECISION)
+
+    if SPLIT_K > 1:
+        tile = pid_m * tl.num_programs(1) + pid_n
+        tile_elems: tl.constexpr = BLOCK_M * N_SUB * BLOCK_N
+        ws_tile = ws_ptr + tile.to(tl.int64) * (SPLIT_K * tile_elems)
+        loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
+        mine = ws_tile + pid_k * tile_elems + loc
+        tl.store(mine, acc0, mask=row_ok[:, None])
+        if N_SUB > 1:
+            tl.store(mine + BLOCK_N, acc1, mask=row_ok[:, None])
+        if N_SUB > 2:
+            tl.store(mine + 2 * BLOCK_N, acc2, mask=row_ok[:, None])
+        if N_SUB > 3:
+            tl.store(mine + 3 * BLOCK_N, acc3, mask=row_ok[:, None])
+        tl.debug_barrier()  # every thread's partial is stored before the ticket is taken
+        ticket = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if ticket == SPLIT_K - 1:
+            # Last to arrive: sum all partials in split order (deterministic), from L2.
+            acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                part = ws_tile + s * tile_elems + loc
+                acc0 += tl.load(part, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                if N_SUB > 1:
+                    acc1 += tl.load(part + BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                if N_SUB > 2:
+                    acc2 += tl.load(part + 2 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                if N_SUB > 3:
+                    acc3 += tl.load(part + 3 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(cnt_ptr + tile, 0)
+            _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
+    else:
+        _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
+
+
+@triton.jit
+def _store_tile(out_rows, row_ok, n, acc0, acc1, acc2, acc3, N_OUT: tl.constexpr, BLOCK_N: tl.constexpr,
+                N_SUB: tl.constexpr):
+    dtype = out_rows.dtype.element_ty
+    tl.store(out_rows[:, None] + n[None, :], acc0.to(dtype), mask=row_ok[:, None] & (n < N_OUT)[None, :])
+    if N_SUB > 1:
+        n = n + BLOCK_N
+        tl.store(out_rows[:, None] + n[None, :], acc1.to(dtype), mask=row_ok[:, None] & (n < N_OUT)[None, :])
+    if N_SUB > 2:
+        n = n + BLOCK_N
+        tl.store(out_rows[:, None] + n[None, :], acc2.to(dtype), mask=row_ok[:, None] & (n < N_OUT)[None, :])
+    if N_SUB > 3:
+        n = n + BLOCK_N
+        tl.store(out_rows[:, None] + n[None, :], acc3.to(dtype), mask=row_ok[:, None] & (n < N_OUT)[None, :])
+
+
+def shrink_grid(num_tokens: int, num_lora: int, n_out: int, plan: tiling.ShrinkPlan) -> tuple[int, int, int]:
+    """Launch grid: chunk slots (an upper bound from shapes), column groups, K splits."""
+    return (
+        triton.cdiv(num_tokens, plan.block_m) + num_lora + 1,
+        triton.cdiv(n_out, plan.block_n * plan.n_sub),
+        plan.split_k,
+    )
+
+
+def lora_shrink(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    stack_num: int,
+    batch_info,
+    plan: tiling.ShrinkPlan | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x (s, K)``, ``weights (num_lora, stack*max_r, K)`` -> ``(s, stack*max_r)`` in x's dtype.
+
+    Inputs are assumed validated (:mod:`lora.validation`); nothing here reads device values.
+    """
+    s, k = x.shape
+    num_lora, n_out, _ = weights.shape
+    if out is None:
+        out = torch.empty((s, n_out), dtype=x.dtype, device=x.device)
+    if s == 0:
+        return out
+    if plan is None:
+        plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
+    grid = shrink_grid(s, num_lora, n_out, plan)
+    if plan.split_k > 1:
+        tile_elems = plan.block_m * plan.n_sub * plan.block_n
+        ws, cnt = scratch_for(x.device).split_k(grid[0] * grid[1], plan.split_k * tile_elems)
+    else:
+        ws = cnt = out  # unused
+    _shrink_kernel[grid](
+        x, weights, out, ws, cnt,
+        batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices, batch_info.lora_ranks,
+        s, k, num_lora, batch_info.bs,
+        x.stride(0), weights.stride(0), weights.stride(1), out.stride(0),
+        STACK=stack_num,
+        N_OUT=n_out,
+        BLOCK_M=plan.block_m,
+        BLOCK_N=plan.block_n,
+        N_SUB=plan.n_sub,
+        BLOCK_K=plan.block_k,
+        SPLIT_K=plan.split_k,
+        L_BLOCK=tiling.group_block(num_lora + 1),
+        SEG_BLOCK=tiling.seg_block(batch_info.bs, plan.block_m),
+        PRECISION=tiling.dot_precision(x.dtype, x.device),
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
+    )
+    return out

@@ -1,0 +1,203 @@
+"""Launch planning: tile sizes chosen from tensor shapes, never from metadata values.
+
+A plan depends on the token count ``s``, widths (K, N, max_r, slice width), the number of adapter
+slots, the number of segments, the dtype and the device; never on ``max_len`` or the values of
+``seg_lens`` / ranks, so a call captured in a CUDA graph stays valid when new metadata is copied in.
+
+Lookup order: the tuned table for this device (``tuned.json`` beside this file, written by
+``benchmarks/tune_triton.py``; keyed by the device name torch reports), else the heuristic below.
+
+The heuristic (rows per group ``g = ceil(s / num_lora)``: what one adapter gets when every slot is
+in use, the case that sets the cost):
+
+* **shrink, prefill** (``g >= 128``): ``BLOCK_M = 128`` rows, the whole stacked width in one program
+  as ``N_SUB <= 4`` sub-tiles of 64 columns (x is read once; 3*64 for QKV at rank 64, no padding to
+  256), ``BLOCK_K = 64``, 8 warps. Split K in two or more while the estimated programs
+  (``cdiv(s, 128)`` chunks x column groups) fall short of the multiprocessor count: an 8k-token
+  batch is 64 chunks, half of an H100.
+* **shrink, decode** (``g < 128``): reading each adapter's weights once dominates, so the grid is
+  spread over the weights: ``BLOCK_M`` = the next power of two of ``1.5 g`` (16..64: a typical
+  adapter's rows fit one chunk), narrow column tiles (16 or 32) and split-K until there are about
+  two programs per multiprocessor; ``BLOCK_K = 128``, 4 warps.
+* **expand**: bound by reading and writing ``base_output``. Prefill: 64-row x 128-column tiles,
+  two column blocks per program (the second block's loads overlap the first's store). Decode: the
+  same row block as shrink, 64-column tiles, one block per program (many programs in flight).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+TUNED_PATH = Path(__file__).with_name("tuned.json")
+
+#: Above this many rows per adapter a batch is planned as prefill (large row tiles).
+PREFILL_ROWS_PER_GROUP = 128
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def _is_pow2(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class ShrinkPlan:
+    block_m: int
+    block_n: int
+    n_sub: int  # column sub-tiles per program (1..4); a program covers n_sub * block_n columns
+    block_k: int
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self):
+        for f in ("block_m", "block_n", "block_k"):
+            v = getattr(self, f)
+            if not (_is_pow2(v) and v >= 16):
+                raise ValueError(f"ShrinkPlan.{f}={v} must be a power of two >= 16")
+        if not 1 <= self.n_sub <= 4:
+            raise ValueError(f"ShrinkPlan.n_sub={self.n_sub} must be 1..4")
+        if self.split_k < 1:
+            raise ValueError(f"ShrinkPlan.split_k={self.split_k} must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExpandPlan:
+    block_m: int
+    block_n: int
+    n_iters: int  # column blocks walked by one program
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        for f in ("block_m", "block_n"):
+            v = getattr(self, f)
+            if not (_is_pow2(v) and v >= 16):
+                raise ValueError(f"ExpandPlan.{f}={v} must be a power of two >= 16")
+        if self.n_iters < 1:
+            raise ValueError(f"ExpandPlan.n_iters={self.n_iters} must be >= 1")
+
+
+# ---- kernel constants derived from shapes -----------------------------------------------------------
+
+
+def group_block(groups: int) -> int:
+    """Vector width holding one entry per adapter group."""
+    return max(2, next_pow2(groups))
+
+
+def seg_block(bs: int, block_m: int) -> int:
+    """Segments scanned per step of the in-kernel metadata loops (bounds the registers they use)."""
+    return max(16, min(next_pow2(max(bs, 1)), 64, 8192 // block_m))
+
+
+def rank_block(max_r: int) -> int:
+    """K width of the expand dot: the rank buffer rounded up to a power of two (>= 16 for tl.dot)."""
+    return max(16, next_pow2(max_r))
+
+
+def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """float32 inputs: three-pass TF32 on a GPU (about float32 accuracy on tensor cores)."""
+    if dtype == torch.float32 and torch.device(device).type == "cuda":
+        return "tf32x3"
+    return "ieee"
+
+
+@lru_cache(maxsize=None)
+def _device_info(device_type: str, index: int | None) -> tuple[str, int]:
+    if device_type == "cuda":
+        props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
+        return props.name, props.multi_processor_count
+    return "cpu", 4  # Triton's interpreter: keep grids small
+
+
+def device_info(device) -> tuple[str, int]:
+    """(name, multiprocessor count) of ``device``."""
+    device = torch.device(device)
+    return _device_info(device.type, device.index)
+
+
+# ---- tuned table ------------------------------------------------------------------------------------
+
+
+def shrink_key(s: int, k: int, n_out: int, num_lora: int) -> str:
+    return f"shrink:s{next_pow2(s)}:k{k}:n{n_out}:l{next_pow2(num_lora)}"
+
+
+def expand_key(s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int) -> str:
+    return f"expand:s{next_pow2(s)}:r{max_r}:n{n_total}:w{max_slice}:st{stack}:l{next_pow2(num_lora)}"
+
+
+@lru_cache(maxsize=None)
+def _tuned(path: str, mtime: float) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def tuned_table(device_name: str) -> dict:
+    """{key: plan dict} for ``device_name`` from ``tuned.json`` ({} when absent or disabled)."""
+    if os.environ.get("LORA_TRITON_NO_TUNED") == "1" or not TUNED_PATH.exists():
+        return {}
+    return _tuned(str(TUNED_PATH), TUNED_PATH.stat().st_mtime).get("devices", {}).get(device_name, {})
+
+
+# ---- plans ------------------------------------------------------------------------------------------
+
+
+def heuristic_shrink(s: int, k: int, n_out: int, num_lora: int, num_sms: int) -> ShrinkPlan:
+    g = math.ceil(s / max(num_lora, 1))
+    if g >= PREFILL_ROWS_PER_GROUP:
+        block_m, block_k, warps, stages = 128, 64, 8, 3
+        block_n = 64 if n_out > 32 else max(16, next_pow2(n_out))
+        n_sub = min(4, math.ceil(n_out / block_n))
+        chunks, target = math.ceil(s / block_m), num_sms
+    else:
+        block_m = min(64, max(16, next_pow2(math.ceil(1.5 * g))))
+        block_k, warps, stages = 128, 4, 4
+        block_n, n_sub = (16 if n_out <= 64 else 32), 1
+        chunks, target = min(num_lora, s), 2 * num_sms
+    n_groups = math.ceil(n_out / (block_n * n_sub))
+    k_steps = math.ceil(k / block_k)
+    split = 1
+    while chunks * n_groups * split < target and split * 2 <= min(16, k_steps // 2):
+        split *= 2
+    return ShrinkPlan(block_m, block_n, n_sub, block_k, split, warps, stages)
+
+
+def heuristic_expand(s: int, max_r: int, max_slice: int, num_lora: int) -> ExpandPlan:
+    g = math.ceil(s / max(num_lora, 1))
+    if g >= PREFILL_ROWS_PER_GROUP:
+        return ExpandPlan(64, 128, 2, num_warps=4, num_stages=2)
+    block_m = min(64, max(16, next_pow2(math.ceil(1.5 * g))))
+    return ExpandPlan(block_m, 64, 1, num_warps=4, num_stages=2)
+
+
+def plan_shrink(s: int, k: int, n_out: int, num_lora: int, bs: int, dtype, device) -> ShrinkPlan:
+    name, sms = device_info(device)
+    hit = tuned_table(name).get(shrink_key(s, k, n_out, num_lora))
+    if hit is not None:
+        return ShrinkPlan(**hit)
+    return heuristic_shrink(s, k, n_out, num_lora, sms)
+
+
+def plan_expand(
+    s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int, bs: int, dtype, device
+) -> ExpandPlan:
+    name, _ = device_info(device)
+    hit = tuned_table(name).get(expand_key(s, max_r, n_total, max_slice, stack, num_lora))
+    if hit is not None:
+        return ExpandPlan(**hit)
+    return heuristic_expand(s, max_r, max_slice, num_lora)
+
+
+def plan_dict(plan) -> dict:
+    return asdict(plan)

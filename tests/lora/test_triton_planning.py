@@ -1,0 +1,214 @@
+"""Launch planning of the Triton backend, and its kernels under plans the heuristic would not pick.
+
+Runs on the CPU (Triton's interpreter, TRITON_INTERPRET=1 from tests/conftest.py) or on a GPU.
+Kept small: every kernel call here is a few programs on tiny shapes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lora
+
+from . import contract as C
+from .torch_cases import batch_info, to_f64, to_torch
+
+STATUS = {s.name: s for s in lora.available_backends()}
+if not STATUS["triton"].available:
+    pytest.skip(f"triton backend cannot run here: {STATUS['triton'].reason}", allow_module_level=True)
+
+from lora.triton import tiling  # noqa: E402
+from lora.triton.expand import expand_grid, lora_expand  # noqa: E402
+from lora.triton.scratch import scratch_for  # noqa: E402
+from lora.triton.shrink import lora_shrink, shrink_grid  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+H100_SMS = 132
+
+
+# ---- the heuristic -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack, r", [(1, 16), (2, 16), (3, 16), (1, 64), (2, 64), (3, 64), (3, 128)])
+def test_prefill_shrink_reads_x_once_and_fills_the_gpu(stack, r):
+    n_out = stack * r
+    plan = tiling.heuristic_shrink(8192, 4096, n_out, 8, H100_SMS)
+    assert plan.block_m == 128
+    cols = plan.block_n * plan.n_sub
+    if n_out <= 256:
+        assert cols >= n_out, "one program covers the whole stacked width: x is read once"
+        assert cols - n_out < plan.block_n, "no whole sub-tile of padding"
+    _, n_groups, split = shrink_grid(8192, 8, n_out, plan)
+    assert 8192 // plan.block_m * n_groups * split >= H100_SMS
+
+
+@pytest.mark.parametrize("tokens", [64, 256])
+@pytest.mark.parametrize("stack, r", [(1, 16), (3, 16), (2, 64), (3, 64)])
+def test_decode_shrink_spreads_the_weights(tokens, stack, r):
+    plan = tiling.heuristic_shrink(tokens, 4096, stack * r, 8, H100_SMS)
+    assert 16 <= plan.block_m <= 64 and plan.n_sub == 1
+    assert plan.block_m >= tokens // 8, "a typical adapter's rows fit one chunk (weights read once)"
+    _, n_groups, split = shrink_grid(tokens, 8, stack * r, plan)
+    programs = 8 * n_groups * split
+    assert programs >= H100_SMS or split == 16 or 4096 // plan.block_k // split < 4
+
+
+def test_decode_and_prefill_get_different_layouts():
+    decode = tiling.heuristic_shrink(64, 4096, 192, 8, H100_SMS)
+    prefill = tiling.heuristic_shrink(8192, 4096, 192, 8, H100_SMS)
+    assert decode != prefill and decode.block_m < prefill.block_m
+    assert tiling.heuristic_expand(64, 64, 4096, 8) != tiling.heuristic_expand(8192, 64, 4096, 8)
+
+
+def test_plans_are_valid_over_many_shapes():
+    for s in (1, 7, 64, 300, 4096, 100_000):
+        for k in (16, 72, 4096, 14336):
+            for n_out in (4, 16, 48, 192, 384, 1024):
+                for num_lora in (1, 8, 64):
+                    p = tiling.heuristic_shrink(s, k, n_out, num_lora, H100_SMS)
+                    assert p.split_k <= max(1, -(-k // p.block_k)), p
+            for max_r in (4, 16, 64, 128):
+                tiling.heuristic_expand(s, max_r, 4096, 8)  # validates in __post_init__
+
+
+def test_plan_rejects_bad_tiles():
+    with pytest.raises(ValueError, match="power of two"):
+        tiling.ShrinkPlan(48, 64, 1, 64, 1)
+    with pytest.raises(ValueError, match="n_sub"):
+        tiling.ShrinkPlan(64, 64, 5, 64, 1)
+    with pytest.raises(ValueError, match="n_iters"):
+        tiling.ExpandPlan(64, 64, 0)
+
+
+def test_grid_depends_on_shapes_only():
+    """Same shapes, different metadata values (lengths, slots, ranks): same plan and grid."""
+    a = C.Composition([5, 0, 9], [0, 1, 1], [8, 4], [1.0, 0.5], 8, 16)
+    b = C.Composition([1, 13, 0], [1, 1, 0], [0, 8], [2.0, 1.0], 8, 16)
+    grids = []
+    for comp in (a, b):
+        bi = batch_info(comp, "cpu")
+        p = tiling.plan_shrink(comp.tokens, 40, 24, len(comp.lora_ranks), bi.bs, torch.float32, "cpu")
+        e = tiling.plan_expand(comp.tokens, 8, 40, 20, 2, len(comp.lora_ranks), bi.bs, torch.float32, "cpu")
+        grids.append((p, e, shrink_grid(comp.tokens, 2, 24, p), expand_grid(comp.tokens, 2, 2, 20, e)))
+    assert grids[0] == grids[1]
+
+
+def test_tuned_table_is_used_and_can_be_disabled(tmp_path, monkeypatch):
+    key = tiling.shrink_key(40, 72, 24, 3)
+    plan = {"block_m": 16, "block_n": 16, "n_sub": 2, "block_k": 32, "split_k": 2, "num_warps": 4, "num_stages": 2}
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"devices": {tiling.device_info("cpu")[0]: {key: plan}}}))
+    monkeypatch.setattr(tiling, "TUNED_PATH", path)
+    assert tiling.plan_shrink(40, 72, 24, 3, 5, torch.float16, "cpu") == tiling.ShrinkPlan(**plan)
+    monkeypatch.setenv("LORA_TRITON_NO_TUNED", "1")
+    assert tiling.plan_shrink(40, 72, 24, 3, 5, torch.float16, "cpu") == tiling.heuristic_shrink(40, 72, 24, 3, 4)
+
+
+def test_shipped_tuned_table_parses():
+    if not tiling.TUNED_PATH.exists():
+        pytest.skip("no tuned table shipped")
+    table = json.loads(tiling.TUNED_PATH.read_text())
+    for device, entries in table["devices"].items():
+        for key, plan in entries.items():
+            (tiling.ShrinkPlan if key.startswith("shrink:") else tiling.ExpandPlan)(**plan)
+
+
+# ---- the kernels under forced plans ------------------------------------------------------------------
+
+
+def _comp(rng, tokens_per_seg=10, bs=20, num_lora=5, max_r=16):
+    """Many segments (more than one SEG_BLOCK), groups longer than a chunk, rank-0 and odd ranks."""
+    lens = [int(v) for v in rng.integers(0, tokens_per_seg, size=bs)]
+    lens[3] = 0
+    ranks = [max_r, 0, 5, max_r // 2, 1][:num_lora]
+    slots = [int(v) for v in rng.integers(0, num_lora, size=bs)]
+    return C.Composition(lens, slots, ranks, [0.5, 1.0, 1.5, 2.0, 0.75][:num_lora], max_r, sum(lens) + 3)
+
+
+SHRINK_PLANS = [
+    tiling.ShrinkPlan(16, 16, 1, 16, 1),
+    tiling.ShrinkPlan(32, 16, 3, 32, 2),
+    tiling.ShrinkPlan(16, 16, 4, 16, 4, num_stages=2),
+    tiling.ShrinkPlan(64, 32, 2, 64, 3),
+]
+
+
+@pytest.mark.parametrize("plan", SHRINK_PLANS, ids=str)
+def test_shrink_under_forced_plans(plan, rng):
+    comp = _comp(rng)
+    k, stack = 50, 3
+    x = to_torch(C.activations(rng, comp, k), torch.float32, DEVICE)
+    a = to_torch(C.shrink_weights(rng, comp, stack, k), torch.float32, DEVICE)
+    bi = batch_info(comp, DEVICE)
+    out = lora_shrink(x, a, stack, bi, plan=plan)
+    check = C.compare(to_f64(out), C.ref_shrink(comp, to_f64(x), to_f64(a), stack), "float32")
+    assert check.ok, check.detail
+    if plan.split_k > 1:
+        assert not scratch_for(torch.device(DEVICE)).counters.any(), "split-K counters must return to zero"
+
+
+EXPAND_PLANS = [tiling.ExpandPlan(16, 16, 1), tiling.ExpandPlan(32, 16, 3), tiling.ExpandPlan(64, 32, 2)]
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "ragged"])
+@pytest.mark.parametrize("plan", EXPAND_PLANS, ids=str)
+def test_expand_under_forced_plans(plan, aligned, rng):
+    """Aligned slice bounds and ranks take the vectorised branch; ragged ones the scalar branch."""
+    comp = _comp(rng)
+    if aligned:
+        comp = C.Composition(comp.seg_lens, comp.weight_indices, [16, 0, 8, 16, 8], comp.scalings, 16, comp.tokens)
+        offsets = [0, 48, 64, 80]
+    else:
+        offsets = [0, 37, 50, 63]
+    x = to_torch(C.expand_input(rng, comp, 3), torch.float32, DEVICE)
+    b = to_torch(C.expand_weights(rng, comp, offsets[-1]), torch.float32, DEVICE)
+    base = to_torch(C.base_output(rng, comp, offsets[-1]), torch.float32, DEVICE)
+    ref = C.ref_expand(comp, to_f64(x), to_f64(b), offsets, to_f64(base))
+    off_t = torch.tensor(offsets, dtype=torch.int32, device=DEVICE)
+    widest = max(b - a for a, b in zip(offsets, offsets[1:]))
+    out = lora_expand(x, b, off_t, widest, base, batch_info(comp, DEVICE), plan=plan)
+    assert out.data_ptr() == base.data_ptr()
+    check = C.compare(to_f64(out), ref, "float32")
+    assert check.ok, check.detail
+
+
+def test_new_metadata_in_the_same_tensors(rng):
+    """What a CUDA-graph replay does: same tensors and shapes, new values copied in, no re-planning."""
+    first = C.Composition([6, 0, 10, 4], [1, 0, 1, 2], [8, 4, 0], [1.0, 0.5, 2.0], 8, 22)
+    second = C.Composition([0, 12, 1, 9], [2, 2, 0, 1], [3, 8, 8], [0.25, 1.5, 1.0], 8, 22)
+    backend = lora.get_backend_from_name("triton")("triton")
+    bi = batch_info(first, DEVICE)
+    backend.set_batch_info(bi)
+    k, n, kv = 24, 32, 16
+    offsets = [0, n, n + kv, n + 2 * kv]
+    off_t = torch.tensor(offsets, dtype=torch.int32, device=DEVICE)
+    for comp in (first, second):
+        fresh = batch_info(comp, DEVICE)
+        for field in ("seg_lens", "seg_indptr", "weight_indices", "lora_ranks", "scalings"):
+            getattr(bi, field).copy_(getattr(fresh, field))
+        x = to_torch(C.activations(rng, comp, k), torch.float32, DEVICE)
+        a = to_torch(C.shrink_weights(rng, comp, 3, k), torch.float32, DEVICE)
+        b = to_torch(C.expand_weights(rng, comp, offsets[-1]), torch.float32, DEVICE)
+        base = to_torch(C.base_output(rng, comp, offsets[-1]), torch.float32, DEVICE)
+        ref = C.ref_stacked(comp, to_f64(x), to_f64(a), to_f64(b), offsets, to_f64(base))
+        out = backend.run_qkv_lora(x, a, b, off_t, n, base_output=base)
+        check = C.compare(to_f64(out), ref, "float32")
+        assert check.ok, f"{comp}: {check.detail}"
+
+
+def test_fp16_decode_many_slots(rng):
+    """More slots than one group block, one token each: the decode layout on the interpreter."""
+    comp = C.decode_composition(rng, tokens=40, num_lora=20, max_r=16)
+    k = 64
+    x = to_torch(C.activations(rng, comp, k), torch.float16, DEVICE)
+    a = to_torch(C.shrink_weights(rng, comp, 2, k), torch.float16, DEVICE)
+    bi = batch_info(comp, DEVICE)
+    plan = tiling.heuristic_shrink(comp.tokens, k, 32, 20, 8)
+    out = lora_shrink(x, a, 2, bi, plan=plan)
+    check = C.compare(to_f64(out), C.ref_shrink(comp, to_f64(x), to_f64(a), 2), "float16")
+    assert check.ok, check.detail
+    np.testing.assert_array_equal(to_f64(out)[:, 2 * 16 :], 0.0)
