@@ -2,8 +2,9 @@
 
 A **case** is one layer shape (:class:`LayerShape`), one adapter setup (rank, number of loaded
 slots) and one batch **composition** (how the tokens are cut into segments and which slot each
-segment uses). Every case runs the seven **ops** of :data:`OPS` -- the four public LoRA ops at the
-widths a transformer layer calls them with:
+segment uses). Every case runs the nine **ops** of :data:`OPS` -- the four public LoRA ops at the
+widths a transformer layer calls them with, and the multi-slice expand kernel alone (the
+``expand`` primitive a backend supplies, called directly: issue 3 sets a decode target for it):
 
 =============  =====================  =================================================================
 op             public call            widths (Llama-3-8B)
@@ -13,6 +14,8 @@ shrink2        run_lora_a_sgemm, 2    x (s, 4096) -> (s, 2r)         gate-up A
 shrink3        run_lora_a_sgemm, 3    x (s, 4096) -> (s, 3r)         QKV A
 shrink_down    run_lora_a_sgemm, 1    x (s, 14336) -> (s, r)         down A
 expand         run_lora_b_sgemm       (s, r) -> base (s, 4096) +=    o_proj / down B, fused add
+expand_qkv     expand (primitive)     (s, 3r) -> base (s, 6144) +=   QKV's expand kernel alone, 3 slices
+expand_gate_up expand (primitive)     (s, 2r) -> base (s, 28672) +=  gate-up's expand kernel alone, 2 slices
 qkv            run_qkv_lora           (s, 4096) -> base (s, 6144) += shrink 3 + expand 3 slices (GQA)
 gate_up        run_gate_up_lora       (s, 4096) -> base (s, 28672) += shrink 2 + expand 2 slices
 =============  =====================  =================================================================
@@ -42,6 +45,7 @@ from typing import Callable
 __all__ = [
     "CASES",
     "CPU_DEFAULT_CASES",
+    "CPU_DEFAULT_OPS",
     "Case",
     "Composition",
     "GPU_DEFAULT_CASES",
@@ -276,12 +280,21 @@ OPS: dict[str, OpSpec] = {
                lambda s: ResolvedOp("shrink_down", "shrink", s.inter, (), 1)),
         OpSpec("expand", "run_lora_b_sgemm(base_output=...)", "(s, r) -> base (s, hidden) += : o_proj/down B",
                lambda s: ResolvedOp("expand", "expand", 0, (0, s.hidden), 1)),
+        OpSpec("expand_qkv", "expand primitive, 3 slices", "(s, 3r) -> base (s, q+2kv) += : QKV's expand kernel alone",
+               lambda s: ResolvedOp("expand_qkv", "expand", 0, (0, s.q, s.q + s.kv, s.q + 2 * s.kv), 3)),
+        OpSpec("expand_gate_up", "expand primitive, 2 slices", "(s, 2r) -> base (s, 2*inter) += : gate-up's expand alone",
+               lambda s: ResolvedOp("expand_gate_up", "expand", 0, (0, s.inter, 2 * s.inter), 2)),
         OpSpec("qkv", "run_qkv_lora(base_output=...)", "(s, hidden) -> base (s, q+2kv) += : shrink 3 + expand",
                lambda s: ResolvedOp("qkv", "fused", s.hidden, (0, s.q, s.q + s.kv, s.q + 2 * s.kv), 3)),
         OpSpec("gate_up", "run_gate_up_lora(base_output=...)", "(s, hidden) -> base (s, 2*inter) += : shrink 2 + expand",
                lambda s: ResolvedOp("gate_up", "fused", s.hidden, (0, s.inter, 2 * s.inter), 2)),
     ]
 }
+
+
+#: On a GPU every op runs by default; on the CPU the public ops (the primitives run inside qkv and
+#: gate_up), which keeps the interpreted correctness run short.
+CPU_DEFAULT_OPS: list[str] = [name for name in OPS if not name.startswith("expand_")]
 
 
 # ---- minimum bytes -------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", action="append", default=[], metavar="SPEC",
                    help="a custom case: key=value,... with keys hidden (k), q, kv, inter, r, ranks (a+b+..), adapters, "
                    "segs (decode:N | prefill:TOTAL/SEGS | mixed:SEGS/MAXLEN | lens:A+B+..), name; repeatable")
-    p.add_argument("--ops", help="comma-separated ops (default: all): " + ", ".join(_op_names()))
+    p.add_argument("--ops", help="comma-separated ops (default: all on CUDA; on the CPU all but the expand_* "
+                   "primitives): " + ", ".join(_op_names()))
     p.add_argument("--dtype", help="comma-separated: bfloat16/bf16, float16/fp16, float32/fp32 "
                    "(default: bf16 on CUDA; fp16,fp32 on the CPU, where Triton's interpreter gets bf16 dots wrong)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -287,7 +288,7 @@ def _compare_on(args, device, out) -> int:
     from lora import LoRABatchInfo, get_backend_from_name
 
     from . import inputs as I
-    from .cases import CASES, CPU_DEFAULT_CASES, GPU_DEFAULT_CASES, OPS, case_seed, min_bytes, parse_shape_spec, select_cases
+    from .cases import CASES, CPU_DEFAULT_CASES, CPU_DEFAULT_OPS, GPU_DEFAULT_CASES, OPS, case_seed, min_bytes, parse_shape_spec, select_cases
     from .report import Progress, Result, print_tables, write_json, write_plot
     from .timing import Budget, copy_bandwidth, rotation_sets
 
@@ -303,7 +304,7 @@ def _compare_on(args, device, out) -> int:
         else:
             cases = [(CASES[n], None) for n in (GPU_DEFAULT_CASES if cuda else CPU_DEFAULT_CASES)]
         cases += shape_cases
-        ops = [o.strip() for o in args.ops.split(",")] if args.ops else list(OPS)
+        ops = [o.strip() for o in args.ops.split(",")] if args.ops else (list(OPS) if cuda else CPU_DEFAULT_OPS)
         bad = [o for o in ops if o not in OPS]
         if bad:
             raise _UsageError(f"unknown op(s) {', '.join(bad)}; ops: {', '.join(OPS)}")

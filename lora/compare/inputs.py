@@ -90,7 +90,7 @@ def make_inputs(op: ResolvedOp, comp: Composition, dtype: torch.dtype, device, s
         base[idle] = nan
         out["b"], out["base"] = b, base
     out = {k: v.to(dtype) for k, v in out.items()}
-    if op.kind == "fused" and op.stack == 3:
+    if (op.kind == "fused" and op.stack == 3) or (op.kind == "expand" and op.stack > 1):
         out["offsets"] = torch.tensor(op.offsets, dtype=torch.int32, device=device)
     return out
 
@@ -104,8 +104,10 @@ def call_op(backend, op: ResolvedOp, t: dict[str, torch.Tensor]) -> torch.Tensor
     """Call the public op ``op`` stands for on the tensors ``t`` (``base`` is added into in place)."""
     if op.kind == "shrink":
         return backend.run_lora_a_sgemm(t["x"], t["a"], stack_num=op.stack)
-    if op.kind == "expand":
+    if op.kind == "expand" and op.stack == 1:
         return backend.run_lora_b_sgemm(t["x"], t["b"], base_output=t["base"])
+    if op.kind == "expand":  # the primitive alone (no public op has 2-3 slices without the shrink)
+        return backend.expand(t["x"], t["b"], t["offsets"], op.max_slice, t["base"])
     if op.stack == 3:
         return backend.run_qkv_lora(t["x"], t["a"], t["b"], t["offsets"], op.max_slice, base_output=t["base"])
     if op.stack == 2:

@@ -12,7 +12,7 @@ import torch
 
 import lora
 from lora.compare import cli
-from lora.compare.cases import CASES, OPS, Composition, min_bytes, min_bytes_of, parse_shape_spec, select_cases
+from lora.compare.cases import CASES, CPU_DEFAULT_OPS, OPS, Composition, min_bytes, min_bytes_of, parse_shape_spec, select_cases
 from lora.registry import unregister_backend
 from lora.torch_backend import TorchLoRABackend
 
@@ -103,7 +103,7 @@ def test_list(capsys):
 def test_compare_end_to_end_json_and_plot(tmp_path, capsys):
     js, png = tmp_path / "out.json", tmp_path / "out.png"
     backends = _cpu_backends()
-    rc = cli.main(["compare", "--device", "cpu", "--backends", backends, "--case", "tiny-prefill", "--quick",
+    rc = cli.main(["compare", "--device", "cpu", "--backends", backends, "--case", "tiny-decode-8", "--quick",
                    "--no-progress", "--json", str(js), "--plot", str(png)])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -117,11 +117,11 @@ def test_compare_end_to_end_json_and_plot(tmp_path, capsys):
     assert {b["name"] for b in doc["backends"]} >= {"torch", "triton", "pallas"}
     assert all(b["reason"] for b in doc["backends"] if not b["available"])
     case_names = [c["name"] for c in doc["cases"]]
-    assert case_names == ["tiny-prefill"]
+    assert case_names == ["tiny-decode-8"]
     for c in doc["cases"]:
-        assert c["composition"]["seg_lens"] and c["shape"]["hidden"] == 72 and len(c["ops"]) == len(OPS)
+        assert c["composition"]["seg_lens"] and c["shape"]["hidden"] == 72 and len(c["ops"]) == len(CPU_DEFAULT_OPS)
     n_backends = len(backends.split(","))
-    assert len(doc["results"]) == len(OPS) * 2 * n_backends  # ops x (fp16, fp32) x backends
+    assert len(doc["results"]) == len(CPU_DEFAULT_OPS) * 2 * n_backends  # ops x (fp16, fp32) x backends
     for r in doc["results"]:
         assert r["status"] == "pass", r
         assert r["rel_error"] <= r["tolerance"]
