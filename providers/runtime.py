@@ -341,7 +341,7 @@ async def _async_deltas(client: httpx.AsyncClient, payload: dict[str, Any]) -> A
     decoder = StreamDecoder()
     try:
         async with client.stream("POST", "/generate", json=payload) as response:
-            if response.status_code >= 400:
+            if response.status_code >= 300:
                 await response.aread()
                 _raise_for_status(response)
             async for line in response.aiter_lines():

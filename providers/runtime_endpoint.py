@@ -169,7 +169,7 @@ class RuntimeEndpoint(BaseBackend):
         decoder = StreamDecoder()
         try:
             with self._client.stream("POST", "/generate", json=payload) as response:
-                if response.status_code >= 400:
+                if response.status_code >= 300:
                     response.read()
                     _raise_for_status(response)
                 for line in response.iter_lines():
@@ -482,8 +482,14 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _raise_for_status(response: httpx.Response) -> None:
-    if response.status_code < 400:
+    if response.status_code < 300:
         return
+    if response.status_code < 400:  # redirects are not followed: the bearer key stays with base_url
+        raise error_from_status(
+            response.status_code,
+            f"unexpected redirect to {response.headers.get('location')!r}; use the final URL as base_url",
+            provider=PROVIDER,
+        )
     raise error_from_status(
         response.status_code,
         _error_message(response),

@@ -17,6 +17,7 @@ import pytest
 
 from providers import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
@@ -328,6 +329,13 @@ def test_stream_read_timeout_between_chunks(server):
     ep.shutdown()
 
 
+def test_redirects_are_not_followed(server, endpoint):
+    server.script(Fail(307, body="", headers={"Location": "http://elsewhere.example/generate"}))
+    with pytest.raises(APIStatusError, match="redirect to 'http://elsewhere.example/generate'") as info:
+        endpoint.generate(state_with(endpoint, "p"), SamplingParams())
+    assert info.value.status == 307 and not info.value.retryable
+
+
 def test_shutdown_is_idempotent_and_final(endpoint):
     endpoint.shutdown()
     endpoint.shutdown()
@@ -494,3 +502,16 @@ def test_one_endpoint_many_threads(server, endpoint):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(program, range(24)))
     assert results == [(f"answer {i}", f"answer {i}") for i in range(24)]
+
+
+def test_a_frontends_own_state_object_works(endpoint):
+    # Backends rely only on the documented StateView surface, not on ProgramState itself.
+    import types
+
+    own = types.SimpleNamespace(
+        text_="Repeat: duck typed\n", messages_=[], images_=[], cur_images=[], cur_role=None,
+        cur_role_begin_pos=0, variables={}, meta_info={}, sid="mine", backend_data={},
+    )
+    assert endpoint.generate(own, SamplingParams())[0] == "duck typed"
+    assert "".join(d for d, _ in endpoint.generate_stream(own, SamplingParams())) == "duck typed"
+    assert endpoint.select(own, [" duck", " goose"], 0.0, token_length_normalized).decision == " duck"
