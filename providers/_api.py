@@ -109,11 +109,12 @@ class TokenUsage:
 
 
 def _headers_of(exc: BaseException):
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        headers = getattr(exc, "litellm_response_headers", None)
-    return headers
+    # litellm attaches a synthetic response without headers and keeps the real ones aside.
+    for headers in (getattr(getattr(exc, "response", None), "headers", None),
+                    getattr(exc, "litellm_response_headers", None)):
+        if headers:
+            return headers
+    return None
 
 
 def retry_after_of(exc: BaseException) -> float | None:
@@ -187,12 +188,12 @@ def wrap_error(exc: BaseException, provider: str, secrets: Sequence[str | None] 
         return exc
     status = _status_of(exc)
     kind = type(exc).__name__
-    if status is not None:
-        err: ProviderError = error_from_status(
+    if _is_timeout(exc):  # before the status: litellm's Timeout carries a synthetic 408
+        err: ProviderError = APITimeoutError(f"request timed out ({kind})", provider=provider)
+    elif status is not None:
+        err = error_from_status(
             status, redact(_message_of(exc), secrets), provider=provider, retry_after=retry_after_of(exc)
         )
-    elif _is_timeout(exc):
-        err = APITimeoutError(f"request timed out ({kind})", provider=provider)
     elif _is_connection(exc):
         err = APIConnectionError(f"{kind}: {redact(str(exc), secrets)}", provider=provider)
     else:
