@@ -121,7 +121,7 @@ def _rate(v: float | None) -> str:
 def _row(r: Result) -> list[str]:
     status = {"pass": "ok", "fail": "FAIL", "error": "ERROR"}.get(r.status, r.status)
     err = _fmt(r.rel_error, ".1e", "inf" if r.status == "fail" else "-")
-    method = {"cuda-graph": "graph", "cuda-events": "events", "wall-clock": "wall"}.get(r.time_method or "", r.time_method or "")
+    method = {"cuda-graph": "graph", "cuda-graph-batched": "graph xN", "cuda-events": "events", "wall-clock": "wall"}.get(r.time_method or "", r.time_method or "")
     return [
         r.op, r.backend, r.dtype, status, err,
         _fmt(r.time_us, ",.1f"), method,
