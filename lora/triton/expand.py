@@ -25,7 +25,9 @@ from .grouping import chunk_rows, find_chunk
 ALIGN = 16
 
 
-@triton.jit
+# Batch sizes vary call to call: keep them out of the specialisation key (one compile, not
+# one per divisibility class of the token / segment / slot counts).
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "bs"])
 def _expand_kernel(
     x_ptr,
     w_ptr,

@@ -27,7 +27,9 @@ from .grouping import chunk_rows, find_chunk
 from .scratch import scratch_for
 
 
-@triton.jit
+# Batch sizes vary call to call: keep them out of the specialisation key (one compile, not
+# one per divisibility class of the token / segment / slot counts).
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "bs"])
 def _shrink_kernel(
     x_ptr,
     w_ptr,

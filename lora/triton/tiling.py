@@ -129,12 +129,17 @@ def device_info(device) -> tuple[str, int]:
 # ---- tuned table ------------------------------------------------------------------------------------
 
 
+def token_bucket(s: int) -> int:
+    """Token counts share a tuned entry by power of two; everything above 4096 is one bucket."""
+    return min(next_pow2(s), 8192)
+
+
 def shrink_key(s: int, k: int, n_out: int, num_lora: int) -> str:
-    return f"shrink:s{next_pow2(s)}:k{k}:n{n_out}:l{next_pow2(num_lora)}"
+    return f"shrink:s{token_bucket(s)}:k{k}:n{n_out}:l{next_pow2(num_lora)}"
 
 
 def expand_key(s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int) -> str:
-    return f"expand:s{next_pow2(s)}:r{max_r}:n{n_total}:w{max_slice}:st{stack}:l{next_pow2(num_lora)}"
+    return f"expand:s{token_bucket(s)}:r{max_r}:n{n_total}:w{max_slice}:st{stack}:l{next_pow2(num_lora)}"
 
 
 @lru_cache(maxsize=None)
