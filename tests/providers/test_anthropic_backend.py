@@ -279,8 +279,8 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "sk-ant-WRONG-key-9876543210"
     backend = Anthropic("claude-x", api_key=wrong, base_url=srv.url, max_retries=0)
     assert wrong not in repr(backend)
+    caplog.set_level(logging.DEBUG)  # first: caplog restores its saved level at teardown
     restore = debug_logging()
-    caplog.set_level(logging.DEBUG)
     try:
         s = chat_state(backend)
         with s.assistant():
@@ -288,6 +288,7 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
                 s.gen("a")
     finally:
         restore()
+    assert "127.0.0.1" in caplog.text or "HTTP Request" in caplog.text  # the SDK did log the call
     assert "invalid x-api-key" in info.value.message
     for text in (str(info.value), repr(info.value), caplog.text):
         assert wrong not in text

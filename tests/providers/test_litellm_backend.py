@@ -206,8 +206,8 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "sk-litellm-WRONG-9876543210zz"
     backend = LiteLLM("openai/gpt-4o-mini", api_key=wrong, base_url=srv.url + "/v1", retry_policy=FAST)
     assert wrong not in repr(backend) and wrong not in repr(vars(backend))  # kept in a Secret
+    caplog.set_level(logging.DEBUG)  # first: caplog restores its saved level at teardown
     restore = debug_logging()
-    caplog.set_level(logging.DEBUG)
     try:
         s = chat_state(backend)
         with s.assistant():
@@ -215,6 +215,7 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
                 s.gen("a")
     finally:
         restore()
+    assert "127.0.0.1" in caplog.text or "HTTP Request" in caplog.text  # the SDK did log the call
     assert "Incorrect API key provided" in info.value.message
     for text in (str(info.value), repr(info.value), caplog.text):
         assert wrong not in text

@@ -440,8 +440,8 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "sk-WRONG-key-9876543210abcdef"
     backend = OpenAI("gpt-4o", api_key=wrong, base_url=srv.url + "/v1", max_retries=0)
     assert wrong not in repr(backend) and KEY not in repr(make(srv))
+    caplog.set_level(logging.DEBUG)  # first: caplog restores its saved level at teardown
     restore = debug_logging()
-    caplog.set_level(logging.DEBUG)
     try:
         s = chat_state(backend)
         with s.assistant():
@@ -449,6 +449,7 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
                 s.gen("a")
     finally:
         restore()
+    assert "127.0.0.1" in caplog.text or "HTTP Request" in caplog.text  # the SDK did log the call
     err = info.value
     assert "Incorrect API key provided" in err.message  # the server's message is kept...
     for text in (str(err), repr(err), err.message, caplog.text):

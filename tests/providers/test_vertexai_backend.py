@@ -266,8 +266,8 @@ def test_timeout_not_retried(srv):
 def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "AIzaWRONGkey_abcdefghijklmnopqrstuvw"
     backend = VertexAI("gemini-2.5-flash", api_key=wrong, base_url=srv.url, retry_policy=FAST)
+    caplog.set_level(logging.DEBUG)  # first: caplog restores its saved level at teardown
     restore = debug_logging()
-    caplog.set_level(logging.DEBUG)
     try:
         s = chat_state(backend)
         with s.assistant():
@@ -275,6 +275,7 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
                 s.gen("a")
     finally:
         restore()
+    assert "127.0.0.1" in caplog.text or "HTTP Request" in caplog.text  # the SDK did log the call
     assert "API key not valid" in info.value.message
     for text in (str(info.value), repr(info.value), repr(backend), caplog.text):
         assert wrong not in text
