@@ -71,7 +71,7 @@ class Anthropic(BaseBackend):
 
     provider = "anthropic"
 
-    def __init__(self, model_name: str, chat_template: ChatTemplate | None = None, **client_kwargs: Any) -> None:
+    def __init__(self, model_name: str, *, chat_template: ChatTemplate | None = None, **client_kwargs: Any) -> None:
         sdk = import_sdk("anthropic", "Anthropic")
         if not isinstance(model_name, str) or not model_name:
             raise ValueError("model_name must be a non-empty str")

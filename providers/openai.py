@@ -67,7 +67,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from ._api import (
@@ -229,7 +229,8 @@ class OpenAI(BaseBackend):
         params = sampling_params
         if params.n != 1:
             raise ValueError(f"{self.provider}: generate_stream streams one continuation; n must be 1")
-        if params.dtype is not None or (self.is_chat_model and self._spec(s) is not None):
+        if params.dtype is not None or (self.is_chat_model and self._spec(s) is not None
+                                        and s.cur_role == "assistant"):
             # A constrained value is decided whole: it arrives as one delta.
             text, meta = self.generate(s, params)
             yield text, meta

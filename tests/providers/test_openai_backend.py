@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-import warnings
 
 import pytest
 
@@ -18,7 +17,6 @@ from providers import (
     ProgramState,
     ProviderError,
     RateLimitError,
-    SamplingParams,
     ServerError,
     StreamInterruptedError,
     UnsupportedParameterError,

@@ -15,12 +15,11 @@ id), reporting log-probabilities (softmax of those scores over the biased tokens
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 
-from .wire_http import Break, Request, Truncate, WireServer, count_tokens, pieces, sse
+from .wire_http import Break, Request, WireServer, count_tokens, pieces, sse
 
 _AZURE = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions)$")
 
