@@ -63,8 +63,9 @@ def shrink_report(dtype: str, stack: int, n_out: int, plan: tiling.ShrinkPlan, n
     types = dict(x_ptr=t, w_ptr=t, out_ptr=t, ws_ptr="*fp32", cnt_ptr="*i32", seg_lens="*i32",
                  seg_indptr="*i32", weight_indices="*i32", lora_ranks="*i32")
     consts = dict(STACK=stack, N_OUT=n_out, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, N_SUB=plan.n_sub,
-                  BLOCK_K=plan.block_k, SPLIT_K=plan.split_k, L_BLOCK=tiling.group_block(num_lora + 1),
-                  SEG_BLOCK=tiling.seg_block(bs, plan.block_m), PRECISION="tf32x3" if dtype == "fp32" else "ieee")
+                  BLOCK_K=plan.block_k, SPLIT_K=plan.split_k, GROUP_GRID=plan.group_grid,
+                  L_BLOCK=tiling.group_block(num_lora + 1), SEG_BLOCK=tiling.seg_block(bs),
+                  FIND_BLOCK=tiling.find_block(bs, num_lora + 1), PRECISION="tf32x3" if dtype == "fp32" else "ieee")
     return resources(compile_kernel(_shrink_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 
@@ -73,7 +74,8 @@ def expand_report(dtype: str, max_r: int, plan: tiling.ExpandPlan, num_lora=8, b
     types = dict(x_ptr=t, w_ptr=t, out_ptr=t, offsets_ptr="*i32", seg_lens="*i32", seg_indptr="*i32",
                  weight_indices="*i32", lora_ranks="*i32", scalings="*fp32")
     consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_R=tiling.rank_block(max_r), N_ITERS=plan.n_iters,
-                  L_BLOCK=tiling.group_block(num_lora), SEG_BLOCK=tiling.seg_block(bs, plan.block_m),
+                  GROUP_GRID=plan.group_grid, L_BLOCK=tiling.group_block(num_lora), SEG_BLOCK=tiling.seg_block(bs),
+                  FIND_BLOCK=tiling.find_block(bs, num_lora),
                   PRECISION="tf32x3" if dtype == "fp32" else "ieee", ALIGN=16)
     return resources(compile_kernel(_expand_kernel, types, consts, plan.num_warps, plan.num_stages))
 
@@ -87,7 +89,7 @@ def main():
                 plan = tiling.heuristic_shrink(s, k, n_out, 8, 132)
                 res = shrink_report("bf16", stack, n_out, plan, bs=bs)
                 print(f"shrink s={s} K={k} N={n_out}: {plan} -> {res}")
-            plan = tiling.heuristic_expand(s, r, 4096, 8)
+            plan = tiling.heuristic_expand(s, r, 4096, 8, 1, 132)
             print(f"expand s={s} r={r}: {plan} -> {expand_report('bf16', r, plan, bs=bs)}")
 
 

@@ -307,11 +307,11 @@ def shrink_candidates(s, k, n_out, num_lora, sms):
                 for split in (4, 8, 16):
                     if split * bk * 2 > k:
                         continue
-                    out.append(tiling.ShrinkPlan(bm, bn, 1, bk, split, 4, 3 if bk == 256 else 4))
+                    out.append(tiling.ShrinkPlan(bm, bn, 1, bk, split, 4, 3 if bk == 256 else 4, group_grid=True))
     return list(dict.fromkeys(out))
 
 
-def expand_candidates(s, max_r, n_total, max_slice, stack, num_lora):
+def expand_candidates(s, max_r, n_total, max_slice, stack, num_lora, sms):
     g = math.ceil(s / num_lora)
     out = []
     if g >= tiling.PREFILL_ROWS_PER_GROUP:
@@ -319,13 +319,15 @@ def expand_candidates(s, max_r, n_total, max_slice, stack, num_lora):
             for bn in (64, 128, 256):
                 if bm * bn > 128 * 128:
                     continue
-                for iters in (1, 2):
-                    out.append(tiling.ExpandPlan(bm, bn, iters, 4 if bm * bn <= 8192 else 8, 2 if iters > 1 else 1))
+                for iters in (4, 8, 16):
+                    out.append(tiling.ExpandPlan(bm, bn, iters, 4 if bm * bn <= 8192 else 8, 2))
+        for iters in (2, 4):
+            out.append(tiling.ExpandPlan(64, 128, iters, 4, 2, group_grid=True))
     else:
-        bm = tiling.heuristic_expand(s, max_r, max_slice, num_lora).block_m
+        bm = tiling.heuristic_expand(s, max_r, max_slice, num_lora, stack, sms).block_m
         for bn in (32, 64, 128):
-            for warps in (2, 4):
-                out.append(tiling.ExpandPlan(bm, bn, 1, warps, 1))
+            for iters in (1, 2, 4, 8):
+                out.append(tiling.ExpandPlan(bm, bn, iters, 4, 2 if iters > 1 else 1, group_grid=True))
     return list(dict.fromkeys(out))
 
 
@@ -391,8 +393,8 @@ def tune(args) -> None:
             cands.append(tiling.heuristic_shrink(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora, sms))
             shape = (op.k, op.stack * comp.max_r, op.stack)
         else:
-            cands = expand_candidates(comp.tokens, comp.max_r, op.n, op.max_slice, op.stack, comp.num_lora)
-            cands.append(tiling.heuristic_expand(comp.tokens, comp.max_r, op.max_slice, comp.num_lora))
+            cands = expand_candidates(comp.tokens, comp.max_r, op.n, op.max_slice, op.stack, comp.num_lora, sms)
+            cands.append(tiling.heuristic_expand(comp.tokens, comp.max_r, op.max_slice, comp.num_lora, op.stack, sms))
             shape = (comp.max_r, op.offsets, op.stack)
         cands = list(dict.fromkeys(cands))[: args.max_candidates]
         work.append((key, case_name, op_name, op, comp, cands, shape))
@@ -432,9 +434,27 @@ def tune(args) -> None:
             t_us = tm["graph_us"] if CASES[case_name].decode else tm["batched_us"]
             rows.append((t_us, plan, tm))
         rows.sort(key=lambda r: r[0])
+        # Keep the fastest plan whose result matches the torch reference (a wrong plan never wins).
+        ref_backend = get_backend_from_name("torch")("torch", bi)
+        t0_set = sets[0]
+        want = (ref_backend.shrink(t0_set["x"], t0_set["a"], op.stack) if op.kind == "shrink"
+                else ref_backend.expand(t0_set["x"], t0_set["b"], torch.tensor(op.offsets, dtype=torch.int32, device=DEV),
+                                        op.max_slice, t0_set["base"].clone()))
+        while rows:
+            plan = rows[0][1]
+            if op.kind == "shrink":
+                got = lora_shrink(t0_set["x"], t0_set["a"], op.stack, bi, plan=plan)
+            else:
+                got = lora_expand(t0_set["x"], t0_set["b"], torch.tensor(op.offsets, dtype=torch.int32, device=DEV),
+                                  op.max_slice, t0_set["base"].clone(), bi, plan=plan)
+            err = rel_err(got, want)
+            if err <= 1.5e-2:
+                break
+            print(f"  {key} {plan}: WRONG (rel err {err:.2e}), dropped", flush=True)
+            rows.pop(0)
         nbytes = min_bytes(OPS[op_name].resolve(LLAMA3_8B), comp, itemsize=2)
         heur = (tiling.heuristic_shrink(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora, sms) if op.kind == "shrink"
-                else tiling.heuristic_expand(comp.tokens, comp.max_r, op.max_slice, comp.num_lora))
+                else tiling.heuristic_expand(comp.tokens, comp.max_r, op.max_slice, comp.num_lora, op.stack, sms))
         heur_us = next((r[0] for r in rows if r[1] == heur), float("nan"))
         if rows:
             best[key] = asdict(rows[0][1])

@@ -19,14 +19,13 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import chunk_rows, find_chunk
+from .grouping import chunk_rows, find_chunk, group_size
 
 #: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
 ALIGN = 16
 
 
-# Batch sizes vary call to call: keep them out of the specialisation key (one compile, not
-# one per divisibility class of the token / segment / slot counts).
+# Batch sizes vary call to call: keep them out of the specialisation key.
 @triton.jit(do_not_specialize=["num_tokens", "num_lora", "bs"])
 def _expand_kernel(
     x_ptr,
@@ -49,20 +48,16 @@ def _expand_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
     N_ITERS: tl.constexpr,
+    GROUP_GRID: tl.constexpr,
     L_BLOCK: tl.constexpr,
     SEG_BLOCK: tl.constexpr,
+    FIND_BLOCK: tl.constexpr,
     PRECISION: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_j = tl.program_id(1)
     pid_n = tl.program_id(2)
-    group, chunk, n_rows, rank, total = find_chunk(
-        pid_m, seg_lens, seg_indptr, weight_indices, lora_ranks, num_tokens, num_lora, bs,
-        BLOCK_M, L_BLOCK, SEG_BLOCK, False,
-    )
-    if pid_m >= total:
-        return
     lo = tl.load(offsets_ptr + pid_j).to(tl.int64)
     hi = tl.load(offsets_ptr + pid_j + 1).to(tl.int64)
     # Column blocks start on a multiple of ALIGN so base_output is read and written in 16-byte
@@ -72,6 +67,41 @@ def _expand_kernel(
     n_start = tl.multiple_of(n_start, ALIGN)
     if n_start >= hi:
         return
+    if GROUP_GRID:
+        # Decode layout: program = (group, slice, column group), walking the group's chunks.
+        group = pid_m
+        rank = tl.load(lora_ranks + group)
+        n_rows = group_size(group, seg_lens, seg_indptr, weight_indices, num_tokens, num_lora, bs, SEG_BLOCK)
+        n_rows = tl.where(rank > 0, n_rows, 0)
+        for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
+            _expand_chunk(
+                x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
+                stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
+                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, PRECISION, ALIGN,
+            )
+    else:
+        # Prefill layout: program = (chunk slot, slice, column group).
+        group, chunk, n_rows, rank, total = find_chunk(
+            pid_m, seg_lens, seg_indptr, weight_indices, lora_ranks, num_tokens, num_lora, bs,
+            BLOCK_M, L_BLOCK, FIND_BLOCK, False,
+        )
+        if pid_m >= total:
+            return
+        _expand_chunk(
+            x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
+            stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
+            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, PRECISION, ALIGN,
+        )
+
+
+@triton.jit
+def _expand_chunk(
+    x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
+    stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr,
+    SEG_BLOCK: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
+):
+    pid_j = tl.program_id(1)
     rows, row_ok = chunk_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK)
     scale = tl.load(scalings + group)
     w_slot = w_ptr + group.to(tl.int64) * stride_wl
@@ -117,9 +147,9 @@ def _expand_columns(
 
 
 def expand_grid(num_tokens: int, num_lora: int, stack: int, max_slice_width: int, plan: tiling.ExpandPlan):
-    """Launch grid: chunk slots (an upper bound from shapes), slices, column blocks of the widest slice."""
+    """Launch grid from shapes: (groups or chunk slots, slices, column groups of the widest slice)."""
     return (
-        triton.cdiv(num_tokens, plan.block_m) + num_lora,
+        num_lora if plan.group_grid else triton.cdiv(num_tokens, plan.block_m) + num_lora,
         stack,
         triton.cdiv(max_slice_width + ALIGN - 1, plan.block_n * plan.n_iters),
     )
@@ -157,8 +187,10 @@ def lora_expand(
         BLOCK_N=plan.block_n,
         BLOCK_R=tiling.rank_block(max_r),
         N_ITERS=plan.n_iters,
+        GROUP_GRID=plan.group_grid,
         L_BLOCK=tiling.group_block(num_lora),
-        SEG_BLOCK=tiling.seg_block(batch_info.bs, plan.block_m),
+        SEG_BLOCK=tiling.seg_block(batch_info.bs),
+        FIND_BLOCK=tiling.find_block(batch_info.bs, num_lora),
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         ALIGN=ALIGN,
         num_warps=plan.num_warps,

@@ -6,13 +6,22 @@ segments are ordered or interleaved (decode: 256 one-token segments over 8 slots
 about 32 rows instead of 256 tiles of one row). Shrink adds one more group, index ``num_lora``: the
 rows after the last segment, which it fills with zeros.
 
-The launch grid reserves ``cdiv(tokens, BLOCK_M) + groups`` chunk slots along axis 0, an upper
-bound that depends only on shapes (each group adds at most one partial chunk); the kernel itself
-reads the segment metadata, finds which group and chunk its ``program_id(0)`` is, and exits if it is
-past the last chunk. Nothing is read on the host, so one CUDA-graph capture replays correctly after
-new ``seg_lens`` / ``seg_indptr`` / ``weight_indices`` / ``lora_ranks`` are copied into the same tensors.
+Two ways to hand out the work, both with a grid that depends only on shapes:
 
-Segments are scanned ``SEG_BLOCK`` at a time, so the registers used do not grow with the batch.
+* **by chunk** (prefill): axis 0 has ``cdiv(tokens, BLOCK_M) + groups`` chunk slots, an upper bound
+  (each group adds at most one partial chunk). :func:`find_chunk` reads the metadata and tells a
+  program which group and chunk its slot is; programs past the last chunk exit.
+* **by group** (decode): axis 0 is the group itself and the program walks that group's chunks
+  (usually one). No slot search, and the grid is as small as the number of adapters.
+
+:func:`chunk_rows` turns a chunk into row indices in ``O(segments + BLOCK_M)`` work: the group's rows
+are numbered in segment order, a position ``p`` lies in the segment whose running end is the first
+above ``p``; counting ends ``<= p`` is a cumulative histogram over the chunk's window, and each
+segment's row offset is then gathered by that count.
+
+Nothing is read on the host, so one CUDA-graph capture replays correctly after new ``seg_lens`` /
+``seg_indptr`` / ``weight_indices`` / ``lora_ranks`` are copied into the same tensors. Segments are
+scanned ``SEG_BLOCK`` at a time (all at once for up to 1024 segments).
 """
 
 from __future__ import annotations
@@ -68,6 +77,21 @@ def find_chunk(
 
 
 @triton.jit
+def group_size(group, seg_lens, seg_indptr, weight_indices, num_tokens, num_lora, bs, SEG_BLOCK: tl.constexpr):
+    """Rows of ``group`` (the trailing rows for ``group == num_lora``)."""
+    n = group * 0
+    for s0 in range(0, bs, SEG_BLOCK):
+        offs = s0 + tl.arange(0, SEG_BLOCK)
+        m = offs < bs
+        ln = tl.load(seg_lens + offs, mask=m, other=0)
+        wi = tl.load(weight_indices + offs, mask=m, other=-1)
+        n += tl.sum(tl.where(wi == group, ln, 0), axis=0)
+    if group == num_lora:
+        n = num_tokens - tl.load(seg_indptr + bs)
+    return n
+
+
+@triton.jit
 def chunk_rows(
     group,
     chunk,
@@ -80,13 +104,10 @@ def chunk_rows(
     BLOCK_M: tl.constexpr,
     SEG_BLOCK: tl.constexpr,
 ):
-    """Row indices (int64) of chunk ``chunk`` of ``group`` and the mask of the ones that exist.
-
-    Rows of a group are numbered in segment order; position ``p`` lies in the segment whose running
-    count of the group's rows brackets it.
-    """
-    pos = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
-    row = tl.zeros([BLOCK_M], dtype=tl.int32)
+    """Row indices (int64) of chunk ``chunk`` of ``group`` and the mask of the ones that exist."""
+    c0 = chunk * BLOCK_M
+    pos = c0 + tl.arange(0, BLOCK_M)
+    row = pos * 0
     before = group * 0  # rows of this group in earlier segment blocks (an int32 scalar)
     for s0 in range(0, bs, SEG_BLOCK):
         offs = s0 + tl.arange(0, SEG_BLOCK)
@@ -94,12 +115,20 @@ def chunk_rows(
         wi = tl.load(weight_indices + offs, mask=m, other=-1)
         ln = tl.load(seg_lens + offs, mask=m, other=0)
         start = tl.load(seg_indptr + offs, mask=m, other=0)
-        ln = tl.where(wi == group, ln, 0)
-        hi = tl.cumsum(ln, 0) + before
-        lo = hi - ln
-        inside = (pos[:, None] >= lo[None, :]) & (pos[:, None] < hi[None, :])
-        row += tl.sum(tl.where(inside, start[None, :] - lo[None, :] + pos[:, None], 0), axis=1)
-        before += tl.sum(ln, axis=0)
-    covered = tl.load(seg_indptr + bs)
-    row = tl.where(group == num_lora, covered + pos, row)  # the trailing-row group (shrink only)
+        ln = tl.where(wi == group, ln, 0)  # other groups' segments become empty
+        hi = tl.cumsum(ln, 0) + before  # running end of each segment, in the group's numbering
+        # segments of this block ending at or before p, for every p of the window [c0, c0 + BLOCK_M)
+        below = tl.sum((hi <= c0).to(tl.int32), axis=0)
+        rel = hi - c0
+        inside = (rel >= 1) & (rel < BLOCK_M)
+        hist = tl.histogram(tl.where(inside, rel, 2 * BLOCK_M - 1), 2 * BLOCK_M)
+        counts = tl.reshape(tl.cumsum(hist, 0), (2, BLOCK_M))
+        ended = tl.sum(tl.where(tl.arange(0, 2)[:, None] == 0, counts, 0), axis=0) + below
+        seg = tl.minimum(ended, SEG_BLOCK - 1)
+        offset = tl.gather(start - (hi - ln), seg, 0)  # row of a segment's first row minus its position
+        added = tl.sum(ln, axis=0)
+        row = tl.where((pos >= before) & (pos < before + added), pos + offset, row)
+        before += added
+    if group == num_lora:  # the trailing-row group (shrink only): rows after the last segment
+        row = tl.load(seg_indptr + bs) + pos
     return row.to(tl.int64), pos < n_rows

@@ -23,13 +23,13 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import chunk_rows, find_chunk
+from .grouping import chunk_rows, find_chunk, group_size
 from .scratch import scratch_for
 
 
 # Batch sizes vary call to call: keep them out of the specialisation key (one compile, not
 # one per divisibility class of the token / segment / slot counts).
-@triton.jit(do_not_specialize=["num_tokens", "num_lora", "bs"])
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "bs", "max_chunks"])
 def _shrink_kernel(
     x_ptr,
     w_ptr,
@@ -44,6 +44,7 @@ def _shrink_kernel(
     K,
     num_lora,
     bs,
+    max_chunks,
     stride_xm,
     stride_wl,
     stride_wn,
@@ -55,102 +56,129 @@ def _shrink_kernel(
     N_SUB: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    GROUP_GRID: tl.constexpr,
     L_BLOCK: tl.constexpr,
     SEG_BLOCK: tl.constexpr,
+    FIND_BLOCK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    group, chunk, n_rows, rank, total = find_chunk(
-        pid_m, seg_lens, seg_indptr, weight_indices, lora_ranks, num_tokens, num_lora, bs,
-        BLOCK_M, L_BLOCK, SEG_BLOCK, True,
-    )
-    if pid_m >= total:
-        return
-    rows, row_ok = chunk_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK)
+    if GROUP_GRID:
+        # Decode layout: program = (group, column group, K split), walking the group's chunks.
+        group = pid_m
+        n_rows = group_size(group, seg_lens, seg_indptr, weight_indices, num_tokens, num_lora, bs, SEG_BLOCK)
+        rank = tl.load(lora_ranks + group, mask=group < num_lora, other=0)
+        for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
+            _shrink_chunk(
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, seg_lens, seg_indptr, weight_indices,
+                num_lora, bs, K, stride_xm, stride_wl, stride_wn, stride_om,
+                group, chunk, n_rows, rank, (pid_m * tl.num_programs(1) + pid_n) * max_chunks + chunk,
+                STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, SEG_BLOCK, PRECISION,
+            )
+    else:
+        # Prefill layout: program = (chunk slot, column group, K split).
+        group, chunk, n_rows, rank, total = find_chunk(
+            pid_m, seg_lens, seg_indptr, weight_indices, lora_ranks, num_tokens, num_lora, bs,
+            BLOCK_M, L_BLOCK, FIND_BLOCK, True,
+        )
+        if pid_m >= total:
+            return
+        _shrink_chunk(
+            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, seg_lens, seg_indptr, weight_indices,
+            num_lora, bs, K, stride_xm, stride_wl, stride_wn, stride_om,
+            group, chunk, n_rows, rank, pid_m * tl.num_programs(1) + pid_n,
+            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, SEG_BLOCK, PRECISION,
+        )
 
+
+@triton.jit
+def _shrink_chunk(
+    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, seg_lens, seg_indptr, weight_indices,
+    num_lora, bs, K, stride_xm, stride_wl, stride_wn, stride_om,
+    group, chunk, n_rows, rank, tile,
+    STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SEG_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One chunk of a group: columns ``[pid_n * N_SUB * BLOCK_N, ...)``, K split ``pid_k``."""
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    rows, row_ok = chunk_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK)
     n0 = pid_n * (N_SUB * BLOCK_N)
     n_real = STACK * rank  # 0 for rank-0 slots and for the trailing-row group
     offs_n = tl.arange(0, BLOCK_N)
     out_rows = out_ptr + rows * stride_om
-    dtype = out_ptr.dtype.element_ty
+    n_a = n0 + offs_n
 
     acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-
     if n_real <= n0:
         # No real column in this tile: only zeros to write, once (by split 0).
         if pid_k == 0:
-            for i in tl.static_range(N_SUB):
-                n = n0 + i * BLOCK_N + offs_n
-                tl.store(out_rows[:, None] + n[None, :], acc0.to(dtype), mask=row_ok[:, None] & (n < N_OUT)[None, :])
-        return
-
-    k_steps = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_steps, SPLIT_K)
-    k_lo = pid_k * per_split * BLOCK_K
-    k_hi = tl.minimum(K, k_lo + per_split * BLOCK_K)
-    x_rows = x_ptr + rows * stride_xm
-    w_slot = w_ptr + group.to(tl.int64) * stride_wl
-    offs_k = tl.arange(0, BLOCK_K)
-    n_a = n0 + offs_n
-    n_b = n_a + BLOCK_N
-    n_c = n_b + BLOCK_N
-    n_d = n_c + BLOCK_N
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        kk = k0 + offs_k
-        km = kk < K
-        x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
-        # Weight sub-tiles as (BLOCK_K, BLOCK_N): row n of A is column n of the product.
-        w = tl.load(w_slot + n_a[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_a < n_real)[None, :], other=0.0)
-        acc0 = tl.dot(x, w, acc0, input_precision=PRECISION)
-        if N_SUB > 1:
-            w = tl.load(w_slot + n_b[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_b < n_real)[None, :], other=0.0)
-            acc1 = tl.dot(x, w, acc1, input_precision=PRECISION)
-        if N_SUB > 2:
-            w = tl.load(w_slot + n_c[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_c < n_real)[None, :], other=0.0)
-            acc2 = tl.dot(x, w, acc2, input_precision=PRECISION)
-        if N_SUB > 3:
-            w = tl.load(w_slot + n_d[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_d < n_real)[None, :], other=0.0)
-            acc3 = tl.dot(x, w, acc3, input_precision=PRECISION)
-
-    if SPLIT_K > 1:
-        tile = pid_m * tl.num_programs(1) + pid_n
-        tile_elems: tl.constexpr = BLOCK_M * N_SUB * BLOCK_N
-        ws_tile = ws_ptr + tile.to(tl.int64) * (SPLIT_K * tile_elems)
-        loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
-        mine = ws_tile + pid_k * tile_elems + loc
-        tl.store(mine, acc0, mask=row_ok[:, None])
-        if N_SUB > 1:
-            tl.store(mine + BLOCK_N, acc1, mask=row_ok[:, None])
-        if N_SUB > 2:
-            tl.store(mine + 2 * BLOCK_N, acc2, mask=row_ok[:, None])
-        if N_SUB > 3:
-            tl.store(mine + 3 * BLOCK_N, acc3, mask=row_ok[:, None])
-        tl.debug_barrier()  # every thread's partial is stored before the ticket is taken
-        ticket = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-        if ticket == SPLIT_K - 1:
-            # Last to arrive: sum all partials in split order (deterministic), from L2.
-            acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in tl.static_range(SPLIT_K):
-                part = ws_tile + s * tile_elems + loc
-                acc0 += tl.load(part, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-                if N_SUB > 1:
-                    acc1 += tl.load(part + BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-                if N_SUB > 2:
-                    acc2 += tl.load(part + 2 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-                if N_SUB > 3:
-                    acc3 += tl.load(part + 3 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(cnt_ptr + tile, 0)
             _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
     else:
-        _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
+        k_steps = tl.cdiv(K, BLOCK_K)
+        per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_lo = pid_k * per_split * BLOCK_K
+        k_hi = tl.minimum(K, k_lo + per_split * BLOCK_K)
+        x_rows = x_ptr + rows * stride_xm
+        w_slot = w_ptr + group.to(tl.int64) * stride_wl
+        offs_k = tl.arange(0, BLOCK_K)
+        n_b = n_a + BLOCK_N
+        n_c = n_b + BLOCK_N
+        n_d = n_c + BLOCK_N
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kk = k0 + offs_k
+            km = kk < K
+            x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
+            # Weight sub-tiles as (BLOCK_K, BLOCK_N): row n of A is column n of the product.
+            w = tl.load(w_slot + n_a[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_a < n_real)[None, :], other=0.0)
+            acc0 = tl.dot(x, w, acc0, input_precision=PRECISION)
+            if N_SUB > 1:
+                w = tl.load(w_slot + n_b[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_b < n_real)[None, :], other=0.0)
+                acc1 = tl.dot(x, w, acc1, input_precision=PRECISION)
+            if N_SUB > 2:
+                w = tl.load(w_slot + n_c[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_c < n_real)[None, :], other=0.0)
+                acc2 = tl.dot(x, w, acc2, input_precision=PRECISION)
+            if N_SUB > 3:
+                w = tl.load(w_slot + n_d[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_d < n_real)[None, :], other=0.0)
+                acc3 = tl.dot(x, w, acc3, input_precision=PRECISION)
+
+        if SPLIT_K > 1:
+            tile_elems: tl.constexpr = BLOCK_M * N_SUB * BLOCK_N
+            ws_tile = ws_ptr + tile.to(tl.int64) * (SPLIT_K * tile_elems)
+            loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
+            mine = ws_tile + pid_k * tile_elems + loc
+            tl.store(mine, acc0, mask=row_ok[:, None])
+            if N_SUB > 1:
+                tl.store(mine + BLOCK_N, acc1, mask=row_ok[:, None])
+            if N_SUB > 2:
+                tl.store(mine + 2 * BLOCK_N, acc2, mask=row_ok[:, None])
+            if N_SUB > 3:
+                tl.store(mine + 3 * BLOCK_N, acc3, mask=row_ok[:, None])
+            tl.debug_barrier()  # every thread's partial is stored before the ticket is taken
+            ticket = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if ticket == SPLIT_K - 1:
+                # Last to arrive: sum all partials in split order (deterministic), from L2.
+                acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in tl.static_range(SPLIT_K):
+                    part = ws_tile + s * tile_elems + loc
+                    acc0 += tl.load(part, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                    if N_SUB > 1:
+                        acc1 += tl.load(part + BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                    if N_SUB > 2:
+                        acc2 += tl.load(part + 2 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                    if N_SUB > 3:
+                        acc3 += tl.load(part + 3 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                tl.atomic_xchg(cnt_ptr + tile, 0)
+                _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
+        else:
+            _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
 
 
 @triton.jit
@@ -170,9 +198,10 @@ def _store_tile(out_rows, row_ok, n, acc0, acc1, acc2, acc3, N_OUT: tl.constexpr
 
 
 def shrink_grid(num_tokens: int, num_lora: int, n_out: int, plan: tiling.ShrinkPlan) -> tuple[int, int, int]:
-    """Launch grid: chunk slots (an upper bound from shapes), column groups, K splits."""
+    """Launch grid from shapes: (groups or chunk slots, column groups, K splits)."""
+    groups = num_lora + 1  # + the rows after the last segment (zeros)
     return (
-        triton.cdiv(num_tokens, plan.block_m) + num_lora + 1,
+        groups if plan.group_grid else triton.cdiv(num_tokens, plan.block_m) + groups,
         triton.cdiv(n_out, plan.block_n * plan.n_sub),
         plan.split_k,
     )
@@ -199,15 +228,17 @@ def lora_shrink(
     if plan is None:
         plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
     grid = shrink_grid(s, num_lora, n_out, plan)
+    # A group walks up to this many chunks (by-group layout); counters and partials are per chunk.
+    max_chunks = triton.cdiv(s, plan.block_m) if plan.group_grid else 1
     if plan.split_k > 1:
         tile_elems = plan.block_m * plan.n_sub * plan.block_n
-        ws, cnt = scratch_for(x.device).split_k(grid[0] * grid[1], plan.split_k * tile_elems)
+        ws, cnt = scratch_for(x.device).split_k(grid[0] * grid[1] * max_chunks, plan.split_k * tile_elems)
     else:
         ws = cnt = out  # unused
     _shrink_kernel[grid](
         x, weights, out, ws, cnt,
         batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices, batch_info.lora_ranks,
-        s, k, num_lora, batch_info.bs,
+        s, k, num_lora, batch_info.bs, max_chunks,
         x.stride(0), weights.stride(0), weights.stride(1), out.stride(0),
         STACK=stack_num,
         N_OUT=n_out,
@@ -216,8 +247,10 @@ def lora_shrink(
         N_SUB=plan.n_sub,
         BLOCK_K=plan.block_k,
         SPLIT_K=plan.split_k,
+        GROUP_GRID=plan.group_grid,
         L_BLOCK=tiling.group_block(num_lora + 1),
-        SEG_BLOCK=tiling.seg_block(batch_info.bs, plan.block_m),
+        SEG_BLOCK=tiling.seg_block(batch_info.bs),
+        FIND_BLOCK=tiling.find_block(batch_info.bs, num_lora + 1),
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,

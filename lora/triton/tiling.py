@@ -58,6 +58,7 @@ class ShrinkPlan:
     split_k: int
     num_warps: int = 4
     num_stages: int = 3
+    group_grid: bool = False  # grid axis 0 = adapter group (decode) instead of chunk slots (prefill)
 
     def __post_init__(self):
         for f in ("block_m", "block_n", "block_k"):
@@ -77,6 +78,7 @@ class ExpandPlan:
     n_iters: int  # column blocks walked by one program
     num_warps: int = 4
     num_stages: int = 2
+    group_grid: bool = False  # grid axis 0 = adapter group (decode) instead of chunk slots (prefill)
 
     def __post_init__(self):
         for f in ("block_m", "block_n"):
@@ -95,9 +97,14 @@ def group_block(groups: int) -> int:
     return max(2, next_pow2(groups))
 
 
-def seg_block(bs: int, block_m: int) -> int:
-    """Segments scanned per step of the in-kernel metadata loops (bounds the registers they use)."""
-    return max(16, min(next_pow2(max(bs, 1)), 64, 8192 // block_m))
+def seg_block(bs: int) -> int:
+    """Segments held at once by the in-kernel metadata scans (all of them up to 1024)."""
+    return max(16, min(next_pow2(max(bs, 1)), 1024))
+
+
+def find_block(bs: int, groups: int) -> int:
+    """Segments per step of the chunk-slot search (a groups x segments compare, kept <= 4096)."""
+    return max(16, min(next_pow2(max(bs, 1)), 4096 // group_block(groups)))
 
 
 def rank_block(max_r: int) -> int:
@@ -160,30 +167,35 @@ def tuned_table(device_name: str) -> dict:
 
 def heuristic_shrink(s: int, k: int, n_out: int, num_lora: int, num_sms: int) -> ShrinkPlan:
     g = math.ceil(s / max(num_lora, 1))
+    k_steps_of = lambda bk: math.ceil(k / bk)  # noqa: E731
     if g >= PREFILL_ROWS_PER_GROUP:
         block_m, block_k, warps, stages = 128, 64, 8, 3
         block_n = 64 if n_out > 32 else max(16, next_pow2(n_out))
         n_sub = min(4, math.ceil(n_out / block_n))
-        chunks, target = math.ceil(s / block_m), num_sms
-    else:
-        block_m = min(64, max(16, next_pow2(math.ceil(1.5 * g))))
-        block_k, warps, stages = 128, 4, 4
-        block_n, n_sub = (16 if n_out <= 64 else 32), 1
-        chunks, target = min(num_lora, s), 2 * num_sms
-    n_groups = math.ceil(n_out / (block_n * n_sub))
-    k_steps = math.ceil(k / block_k)
+        programs = math.ceil(s / block_m) * math.ceil(n_out / (block_n * n_sub))
+        split = 1
+        while programs * split < 0.9 * num_sms and split < 4 and k_steps_of(block_k) // (2 * split) >= 8:
+            split *= 2
+        return ShrinkPlan(block_m, block_n, n_sub, block_k, split, warps, stages)
+    block_m = min(64, max(16, next_pow2(math.ceil(1.5 * g))))
+    block_n = 16 if n_out <= 64 else 32
+    block_k = 128
+    programs = min(num_lora, s) * math.ceil(n_out / block_n)
     split = 1
-    while chunks * n_groups * split < target and split * 2 <= min(16, k_steps // 2):
+    while programs * split < 2 * num_sms and split < 16 and k_steps_of(block_k) // (2 * split) >= 1:
         split *= 2
-    return ShrinkPlan(block_m, block_n, n_sub, block_k, split, warps, stages)
+    return ShrinkPlan(block_m, block_n, 1, block_k, split, 4, 4, group_grid=True)
 
 
-def heuristic_expand(s: int, max_r: int, max_slice: int, num_lora: int) -> ExpandPlan:
+def heuristic_expand(s: int, max_r: int, max_slice: int, num_lora: int, stack: int = 1, num_sms: int = 132) -> ExpandPlan:
     g = math.ceil(s / max(num_lora, 1))
     if g >= PREFILL_ROWS_PER_GROUP:
-        return ExpandPlan(64, 128, 2, num_warps=4, num_stages=2)
+        return ExpandPlan(64, 128, 8, num_warps=4, num_stages=2)
     block_m = min(64, max(16, next_pow2(math.ceil(1.5 * g))))
-    return ExpandPlan(block_m, 64, 1, num_warps=4, num_stages=2)
+    block_n = 64
+    per_program = max_slice * stack * min(num_lora, s) / (block_n * 4 * num_sms)  # column blocks for ~4 waves
+    n_iters = 1 << max(0, min(4, int(math.log2(max(per_program, 1)))))
+    return ExpandPlan(block_m, block_n, n_iters, num_warps=4, num_stages=2, group_grid=True)
 
 
 def plan_shrink(s: int, k: int, n_out: int, num_lora: int, bs: int, dtype, device) -> ShrinkPlan:
@@ -201,7 +213,7 @@ def plan_expand(
     hit = tuned_table(name).get(expand_key(s, max_r, n_total, max_slice, stack, num_lora))
     if hit is not None:
         return ExpandPlan(**hit)
-    return heuristic_expand(s, max_r, max_slice, num_lora)
+    return heuristic_expand(s, max_r, max_slice, num_lora, stack, device_info(device)[1])
 
 
 def plan_dict(plan) -> dict:
