@@ -1,9 +1,9 @@
 """LLM provider backends behind one interface.
 
 The core (backend interface, program state, sampling parameters, chat templates, choice methods,
-errors, retry policy) is imported eagerly and needs nothing outside the standard library. Backends
-that need an HTTP client or a provider SDK are imported on first use, so ``import providers`` works
-without them::
+errors, retry policy, token usage) is imported eagerly and needs nothing outside the standard
+library. Backends that need an HTTP client or a provider SDK are imported on first use, so
+``import providers`` works without them::
 
     from providers import ProgramState, RuntimeEndpoint
 
@@ -55,14 +55,15 @@ from .errors import (
 )
 from .retry import RetryPolicy
 from .sampling import SamplingParams, UnsupportedParameterWarning
+from .sdk_errors import INSTALL_HINT
 from .state import ProgramState
+from .usage import TokenUsage
 
 # name -> module that defines it; imported on first attribute access.
 _LAZY = {
     "RuntimeEndpoint": "providers.runtime_endpoint",
     "Runtime": "providers.runtime",
     "OpenAI": "providers.openai",
-    "TokenUsage": "providers.openai",
     "Anthropic": "providers.anthropic",
     "LiteLLM": "providers.litellm",
     "VertexAI": "providers.vertexai",
@@ -100,6 +101,7 @@ __all__ = [
     "LaunchError",
     "Secret",
     "RetryPolicy",
+    "TokenUsage",
     "make_meta_info",
     "normalize_finish_reason",
 ]  # the lazy names stay out of __all__: `from providers import *` must not import every SDK
@@ -117,7 +119,7 @@ def __getattr__(name: str) -> Any:
             raise  # our own module is missing or broken: not an optional dependency
         raise ImportError(
             f"providers.{name} needs the optional dependency {missing!r}; "
-            f"install it with: pip install 'kernelstack[providers]'",
+            f"install it with: {INSTALL_HINT}",
             name=missing,
         ) from err
     value = getattr(module, name)

@@ -25,7 +25,8 @@ with arguments valid for the schema; the text returned is that JSON. Tool use wo
 model, which is why it was chosen over the newer ``output_format`` parameter.
 
 ``select`` -- ``"generate_and_match"``: the Messages API exposes neither logprobs nor logit bias,
-so the backend asks for one of the listed choices and matches the answer (``providers/_api.py``).
+so the backend asks for one of the listed choices and matches the answer (the generate-and-match
+rules in ``providers/choices.py``).
 
 Retries and timeouts: the SDK's machinery (``max_retries``, default 2; ``timeout``): exponential
 backoff with jitter, ``Retry-After`` honoured, retried on 408/409/429/5xx/529 (overloaded),
@@ -44,22 +45,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._api import (
-    TokenUsage,
-    chat_turns,
-    import_sdk,
-    interrupted,
-    match_choice,
-    parse_data_url,
-    translating,
-    with_select_instruction,
-    wrap_error,
-)
 from .base import BaseBackend, make_meta_info
 from .chat_template import ChatTemplate, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod
+from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_select_instruction
 from .errors import ProviderError, register_secret
+from .messages import chat_turns, parse_data_url
 from .sampling import DTYPE_VALUE_KEY, SamplingParams, dtype_json_schema, format_dtype_value, to_anthropic_kwargs
+from .sdk_errors import import_sdk, interrupted, translating, wrap_error
+from .usage import TokenUsage
 
 __all__ = ["Anthropic"]
 

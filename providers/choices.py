@@ -15,6 +15,15 @@ Every method returns a :class:`ChoicesDecision` whose ``meta_info`` always has `
 method's name) and ``"normalized_prompt_logprobs"``. Backends that decide another way (e.g. generate
 and match) build a ``ChoicesDecision`` themselves and put their own method name there.
 
+Generate-and-match (``select`` where an API exposes neither logprobs nor logit bias):
+:func:`with_select_instruction` appends one instruction listing the choices
+(:func:`select_instruction`) to the last user turn (a new user turn if the last one is the
+assistant's); the backend generates at the caller's temperature and :func:`match_choice` maps the
+answer to a choice: exact match, else equal after case-folding and trimming quotes/punctuation, else
+the longest choice contained in the answer, else the closest by ``difflib`` similarity.
+``meta_info["match"]`` says which rule decided and ``meta_info["generated"]`` holds the raw answer,
+so a caller can reject a ``"closest"`` guess.
+
 None-safety: servers report ``None`` as the logprob of the very first prompt token (nothing
 precedes it), and may do so elsewhere. A ``None`` logprob is "no information": it is left out of
 means; a choice with no scored token at all gets ``-inf`` (it loses against any scored choice).
@@ -23,7 +32,10 @@ Ties go to the earliest choice.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +51,10 @@ __all__ = [
     "greedy_token_selection",
     "unconditional_likelihood_normalized",
     "normalized_logprob",
+    "SELECT_INSTRUCTION",
+    "select_instruction",
+    "with_select_instruction",
+    "match_choice",
 ]
 
 TokenLogprobs = Sequence[Sequence[Any]]  # entries [logprob|None, token_id, text|None]
@@ -203,3 +219,49 @@ class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
 token_length_normalized = TokenLengthNormalized()
 greedy_token_selection = GreedyTokenSelection()
 unconditional_likelihood_normalized = UnconditionalLikelihoodNormalized()
+
+
+# --------------------------------------------------------------------------- generate & match
+
+SELECT_INSTRUCTION = "Answer with exactly one of the following options and nothing else:"
+
+
+def select_instruction(choices: Sequence[str]) -> str:
+    """The instruction that asks for exactly one of ``choices`` (one ``- choice`` line each)."""
+    return SELECT_INSTRUCTION + "\n" + "\n".join(f"- {c}" for c in choices)
+
+
+def with_select_instruction(messages: list[dict[str, Any]], choices: Sequence[str]) -> list[dict[str, Any]]:
+    """A copy of OpenAI-format ``messages`` with the select instruction added to the last user turn."""
+    messages = copy.deepcopy(messages)
+    note = select_instruction(choices)
+    if messages and messages[-1]["role"] == "user":
+        content = messages[-1]["content"]
+        if isinstance(content, str):
+            messages[-1]["content"] = (content + "\n\n" + note) if content else note
+        else:
+            messages[-1]["content"] = list(content) + [{"type": "text", "text": "\n\n" + note}]
+    else:
+        messages.append({"role": "user", "content": note})
+    return messages
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.casefold().strip().strip("\"'`*.,;:!?()[]{}<> \n\t")).strip()
+
+
+def match_choice(text: str, choices: Sequence[str]) -> tuple[int, str]:
+    """``(index, rule)`` of the choice ``text`` names (rules: exact, normalized, contains, closest)."""
+    stripped = text.strip()
+    for i, c in enumerate(choices):
+        if stripped == c or stripped == c.strip():
+            return i, "exact"
+    n = _norm(text)
+    for i, c in enumerate(choices):
+        if n == _norm(c):
+            return i, "normalized"
+    contained = [i for i, c in enumerate(choices) if _norm(c) and _norm(c) in n]
+    if contained:
+        return max(contained, key=lambda i: (len(_norm(choices[i])), -i)), "contains"
+    ratios = [difflib.SequenceMatcher(None, n, _norm(c)).ratio() for c in choices]
+    return max(range(len(choices)), key=lambda i: (ratios[i], -i)), "closest"

@@ -26,7 +26,7 @@ with a synthesized ``finish_reason="stop"``, so only broken connections (not cle
 detected behind it. Offline, set ``LITELLM_LOCAL_MODEL_COST_MAP=True`` before importing litellm,
 or it tries to download its model price map on import.
 
-``select`` -- ``"generate_and_match"`` (see ``providers/_api.py``): portable across every provider
+``select`` -- ``"generate_and_match"`` (see ``providers/choices.py``): portable across every provider
 litellm reaches, logprobs or not. ``backend.token_usage`` sums the usage litellm reports.
 """
 
@@ -38,20 +38,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._api import (
-    TokenUsage,
-    chat_turns,
-    import_sdk,
-    match_choice,
-    translating,
-    with_select_instruction,
-)
 from .base import BaseBackend, make_meta_info
 from .chat_template import ChatTemplate, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod
+from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_select_instruction
 from .errors import ProviderError, Secret
+from .messages import chat_turns
 from .retry import RetryPolicy
 from .sampling import DTYPE_VALUE_KEY, SamplingParams, dtype_json_schema, format_dtype_value, to_litellm_kwargs
+from .sdk_errors import import_sdk, translating
+from .usage import TokenUsage
 
 __all__ = ["LiteLLM"]
 

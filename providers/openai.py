@@ -35,7 +35,7 @@ carrying status and the server's message with the API key redacted.
 * chat models -- ``"logit_bias"`` when the choices start with distinct tokens: one request with
   ``max_tokens=1``, the biased first tokens and ``logprobs`` (their logprobs are in ``meta_info``).
   Otherwise (shared first tokens, reasoning models, which reject logit bias, or no tokenizer)
-  ``"generate_and_match"`` (see ``providers/_api.py``).
+  ``"generate_and_match"`` (see ``providers/choices.py``).
 
 Tokenizer: ``tokenizer=`` (anything with ``encode(str) -> list[int]`` and ``decode(list[int]) -> str``)
 or tiktoken's encoding for the model. tiktoken downloads its encodings on first use; offline, point
@@ -70,20 +70,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._api import (
-    TokenUsage,
-    chat_turns,
-    import_sdk,
-    interrupted,
-    match_choice,
-    translating,
-    with_select_instruction,
-    wrap_error,
-)
 from .base import BaseBackend, make_meta_info
 from .chat_template import ChatTemplate, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod
+from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_select_instruction
 from .errors import ProviderError, UnsupportedOperationError, register_secret
+from .messages import chat_turns
 from .sampling import (
     DTYPE_REGEX,
     DTYPE_VALUE_KEY,
@@ -92,6 +83,8 @@ from .sampling import (
     format_dtype_value,
     to_openai_kwargs,
 )
+from .sdk_errors import INSTALL_HINT, import_sdk, interrupted, translating, wrap_error
+from .usage import TokenUsage
 
 __all__ = ["OpenAI", "TokenUsage"]
 
@@ -459,7 +452,7 @@ class OpenAI(BaseBackend):
                 try:
                     import tiktoken
                 except ImportError:
-                    self._tokenizer_error = "tiktoken is not installed (pip install 'kernelstack[providers]')"
+                    self._tokenizer_error = f"tiktoken is not installed ({INSTALL_HINT})"
                     return None
                 try:
                     try:

@@ -49,20 +49,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._api import (
-    TokenUsage,
-    chat_turns,
-    import_sdk,
-    match_choice,
-    parse_data_url,
-    translating,
-)
 from .base import BaseBackend, make_meta_info
 from .chat_template import ChatTemplate, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod
+from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice
 from .errors import ProviderError, register_secret
+from .messages import chat_turns, parse_data_url
 from .retry import RetryPolicy
 from .sampling import DTYPE_VALUE_KEY, SamplingParams, dtype_json_schema, format_dtype_value, to_vertexai_config
+from .sdk_errors import import_sdk, translating
+from .usage import TokenUsage
 
 __all__ = ["VertexAI"]
 

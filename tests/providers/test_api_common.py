@@ -23,7 +23,8 @@ from providers import (
     UnsupportedParameterError,
     UnsupportedParameterWarning,
 )
-from providers._api import TokenUsage, match_choice, parse_data_url, with_select_instruction, wrap_error
+from providers.choices import match_choice, with_select_instruction
+from providers.messages import parse_data_url
 from providers.sampling import (
     format_dtype_value,
     openai_response_format,
@@ -32,6 +33,8 @@ from providers.sampling import (
     to_openai_kwargs,
     to_vertexai_config,
 )
+from providers.sdk_errors import wrap_error
+from providers.usage import TokenUsage
 
 from .wire_openai import OpenAIServer
 

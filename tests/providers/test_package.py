@@ -46,6 +46,7 @@ def test_import_without_sdks_or_torch():
         from providers import *
         s = providers.ProgramState(providers.BaseBackend())
         s.user("hi")
+        assert repr(providers.TokenUsage()) == "TokenUsage(prompt_tokens=0, completion_tokens=0)"
         assert "torch" not in sys.modules
         print("OK", sorted(set(sys.modules) & {"httpx", "openai", "anthropic", "litellm"}))
         """,

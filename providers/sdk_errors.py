@@ -1,0 +1,169 @@
+"""What an SDK raises, as this package's errors: a missing SDK and every SDK/transport exception.
+
+The four SDK-backed backends (OpenAI/Azure, Anthropic, LiteLLM, Vertex AI) never let an SDK's own
+exception reach the caller:
+
+* :func:`import_sdk` -- the lazy SDK import; a missing SDK raises ``ImportError`` naming the extra
+  that installs it (:data:`INSTALL_HINT`);
+* :func:`wrap_error` / :func:`translating` -- any SDK or transport exception becomes the matching
+  :class:`~providers.errors.ProviderError`: the status (HTTP status, or the status an error event
+  inside a 200 stream stands for, e.g. Anthropic's ``overloaded_error`` -> 529), the server's message
+  (redacted), ``retry_after`` from ``retry-after-ms`` / ``Retry-After`` (:func:`retry_after_of`);
+  timeouts -> :class:`~providers.errors.APITimeoutError`, connection failures ->
+  :class:`~providers.errors.APIConnectionError`. ``sdk_error`` keeps the SDK exception's class
+  name. It is raised ``from None`` so the SDK's own (unredacted) text is not chained into tracebacks;
+* :func:`interrupted` -- the :class:`~providers.errors.StreamInterruptedError` for a stream that
+  failed after it had delivered text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator, Sequence
+from types import ModuleType
+
+from .errors import (
+    APIConnectionError,
+    APITimeoutError,
+    ProviderError,
+    StreamInterruptedError,
+    error_from_status,
+    redact,
+)
+from .retry import parse_retry_after
+
+__all__ = ["INSTALL_HINT", "import_sdk", "wrap_error", "translating", "interrupted", "retry_after_of"]
+
+#: How to install the optional dependencies of the SDK-backed backends.
+INSTALL_HINT = "pip install 'kernelstack[providers]'"
+
+
+def import_sdk(module: str, backend: str) -> ModuleType:
+    """Import ``module`` (an SDK) or raise ImportError naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{backend} needs the optional dependency {module!r}; install it with: {INSTALL_HINT}",
+            name=err.name or module,
+        ) from err
+
+
+def _headers_of(exc: BaseException):
+    # litellm attaches a synthetic response without headers and keeps the real ones aside.
+    for headers in (getattr(getattr(exc, "response", None), "headers", None),
+                    getattr(exc, "litellm_response_headers", None)):
+        if headers:
+            return headers
+    return None
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """Seconds from ``retry-after-ms`` / ``Retry-After`` on the exception's response, if any."""
+    headers = _headers_of(exc)
+    if not headers:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            value = parse_retry_after(str(ms))
+            if value is not None:
+                return value / 1000.0
+        return parse_retry_after(headers.get("retry-after"))
+    except Exception:  # noqa: BLE001 - odd header containers never break error mapping
+        return None
+
+
+# Error types that arrive inside a 200 stream (Anthropic's ``event: error``), as the status they stand for.
+_STREAM_ERROR_TYPES = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                       "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
+                       "api_error": 500, "overloaded_error": 529}
+
+
+def _status_of(exc: BaseException) -> int | None:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        kind = body["error"].get("type")
+        if kind in _STREAM_ERROR_TYPES and getattr(exc, "status_code", 200) in (200, None):
+            return _STREAM_ERROR_TYPES[kind]
+    for attr in ("status_code", "code", "status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and 400 <= value < 600:
+            return value
+    response = getattr(exc, "response", None)
+    value = getattr(response, "status_code", None)
+    if isinstance(value, int) and 100 <= value < 600 and value >= 400:
+        return value
+    return None
+
+
+def _message_of(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(body.get("message"), str):
+            return body["message"]
+    message = getattr(exc, "message", None)
+    if isinstance(message, str) and message:
+        return message
+    return str(exc) or type(exc).__name__
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or any("Timeout" in c.__name__ for c in type(exc).__mro__)
+
+
+def _is_connection(exc: BaseException) -> bool:
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(
+        names & {"APIConnectionError", "TransportError", "NetworkError", "ProtocolError", "ConnectionError",
+                 "RemoteProtocolError", "ServiceUnavailableError"}
+    ) or isinstance(exc, OSError)
+
+
+def wrap_error(exc: BaseException, provider: str, secrets: Sequence[str | None] = ()) -> ProviderError:
+    """The :class:`ProviderError` for an SDK/transport exception (messages redacted)."""
+    if isinstance(exc, ProviderError):
+        return exc
+    status = _status_of(exc)
+    kind = type(exc).__name__
+    if _is_timeout(exc):  # before the status: litellm's Timeout carries a synthetic 408
+        err: ProviderError = APITimeoutError(f"request timed out ({kind})", provider=provider)
+    elif status is not None:
+        err = error_from_status(
+            status, redact(_message_of(exc), secrets), provider=provider, retry_after=retry_after_of(exc)
+        )
+    elif _is_connection(exc):
+        err = APIConnectionError(f"{kind}: {redact(str(exc), secrets)}", provider=provider)
+    else:
+        err = ProviderError(f"{kind}: {redact(str(exc), secrets)}", provider=provider)
+    err.sdk_error = kind
+    return err
+
+
+@contextlib.contextmanager
+def translating(provider: str, secrets: Sequence[str | None] = ()) -> Iterator[None]:
+    """Re-raise any non-ProviderError exception of the block as a :class:`ProviderError`."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a ProviderError
+        raise wrap_error(exc, provider, secrets) from None
+
+
+def interrupted(provider: str, cause: BaseException | str, secrets: Sequence[str | None] = ()) -> StreamInterruptedError:
+    """A :class:`StreamInterruptedError` for a stream that failed after delivering text."""
+    if isinstance(cause, BaseException):
+        base = wrap_error(cause, provider, secrets)
+        err = StreamInterruptedError(
+            f"stream interrupted after partial output: {base.message}", provider=provider, status=base.status
+        )
+        err.sdk_error = getattr(base, "sdk_error", type(cause).__name__)
+        return err
+    return StreamInterruptedError(f"stream interrupted after partial output: {cause}", provider=provider)
