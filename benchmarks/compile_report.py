@@ -65,7 +65,8 @@ def shrink_report(dtype: str, stack: int, n_out: int, plan: tiling.ShrinkPlan, n
     consts = dict(STACK=stack, N_OUT=n_out, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, N_SUB=plan.n_sub,
                   BLOCK_K=plan.block_k, SPLIT_K=plan.split_k, GROUP_GRID=plan.group_grid,
                   L_BLOCK=tiling.group_block(num_lora + 1), SEG_BLOCK=tiling.seg_block(bs),
-                  FIND_BLOCK=tiling.find_block(bs, num_lora + 1), PRECISION="tf32x3" if dtype == "fp32" else "ieee")
+                  FIND_BLOCK=tiling.find_block(bs, num_lora + 1),
+                  BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(bs)), PRECISION="tf32x3" if dtype == "fp32" else "ieee")
     return resources(compile_kernel(_shrink_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 
@@ -76,13 +77,14 @@ def expand_report(dtype: str, max_r: int, plan: tiling.ExpandPlan, num_lora=8, b
     consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_R=tiling.rank_block(max_r), N_ITERS=plan.n_iters,
                   GROUP_GRID=plan.group_grid, L_BLOCK=tiling.group_block(num_lora), SEG_BLOCK=tiling.seg_block(bs),
                   FIND_BLOCK=tiling.find_block(bs, num_lora),
+                  BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(bs)),
                   PRECISION="tf32x3" if dtype == "fp32" else "ieee", ALIGN=16)
     return resources(compile_kernel(_expand_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 
 def main():
     print(f"triton {triton.__version__}, target sm_90")
-    for s, bs in ((8192, 8), (256, 256), (64, 64)):
+    for s, bs in ((8192, 8), (256, 256), (64, 64), (8192, 32)):
         for r in (16, 64):
             for stack, k in ((1, 4096), (2, 4096), (3, 4096), (1, 14336)):
                 n_out = stack * r

@@ -289,11 +289,11 @@ def shrink_candidates(s, k, n_out, num_lora, sms):
     if g >= tiling.PREFILL_ROWS_PER_GROUP:
         for bm, warps in ((128, 8), (64, 4)):
             for bn in (64, 128):
-                if bn > 64 and n_out <= 64:
+                if bn > 64 and n_out % 128:  # 128-wide sub-tiles only where they do not pad
                     continue
                 bn_eff = min(bn, max(16, tiling.next_pow2(n_out)))
                 n_sub = min(4, math.ceil(n_out / bn_eff))
-                for bk, stages in ((64, 3), (64, 4), (128, 3)):
+                for bk, stages in ((32, 4), (64, 3), (64, 4), (128, 3)):
                     if (bm + n_sub * bn_eff) * bk * 2 * stages > 200_000:
                         continue
                     for split in (1, 2):
@@ -398,6 +398,7 @@ def tune(args) -> None:
             shape = (comp.max_r, op.offsets, op.stack)
         cands = list(dict.fromkeys(cands))[: args.max_candidates]
         work.append((key, case_name, op_name, op, comp, cands, shape))
+    work.sort(key=lambda w: CASES[w[1]].decode)  # prefill shapes first: the budget may stop the run
     total = sum(len(w[5]) for w in work)
     print(f"tuning {len(work)} shapes, {total} candidate plans on {device}", flush=True)
 

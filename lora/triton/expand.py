@@ -52,6 +52,7 @@ def _expand_kernel(
     L_BLOCK: tl.constexpr,
     SEG_BLOCK: tl.constexpr,
     FIND_BLOCK: tl.constexpr,
+    BY_HISTOGRAM: tl.constexpr,
     PRECISION: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
@@ -77,7 +78,7 @@ def _expand_kernel(
             _expand_chunk(
                 x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
                 stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, PRECISION, ALIGN,
+                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, BY_HISTOGRAM, PRECISION, ALIGN,
             )
     else:
         # Prefill layout: program = (chunk slot, slice, column group).
@@ -90,7 +91,7 @@ def _expand_kernel(
         _expand_chunk(
             x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
             stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, PRECISION, ALIGN,
+            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, BY_HISTOGRAM, PRECISION, ALIGN,
         )
 
 
@@ -99,10 +100,12 @@ def _expand_chunk(
     x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
     stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr,
-    SEG_BLOCK: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
+    SEG_BLOCK: tl.constexpr, BY_HISTOGRAM: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_j = tl.program_id(1)
-    rows, row_ok = chunk_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK)
+    rows, row_ok = chunk_rows(
+        group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK, BY_HISTOGRAM
+    )
     scale = tl.load(scalings + group)
     w_slot = w_ptr + group.to(tl.int64) * stride_wl
     out_rows = out_ptr + rows * stride_om
@@ -191,6 +194,7 @@ def lora_expand(
         L_BLOCK=tiling.group_block(num_lora),
         SEG_BLOCK=tiling.seg_block(batch_info.bs),
         FIND_BLOCK=tiling.find_block(batch_info.bs, num_lora),
+        BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(batch_info.bs)),
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         ALIGN=ALIGN,
         num_warps=plan.num_warps,

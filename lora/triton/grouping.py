@@ -103,8 +103,14 @@ def chunk_rows(
     bs,
     BLOCK_M: tl.constexpr,
     SEG_BLOCK: tl.constexpr,
+    BY_HISTOGRAM: tl.constexpr,
 ):
-    """Row indices (int64) of chunk ``chunk`` of ``group`` and the mask of the ones that exist."""
+    """Row indices (int64) of chunk ``chunk`` of ``group`` and the mask of the ones that exist.
+
+    ``BY_HISTOGRAM``: find each position's segment by a cumulative histogram and a gather
+    (``O(SEG_BLOCK + BLOCK_M)``, through shared memory); otherwise by comparing every position with
+    every segment (``BLOCK_M x SEG_BLOCK`` in registers, no barriers: cheaper when that is small).
+    """
     c0 = chunk * BLOCK_M
     pos = c0 + tl.arange(0, BLOCK_M)
     row = pos * 0
@@ -117,17 +123,22 @@ def chunk_rows(
         start = tl.load(seg_indptr + offs, mask=m, other=0)
         ln = tl.where(wi == group, ln, 0)  # other groups' segments become empty
         hi = tl.cumsum(ln, 0) + before  # running end of each segment, in the group's numbering
-        # segments of this block ending at or before p, for every p of the window [c0, c0 + BLOCK_M)
-        below = tl.sum((hi <= c0).to(tl.int32), axis=0)
-        rel = hi - c0
-        inside = (rel >= 1) & (rel < BLOCK_M)
-        hist = tl.histogram(tl.where(inside, rel, 2 * BLOCK_M - 1), 2 * BLOCK_M)
-        counts = tl.reshape(tl.cumsum(hist, 0), (2, BLOCK_M))
-        ended = tl.sum(tl.where(tl.arange(0, 2)[:, None] == 0, counts, 0), axis=0) + below
-        seg = tl.minimum(ended, SEG_BLOCK - 1)
-        offset = tl.gather(start - (hi - ln), seg, 0)  # row of a segment's first row minus its position
+        lo = hi - ln
         added = tl.sum(ln, axis=0)
-        row = tl.where((pos >= before) & (pos < before + added), pos + offset, row)
+        if BY_HISTOGRAM:
+            # segments of this block ending at or before p, for every p of the window [c0, c0 + BLOCK_M)
+            below = tl.sum((hi <= c0).to(tl.int32), axis=0)
+            rel = hi - c0
+            inside = (rel >= 1) & (rel < BLOCK_M)
+            hist = tl.histogram(tl.where(inside, rel, 2 * BLOCK_M - 1), 2 * BLOCK_M)
+            counts = tl.reshape(tl.cumsum(hist, 0), (2, BLOCK_M))
+            ended = tl.sum(tl.where(tl.arange(0, 2)[:, None] == 0, counts, 0), axis=0) + below
+            seg = tl.minimum(ended, SEG_BLOCK - 1)
+            offset = tl.gather(start - lo, seg, 0)  # row of a segment's first row minus its position
+            row = tl.where((pos >= before) & (pos < before + added), pos + offset, row)
+        else:
+            inside = (pos[:, None] >= lo[None, :]) & (pos[:, None] < hi[None, :])
+            row += tl.sum(tl.where(inside, start[None, :] - lo[None, :] + pos[:, None], 0), axis=1)
         before += added
     if group == num_lora:  # the trailing-row group (shrink only): rows after the last segment
         row = tl.load(seg_indptr + bs) + pos

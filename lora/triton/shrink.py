@@ -60,6 +60,7 @@ def _shrink_kernel(
     L_BLOCK: tl.constexpr,
     SEG_BLOCK: tl.constexpr,
     FIND_BLOCK: tl.constexpr,
+    BY_HISTOGRAM: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -74,7 +75,7 @@ def _shrink_kernel(
                 x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, seg_lens, seg_indptr, weight_indices,
                 num_lora, bs, K, stride_xm, stride_wl, stride_wn, stride_om,
                 group, chunk, n_rows, rank, (pid_m * tl.num_programs(1) + pid_n) * max_chunks + chunk,
-                STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, SEG_BLOCK, PRECISION,
+                STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, SEG_BLOCK, BY_HISTOGRAM, PRECISION,
             )
     else:
         # Prefill layout: program = (chunk slot, column group, K split).
@@ -88,7 +89,7 @@ def _shrink_kernel(
             x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, seg_lens, seg_indptr, weight_indices,
             num_lora, bs, K, stride_xm, stride_wl, stride_wn, stride_om,
             group, chunk, n_rows, rank, pid_m * tl.num_programs(1) + pid_n,
-            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, SEG_BLOCK, PRECISION,
+            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, SEG_BLOCK, BY_HISTOGRAM, PRECISION,
         )
 
 
@@ -98,12 +99,14 @@ def _shrink_chunk(
     num_lora, bs, K, stride_xm, stride_wl, stride_wn, stride_om,
     group, chunk, n_rows, rank, tile,
     STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SEG_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SEG_BLOCK: tl.constexpr, BY_HISTOGRAM: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One chunk of a group: columns ``[pid_n * N_SUB * BLOCK_N, ...)``, K split ``pid_k``."""
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    rows, row_ok = chunk_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK)
+    rows, row_ok = chunk_rows(
+        group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK, BY_HISTOGRAM
+    )
     n0 = pid_n * (N_SUB * BLOCK_N)
     n_real = STACK * rank  # 0 for rank-0 slots and for the trailing-row group
     offs_n = tl.arange(0, BLOCK_N)
@@ -251,6 +254,7 @@ def lora_shrink(
         L_BLOCK=tiling.group_block(num_lora + 1),
         SEG_BLOCK=tiling.seg_block(batch_info.bs),
         FIND_BLOCK=tiling.find_block(batch_info.bs, num_lora + 1),
+        BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(batch_info.bs)),
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,

@@ -107,6 +107,11 @@ def find_block(bs: int, groups: int) -> int:
     return max(16, min(next_pow2(max(bs, 1)), 4096 // group_block(groups)))
 
 
+def rows_by_histogram(block_m: int, seg_block_: int) -> bool:
+    """Chunk rows by cumulative histogram when a rows x segments compare would pass 4096 elements."""
+    return block_m * seg_block_ > 4096
+
+
 def rank_block(max_r: int) -> int:
     """K width of the expand dot: the rank buffer rounded up to a power of two (>= 16 for tl.dot)."""
     return max(16, next_pow2(max_r))

@@ -145,10 +145,11 @@ SHRINK_PLANS = [
 ]
 
 
-@pytest.fixture(params=["all-segments", "segment-blocks"])
+@pytest.fixture(params=["compare", "histogram", "histogram-in-blocks"])
 def seg_blocks(request, monkeypatch):
-    """Metadata scanned at once, or 16 segments at a time (the loop taken past 1024 segments)."""
-    if request.param == "segment-blocks":
+    """Both ways to find a chunk's rows; segments scanned at once, or 16 at a time (past 1024 segments)."""
+    monkeypatch.setattr(tiling, "rows_by_histogram", lambda block_m, seg: request.param != "compare")
+    if request.param == "histogram-in-blocks":
         monkeypatch.setattr(tiling, "seg_block", lambda bs: 16)
     return request.param
 
