@@ -5,14 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
-import os
 import time
 
 import pytest
 
-# litellm downloads its model price map on import unless told to use the bundled copy: no network here.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-pytest.importorskip("litellm")
+pytest.importorskip("litellm")  # offline: conftest.py makes it use its bundled model price map
 
 from providers import (  # noqa: E402
     APITimeoutError,
