@@ -33,7 +33,6 @@ litellm reaches, logprobs or not. ``backend.token_usage`` sums the usage litellm
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -44,7 +43,7 @@ from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_
 from .errors import ProviderError, Secret
 from .messages import chat_turns
 from .retry import RetryPolicy
-from .sampling import DTYPE_VALUE_KEY, SamplingParams, dtype_json_schema, format_dtype_value, to_litellm_kwargs
+from .sampling import SamplingParams, dtype_json_schema, parse_dtype_output, to_litellm_kwargs
 from .sdk_errors import import_sdk, translating
 from .usage import TokenUsage
 
@@ -117,13 +116,7 @@ class LiteLLM(BaseBackend):
         return p, c
 
     def _finish_text(self, text: str, params: SamplingParams) -> str:
-        if params.dtype is None:
-            return text
-        try:
-            return format_dtype_value(params.dtype, json.loads(text)[DTYPE_VALUE_KEY])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ProviderError(f"structured output for dtype={params.dtype} did not parse: {err}",
-                                provider=self.provider) from None
+        return text if params.dtype is None else parse_dtype_output(params.dtype, text, provider=self.provider)
 
     # ----------------------------------------------------------------------------- generate
 

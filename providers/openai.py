@@ -75,14 +75,7 @@ from .chat_template import ChatTemplate, get_chat_template_by_model_path
 from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_select_instruction
 from .errors import ProviderError, UnsupportedOperationError, register_secret
 from .messages import chat_turns
-from .sampling import (
-    DTYPE_REGEX,
-    DTYPE_VALUE_KEY,
-    SamplingParams,
-    dtype_json_schema,
-    format_dtype_value,
-    to_openai_kwargs,
-)
+from .sampling import DTYPE_REGEX, SamplingParams, dtype_json_schema, parse_dtype_output, to_openai_kwargs
 from .sdk_errors import INSTALL_HINT, import_sdk, interrupted, translating, wrap_error
 from .usage import TokenUsage
 
@@ -287,12 +280,7 @@ class OpenAI(BaseBackend):
         if self.is_chat_model:
             schema = json.dumps({"name": f"{dtype}_value", "schema": dtype_json_schema(dtype), "strict": True})
             text, meta = self.generate(s, base.replace(json_schema=schema))
-            try:
-                value = json.loads(text)[DTYPE_VALUE_KEY]
-                out = format_dtype_value(dtype, value)
-            except (ValueError, KeyError, TypeError) as err:
-                raise ProviderError(f"structured output for dtype={dtype} did not parse: {err}",
-                                    provider=self.provider) from None
+            out = parse_dtype_output(dtype, text, provider=self.provider)
             meta["constraint"] = "response_format"
             return out, meta
         if dtype == "bool":

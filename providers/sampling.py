@@ -30,10 +30,10 @@ import json
 import math
 import warnings
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import UnsupportedParameterError
+from .errors import ProviderError, UnsupportedParameterError
 
 __all__ = [
     "SamplingParams",
@@ -41,8 +41,17 @@ __all__ = [
     "OUTPUT_CONSTRAINTS",
     "SAMPLING_KNOBS",
     "DTYPE_REGEX",
+    "DTYPE_VALUE_KEY",
     "check_supported",
+    "dtype_json_schema",
+    "format_dtype_value",
+    "parse_dtype_output",
+    "openai_response_format",
     "to_sglang",
+    "to_openai_kwargs",
+    "to_litellm_kwargs",
+    "to_anthropic_kwargs",
+    "to_vertexai_config",
 ]
 
 
@@ -337,6 +346,15 @@ def format_dtype_value(dtype: str, value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def parse_dtype_output(dtype: str, text: str, *, provider: str) -> str:
+    """The ``dtype`` value from structured output ``text`` (the :func:`dtype_json_schema` object),
+    written as :data:`DTYPE_REGEX` describes; ``ProviderError`` when it does not parse."""
+    try:
+        return format_dtype_value(dtype, json.loads(text)[DTYPE_VALUE_KEY])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ProviderError(f"structured output for dtype={dtype} did not parse: {err}", provider=provider) from None
+
+
 def _is_strict_compatible(schema: Any) -> bool:
     """Whether OpenAI's strict mode accepts ``schema`` as is: every object closes its properties
     (``additionalProperties: false``) and requires all of them."""
@@ -386,8 +404,26 @@ def to_openai_kwargs(params: SamplingParams, *, chat: bool = True, reasoning: bo
         supported.add("json_schema")
     chosen = check_supported(params, provider, supported)
     limit_key = "max_completion_tokens" if reasoning else "max_tokens"
+    return _openai_style_kwargs(params, chosen, limit_key=limit_key, chat=chat)
+
+
+def to_litellm_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """Keyword arguments for ``litellm.completion`` (OpenAI-style names; litellm translates them).
+
+    The OpenAI chat mapping plus ``top_k``, which is passed through (litellm forwards it to providers
+    that have it and raises its own error for those that do not -- nothing is dropped silently);
+    ``min_p`` warns and is not sent. ``json_schema`` -> ``response_format`` as for OpenAI (litellm
+    maps it to each provider's structured output).
+    """
+    chosen = check_supported(params, "litellm", set(_OPENAI_COMMON) | {"json_schema", "top_k"})
+    return _openai_style_kwargs(params, chosen, limit_key="max_tokens", chat=True)
+
+
+def _openai_style_kwargs(params: SamplingParams, chosen: dict[str, Any], *, limit_key: str,
+                         chat: bool) -> dict[str, Any]:
+    """The OpenAI API's names and shapes for the ``chosen`` fields (set, and supported by the caller)."""
     kwargs: dict[str, Any] = {limit_key: params.max_new_tokens}
-    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "n"):
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "n", "top_k"):
         if name in chosen:
             kwargs[name] = chosen[name]
     if "stop" in chosen:
@@ -401,31 +437,6 @@ def to_openai_kwargs(params: SamplingParams, *, chat: bool = True, reasoning: bo
                 kwargs["top_logprobs"] = params.top_logprobs_num
         else:
             kwargs["logprobs"] = params.top_logprobs_num
-    return kwargs
-
-
-def to_litellm_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """Keyword arguments for ``litellm.completion`` (OpenAI-style names; litellm translates them).
-
-    ``top_k`` is passed through (litellm forwards it to providers that have it and raises its own
-    error for those that do not -- nothing is dropped silently); ``min_p`` warns and is not sent.
-    ``json_schema`` -> ``response_format`` as for OpenAI (litellm maps it to each provider's
-    structured output).
-    """
-    supported = set(_OPENAI_COMMON) | {"json_schema", "top_k"}
-    chosen = check_supported(params, "litellm", supported)
-    kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens}
-    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "n", "top_k"):
-        if name in chosen:
-            kwargs[name] = chosen[name]
-    if "stop" in chosen:
-        kwargs["stop"] = list(chosen["stop"])
-    if "json_schema" in chosen:
-        kwargs["response_format"] = openai_response_format(chosen["json_schema"])
-    if params.return_logprob or params.top_logprobs_num:
-        kwargs["logprobs"] = True
-        if params.top_logprobs_num:
-            kwargs["top_logprobs"] = params.top_logprobs_num
     return kwargs
 
 

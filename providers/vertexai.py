@@ -43,7 +43,6 @@ Usage: ``meta_info`` and ``backend.token_usage`` count ``prompt_token_count`` as
 from __future__ import annotations
 
 import base64
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -55,7 +54,7 @@ from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice
 from .errors import ProviderError, register_secret
 from .messages import chat_turns, parse_data_url
 from .retry import RetryPolicy
-from .sampling import DTYPE_VALUE_KEY, SamplingParams, dtype_json_schema, format_dtype_value, to_vertexai_config
+from .sampling import SamplingParams, dtype_json_schema, parse_dtype_output, to_vertexai_config
 from .sdk_errors import import_sdk, translating
 from .usage import TokenUsage
 
@@ -220,13 +219,7 @@ class VertexAI(BaseBackend):
                                      finish_reason=finishes[0], latency=latency, choices=per, **extra)
 
     def _finish_text(self, text: str, params: SamplingParams) -> str:
-        if params.dtype is None:
-            return text
-        try:
-            return format_dtype_value(params.dtype, json.loads(text)[DTYPE_VALUE_KEY])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ProviderError(f"structured output for dtype={params.dtype} did not parse: {err}",
-                                provider=self.provider) from None
+        return text if params.dtype is None else parse_dtype_output(params.dtype, text, provider=self.provider)
 
     def generate_stream(self, s: Any, sampling_params: SamplingParams) -> Iterator[tuple[str, dict[str, Any]]]:
         params = sampling_params
