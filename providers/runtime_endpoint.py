@@ -38,7 +38,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import httpx

@@ -9,7 +9,6 @@ import json
 import logging
 import socket
 import ssl
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,7 +35,7 @@ from providers import (
 from providers.sampling import DTYPE_REGEX
 
 from .wire_http import Break, Fail, Stall, Truncate
-from .wire_sglang import DEFAULT_REPLY, SGLangServer, StreamError
+from .wire_sglang import SGLangServer, StreamError
 
 FAST = RetryPolicy(max_retries=2, initial_delay=0.01, max_delay=0.05)
 KEY = "sk-loopback-SECRET-0123456789abcdef"

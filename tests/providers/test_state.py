@@ -14,7 +14,7 @@ import time
 import pytest
 
 from providers import BaseBackend, ChoicesDecision, ProgramState, SamplingParams, get_chat_template
-from providers.errors import ServerError, StreamInterruptedError, UnsupportedOperationError
+from providers.errors import StreamInterruptedError, UnsupportedOperationError
 from providers.state import image_data_url, image_mime_type, load_image
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
