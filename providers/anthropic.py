@@ -38,6 +38,7 @@ an in-stream ``error`` event, a dropped connection or a stream without ``message
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -51,7 +52,7 @@ from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_
 from .errors import ProviderError, register_secret
 from .messages import chat_turns, parse_data_url
 from .sampling import DTYPE_VALUE_KEY, SamplingParams, dtype_json_schema, format_dtype_value, to_anthropic_kwargs
-from .sdk_errors import import_sdk, interrupted, translating, wrap_error
+from .sdk_errors import StreamGuard, import_sdk, translating
 from .usage import TokenUsage
 
 __all__ = ["Anthropic"]
@@ -214,7 +215,7 @@ class Anthropic(BaseBackend):
         stream = self._create(stream=True, **kwargs)
         hold = max((len(x) for x in client_stops), default=1) - 1
         pending = ""  # text held back: it may be the start of a client-side stop
-        delivered = False
+        guard = StreamGuard(self.provider, self._secrets)
         finish = None
         done = False
         usage_in = usage_out = None
@@ -223,7 +224,7 @@ class Anthropic(BaseBackend):
         tool_json: list[str] = []
         extra: dict[str, Any] = {}
         strip_removed = removed
-        try:
+        with guard, contextlib.closing(stream):
             for event in stream:
                 kind = event.type
                 if kind == "message_start":
@@ -243,7 +244,7 @@ class Anthropic(BaseBackend):
                         if cut is not None:
                             out, pending = pending[:cut], ""
                             if out:
-                                delivered = True
+                                guard.delivered = True
                                 yield out, {"model": model, "finish_reason": None}
                             finish, done = "stop_sequence", True
                             extra["stop_applied"] = "client"
@@ -251,33 +252,19 @@ class Anthropic(BaseBackend):
                         ready = len(pending) - hold
                         if ready > 0:
                             out, pending = pending[:ready], pending[ready:]
-                            delivered = True
+                            guard.delivered = True
                             yield out, {"model": model, "finish_reason": None}
                     elif delta.type == "input_json_delta" and structured is not None:
                         tool_json.append(delta.partial_json)
                         if structured == ("json", False) and delta.partial_json:
-                            delivered = True
+                            guard.delivered = True
                             yield delta.partial_json, {"model": model, "finish_reason": None}
                 elif kind == "message_delta":
                     finish = event.delta.stop_reason or finish
                     usage_out = event.usage
                 elif kind == "message_stop":
                     done = True
-        except ProviderError:
-            raise
-        except GeneratorExit:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if delivered:
-                raise interrupted(self.provider, exc, self._secrets) from None
-            raise wrap_error(exc, self.provider, self._secrets) from None
-        finally:
-            stream.close()
-        if not done:
-            err = "the stream ended without message_stop (cut off)"
-            if delivered:
-                raise interrupted(self.provider, err)
-            raise ProviderError(err, provider=self.provider)
+        guard.require(done, "the stream ended without message_stop (cut off)")
         if pending:
             yield pending, {"model": model, "finish_reason": None}
         if structured is not None and structured != ("json", False):

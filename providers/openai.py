@@ -63,6 +63,7 @@ request (select probes and streams included; streams ask for ``stream_options.in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -76,7 +77,7 @@ from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_
 from .errors import ProviderError, UnsupportedOperationError, register_secret
 from .messages import chat_turns
 from .sampling import DTYPE_REGEX, SamplingParams, dtype_json_schema, parse_dtype_output, to_openai_kwargs
-from .sdk_errors import INSTALL_HINT, import_sdk, interrupted, translating, wrap_error
+from .sdk_errors import INSTALL_HINT, StreamGuard, import_sdk, translating, wrap_error
 from .usage import TokenUsage
 
 __all__ = ["OpenAI", "TokenUsage"]
@@ -232,12 +233,12 @@ class OpenAI(BaseBackend):
     def _stream(self, chat: bool, kwargs: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         t0 = time.perf_counter()
         stream = self._create(chat, stream=True, stream_options={"include_usage": True}, **kwargs)
-        delivered = False
+        guard = StreamGuard(self.provider, self._secrets)
         finish = None
         usage = None
         model = self.model_name
         resp_id = None
-        try:
+        with guard, contextlib.closing(stream):
             for chunk in stream:
                 model = getattr(chunk, "model", None) or model
                 resp_id = getattr(chunk, "id", None) or resp_id
@@ -248,23 +249,9 @@ class OpenAI(BaseBackend):
                     if choice.finish_reason is not None:
                         finish = choice.finish_reason
                     if delta:
-                        delivered = True
+                        guard.delivered = True
                         yield delta, {"model": model, "finish_reason": None}
-        except ProviderError:
-            raise
-        except GeneratorExit:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if delivered:
-                raise interrupted(self.provider, exc, self._secrets) from None
-            raise wrap_error(exc, self.provider, self._secrets) from None
-        finally:
-            stream.close()
-        if finish is None:
-            err = "the stream ended without a finish reason (cut off)"
-            if delivered:
-                raise interrupted(self.provider, err)
-            raise ProviderError(err, provider=self.provider)
+        guard.require(finish is not None, "the stream ended without a finish reason (cut off)")
         p, c = self._count(usage)
         yield "", make_meta_info(model=model, prompt_tokens=p, completion_tokens=c, finish_reason=finish,
                                  latency=time.perf_counter() - t0, id=resp_id)

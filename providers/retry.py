@@ -17,8 +17,9 @@ the server sent ``Retry-After``, that wait is used instead -- unless it is longe
 blocking the caller for minutes.
 
 SDK-backed providers should configure their SDK's own retries (``max_retries``) with these numbers
-rather than wrap a second loop around them; they still use :meth:`RetryPolicy.stream` semantics for
-streams (or :func:`guard_stream` alone when the SDK already retried the request).
+rather than wrap a second loop around them; they still keep :meth:`RetryPolicy.stream` semantics for
+streams (:func:`guard_stream` alone, or :class:`~providers.sdk_errors.StreamGuard` around an SDK's
+stream, when the SDK already retried the request).
 """
 
 from __future__ import annotations

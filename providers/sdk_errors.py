@@ -13,7 +13,10 @@ exception reach the caller:
   :class:`~providers.errors.APIConnectionError`. ``sdk_error`` keeps the SDK exception's class
   name. It is raised ``from None`` so the SDK's own (unredacted) text is not chained into tracebacks;
 * :func:`interrupted` -- the :class:`~providers.errors.StreamInterruptedError` for a stream that
-  failed after it had delivered text.
+  failed after it had delivered text;
+* :class:`StreamGuard` -- both rules around a stream a backend iterates by hand (its SDK already
+  retried the request): before any text an exception is the mapped error, after text it is an
+  interruption, never a restart.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .errors import (
 )
 from .retry import parse_retry_after
 
-__all__ = ["INSTALL_HINT", "import_sdk", "wrap_error", "translating", "interrupted", "retry_after_of"]
+__all__ = ["INSTALL_HINT", "import_sdk", "wrap_error", "translating", "interrupted", "StreamGuard", "retry_after_of"]
 
 #: How to install the optional dependencies of the SDK-backed backends.
 INSTALL_HINT = "pip install 'kernelstack[providers]'"
@@ -167,3 +170,44 @@ def interrupted(provider: str, cause: BaseException | str, secrets: Sequence[str
         err.sdk_error = getattr(base, "sdk_error", type(cause).__name__)
         return err
     return StreamInterruptedError(f"stream interrupted after partial output: {cause}", provider=provider)
+
+
+class StreamGuard:
+    """Exception translation for an SDK stream that a backend iterates itself::
+
+        guard = StreamGuard(provider, secrets)
+        with guard, contextlib.closing(stream):
+            for event in stream:
+                ...
+                guard.delivered = True      # before yielding text
+                yield text
+        guard.require(done, "the stream ended without message_stop (cut off)")
+
+    An exception inside the block (other than a :class:`ProviderError` or ``GeneratorExit``, which
+    pass unchanged) is raised as :func:`wrap_error`'s error while nothing was delivered, and as
+    :func:`interrupted`'s error after; both ``from None``. :meth:`require` treats a stream that ended
+    without its terminal event the same way.
+    """
+
+    def __init__(self, provider: str, secrets: Sequence[str | None] = ()) -> None:
+        self.provider = provider
+        self.secrets = secrets
+        self.delivered = False
+
+    def __enter__(self) -> StreamGuard:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, ProviderError) or not isinstance(exc, Exception):
+            return False
+        if self.delivered:
+            raise interrupted(self.provider, exc, self.secrets) from None
+        raise wrap_error(exc, self.provider, self.secrets) from None
+
+    def require(self, ok: bool, message: str) -> None:
+        """Raise for a stream that ended early (``ok`` false): interrupted, or a plain ProviderError."""
+        if ok:
+            return
+        if self.delivered:
+            raise interrupted(self.provider, message)
+        raise ProviderError(message, provider=self.provider)
