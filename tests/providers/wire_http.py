@@ -1,8 +1,9 @@
 """A small loopback HTTP server harness for the provider wire-format test servers.
 
-`WireServer` binds 127.0.0.1 on a free port, serves each request on its own thread, records every
-request (method, path, query, headers, JSON body) and lets a test script faults that are consumed
-one per request, in order:
+`WireServer` binds 127.0.0.1 on a free port (or the ``host``/``port`` given: the Runtime tests choose
+the port of a server they launch), serves each request on its own thread, records every request
+(method, path, query, headers, JSON body) and lets a test script faults that are consumed one per
+request, in order:
 
 * ``Fail(status, body, headers)``  -- answer with an HTTP error (e.g. 429 + ``Retry-After``, 500, 400);
 * ``Stall(seconds)``               -- wait before answering (for client timeouts), interruptibly;
@@ -13,9 +14,9 @@ one per request, in order:
 * any callable ``f(handler, request)`` -- answers that one request itself.
 
 Everything here is bounded: the server stops itself after ``lifetime`` seconds even if a test forgets
-to close it, stalls wake up when it stops, and it only ever listens on 127.0.0.1. Subclasses (one per
-API: wire_openai, wire_anthropic, wire_gemini) implement ``handle(req, action)`` with the API's
-documented JSON and SSE shapes.
+to close it, stalls wake up when it stops, and it listens on loopback unless told otherwise.
+Subclasses (one per API: wire_openai, wire_anthropic, wire_gemini, wire_sglang) implement
+``handle(req, action)`` with the API's documented JSON and SSE shapes.
 """
 
 from __future__ import annotations
@@ -134,20 +135,20 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class WireServer:
-    """Base loopback server. Use as a context manager; ``url`` is ``http://127.0.0.1:PORT``."""
+    """Base loopback server. Use as a context manager; ``url`` is ``http://HOST:PORT``."""
 
     api = "wire"
 
-    def __init__(self, lifetime: float = 120.0):
+    def __init__(self, lifetime: float = 120.0, *, host: str = "127.0.0.1", port: int = 0):
         self._lock = threading.Lock()
         self.requests: list[Request] = []
         self._actions: collections.deque = collections.deque()
         self.replies: collections.deque = collections.deque()
         self._stopped = threading.Event()
-        self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = _HTTPServer((host, port), _Handler)
         self._httpd.wire = self
         self.port = self._httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

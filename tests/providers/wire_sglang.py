@@ -45,9 +45,9 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make `tests.providers` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.providers.wire_http import Request, WireServer, _Handler, _HTTPServer, sse
+    from tests.providers.wire_http import Request, WireServer, sse
 else:
-    from .wire_http import Request, WireServer, _Handler, _HTTPServer, sse
+    from .wire_http import Request, WireServer, sse
 
 DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog."
 REGEX_CANDIDATES = ["True", "\"hello\"", "3.14", "42"]
@@ -93,16 +93,7 @@ class SGLangServer(WireServer):
         port: int = 0,
         lifetime: float = 120.0,
     ) -> None:
-        super().__init__(lifetime=lifetime)
-        if port or host != "127.0.0.1":  # rebind: the Runtime chooses the port
-            self._httpd.server_close()
-            self._httpd = _HTTPServer((host, port), _Handler)
-            self._httpd.wire = self
-            self.port = self._httpd.server_address[1]
-            self.url = f"http://{host}:{self.port}"
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            )
+        super().__init__(lifetime=lifetime, host=host, port=port)
         self.model_path = model_path
         self.api_key = api_key
         self.stream_delay = 0.0
