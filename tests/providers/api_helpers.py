@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import logging
+
+import pytest
+
+from providers import ProgramState
 
 # A 1x1 PNG: the smallest real image, so MIME sniffing has true magic bytes to read.
 PNG_1X1 = base64.b64decode(
@@ -46,7 +51,7 @@ class ToyTokenizer:
 
 
 def last_user_text(body: dict) -> str:
-    """The text of the last user message of an OpenAI-style request body."""
+    """The text of the last user message of an OpenAI-style (or Anthropic Messages) request body."""
     for m in reversed(body.get("messages") or []):
         if m.get("role") == "user":
             c = m.get("content")
@@ -67,3 +72,49 @@ def debug_logging():
             logging.getLogger(n).setLevel(level)
 
     return restore
+
+
+def chat_state(backend, system="Be brief.", user="Capital of France?"):
+    """A ProgramState with a system turn and a user turn, ready for ``with s.assistant(): s.gen(...)``."""
+    s = ProgramState(backend)
+    s.system(system)
+    s.user(user)
+    return s
+
+
+def failed_gen_with_sdk_logs(backend, caplog, error_type):
+    """Run one chat ``gen`` that must raise ``error_type`` while every SDK logger is at DEBUG.
+
+    Checks that the SDK did log the call (so a test that the key is absent from the log means
+    something) and returns ``(error, log_text)``.
+    """
+    caplog.set_level(logging.DEBUG)  # first: caplog restores its saved level at teardown
+    restore = debug_logging()
+    try:
+        s = chat_state(backend)
+        with s.assistant():
+            with pytest.raises(error_type) as info:
+                s.gen("a")
+    finally:
+        restore()
+    assert "127.0.0.1" in caplog.text or "HTTP Request" in caplog.text  # the SDK did log the call
+    return info.value, caplog.text
+
+
+def two_turn_programs_in_threads(backend, count, *, first="q{}", then="f{}", state=chat_state):
+    """Run ``count`` two-turn chat programs (``gen``, then ``gen_stream``) on one backend from 8 threads.
+
+    Program ``i`` asks ``first.format(i)`` then ``then.format(i)``; returns each program's two answers.
+    """
+
+    def program(i):
+        s = state(backend, user=first.format(i))
+        with s.assistant():
+            s.gen("a")
+        s.user(then.format(i))
+        with s.assistant():
+            "".join(s.gen_stream("b"))
+        return s["a"], s["b"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(program, range(count)))

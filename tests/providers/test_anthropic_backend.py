@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import logging
 import time
 
 import pytest
@@ -22,7 +20,14 @@ from providers import (
 )
 from providers.anthropic import Anthropic
 
-from .api_helpers import JPEG_HEAD, PNG_1X1, debug_logging
+from .api_helpers import (
+    JPEG_HEAD,
+    PNG_1X1,
+    chat_state,
+    failed_gen_with_sdk_logs,
+    last_user_text,
+    two_turn_programs_in_threads,
+)
 from .wire_anthropic import AnthropicServer
 from .wire_http import Break, Fail, Stall, Truncate
 
@@ -40,19 +45,6 @@ def srv():
 def make(srv, **kw):
     kw.setdefault("max_retries", 2)
     return Anthropic("claude-loopback-1", api_key=KEY, base_url=srv.url, **kw)
-
-
-def chat_state(backend, system="Be brief.", user="Capital of France?"):
-    s = ProgramState(backend)
-    s.system(system)
-    s.user(user)
-    return s
-
-
-def user_text(body):
-    m = [m for m in body["messages"] if m["role"] == "user"][-1]
-    c = m["content"]
-    return c if isinstance(c, str) else " ".join(b.get("text", "") for b in c if b["type"] == "text")
 
 
 def test_multi_turn_with_system_prompt_and_usage(srv):
@@ -187,7 +179,7 @@ def test_select_generate_and_match(srv):
     meta = s.meta_info["yn"]
     assert meta["method"] == "generate_and_match" and meta["match"] == "contains"
     assert meta["generated"] == "I would say: **No**." and meta["prompt_tokens"] > 0
-    assert "- Yes\n- No" in user_text(srv.last.json)
+    assert "- Yes\n- No" in last_user_text(srv.last.json)
     assert s.messages_[1]["content"] == "Is the sky green?"  # the instruction is not added to the state
 
 
@@ -279,20 +271,11 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "sk-ant-WRONG-key-9876543210"
     backend = Anthropic("claude-x", api_key=wrong, base_url=srv.url, max_retries=0)
     assert wrong not in repr(backend)
-    caplog.set_level(logging.DEBUG)  # first: caplog restores its saved level at teardown
-    restore = debug_logging()
-    try:
-        s = chat_state(backend)
-        with s.assistant():
-            with pytest.raises(AuthenticationError) as info:
-                s.gen("a")
-    finally:
-        restore()
-    assert "127.0.0.1" in caplog.text or "HTTP Request" in caplog.text  # the SDK did log the call
-    assert "invalid x-api-key" in info.value.message
-    for text in (str(info.value), repr(info.value), caplog.text):
+    err, log = failed_gen_with_sdk_logs(backend, caplog, AuthenticationError)
+    assert "invalid x-api-key" in err.message
+    for text in (str(err), repr(err), log):
         assert wrong not in text
-    assert info.value.__cause__ is None
+    assert err.__cause__ is None
 
 
 def test_missing_key_is_a_configuration_error(monkeypatch):
@@ -304,18 +287,7 @@ def test_missing_key_is_a_configuration_error(monkeypatch):
 
 def test_one_backend_eight_threads(srv):
     backend = make(srv)
-    srv.default_reply = lambda req: "echo " + user_text(req.json)
+    srv.default_reply = lambda req: "echo " + last_user_text(req.json)
     srv.stream_delay = 0.002
-
-    def program(i):
-        s = chat_state(backend, user=f"q{i}")
-        with s.assistant():
-            s.gen("a")
-        s.user(f"f{i}")
-        with s.assistant():
-            "".join(s.gen_stream("b"))
-        return s["a"], s["b"]
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(program, range(24))) == [(f"echo q{i}", f"echo f{i}") for i in range(24)]
+    assert two_turn_programs_in_threads(backend, 24) == [(f"echo q{i}", f"echo f{i}") for i in range(24)]
     assert backend.token_usage.completion_tokens == 24 * 2 * 2

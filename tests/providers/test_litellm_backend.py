@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import logging
 import time
 
 import pytest
@@ -24,7 +22,13 @@ from providers import (  # noqa: E402
 )
 from providers.litellm import LiteLLM  # noqa: E402
 
-from .api_helpers import PNG_1X1, debug_logging, last_user_text  # noqa: E402
+from .api_helpers import (  # noqa: E402
+    PNG_1X1,
+    chat_state,
+    failed_gen_with_sdk_logs,
+    last_user_text,
+    two_turn_programs_in_threads,
+)
 from .wire_http import Break, Fail, Stall, Truncate  # noqa: E402
 from .wire_openai import OpenAIServer  # noqa: E402
 
@@ -43,13 +47,6 @@ def srv():
 def make(srv, **kw):
     kw.setdefault("retry_policy", FAST)
     return LiteLLM("openai/gpt-4o-mini", api_key=KEY, base_url=srv.url + "/v1", **kw)
-
-
-def chat_state(backend, system="Be brief.", user="Capital of France?"):
-    s = ProgramState(backend)
-    s.system(system)
-    s.user(user)
-    return s
 
 
 def test_multi_turn_generate_with_system_prompt_and_usage(srv):
@@ -203,34 +200,14 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "sk-litellm-WRONG-9876543210zz"
     backend = LiteLLM("openai/gpt-4o-mini", api_key=wrong, base_url=srv.url + "/v1", retry_policy=FAST)
     assert wrong not in repr(backend) and wrong not in repr(vars(backend))  # kept in a Secret
-    caplog.set_level(logging.DEBUG)  # first: caplog restores its saved level at teardown
-    restore = debug_logging()
-    try:
-        s = chat_state(backend)
-        with s.assistant():
-            with pytest.raises(AuthenticationError) as info:
-                s.gen("a")
-    finally:
-        restore()
-    assert "127.0.0.1" in caplog.text or "HTTP Request" in caplog.text  # the SDK did log the call
-    assert "Incorrect API key provided" in info.value.message
-    for text in (str(info.value), repr(info.value), caplog.text):
+    err, log = failed_gen_with_sdk_logs(backend, caplog, AuthenticationError)
+    assert "Incorrect API key provided" in err.message
+    for text in (str(err), repr(err), log):
         assert wrong not in text
 
 
 def test_one_backend_eight_threads(srv):
     backend = make(srv)
     srv.default_reply = lambda req: "echo " + last_user_text(req.json)
-
-    def program(i):
-        s = chat_state(backend, user=f"q{i}")
-        with s.assistant():
-            s.gen("a")
-        s.user(f"f{i}")
-        with s.assistant():
-            "".join(s.gen_stream("b"))
-        return s["a"], s["b"]
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(program, range(16))) == [(f"echo q{i}", f"echo f{i}") for i in range(16)]
+    assert two_turn_programs_in_threads(backend, 16) == [(f"echo q{i}", f"echo f{i}") for i in range(16)]
     assert backend.token_usage.completion_tokens == 16 * 2 * 2

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
-import logging
 import sys
 import time
 
@@ -24,7 +24,8 @@ from providers import (
 )
 from providers.openai import OpenAI, TokenUsage
 
-from .api_helpers import PNG_1X1, ToyTokenizer, debug_logging, last_user_text
+from . import api_helpers
+from .api_helpers import PNG_1X1, ToyTokenizer, failed_gen_with_sdk_logs, last_user_text, two_turn_programs_in_threads
 from .wire_http import Break, Fail, Stall, Truncate
 from .wire_openai import OpenAIServer
 
@@ -44,11 +45,7 @@ def make(srv, model="gpt-4o-mini", **kw):
     return OpenAI(model, api_key=KEY, base_url=srv.url + "/v1", **kw)
 
 
-def chat_state(backend, system="You are terse.", user="Capital of France?"):
-    s = ProgramState(backend)
-    s.system(system)
-    s.user(user)
-    return s
+chat_state = functools.partial(api_helpers.chat_state, system="You are terse.")
 
 
 # ------------------------------------------------------------------------------------ generate
@@ -438,19 +435,9 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "sk-WRONG-key-9876543210abcdef"
     backend = OpenAI("gpt-4o", api_key=wrong, base_url=srv.url + "/v1", max_retries=0)
     assert wrong not in repr(backend) and KEY not in repr(make(srv))
-    caplog.set_level(logging.DEBUG)  # first: caplog restores its saved level at teardown
-    restore = debug_logging()
-    try:
-        s = chat_state(backend)
-        with s.assistant():
-            with pytest.raises(AuthenticationError) as info:
-                s.gen("a")
-    finally:
-        restore()
-    assert "127.0.0.1" in caplog.text or "HTTP Request" in caplog.text  # the SDK did log the call
-    err = info.value
+    err, log = failed_gen_with_sdk_logs(backend, caplog, AuthenticationError)
     assert "Incorrect API key provided" in err.message  # the server's message is kept...
-    for text in (str(err), repr(err), err.message, caplog.text):
+    for text in (str(err), repr(err), err.message, log):
         assert wrong not in text  # ...without the key it echoed
     assert err.__cause__ is None and err.__suppress_context__
     assert err.status == 401 and err.provider == "openai"
@@ -556,18 +543,7 @@ def test_one_backend_eight_threads(srv):
     backend = make(srv)
     srv.default_reply = lambda req: "echo " + last_user_text(req.json)
     srv.stream_delay = 0.002
-
-    def program(i):
-        s = chat_state(backend, user=f"question {i}")
-        with s.assistant():
-            s.gen("a")
-        s.user(f"follow {i}")
-        with s.assistant():
-            "".join(s.gen_stream("b"))
-        return s["a"], s["b"]
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(program, range(24)))
+    results = two_turn_programs_in_threads(backend, 24, first="question {}", then="follow {}", state=chat_state)
     assert results == [(f"echo question {i}", f"echo follow {i}") for i in range(24)]
     assert srv.count == 48
     assert backend.token_usage.completion_tokens == 24 * 2 * 3

@@ -6,9 +6,7 @@ The SDK reaches the loopback server through ``base_url`` with a fixed-token OAut
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import logging
 import time
 
 import pytest
@@ -28,7 +26,13 @@ from providers import (  # noqa: E402
 )
 from providers.vertexai import VertexAI  # noqa: E402
 
-from .api_helpers import JPEG_HEAD, PNG_1X1, debug_logging  # noqa: E402
+from .api_helpers import (  # noqa: E402
+    JPEG_HEAD,
+    PNG_1X1,
+    chat_state,
+    failed_gen_with_sdk_logs,
+    two_turn_programs_in_threads,
+)
 from .wire_gemini import GeminiServer  # noqa: E402
 from .wire_http import Break, Fail, Stall, Truncate  # noqa: E402
 
@@ -49,13 +53,6 @@ def make(srv, **kw):
     kw.setdefault("project", "proj-1")
     kw.setdefault("location", "us-central1")
     return VertexAI("gemini-2.5-flash", credentials=Credentials(token=TOKEN), base_url=srv.url, **kw)
-
-
-def chat_state(backend, system="Be brief.", user="Capital of France?"):
-    s = ProgramState(backend)
-    s.system(system)
-    s.user(user)
-    return s
 
 
 GEN_PATH = "/v1beta1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"
@@ -266,18 +263,9 @@ def test_timeout_not_retried(srv):
 def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "AIzaWRONGkey_abcdefghijklmnopqrstuvw"
     backend = VertexAI("gemini-2.5-flash", api_key=wrong, base_url=srv.url, retry_policy=FAST)
-    caplog.set_level(logging.DEBUG)  # first: caplog restores its saved level at teardown
-    restore = debug_logging()
-    try:
-        s = chat_state(backend)
-        with s.assistant():
-            with pytest.raises(BadRequestError) as info:
-                s.gen("a")
-    finally:
-        restore()
-    assert "127.0.0.1" in caplog.text or "HTTP Request" in caplog.text  # the SDK did log the call
-    assert "API key not valid" in info.value.message
-    for text in (str(info.value), repr(info.value), repr(backend), caplog.text):
+    err, log = failed_gen_with_sdk_logs(backend, caplog, BadRequestError)
+    assert "API key not valid" in err.message
+    for text in (str(err), repr(err), repr(backend), log):
         assert wrong not in text
 
 
@@ -289,16 +277,5 @@ def test_one_backend_eight_threads(srv):
 
     srv.default_reply = echo
     srv.stream_delay = 0.002
-
-    def program(i):
-        s = chat_state(backend, user=f"q{i}")
-        with s.assistant():
-            s.gen("a")
-        s.user(f"f{i}")
-        with s.assistant():
-            "".join(s.gen_stream("b"))
-        return s["a"], s["b"]
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(program, range(24))) == [(f"echo q{i}", f"echo f{i}") for i in range(24)]
+    assert two_turn_programs_in_threads(backend, 24) == [(f"echo q{i}", f"echo f{i}") for i in range(24)]
     assert backend.token_usage.completion_tokens == 24 * 2 * 2
