@@ -78,7 +78,8 @@ def expand_report(dtype: str, max_r: int, plan: tiling.ExpandPlan, num_lora=8, b
                   GROUP_GRID=plan.group_grid, L_BLOCK=tiling.group_block(num_lora), SEG_BLOCK=tiling.seg_block(bs),
                   FIND_BLOCK=tiling.find_block(bs, num_lora),
                   BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(bs)),
-                  PRECISION="tf32x3" if dtype == "fp32" else "ieee", ALIGN=16)
+                  PRECISION="tf32x3" if dtype == "fp32" else "ieee", ALIGN=16,
+                  RAGGED_N=max(16, plan.block_n // 4))
     return resources(compile_kernel(_expand_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 

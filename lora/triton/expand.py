@@ -55,6 +55,7 @@ def _expand_kernel(
     BY_HISTOGRAM: tl.constexpr,
     PRECISION: tl.constexpr,
     ALIGN: tl.constexpr,
+    RAGGED_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -78,7 +79,7 @@ def _expand_kernel(
             _expand_chunk(
                 x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
                 stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, BY_HISTOGRAM, PRECISION, ALIGN,
+                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, BY_HISTOGRAM, PRECISION, ALIGN, RAGGED_N,
             )
     else:
         # Prefill layout: program = (chunk slot, slice, column group).
@@ -91,7 +92,7 @@ def _expand_kernel(
         _expand_chunk(
             x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
             stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, BY_HISTOGRAM, PRECISION, ALIGN,
+            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, BY_HISTOGRAM, PRECISION, ALIGN, RAGGED_N,
         )
 
 
@@ -101,6 +102,7 @@ def _expand_chunk(
     stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr,
     SEG_BLOCK: tl.constexpr, BY_HISTOGRAM: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
+    RAGGED_N: tl.constexpr,
 ):
     pid_j = tl.program_id(1)
     rows, row_ok = chunk_rows(
@@ -121,9 +123,11 @@ def _expand_chunk(
             BLOCK_N, BLOCK_R, N_ITERS, PRECISION,
         )
     else:
+        # Scalar accesses: the same columns in 4x narrower blocks, so this rarely taken branch does
+        # not set the kernel's register budget (and with it the occupancy of the vector branch).
         _expand_columns(
             x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, pid_j * rank, rank, scale, stride_xm, stride_wn,
-            BLOCK_N, BLOCK_R, N_ITERS, PRECISION,
+            RAGGED_N, BLOCK_R, N_ITERS * (BLOCK_N // RAGGED_N), PRECISION,
         )
 
 
@@ -141,12 +145,15 @@ def _expand_columns(
     for it in range(N_ITERS):
         n = n_start + it * BLOCK_N + offs_n
         nm = (n >= lo) & (n < hi)
-        w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0)
+        w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0,
+                    eviction_policy="evict_last")
         o_ptrs = out_rows[:, None] + n[None, :]
         om = row_ok[:, None] & nm[None, :]
-        base = tl.load(o_ptrs, mask=om, other=0.0)
+        # base_output streams through once: do not let it push the adapters' weights out of L2
+        base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
         acc = tl.dot(x, w, input_precision=PRECISION)
-        tl.store(o_ptrs, (acc * scale + base.to(tl.float32)).to(out_rows.dtype.element_ty), mask=om)
+        out = (acc * scale + base.to(tl.float32)).to(out_rows.dtype.element_ty)
+        tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
 
 
 def expand_grid(num_tokens: int, num_lora: int, stack: int, max_slice_width: int, plan: tiling.ExpandPlan):
@@ -197,6 +204,7 @@ def lora_expand(
         BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(batch_info.bs)),
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         ALIGN=ALIGN,
+        RAGGED_N=max(16, plan.block_n // 4),
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
     )

@@ -135,18 +135,24 @@ def _shrink_chunk(
         for k0 in range(k_lo, k_hi, BLOCK_K):
             kk = k0 + offs_k
             km = kk < K
-            x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
+            # x streams through once; the adapter's weights are read again by the group's other chunks
+            x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0,
+                        eviction_policy="evict_first")
             # Weight sub-tiles as (BLOCK_K, BLOCK_N): row n of A is column n of the product.
-            w = tl.load(w_slot + n_a[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_a < n_real)[None, :], other=0.0)
+            w = tl.load(w_slot + n_a[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_a < n_real)[None, :], other=0.0,
+                        eviction_policy="evict_last")
             acc0 = tl.dot(x, w, acc0, input_precision=PRECISION)
             if N_SUB > 1:
-                w = tl.load(w_slot + n_b[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_b < n_real)[None, :], other=0.0)
+                w = tl.load(w_slot + n_b[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_b < n_real)[None, :], other=0.0,
+                        eviction_policy="evict_last")
                 acc1 = tl.dot(x, w, acc1, input_precision=PRECISION)
             if N_SUB > 2:
-                w = tl.load(w_slot + n_c[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_c < n_real)[None, :], other=0.0)
+                w = tl.load(w_slot + n_c[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_c < n_real)[None, :], other=0.0,
+                        eviction_policy="evict_last")
                 acc2 = tl.dot(x, w, acc2, input_precision=PRECISION)
             if N_SUB > 3:
-                w = tl.load(w_slot + n_d[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_d < n_real)[None, :], other=0.0)
+                w = tl.load(w_slot + n_d[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_d < n_real)[None, :], other=0.0,
+                        eviction_policy="evict_last")
                 acc3 = tl.dot(x, w, acc3, input_precision=PRECISION)
 
         if SPLIT_K > 1:

@@ -10,18 +10,22 @@ Lookup order: the tuned table for this device (``tuned.json`` beside this file, 
 The heuristic (rows per group ``g = ceil(s / num_lora)``: what one adapter gets when every slot is
 in use, the case that sets the cost):
 
-* **shrink, prefill** (``g >= 128``): ``BLOCK_M = 128`` rows, the whole stacked width in one program
-  as ``N_SUB <= 4`` sub-tiles of 64 columns (x is read once; 3*64 for QKV at rank 64, no padding to
-  256), ``BLOCK_K = 64``, 8 warps. Split K in two or more while the estimated programs
-  (``cdiv(s, 128)`` chunks x column groups) fall short of the multiprocessor count: an 8k-token
-  batch is 64 chunks, half of an H100.
-* **shrink, decode** (``g < 128``): reading each adapter's weights once dominates, so the grid is
-  spread over the weights: ``BLOCK_M`` = the next power of two of ``1.5 g`` (16..64: a typical
-  adapter's rows fit one chunk), narrow column tiles (16 or 32) and split-K until there are about
-  two programs per multiprocessor; ``BLOCK_K = 128``, 4 warps.
-* **expand**: bound by reading and writing ``base_output``. Prefill: 64-row x 128-column tiles,
-  two column blocks per program (the second block's loads overlap the first's store). Decode: the
-  same row block as shrink, 64-column tiles, one block per program (many programs in flight).
+* **shrink, prefill** (``g >= 128``): 64-row chunks on 4 warps (two or three programs per
+  multiprocessor, so one's loads overlap another's MMAs), the whole stacked width in one program
+  (x read once): one tile up to 128 columns, else ``N_SUB <= 4`` sub-tiles of 64 (3 x 64 for QKV at
+  rank 64, no padding to 256), ``BLOCK_K = 128``, 3 stages. Split K in two for long K (down
+  projection, K = 14336) or while the programs fall short of the multiprocessor count.
+* **shrink, decode** (``g < 128``): reading each adapter's weights once dominates, so one program
+  per adapter group (no chunk-slot search) and the grid is spread over the weights: ``BLOCK_M`` =
+  the next power of two of ``1.5 g`` (16..64: a typical adapter's rows fit one chunk), narrow
+  column tiles (16 or 32) and split-K until there is a program per multiprocessor.
+* **expand**: bound by reading and writing ``base_output``. Prefill: 64 x 128 tiles walking 8
+  column blocks (1024 columns) per program, so the per-program metadata work is amortised.
+  Decode: one program per adapter group, the same row block as shrink, 64-column tiles and enough
+  column blocks per program for about four programs per multiprocessor.
+
+These defaults come from the tuning runs recorded in ``benchmarks/`` (H100); the tuned table
+overrides them per shape.
 """
 
 from __future__ import annotations
@@ -172,22 +176,26 @@ def tuned_table(device_name: str) -> dict:
 
 def heuristic_shrink(s: int, k: int, n_out: int, num_lora: int, num_sms: int) -> ShrinkPlan:
     g = math.ceil(s / max(num_lora, 1))
-    k_steps_of = lambda bk: math.ceil(k / bk)  # noqa: E731
     if g >= PREFILL_ROWS_PER_GROUP:
-        block_m, block_k, warps, stages = 128, 64, 8, 3
-        block_n = 64 if n_out > 32 else max(16, next_pow2(n_out))
-        n_sub = min(4, math.ceil(n_out / block_n))
+        # 64-row chunks, 4 warps, 128-deep K steps: two or three programs per multiprocessor overlap
+        # one's loads with another's MMAs (measured better than 128-row chunks on 8 warps).
+        block_m, block_k, warps, stages = 64, 128, 4, 3
+        if n_out <= 128:
+            block_n, n_sub = max(16, next_pow2(n_out)), 1
+        else:
+            block_n = 64 if n_out <= 256 else 128
+            n_sub = min(4, math.ceil(n_out / block_n))
         programs = math.ceil(s / block_m) * math.ceil(n_out / (block_n * n_sub))
-        split = 1
-        while programs * split < 0.9 * num_sms and split < 4 and k_steps_of(block_k) // (2 * split) >= 8:
+        split = 2 if k >= 8192 else 1  # long K: a second wave of programs hides the tail
+        while programs * split < 0.9 * num_sms and split < 4 and math.ceil(k / block_k) // (2 * split) >= 8:
             split *= 2
         return ShrinkPlan(block_m, block_n, n_sub, block_k, split, warps, stages)
     block_m = min(64, max(16, next_pow2(math.ceil(1.5 * g))))
-    block_n = 16 if n_out <= 64 else 32
+    block_n = 16 if n_out <= 32 else 32
     block_k = 128
     programs = min(num_lora, s) * math.ceil(n_out / block_n)
     split = 1
-    while programs * split < 2 * num_sms and split < 16 and k_steps_of(block_k) // (2 * split) >= 1:
+    while programs * split < num_sms and split < 16 and math.ceil(k / block_k) // (2 * split) >= 1:
         split *= 2
     return ShrinkPlan(block_m, block_n, 1, block_k, split, 4, 4, group_grid=True)
 

@@ -37,7 +37,7 @@ H100_SMS = 132
 def test_prefill_shrink_reads_x_once_and_fills_the_gpu(stack, r):
     n_out = stack * r
     plan = tiling.heuristic_shrink(8192, 4096, n_out, 8, H100_SMS)
-    assert plan.block_m == 128 and not plan.group_grid
+    assert plan.block_m >= 64 and not plan.group_grid
     cols = plan.block_n * plan.n_sub
     if n_out <= 256:
         assert cols >= n_out, "one program covers the whole stacked width: x is read once"
