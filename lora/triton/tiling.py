@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -129,17 +129,64 @@ def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
 
 
 @lru_cache(maxsize=None)
-def _device_info(device_type: str, index: int | None) -> tuple[str, int]:
+def _device_info(device_type: str, index: int | None) -> tuple[str, int, int]:
     if device_type == "cuda":
         props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
-        return props.name, props.multi_processor_count
-    return "cpu", 4  # Triton's interpreter: keep grids small
+        smem = getattr(props, "shared_memory_per_block_optin", 0) or 166 * 1024
+        return props.name, props.multi_processor_count, int(smem)
+    return "cpu", 4, 1 << 30  # Triton's interpreter: keep grids small; no shared-memory limit
 
 
 def device_info(device) -> tuple[str, int]:
     """(name, multiprocessor count) of ``device``."""
     device = torch.device(device)
-    return _device_info(device.type, device.index)
+    return _device_info(device.type, device.index)[:2]
+
+
+def smem_limit(device) -> int:
+    device = torch.device(device)
+    return _device_info(device.type, device.index)[2]
+
+
+# Shared memory a plan needs, estimated as Triton lays it out: the pipelined operand tiles times the
+# stages, with headroom for layout conversions (float32 dots through tf32x3 take about twice).
+def shrink_smem(plan: ShrinkPlan, itemsize: int) -> int:
+    tiles = (plan.block_m + plan.n_sub * plan.block_n) * plan.block_k * itemsize * plan.num_stages
+    return int(tiles * (2.0 if itemsize == 4 else 1.15))
+
+
+def expand_smem(plan: ExpandPlan, max_r: int, itemsize: int) -> int:
+    r = rank_block(max_r)
+    tiles = (plan.block_m * r + r * plan.block_n) * itemsize * max(plan.num_stages, 1)
+    return int(tiles * (2.0 if itemsize == 4 else 1.15) + plan.block_m * plan.block_n * 4)
+
+
+def fit_shrink(plan: ShrinkPlan, itemsize: int, limit: int) -> ShrinkPlan:
+    """The plan, with fewer stages and then shorter K steps until it fits ``limit`` bytes of shared memory
+    (a table tuned for 16-bit inputs, used for float32)."""
+    while shrink_smem(plan, itemsize) > limit:
+        if plan.num_stages > 2:
+            plan = replace(plan, num_stages=plan.num_stages - 1)
+        elif plan.block_k > 32:
+            plan = replace(plan, block_k=plan.block_k // 2)
+        elif plan.block_n > 16:
+            plan = replace(plan, block_n=plan.block_n // 2, n_sub=min(4, plan.n_sub * 2))
+        else:
+            break
+    return plan
+
+
+def fit_expand(plan: ExpandPlan, max_r: int, itemsize: int, limit: int) -> ExpandPlan:
+    while expand_smem(plan, max_r, itemsize) > limit:
+        if plan.num_stages > 1:
+            plan = replace(plan, num_stages=plan.num_stages - 1)
+        elif plan.block_n > 16:
+            plan = replace(plan, block_n=plan.block_n // 2, n_iters=plan.n_iters * 2)
+        elif plan.block_m > 16:
+            plan = replace(plan, block_m=plan.block_m // 2)
+        else:
+            break
+    return plan
 
 
 # ---- tuned table ------------------------------------------------------------------------------------
@@ -214,19 +261,17 @@ def heuristic_expand(s: int, max_r: int, max_slice: int, num_lora: int, stack: i
 def plan_shrink(s: int, k: int, n_out: int, num_lora: int, bs: int, dtype, device) -> ShrinkPlan:
     name, sms = device_info(device)
     hit = tuned_table(name).get(shrink_key(s, k, n_out, num_lora))
-    if hit is not None:
-        return ShrinkPlan(**hit)
-    return heuristic_shrink(s, k, n_out, num_lora, sms)
+    plan = ShrinkPlan(**hit) if hit is not None else heuristic_shrink(s, k, n_out, num_lora, sms)
+    return fit_shrink(plan, torch.empty((), dtype=dtype).element_size(), smem_limit(device))
 
 
 def plan_expand(
     s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int, bs: int, dtype, device
 ) -> ExpandPlan:
-    name, _ = device_info(device)
+    name, sms = device_info(device)
     hit = tuned_table(name).get(expand_key(s, max_r, n_total, max_slice, stack, num_lora))
-    if hit is not None:
-        return ExpandPlan(**hit)
-    return heuristic_expand(s, max_r, max_slice, num_lora, stack, device_info(device)[1])
+    plan = ExpandPlan(**hit) if hit is not None else heuristic_expand(s, max_r, max_slice, num_lora, stack, sms)
+    return fit_expand(plan, max_r, torch.empty((), dtype=dtype).element_size(), smem_limit(device))
 
 
 def plan_dict(plan) -> dict:

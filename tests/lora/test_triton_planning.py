@@ -234,3 +234,14 @@ def test_fp16_decode_many_slots(rng):
     check = C.compare(to_f64(out), C.ref_shrink(comp, to_f64(x), to_f64(a), 2), "float16")
     assert check.ok, check.detail
     np.testing.assert_array_equal(to_f64(out)[:, 2 * 16 :], 0.0)
+
+
+def test_float32_plans_fit_shared_memory():
+    """A table tuned for 16-bit inputs must still launch for float32 (twice the bytes per tile)."""
+    limit = 232_448  # an H100's opt-in shared memory per block
+    for plan in (tiling.ShrinkPlan(64, 32, 1, 128, 4, 4, 4, group_grid=True), tiling.ShrinkPlan(64, 64, 3, 128, 1, 4, 3)):
+        fitted = tiling.fit_shrink(plan, 4, limit)
+        assert tiling.shrink_smem(fitted, 4) <= limit and fitted.split_k == plan.split_k
+        assert tiling.fit_shrink(plan, 2, limit) == plan, "16-bit plans within the limit are kept as tuned"
+    wide = tiling.ExpandPlan(128, 64, 16, 4, 2)
+    assert tiling.expand_smem(tiling.fit_expand(wide, 128, 4, limit), 128, 4) <= limit
