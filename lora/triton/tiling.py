@@ -10,17 +10,21 @@ Lookup order: the tuned table for this device (``tuned.json`` beside this file, 
 The heuristic (rows per group ``g = ceil(s / num_lora)``: what one adapter gets when every slot is
 in use, the case that sets the cost):
 
-* **shrink, prefill** (``g >= 128``): 64-row chunks on 4 warps (two or three programs per
-  multiprocessor, so one's loads overlap another's MMAs), the whole stacked width in one program
-  (x read once): one tile up to 128 columns, else ``N_SUB <= 4`` sub-tiles of 64 (3 x 64 for QKV at
-  rank 64, no padding to 256), ``BLOCK_K = 128``, 3 stages. Split K in two for long K (down
-  projection, K = 14336) or while the programs fall short of the multiprocessor count.
+* **shrink, prefill** (``g >= 128``): the whole stacked width in one program, so x is read once.
+  Up to 64 columns: 64-row chunks on 4 warps with 128-deep K steps (two or three programs per
+  multiprocessor overlap one's loads with another's MMAs); up to 128 columns: one 128-wide tile,
+  64-deep K steps, 4 stages; wider (QKV at rank 64): 128-row chunks on 8 warps, ``N_SUB`` sub-tiles
+  of 64 (3 x 64, no padding to 256). These were the fastest across prefill *and* mixed batches:
+  plans with one program per multiprocessor win on a batch whose ~130 chunks fit 132 SMs in one
+  wave and lose 1.5-1.8x on one whose ~136 chunks need a second. Split K for long K with narrow
+  outputs (down projection at rank 16) or while the programs fall short of the multiprocessors.
 * **shrink, decode** (``g < 128``): reading each adapter's weights once dominates, so one program
   per adapter group (no chunk-slot search) and the grid is spread over the weights: ``BLOCK_M`` =
   the next power of two of ``1.5 g`` (16..64: a typical adapter's rows fit one chunk), narrow
   column tiles (16 or 32) and split-K until there is a program per multiprocessor.
-* **expand**: bound by reading and writing ``base_output``. Prefill: 64 x 128 tiles walking 8
-  column blocks (1024 columns) per program, so the per-program metadata work is amortised.
+* **expand**: bound by reading and writing ``base_output``. Prefill: 32 x 128 tiles (rank <= 32)
+  or 128 x 64 (larger ranks: fewer re-reads of the B tile per row), 4 column blocks per program so
+  the per-program metadata work is amortised.
   Decode: one program per adapter group, the same row block as shrink, 64-column tiles and enough
   column blocks per program for about four programs per multiprocessor.
 
@@ -224,16 +228,20 @@ def tuned_table(device_name: str) -> dict:
 def heuristic_shrink(s: int, k: int, n_out: int, num_lora: int, num_sms: int) -> ShrinkPlan:
     g = math.ceil(s / max(num_lora, 1))
     if g >= PREFILL_ROWS_PER_GROUP:
-        # 64-row chunks, 4 warps, 128-deep K steps: two or three programs per multiprocessor overlap
-        # one's loads with another's MMAs (measured better than 128-row chunks on 8 warps).
-        block_m, block_k, warps, stages = 64, 128, 4, 3
-        if n_out <= 128:
-            block_n, n_sub = max(16, next_pow2(n_out)), 1
+        # Measured on an H100 over prefill-8k and mixed batches (benchmarks/results/h100): the plan that
+        # is fast for both, not the one fastest for one lucky batch geometry. With one program per
+        # multiprocessor (deep stages, wide tiles) ~130-140 chunks land on 132 SMs as one wave or as
+        # two (the second nearly empty), so wide outputs use tiles that let programs share SMs.
+        if n_out <= 64:
+            block_m, block_n, n_sub, block_k, warps, stages = 64, max(16, next_pow2(n_out)), 1, 128, 4, 3
+        elif n_out <= 128:
+            block_m, block_n, n_sub, block_k, warps, stages = 64, 128, 1, 64, 4, 4
         else:
             block_n = 64 if n_out <= 256 else 128
-            n_sub = min(4, math.ceil(n_out / block_n))
+            block_m, n_sub, block_k, warps, stages = 128, min(4, math.ceil(n_out / block_n)), 64, 8, 4
+            return ShrinkPlan(block_m, block_n, n_sub, block_k, 1, warps, stages)
         programs = math.ceil(s / block_m) * math.ceil(n_out / (block_n * n_sub))
-        split = 2 if k >= 8192 else 1  # long K: a second wave of programs hides the tail
+        split = 2 if k >= 8192 and n_out <= 32 else 1  # long K, narrow output: a second wave hides the tail
         while programs * split < 0.9 * num_sms and split < 4 and math.ceil(k / block_k) // (2 * split) >= 8:
             split *= 2
         return ShrinkPlan(block_m, block_n, n_sub, block_k, split, warps, stages)
@@ -250,7 +258,9 @@ def heuristic_shrink(s: int, k: int, n_out: int, num_lora: int, num_sms: int) ->
 def heuristic_expand(s: int, max_r: int, max_slice: int, num_lora: int, stack: int = 1, num_sms: int = 132) -> ExpandPlan:
     g = math.ceil(s / max(num_lora, 1))
     if g >= PREFILL_ROWS_PER_GROUP:
-        return ExpandPlan(64, 128, 8, num_warps=4, num_stages=2)
+        # Rank 16: 32 x 128 tiles (more programs in flight); rank 64: 128-row chunks, so each B tile
+        # (64 columns x 64 of rank) read from L2 serves twice the rows of base_output.
+        return ExpandPlan(32, 128, 4, num_warps=4, num_stages=2) if max_r <= 32 else ExpandPlan(128, 64, 4, 4, 2)
     block_m = min(64, max(16, next_pow2(math.ceil(1.5 * g))))
     block_n = 64
     per_program = max_slice * stack * min(num_lora, s) / (block_n * 4 * num_sms)  # column blocks for ~4 waves
