@@ -4,9 +4,11 @@ For slice ``j`` of ``stack = len(output_offset) - 1`` and a segment with slot ``
 
     out[:, off[j]:off[j+1]] += scaling[w] * x[:, j*r:(j+1)*r] @ B[w, off[j]:off[j+1], :r].T
 
-Grid: (chunk slots, slices, column blocks of the widest slice). A program loads its chunk's x
-columns of slice ``j`` once (``BLOCK_M x BLOCK_R``, only the real rank read) and then walks
-``N_ITERS`` column blocks of ``BLOCK_N``: B tile, ``base_output`` tile, one dot, scale, add, store.
+Grid: (chunk slots -- or adapter groups in the decode layout, see :mod:`.grouping` --, slices,
+column groups of the widest slice). A program loads its chunk's x columns of slice ``j`` once
+(``BLOCK_M x BLOCK_R``, only the real rank read) and then walks ``N_ITERS`` column blocks of
+``BLOCK_N``: B tile, ``base_output`` tile, one dot, scale, add, store (base_output with
+evict-first hints: it streams through once, the weights stay in L2).
 The slice bounds come from ``output_offset`` on the device (GQA: q != kv), so the same launch serves
 plain expand (one slice), gate-up (two) and QKV (three). Only rows of groups with rank > 0 are
 touched; every other row of ``base_output`` is left as it was.

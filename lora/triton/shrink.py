@@ -5,7 +5,8 @@ slot, so the stacked shrink is one GEMM of width ``stack*r``; rows at or past ``
 tails of the buffer) are never read, and the output columns there are written as zeros.
 
 One program computes a ``BLOCK_M x (N_SUB*BLOCK_N)`` output tile for one chunk of an adapter's rows
-(see :mod:`.grouping`), streaming its K range in ``BLOCK_K`` steps: the x tile is loaded once per
+(by chunk slot for prefill, by adapter group for decode: see :mod:`.grouping`), streaming its K
+range in ``BLOCK_K`` steps: the x tile is loaded once per
 step and multiplied by ``N_SUB`` weight sub-tiles, so x is read from memory once for the whole
 stacked width (192 columns for QKV at rank 64 are three sub-tiles of 64, no padding to 256).
 
