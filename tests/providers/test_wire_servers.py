@@ -134,6 +134,27 @@ def test_server_stops_by_itself():
     srv.close()  # idempotent
 
 
+class _Named(WireServer):
+    def __init__(self, name, **kw):
+        super().__init__(**kw)
+        self.name = name
+
+    def handle(self, h, req, action):
+        self.send_json(h, {"server": self.name})
+
+
+def test_closed_server_answers_nothing_on_kept_alive_connections():
+    # Clients keep idle keep-alive connections past a server's close (litellm even caches its HTTP
+    # clients process-wide), and the OS hands a later server the same port again, often within a
+    # few binds. Such a connection must lead to the new server, never into the closed one.
+    with httpx.Client() as client:
+        with _Named("old") as old:
+            assert client.get(old.url + "/").json() == {"server": "old"}
+        with _Named("new", port=old.port) as new:
+            assert client.get(new.url + "/").json() == {"server": "new"}
+    assert old.count == 1 and new.count == 1
+
+
 def test_base_server_binds_loopback_only():
     srv = WireServer()
     try:

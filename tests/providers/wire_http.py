@@ -14,7 +14,9 @@ request, in order:
 * any callable ``f(handler, request)`` -- answers that one request itself.
 
 Everything here is bounded: the server stops itself after ``lifetime`` seconds even if a test forgets
-to close it, stalls wake up when it stops, and it listens on loopback unless told otherwise.
+to close it, stalls wake up when it stops, closing it ends every connection it accepted (a client's
+pooled keep-alive connection can never reach a closed server, even when a later server gets the same
+port), and it listens on loopback unless told otherwise.
 Subclasses (one per API: wire_openai, wire_anthropic, wire_gemini, wire_sglang) implement
 ``handle(req, action)`` with the API's documented JSON and SSE shapes.
 """
@@ -129,9 +131,40 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    """Remembers the connections it accepted, so that closing the server can end them all.
+
+    ``shutdown()`` + ``server_close()`` only stop accepting: a keep-alive connection would go on being
+    served by its (daemon) handler thread, on behalf of a server that is closed.
+    """
+
     daemon_threads = True
     allow_reuse_address = True
     wire: "WireServer"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:  # the handler thread is done with the connection
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def end_connections(self) -> None:
+        """Shut down every connection still open: idle keep-alive ones, and ones mid-response."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for sock in connections:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
 
 
 class WireServer:
@@ -162,11 +195,13 @@ class WireServer:
         return self
 
     def close(self) -> None:
+        """Stop: no new connections, and the open ones ended (a closed server answers nothing)."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self._timer.cancel()
         self._httpd.shutdown()
+        self._httpd.end_connections()
         self._httpd.server_close()
 
     def __enter__(self):
