@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from .wire_http import Break, Request, WireServer, count_tokens, pieces, sse
+from .wire_http import Break, Request, WireServer, count_tokens, cut_reply, pieces, sse
 
 _ROUTE = re.compile(
     r"^/(?P<version>v[0-9a-z]+)/(?:projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/)?"
@@ -82,12 +82,8 @@ class GeminiServer(WireServer):
                     return self._err(h, 400, "text/x.enum needs a response schema with enum values")
                 text, finish = self.enum_pick(values), "STOP"
             else:
-                text, finish = self.next_reply(req, self.default_reply), "STOP"
-                for s in stops:
-                    if s and s in text:
-                        text = text[: text.index(s)]
-                if limit is not None and count_tokens(text) > int(limit):
-                    text, finish = " ".join(text.split()[: int(limit)]), "MAX_TOKENS"
+                text, hit_limit = cut_reply(self.next_reply(req, self.default_reply), stops, limit)
+                finish = "MAX_TOKENS" if hit_limit else "STOP"
             cands.append({"text": text, "finish": finish, "index": i})
         out_tokens = sum(count_tokens(c["text"]) for c in cands)
         usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,

@@ -322,6 +322,19 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
+def cut_reply(text: str, stops, limit) -> tuple[str, bool]:
+    """A fake model's reply cut at the first ``stops`` string, then at ``limit`` words (None: no limit).
+
+    Returns ``(text, hit_limit)``; ``hit_limit`` says the word limit cut it (finish reason "length").
+    """
+    for s in stops:
+        if s and s in text:
+            text = text[: text.index(s)]
+    if limit is not None and count_tokens(text) > int(limit):
+        return " ".join(text.split()[: int(limit)]), True
+    return text, False
+
+
 def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -19,7 +19,7 @@ import math
 import re
 import time
 
-from .wire_http import Break, Request, WireServer, count_tokens, pieces, sse
+from .wire_http import Break, Request, WireServer, count_tokens, cut_reply, pieces, sse
 
 _AZURE = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions)$")
 
@@ -97,13 +97,8 @@ class OpenAIServer(WireServer):
             if bias and self.vocab:
                 text, finish, lp = self._biased(bias, body, chat)
             else:
-                text, finish = self.next_reply(req, self.default_reply), "stop"
-                for s in stops:
-                    if s and s in text:
-                        text = text[: text.index(s)]
-                if limit is not None and count_tokens(text) > int(limit):
-                    text = " ".join(text.split()[: int(limit)])
-                    finish = "length"
+                text, hit_limit = cut_reply(self.next_reply(req, self.default_reply), stops, limit)
+                finish = "length" if hit_limit else "stop"
             choices.append({"text": text, "finish": finish, "logprobs": lp, "index": i})
         usage = {
             "prompt_tokens": prompt_tokens,
