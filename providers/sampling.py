@@ -301,8 +301,9 @@ def _dtype_name(value: Any) -> str:
 # * ``max_new_tokens`` is always sent (under the provider's name for it).
 # * ``json_schema`` becomes the provider's native structured output (see each function).
 # * ``dtype`` is not mapped here: each backend implements it (structured output with a one-field
-#   wrapper object, or logit bias for OpenAI completion models) and formats the value as
-#   :data:`DTYPE_REGEX` describes (``42``, ``3.5``, ``True``, ``"text"``).
+#   wrapper object, :func:`dtype_json_schema`, read back with :func:`parse_dtype_output`; or logit
+#   bias for OpenAI completion models) and formats the value as :data:`DTYPE_REGEX` describes
+#   (``42``, ``3.5``, ``True``, ``"text"``; :func:`format_dtype_value`).
 # * ``return_logprob`` / ``top_logprobs_num`` ask for output-token logprobs where the API has them;
 #   ``return_text_in_logprobs`` is accepted (API logprobs always carry the token text).
 #   ``logprob_start_len`` (prompt logprobs) is offered by none of them and raises.
