@@ -16,9 +16,11 @@ from providers import (
     APITimeoutError,
     AuthenticationError,
     ProgramState,
+    ProviderError,
     RateLimitError,
     SamplingParams,
     ServerError,
+    StreamInterruptedError,
     UnsupportedOperationError,
     UnsupportedParameterError,
     UnsupportedParameterWarning,
@@ -33,7 +35,7 @@ from providers.sampling import (
     to_openai_kwargs,
     to_vertexai_config,
 )
-from providers.sdk_errors import wrap_error
+from providers.sdk_errors import StreamGuard, wrap_error
 from providers.usage import TokenUsage
 
 from .wire_openai import OpenAIServer
@@ -110,6 +112,40 @@ def test_wrap_error_transport_failures():
     assert isinstance(conn, APIConnectionError) and conn.retryable
     assert wrap_error(httpx.RemoteProtocolError("peer closed", request=req), "p").retryable
     assert wrap_error(ValueError("odd"), "p").sdk_error == "ValueError"
+
+
+def _guarded(guard, items, fail):
+    with guard:
+        for item in items:
+            guard.delivered = True
+            yield item
+        raise fail
+
+
+def test_stream_guard_maps_before_text_and_interrupts_after():
+    req = httpx.Request("POST", "http://127.0.0.1:9/x")
+    broken = httpx.RemoteProtocolError("peer closed sk-abcdefghijkl0123", request=req)
+    with pytest.raises(APIConnectionError) as info:  # nothing delivered: the mapped, retryable error
+        list(_guarded(StreamGuard("p"), [], broken))
+    assert not isinstance(info.value, StreamInterruptedError) and info.value.__cause__ is None
+    with pytest.raises(StreamInterruptedError) as info:  # after text: never restarted
+        list(_guarded(StreamGuard("p"), ["a"], broken))
+    err = info.value
+    assert err.sdk_error == "RemoteProtocolError" and "sk-abcdefghijkl0123" not in str(err)
+    assert err.__cause__ is None and err.__suppress_context__
+    with pytest.raises(RateLimitError):  # a ProviderError passes unchanged
+        list(_guarded(StreamGuard("p"), ["a"], RateLimitError("slow", provider="p", status=429)))
+    gen = _guarded(StreamGuard("p"), ["a", "b"], broken)
+    next(gen)
+    gen.close()  # GeneratorExit passes: a consumer may stop early
+    guard = StreamGuard("p")
+    guard.require(True, "fine")
+    with pytest.raises(ProviderError) as info:
+        guard.require(False, "cut off")
+    assert type(info.value) is ProviderError
+    guard.delivered = True
+    with pytest.raises(StreamInterruptedError, match="cut off"):
+        guard.require(False, "cut off")
 
 
 def test_token_usage_is_thread_safe():
