@@ -1,0 +1,101 @@
+"""Small Mosaic GPU helpers shared by the shrink and expand kernels (jax only, no torch)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from .tiling import BM
+
+#: Python-side counter of kernel traces (lowerings); the no-recompile tests read it.
+TRACE_COUNT = {"shrink": 0, "expand": 0}
+
+
+def interpret_mode_active() -> bool:
+    """True inside ``plgpu.force_gpu_interpret_mode(...)`` (kernels then run on the CPU)."""
+    from jax._src import config
+
+    return config.pallas_tpu_interpret_mode_context_manager.value is not None
+
+
+def tiled(dtype, cols: int):
+    """SMEM transforms that make a (rows, cols) tile a wgmma operand (8-row tiles, widest swizzle)."""
+    itemsize = jnp.dtype(dtype).itemsize
+    swizzle = plgpu.find_swizzle(cols * itemsize * 8)
+    return (plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle))
+
+
+def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=None, lane=False):
+    """``plgpu.kernel`` plus input/output aliasing (in-place outputs for the JAX API).
+
+    ``lane``: lower with Lane semantics (explicit register layouts, no layout inference).
+    """
+    from jax._src import config
+    from jax._src.pallas import mpmd
+
+    mesh = plgpu.Mesh(grid=grid, grid_names=grid_names)
+
+    def kernel_body(*refs):
+        pl.run_scoped(functools.partial(body, *refs), *scratch)
+
+    interpret = config.pallas_tpu_interpret_mode_context_manager.value or False
+    return mpmd._mpmd_map(
+        [(mesh, kernel_body)],
+        out_type,
+        input_output_aliases=aliases or {},
+        compiler_params=plgpu.CompilerParams(
+            lowering_semantics=plgpu.LoweringSemantics.Lane if lane else plgpu.LoweringSemantics.Warpgroup
+        ),
+        interpret=interpret,
+    )(*args)
+
+
+def wgmma_layout(x):
+    return plgpu.layout_cast(x, plgpu.Layout.WGMMA)
+
+
+def col_iota(rows: int, cols: int):
+    return plgpu.broadcasted_iota(jnp.int32, (rows, cols), 1, layout=plgpu.Layout.WGMMA)
+
+
+def row_iota(rows: int, cols: int):
+    return plgpu.broadcasted_iota(jnp.int32, (rows, cols), 0, layout=plgpu.Layout.WGMMA)
+
+
+def wgmma_zeros(rows: int, cols: int, dtype=jnp.float32):
+    return plgpu.broadcasted_iota(jnp.int32, (rows, cols), 0, layout=plgpu.Layout.WGMMA).astype(dtype) * 0
+
+
+def load_row_slots(meta_ref, lay, b, is_tail, rs_smem, barrier):
+    """Copy the adapter slots of block b's box (its clamped box when ``is_tail``) into ``rs_smem``.
+
+    Read them where they are used. The copy starts at a multiple of 64 entries: a TMA copy's start
+    in the innermost dimension must be 16-byte aligned.
+    """
+    box = b if is_tail is None else jnp.where(is_tail, lay.nb, b)
+    plgpu.copy_gmem_to_smem(meta_ref.at[pl.ds(lay.boxes + box * BM, BM)], rs_smem, barrier)
+    plgpu.barrier_wait(barrier)
+
+
+def ladder(nrows, fn, *, max_rows: int = BM):
+    """Cover ``nrows`` (dynamic, 0..max_rows) rows with power-of-two pieces: fn(offset, size, k).
+
+    TMA boxes have static shapes, so a dynamic row count is moved as at most log2(max_rows)+1
+    copies (64, 32, ..., 1 rows), each under its own predicate. ``k`` numbers the rungs (barriers).
+    """
+    off = 0
+    size, k = max_rows, 0
+    while size >= 1:
+        pl.when((nrows & size) != 0)(functools.partial(fn, off, size, k))
+        off = off + (nrows & size)
+        size //= 2
+        k += 1
+
+
+def ladder_rungs(max_rows: int = BM) -> int:
+    return max_rows.bit_length()

@@ -1,0 +1,184 @@
+"""torch <-> Mosaic GPU: run a Pallas kernel on torch tensors, zero-copy, on torch's current stream.
+
+The kernel is traced and lowered by JAX once per static configuration (shapes, dtypes, tiling),
+the Mosaic GPU module is pulled out of the lowered StableHLO and compiled for the current CUDA
+device by the JAX CUDA plugin's ``MosaicGpuCompile`` (the entry point behind
+``plgpu.as_torch_kernel``). A launch is then one ctypes call with the tensors' device pointers in
+the XLA calling convention (inputs, then outputs; an in-place output gets its input's pointer) and
+the *current* torch stream, so it is ordered against torch's work with no event or sync, and no
+JAX runtime, DLPack conversion or jit dispatch sits on the hot path.
+
+Compared with ``plgpu.as_torch_kernel``, this launcher: uses ``torch.cuda.current_stream()``
+instead of the legacy default stream, checks shapes/dtypes/contiguity/alignment before launching
+(the backend does), never recompiles for a new token count inside a bucket (the compiled kernel
+takes the real row count from device metadata), and costs one ctypes call per launch.
+
+JAX memory: lowering needs no JAX device, and the compile happens in the plugin, so JAX's CUDA
+client is not initialised by this path; ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` is still set (if
+unset) before jax is imported by :mod:`lora.pallas.backend`, so that a JAX program sharing the
+process does not take 75% of the GPU from torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+import time
+
+__all__ = ["MosaicKernel", "compile_count", "lowering_count"]
+
+_LOCK = threading.Lock()
+_STATS = {"lowered": 0, "compiled": 0, "lower_s": 0.0, "compile_s": 0.0}
+
+
+def lowering_count() -> int:
+    """Kernels lowered by this process (each is one static configuration)."""
+    return _STATS["lowered"]
+
+
+def compile_count() -> int:
+    return _STATS["compiled"]
+
+
+def stats() -> dict:
+    return dict(_STATS)
+
+
+@contextlib.contextmanager
+def _hopper_target():
+    """Lower for sm_90a without asking JAX for a device (which would start its CUDA client)."""
+    from jax.experimental.mosaic.gpu import utils as mgpu_utils
+
+    saved = mgpu_utils._infer_arch
+    mgpu_utils._infer_arch = lambda: (9, 0)
+    try:
+        yield
+    finally:
+        mgpu_utils._infer_arch = saved
+
+
+def lower_to_mosaic(fn, arg_specs):
+    """Trace + lower ``fn`` (one Mosaic GPU kernel call on its arguments) -> (module bytes, aliases).
+
+    ``aliases[i]`` is the input index whose buffer output ``i`` reuses, or None.
+    """
+    import jax
+    import jax.experimental.mosaic.gpu as mgpu
+    from jax._src.lib.mlir import passmanager
+
+    t0 = time.perf_counter()
+    with _hopper_target():
+        lowered = jax.jit(fn).trace(*arg_specs).lower(lowering_platforms=("cuda",))
+    module = lowered.compiler_ir()
+    with module.context:
+        mgpu.dialect.register_inliner_extensions(module.context)
+        passmanager.PassManager.parse("builtin.module(inline{default-pipeline=})").run(module.operation)
+        call, n_args = _find_single_call(module)
+    operands = list(call.operands)
+    # The launcher passes the caller's buffers straight through: the kernel's operands must be the
+    # function arguments in order (no constants, broadcasts or allocations around the kernel).
+    for i, v in enumerate(operands):
+        if not (hasattr(v, "arg_number") and v.arg_number == i):
+            raise RuntimeError(f"kernel operand {i} is not function argument {i}; cannot launch it directly")
+    if len(operands) != n_args:
+        raise RuntimeError(f"kernel takes {len(operands)} of the function's {n_args} arguments")
+    from jax._src.lib.mlir.dialects import hlo
+
+    aliases = [None] * len(call.results)
+    for alias in call.output_operand_aliases or []:
+        alias = hlo.OutputOperandAlias(alias)
+        (out_index,) = alias.output_tuple_indices or (0,)
+        aliases[out_index] = alias.operand_index
+    asm = call.attributes["mhlo.backend_config"]["module"].value_bytes
+    _STATS["lowered"] += 1
+    _STATS["lower_s"] += time.perf_counter() - t0
+    return asm, aliases
+
+
+def _find_single_call(module):
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import func
+
+    mains = [op for op in module.body.operations if isinstance(op, func.FuncOp) and op.name.value == "main"]
+    if len(mains) != 1:
+        raise RuntimeError("expected one main function in the lowered kernel")
+    [block] = mains[0].body.blocks
+    calls = []
+    for op in block.operations:
+        name = op.operation.name
+        if name == "stablehlo.custom_call" and ir.StringAttr(op.attributes["call_target_name"]).value == "mosaic_gpu_v2":
+            calls.append(op)
+        elif name not in ("func.return", "sdy.return"):
+            raise RuntimeError(f"unexpected operation around the kernel: {name}")
+    if len(calls) != 1:
+        raise RuntimeError(f"expected one Mosaic GPU kernel, found {len(calls)}")
+    return calls[0], len(block.arguments)
+
+
+_PLUGIN = None
+
+
+def _plugin():
+    global _PLUGIN
+    if _PLUGIN is None:
+        try:
+            import jax_plugins.xla_cuda13 as cuda_plugin  # type: ignore
+        except ImportError:
+            import jax_plugins.xla_cuda12 as cuda_plugin  # type: ignore
+        lib = ctypes.CDLL(cuda_plugin._get_library_path())
+        lib.MosaicGpuCompile.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        lib.MosaicGpuCompile.restype = ctypes.POINTER(ctypes.c_void_p)
+        lib.MosaicGpuUnload.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        lib.MosaicGpuUnload.restype = None
+        _PLUGIN = lib
+    return _PLUGIN
+
+
+_LAUNCH_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p))
+
+
+class MosaicKernel:
+    """One compiled kernel; ``launch(pointers, stream)`` runs it (pointers: inputs then outputs)."""
+
+    def __init__(self, fn, arg_specs, name: str = "kernel"):
+        self.name = name
+        self.asm, self.aliases = lower_to_mosaic(fn, arg_specs)
+        self.num_inputs = len(arg_specs)
+        self.num_buffers = self.num_inputs + len(self.aliases)
+        self._handle = None
+        self._fn = None
+        self._launch = None
+
+    def _compile(self):
+        with _LOCK:
+            if self._launch is not None:
+                return
+            t0 = time.perf_counter()
+            lib = _plugin()
+            handle = lib.MosaicGpuCompile(ctypes.c_char_p(self.asm), ctypes.c_int(len(self.asm)))
+            if not handle:
+                raise RuntimeError(f"MosaicGpuCompile failed for {self.name}")
+            self._handle = handle
+            self._fn = handle[0]
+            self._launch = _LAUNCH_T(handle[1])
+            _STATS["compiled"] += 1
+            _STATS["compile_s"] += time.perf_counter() - t0
+
+    def launch(self, inputs: list[int], outputs: list[int | None], stream: int) -> None:
+        """``outputs[i] is None`` for an aliased output (it reuses its input's pointer)."""
+        if self._launch is None:
+            self._compile()
+        ptrs = list(inputs)
+        for i, p in enumerate(outputs):
+            alias = self.aliases[i]
+            ptrs.append(inputs[alias] if p is None and alias is not None else p)
+        buf = (ctypes.c_void_p * self.num_buffers)(*ptrs)
+        self._launch(self._fn, ctypes.c_void_p(stream), buf)
+
+    def __del__(self):  # pragma: no cover - process teardown
+        if self._handle is not None and _PLUGIN is not None:
+            try:
+                _PLUGIN.MosaicGpuUnload(self._handle)
+            except Exception:
+                pass

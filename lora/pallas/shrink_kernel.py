@@ -1,0 +1,243 @@
+"""Shrink kernels: xa = x @ A[slot].T per row, masked to each slot's real rank, in float32.
+
+    x     (Bpad, K)          activations (a torch caller's tensor may have only s <= Bpad rows)
+    x_tail (64, K)           rows [s-64, s) of the same memory (only with ``cfg.tail``)
+    A     (L, NA, K)         NA = stack * max_r; slot w uses rows [0, stack * rank[w])
+    out   (Bpad, NA) f32     rows of slot w: columns [0, stack*rank[w]) hold x @ A[w].T, the rest 0;
+                             rows with no adapter are 0
+
+Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
+
+* **block** (prefill, mixed): one CTA per 64-row block. It runs one pipelined K loop (TMA ->
+  wgmma, ``cfg.stages`` deep) per adapter present in the block's box and merges the results with
+  the per-row slot mask, then stores the block with one TMA box. Each row of x is read once per
+  adapter of its block (once, except at segment boundaries).
+* **split** (decode-sized batches, <= 4 blocks): CTA (block, adapter index, K split, column chunk).
+  Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
+  blocks to fill the GPU, so the K loop is split across CTAs and the float32 partial tiles are
+  added into a zeroed output with TMA reduce-add (row-masked to the block's own rows, so the
+  overlapping box of the last block is not counted twice). In CPU interpret mode, which has no TMA
+  reduction, each CTA writes its own partial tile and :func:`finish_split_partials` adds them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from . import common as C
+from .tiling import BM, MetaLayout, ShrinkConfig
+
+__all__ = ["shrink_block", "shrink_split", "finish_split_partials", "column_chunk"]
+
+
+def column_chunk(na: int) -> int:
+    """Columns of A per wgmma (at most 256, the widest wgmma N)."""
+    return na if na <= 256 else 128
+
+
+def _box(meta_ref, b, cfg: ShrinkConfig):
+    """(s, row_lo, rx, is_tail): the block's first row and the first row of its box."""
+    s = meta_ref[0]
+    row_lo = b * BM
+    if cfg.tail:
+        is_tail = row_lo + BM > s
+        rx = jnp.where(is_tail, jnp.maximum(s - BM, 0), row_lo)
+    else:
+        is_tail = None
+        rx = row_lo
+    return s, row_lo, rx, is_tail
+
+
+def _matmul_into(cfg: ShrinkConfig, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, k_first, nk, merge):
+    """merge(acc) with acc (BM, CW) = box rows of x @ A[w, chunk c].T over k-blocks [k_first, k_first+nk).
+
+    ``merge`` consumes the accumulator inside the control flow that produced it (it writes SMEM):
+    wgmma accumulators must not flow out of a branch or loop as values (that miscompiles to an
+    illegal instruction on the device).
+    """
+    cw = column_chunk(cfg.na)
+    dt = x_ref.dtype
+    x_tf = C.tiled(dt, cfg.block_k)
+
+    def run(src_ref, blk):
+        def acc_scope(acc_ref):
+            plgpu.emit_pipeline(
+                lambda _, xs, as_: plgpu.wgmma(acc_ref, xs, as_.T),
+                grid=(nk,),
+                in_specs=[
+                    plgpu.BlockSpec((BM, cfg.block_k), lambda k: (blk, k + k_first), transforms=x_tf, delay_release=1),
+                    plgpu.BlockSpec((cw, cfg.block_k), lambda k: (c, k + k_first), transforms=x_tf, delay_release=1),
+                ],
+                max_concurrent_steps=max(2, cfg.stages),
+            )(src_ref, a_ref.at[w])
+            merge(acc_ref[...])
+
+        pl.run_scoped(acc_scope, plgpu.ACC((BM, cw)))
+
+    if cfg.tail:
+        pl.when(is_tail)(lambda: run(x_tail_ref, 0))
+        pl.when(jnp.logical_not(is_tail))(lambda: run(x_ref, b))
+    else:
+        run(x_ref, b)
+
+
+def _keep(rs_smem, w, ncols, c, cw):
+    """(BM, cw) mask: rows of slot w, columns below stack*rank (built where it is used)."""
+    rs = plgpu.load(rs_smem, layout=plgpu.Layout.WGMMA.reduce(1))
+    cols = C.col_iota(BM, cw) + c * cw
+    return (lax.broadcast_in_dim(rs, (BM, cw), [0]) == w) & (cols < ncols)
+
+
+def shrink_block(meta, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
+    """Block variant: returns the float32 (Bpad, NA) shrink output."""
+    C.TRACE_COUNT["shrink"] += 1
+    lay = MetaLayout(cfg.bpad, cfg.num_lora)
+    cw = column_chunk(cfg.na)
+    nc = -(-cfg.na // cw)
+    L = cfg.num_lora
+
+    def body(meta_ref, ranks_ref, x_ref, *rest):
+        if cfg.tail:
+            x_tail_ref, a_ref, o_ref, rs_smem, o_smem, bar = rest
+        else:
+            x_tail_ref = None
+            a_ref, o_ref, rs_smem, o_smem, bar = rest
+        b = lax.axis_index("b")
+        c = lax.axis_index("c")
+        s, row_lo, rx, is_tail = _box(meta_ref, b, cfg)
+
+        @pl.when(row_lo < s)
+        def _():
+            count = meta_ref[lay.count + b]
+            C.load_row_slots(meta_ref, lay, b, is_tail, rs_smem, bar.at[0])
+            o_smem[...] = C.wgmma_zeros(BM, cw)
+
+            @pl.loop(0, count)
+            def _(i):
+                w = meta_ref[lay.slots + b * L + i]
+
+                def merge(acc):
+                    keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
+                    o_smem[...] = jnp.where(keep, acc, plgpu.load(o_smem, layout=plgpu.Layout.WGMMA, optimized=False))
+
+                _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, 0, cfg.nk, merge)
+
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    args = [meta, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
+    return C.mgpu_call(
+        body,
+        args,
+        out_type=jax.ShapeDtypeStruct((cfg.bpad, cfg.na_out), jnp.float32),
+        grid=(cfg.nb, nc),
+        grid_names=("b", "c"),
+        scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
+    )
+
+
+def shrink_split(meta, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
+    """Split variant. On the GPU adds into ``ws`` (zeroed (Bpad, na_out) f32, returned, in place).
+
+    In interpret mode (``cfg.interpret``) ``ws`` is ignored and per-CTA partial tiles
+    (nb, L*ksplit, 64, NA) are returned instead; :func:`finish_split_partials` adds them up.
+    """
+    C.TRACE_COUNT["shrink"] += 1
+    lay = MetaLayout(cfg.bpad, cfg.num_lora)
+    cw = column_chunk(cfg.na)
+    nc = -(-cfg.na // cw)
+    L, KS = cfg.num_lora, cfg.ksplit
+    nk_split = cfg.nk // KS
+
+    def body(meta_ref, ranks_ref, x_ref, *rest):
+        if cfg.tail:
+            x_tail_ref, a_ref, ws_in, o_ref, rs_smem, o_smem, bar = rest
+        else:
+            x_tail_ref = None
+            a_ref, ws_in, o_ref, rs_smem, o_smem, bar = rest
+        del ws_in  # aliased with o_ref on the GPU
+        b = lax.axis_index("b")
+        i = lax.axis_index("i")
+        ks = lax.axis_index("ks")
+        c = lax.axis_index("c")
+        s, row_lo, rx, is_tail = _box(meta_ref, b, cfg)
+        count = meta_ref[lay.count + b]
+        active = (row_lo < s) & (i < count)
+
+        def tile_into_smem():
+            w = meta_ref[lay.slots + b * L + i]
+            C.load_row_slots(meta_ref, lay, b, is_tail, rs_smem, bar.at[0])
+
+            def merge(acc):
+                keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
+                keep = keep & (C.row_iota(BM, cw) + rx >= row_lo)  # the box may overlap the block before
+                o_smem[...] = jnp.where(keep, acc, 0.0)
+
+            _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, ks * nk_split, nk_split, merge)
+
+        if not cfg.interpret:
+
+            @pl.when(active)
+            def _():
+                tile_into_smem()
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(
+                    o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)], reduction_op="add"
+                )
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+        else:
+            part = i * KS + ks
+            pl.when(active)(tile_into_smem)
+
+            @pl.when(jnp.logical_not(active))
+            def _():
+                o_smem[...] = C.wgmma_zeros(BM, cw)
+
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, part, :, pl.ds(c * cw, cw)])
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    args = [meta, ranks, x] + ([x_tail] if cfg.tail else []) + [a, ws]
+    scratch = [plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)]
+    grid = (cfg.nb, L, KS, nc)
+    names = ("b", "i", "ks", "c")
+    if cfg.interpret:
+        return C.mgpu_call(
+            body,
+            args,
+            out_type=jax.ShapeDtypeStruct((cfg.nb, L * KS, BM, cfg.na), jnp.float32),
+            grid=grid,
+            grid_names=names,
+            scratch=scratch,
+        )
+    return C.mgpu_call(
+        body,
+        args,
+        out_type=jax.ShapeDtypeStruct((cfg.bpad, cfg.na_out), jnp.float32),
+        grid=grid,
+        grid_names=names,
+        scratch=scratch,
+        aliases={len(args) - 1: 0},
+    )
+
+
+def finish_split_partials(parts, s, *, bpad: int, tail: bool, na_out: int):
+    """Interpret-mode epilogue of :func:`shrink_split`: add the partial tiles at their box rows."""
+    nb = parts.shape[0]
+    tiles = parts.sum(axis=1)  # (nb, BM, NA)
+    b = jnp.arange(nb, dtype=jnp.int32)
+    rx = b * BM
+    if tail:
+        rx = jnp.where(rx + BM > s, jnp.maximum(s - BM, 0), rx)
+    rows = (rx[:, None] + jnp.arange(BM, dtype=jnp.int32)[None, :]).reshape(-1)
+    out = jnp.zeros((bpad + BM, parts.shape[-1]), jnp.float32)
+    out = out.at[rows].add(tiles.reshape(-1, parts.shape[-1]))
+    return jnp.pad(out[:bpad], ((0, 0), (0, na_out - parts.shape[-1])))

@@ -1,0 +1,243 @@
+"""The "pallas" backend on a Hopper GPU: zero-copy, stream ordering, no recompiles, contract at real
+widths (bf16/fp16), cross-check against "triton", the JAX API on the GPU. Skipped elsewhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.lora import contract as C
+from tests.lora.torch_cases import batch_info, run_op, to_torch
+
+from .conftest import needs_cuda
+
+pytestmark = needs_cuda
+DEV = "cuda"
+HIDDEN, Q, KV, INTER = 4096, 4096, 1024, 14336
+
+
+def pallas(bi=None):
+    import lora
+
+    status = {s.name: s for s in lora.available_backends()}["pallas"]
+    if not status.available:
+        pytest.skip(f"pallas cannot run here: {status.reason}")
+    return lora.get_backend_from_name("pallas")("pallas", bi)
+
+
+def mixed(rng, tokens=1500, segs=12, num_lora=8, max_r=64):
+    cuts = sorted(int(v) for v in rng.choice(range(1, tokens), segs - 1, replace=False))
+    lens = [b - a for a, b in zip([0, *cuts], [*cuts, tokens])]
+    ranks = [max_r] * num_lora
+    ranks[1] = 0
+    ranks[2] = max_r // 2 - 3
+    slots = [int(v) for v in rng.integers(0, num_lora, segs)]
+    return C.Composition(lens, slots, ranks, [float(v) for v in rng.uniform(0.25, 2, num_lora)], max_r, tokens + 3)
+
+
+# ---- contract at real widths --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+@pytest.mark.parametrize("kind", ["decode", "mixed"])
+@pytest.mark.parametrize("op", ["shrink1", "shrink3", "expand", "qkv", "gate_up"])
+def test_contract_real_widths(op, kind, dtype_name, rng):
+    be = pallas()
+    comp = C.decode_composition(rng, 64, 8, 16) if kind == "decode" else mixed(rng)
+    check, _ = run_op(be, op, comp, rng, dtype_name, DEV, k=HIDDEN, n=Q if op != "gate_up" else INTER, kv=KV)
+    assert check.ok, f"{op} {kind} {dtype_name}: {check.detail}"
+
+
+def test_float32_and_odd_shapes(rng):
+    be = pallas()
+    comp = C.random_composition(rng, max_tokens=90)
+    for op in ("shrink2", "expand", "qkv", "gate_up"):
+        check, _ = run_op(be, op, comp, rng, "float32", DEV, k=200, n=72, kv=24)
+        assert check.ok, f"{op} float32 K=200 N=72: {check.detail}"
+        check, _ = run_op(be, op, comp, rng, "bfloat16", DEV, k=72, n=40, kv=8)
+        assert check.ok, f"{op} bf16 K=72 N=40: {check.detail}"
+
+
+# ---- zero-copy, in place, stream ordering --------------------------------------------------------
+
+
+def test_zero_copy_in_place(rng):
+    comp = mixed(rng, tokens=4096, segs=8)
+    be = pallas(batch_info(comp, DEV))
+    dt = torch.bfloat16
+    x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+    a = to_torch(C.shrink_weights(rng, comp, 3, HIDDEN), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, Q + 2 * KV), dt, DEV)
+    base = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
+    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
+    be.run_qkv_lora(x, a, b, off, Q, base_output=base)  # compile + metadata outside the measurement
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    ptrs = (x.data_ptr(), a.data_ptr(), b.data_ptr(), base.data_ptr())
+    out = be.run_qkv_lora(x, a, b, off, Q, base_output=base)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    assert out.data_ptr() == base.data_ptr()
+    assert (x.data_ptr(), a.data_ptr(), b.data_ptr(), base.data_ptr()) == ptrs
+    # Only the float32 shrink output (tokens x 3r) may be allocated: no copy of x, weights or base.
+    assert extra <= comp.tokens * 3 * comp.max_r * 4 + (1 << 20), f"{extra} bytes allocated during the call"
+
+
+def test_launch_ordered_on_side_stream(rng):
+    """x is written on a side stream after a long sleep; the op on that stream must see it."""
+    comp = mixed(rng, tokens=2048, segs=6)
+    be = pallas(batch_info(comp, DEV))
+    dt = torch.bfloat16
+    x_true = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+    a = to_torch(C.shrink_weights(rng, comp, 2, HIDDEN), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, 2 * INTER), dt, DEV)
+    base0 = to_torch(C.base_output(rng, comp, 2 * INTER), dt, DEV)
+    ref = be.run_gate_up_lora(x_true, a, b, base_output=base0.clone()).clone()  # warm-up + reference
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    x = torch.zeros_like(x_true)
+    base = base0.clone()
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time before x gets its values
+        x.copy_(x_true)
+        out = be.run_gate_up_lora(x, a, b, base_output=base)
+        result = out.clone()
+    side.synchronize()
+    assert torch.equal(torch.nan_to_num(result), torch.nan_to_num(ref)), "kernel did not run after the side-stream producer"
+
+
+def test_new_compositions_do_not_recompile(rng):
+    from lora.pallas import interop
+
+    be = pallas()
+    dt = torch.bfloat16
+    comps = [mixed(rng, tokens=t, segs=s) for t, s in ((700, 5), (900, 11), (1000, 3))]  # one bucket (1024)
+    a = to_torch(C.shrink_weights(rng, comps[0], 3, HIDDEN), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comps[0], Q + 2 * KV), dt, DEV)
+    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
+    counts = []
+    for comp in comps:
+        be.set_batch_info(batch_info(comp, DEV))
+        x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+        base = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
+        be.run_qkv_lora(x, a, b, off, Q, base_output=base)
+        counts.append(interop.lowering_count())
+    torch.cuda.synchronize()
+    assert counts[1] == counts[0] == counts[2], f"kernels lowered per call: {counts}"
+
+
+# ---- cross-check against triton ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["shrink3", "qkv", "gate_up"])
+def test_matches_triton(op, rng):
+    import lora
+
+    status = {s.name: s for s in lora.available_backends()}
+    if not status.get("triton") or not status["triton"].available:
+        pytest.skip("triton backend not available")
+    comp = mixed(rng, tokens=1200, segs=9)
+    bi = batch_info(comp, DEV)
+    pl_be, tr_be = pallas(bi), lora.get_backend_from_name("triton")("triton", bi)
+    dt = torch.bfloat16
+    x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+    n = Q + 2 * KV if op == "qkv" else 2 * INTER
+    stack = 3 if op != "gate_up" else 2
+    a = to_torch(C.shrink_weights(rng, comp, stack, HIDDEN), dt, DEV)
+    if op == "shrink3":
+        p, t = pl_be.run_lora_a_sgemm(x, a, 3), tr_be.run_lora_a_sgemm(x, a, 3)
+    else:
+        b = to_torch(C.expand_weights(rng, comp, n), dt, DEV)
+        base = to_torch(C.base_output(rng, comp, n), dt, DEV)
+        if op == "qkv":
+            off = torch.tensor([0, Q, Q + KV, n], dtype=torch.int32, device=DEV)
+            p = pl_be.run_qkv_lora(x, a, b, off, Q, base_output=base.clone())
+            t = tr_be.run_qkv_lora(x, a, b, off, Q, base_output=base.clone())
+        else:
+            p = pl_be.run_gate_up_lora(x, a, b, base_output=base.clone())
+            t = tr_be.run_gate_up_lora(x, a, b, base_output=base.clone())
+    assert torch.equal(torch.isnan(p), torch.isnan(t))
+    diff = torch.nan_to_num(p.float() - t.float()).norm() / torch.nan_to_num(t.float()).norm()
+    assert diff < 1e-2, f"pallas vs triton rel diff {float(diff):.3g}"
+
+
+# ---- CUDA graphs, JAX's memory, the JAX API on the GPU ------------------------------------------
+
+
+def test_cuda_graph_replay_with_new_metadata(rng):
+    comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(3)]
+    bi = batch_info(comps[0], DEV)
+    be = pallas(bi)
+    dt = torch.bfloat16
+    x = torch.zeros(64, HIDDEN, dtype=dt, device=DEV)
+    a = to_torch(C.shrink_weights(rng, comps[0], 3, HIDDEN), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comps[0], Q + 2 * KV), dt, DEV)
+    base = torch.zeros(64, Q + 2 * KV, dtype=dt, device=DEV)
+    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        be.run_qkv_lora(x, a, b, off, Q, base_output=base)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        be.run_qkv_lora(x, a, b, off, Q, base_output=base)
+    for comp in comps[1:]:
+        new = batch_info(comp, DEV)
+        bi.weight_indices.copy_(new.weight_indices)
+        xv = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+        bv = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
+        x.copy_(xv)
+        base.copy_(bv)
+        g.replay()
+        torch.cuda.synchronize()
+        f64 = lambda t: t.double().cpu().numpy()  # noqa: E731
+        ref = C.ref_stacked(comp, f64(xv), f64(a), f64(b), [0, Q, Q + KV, Q + 2 * KV], f64(bv))
+        check = C.compare(f64(base), ref, "bfloat16")
+        assert check.ok, check.detail
+
+
+def test_jax_runtime_takes_no_gpu_memory(rng):
+    """Lowering starts JAX's CUDA client; with preallocation off it must not take the GPU from torch."""
+    torch.cuda.synchronize()
+    free0, _ = torch.cuda.mem_get_info()
+    reserved0 = torch.cuda.memory_reserved()
+    comp = C.decode_composition(rng, 16, 4, 16)
+    be = pallas(batch_info(comp, DEV))
+    check, _ = run_op(be, "qkv", comp, rng, "bfloat16", DEV, k=HIDDEN, n=Q, kv=KV)
+    assert check.ok
+    torch.cuda.synchronize()
+    free1, _ = torch.cuda.mem_get_info()
+    outside_torch = (free0 - free1) - (torch.cuda.memory_reserved() - reserved0)
+    assert outside_torch < 1 << 30, f"{outside_torch / 2**20:.0f} MiB of GPU memory taken outside torch"
+
+
+def test_jax_api_on_gpu():
+    """The JAX functional API, jitted, on the GPU (a subprocess: JAX starts its own CUDA client)."""
+    code = r"""
+import numpy as np, jax, jax.numpy as jnp
+from lora import pallas as lp
+from tests.lora import contract as C
+rng = np.random.default_rng(0)
+for comp in (C.decode_composition(rng, 64, 8, 16), C.Composition([300, 0, 500, 200], [2, 1, 0, 2], [16, 16, 9, 0], [0.5, 1.0, 2.0, 1.5], 16, 1003)):
+    x = jnp.asarray(C.activations(rng, comp, 4096), jnp.bfloat16)
+    a = jnp.asarray(C.shrink_weights(rng, comp, 3, 4096), jnp.bfloat16)
+    b = jnp.asarray(C.expand_weights(rng, comp, 6144), jnp.bfloat16)
+    base = jnp.asarray(C.base_output(rng, comp, 6144), jnp.bfloat16)
+    f = jax.jit(lambda x, a, b, base, ip, wi, rk, sc: lp.qkv_lora(x, a, b, lp.make_batch(ip, wi, rk, sc, num_tokens=x.shape[0]), q=4096, kv=1024, base=base))
+    out = f(x, a, b, base, jnp.asarray(comp.seg_indptr, jnp.int32), jnp.asarray(comp.weight_indices, jnp.int32), jnp.asarray(comp.lora_ranks, jnp.int32), jnp.asarray(comp.scalings, jnp.float32))
+    f64 = lambda t: np.asarray(jnp.asarray(t, jnp.float32), np.float64)
+    ref = C.ref_stacked(comp, f64(x), f64(a), f64(b), [0, 4096, 5120, 6144], f64(base))
+    chk = C.compare(f64(out), ref, "bfloat16")
+    assert chk.ok, chk.detail
+    print("ok", chk.detail, jax.devices()[0].device_kind)
+"""
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=os.getcwd())
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
