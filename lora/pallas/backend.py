@@ -417,8 +417,8 @@ def build_meta_torch(bi, s: int, bpad: int, num_lora: int, device) -> torch.Tens
     boxes = torch.cat([row_slot, row_slot[tail0 : tail0 + T.BM]]).view(nb + 1, T.BM)
     # Block b's adapters: those of its aligned rows, plus (last partial block) those of its clamped box.
     tail_block = min((s - 1) // T.BM, nb - 1) if s > 0 else 0
-    owner = torch.arange(nb + 1, device=device)
-    owner[nb] = tail_block
+    # (no Python-scalar writes into device tensors: those are host copies, illegal in graph capture)
+    owner = torch.cat([torch.arange(nb, device=device), torch.full((1,), tail_block, device=device)])
     slot = torch.where(boxes < 0, torch.full_like(boxes, num_lora), boxes).long()
     present = torch.zeros((nb, num_lora + 1), dtype=torch.int32, device=device)
     present.index_put_((owner[:, None].expand_as(slot), slot), torch.ones((), dtype=torch.int32, device=device))

@@ -29,12 +29,12 @@ def pallas(bi=None):
     return lora.get_backend_from_name("pallas")("pallas", bi)
 
 
-def mixed(rng, tokens=1500, segs=12, num_lora=8, max_r=64):
+def mixed(rng, tokens=1500, segs=12, num_lora=8, max_r=64, odd_rank=True):
     cuts = sorted(int(v) for v in rng.choice(range(1, tokens), segs - 1, replace=False))
     lens = [b - a for a, b in zip([0, *cuts], [*cuts, tokens])]
     ranks = [max_r] * num_lora
     ranks[1] = 0
-    ranks[2] = max_r // 2 - 3
+    ranks[2] = max_r // 2 - 3 if odd_rank else max_r // 2
     slots = [int(v) for v in rng.integers(0, num_lora, segs)]
     return C.Composition(lens, slots, ranks, [float(v) for v in rng.uniform(0.25, 2, num_lora)], max_r, tokens + 3)
 
@@ -66,7 +66,9 @@ def test_float32_and_odd_shapes(rng):
 
 
 def test_zero_copy_in_place(rng):
-    comp = mixed(rng, tokens=4096, segs=8)
+    # Ranks a multiple of 8 (all real ones): an odd rank takes the documented repack of the
+    # intermediate (a gather), which allocates more.
+    comp = mixed(rng, tokens=4096, segs=8, odd_rank=False)
     be = pallas(batch_info(comp, DEV))
     dt = torch.bfloat16
     x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
