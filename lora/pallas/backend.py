@@ -160,6 +160,7 @@ class PallasLoRABackend(BaseLoRABackend):
 
             fn, specs = specs_fn()
             k = _KERNELS[key] = MosaicKernel(fn, specs, name=f"{kind}{cfg}")
+            k._compile()  # now, not at a first launch that may sit inside a CUDA-graph capture
         return k
 
     @staticmethod
@@ -291,6 +292,10 @@ class PallasLoRABackend(BaseLoRABackend):
                 x_p[:s] = x
                 x = x_p
         x_stride = 0
+        if stack > 1 and b.dtype != torch.float32 and not torch.cuda.is_current_stream_capturing():
+            # A capture always takes the repacked layout (it cannot read the ranks): build that
+            # kernel now, so that a capture never has to lower or compile one.
+            self._expand_launch(None, b, offsets, base, meta, s, bpad, 0, internal, rp, prepare_only=x)
         if stack > 1 and not self._ranks_multiple_of(T.slice_alignment(x.element_size())):
             # Slice j starts at column j*r; TMA needs 16-byte aligned starts: move slices to j*rp.
             x = self._repack(x, meta, stack, rp, bpad)
@@ -309,16 +314,21 @@ class PallasLoRABackend(BaseLoRABackend):
             base.copy_(target_a[:, :n])
         return base
 
-    def _expand_launch(self, x, b, offsets, base, meta, s, bpad, part, internal, x_stride):
+    def _expand_launch(self, x, b, offsets, base, meta, s, bpad, part, internal, x_stride, prepare_only=None):
         import jax.numpy as jnp
 
         from . import expand_kernel as EK
 
         num_lora, np_, rp = b.shape
         stack = offsets.shape[0] - 1
-        na = x.shape[1]
+        if prepare_only is not None:  # build the kernel for the repacked layout of this x, no launch
+            na = T.x_columns(stack * x_stride, prepare_only.element_size())
+            xdt = _DTYPE_NAME[prepare_only.dtype]
+        else:
+            na = x.shape[1]
+            xdt = _DTYPE_NAME[x.dtype]
         cfg = T.expand_config(
-            bpad, np_, na, rp, num_lora, stack, _DTYPE_NAME[x.dtype], _DTYPE_NAME[b.dtype],
+            bpad, np_, na, rp, num_lora, stack, xdt, _DTYPE_NAME[b.dtype],
             _DTYPE_NAME[base.dtype], x_part=part, tail=not internal, x_stride=x_stride,
         )
         bi = self.batch_info
@@ -347,6 +357,8 @@ class PallasLoRABackend(BaseLoRABackend):
             return fn, args
 
         kern = self._kernel("expand", cfg, specs)
+        if prepare_only is not None:
+            return
         stream = torch.cuda.current_stream(base.device).cuda_stream
         ins = [_ptr(meta), _ptr(bi.lora_ranks), _ptr(bi.scalings), _ptr(offsets), _ptr(x)]
         if cfg.tail:
