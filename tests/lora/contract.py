@@ -17,33 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lora.compare import cases
+
 #: Relative tolerance (||out - ref|| / ||ref||) by dtype name.
 TOLERANCE = {"float32": 1e-3, "float16": 3e-3, "bfloat16": 1.5e-2}
 
 
-@dataclass
-class Composition:
-    """Host description of a batch: what LoRABatchInfo.from_segments takes."""
-
-    seg_lens: list[int]
-    weight_indices: list[int]
-    lora_ranks: list[int]
-    scalings: list[float]
-    max_r: int
-    tokens: int  # rows of x; >= sum(seg_lens) (rows after the last segment have no work)
-
-    @property
-    def seg_indptr(self) -> list[int]:
-        out = [0]
-        for n in self.seg_lens:
-            out.append(out[-1] + n)
-        return out
-
-    def segments(self):
-        """(start, end, slot, rank, scaling) of every segment, work or not."""
-        ptr = self.seg_indptr
-        for i, w in enumerate(self.weight_indices):
-            yield ptr[i], ptr[i + 1], w, self.lora_ranks[w], self.scalings[w]
+class Composition(cases.Composition):
+    """A batch as :class:`lora.compare.cases.Composition` describes it, plus the poison mask."""
 
     def idle_rows(self) -> np.ndarray:
         """Boolean mask of rows that no adapter touches."""
