@@ -177,7 +177,7 @@ class MosaicKernel:
         self._launch(self._fn, ctypes.c_void_p(stream), buf)
 
     def __del__(self):  # pragma: no cover - process teardown
-        if self._handle is not None and _PLUGIN is not None:
+        if getattr(self, "_handle", None) is not None and _PLUGIN is not None:
             try:
                 _PLUGIN.MosaicGpuUnload(self._handle)
             except Exception:

@@ -213,17 +213,54 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, interpret=False)
     return ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, interpret)
 
 
+#: Shared memory a Mosaic GPU kernel may take on Hopper (227 KB, what Mosaic checks at lowering).
+SMEM_LIMIT = 227 * 1024
+
+
+def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages) -> int:
+    """Shared memory of one expand CTA, as Mosaic allocates it.
+
+    Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile and the barriers.
+    Pipelined, per stage: the x windows and the B tile. Both paths of the kernel (one window for
+    slice-aligned column tiles, ``stack`` windows otherwise) are scoped separately, so the larger,
+    the general one, is what counts.
+    """
+    fixed = BM * 4 + BM * block_n * base_itemsize + BM * kr * op_itemsize + 8 * 16
+    per_stage = stack * BM * kr * x_itemsize + block_n * kr * op_itemsize
+    return fixed + stages * per_stage
+
+
 def expand_config(
     bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, *, x_part=0, tail, x_stride=0
 ) -> ExpandConfig:
+    """Block and pipeline sizes of an expand: 128 output columns (64 for N < 128); two pipeline
+    stages for decode-sized batches, one for prefill; then fewer stages, then narrower column tiles,
+    until the kernel fits in shared memory (wide ranks with three slices need it)."""
     nb = bpad // BM
     block_n = 128 if n >= 128 else 64
     # Prefill blocks hold one or two adapters: one stage keeps the SMEM small (more CTAs per SM).
     # Decode blocks hold many: two stages prefetch the next adapter's tiles.
     stages = 2 if nb <= SPLIT_MAX_BLOCKS else 1
+    kr = round_up(max_r, 16)
+    sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]
+    while expand_smem_bytes(kr, stack, *sizes, block_n, stages) > SMEM_LIMIT:
+        if stages > 1:
+            stages -= 1
+        elif block_n > 64:
+            block_n //= 2
+        else:
+            raise ValueError(
+                f"an expand of rank {max_r} with {stack} slices needs "
+                f"{expand_smem_bytes(kr, stack, *sizes, block_n, stages)} bytes of shared memory "
+                f"(limit {SMEM_LIMIT}): the pallas backend takes ranks up to 128 with three slices, 256 with two"
+            )
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_stride
     )
+
+
+def _itemsize(dtype_name: str) -> int:
+    return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype_name]
 
 
 def slice_alignment(itemsize: int) -> int:

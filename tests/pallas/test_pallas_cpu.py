@@ -171,6 +171,8 @@ def test_shrink_lowers_for_cuda(tokens, na, dtype, tail):
         (1000, 6144, 16, 3, "float32", "float16", "float16", 0, False, 16),  # odd ranks: strided slices
         (1000, 4096, 64, 1, "bfloat16", "bfloat16", "bfloat16", 0, True, 0),  # run_lora_b_sgemm, tail
         (300, 128, 16, 2, "float32", "bfloat16", "float32", 1, True, 16),  # float32: lo part, f32 base
+        (256, 6144, 128, 3, "float32", "bfloat16", "bfloat16", 0, False, 0),  # decode qkv r128: SMEM-bound stages
+        (64, 28672, 256, 2, "float32", "float16", "float16", 0, True, 0),  # decode gate-up r256: narrower tiles
     ],
 )
 def test_expand_lowers_for_cuda(tokens, n, r, stack, x_dtype, op_dtype, base_dtype, part, tail, stride):
@@ -186,6 +188,20 @@ def test_expand_lowers_for_cuda(tokens, n, r, stack, x_dtype, op_dtype, base_dty
 
 
 # ---- tiling and metadata -------------------------------------------------------------------------
+
+
+def test_expand_config_fits_shared_memory():
+    for r in (16, 64, 128, 256):
+        for stack in (1, 2, 3) if r < 256 else (1, 2):
+            for bpad in (64, 8192):
+                cfg = T.expand_config(bpad, 4096, stack * r, r, 8, stack, "float32", "bfloat16", "bfloat16", tail=True)
+                used = T.expand_smem_bytes(cfg.kr, stack, 4, 2, 2, cfg.block_n, cfg.stages)
+                assert used <= T.SMEM_LIMIT, (r, stack, bpad, cfg)
+    # decode keeps its two stages where they fit, and gives them up where they do not (r128 x 3 slices)
+    assert T.expand_config(64, 4096, 48, 16, 8, 3, "float32", "bfloat16", "bfloat16", tail=True).stages == 2
+    assert T.expand_config(64, 6144, 384, 128, 8, 3, "float32", "bfloat16", "bfloat16", tail=True).stages == 1
+    with pytest.raises(ValueError, match="shared memory"):
+        T.expand_config(64, 6144, 768, 256, 8, 3, "float32", "bfloat16", "bfloat16", tail=True)
 
 
 def test_token_buckets():
