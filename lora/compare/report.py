@@ -57,12 +57,15 @@ class Result:
 
 
 class Progress:
-    """A progress bar on stderr (rich), or nothing when rich is missing or output is not a terminal."""
+    """A progress bar on stderr (rich); without one (``--no-progress``, no rich), a line per result on
+    stderr, so a long run that is cut off still shows how far it got."""
 
-    def __init__(self, total: int, enabled: bool = True):
+    def __init__(self, total: int, enabled: bool = True, file=None):
         self.total = total
         self._bar = None
         self._task = None
+        self._done = 0
+        self._file = file if file is not None else sys.stderr
         if not enabled:
             return
         try:
@@ -89,9 +92,16 @@ class Progress:
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, description=description)
 
-    def advance(self) -> None:
+    def advance(self, result: "Result | None" = None) -> None:
+        self._done += 1
         if self._bar is not None and self._task is not None:
             self._bar.advance(self._task)
+        elif result is not None:
+            r = result
+            pct = "" if r.fraction_of_copy is None else f", {100 * r.fraction_of_copy:.1f}% of copy"
+            t = "" if r.time_us is None else f" {r.time_us:,.2f} us ({r.time_method}{pct})"
+            print(f"[{self._done}/{self.total}] {r.case} {r.op} {r.dtype} {r.backend}: {r.status}{t}",
+                  file=self._file, flush=True)
 
 
 # ---- terminal table ------------------------------------------------------------------------------

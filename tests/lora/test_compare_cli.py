@@ -105,9 +105,14 @@ def test_compare_end_to_end_json_and_plot(tmp_path, capsys):
     backends = _cpu_backends()
     rc = cli.main(["compare", "--device", "cpu", "--backends", backends, "--case", "tiny-decode-8", "--quick",
                    "--no-progress", "--json", str(js), "--plot", str(png)])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert rc == 0, out
     assert "CPU correctness run" in out
+    # without a bar, one line per result on stderr: a run cut off still shows how far it got
+    n_results = len(CPU_DEFAULT_OPS) * 2 * len(backends.split(","))
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("[")]
+    assert len(lines) == n_results and lines[-1].startswith(f"[{n_results}/{n_results}] tiny-decode-8 ")
     doc = json.loads(js.read_text())
     assert doc["schema_version"] == 1
     assert doc["correctness_only"] is True and doc["device"]["type"] == "cpu" and doc["device"]["name"]
