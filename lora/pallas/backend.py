@@ -26,8 +26,13 @@
   is imported here, so a JAX runtime in the same process does not preallocate 75% of the GPU.
   This backend itself never starts JAX's CUDA client (kernels are compiled by the CUDA plugin).
 
-Not capturable in CUDA graphs (launches go through a host function), and not available on
-non-Hopper GPUs or without jax >= 0.11.2 and its CUDA plugin: ``unavailable_reason`` says which.
+* CUDA graphs: every launch is a plain kernel launch on the current stream, so a call can be
+  captured and replayed with new batch metadata copied into the same batch-info tensors. Inside a
+  capture the metadata is built once per capture (keyed by CUDA's capture id) and shared by the
+  capture's later calls on the same batch info.
+
+Not available on non-Hopper GPUs or without jax >= 0.11.2 and its CUDA plugin:
+``unavailable_reason`` says which.
 """
 
 from __future__ import annotations
@@ -112,6 +117,7 @@ class PallasLoRABackend(BaseLoRABackend):
 
     def __init__(self, name: str, batch_info=None):
         self._meta_cache: dict = {}
+        self._capture_meta: dict = {}
         self._offset_cache: dict = {}
         self._rank_cache: dict = {}
         super().__init__(name, batch_info)
@@ -119,17 +125,28 @@ class PallasLoRABackend(BaseLoRABackend):
     def set_batch_info(self, batch_info) -> None:
         super().set_batch_info(batch_info)
         self._meta_cache.clear()
+        self._capture_meta = {}
 
     # ---- metadata ------------------------------------------------------------------------------
 
     def _meta(self, s: int, bpad: int, num_lora: int, device) -> torch.Tensor:
         bi = self.batch_info
-        if torch.cuda.is_current_stream_capturing():
-            # Built inside the graph, so a replay after new values are copied into the batch-info
-            # tensors rebuilds it from them.
-            return build_meta_torch(bi, s, bpad, num_lora, device)
         fields = (bi.seg_indptr, bi.weight_indices, bi.lora_ranks)
         key = (s, bpad, num_lora) + tuple((t.data_ptr(), t._version) for t in fields)
+        if torch.cuda.is_current_stream_capturing():
+            # Built inside the graph, so a replay after new values are copied into the batch-info
+            # tensors rebuilds it from them: once per capture (a model's graph runs every layer's
+            # ops on one batch), reused by the later ops of the same capture, never by another one.
+            capture = capture_id(torch.cuda.current_stream(device).cuda_stream)
+            if capture is None:
+                return build_meta_torch(bi, s, bpad, num_lora, device)
+            if self._capture_meta.get("id") != capture:
+                self._capture_meta = {"id": capture}
+            meta = self._capture_meta.get(key)
+            if meta is None:
+                meta = self._capture_meta[key] = build_meta_torch(bi, s, bpad, num_lora, device)
+            return meta
+        self._capture_meta = {}  # an eager call: no capture is in progress any more
         meta = self._meta_cache.get(key)
         if meta is None:
             if len(self._meta_cache) > 16:
@@ -411,6 +428,27 @@ class PallasLoRABackend(BaseLoRABackend):
 
 
 _KERNELS: dict = {}
+_LIBCUDA = None
+
+
+def capture_id(stream: int) -> int | None:
+    """CUDA's unique id of the graph capture in progress on ``stream`` (driver API), or None when
+    none is active or the driver cannot say (then the caller builds per call: correct, slower)."""
+    global _LIBCUDA
+    import ctypes
+
+    try:
+        if _LIBCUDA is None:
+            _LIBCUDA = ctypes.CDLL("libcuda.so.1")
+            # the original entry point: (stream, status*, id*); later versions only add out-params
+            _LIBCUDA.cuStreamGetCaptureInfo.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int),
+                                                        ctypes.POINTER(ctypes.c_ulonglong)]
+        status, cid = ctypes.c_int(0), ctypes.c_ulonglong(0)
+        rc = _LIBCUDA.cuStreamGetCaptureInfo(ctypes.c_void_p(stream), ctypes.byref(status), ctypes.byref(cid))
+    except (OSError, AttributeError):
+        return None
+    active = 1  # CU_STREAM_CAPTURE_STATUS_ACTIVE
+    return cid.value if rc == 0 and status.value == active else None
 
 
 def build_meta_torch(bi, s: int, bpad: int, num_lora: int, device) -> torch.Tensor:

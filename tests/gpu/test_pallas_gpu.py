@@ -208,6 +208,66 @@ def test_cuda_graph_replay_with_new_metadata(rng):
         assert check.ok, check.detail
 
 
+def test_metadata_shared_within_a_capture_not_across_captures(rng):
+    """Graph 1 runs QKV then gate-up (the second reuses the metadata the first built in the same
+    capture); graph 2, captured next on the same batch info, must build its own: replaying graph 2
+    alone after new metadata is copied in must use the new metadata."""
+    from lora.pallas.backend import capture_id
+
+    comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(3)]
+    bi = batch_info(comps[0], DEV)
+    be = pallas(bi)
+    dt = torch.bfloat16
+    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
+    x = torch.zeros(64, HIDDEN, dtype=dt, device=DEV)
+    a3 = to_torch(C.shrink_weights(rng, comps[0], 3, HIDDEN), dt, DEV)
+    b3 = to_torch(C.expand_weights(rng, comps[0], Q + 2 * KV), dt, DEV)
+    a2 = to_torch(C.shrink_weights(rng, comps[0], 2, HIDDEN), dt, DEV)
+    b2 = to_torch(C.expand_weights(rng, comps[0], 2 * INTER), dt, DEV)
+    qkv = torch.zeros(64, Q + 2 * KV, dtype=dt, device=DEV)
+    gu = torch.zeros(64, 2 * INTER, dtype=dt, device=DEV)
+
+    def both():
+        be.run_qkv_lora(x, a3, b3, off, Q, base_output=qkv)
+        be.run_gate_up_lora(x, a2, b2, base_output=gu)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        both()
+    torch.cuda.current_stream().wait_stream(side)
+    ids = []
+    g1, g2 = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g1):
+        ids.append(capture_id(torch.cuda.current_stream().cuda_stream))
+        both()
+    with torch.cuda.graph(g2):
+        ids.append(capture_id(torch.cuda.current_stream().cuda_stream))
+        be.run_gate_up_lora(x, a2, b2, base_output=gu)
+    assert capture_id(torch.cuda.current_stream().cuda_stream) is None
+    assert None not in ids and ids[0] != ids[1], ids
+    f64 = lambda t: t.double().cpu().numpy()  # noqa: E731
+    for i, comp in enumerate(comps[1:]):
+        new = batch_info(comp, DEV)
+        for field in ("seg_lens", "seg_indptr", "weight_indices", "lora_ranks", "scalings"):
+            getattr(bi, field).copy_(getattr(new, field))
+        xv = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+        q0 = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
+        g0 = to_torch(C.base_output(rng, comp, 2 * INTER), dt, DEV)
+        x.copy_(xv)
+        qkv.copy_(q0)
+        gu.copy_(g0)
+        (g2 if i == 0 else g1).replay()
+        torch.cuda.synchronize()
+        ref = C.ref_stacked(comp, f64(xv), f64(a2), f64(b2), [0, INTER, 2 * INTER], f64(g0))
+        check = C.compare(f64(gu), ref, "bfloat16")
+        assert check.ok, f"graph {2 if i == 0 else 1}: {check.detail}"
+        if i == 1:
+            ref = C.ref_stacked(comp, f64(xv), f64(a3), f64(b3), [0, Q, Q + KV, Q + 2 * KV], f64(q0))
+            check = C.compare(f64(qkv), ref, "bfloat16")
+            assert check.ok, check.detail
+
+
 def test_jax_runtime_takes_no_gpu_memory(rng):
     """Lowering starts JAX's CUDA client; with preallocation off it must not take the GPU from torch."""
     torch.cuda.synchronize()
