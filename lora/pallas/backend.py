@@ -452,29 +452,56 @@ def capture_id(stream: int) -> int | None:
 
 
 def build_meta_torch(bi, s: int, bpad: int, num_lora: int, device) -> torch.Tensor:
-    """The kernels' int32 metadata (layout in :mod:`lora.pallas.tiling`), built with torch ops."""
+    """The kernels' int32 metadata (layout in :mod:`lora.pallas.tiling`), built with torch ops.
+
+    About 18 small kernels, no host reads or host-to-device copies (so it can be captured in a CUDA
+    graph); the shape-only parts come from :func:`_meta_constants`.
+    """
     nb = bpad // T.BM
-    rows = torch.arange(bpad, dtype=torch.int32, device=device)
+    c = _meta_constants(s, bpad, num_lora, torch.device(device))
+    rows, in_s, slot_ids, head, pad = c
     if bi.bs == 0:
         row_slot = torch.full((bpad,), -1, dtype=torch.int32, device=device)
     else:
-        seg = torch.searchsorted(bi.seg_indptr[1:], rows, right=True).clamp_(max=bi.bs - 1)
-        slot = bi.weight_indices[seg]
-        valid = (rows < bi.seg_indptr[bi.bs]) & (rows < s) & (bi.lora_ranks[slot] > 0)
-        row_slot = torch.where(valid, slot, torch.full_like(slot, -1)).to(torch.int32)
-    lay = T.MetaLayout(bpad, num_lora)
+        seg = torch.searchsorted(bi.seg_indptr[1:], rows, right=True)  # bs for rows after the last segment
+        slot = bi.weight_indices[seg.clamp(max=bi.bs - 1)]
+        valid = (seg < bi.bs) & in_s & (bi.lora_ranks > 0)[slot]
+        row_slot = torch.where(valid, slot, -1)
     tail0 = max(s - T.BM, 0) if s >= T.BM else 0
     boxes = torch.cat([row_slot, row_slot[tail0 : tail0 + T.BM]]).view(nb + 1, T.BM)
     # Block b's adapters: those of its aligned rows, plus (last partial block) those of its clamped box.
+    present = (boxes[:, :, None] == slot_ids).any(dim=1)  # (nb + 1, L)
     tail_block = min((s - 1) // T.BM, nb - 1) if s > 0 else 0
-    # (no Python-scalar writes into device tensors: those are host copies, illegal in graph capture)
-    owner = torch.cat([torch.arange(nb, device=device), torch.full((1,), tail_block, device=device)])
-    slot = torch.where(boxes < 0, torch.full_like(boxes, num_lora), boxes).long()
-    present = torch.zeros((nb, num_lora + 1), dtype=torch.int32, device=device)
-    present.index_put_((owner[:, None].expand_as(slot), slot), torch.ones((), dtype=torch.int32, device=device))
-    present = present[:, :num_lora]
+    present[tail_block : tail_block + 1] |= present[nb:]
+    present = present[:nb]
     count = present.sum(dim=1, dtype=torch.int32)
-    order = torch.sort(present, dim=1, descending=True, stable=True).indices.to(torch.int32)
-    head = torch.full((1,), s, dtype=torch.int32, device=device)
-    pad = torch.zeros((lay.boxes - (1 + nb + nb * num_lora),), dtype=torch.int32, device=device)
+    # present slots ascending, then the absent ones (never read: the kernels stop at count)
+    order = torch.sort(torch.where(present, slot_ids, slot_ids + num_lora), dim=1).values.remainder_(num_lora)
     return torch.cat([head, count, order.reshape(-1), pad, boxes.reshape(-1)])
+
+
+_CONSTANTS: dict = {}
+
+
+def _meta_constants(s: int, bpad: int, num_lora: int, device: torch.device):
+    """(row ids, rows < s, slot ids, [s], zero padding): kept once made outside a CUDA-graph capture
+    (inside one, kernels only run at replay, so they are made there and not kept)."""
+    key = (s, bpad, num_lora, device)
+    c = _CONSTANTS.get(key)
+    if c is not None:
+        return c
+    lay = T.MetaLayout(bpad, num_lora)
+    nb = bpad // T.BM
+    rows = torch.arange(bpad, dtype=torch.int32, device=device)
+    c = (
+        rows,
+        rows < s,
+        torch.arange(num_lora, dtype=torch.int32, device=device),
+        torch.full((1,), s, dtype=torch.int32, device=device),
+        torch.zeros((lay.boxes - (1 + nb + nb * num_lora),), dtype=torch.int32, device=device),
+    )
+    if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        if len(_CONSTANTS) > 64:
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = c
+    return c
