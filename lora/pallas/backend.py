@@ -423,6 +423,13 @@ class PallasLoRABackend(BaseLoRABackend):
         self._check_cuda(x)
         if x.shape[0] == 0:
             return out
+        # The expand's tiles must fit in shared memory (ranks up to 128 with three slices): say so
+        # before the shrink launches.
+        num_lora, n, max_r = b.shape
+        rp = T.aligned_dim(max_r, T.R_MULTIPLE)
+        op = "bfloat16" if b.dtype == torch.float32 else _DTYPE_NAME[b.dtype]  # float32 runs as bf16 parts
+        T.expand_config(T.padded_tokens(x.shape[0]), T.aligned_dim(n, T.N_MULTIPLE), T.x_columns(stack * rp, 4), rp,
+                        num_lora, stack, "float32", op, _DTYPE_NAME[out.dtype], tail=False)
         xa, _ = self._shrink32(x, a, stack)
         return self._expand(xa, b, offsets, out, internal=True)
 
