@@ -57,8 +57,8 @@ class Result:
 
 
 class Progress:
-    """A progress bar on stderr (rich); without one (``--no-progress``, no rich), a line per result on
-    stderr, so a long run that is cut off still shows how far it got."""
+    """A progress bar on stderr (rich) when stderr is a terminal; otherwise (``--no-progress``, no rich,
+    output to a file) a line per result on stderr, so a long run that is cut off shows how far it got."""
 
     def __init__(self, total: int, enabled: bool = True, file=None):
         self.total = total
@@ -66,14 +66,14 @@ class Progress:
         self._task = None
         self._done = 0
         self._file = file if file is not None else sys.stderr
-        if not enabled:
-            return
+        if not enabled or not getattr(self._file, "isatty", lambda: False)():
+            return  # a log, not a terminal: lines, not a bar
         try:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
         except ImportError:
             return
-        console = Console(stderr=True)
+        console = Console(file=self._file)
         self._bar = RichProgress(
             TextColumn("[bold]compare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.description}"), console=console, transient=True,
