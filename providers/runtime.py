@@ -146,7 +146,10 @@ class Runtime:
     def _wait_ready(self, start_timeout: float) -> None:
         deadline = time.monotonic() + start_timeout
         headers = {"Authorization": f"Bearer {self._api_key.get()}"} if self._api_key else {}
-        path, sleep = "/health_generate", 0.05
+        # SGLang's health routes first; a server without them (the documented protocol alone) is ready when
+        # /get_model_info answers. A 404 moves to the next route.
+        routes, sleep = ["/health_generate", "/health", "/get_model_info"], 0.05
+        path = routes[0]
         with httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(5.0, connect=1.0)) as client:
             while True:
                 code = self._proc.poll()
@@ -163,8 +166,8 @@ class Runtime:
                 else:
                     if response.status_code == 200:
                         return
-                    if response.status_code == 404 and path != "/health":
-                        path = "/health"
+                    if response.status_code == 404 and path != routes[-1]:
+                        path = routes[routes.index(path) + 1]
                         continue
                     if response.status_code in (401, 403):
                         raise LaunchError(

@@ -194,6 +194,15 @@ def test_never_ready_times_out():
     assert "serving on" in str(info.value)  # the log tail
 
 
+def test_ready_on_the_documented_protocol_alone():
+    """A server without SGLang's /health routes is ready once /get_model_info answers."""
+    rt = Runtime(MODEL, launch_command=command("--no-health"), start_timeout=30)
+    try:
+        assert rt.endpoint.get_model_name() == MODEL
+    finally:
+        rt.shutdown()
+
+
 def test_wrong_api_key_is_reported():
     with pytest.raises(LaunchError, match="rejected the API key"):
         Runtime(MODEL, launch_command=[*command(), "--api-key", "server-side-key-123"], api_key="client-key-456",

@@ -99,6 +99,7 @@ class SGLangServer(WireServer):
         self.stream_delay = 0.0
         self.ready = True
         self.support_concat = True
+        self.health_routes = True  # /health and /health_generate (SGLang has them; the documented protocol does not)
         self.profile_methods = {"GET", "POST"}
         self.profiling = False
         self.concatenated: list[dict] = []
@@ -203,8 +204,7 @@ class SGLangServer(WireServer):
             "/generate": self._generate,
             "/encode": self._encode,
             "/concate_and_append_request": self._concat,
-            "/health": self._health,
-            "/health_generate": self._health,
+            **({"/health": self._health, "/health_generate": self._health} if self.health_routes else {}),
         }.get(req.path)
         if route is None:
             return self.send_json(h, {"detail": "Not Found"}, status=404)
@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup-delay", type=float, default=0.0, help="sleep before listening")
     ap.add_argument("--crash-on-start", action="store_true", help="print an error and exit 3")
     ap.add_argument("--never-ready", action="store_true", help="health endpoints answer 503")
+    ap.add_argument("--no-health", action="store_true", help="no /health, /health_generate: only the documented protocol")
     ap.add_argument("--spawn-grandchild", action="store_true", help="start a sleeping grandchild process")
     ap.add_argument("--stream-delay", type=float, default=0.0, help="seconds between stream chunks")
     args, unknown = ap.parse_known_args(argv)
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(args.startup_delay)
     server = SGLangServer(args.model_path, args.api_key, host=args.host, port=args.port, lifetime=args.lifetime)
     server.ready = not args.never_ready
+    server.health_routes = not args.no_health
     server.stream_delay = args.stream_delay
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
