@@ -39,8 +39,9 @@ carrying status and the server's message with the API key redacted.
 
 Tokenizer: ``tokenizer=`` (anything with ``encode(str) -> list[int]`` and ``decode(list[int]) -> str``)
 or tiktoken's encoding for the model. tiktoken downloads its encodings on first use; offline, point
-``TIKTOKEN_CACHE_DIR`` at a folder that holds them (litellm ships cl100k_base and o200k_base and
-sets that variable when imported), or pass ``tokenizer=``.
+``TIKTOKEN_CACHE_DIR`` at a folder that holds them, or pass ``tokenizer=``. When that variable is
+unset and litellm is installed (the ``providers`` extra), its bundled copies (cl100k_base, o200k_base)
+are used, as importing litellm would do.
 
 ``dtype``: chat models use structured output with a one-field object (``{"value": <type>}``,
 strict). Completion models use logit bias: ``int``/``float`` allow only digit tokens (plus ``-``/``.``
@@ -62,6 +63,8 @@ request (select probes and streams included; streams ask for ``stream_options.in
 """
 
 from __future__ import annotations
+
+import os
 
 import contextlib
 import json
@@ -429,6 +432,10 @@ class OpenAI(BaseBackend):
                 except ImportError:
                     self._tokenizer_error = f"tiktoken is not installed ({INSTALL_HINT})"
                     return None
+                if not os.environ.get("TIKTOKEN_CACHE_DIR"):
+                    bundled = _bundled_tiktoken_cache()
+                    if bundled:  # what importing litellm would do; offline, tiktoken cannot fetch its files
+                        os.environ["TIKTOKEN_CACHE_DIR"] = bundled
                 try:
                     try:
                         self._tokenizer = tiktoken.encoding_for_model(self.model_name)
@@ -612,3 +619,20 @@ def _number_bias(tok: Any, allow_point: bool) -> tuple[dict[str, int], list[str]
                     found.add((len(text), ids[0]))
     chosen = [t for _, t in sorted(found)][: _MAX_LOGIT_BIAS - len(extra)]
     return {str(t): 100 for t in chosen + extra}, [" ", "\n"]
+
+
+def _bundled_tiktoken_cache() -> str | None:
+    """litellm's bundled tiktoken files (found without importing litellm), or None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("litellm")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = os.path.join(root, "litellm_core_utils", "tokenizers")
+        if os.path.isdir(path):
+            return path
+    return None

@@ -547,3 +547,33 @@ def test_one_backend_eight_threads(srv):
     assert results == [(f"echo question {i}", f"echo follow {i}") for i in range(24)]
     assert srv.count == 48
     assert backend.token_usage.completion_tokens == 24 * 2 * 3
+
+
+def test_tiktoken_encoding_loads_offline_without_litellm_imported():
+    """Offline, tiktoken cannot fetch its files: the backend uses litellm's bundled copies (when
+    TIKTOKEN_CACHE_DIR is unset), as importing litellm would; checked in a fresh process with the
+    network blocked and litellm never imported."""
+    import importlib.util
+    import os
+    import subprocess
+
+    if importlib.util.find_spec("litellm") is None:
+        pytest.skip("litellm (the providers extra) is not installed: no bundled tiktoken files to fall back on")
+    code = r"""
+import socket, sys
+def blocked(self, addr):
+    raise OSError("network blocked")
+socket.socket.connect = blocked
+from providers.openai import OpenAI
+b = OpenAI("gpt-3.5-turbo-instruct", api_key="sk-test", base_url="http://127.0.0.1:9/v1")
+tok = b._require_tokenizer("select on completion models")
+assert tok.decode(tok.encode("Paris")) == "Paris"
+assert "litellm" not in sys.modules
+print("ok", tok.name)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ok cl100k_base")
