@@ -5,8 +5,9 @@
     backend = VertexAI("gemini-2.5-flash", api_key=...)    # Vertex AI express mode (no project)
 
 Configuration. ``project`` / ``location`` come from the arguments, else from ``GCP_PROJECT_ID`` /
-``GCP_LOCATION``; without both (and without ``api_key``, which selects Vertex AI *express mode*)
-the constructor raises ``ValueError`` naming them. Credentials are Google's Application Default
+``GCP_LOCATION``. Without a project (and without ``api_key``, which selects Vertex AI *express mode*)
+the constructor raises ``ValueError`` naming both variables. The location is optional, as in SGLang's
+backend: without one, ``GOOGLE_CLOUD_LOCATION`` or the SDK's default, ``"global"``. Credentials are Google's Application Default
 Credentials unless ``credentials=`` (any ``google.auth`` credentials object) is given.
 ``base_url=`` points the SDK elsewhere (a proxy, a private endpoint, or a test server): the SDK
 then sends ``{base_url}/v1beta1/projects/{project}/locations/{location}/publishers/google/models/
@@ -61,6 +62,10 @@ from .usage import TokenUsage
 __all__ = ["VertexAI"]
 
 
+#: The location when neither location= nor GCP_LOCATION / GOOGLE_CLOUD_LOCATION gives one (google-genai's own default).
+DEFAULT_LOCATION = "global"
+
+
 class VertexAI(BaseBackend):
     """Gemini on Vertex AI (see the module docstring)."""
 
@@ -87,17 +92,17 @@ class VertexAI(BaseBackend):
             raise ValueError("model_name must be a non-empty str")
         self.model_name = model_name
         self.project = project or os.environ.get("GCP_PROJECT_ID") or None
-        self.location = location or os.environ.get("GCP_LOCATION") or None
+        self.location = (location or os.environ.get("GCP_LOCATION") or os.environ.get("GOOGLE_CLOUD_LOCATION")
+                         or DEFAULT_LOCATION)
         if api_key:
             register_secret(api_key)
             if project or location:
                 raise ValueError("VertexAI: api_key (express mode) and project/location are mutually exclusive")
             self.project = self.location = None
-        elif not (self.project and self.location):
-            missing = [n for n, v in (("project", self.project), ("location", self.location)) if not v]
+        elif not self.project:
             raise ValueError(
-                f"VertexAI needs a Google Cloud project and location; missing {' and '.join(missing)}: pass "
-                "project=/location= or set GCP_PROJECT_ID / GCP_LOCATION (or pass api_key= for express mode)"
+                "VertexAI needs a Google Cloud project: pass project= (and optionally location=) or set "
+                "GCP_PROJECT_ID (and GCP_LOCATION), or pass api_key= for express mode"
             )
         self.safety_settings = list(safety_settings) if safety_settings else None
         self.timeout = timeout

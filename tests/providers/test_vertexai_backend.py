@@ -91,12 +91,17 @@ def test_project_and_location_from_env_or_a_clear_error(srv, monkeypatch):
         s.gen("a")
     assert srv.last.path.startswith("/v1beta1/projects/env-proj/locations/europe-west4/")
     monkeypatch.delenv("GCP_LOCATION")
-    with pytest.raises(ValueError, match="GCP_PROJECT_ID / GCP_LOCATION") as info:
-        VertexAI("gemini-2.5-flash")
-    assert "missing location" in str(info.value)
+    monkeypatch.delenv("GOOGLE_CLOUD_LOCATION", raising=False)
+    # the location is optional (SGLang's backend too): the SDK's default, "global"
+    backend = VertexAI("gemini-2.5-flash", credentials=Credentials(token=TOKEN), base_url=srv.url)
+    s = chat_state(backend)
+    with s.assistant():
+        s.gen("a")
+    assert srv.last.path.startswith("/v1beta1/projects/env-proj/locations/global/")
     monkeypatch.delenv("GCP_PROJECT_ID")
-    with pytest.raises(ValueError, match="missing project and location"):
+    with pytest.raises(ValueError, match="GCP_PROJECT_ID") as info:
         VertexAI("gemini-2.5-flash")
+    assert "needs a Google Cloud project" in str(info.value)
 
 
 def test_express_mode_with_api_key(srv):
