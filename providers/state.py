@@ -175,6 +175,12 @@ class ProgramState:
         self._begin_role(name)
         try:
             yield self
+            if name == "assistant":
+                # Speculative execution (SGLang's flow): the turn's deferred gens run as it closes.
+                # A backend without it, or a state without it on, returns at once.
+                finish = getattr(self.backend, "role_end_generate", None)
+                if finish is not None:
+                    finish(self)
         finally:
             self._end_role()
 

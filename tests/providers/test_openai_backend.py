@@ -503,6 +503,23 @@ def test_speculative_execution_fills_slots_from_one_request(srv):
     assert s.backend_data["openai"]["terms"] == []
 
 
+def test_speculative_turn_runs_when_the_assistant_role_closes(srv):
+    """SGLang's flow: nothing calls role_end_generate by hand; closing the assistant turn does."""
+    backend = make(srv)
+    srv.reply("Name: Bob\nAge: 41\n")
+    s = chat_state(backend, user="Describe a person.")
+    s.num_api_spec_tokens = 32  # the attribute SGLang's executor carries
+    with s.assistant():
+        s += "Name: "
+        s.gen("name", stop="\n")
+        s += "\nAge: "
+        s.gen("age", stop="\n")
+        assert srv.count == 0
+    assert srv.count == 1 and srv.last.json["max_tokens"] == 32
+    assert s["name"] == "Bob" and s["age"] == "41"
+    assert s.messages_[-1] == {"role": "assistant", "content": "Name: Bob\nAge: 41"}
+
+
 def test_speculative_buffers_are_per_state(srv):
     backend = make(srv)
     srv.default_reply = lambda req: "Answer: " + last_user_text(req.json)
