@@ -11,13 +11,16 @@ Decisions where the issue is silent:
 
 * ``launch_command`` may be a string (split like a shell would, nothing is run through a shell) or
   an argument list; ``{model_path}``, ``{host}``, ``{port}`` and ``{api_key}`` in it are replaced
-  (only those names -- other braces stay as they are). Without ``{port}`` a fixed ``port=`` is
-  required (the server has to learn the port somehow). The default command is ``<this python> -m
-  sglang.launch_server --model-path M --host H --port P`` plus ``--api-key K`` when a key is set.
+  (only those names -- other braces stay as they are). A command with none of those placeholders is
+  the server program alone: the default's arguments are appended to it (``--model-path M --host H
+  --port P``, plus ``--api-key K`` when a key is set), as for ``sglang.launch_server``. A command
+  with some placeholders but not ``{port}`` needs a fixed ``port=`` (the server has to learn the
+  port somehow). The default command is ``<this python> -m sglang.launch_server`` with those
+  arguments.
 * The port, when not given, is a free one on ``host`` found by binding port 0 just before launch.
 * The child runs in its own session (so its own process group) with stdout+stderr going to a
-  temporary log file; readiness is polled on ``GET /health_generate`` (``/health`` if the server
-  lacks it) with short, growing sleeps until ``start_timeout``. A child that exits, never becomes
+  temporary log file; readiness is polled on ``GET /health_generate`` (``/health``, then
+  ``/get_model_info``, the documented protocol, if the server lacks it) with short, growing sleeps until ``start_timeout``. A child that exits, never becomes
   ready, or rejects the API key raises :class:`~providers.errors.LaunchError` with the last 40
   lines of its log (keys redacted), and is killed.
 * ``shutdown`` sends SIGTERM to the whole process group, waits up to 10 s, then SIGKILL; it is
@@ -62,6 +65,10 @@ _LOG_TAIL_LINES = 40
 _KILL_WAIT = 10.0
 
 
+#: What the default command passes (and what a placeholder-free launch_command gets appended).
+_DEFAULT_ARGS = ("--model-path", "{model_path}", "--host", "{host}", "--port", "{port}")
+
+
 class Runtime:
     """An SGLang-compatible server in a child process, with a :class:`RuntimeEndpoint` to it.
 
@@ -93,8 +100,8 @@ class Runtime:
         self.endpoint: RuntimeEndpoint | None = None
         self._api_key = Secret(api_key) if api_key else None
         self._finalizer: Any = None
-        argv = self._command(launch_command, model_path, host, port)
-        if launch_command is None and api_key:
+        argv, default_args = self._command(launch_command, model_path, host, port)
+        if default_args and api_key:
             argv += ["--api-key", "{api_key}"]
         self.port = port if port is not None else _free_port(host)
         argv = [_fill(arg, model_path, host, self.port, api_key) for arg in argv]
@@ -127,10 +134,12 @@ class Runtime:
     # ------------------------------------------------------------------------------ launch
 
     @staticmethod
-    def _command(launch_command: str | Sequence[str] | None, model_path: str, host: str, port: int | None) -> list[str]:
+    def _command(
+        launch_command: str | Sequence[str] | None, model_path: str, host: str, port: int | None
+    ) -> tuple[list[str], bool]:
+        """(argv with placeholders, whether the default's arguments are in it)."""
         if launch_command is None:
-            return [sys.executable, "-m", "sglang.launch_server", "--model-path", "{model_path}",
-                    "--host", "{host}", "--port", "{port}"]
+            return [sys.executable, "-m", "sglang.launch_server", *_DEFAULT_ARGS], True
         if isinstance(launch_command, str):
             argv = shlex.split(launch_command)
         elif isinstance(launch_command, Sequence) and all(isinstance(a, str) for a in launch_command):
@@ -139,9 +148,12 @@ class Runtime:
             raise TypeError("launch_command must be a str or a sequence of str")
         if not argv:
             raise ValueError("launch_command is empty")
+        if not any(p in arg for arg in argv for p in ("{model_path}", "{host}", "{port}", "{api_key}")):
+            # the server program alone: give it the default's arguments
+            return argv + list(_DEFAULT_ARGS), True
         if port is None and not any("{port}" in arg for arg in argv):
             raise ValueError("launch_command has no {port} placeholder: pass port= so the server and client agree")
-        return argv
+        return argv, False
 
     def _wait_ready(self, start_timeout: float) -> None:
         deadline = time.monotonic() + start_timeout

@@ -203,6 +203,18 @@ def test_ready_on_the_documented_protocol_alone():
         rt.shutdown()
 
 
+def test_command_without_placeholders_gets_the_default_arguments():
+    """A bare server program (no placeholders) is run like sglang.launch_server: --model-path, --host,
+    --port (and --api-key) are appended."""
+    rt = Runtime(MODEL, launch_command=[sys.executable, str(WIRE)], api_key=KEY, start_timeout=30)
+    try:
+        assert rt.command.endswith(f"--model-path {MODEL} --host 127.0.0.1 --port {rt.port} --api-key [REDACTED]")
+        assert KEY not in rt.command
+        assert rt.endpoint.get_model_name() == MODEL
+    finally:
+        rt.shutdown()
+
+
 def test_wrong_api_key_is_reported():
     with pytest.raises(LaunchError, match="rejected the API key"):
         Runtime(MODEL, launch_command=[*command(), "--api-key", "server-side-key-123"], api_key="client-key-456",
@@ -215,7 +227,7 @@ def test_wrong_api_key_is_reported():
         ({"model_path": ""}, ValueError, "model_path"),
         ({"model_path": "m", "port": 70000}, ValueError, "port"),
         ({"model_path": "m", "start_timeout": 0}, ValueError, "start_timeout"),
-        ({"model_path": "m", "launch_command": "python -m server"}, ValueError, "{port}"),
+        ({"model_path": "m", "launch_command": "python -m server --model {model_path}"}, ValueError, "{port}"),
         ({"model_path": "m", "launch_command": ["srv", "--port", "{port}", "--key", "{api_key}"]}, ValueError, "api_key"),
         ({"model_path": "m", "launch_command": 5}, TypeError, "launch_command"),
         ({"model_path": "m", "launch_command": ["/no/such/binary-xyz", "{port}"]}, LaunchError, "cannot start"),
