@@ -34,6 +34,7 @@ __all__ = [
     "get_chat_template",
     "get_chat_template_by_model_path",
     "chat_template_names",
+    "UnknownChatTemplateError",
 ]
 
 
@@ -89,11 +90,18 @@ _matchers: list[Callable[[str], ChatTemplate | None]] = []
 _lock = threading.Lock()
 
 
-def register_chat_template(template: ChatTemplate, *, override: bool = False) -> ChatTemplate:
-    """Add ``template`` under its name; re-registering a name needs ``override=True``."""
+class UnknownChatTemplateError(KeyError, ValueError):
+    """No template of that name: a ``KeyError`` (a registry lookup, as in SGLang) and a ``ValueError``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def register_chat_template(template: ChatTemplate) -> ChatTemplate:
+    """Add ``template`` under its name, replacing one already registered under it (as SGLang does)."""
+    if not isinstance(template, ChatTemplate):
+        raise TypeError(f"register_chat_template takes a ChatTemplate, got {type(template).__name__}")
     with _lock:
-        if template.name in _registry and not override:
-            raise ValueError(f"chat template {template.name!r} is already registered (pass override=True)")
         _registry[template.name] = template
     return template
 
@@ -116,7 +124,7 @@ def get_chat_template(name: str) -> ChatTemplate:
         try:
             return _registry[name]
         except KeyError:
-            raise ValueError(
+            raise UnknownChatTemplateError(
                 f"unknown chat template {name!r}; registered: {', '.join(sorted(_registry))}"
             ) from None
 

@@ -140,6 +140,9 @@ class SamplingParams:
         _float("min_p", self.min_p, 0.0, 1.0)
         _float("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         _float("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        for name, unset in (("return_logprob", False), ("return_text_in_logprobs", False), ("top_logprobs_num", 0)):
+            if getattr(self, name) is None:  # SGLang's "not given"
+                set_(self, name, unset)
         for name in ("ignore_eos", "return_logprob", "return_text_in_logprobs"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -97,14 +97,19 @@ def test_registry_rules():
             "deepseek-v3", "claude"} <= set(chat_template_names())
     with pytest.raises(ValueError, match="unknown chat template 'nope'"):
         get_chat_template("nope")
-    with pytest.raises(ValueError, match="already registered"):
-        register_chat_template(ChatTemplate(name="chatml", role_prefix_and_suffix={}))
+    with pytest.raises(KeyError, match="unknown chat template 'nope'"):  # a registry lookup, as in SGLang
+        get_chat_template("nope")
+    # re-registering a name replaces the template (SGLang's rule), so registering in a test twice works
+    first = register_chat_template(ChatTemplate(name="test-twice-xyz", role_prefix_and_suffix={"user": ("a", "b")}))
+    second = register_chat_template(ChatTemplate(name="test-twice-xyz", role_prefix_and_suffix={"user": ("c", "d")}))
+    assert get_chat_template("test-twice-xyz") is second is not first
+    with pytest.raises(TypeError):
+        register_chat_template("chatml")
 
 
 def test_user_matching_function_wins():
     custom = register_chat_template(
         ChatTemplate(name="test-custom-xyz", role_prefix_and_suffix={"user": ("<u>", "</u>")}),
-        override=True,
     )
 
     @register_chat_template_matching_function

@@ -51,6 +51,12 @@ def test_invalid_values_name_the_field(kwargs, exc, name):
         SamplingParams(**kwargs)
 
 
+def test_none_means_unset_for_the_logprob_fields():
+    """SGLang's sampling params default these to None: None is the unset value, not an error."""
+    p = SamplingParams(return_logprob=None, top_logprobs_num=None, return_text_in_logprobs=None)
+    assert (p.return_logprob, p.top_logprobs_num, p.return_text_in_logprobs) == (False, 0, False)
+
+
 def test_unknown_field_is_a_type_error():
     with pytest.raises(TypeError, match="max_tokens"):
         SamplingParams(max_tokens=3)
