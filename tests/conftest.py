@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
+
+import numpy as np
+import pytest
 
 try:
     import torch
@@ -26,3 +30,12 @@ BASE_SEED = int(os.environ.get("LORA_TEST_SEED", time.time_ns() % 1_000_000))
 
 def pytest_report_header(config):
     return f"LoRA random inputs: LORA_TEST_SEED={BASE_SEED} (set it to replay); CUDA: {HAS_CUDA}"
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the run's base seed and the test's id (printed on failure)."""
+    seed = (BASE_SEED + zlib.crc32(request.node.nodeid.encode())) % 2**32
+    request.node.user_properties.append(("seed", seed))
+    print(f"seed={seed} (LORA_TEST_SEED={BASE_SEED})")
+    return np.random.default_rng(seed)

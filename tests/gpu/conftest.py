@@ -7,13 +7,8 @@ reason where it cannot run), so a new GPU backend (pallas) joins by registering 
 
 from __future__ import annotations
 
-import zlib
-
-import numpy as np
 import pytest
 import torch
-
-from tests.conftest import BASE_SEED
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (run through the device tool: make gpu-test)")
@@ -29,13 +24,6 @@ def gpu_backends() -> list[str]:
     only = os.environ.get("LORA_GPU_BACKENDS")  # e.g. "triton": limit a device run to some backends
     return [n for n in names if n in only.split(",")] if only else names
 
-
-@pytest.fixture
-def rng(request):
-    seed = (BASE_SEED + zlib.crc32(request.node.nodeid.encode())) % 2**32
-    request.node.user_properties.append(("seed", seed))
-    print(f"seed={seed} (LORA_TEST_SEED={BASE_SEED})")
-    return np.random.default_rng(seed)
 
 
 def backend_or_skip(name: str, batch_info=None):
