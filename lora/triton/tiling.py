@@ -219,11 +219,18 @@ def _tuned(path: str) -> dict:
         return {}
 
 
-def tuned_table(device_name: str, path: str | None = None) -> dict:
+def _table_path() -> str | None:
+    """The tuned table in use: ``tuned.json``, or None when ``LORA_TRITON_NO_TUNED=1`` disables it."""
+    return None if os.environ.get("LORA_TRITON_NO_TUNED") == "1" else str(TUNED_PATH)
+
+
+def _device_plans(path: str | None, device_name: str) -> dict:
+    return _tuned(path).get("devices", {}).get(device_name, {}) if path else {}
+
+
+def tuned_table(device_name: str) -> dict:
     """{key: plan dict} for ``device_name`` from ``tuned.json`` ({} when absent or disabled)."""
-    if os.environ.get("LORA_TRITON_NO_TUNED") == "1":
-        return {}
-    return _tuned(path or str(TUNED_PATH)).get("devices", {}).get(device_name, {})
+    return _device_plans(_table_path(), device_name)
 
 
 # ---- plans ------------------------------------------------------------------------------------------
@@ -274,33 +281,29 @@ def heuristic_expand(s: int, max_r: int, max_slice: int, num_lora: int, stack: i
 
 def plan_shrink(s: int, k: int, n_out: int, num_lora: int, bs: int, dtype, device) -> ShrinkPlan:
     """The launch plan of a shrink: the tuned entry for this device and shape bucket, else the heuristic;
-    then fitted to the device's shared memory. Memoised (the eager launch path pays a dict lookup)."""
-    if os.environ.get("LORA_TRITON_NO_TUNED") == "1":
-        return _plan_shrink.__wrapped__(str(TUNED_PATH), s, k, n_out, num_lora, dtype, torch.device(device))
-    return _plan_shrink(str(TUNED_PATH), s, k, n_out, num_lora, dtype, torch.device(device))
+    then fitted to the device's shared memory. Memoised per table (the eager launch path pays a dict lookup)."""
+    return _plan_shrink(_table_path(), s, k, n_out, num_lora, dtype, torch.device(device))
 
 
 def plan_expand(
     s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int, bs: int, dtype, device
 ) -> ExpandPlan:
     """As :func:`plan_shrink`, for an expand."""
-    if os.environ.get("LORA_TRITON_NO_TUNED") == "1":
-        return _plan_expand.__wrapped__(str(TUNED_PATH), s, max_r, n_total, max_slice, stack, num_lora, dtype, torch.device(device))
-    return _plan_expand(str(TUNED_PATH), s, max_r, n_total, max_slice, stack, num_lora, dtype, torch.device(device))
+    return _plan_expand(_table_path(), s, max_r, n_total, max_slice, stack, num_lora, dtype, torch.device(device))
 
 
 @lru_cache(maxsize=8192)
-def _plan_shrink(table: str, s: int, k: int, n_out: int, num_lora: int, dtype, device) -> ShrinkPlan:
+def _plan_shrink(table: str | None, s: int, k: int, n_out: int, num_lora: int, dtype, device) -> ShrinkPlan:
     name, sms = device_info(device)
-    hit = tuned_table(name, table).get(shrink_key(s, k, n_out, num_lora))
+    hit = _device_plans(table, name).get(shrink_key(s, k, n_out, num_lora))
     plan = ShrinkPlan(**hit) if hit is not None else heuristic_shrink(s, k, n_out, num_lora, sms)
     return fit_shrink(plan, dtype.itemsize, smem_limit(device))
 
 
 @lru_cache(maxsize=8192)
-def _plan_expand(table: str, s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int, dtype, device) -> ExpandPlan:
+def _plan_expand(table: str | None, s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int, dtype, device) -> ExpandPlan:
     name, sms = device_info(device)
-    hit = tuned_table(name, table).get(expand_key(s, max_r, n_total, max_slice, stack, num_lora))
+    hit = _device_plans(table, name).get(expand_key(s, max_r, n_total, max_slice, stack, num_lora))
     plan = ExpandPlan(**hit) if hit is not None else heuristic_expand(s, max_r, max_slice, num_lora, stack, sms)
     return fit_expand(plan, max_r, dtype.itemsize, smem_limit(device))
 
