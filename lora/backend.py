@@ -11,8 +11,9 @@ A backend supplies
 Both see inputs that :mod:`lora.validation` already accepted, accumulate in float32 and write the
 activation dtype. Rows of rank-0 slots, zero-length segments and rows after the last segment are
 zero (shrink) or untouched (expand). Plain expand is one slice ``[0, N]``, QKV three slices with the
-caller's (GQA) offsets, gate-up two slices ``[0, n, 2n]``. A backend may override a public op where
-fusing more pays; the validation in the public op always runs first.
+caller's (GQA) offsets, gate-up two slices ``[0, n, 2n]``. QKV and gate-up, once validated, run
+``shrink_expand`` (shrink, then expand); a backend that keeps the intermediate in its own layout
+overrides that, so the validation in the public ops always runs first.
 """
 
 from __future__ import annotations
@@ -115,8 +116,7 @@ class BaseLoRABackend:
         n = qkv_lora_b.shape[1]
         V.check_offsets(output_offset, n, 3, max_qkv_out_dim, x)
         out = self._output("base_output", base_output, x, n)
-        xa = self.shrink(x, qkv_lora_a, 3)
-        return self.expand(xa, qkv_lora_b, output_offset, max_qkv_out_dim, out)
+        return self.shrink_expand(x, qkv_lora_a, qkv_lora_b, output_offset, max_qkv_out_dim, out, 3)
 
     def run_gate_up_lora(
         self,
@@ -135,8 +135,12 @@ class BaseLoRABackend:
         if two_n % 2:
             raise ValueError(f"gate_up_lora_b has {two_n} output rows; gate and up need an even number (2*n)")
         out = self._output("base_output", base_output, x, two_n)
-        xa = self.shrink(x, gate_up_lora_a, 2)
-        return self.expand(xa, gate_up_lora_b, self._offsets((0, two_n // 2, two_n), x.device), two_n // 2, out)
+        offsets = self._offsets((0, two_n // 2, two_n), x.device)
+        return self.shrink_expand(x, gate_up_lora_a, gate_up_lora_b, offsets, two_n // 2, out, 2)
+
+    def shrink_expand(self, x, a, b, output_offset, max_slice_width, base_output, stack_num):
+        """The fused ops on validated inputs: ``expand(shrink(x, a, stack_num), b, ...)`` into ``base_output``."""
+        return self.expand(self.shrink(x, a, stack_num), b, output_offset, max_slice_width, base_output)
 
     # ---- helpers ---------------------------------------------------------------------------------
 

@@ -399,39 +399,21 @@ class PallasLoRABackend(BaseLoRABackend):
         self._check_cuda(x)
         return self._expand(x, weights, self._offsets_i32(output_offset), base_output, internal=False)
 
-    # ---- fused public ops: the float32 shrink output feeds expand directly ---------------------
+    # ---- fused ops: the float32 shrink output feeds expand directly ----------------------------
 
-    def run_qkv_lora(self, x, qkv_lora_a, qkv_lora_b, output_offset, max_qkv_out_dim, base_output=None):
-        self._check_shrink(x, "qkv_lora_a", qkv_lora_a, 3)
-        self._check_b("qkv_lora_b", qkv_lora_b, "qkv_lora_a", qkv_lora_a, 3, x)
-        n = qkv_lora_b.shape[1]
-        V.check_offsets(output_offset, n, 3, max_qkv_out_dim, x)
-        out = self._output("base_output", base_output, x, n)
-        return self._fused(x, qkv_lora_a, qkv_lora_b, self._offsets_i32(output_offset), out, 3)
-
-    def run_gate_up_lora(self, x, gate_up_lora_a, gate_up_lora_b, base_output=None):
-        self._check_shrink(x, "gate_up_lora_a", gate_up_lora_a, 2)
-        self._check_b("gate_up_lora_b", gate_up_lora_b, "gate_up_lora_a", gate_up_lora_a, 2, x)
-        two_n = gate_up_lora_b.shape[1]
-        if two_n % 2:
-            raise ValueError(f"gate_up_lora_b has {two_n} output rows; gate and up need an even number (2*n)")
-        out = self._output("base_output", base_output, x, two_n)
-        offsets = self._offsets((0, two_n // 2, two_n), x.device)
-        return self._fused(x, gate_up_lora_a, gate_up_lora_b, offsets, out, 2)
-
-    def _fused(self, x, a, b, offsets, out, stack):
+    def shrink_expand(self, x, a, b, output_offset, max_slice_width, base_output, stack_num):
         self._check_cuda(x)
         if x.shape[0] == 0:
-            return out
+            return base_output
         # The expand's tiles must fit in shared memory (ranks up to 128 with three slices): say so
         # before the shrink launches.
         num_lora, n, max_r = b.shape
         rp = T.aligned_dim(max_r, T.R_MULTIPLE)
         op = "bfloat16" if b.dtype == torch.float32 else _DTYPE_NAME[b.dtype]  # float32 runs as bf16 parts
-        T.expand_config(T.padded_tokens(x.shape[0]), T.aligned_dim(n, T.N_MULTIPLE), T.x_columns(stack * rp, 4), rp,
-                        num_lora, stack, "float32", op, _DTYPE_NAME[out.dtype], tail=False)
-        xa, _ = self._shrink32(x, a, stack)
-        return self._expand(xa, b, offsets, out, internal=True)
+        T.expand_config(T.padded_tokens(x.shape[0]), T.aligned_dim(n, T.N_MULTIPLE), T.x_columns(stack_num * rp, 4), rp,
+                        num_lora, stack_num, "float32", op, _DTYPE_NAME[base_output.dtype], tail=False)
+        xa, _ = self._shrink32(x, a, stack_num)
+        return self._expand(xa, b, self._offsets_i32(output_offset), base_output, internal=True)
 
 
 _KERNELS: dict = {}
