@@ -99,3 +99,12 @@ def ladder(nrows, fn, *, max_rows: int = BM):
 
 def ladder_rungs(max_rows: int = BM) -> int:
     return max_rows.bit_length()
+
+
+def box_start(s, row_lo, tail: bool):
+    """(rx, is_tail): the first row of the 64-row box a block starting at ``row_lo`` is computed on,
+    and whether it is the clamped box of a partial last block (None without ``tail``: x is padded)."""
+    if not tail:
+        return row_lo, None
+    is_tail = row_lo + BM > s
+    return jnp.where(is_tail, jnp.maximum(s - BM, 0), row_lo), is_tail

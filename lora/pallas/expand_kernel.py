@@ -61,12 +61,7 @@ def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandC
 
         @pl.when((row_lo < s) & (count > 0))
         def _():
-            if cfg.tail:
-                is_tail = row_lo + BM > s
-                rx = jnp.where(is_tail, jnp.maximum(s - BM, 0), row_lo)
-            else:
-                is_tail = None
-                rx = row_lo
+            rx, is_tail = C.box_start(s, row_lo, cfg.tail)
             nrows = jnp.minimum(row_lo + BM, s) - row_lo
             sm_off = row_lo - rx
             n0 = n * BN

@@ -45,12 +45,7 @@ def _box(meta_ref, b, cfg: ShrinkConfig):
     """(s, row_lo, rx, is_tail): the block's first row and the first row of its box."""
     s = meta_ref[0]
     row_lo = b * BM
-    if cfg.tail:
-        is_tail = row_lo + BM > s
-        rx = jnp.where(is_tail, jnp.maximum(s - BM, 0), row_lo)
-    else:
-        is_tail = None
-        rx = row_lo
+    rx, is_tail = C.box_start(s, row_lo, cfg.tail)
     return s, row_lo, rx, is_tail
 
 
