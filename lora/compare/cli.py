@@ -332,6 +332,8 @@ def _compare_on(args, device, out) -> int:
               "and do not describe GPU speed.", file=out)
     out.flush()
 
+    command = " ".join([_PROG, "compare", *map(shlex.quote, args.argv)])
+    device_info = _device_info(device)
     copy_bw = copy_bandwidth(device, quick=args.quick)
     budget = Budget.for_run(device, args.quick)
     ref_budget = Budget(5.0, 50.0, 3, 50)  # the torch reference on a GPU: a few calls of milliseconds each
@@ -377,8 +379,8 @@ def _compare_on(args, device, out) -> int:
                     if cuda:
                         torch.cuda.empty_cache()
             if args.json:  # what is done so far, in case the run is cut off (rewritten at the end)
-                write_json(args.json, {"partial": True, "command": " ".join([_PROG, "compare", *map(shlex.quote, args.argv)]),
-                                       "device": _device_info(device), "copy_bandwidth": copy_bw}, case_rows, results)
+                write_json(args.json, {"partial": True, "command": command, "device": device_info,
+                                       "copy_bandwidth": copy_bw}, case_rows, results)
 
     counted = [r for r in results if r.status in ("pass", "fail")]
     summary = {
@@ -390,7 +392,7 @@ def _compare_on(args, device, out) -> int:
     }
     summary["ok"] = summary["failed"] == 0 and summary["errors"] == 0
     meta = {
-        "command": " ".join([_PROG, "compare", *map(shlex.quote, args.argv)]),
+        "command": command,
         "started_at": args.started_at,
         "elapsed_s": None,
         "seed": args.seed,
@@ -401,7 +403,7 @@ def _compare_on(args, device, out) -> int:
                  "decode cases one call replayed alone from a CUDA graph, other cases one call among many in one "
                  "graph (cuda-graph-batched), both where the backend can be captured, else CUDA events around each "
                  "eager call; every measurement is under timings"),
-        "device": _device_info(device),
+        "device": device_info,
         "copy_bandwidth": copy_bw,
         "versions": _versions(),
         "environment": {"TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET")},

@@ -447,8 +447,7 @@ def build_meta_torch(bi, s: int, bpad: int, num_lora: int, device) -> torch.Tens
     graph); the shape-only parts come from :func:`_meta_constants`.
     """
     nb = bpad // T.BM
-    c = _meta_constants(s, bpad, num_lora, torch.device(device))
-    rows, in_s, slot_ids, head, pad = c
+    rows, in_s, slot_ids, head, pad = _meta_constants(s, bpad, num_lora, torch.device(device))
     if bi.bs == 0:
         row_slot = torch.full((bpad,), -1, dtype=torch.int32, device=device)
     else:
