@@ -6,7 +6,7 @@ times it, and reports achieved bandwidth as a fraction of the device's measured 
     python -m lora compare                                  # the default cases for this machine
     python -m lora compare --case 'llama3-8b-r64-*' --backends torch,triton --json out.json --plot out.png
     python -m lora compare --shape hidden=4096,r=64,segs=prefill:8192/8 --dtype bf16
-    python -m lora list                                     # backends (and why not), cases, ops
+    python -m lora list                                     # backends (and why not), cases, ops, plan tables
 
 Exit status: 0 when every result is right, 1 when any backend gives a wrong result or raises
 (each printed with its seed and a command that replays it), 2 on bad arguments.
@@ -78,6 +78,13 @@ def _list() -> int:
     print("ops:")
     for op in OPS.values():
         print(f"  {op.name:12s} {op.call:36s} {op.doc}")
+    if any(s.name == "triton" for s in available_backends()):
+        import torch
+
+        from lora.triton import tiling  # plain Python + torch: does not import triton
+
+        for line in tiling.describe_plan_sources(torch.device("cuda") if torch.cuda.is_available() else None):
+            print(line)
     return 0
 
 

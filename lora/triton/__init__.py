@@ -3,8 +3,9 @@
 * :mod:`.shrink`  -- kernel + launcher: x @ A.T per adapter group, stacked widths, split-K.
 * :mod:`.expand`  -- kernel + launcher: base += scaling * x @ B.T over 1..3 output slices.
 * :mod:`.grouping` -- device-side mapping of a program to (adapter group, chunk of rows).
-* :mod:`.tiling`  -- launch plans from shapes: tuned table per device name (``tuned.json``, written
-  by ``benchmarks/tune_triton.py``), else a documented heuristic; fitted to shared memory per dtype.
+* :mod:`.tiling`  -- launch plans from shapes: the user's tuned table for this device, else the one
+  shipped in ``tables/``, else a documented heuristic; fitted to shared memory per dtype.
+* :mod:`.tune`    -- ``python -m lora tune``: measures plans on this GPU and writes the user's table.
 * :mod:`.scratch` -- per-device split-K workspace and counters (left at zero: graph-safe).
 * :mod:`.backend` -- ``TritonLoRABackend``; build it through ``lora.get_backend_from_name("triton")``.
 

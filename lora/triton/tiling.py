@@ -4,8 +4,9 @@ A plan depends on the token count ``s``, widths (K, N, max_r, slice width), the 
 slots, the number of segments, the dtype and the device; never on ``max_len`` or the values of
 ``seg_lens`` / ranks, so a call captured in a CUDA graph stays valid when new metadata is copied in.
 
-Lookup order: the tuned table for this device (``tuned.json`` beside this file, written by
-``benchmarks/tune_triton.py``; keyed by the device name torch reports), else the heuristic below.
+Lookup order, per shape bucket: the user's tuned table for this device (written by ``python -m lora
+tune`` to the user's cache directory), the table shipped for this device (``tables/``), the heuristic
+below. Tables are keyed by the device name torch reports (see "tuned tables" below).
 
 The heuristic (rows per group ``g = ceil(s / num_lora)``: what one adapter gets when every slot is
 in use, the case that sets the cost):
@@ -28,7 +29,7 @@ in use, the case that sets the cost):
   Decode: one program per adapter group, the same row block as shrink, 64-column tiles and enough
   column blocks per program for about four programs per multiprocessor.
 
-These defaults come from the tuning runs recorded in ``benchmarks/`` (H100); the tuned table
+These defaults come from the tuning runs recorded in ``benchmarks/`` (H100); a tuned table
 overrides them per shape.
 """
 
@@ -37,13 +38,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import sys
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import torch
-
-TUNED_PATH = Path(__file__).with_name("tuned.json")
 
 #: Above this many rows per adapter a batch is planned as prefill (large row tiles).
 PREFILL_ROWS_PER_GROUP = 128
@@ -193,7 +196,46 @@ def fit_expand(plan: ExpandPlan, max_r: int, itemsize: int, limit: int) -> Expan
     return plan
 
 
-# ---- tuned table ------------------------------------------------------------------------------------
+# ---- tuned tables -----------------------------------------------------------------------------------
+#
+# A table holds measured plans for one device, keyed by shape bucket (``shrink_key`` / ``expand_key``).
+# Where a plan comes from, first hit wins, per key:
+#   1. the user's table for this device: ``<user_table_dir()>/<device slug>.json``, written by
+#      ``python -m lora tune`` (``$KERNELSTACK_TUNE_DIR``, else ``$XDG_CACHE_HOME/kernelstack/lora-triton``,
+#      else ``~/.cache/kernelstack/lora-triton``; ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows);
+#   2. the table shipped in the package for this device (``tables/*.json`` beside this file);
+#   3. the heuristic.
+# ``LORA_TRITON_NO_TUNED=1`` skips both tables. Files are read once per process (``reload_tables()``
+# re-reads them); a file that cannot be used is reported by a :class:`TunedTableWarning` naming it
+# and the reason, and planning goes on without it.
+
+TABLES_DIR = Path(__file__).with_name("tables")
+TABLE_FORMAT = "kernelstack.lora.triton.plans/1"
+TUNE_DIR_ENV = "KERNELSTACK_TUNE_DIR"
+_KEY = re.compile(r"^(shrink|expand):[a-z0-9:]+$")
+
+
+class TunedTableWarning(UserWarning):
+    """A tuned-plan table could not be used (unreadable, not JSON, wrong format, invalid plan)."""
+
+
+class TableError(ValueError):
+    """Raised by :func:`read_table` for a file that is not a usable table; the message names the file."""
+
+
+@dataclass(frozen=True)
+class PlanTable:
+    """One device's measured plans, as read from ``path``; ``origin`` is "user" or "shipped"."""
+
+    path: str
+    origin: str
+    device: str
+    capability: str | None
+    plans: dict  # key -> ShrinkPlan | ExpandPlan
+    meta: dict
+
+    def describe(self) -> str:
+        return f"{self.origin} table {self.path} ({len(self.plans)} plans)"
 
 
 def token_bucket(s: int) -> int:
@@ -209,28 +251,218 @@ def expand_key(s: int, max_r: int, n_total: int, max_slice: int, stack: int, num
     return f"expand:s{token_bucket(s)}:r{max_r}:n{n_total}:w{max_slice}:st{stack}:l{next_pow2(num_lora)}"
 
 
-@lru_cache(maxsize=None)
-def _tuned(path: str) -> dict:
-    """The table file, read once per process (a call's launch path must not touch the file system)."""
+def device_slug(name: str) -> str:
+    """File name stem of a device's table: "NVIDIA H200" -> "nvidia-h200"."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "device"
+
+
+def _user_dir(tune_dir: str | None, xdg: str | None, home: str | None) -> Path:
+    if tune_dir:
+        return Path(tune_dir).expanduser()
+    if sys.platform == "darwin":
+        base = Path("~/Library/Caches").expanduser()
+    elif sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path("~/AppData/Local").expanduser()) / "kernelstack" / "Cache"
+        return base / "lora-triton"
+    else:
+        base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(home or "~").expanduser() / ".cache"
+    return base / "kernelstack" / "lora-triton"
+
+
+def _env_state() -> tuple | None:
+    """What decides which tables are read (None: tables disabled); part of the plan cache key."""
+    env = os.environ
+    if env.get("LORA_TRITON_NO_TUNED") == "1":
+        return None
+    return (env.get(TUNE_DIR_ENV), env.get("XDG_CACHE_HOME"), env.get("HOME"), TABLES_DIR, _GENERATION[0])
+
+
+_GENERATION = [0]  # bumped by reload_tables()
+
+
+def user_table_dir() -> Path:
+    """Where ``python -m lora tune`` writes and the backend reads this user's tables."""
+    env = os.environ
+    return _user_dir(env.get(TUNE_DIR_ENV), env.get("XDG_CACHE_HOME"), env.get("HOME"))
+
+
+def user_table_path(device_name: str) -> Path:
+    return user_table_dir() / f"{device_slug(device_name)}.json"
+
+
+def _plan_from_dict(key: str, d) -> "ShrinkPlan | ExpandPlan":
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise ValueError(f"bad key {key!r} (expected shrink:... or expand:...)")
+    if not isinstance(d, dict):
+        raise ValueError(f"plan of {key} is not an object")
+    cls = ShrinkPlan if key.startswith("shrink:") else ExpandPlan
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
+        plan = cls(**d)
+    except TypeError as exc:
+        raise ValueError(f"plan of {key}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"plan of {key}: {exc}") from None
+    for f, v in asdict(plan).items():
+        if type(v) is not (bool if f == "group_grid" else int):
+            raise ValueError(f"plan of {key}: {f}={v!r} must be {'true/false' if f == 'group_grid' else 'an integer'}")
+    return plan
 
 
-def _table_path() -> str | None:
-    """The tuned table in use: ``tuned.json``, or None when ``LORA_TRITON_NO_TUNED=1`` disables it."""
-    return None if os.environ.get("LORA_TRITON_NO_TUNED") == "1" else str(TUNED_PATH)
+def read_table(path, origin: str = "user") -> PlanTable:
+    """Read and validate one table file; raises :class:`TableError` saying what is wrong with it."""
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise TableError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TableError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"format is {got!r}, expected {TABLE_FORMAT!r}")
+        dev = data.get("device")
+        if not isinstance(dev, dict) or not isinstance(dev.get("name"), str) or not dev["name"]:
+            raise ValueError('"device" must be an object with a "name"')
+        raw = data.get("plans")
+        if not isinstance(raw, dict):
+            raise ValueError('"plans" must be an object of key -> plan')
+        plans = {key: _plan_from_dict(key, d) for key, d in raw.items()}
+    except ValueError as exc:
+        raise TableError(f"{path}: {exc}") from None
+    meta = {k: v for k, v in data.items() if k not in ("format", "device", "plans")}
+    return PlanTable(path, origin, dev["name"], dev.get("capability"), plans, meta)
 
 
-def _device_plans(path: str | None, device_name: str) -> dict:
-    return _tuned(path).get("devices", {}).get(device_name, {}) if path else {}
+def table_document(device: dict, plans: dict, meta: dict | None = None) -> dict:
+    """The JSON document of a table: ``device`` ({"name", "capability", ...}), ``plans`` (key -> plan)."""
+    out = {"format": TABLE_FORMAT, "device": dict(device)}
+    out["plans"] = {k: (asdict(p) if not isinstance(p, dict) else dict(p)) for k, p in sorted(plans.items())}
+    for k in out["plans"]:
+        _plan_from_dict(k, out["plans"][k])
+    out.update(meta or {})
+    return out
+
+
+def write_table(path, device: dict, plans: dict, meta: dict | None = None) -> Path:
+    """Write a table atomically (a reader never sees half a file); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(table_document(device, plans, meta), indent=1) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, TunedTableWarning, stacklevel=3)
+
+
+@lru_cache(maxsize=None)
+def _shipped(tables_dir: Path, generation: int) -> dict:
+    """{device name: PlanTable} of the tables shipped in the package."""
+    out = {}
+    for p in sorted(tables_dir.glob("*.json")) if tables_dir.is_dir() else ():
+        try:
+            t = read_table(p, "shipped")
+        except TableError as exc:
+            _warn(f"lora.triton: ignoring the shipped tuned table: {exc}")
+            continue
+        out.setdefault(t.device, t)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _tables(state: tuple | None, device_name: str) -> tuple:
+    """The tables for ``device_name`` in precedence order (user, shipped), each read once."""
+    if state is None:
+        return ()
+    tune_dir, xdg, home, tables_dir, generation = state
+    found = []
+    user = _user_dir(tune_dir, xdg, home) / f"{device_slug(device_name)}.json"
+    if user.exists():
+        try:
+            t = read_table(user, "user")
+            if t.device != device_name:
+                raise TableError(f"{user}: measured on {t.device!r}, not on this device ({device_name!r})")
+            found.append(t)
+        except TableError as exc:
+            _warn(f"lora.triton: ignoring the user's tuned table: {exc}; plans come from the shipped table or "
+                  f"the heuristic (run `python -m lora tune` to rewrite it)")
+    shipped = _shipped(tables_dir, generation).get(device_name)
+    if shipped is not None:
+        found.append(shipped)
+    return tuple(found)
+
+
+@lru_cache(maxsize=None)
+def _merged(state: tuple | None, device_name: str) -> dict:
+    """{key: (plan, PlanTable)}: per key, the first table that has it."""
+    out = {}
+    for t in reversed(_tables(state, device_name)):
+        out.update({k: (p, t) for k, p in t.plans.items()})
+    return out
+
+
+def tables_for(device_name: str) -> tuple:
+    """The tables planning reads for ``device_name``, user's first ((): disabled or none)."""
+    return _tables(_env_state(), device_name)
+
+
+def shipped_tables() -> dict:
+    """{device name: PlanTable} shipped in the package (read once)."""
+    state = _env_state()
+    return dict(_shipped(TABLES_DIR, _GENERATION[0])) if state is not None else {}
+
+
+def tuned_plan(key: str, device_name: str):
+    """(plan, table) of ``key`` for ``device_name`` from the tables in precedence order, or None."""
+    return _merged(_env_state(), device_name).get(key)
 
 
 def tuned_table(device_name: str) -> dict:
-    """{key: plan dict} for ``device_name`` from ``tuned.json`` ({} when absent or disabled)."""
-    return _device_plans(_table_path(), device_name)
+    """{key: plan} for ``device_name``, merged over the tables in precedence order ({} when none)."""
+    return {k: p for k, (p, _) in _merged(_env_state(), device_name).items()}
+
+
+def reload_tables() -> None:
+    """Forget what was read (tables and the plans derived from them): the next plan re-reads the files."""
+    _GENERATION[0] += 1
+    for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand):
+        f.cache_clear()
+
+
+def describe_plan_sources(device) -> list[str]:
+    """Lines saying where ``device``'s plans come from (for ``python -m lora list``); ``device`` None:
+    no GPU here, so the tables there are and where the user's would be."""
+    if device is None:
+        shipped = shipped_tables()
+        return [
+            "triton plans: no CUDA device here",
+            f"  shipped tables: {', '.join(f'{n} ({len(t.plans)} plans)' for n, t in sorted(shipped.items())) or 'none'}",
+            f"  user tables:    {user_table_dir()} (written by `python -m lora tune` on a GPU)",
+        ]
+    name, sms = device_info(device)
+    lines = [f"triton plans for {name} ({sms} multiprocessors):"]
+    if _env_state() is None:
+        return lines + ["  tuned tables disabled (LORA_TRITON_NO_TUNED=1): the heuristic for every shape"]
+    tables = tables_for(name)
+    user_path = user_table_path(name)
+    if not any(t.origin == "user" for t in tables):
+        why = "unusable (see the warning above)" if user_path.exists() else "none"
+        lines.append(f"  user table    {user_path}: {why}")
+    for i, t in enumerate(tables):
+        use = "in use" if i == 0 else "in use where the tables above have no plan"
+        lines.append(f"  {t.origin + ' table':13s} {t.path}: {len(t.plans)} plans, {use}")
+    if not any(t.origin == "shipped" for t in tables):
+        others = ", ".join(sorted(shipped_tables())) or "none"
+        lines.append(f"  shipped table none for this device (shipped for: {others})")
+    lines.append(f"  heuristic     {'for shapes no table has' if tables else 'in use for every shape'}")
+    return lines
+
 
 
 # ---- plans ------------------------------------------------------------------------------------------
@@ -279,32 +511,57 @@ def heuristic_expand(s: int, max_r: int, max_slice: int, num_lora: int, stack: i
     return ExpandPlan(block_m, block_n, n_iters, num_warps=4, num_stages=2, group_grid=True)
 
 
+_FORCED: list = [None]  # a plan every launch of its kind uses (python -m lora tune); see forced_plan
+
+
+@contextmanager
+def forced_plan(plan: "ShrinkPlan | ExpandPlan"):
+    """Within the block, every shrink (for a ShrinkPlan) or expand (ExpandPlan) launched without an
+    explicit plan uses ``plan`` (fitted to shared memory) instead of the table or the heuristic: how the
+    tuner times a candidate through the backend's own launch path. Not thread-safe; not for serving."""
+    if not isinstance(plan, (ShrinkPlan, ExpandPlan)):
+        raise TypeError(f"plan must be a ShrinkPlan or an ExpandPlan, got {type(plan).__name__}")
+    saved = _FORCED[0]
+    _FORCED[0] = plan
+    try:
+        yield plan
+    finally:
+        _FORCED[0] = saved
+
+
 def plan_shrink(s: int, k: int, n_out: int, num_lora: int, bs: int, dtype, device) -> ShrinkPlan:
-    """The launch plan of a shrink: the tuned entry for this device and shape bucket, else the heuristic;
-    then fitted to the device's shared memory. Memoised per table (the eager launch path pays a dict lookup)."""
-    return _plan_shrink(_table_path(), s, k, n_out, num_lora, dtype, torch.device(device))
+    """The launch plan of a shrink: the tuned entry for this device and shape bucket (user table, then
+    shipped table), else the heuristic; then fitted to the device's shared memory. Memoised per shape and
+    table state (the launch path pays a few environment reads and a dict lookup)."""
+    forced = _FORCED[0]
+    if forced is not None and isinstance(forced, ShrinkPlan):
+        return fit_shrink(forced, dtype.itemsize, smem_limit(device))
+    return _plan_shrink(_env_state(), s, k, n_out, num_lora, dtype, torch.device(device))
 
 
 def plan_expand(
     s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int, bs: int, dtype, device
 ) -> ExpandPlan:
     """As :func:`plan_shrink`, for an expand."""
-    return _plan_expand(_table_path(), s, max_r, n_total, max_slice, stack, num_lora, dtype, torch.device(device))
+    forced = _FORCED[0]
+    if forced is not None and isinstance(forced, ExpandPlan):
+        return fit_expand(forced, max_r, dtype.itemsize, smem_limit(device))
+    return _plan_expand(_env_state(), s, max_r, n_total, max_slice, stack, num_lora, dtype, torch.device(device))
 
 
 @lru_cache(maxsize=8192)
-def _plan_shrink(table: str | None, s: int, k: int, n_out: int, num_lora: int, dtype, device) -> ShrinkPlan:
+def _plan_shrink(state, s: int, k: int, n_out: int, num_lora: int, dtype, device) -> ShrinkPlan:
     name, sms = device_info(device)
-    hit = _device_plans(table, name).get(shrink_key(s, k, n_out, num_lora))
-    plan = ShrinkPlan(**hit) if hit is not None else heuristic_shrink(s, k, n_out, num_lora, sms)
+    hit = _merged(state, name).get(shrink_key(s, k, n_out, num_lora))
+    plan = hit[0] if hit is not None else heuristic_shrink(s, k, n_out, num_lora, sms)
     return fit_shrink(plan, dtype.itemsize, smem_limit(device))
 
 
 @lru_cache(maxsize=8192)
-def _plan_expand(table: str | None, s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int, dtype, device) -> ExpandPlan:
+def _plan_expand(state, s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int, dtype, device) -> ExpandPlan:
     name, sms = device_info(device)
-    hit = _device_plans(table, name).get(expand_key(s, max_r, n_total, max_slice, stack, num_lora))
-    plan = ExpandPlan(**hit) if hit is not None else heuristic_expand(s, max_r, max_slice, num_lora, stack, sms)
+    hit = _merged(state, name).get(expand_key(s, max_r, n_total, max_slice, stack, num_lora))
+    plan = hit[0] if hit is not None else heuristic_expand(s, max_r, max_slice, num_lora, stack, sms)
     return fit_expand(plan, max_r, dtype.itemsize, smem_limit(device))
 
 
