@@ -297,16 +297,13 @@ def _plan_from_dict(key: str, d) -> "ShrinkPlan | ExpandPlan":
     if not isinstance(d, dict):
         raise ValueError(f"plan of {key} is not an object")
     cls = ShrinkPlan if key.startswith("shrink:") else ExpandPlan
-    try:
-        plan = cls(**d)
-    except TypeError as exc:
-        raise ValueError(f"plan of {key}: {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"plan of {key}: {exc}") from None
-    for f, v in asdict(plan).items():
-        if type(v) is not (bool if f == "group_grid" else int):
+    for f, v in d.items():
+        if f in cls.__dataclass_fields__ and type(v) is not (bool if f == "group_grid" else int):
             raise ValueError(f"plan of {key}: {f}={v!r} must be {'true/false' if f == 'group_grid' else 'an integer'}")
-    return plan
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"plan of {key}: {exc}") from None
 
 
 def read_table(path, origin: str = "user") -> PlanTable:

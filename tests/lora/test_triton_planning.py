@@ -6,8 +6,6 @@ Kept small: every kernel call here is a few programs on tiny shapes.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -105,23 +103,25 @@ def test_grid_depends_on_shapes_only():
 
 def test_tuned_table_is_used_and_can_be_disabled(tmp_path, monkeypatch):
     key = tiling.shrink_key(40, 72, 24, 3)
-    plan = {"block_m": 16, "block_n": 16, "n_sub": 2, "block_k": 32, "split_k": 2, "num_warps": 4, "num_stages": 2}
-    path = tmp_path / "tuned.json"
-    path.write_text(json.dumps({"devices": {tiling.device_info("cpu")[0]: {key: plan}}}))
-    monkeypatch.setattr(tiling, "TUNED_PATH", path)
-    assert tiling.plan_shrink(40, 72, 24, 3, 5, torch.float16, "cpu") == tiling.ShrinkPlan(**plan)
+    plan = tiling.ShrinkPlan(16, 16, 2, 32, 2, 4, 2)
+    monkeypatch.setenv(tiling.TUNE_DIR_ENV, str(tmp_path))
+    tiling.write_table(tiling.user_table_path("cpu"), {"name": "cpu"}, {key: plan})
+    assert tiling.plan_shrink(40, 72, 24, 3, 5, torch.float16, "cpu") == plan
     monkeypatch.setenv("LORA_TRITON_NO_TUNED", "1")
     assert tiling.plan_shrink(40, 72, 24, 3, 5, torch.float16, "cpu") == tiling.heuristic_shrink(40, 72, 24, 3, 4)
     assert tiling.token_bucket(8000) == tiling.token_bucket(9000) == 8192, "prefill and mixed share entries"
 
 
-def test_shipped_tuned_table_parses():
-    if not tiling.TUNED_PATH.exists():
-        pytest.skip("no tuned table shipped")
-    table = json.loads(tiling.TUNED_PATH.read_text())
-    for device, entries in table["devices"].items():
-        for key, plan in entries.items():
-            (tiling.ShrinkPlan if key.startswith("shrink:") else tiling.ExpandPlan)(**plan)
+def test_shipped_tables_parse():
+    files = sorted(tiling.TABLES_DIR.glob("*.json"))
+    assert files, "the package ships at least the H100 table"
+    names = set()
+    for path in files:
+        table = tiling.read_table(path, "shipped")  # raises on any invalid plan
+        assert path.stem == tiling.device_slug(table.device), f"{path.name} holds {table.device!r}"
+        assert table.plans and table.device not in names
+        names.add(table.device)
+    assert "NVIDIA H100 80GB HBM3" in names
 
 
 # ---- the kernels under forced plans ------------------------------------------------------------------

@@ -1,0 +1,320 @@
+"""Tuned plan tables of the Triton backend and ``python -m lora tune`` (CPU: Triton's interpreter).
+
+Where a plan comes from, per shape bucket: the user's table for this device > the table shipped for it
+> the heuristic; a table that cannot be used is reported (TunedTableWarning naming the file and why)
+and skipped. On the CPU the device is called "cpu", so tables written for "cpu" exercise the same path
+a GPU's do.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import lora
+
+STATUS = {s.name: s for s in lora.available_backends()}
+if not STATUS["triton"].available:
+    pytest.skip(f"triton backend cannot run here: {STATUS['triton'].reason}", allow_module_level=True)
+
+from lora.__main__ import main as lora_main  # noqa: E402
+from lora.triton import tiling  # noqa: E402
+from lora.triton import tune  # noqa: E402
+
+if torch.cuda.is_available():
+    pytest.skip("table handling is tested for the CPU device name; tests/gpu covers the GPU", allow_module_level=True)
+
+DEV = "cpu"
+# Three shrink buckets: K1 in both tables, K2 only in the user's, K3 only in the shipped one; K4 in none.
+S, K, N, L = 40, 72, 24, 3
+K1 = tiling.shrink_key(S, K, N, L)
+K2 = tiling.shrink_key(S, K, 2 * N, L)
+K3 = tiling.shrink_key(S, K, 3 * N, L)
+USER = tiling.ShrinkPlan(16, 16, 2, 32, 2, 4, 2)
+USER2 = tiling.ShrinkPlan(32, 16, 3, 16, 1, 4, 2)
+SHIPPED = tiling.ShrinkPlan(64, 32, 1, 64, 4, 4, 3)
+SHIPPED3 = tiling.ShrinkPlan(16, 32, 3, 64, 1, 4, 3)
+
+
+def plan(n_out: int = N) -> tiling.ShrinkPlan:
+    return tiling.plan_shrink(S, K, n_out, L, 5, torch.float16, DEV)
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    """An empty user table directory and an empty shipped-table directory; caches forgotten around."""
+    user, shipped = tmp_path / "user", tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setenv(tiling.TUNE_DIR_ENV, str(user))
+    monkeypatch.delenv("LORA_TRITON_NO_TUNED", raising=False)
+    monkeypatch.setattr(tiling, "TABLES_DIR", shipped)
+    tiling.reload_tables()
+    yield user, shipped
+    tiling.reload_tables()
+
+
+def _ship(shipped_dir, plans, device="cpu"):
+    return tiling.write_table(shipped_dir / f"{tiling.device_slug(device)}.json", {"name": device}, plans)
+
+
+def _user(plans, device="cpu"):
+    return tiling.write_table(tiling.user_table_path(device), {"name": device, "capability": None}, plans)
+
+
+# ---- files ---------------------------------------------------------------------------------------------
+
+
+def test_written_and_read_back(dirs):
+    expand = tiling.ExpandPlan(32, 64, 2, 4, 1, group_grid=True)
+    ekey = tiling.expand_key(64, 16, 4096, 4096, 1, 8)
+    path = _user({K1: USER, ekey: expand}, device="NVIDIA H200")
+    assert path == dirs[0] / "nvidia-h200.json"
+    table = tiling.read_table(path)
+    assert table.device == "NVIDIA H200" and table.origin == "user"
+    assert table.plans == {K1: USER, ekey: expand}
+    assert json.loads(path.read_text())["format"] == tiling.TABLE_FORMAT
+    assert not list(dirs[0].glob(".*.tmp")), "written through a temporary file, then renamed"
+
+
+def test_user_dir_follows_xdg_then_home(monkeypatch, tmp_path):
+    monkeypatch.delenv(tiling.TUNE_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert tiling.user_table_dir() == tmp_path / "xdg" / "kernelstack" / "lora-triton"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert tiling.user_table_dir() == tmp_path / "home" / ".cache" / "kernelstack" / "lora-triton"
+    monkeypatch.setenv(tiling.TUNE_DIR_ENV, str(tmp_path / "mine"))
+    assert tiling.user_table_dir() == tmp_path / "mine"
+
+
+# ---- precedence ----------------------------------------------------------------------------------------
+
+
+def test_user_over_shipped_over_heuristic(dirs):
+    heuristic = tiling.heuristic_shrink(S, K, 3 * N, L, 4)
+    assert plan() != USER and plan(2 * N) != USER2, "before any table: the heuristic"
+    _ship(dirs[1], {K1: SHIPPED, K3: SHIPPED3})
+    tiling.reload_tables()
+    assert plan() == SHIPPED and plan(3 * N) == SHIPPED3
+    _user({K1: USER, K2: USER2})
+    tiling.reload_tables()
+    assert plan() == USER, "the user's table wins"
+    assert plan(2 * N) == USER2
+    assert plan(3 * N) == SHIPPED3, "a bucket the user's table lacks comes from the shipped one"
+    assert tiling.plan_shrink(S, K, 4 * N, L, 5, torch.float16, DEV) == tiling.heuristic_shrink(S, K, 4 * N, L, 4)
+    assert heuristic != SHIPPED3
+    assert [t.origin for t in tiling.tables_for("cpu")] == ["user", "shipped"]
+    assert tiling.tuned_plan(K3, "cpu")[1].origin == "shipped"
+
+
+def test_disabled_by_environment(dirs, monkeypatch):
+    _ship(dirs[1], {K1: SHIPPED})
+    _user({K2: USER2})
+    tiling.reload_tables()
+    assert plan() == SHIPPED and plan(2 * N) == USER2
+    monkeypatch.setenv("LORA_TRITON_NO_TUNED", "1")
+    assert plan() == tiling.heuristic_shrink(S, K, N, L, 4)
+    assert plan(2 * N) == tiling.heuristic_shrink(S, K, 2 * N, L, 4)
+
+
+def test_other_devices_tables_are_not_used(dirs):
+    _ship(dirs[1], {K1: SHIPPED}, device="NVIDIA H200")
+    _user({K1: USER}, device="NVIDIA H100 80GB HBM3")
+    tiling.reload_tables()
+    assert plan() == tiling.heuristic_shrink(S, K, N, L, 4)
+    assert set(tiling.shipped_tables()) == {"NVIDIA H200"}
+
+
+def test_read_once_until_reload(dirs):
+    """The launch path never touches the file system: a table changed on disk is seen after reload_tables()."""
+    path = _user({K1: USER})
+    tiling.reload_tables()
+    assert plan() == USER
+    tiling.write_table(path, {"name": "cpu"}, {K1: USER2})
+    assert plan() == USER
+    tiling.reload_tables()
+    assert plan() == USER2
+
+
+def test_forced_plan_overrides_everything_inside_the_block(dirs):
+    _user({K1: USER})
+    tiling.reload_tables()
+    with tiling.forced_plan(SHIPPED):
+        assert plan() == SHIPPED
+        assert tiling.plan_expand(S, 8, 40, 20, 2, L, 5, torch.float16, DEV) == tiling.plan_expand(
+            S, 8, 40, 20, 2, L, 5, torch.float16, DEV), "a forced shrink plan leaves expands alone"
+    assert plan() == USER
+    with pytest.raises(TypeError, match="ShrinkPlan or an ExpandPlan"):
+        with tiling.forced_plan({"block_m": 16}):
+            pass
+
+
+# ---- unusable files: a warning naming the file, then the next source -----------------------------------
+
+BAD_FILES = {
+    "not-json": "{ this is not json",
+    "wrong-format": json.dumps({"format": "something/9", "device": {"name": "cpu"}, "plans": {}}),
+    "no-device": json.dumps({"format": tiling.TABLE_FORMAT, "plans": {}}),
+    "bad-key": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "cpu"}, "plans": {"gemm:x": {}}}),
+    "bad-plan": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "cpu"},
+                            "plans": {K1: {"block_m": 48, "block_n": 16, "n_sub": 1, "block_k": 16, "split_k": 1}}}),
+    "unknown-field": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "cpu"},
+                                 "plans": {K1: {**tiling.plan_dict(USER), "speed": "fast"}}}),
+    "float-field": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "cpu"},
+                               "plans": {K1: {**tiling.plan_dict(USER), "block_m": 16.0}}}),
+    "other-device": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "NVIDIA H200"}, "plans": {}}),
+}
+REASONS = {"not-json": "not valid JSON", "wrong-format": "format is 'something/9'", "no-device": '"device"',
+           "bad-key": "bad key 'gemm:x'", "bad-plan": "power of two", "unknown-field": "speed",
+           "float-field": "must be an integer", "other-device": "measured on 'NVIDIA H200'"}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_unusable_user_table_warns_and_falls_back(dirs, kind):
+    _ship(dirs[1], {K1: SHIPPED})
+    path = tiling.user_table_path("cpu")
+    path.parent.mkdir(parents=True)
+    path.write_text(BAD_FILES[kind])
+    tiling.reload_tables()
+    with pytest.warns(tiling.TunedTableWarning) as record:
+        got = plan()
+    assert got == SHIPPED, "falls back to the shipped table"
+    msg = str(record[0].message)
+    assert str(path) in msg and REASONS[kind] in msg, msg
+    assert "python -m lora tune" in msg
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plan() == SHIPPED, "warned once, not on every launch"
+
+
+def test_unusable_shipped_table_warns_and_falls_back_to_the_heuristic(dirs):
+    (dirs[1] / "cpu.json").write_text("[]")
+    tiling.reload_tables()
+    with pytest.warns(tiling.TunedTableWarning, match="cpu.json: format is 'list'"):
+        assert plan() == tiling.heuristic_shrink(S, K, N, L, 4)
+
+
+def test_read_table_errors_name_the_file(tmp_path):
+    with pytest.raises(tiling.TableError, match="missing.json: cannot be read"):
+        tiling.read_table(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="power of two"):
+        tiling.write_table(tmp_path / "t.json", {"name": "cpu"}, {K1: {"block_m": 3, "block_n": 16, "n_sub": 1,
+                                                                        "block_k": 16, "split_k": 1}})
+    assert not (tmp_path / "t.json").exists(), "an invalid table is not written"
+
+
+# ---- python -m lora list -------------------------------------------------------------------------------
+
+
+def test_list_says_which_table_is_in_use(dirs, capsys, monkeypatch):
+    lines = tiling.describe_plan_sources(torch.device("cpu"))
+    assert any("user table" in ln and "none" in ln for ln in lines)
+    assert "in use for every shape" in lines[-1]
+    _ship(dirs[1], {K1: SHIPPED, K3: SHIPPED3})
+    path = _user({K1: USER})
+    tiling.reload_tables()
+    text = "\n".join(tiling.describe_plan_sources(torch.device("cpu")))
+    assert f"user table    {path}: 1 plans, in use" in text
+    assert f"shipped table {dirs[1] / 'cpu.json'}: 2 plans, in use where the tables above have no plan" in text
+    assert "heuristic     for shapes no table has" in text
+    monkeypatch.setenv("LORA_TRITON_NO_TUNED", "1")
+    assert "disabled" in tiling.describe_plan_sources(torch.device("cpu"))[1]
+    monkeypatch.delenv("LORA_TRITON_NO_TUNED")
+    assert lora_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "triton plans: no CUDA device here" in out and str(dirs[0]) in out
+
+
+# ---- python -m lora tune (on the interpreter) ----------------------------------------------------------
+
+TINY_RUN = ["--device", "cpu", "--model", "tiny", "--ranks", "8", "--regimes", "decode", "--decode-tokens", "8",
+            "--ops", "shrink2", "--max-candidates", "2", "--no-progress"]
+
+
+def test_tune_writes_a_table_the_backend_then_uses(dirs, capsys):
+    assert lora_main(["tune", *TINY_RUN, "--budget-s", "120"]) == 0
+    out = capsys.readouterr().out
+    path = tiling.user_table_path("cpu")
+    assert f"-> {path}" in out and "[1/1] shrink:s8:k72:n16:l8:" in out
+    table = tiling.read_table(path)
+    key = "shrink:s8:k72:n16:l8"
+    assert list(table.plans) == [key] and table.meta["written_by"]["complete"] is True
+    cases = table.meta["measured"][key]["cases"]
+    assert list(cases) == ["tiny-r8-decode-8"] and cases["tiny-r8-decode-8"]["plans_timed"] == 2
+    # the backend now plans this bucket from the table (the tuner re-read it)
+    assert tiling.plan_shrink(8, 72, 16, 4, 8, torch.float16, DEV) == table.plans[key]
+    assert tiling.tuned_plan(key, "cpu")[1].origin == "user"
+
+
+def test_tune_keeps_other_entries_and_writes_to_out(dirs, tmp_path, capsys):
+    out_dir = tmp_path / "tables"
+    out_dir.mkdir()
+    tiling.write_table(out_dir / "cpu.json", {"name": "cpu"}, {K3: SHIPPED3})
+    assert lora_main(["tune", *TINY_RUN, "--budget-s", "120", "--out", str(out_dir)]) == 0
+    table = tiling.read_table(out_dir / "cpu.json")
+    assert set(table.plans) == {K3, "shrink:s8:k72:n16:l8"}, "buckets not in this run are kept"
+    assert not tiling.user_table_path("cpu").exists(), "--out: the user's table is left alone"
+    assert lora_main(["tune", *TINY_RUN, "--budget-s", "120", "--out", str(out_dir / "x.json"), "--fresh"]) == 0
+    assert set(tiling.read_table(out_dir / "x.json").plans) == {"shrink:s8:k72:n16:l8"}
+
+
+def test_tune_out_of_budget_still_writes_what_it_has(dirs, capsys):
+    assert lora_main(["tune", *TINY_RUN, "--budget-s", "0.000001"]) == 0
+    out = capsys.readouterr().out
+    assert "budget spent, not tuned" in out and "tuned 0 of 1 buckets" in out
+    table = tiling.read_table(tiling.user_table_path("cpu"))
+    assert table.plans == {} and table.meta["written_by"]["complete"] is False
+    assert table.meta["written_by"]["not_tuned"] == ["shrink:s8:k72:n16:l8"]
+
+
+def test_tune_dry_run_lists_buckets_and_candidates(capsys):
+    assert lora_main(["tune", "--dry-run", "--device", "cpu", "--ranks", "16,64", "--max-candidates", "5"]) == 0
+    out = capsys.readouterr().out
+    # Llama-3-8B: 7 primitives x 2 ranks x 3 token buckets (64, 256, and 8192 shared by prefill and mixed)
+    assert out.count("plans on") == 42
+    assert "shrink:s8192:k4096:n16:l8: 5 plans on llama3-8b-r16-prefill-8k/shrink1, llama3-8b-r16-mixed/shrink1" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "gpt-9"], "unknown --model 'gpt-9'"),
+    (["--shape", "hidden=0"], "widths must be positive"),
+    (["--shape", "heads=8"], "bad --shape item 'heads=8'"),
+    (["--ranks", "16,x"], "--ranks must be comma-separated integers"),
+    (["--regimes", "decode,train"], "--regimes: unknown train"),
+    (["--ops", "qkv"], "--ops: unknown qkv"),
+    (["--dtype", "fp32"], "tune with a 16-bit dtype"),
+    (["--dtype", "bf16"], "interpreter computes bf16 dots wrongly"),
+    (["--budget-s", "0"], "--budget-s must be positive"),
+    (["--device", "tpu"], "--device"),
+])
+def test_tune_bad_arguments(argv, message, capsys):
+    device = [] if "--device" in argv else ["--device", "cpu"]
+    assert lora_main(["tune", *device, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tune_needs_a_gpu_unless_told_cpu(capsys):
+    assert lora_main(["tune"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_candidates_start_with_the_heuristic_and_fit_shared_memory():
+    from lora.compare.cases import LLAMA3_8B
+
+    cases = tune.tune_cases(LLAMA3_8B, [16, 64], 8, ["decode", "prefill", "mixed"], [64, 256], 8192)
+    buckets = tune.buckets_for(cases, list(tune.PRIMITIVES))
+    assert len(buckets) == 42
+    for b in buckets:
+        tc, op_name = b.members[0]
+        comp = tc.case().composition(0)
+        cands = tune.candidates_for(b, torch.device("cpu"), torch.bfloat16, 14)
+        assert 2 <= len(cands) <= 14 and len(set(cands)) == len(cands)
+        if b.kind == "shrink":
+            n_out = int(b.key.split(":n")[1].split(":")[0])
+            assert cands[0] == tiling.heuristic_shrink(comp.tokens, int(b.key.split(":k")[1].split(":")[0]), n_out, 8, 4)
+            if not cands[0].group_grid:
+                assert all(p.block_n * p.n_sub >= n_out for p in cands), "prefill: x is read once"
+        assert all(p.group_grid == cands[0].group_grid for p in cands), "decode and prefill layouts do not mix"
