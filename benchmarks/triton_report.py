@@ -1,4 +1,4 @@
-"""Markdown table of a ``tune_triton.py bench`` result (the removed script; its JSON files stay in results/) (numbers copied from the JSON, never typed).
+"""Markdown table of a bench result of the removed ``benchmarks/tune_triton.py`` (its JSON stays in results/; numbers copied from the JSON, never typed).
 
     python benchmarks/triton_report.py benchmarks/results/h100/final_bench.json > benchmarks/results/h100/final_bench.md
     python benchmarks/triton_report.py --summary benchmarks/results/h100/final_bench.json > benchmarks/results/h100/final_summary.md
