@@ -205,8 +205,8 @@ def fit_expand(plan: ExpandPlan, max_r: int, itemsize: int, limit: int) -> Expan
 #      else ``~/.cache/kernelstack/lora-triton``; ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows);
 #   2. the table shipped in the package for this device (``tables/*.json`` beside this file);
 #   3. the heuristic.
-# ``LORA_TRITON_NO_TUNED=1`` skips both tables. Files are read once per process (``reload_tables()``
-# re-reads them); a file that cannot be used is reported by a :class:`TunedTableWarning` naming it
+# ``LORA_TRITON_NO_TUNED=1`` skips both tables. The environment and the files are read once per process,
+# when a plan is first needed (``reload_tables()`` reads them again); a file that cannot be used is reported by a :class:`TunedTableWarning` naming it
 # and the reason, and planning goes on without it.
 
 TABLES_DIR = Path(__file__).with_name("tables")
@@ -270,8 +270,7 @@ def _user_dir(tune_dir: str | None, xdg: str | None, home: str | None) -> Path:
     return base / "kernelstack" / "lora-triton"
 
 
-def _env_state() -> tuple | None:
-    """What decides which tables are read (None: tables disabled); part of the plan cache key."""
+def _read_env_state() -> tuple | None:
     env = os.environ
     if env.get("LORA_TRITON_NO_TUNED") == "1":
         return None
@@ -279,6 +278,15 @@ def _env_state() -> tuple | None:
 
 
 _GENERATION = [0]  # bumped by reload_tables()
+_STATE: list = []  # [the state] once read
+
+
+def _env_state() -> tuple | None:
+    """What decides which tables are read (None: tables disabled), read from the environment once
+    (``reload_tables()`` reads it again); part of the plan cache key."""
+    if not _STATE:
+        _STATE.append(_read_env_state())
+    return _STATE[0]
 
 
 def user_table_dir() -> Path:
@@ -426,8 +434,10 @@ def tuned_table(device_name: str) -> dict:
 
 
 def reload_tables() -> None:
-    """Forget what was read (tables and the plans derived from them): the next plan re-reads the files."""
+    """Forget what was read (the environment, tables, the plans derived from them): the next plan reads
+    ``LORA_TRITON_NO_TUNED``, ``KERNELSTACK_TUNE_DIR`` / ``XDG_CACHE_HOME`` and the table files again."""
     _GENERATION[0] += 1
+    _STATE.clear()
     for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand):
         f.cache_clear()
 
@@ -529,11 +539,12 @@ def forced_plan(plan: "ShrinkPlan | ExpandPlan"):
 def plan_shrink(s: int, k: int, n_out: int, num_lora: int, bs: int, dtype, device) -> ShrinkPlan:
     """The launch plan of a shrink: the tuned entry for this device and shape bucket (user table, then
     shipped table), else the heuristic; then fitted to the device's shared memory. Memoised per shape and
-    table state (the launch path pays a few environment reads and a dict lookup)."""
+    table state (the launch path pays a dict lookup)."""
     forced = _FORCED[0]
     if forced is not None and isinstance(forced, ShrinkPlan):
         return fit_shrink(forced, dtype.itemsize, smem_limit(device))
-    return _plan_shrink(_env_state(), s, k, n_out, num_lora, dtype, torch.device(device))
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    return _plan_shrink(_STATE[0] if _STATE else _env_state(), s, k, n_out, num_lora, dtype, device)
 
 
 def plan_expand(
@@ -543,7 +554,8 @@ def plan_expand(
     forced = _FORCED[0]
     if forced is not None and isinstance(forced, ExpandPlan):
         return fit_expand(forced, max_r, dtype.itemsize, smem_limit(device))
-    return _plan_expand(_env_state(), s, max_r, n_total, max_slice, stack, num_lora, dtype, torch.device(device))
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    return _plan_expand(_STATE[0] if _STATE else _env_state(), s, max_r, n_total, max_slice, stack, num_lora, dtype, device)
 
 
 @lru_cache(maxsize=8192)

@@ -106,9 +106,15 @@ def test_tuned_table_is_used_and_can_be_disabled(tmp_path, monkeypatch):
     plan = tiling.ShrinkPlan(16, 16, 2, 32, 2, 4, 2)
     monkeypatch.setenv(tiling.TUNE_DIR_ENV, str(tmp_path))
     tiling.write_table(tiling.user_table_path("cpu"), {"name": "cpu"}, {key: plan})
-    assert tiling.plan_shrink(40, 72, 24, 3, 5, torch.float16, "cpu") == plan
-    monkeypatch.setenv("LORA_TRITON_NO_TUNED", "1")
-    assert tiling.plan_shrink(40, 72, 24, 3, 5, torch.float16, "cpu") == tiling.heuristic_shrink(40, 72, 24, 3, 4)
+    tiling.reload_tables()  # the environment and tables are read once per process
+    try:
+        assert tiling.plan_shrink(40, 72, 24, 3, 5, torch.float16, "cpu") == plan
+        monkeypatch.setenv("LORA_TRITON_NO_TUNED", "1")
+        tiling.reload_tables()
+        assert tiling.plan_shrink(40, 72, 24, 3, 5, torch.float16, "cpu") == tiling.heuristic_shrink(40, 72, 24, 3, 4)
+    finally:
+        monkeypatch.undo()
+        tiling.reload_tables()
     assert tiling.token_bucket(8000) == tiling.token_bucket(9000) == 8192, "prefill and mixed share entries"
 
 

@@ -116,7 +116,9 @@ def test_disabled_by_environment(dirs, monkeypatch):
     tiling.reload_tables()
     assert plan() == SHIPPED and plan(2 * N) == USER2
     monkeypatch.setenv("LORA_TRITON_NO_TUNED", "1")
-    assert plan() == tiling.heuristic_shrink(S, K, N, L, 4)
+    assert plan() == SHIPPED, "the environment is read once (not on the launch path) ..."
+    tiling.reload_tables()
+    assert plan() == tiling.heuristic_shrink(S, K, N, L, 4), "... and again by reload_tables()"
     assert plan(2 * N) == tiling.heuristic_shrink(S, K, 2 * N, L, 4)
 
 
@@ -221,8 +223,10 @@ def test_list_says_which_table_is_in_use(dirs, capsys, monkeypatch):
     assert f"shipped table {dirs[1] / 'cpu.json'}: 2 plans, in use where the tables above have no plan" in text
     assert "heuristic     for shapes no table has" in text
     monkeypatch.setenv("LORA_TRITON_NO_TUNED", "1")
+    tiling.reload_tables()
     assert "disabled" in tiling.describe_plan_sources(torch.device("cpu"))[1]
     monkeypatch.delenv("LORA_TRITON_NO_TUNED")
+    tiling.reload_tables()
     assert lora_main(["list"]) == 0
     out = capsys.readouterr().out
     assert "triton plans: no CUDA device here" in out and str(dirs[0]) in out
