@@ -423,7 +423,10 @@ class _Compiler:
             try:
                 out.update(res.get(timeout=max(0.0, deadline - time.monotonic())))
             except Exception as exc:  # timeout, a crashed worker: those plans are not timed
-                out.setdefault("__error__", f"{type(exc).__name__}: {exc}")
+                import multiprocessing as mp
+
+                why = "not finished in time" if isinstance(exc, mp.TimeoutError) else f"{type(exc).__name__}: {exc}"
+                out.setdefault("__error__", why)
         return out
 
     def close(self):
@@ -660,8 +663,8 @@ def run(args) -> int:
                 continue
             share_end = now + (deadline - now) / (len(buckets) - i)
             result = _tune_bucket(b, device, dtype, compiler, share_end, deadline, progress)
-            if result is None:
-                progress.line(f"[{i + 1}/{len(buckets)}] {b.key}: no plan passed (see above); not tuned")
+            if isinstance(result, str):
+                progress.line(f"[{i + 1}/{len(buckets)}] {b.key}: {result}; not tuned")
                 continue
             plans[b.key] = result["plan"]
             measured[b.key] = result["record"]
@@ -693,6 +696,11 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
         wait_end = max(case_end, min(deadline, time.monotonic() + 20.0))
         compiled = compiler.wait(b.key, tc, op_name, wait_end) if compiler.pool is not None else None
         case_end = max(case_end, min(deadline, time.monotonic() + 0.5))
+        if compiled is not None:
+            for plan, err in compiled.items():
+                if err is not None:
+                    what = "compiling" if plan == "__error__" else f"{_fmt_plan(plan)} does not compile"
+                    progress.line(f"  {b.key} {tc.name}: {what}: {err}")
         bench = _Bench(tc, op_name, dtype, device, timing=True, check=True)
         times = {}
         for plan in b.candidates:
@@ -710,7 +718,8 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
         per_case.append((tc, op_name, bench, times))
     timed_everywhere = [p for p in b.candidates if all(p in c[3] for c in per_case)]
     if not timed_everywhere:
-        return None
+        counts = ", ".join(f"{c[0].name}: {len(c[3])}" for c in per_case)
+        return f"no plan was timed on every batch in its share of the budget (plans timed: {counts})"
     fastest = [min(c[3][p] for p in timed_everywhere) for c in per_case]
     score = {p: sum(c[3][p] / f for c, f in zip(per_case, fastest)) / len(per_case) for p in timed_everywhere}
     heuristic = b.candidates[0]
@@ -734,7 +743,7 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
             torch.cuda.empty_cache()
         return {"plan": plan, "record": {"plan": asdict(plan), "cases": cases},
                 "line": f"{b.key}: {_fmt_plan(plan)}: " + "; ".join(parts)}
-    return None
+    return "every timed plan gave a wrong result (see above)"
 
 
 def _versions() -> dict:
