@@ -13,7 +13,9 @@ import torch
 import triton  # noqa: F401  (a missing triton makes the registry report the "triton" extra)
 
 from ..backend import BaseLoRABackend
+from . import tiling
 from .expand import lora_expand
+from .fused_decode import lora_fused_decode
 from .shrink import lora_shrink
 
 __all__ = ["TritonLoRABackend"]
@@ -35,3 +37,11 @@ class TritonLoRABackend(BaseLoRABackend):
 
     def expand(self, x, weights, output_offset, max_slice_width, base_output):
         return lora_expand(x, weights, output_offset, max_slice_width, base_output, self.batch_info)
+
+    def shrink_expand(self, x, a, b, output_offset, max_slice_width, base_output, stack_num):
+        # Decode-sized QKV / gate-up: one launch where this device's plan table chose it (lora/triton/fused_decode.py).
+        plan = tiling.plan_fused(x.shape[0], x.shape[1], stack_num, a.shape[1] // stack_num, b.shape[1], max_slice_width,
+                                 a.shape[0], self.batch_info.bs, x.dtype, x.device)
+        if plan is None:
+            return super().shrink_expand(x, a, b, output_offset, max_slice_width, base_output, stack_num)
+        return lora_fused_decode(x, a, b, output_offset, max_slice_width, base_output, self.batch_info, stack_num, plan)

@@ -100,6 +100,31 @@ class ExpandPlan:
             raise ValueError(f"ExpandPlan.n_iters={self.n_iters} must be >= 1")
 
 
+@dataclass(frozen=True)
+class FusedPlan:
+    """QKV / gate-up of a decode-sized batch as one launch (:mod:`.fused_decode`); ``fuse=False`` records
+    that two launches (shrink, then expand) were measured faster for this shape."""
+
+    block_m: int
+    block_k: int
+    split_k: int
+    block_n: int
+    n_iters: int
+    num_warps: int = 4
+    num_stages: int = 2
+    fuse: bool = True
+
+    def __post_init__(self):
+        for f in ("block_m", "block_k", "block_n"):
+            v = getattr(self, f)
+            if not (_is_pow2(v) and v >= 16):
+                raise ValueError(f"FusedPlan.{f}={v} must be a power of two >= 16")
+        if not 1 <= self.split_k <= 64:
+            raise ValueError(f"FusedPlan.split_k={self.split_k} must be 1..64")
+        if self.n_iters < 1:
+            raise ValueError(f"FusedPlan.n_iters={self.n_iters} must be >= 1")
+
+
 # ---- kernel constants derived from shapes -----------------------------------------------------------
 
 
@@ -212,7 +237,7 @@ def fit_expand(plan: ExpandPlan, max_r: int, itemsize: int, limit: int) -> Expan
 TABLES_DIR = Path(__file__).with_name("tables")
 TABLE_FORMAT = "kernelstack.lora.triton.plans/1"
 TUNE_DIR_ENV = "KERNELSTACK_TUNE_DIR"
-_KEY = re.compile(r"^(shrink|expand):[a-z0-9:]+$")
+_KEY = re.compile(r"^(shrink|expand|fused):[a-z0-9:]+$")
 
 
 class TunedTableWarning(UserWarning):
@@ -249,6 +274,10 @@ def shrink_key(s: int, k: int, n_out: int, num_lora: int) -> str:
 
 def expand_key(s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int) -> str:
     return f"expand:s{token_bucket(s)}:r{max_r}:n{n_total}:w{max_slice}:st{stack}:l{next_pow2(num_lora)}"
+
+
+def fused_key(s: int, k: int, stack: int, max_r: int, n_total: int, max_slice: int, num_lora: int) -> str:
+    return f"fused:s{token_bucket(s)}:k{k}:r{max_r}:n{n_total}:w{max_slice}:st{stack}:l{next_pow2(num_lora)}"
 
 
 def device_slug(name: str) -> str:
@@ -301,13 +330,14 @@ def user_table_path(device_name: str) -> Path:
 
 def _plan_from_dict(key: str, d) -> "ShrinkPlan | ExpandPlan":
     if not isinstance(key, str) or not _KEY.match(key):
-        raise ValueError(f"bad key {key!r} (expected shrink:... or expand:...)")
+        raise ValueError(f"bad key {key!r} (expected shrink:..., expand:... or fused:...)")
     if not isinstance(d, dict):
         raise ValueError(f"plan of {key} is not an object")
-    cls = ShrinkPlan if key.startswith("shrink:") else ExpandPlan
+    cls = {"shrink": ShrinkPlan, "expand": ExpandPlan, "fused": FusedPlan}[key.split(":", 1)[0]]
     for f, v in d.items():
-        if f in cls.__dataclass_fields__ and type(v) is not (bool if f == "group_grid" else int):
-            raise ValueError(f"plan of {key}: {f}={v!r} must be {'true/false' if f == 'group_grid' else 'an integer'}")
+        flag = f in ("group_grid", "fuse")
+        if f in cls.__dataclass_fields__ and type(v) is not (bool if flag else int):
+            raise ValueError(f"plan of {key}: {f}={v!r} must be {'true/false' if flag else 'an integer'}")
     try:
         return cls(**d)
     except (TypeError, ValueError) as exc:
@@ -438,7 +468,7 @@ def reload_tables() -> None:
     ``LORA_TRITON_NO_TUNED``, ``KERNELSTACK_TUNE_DIR`` / ``XDG_CACHE_HOME`` and the table files again."""
     _GENERATION[0] += 1
     _STATE.clear()
-    for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand):
+    for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand, _plan_fused):
         f.cache_clear()
 
 
@@ -518,31 +548,33 @@ def heuristic_expand(s: int, max_r: int, max_slice: int, num_lora: int, stack: i
     return ExpandPlan(block_m, block_n, n_iters, num_warps=4, num_stages=2, group_grid=True)
 
 
-_FORCED: list = [None]  # a plan every launch of its kind uses (python -m lora tune); see forced_plan
+_FORCED: dict = {}  # plan type -> the plan every launch of that kind uses (python -m lora tune); see forced_plan
 
 
 @contextmanager
-def forced_plan(plan: "ShrinkPlan | ExpandPlan"):
-    """Within the block, every shrink (for a ShrinkPlan) or expand (ExpandPlan) launched without an
-    explicit plan uses ``plan`` (fitted to shared memory) instead of the table or the heuristic: how the
-    tuner times a candidate through the backend's own launch path. Not thread-safe; not for serving."""
-    if not isinstance(plan, (ShrinkPlan, ExpandPlan)):
-        raise TypeError(f"plan must be a ShrinkPlan or an ExpandPlan, got {type(plan).__name__}")
-    saved = _FORCED[0]
-    _FORCED[0] = plan
+def forced_plan(*plans):
+    """Within the block, every launch of a kind given here (ShrinkPlan, ExpandPlan, FusedPlan) made
+    without an explicit plan uses that plan (fitted to shared memory) instead of the tables or the
+    heuristic: how the tuner times a candidate through the backend's own launch path. Not thread-safe;
+    not for serving."""
+    for plan in plans:
+        if not isinstance(plan, (ShrinkPlan, ExpandPlan, FusedPlan)):
+            raise TypeError(f"plan must be a ShrinkPlan, an ExpandPlan or a FusedPlan, got {type(plan).__name__}")
+    saved = dict(_FORCED)
+    _FORCED.update({type(p): p for p in plans})
     try:
-        yield plan
+        yield plans[0] if len(plans) == 1 else plans
     finally:
-        _FORCED[0] = saved
+        _FORCED.clear()
+        _FORCED.update(saved)
 
 
 def plan_shrink(s: int, k: int, n_out: int, num_lora: int, bs: int, dtype, device) -> ShrinkPlan:
     """The launch plan of a shrink: the tuned entry for this device and shape bucket (user table, then
     shipped table), else the heuristic; then fitted to the device's shared memory. Memoised per shape and
     table state (the launch path pays a dict lookup)."""
-    forced = _FORCED[0]
-    if forced is not None and isinstance(forced, ShrinkPlan):
-        return fit_shrink(forced, dtype.itemsize, smem_limit(device))
+    if _FORCED and ShrinkPlan in _FORCED:
+        return fit_shrink(_FORCED[ShrinkPlan], dtype.itemsize, smem_limit(device))
     device = device if isinstance(device, torch.device) else torch.device(device)
     return _plan_shrink(_STATE[0] if _STATE else _env_state(), s, k, n_out, num_lora, dtype, device)
 
@@ -551,9 +583,8 @@ def plan_expand(
     s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int, bs: int, dtype, device
 ) -> ExpandPlan:
     """As :func:`plan_shrink`, for an expand."""
-    forced = _FORCED[0]
-    if forced is not None and isinstance(forced, ExpandPlan):
-        return fit_expand(forced, max_r, dtype.itemsize, smem_limit(device))
+    if _FORCED and ExpandPlan in _FORCED:
+        return fit_expand(_FORCED[ExpandPlan], max_r, dtype.itemsize, smem_limit(device))
     device = device if isinstance(device, torch.device) else torch.device(device)
     return _plan_expand(_STATE[0] if _STATE else _env_state(), s, max_r, n_total, max_slice, stack, num_lora, dtype, device)
 
@@ -572,6 +603,68 @@ def _plan_expand(state, s: int, max_r: int, n_total: int, max_slice: int, stack:
     hit = _merged(state, name).get(expand_key(s, max_r, n_total, max_slice, stack, num_lora))
     plan = hit[0] if hit is not None else heuristic_expand(s, max_r, max_slice, num_lora, stack, sms)
     return fit_expand(plan, max_r, dtype.itemsize, smem_limit(device))
+
+
+def fused_eligible(s: int, stack: int, num_lora: int, bs: int) -> bool:
+    """Decode-sized batches of QKV / gate-up: the decode layout (one program per adapter group)."""
+    return stack in (2, 3) and math.ceil(s / max(num_lora, 1)) < PREFILL_ROWS_PER_GROUP and bs <= 4096
+
+
+def heuristic_fused(s: int, k: int, stack: int, max_r: int, max_slice: int, num_lora: int, num_sms: int) -> FusedPlan:
+    """The tuner's first fused candidate: the decode shrink's row block, split-K until the shrink items
+    fill about the multiprocessors, the decode expand's column tiles."""
+    e = heuristic_expand(s, max_r, max_slice, num_lora, stack, num_sms)
+    block_m = e.block_m
+    block_k = 128
+    split = 1
+    while num_lora * stack * split * 2 <= num_sms and split < 16 and math.ceil(k / block_k) // (2 * split) >= 1:
+        split *= 2
+    return FusedPlan(block_m, block_k, split, e.block_n, e.n_iters, 4, 2)
+
+
+def fused_smem(plan: FusedPlan, max_r: int, itemsize: int) -> int:
+    r = rank_block(max_r)
+    shrink = (plan.block_m + r) * plan.block_k * itemsize * plan.num_stages
+    expand = (plan.block_m * r + r * plan.block_n) * itemsize * max(plan.num_stages, 1) + plan.block_m * plan.block_n * 4
+    return int(max(shrink, expand) * (2.0 if itemsize == 4 else 1.15))
+
+
+def fit_fused(plan: FusedPlan, max_r: int, itemsize: int, limit: int) -> FusedPlan:
+    while fused_smem(plan, max_r, itemsize) > limit:
+        if plan.num_stages > 1:
+            plan = replace(plan, num_stages=plan.num_stages - 1)
+        elif plan.block_k > 32:
+            plan = replace(plan, block_k=plan.block_k // 2)
+        elif plan.block_n > 16:
+            plan = replace(plan, block_n=plan.block_n // 2, n_iters=plan.n_iters * 2)
+        else:
+            break
+    return plan
+
+
+def plan_fused(
+    s: int, k: int, stack: int, max_r: int, n_total: int, max_slice: int, num_lora: int, bs: int, dtype, device
+) -> "FusedPlan | None":
+    """The one-launch plan of a QKV / gate-up call, or None to run shrink then expand. One launch only
+    where this device's table chose it (measured faster by ``python -m lora tune``) or inside
+    :func:`forced_plan`; never for prefill-sized batches."""
+    if _FORCED and FusedPlan in _FORCED:
+        plan = _FORCED[FusedPlan]
+        return fit_fused(plan, max_r, dtype.itemsize, smem_limit(device)) if plan.fuse else None
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    return _plan_fused(_STATE[0] if _STATE else _env_state(), s, k, stack, max_r, n_total, max_slice, num_lora,
+                       bs, dtype, device)
+
+
+@lru_cache(maxsize=8192)
+def _plan_fused(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, dtype, device) -> "FusedPlan | None":
+    if not fused_eligible(s, stack, num_lora, bs):
+        return None
+    name, _ = device_info(device)
+    hit = _merged(state, name).get(fused_key(s, k, stack, max_r, n_total, max_slice, num_lora))
+    if hit is None or not hit[0].fuse:
+        return None
+    return fit_fused(hit[0], max_r, dtype.itemsize, smem_limit(device))
 
 
 def plan_dict(plan) -> dict:

@@ -149,7 +149,7 @@ def test_forced_plan_overrides_everything_inside_the_block(dirs):
         assert tiling.plan_expand(S, 8, 40, 20, 2, L, 5, torch.float16, DEV) == tiling.plan_expand(
             S, 8, 40, 20, 2, L, 5, torch.float16, DEV), "a forced shrink plan leaves expands alone"
     assert plan() == USER
-    with pytest.raises(TypeError, match="ShrinkPlan or an ExpandPlan"):
+    with pytest.raises(TypeError, match="ShrinkPlan, an ExpandPlan or a FusedPlan"):
         with tiling.forced_plan({"block_m": 16}):
             pass
 

@@ -1,0 +1,276 @@
+"""QKV / gate-up for decode-sized batches in one launch: shrink and expand as two phases of one kernel.
+
+For stack ``S`` (3: QKV, 2: gate-up), slot ``w`` of rank ``r`` and slice ``j``::
+
+    out[rows of w, off[j]:off[j+1]] += scaling[w] * (x[rows] @ A[w, j*r:(j+1)*r].T) @ B[w, off[j]:off[j+1], :r].T
+
+Two kinds of work item share one 1-D grid:
+
+* **shrink** ``(group w, slice j, K split k)``: ``x[rows] @ A[w, j*r:(j+1)*r].T`` over its K range, stored
+  as a float32 partial to a workspace indexed by (split, row, slice column), then one arrival on the
+  (w, j) counter;
+* **expand** ``(group w, slice j, column tile t)``: finds its rows, waits until the (w, j) counter has all
+  ``SPLIT_K`` arrivals, sums the partials in split order (so the result is the same bits every run),
+  rounds them to the activation dtype (as the two-kernel path stores its intermediate), then adds
+  ``scaling * xa @ B.T`` into ``base_output`` over its ``N_ITERS`` column blocks.
+
+A program's role comes from a ticket (an atomic counter), not from its program id: tickets are handed out
+in the order programs start, so every shrink item is taken by a program that is already running before any
+program can be an expand item waiting for it -- no deadlock whatever order the hardware starts programs in.
+An expand item's row search and metadata loads overlap the shrink items still running (the second launch's
+start-up and the gap between two launches are gone). The wait is bounded; if it ever ran out the rows are
+written as NaN (loud, never silently wrong).
+
+Counters are zero when allocated and every launch leaves them at zero: the program with the last ticket
+resets the ticket counter, and the last expand item of each (w, j) resets that counter, so a CUDA graph
+replays without a memset. Nothing is read on the host: the grid and constants depend only on shapes.
+
+When this path is used is a plan decision (:func:`lora.triton.tiling.plan_fused`): a device's table says
+so where it was measured faster than two launches (``python -m lora tune``); otherwise two kernels run.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import tiling
+
+#: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
+ALIGN = 16
+#: Polls of a counter before an expand item gives up (the ticket order makes waiting short; seconds).
+MAX_SPINS = 1 << 24
+
+
+@triton.jit
+def _group_count(group, seg_lens, weight_indices, bs, SEG_BLOCK: tl.constexpr):
+    """Rows of the segments that use slot ``group``."""
+    n = group * 0
+    for s0 in range(0, bs, SEG_BLOCK):
+        offs = s0 + tl.arange(0, SEG_BLOCK)
+        m = offs < bs
+        ln = tl.load(seg_lens + offs, mask=m, other=0)
+        wi = tl.load(weight_indices + offs, mask=m, other=-1)
+        n += tl.sum(tl.where(wi == group, ln, 0), axis=0)
+    return n
+
+
+@triton.jit
+def _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
+                BLOCK_M: tl.constexpr, SEG_BLOCK: tl.constexpr):
+    """Row indices (int64) of rows ``[chunk*BLOCK_M, (chunk+1)*BLOCK_M)`` of slot ``group``, numbered in
+    segment order, and which of them exist. Every position is compared with every segment of a block
+    (``BLOCK_M x SEG_BLOCK``, kept <= 4096 by the launcher)."""
+    pos = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
+    row = pos * 0
+    before = group * 0
+    for s0 in range(0, bs, SEG_BLOCK):
+        offs = s0 + tl.arange(0, SEG_BLOCK)
+        m = offs < bs
+        wi = tl.load(weight_indices + offs, mask=m, other=-1)
+        ln = tl.load(seg_lens + offs, mask=m, other=0)
+        start = tl.load(seg_indptr + offs, mask=m, other=0)
+        ln = tl.where(wi == group, ln, 0)
+        hi = tl.cumsum(ln, 0) + before
+        lo = hi - ln
+        inside = (pos[:, None] >= lo[None, :]) & (pos[:, None] < hi[None, :])
+        row += tl.sum(tl.where(inside, start[None, :] - lo[None, :] + pos[:, None], 0), axis=1)
+        before += tl.sum(ln, axis=0)
+    return row.to(tl.int64), pos < n_rows
+
+
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "bs"])
+def _fused_decode_kernel(
+    x_ptr, a_ptr, b_ptr, out_ptr, offsets_ptr, ws_ptr, cnt_ptr,
+    seg_lens, seg_indptr, weight_indices, lora_ranks, scalings,
+    num_tokens, K, num_lora, bs,
+    stride_xm, stride_al, stride_an, stride_bl, stride_bn, stride_om,
+    STACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, N_ITERS: tl.constexpr, N_TILES: tl.constexpr,
+    SEG_BLOCK: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, MAX_SPINS: tl.constexpr,
+):
+    total = tl.num_programs(0)
+    ticket = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
+    if ticket == total - 1:
+        tl.atomic_xchg(cnt_ptr, 0, sem="relaxed", scope="gpu")  # every program has its ticket
+    n_shrink = num_lora * (STACK * SPLIT_K)
+    ws_row: tl.constexpr = STACK * BLOCK_R  # workspace: (SPLIT_K, num_tokens, STACK * BLOCK_R) float32
+    kr = tl.arange(0, BLOCK_R)
+    if ticket < n_shrink:
+        pid_k = ticket % SPLIT_K
+        gj = ticket // SPLIT_K
+        slice_j = gj % STACK
+        group = gj // STACK
+        rank = tl.load(lora_ranks + group)
+        n_rows = _group_count(group, seg_lens, weight_indices, bs, SEG_BLOCK)
+        n_rows = tl.where(rank > 0, n_rows, 0)
+        k_steps = tl.cdiv(K, BLOCK_K)
+        per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_lo = pid_k * per_split * BLOCK_K
+        k_hi = tl.minimum(K, k_lo + per_split * BLOCK_K)
+        offs_k = tl.arange(0, BLOCK_K)
+        rm = kr < rank
+        # A rows j*r .. j*r + r - 1 of the slot, as a (BLOCK_K, BLOCK_R) tile: row n of A is column n
+        a_cols = a_ptr + group.to(tl.int64) * stride_al + (slice_j * rank + kr)[None, :] * stride_an
+        for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
+            rows, row_ok = _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
+                                       BLOCK_M, SEG_BLOCK)
+            x_rows = x_ptr + rows * stride_xm
+            acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                kk = k0 + offs_k
+                km = kk < K
+                x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
+                w = tl.load(a_cols + kk[:, None], mask=km[:, None] & rm[None, :], other=0.0,
+                            eviction_policy="evict_last")
+                acc = tl.dot(x, w, acc, input_precision=PRECISION)
+            part = ws_ptr + (pid_k * num_tokens + rows)[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]
+            tl.store(part, acc, mask=row_ok[:, None])
+        tl.debug_barrier()  # every thread's partial is stored before the arrival
+        tl.atomic_add(cnt_ptr + 1 + gj, 1, sem="acq_rel", scope="gpu")
+    else:
+        item = ticket - n_shrink
+        pid_n = item % N_TILES
+        gj = item // N_TILES
+        slice_j = gj % STACK
+        group = gj // STACK
+        rank = tl.load(lora_ranks + group)
+        scale = tl.load(scalings + group)
+        lo = tl.load(offsets_ptr + slice_j).to(tl.int64)
+        hi = tl.load(offsets_ptr + slice_j + 1).to(tl.int64)
+        n_start = (lo // ALIGN) * ALIGN + pid_n * (BLOCK_N * N_ITERS)
+        n_rows = _group_count(group, seg_lens, weight_indices, bs, SEG_BLOCK)
+        n_rows = tl.where((rank > 0) & (n_start < hi), n_rows, 0)
+        # Wait for the shrink of (group, slice): SPLIT_K arrivals. Every expand item of (group, slice)
+        # waits, even one without work, so the counter is reset only after all arrivals.
+        seen = tl.atomic_add(cnt_ptr + 1 + gj, 0, sem="acquire", scope="gpu")
+        spins = 0
+        while (seen < SPLIT_K) & (spins < MAX_SPINS):
+            seen = tl.atomic_add(cnt_ptr + 1 + gj, 0, sem="acquire", scope="gpu")
+            spins += 1
+        scale = tl.where(seen >= SPLIT_K, scale, float("nan"))
+        rm = kr < rank
+        b_slot = b_ptr + group.to(tl.int64) * stride_bl
+        offs_n = tl.arange(0, BLOCK_N)
+        for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
+            rows, row_ok = _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
+                                       BLOCK_M, SEG_BLOCK)
+            xa = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+            part = ws_ptr + rows[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]
+            for s in tl.static_range(SPLIT_K):  # fixed order: the same bits every run
+                xa += tl.load(part + s * num_tokens * ws_row, mask=row_ok[:, None] & rm[None, :], other=0.0,
+                              cache_modifier=".cg")
+            xa = xa.to(x_ptr.dtype.element_ty)
+            out_rows = out_ptr + rows * stride_om
+            for it in range(N_ITERS):
+                n = n_start + it * BLOCK_N + offs_n
+                nm = (n >= lo) & (n < hi)
+                w = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :], other=0.0,
+                            eviction_policy="evict_last")
+                o_ptrs = out_rows[:, None] + n[None, :]
+                om = row_ok[:, None] & nm[None, :]
+                base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
+                acc = tl.dot(xa, w, input_precision=PRECISION)
+                out = (acc * scale + base.to(tl.float32)).to(out_ptr.dtype.element_ty)
+                tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
+        arrived = tl.atomic_add(cnt_ptr + 1 + gj, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K + N_TILES - 1:
+            tl.atomic_xchg(cnt_ptr + 1 + gj, 0, sem="relaxed", scope="gpu")  # the last of (group, slice)
+
+
+# ---- buffers -----------------------------------------------------------------------------------------
+
+
+class _Buffers:
+    """Per-device float32 workspace and int32 counters (zero when made, left zero by every launch).
+    Under CUDA-graph capture a buffer that must grow is made inside the capture and not cached, so eager
+    calls never see counters only the graph has zeroed."""
+
+    def __init__(self, device):
+        self.ws = torch.empty(0, dtype=torch.float32, device=device)
+        self.cnt = torch.zeros(0, dtype=torch.int32, device=device)
+
+    def get(self, ws_elems: int, counters: int):
+        capturing = self.ws.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        ws, cnt = self.ws, self.cnt
+        if ws.numel() < ws_elems:
+            ws = torch.empty(max(ws_elems, 2 * ws.numel()), dtype=torch.float32, device=ws.device)
+            if not capturing:
+                self.ws = ws
+        if cnt.numel() < counters:
+            cnt = torch.zeros(max(counters, 2 * cnt.numel()), dtype=torch.int32, device=cnt.device)
+            if not capturing:
+                self.cnt = cnt
+        return ws, cnt
+
+
+_BUFFERS: dict = {}
+
+
+def buffers_for(device) -> _Buffers:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    b = _BUFFERS.get(device)
+    if b is None:
+        b = _BUFFERS[device] = _Buffers(device)
+    return b
+
+
+# ---- launcher ----------------------------------------------------------------------------------------
+
+
+def fused_grid(num_lora: int, stack: int, max_slice_width: int, plan: tiling.FusedPlan) -> tuple[int, int]:
+    """(shrink items, expand column tiles per (group, slice)); the grid is ``num_lora * stack * (SPLIT_K + tiles)``."""
+    tiles = triton.cdiv(max_slice_width + ALIGN - 1, plan.block_n * plan.n_iters)
+    return num_lora * stack * plan.split_k, tiles
+
+
+def lora_fused_decode(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    output_offset: torch.Tensor,
+    max_slice_width: int,
+    base_output: torch.Tensor,
+    batch_info,
+    stack: int,
+    plan: tiling.FusedPlan,
+) -> torch.Tensor:
+    """``base_output += `` the stacked LoRA of ``x`` (QKV: stack 3, gate-up: stack 2) in one launch.
+
+    ``x (s, K)``, ``a (num_lora, stack*max_r, K)``, ``b (num_lora, N, max_r)``, ``output_offset
+    (stack+1,)`` on the device; inputs are assumed validated. Returns ``base_output``.
+    """
+    s, k = x.shape
+    num_lora, n_a, _ = a.shape
+    max_r = n_a // stack
+    if s == 0 or batch_info.bs == 0:
+        return base_output
+    block_r = tiling.rank_block(max_r)
+    n_shrink, tiles = fused_grid(num_lora, stack, max_slice_width, plan)
+    ws, cnt = buffers_for(x.device).get(plan.split_k * s * stack * block_r, 1 + num_lora * stack)
+    seg_block = max(16, min(tiling.next_pow2(max(batch_info.bs, 1)), 4096 // plan.block_m))
+    _fused_decode_kernel[(n_shrink + num_lora * stack * tiles,)](
+        x, a, b, base_output, output_offset, ws, cnt,
+        batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices, batch_info.lora_ranks,
+        batch_info.scalings,
+        s, k, num_lora, batch_info.bs,
+        x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1), base_output.stride(0),
+        STACK=stack,
+        BLOCK_M=plan.block_m,
+        BLOCK_K=plan.block_k,
+        BLOCK_R=block_r,
+        SPLIT_K=plan.split_k,
+        BLOCK_N=plan.block_n,
+        N_ITERS=plan.n_iters,
+        N_TILES=tiles,
+        SEG_BLOCK=seg_block,
+        PRECISION=tiling.dot_precision(x.dtype, x.device),
+        ALIGN=ALIGN,
+        MAX_SPINS=MAX_SPINS,
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
+    )
+    return base_output

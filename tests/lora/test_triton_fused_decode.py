@@ -1,0 +1,142 @@
+"""QKV / gate-up of decode-sized batches in one launch (lora/triton/fused_decode.py), on the interpreter
+(fp16 / fp32; Triton's CPU interpreter gets bf16 dots wrong) or a GPU: checked against the float64
+oracle on poisoned inputs, the same bits run to run, counters left at zero, new metadata in the same
+tensors, and when the backend takes this path (the plan decision)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lora
+
+STATUS = {s.name: s for s in lora.available_backends()}
+if not STATUS["triton"].available:
+    pytest.skip(f"triton backend cannot run here: {STATUS['triton'].reason}", allow_module_level=True)
+
+from lora import LoRABatchInfo  # noqa: E402
+from lora.compare import inputs as I  # noqa: E402
+from lora.compare.cases import OPS, parse_shape_spec  # noqa: E402
+from lora.triton import fused_decode, tiling  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# Odd widths, GQA (q != kv, slice bounds not multiples of 16), a rank-0 slot, ranks below max_r, an empty
+# segment, and a slot with more rows (a 20-token segment) than a 16-row block: two chunks for that group.
+SPEC = "hidden=72,q=40,kv=24,inter=88,r=16,ranks=16+0+5+16+9,segs=lens:1+1+20+0+1+3+1+1+1+2"
+PLANS = [
+    tiling.FusedPlan(16, 32, 3, 16, 2),  # split-K 3 over 3 K steps of 32 (the last one ragged)
+    tiling.FusedPlan(16, 16, 1, 32, 1),  # no split, one column block per item
+    tiling.FusedPlan(32, 64, 2, 16, 4, num_stages=1),
+]
+
+
+def _setup(spec=SPEC, seed=0):
+    case = parse_shape_spec(spec)
+    comp = case.composition(seed)
+    bi = LoRABatchInfo.from_segments(comp.seg_lens, comp.weight_indices, comp.lora_ranks, comp.scalings, device=DEV)
+    return case, comp, bi
+
+
+def _run(backend, op, t, plan):
+    u = {k: v.clone() for k, v in t.items()}
+    with tiling.forced_plan(plan):
+        return I.call_op(backend, op, u), u
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("op_name", ["qkv", "gate_up"])
+@pytest.mark.parametrize("plan", PLANS, ids=str)
+def test_one_launch_matches_the_oracle(op_name, dtype, plan, monkeypatch):
+    case, comp, bi = _setup()
+    assert max(sum(n for n, w in zip(comp.seg_lens, comp.weight_indices) if w == g) for g in range(5)) > 16
+    op = OPS[op_name].resolve(case.shape)
+    backend = lora.get_backend_from_name("triton")("triton", bi)
+    calls = []
+    real = fused_decode.lora_fused_decode
+    monkeypatch.setattr("lora.triton.backend.lora_fused_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    t = I.make_inputs(op, comp, I.DTYPES[dtype], DEV, seed=11)
+    ref = I.oracle(op, comp, t)
+    out, u = _run(backend, op, t, plan)
+    assert calls == [1], "the backend took the one-launch path"
+    c = I.check(out, ref, dtype, expect_dtype=I.DTYPES[dtype], base=u["base"])
+    assert c.ok, c.detail
+    assert not fused_decode.buffers_for(DEV).cnt.any(), "every counter is left at zero"
+
+
+def test_same_bits_run_to_run():
+    case, comp, bi = _setup()
+    op = OPS["qkv"].resolve(case.shape)
+    backend = lora.get_backend_from_name("triton")("triton", bi)
+    t = I.make_inputs(op, comp, torch.float16, DEV, seed=3)
+    first, _ = _run(backend, op, t, PLANS[0])
+    again, _ = _run(backend, op, t, PLANS[0])
+    assert torch.equal(first.view(torch.int16), again.view(torch.int16))
+
+
+def test_new_metadata_in_the_same_tensors():
+    """What a CUDA-graph replay does: same tensors and shapes, new values copied in."""
+    case, comp, bi = _setup()
+    other = parse_shape_spec(SPEC.replace("ranks=16+0+5+16+9", "ranks=3+16+0+8+16")).composition(7)
+    assert other.tokens == comp.tokens and other.bs == comp.bs
+    op = OPS["gate_up"].resolve(case.shape)
+    backend = lora.get_backend_from_name("triton")("triton", bi)
+    for c in (comp, other):
+        fresh = LoRABatchInfo.from_segments(c.seg_lens, c.weight_indices, c.lora_ranks, c.scalings, device=DEV)
+        for field in ("seg_lens", "seg_indptr", "weight_indices", "lora_ranks", "scalings"):
+            getattr(bi, field).copy_(getattr(fresh, field))
+        t = I.make_inputs(op, c, torch.float32, DEV, seed=5)
+        out, u = _run(backend, op, t, PLANS[0])
+        chk = I.check(out, I.oracle(op, c, t), "float32", expect_dtype=torch.float32, base=u["base"])
+        assert chk.ok, f"{c}: {chk.detail}"
+
+
+# ---- when the backend takes this path ----------------------------------------------------------------
+
+
+@pytest.fixture
+def tables(tmp_path, monkeypatch):
+    monkeypatch.setenv(tiling.TUNE_DIR_ENV, str(tmp_path / "user"))
+    monkeypatch.setattr(tiling, "TABLES_DIR", tmp_path / "shipped")
+    tiling.reload_tables()
+    yield
+    tiling.reload_tables()
+
+
+def _decision(comp, op):
+    return tiling.plan_fused(comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora, comp.bs,
+                             torch.float16, DEV)
+
+
+def test_two_launches_unless_a_table_chose_one(tables):
+    case, comp, _ = _setup()
+    op = OPS["qkv"].resolve(case.shape)
+    assert _decision(comp, op) is None, "not measured on this device: shrink then expand"
+    key = tiling.fused_key(comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora)
+    name = tiling.device_info(DEV)[0]
+    tiling.write_table(tiling.user_table_path(name), {"name": name}, {key: PLANS[1]})
+    tiling.reload_tables()
+    assert _decision(comp, op) == PLANS[1]
+    tiling.write_table(tiling.user_table_path(name), {"name": name}, {key: tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False)})
+    tiling.reload_tables()
+    assert _decision(comp, op) is None, "measured slower: two launches"
+    with tiling.forced_plan(tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False)):
+        assert _decision(comp, op) is None
+
+
+def test_never_for_prefill_sized_batches(tables):
+    case, comp, _ = _setup("hidden=72,q=40,kv=24,inter=88,r=16,adapters=2,segs=prefill:512/2")
+    op = OPS["gate_up"].resolve(case.shape)
+    key = tiling.fused_key(comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora)
+    name = tiling.device_info(DEV)[0]
+    tiling.write_table(tiling.user_table_path(name), {"name": name}, {key: PLANS[1]})
+    tiling.reload_tables()
+    assert _decision(comp, op) is None
+
+
+def test_heuristic_fused_plan_is_valid_for_llama_decode():
+    for s in (1, 16, 64, 256, 512):
+        for stack, width in ((3, 4096), (2, 14336)):
+            for r in (8, 16, 64, 128):
+                p = tiling.heuristic_fused(s, 4096, stack, r, width, 8, 132)
+                assert 8 * stack * p.split_k <= 2 * 132 and p.block_m >= 16
+                assert tiling.fused_smem(tiling.fit_fused(p, r, 4, 232_448), r, 4) <= 232_448
