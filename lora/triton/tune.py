@@ -66,6 +66,8 @@ def _shapes():
 MODELS = ("llama3-8b", "llama3-70b", "mistral-7b", "qwen2.5-7b", "tiny")
 #: The primitives a model's layers call, by compare's op names (the public qkv / gate_up ops run these).
 PRIMITIVES = ("shrink1", "shrink2", "shrink3", "shrink_down", "expand", "expand_qkv", "expand_gate_up")
+#: Public ops that may run as one launch for decode-sized batches: one launch or two is measured too.
+FUSED_OPS = ("qkv", "gate_up")
 REGIMES = ("decode", "prefill", "mixed")
 
 
@@ -166,12 +168,17 @@ def buckets_for(cases: list[TuneCase], ops: list[str]) -> list[Bucket]:
         comp = tc.case().composition(0)
         for name in ops:
             op = OPS[name].resolve(tc.shape)
-            if op.kind == "shrink":
+            if op.kind == "fused":
+                if not tiling.fused_eligible(comp.tokens, op.stack, comp.num_lora, comp.bs):
+                    continue
+                key = tiling.fused_key(comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora)
+            elif op.kind == "shrink":
                 key = tiling.shrink_key(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora)
             else:
                 key = tiling.expand_key(comp.tokens, comp.max_r, op.n, op.max_slice, op.stack, comp.num_lora)
             out.setdefault(key, Bucket(key, op.kind, [])).members.append((tc, name))
-    return list(out.values())
+    # one launch or two is decided last, against the primitives' plans this run chose
+    return sorted(out.values(), key=lambda b: b.kind == "fused")
 
 
 # ---- candidates --------------------------------------------------------------------------------------
@@ -238,6 +245,22 @@ def expand_candidates(s: int, max_r: int, max_slice: int, num_lora: int, stack: 
     return list(dict.fromkeys([h, *grid]))
 
 
+def fused_candidates(s: int, k: int, stack: int, max_r: int, max_slice: int, num_lora: int, sms: int) -> list:
+    """Two launches first (``fuse=False``), then one-launch plans around the heuristic's, nearest first."""
+    from . import tiling
+
+    h = tiling.heuristic_fused(s, k, stack, max_r, max_slice, num_lora, sms)
+    grid = []
+    for split in (1, 2, 4, 8, 16):
+        if num_lora * stack * split > 4 * sms or (split > 1 and k < 32 * split):
+            continue
+        for bk in (64, 128, 256):
+            for bn, iters in ((64, 1), (64, 2), (128, 1), (128, 2), (64, 4), (128, 4), (32, 2)):
+                grid.append(tiling.FusedPlan(h.block_m, bk, split, bn, iters, 4, 2))
+    grid.sort(key=lambda p: _distance(p, h))
+    return list(dict.fromkeys([replace(h, fuse=False), h, *grid]))
+
+
 def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
     """Heuristic first, then every plan a table has for this key (any device), then the grid; each
     fitted to this device's shared memory for ``dtype``, duplicates dropped, at most ``max_candidates``."""
@@ -257,7 +280,10 @@ def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
     for table in (*tiling.tables_for(tiling.device_info(device)[0]), *tiling.shipped_tables().values()):
         if bucket.key in table.plans:
             seeds.append(table.plans[bucket.key])
-    if bucket.kind == "shrink":
+    if bucket.kind == "fused":
+        grid = fused_candidates(comp.tokens, op.k, op.stack, comp.max_r, op.max_slice, comp.num_lora, sms)
+        fit = lambda p: tiling.fit_fused(p, comp.max_r, itemsize, limit) if p.fuse else p  # noqa: E731
+    elif bucket.kind == "shrink":
         grid = shrink_candidates(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora, sms)
         fit = lambda p: tiling.fit_shrink(p, itemsize, limit)  # noqa: E731
     else:
@@ -304,20 +330,31 @@ class _Bench:
 
         return I.call_op(self.backend, self.op, self.sets[i % len(self.sets)])
 
-    def check(self, plan):
+    def primitive_plans(self, plans: dict) -> tuple:
+        """For a fused op: the shrink and expand plans of ``plans`` (this run's choices) for its buckets."""
+        from . import tiling
+
+        op, c = self.op, self.comp
+        if op.kind != "fused":
+            return ()
+        keys = (tiling.shrink_key(c.tokens, op.k, op.stack * c.max_r, c.num_lora),
+                tiling.expand_key(c.tokens, c.max_r, op.n, op.max_slice, op.stack, c.num_lora))
+        return tuple(plans[k] for k in keys if k in plans)
+
+    def check(self, plan, extra=()):
         """rel error and whether it is within the dtype's tolerance, the op run under ``plan``."""
         from lora.compare import inputs as I
 
         from . import tiling
 
         t = {k: v.clone() for k, v in self.check_set.items()}
-        with tiling.forced_plan(plan):
+        with tiling.forced_plan(plan, *extra):
             out = I.call_op(self.backend, self.op, t)
         name = {v: k for k, v in I.DTYPES.items()}[self.dtype]
         c = I.check(out, self.ref, name, expect_dtype=self.dtype, base=t.get("base"))
         return c
 
-    def time_us(self, plan, target_ms: float = 8.0) -> float:
+    def time_us(self, plan, target_ms: float = 8.0, extra=()) -> float:
         """Device time of one call under ``plan``, among many in one CUDA graph (wall clock on the CPU)."""
         import torch
 
@@ -325,7 +362,7 @@ class _Bench:
 
         dev = self.device
         if dev.type != "cuda":
-            with tiling.forced_plan(plan):
+            with tiling.forced_plan(plan, *extra):
                 self.call(0)
                 t0 = time.perf_counter()
                 self.call(0)
@@ -334,7 +371,7 @@ class _Bench:
         calls = max(n, 16)
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
-        with tiling.forced_plan(plan):
+        with tiling.forced_plan(plan, *extra):
             with torch.cuda.stream(side):
                 for i in range(n):
                     self.call(i)
@@ -486,7 +523,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--regimes", default="decode,prefill,mixed", help="decode, prefill, mixed (default all three)")
     p.add_argument("--decode-tokens", default="64,256", help="decode batch sizes (default 64,256)")
     p.add_argument("--prefill-tokens", type=int, default=8192, help="tokens of the prefill batch (default 8192)")
-    p.add_argument("--ops", default=",".join(PRIMITIVES), help=f"primitives to tune (default all): {', '.join(PRIMITIVES)}")
+    p.add_argument("--ops", default=",".join(PRIMITIVES + FUSED_OPS),
+                   help=f"ops to tune (default all): primitives {', '.join(PRIMITIVES)}; and {', '.join(FUSED_OPS)} "
+                   "(decode-sized batches: one launch or two)")
     p.add_argument("--budget-s", type=float, default=240.0, help="seconds of measuring in all (default 240)")
     p.add_argument("--max-candidates", type=int, default=14, help="plans timed per bucket at most (default 14)")
     p.add_argument("--workers", type=int, default=None, help="compile processes (default: CPUs - 2, at most 15; 0: compile inline)")
@@ -516,9 +555,9 @@ def _resolve(args):
     if bad or not regimes:
         raise UsageError(f"--regimes: unknown {', '.join(bad) or 'nothing given'}; use {', '.join(REGIMES)}")
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    bad = [o for o in ops if o not in PRIMITIVES]
+    bad = [o for o in ops if o not in PRIMITIVES + FUSED_OPS]
     if bad or not ops:
-        raise UsageError(f"--ops: unknown {', '.join(bad) or 'nothing given'}; use {', '.join(PRIMITIVES)}")
+        raise UsageError(f"--ops: unknown {', '.join(bad) or 'nothing given'}; use {', '.join(PRIMITIVES + FUSED_OPS)}")
     if args.adapters <= 0:
         raise UsageError("--adapters must be positive")
     if args.prefill_tokens <= 0:
@@ -662,7 +701,7 @@ def run(args) -> int:
                 progress.line(f"[{i + 1}/{len(buckets)}] {b.key}: budget spent, not tuned")
                 continue
             share_end = now + (deadline - now) / (len(buckets) - i)
-            result = _tune_bucket(b, device, dtype, compiler, share_end, deadline, progress)
+            result = _tune_bucket(b, device, dtype, compiler, share_end, deadline, progress, plans)
             if isinstance(result, str):
                 progress.line(f"[{i + 1}/{len(buckets)}] {b.key}: {result}; not tuned")
                 continue
@@ -684,11 +723,12 @@ def run(args) -> int:
     return 0
 
 
-def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float, deadline: float, progress: _Progress):
+def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float, deadline: float, progress: _Progress,
+                 chosen: dict):
     import torch
 
     dtype_name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
-    per_case = []  # (TuneCase, op, bench, {plan: us})
+    per_case = []  # (TuneCase, op, bench, {plan: us}, plans forced beside the candidate)
     n_members = len(b.members)
     for j, (tc, op_name) in enumerate(b.members):
         case_end = time.monotonic() + (share_end - time.monotonic()) / (n_members - j)
@@ -702,6 +742,7 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
                     what = "compiling" if plan == "__error__" else f"{_fmt_plan(plan)} does not compile"
                     progress.line(f"  {b.key} {tc.name}: {what}: {err}")
         bench = _Bench(tc, op_name, dtype, device, timing=True, check=True)
+        extra = bench.primitive_plans(chosen)  # a fused op's two launches run this run's primitive plans
         times = {}
         for plan in b.candidates:
             progress.step(f"{b.key} {tc.name}", advance=1)
@@ -710,12 +751,12 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
             if times and time.monotonic() > case_end:
                 continue
             try:
-                times[plan] = bench.time_us(plan)
+                times[plan] = bench.time_us(plan, extra=extra)
             except Exception as exc:
                 progress.line(f"  {b.key} {tc.name} {_fmt_plan(plan)}: {type(exc).__name__}: {str(exc)[:160]}")
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-        per_case.append((tc, op_name, bench, times))
+        per_case.append((tc, op_name, bench, times, extra))
     timed_everywhere = [p for p in b.candidates if all(p in c[3] for c in per_case)]
     if not timed_everywhere:
         counts = ", ".join(f"{c[0].name}: {len(c[3])}" for c in per_case)
@@ -724,19 +765,22 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
     score = {p: sum(c[3][p] / f for c, f in zip(per_case, fastest)) / len(per_case) for p in timed_everywhere}
     heuristic = b.candidates[0]
     for plan in sorted(timed_everywhere, key=lambda p: score[p]):
-        bad = [(c[0].name, chk.detail) for c in per_case for chk in [c[2].check(plan)] if not chk.ok]
+        bad = [(c[0].name, chk.detail) for c in per_case for chk in [c[2].check(plan, c[4])] if not chk.ok]
         if bad:
             progress.line(f"  {b.key} {_fmt_plan(plan)}: WRONG on {bad[0][0]} ({bad[0][1]}), dropped")
             continue
         cases = {}
         parts = []
-        for (tc, op_name, bench, times), f in zip(per_case, fastest):
+        for (tc, op_name, bench, times, _), f in zip(per_case, fastest):
             us = times[plan]
             h_us = times.get(heuristic)
             cases[tc.name] = {"op": op_name, "us": round(us, 3), "heuristic_us": None if h_us is None else round(h_us, 3),
                               "best_us": round(f, 3), "plans_timed": len(times), "min_bytes": bench.min_bytes,
                               "gbps": round(bench.min_bytes / us / 1e3, 1) if device.type == "cuda" else None}
-            gain = f", heuristic {h_us:.2f} us" if h_us is not None and plan != heuristic else " (the heuristic's)"
+            if b.kind == "fused":  # candidates[0] is two launches
+                gain = " (two launches)" if plan == heuristic else (f", two launches {h_us:.2f} us" if h_us else "")
+            else:
+                gain = f", heuristic {h_us:.2f} us" if h_us is not None and plan != heuristic else " (the heuristic's)"
             parts.append(f"{tc.name} {op_name} {us:.2f} us{gain}")
         del per_case
         if device.type == "cuda":

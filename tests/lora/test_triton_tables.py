@@ -249,8 +249,22 @@ def test_tune_writes_a_table_the_backend_then_uses(dirs, capsys):
     cases = table.meta["measured"][key]["cases"]
     assert list(cases) == ["tiny-r8-decode-8"] and cases["tiny-r8-decode-8"]["plans_timed"] == 2
     # the backend now plans this bucket from the table (the tuner re-read it)
-    assert tiling.plan_shrink(8, 72, 16, 4, 8, torch.float16, DEV) == table.plans[key]
+    assert tiling.plan_shrink(8, 72, 16, 8, 8, torch.float16, DEV) == table.plans[key]
     assert tiling.tuned_plan(key, "cpu")[1].origin == "user"
+
+
+def test_tune_decides_one_launch_or_two_for_decode_qkv(dirs, capsys):
+    argv = [a if a != "shrink2" else "shrink3,expand_qkv,qkv" for a in TINY_RUN]
+    assert lora_main(["tune", *argv, "--budget-s", "300"]) == 0
+    out = capsys.readouterr().out
+    table = tiling.read_table(tiling.user_table_path("cpu"))
+    key = "fused:s8:k72:r8:n120:w72:st3:l8"
+    assert set(table.plans) == {"shrink:s8:k72:n24:l8", "expand:s8:r8:n120:w72:st3:l8", key}, out
+    assert out.index("[3/3] " + key) > 0, "decided last, against this run's primitive plans"
+    chosen = table.plans[key]
+    got = tiling.plan_fused(8, 72, 3, 8, 120, 72, 8, 8, torch.float16, DEV)
+    assert got == (chosen if chosen.fuse else None)
+    assert table.meta["measured"][key]["cases"]["tiny-r8-decode-8"]["plans_timed"] == 2
 
 
 def test_tune_keeps_other_entries_and_writes_to_out(dirs, tmp_path, capsys):
@@ -277,8 +291,10 @@ def test_tune_out_of_budget_still_writes_what_it_has(dirs, capsys):
 def test_tune_dry_run_lists_buckets_and_candidates(capsys):
     assert lora_main(["tune", "--dry-run", "--device", "cpu", "--ranks", "16,64", "--max-candidates", "5"]) == 0
     out = capsys.readouterr().out
-    # Llama-3-8B: 7 primitives x 2 ranks x 3 token buckets (64, 256, and 8192 shared by prefill and mixed)
-    assert out.count("plans on") == 42
+    # Llama-3-8B: 7 primitives x 2 ranks x 3 token buckets (64, 256, and 8192 shared by prefill and mixed),
+    # then one launch or two for qkv and gate_up x 2 ranks x the 2 decode buckets
+    assert out.count("plans on") == 42 + 8
+    assert out.index("fused:s64:k4096:r16:n6144:w4096:st3:l8") > out.index("expand:s8192:r64:n28672:w14336:st2:l8")
     assert "shrink:s8192:k4096:n16:l8: 5 plans on llama3-8b-r16-prefill-8k/shrink1, llama3-8b-r16-mixed/shrink1" in out
 
 
@@ -288,7 +304,7 @@ def test_tune_dry_run_lists_buckets_and_candidates(capsys):
     (["--shape", "heads=8"], "bad --shape item 'heads=8'"),
     (["--ranks", "16,x"], "--ranks must be comma-separated integers"),
     (["--regimes", "decode,train"], "--regimes: unknown train"),
-    (["--ops", "qkv"], "--ops: unknown qkv"),
+    (["--ops", "qkv,shrink9"], "--ops: unknown shrink9"),
     (["--dtype", "fp32"], "tune with a 16-bit dtype"),
     (["--dtype", "bf16"], "interpreter computes bf16 dots wrongly"),
     (["--budget-s", "0"], "--budget-s must be positive"),
