@@ -185,7 +185,8 @@ def _fused_decode_kernel(
 class _Buffers:
     """Per-device float32 workspace and int32 counters (zero when made, left zero by every launch).
     Under CUDA-graph capture a buffer that must grow is made inside the capture and not cached, so eager
-    calls never see counters only the graph has zeroed."""
+    calls never see counters only the graph has zeroed. As with the split-K scratch, calls on one device
+    are assumed to be ordered on one stream (the way a model layer runs them)."""
 
     def __init__(self, device):
         self.ws = torch.empty(0, dtype=torch.float32, device=device)

@@ -619,7 +619,9 @@ def heuristic_fused(s: int, k: int, stack: int, max_r: int, max_slice: int, num_
     split = 1
     while num_lora * stack * split * 2 <= num_sms and split < 16 and math.ceil(k / block_k) // (2 * split) >= 1:
         split *= 2
-    return FusedPlan(block_m, block_k, split, e.block_n, e.n_iters, 4, 2)
+    # 64 x 64 float32 tiles (rank 64, 64-row blocks) spill on 4 warps (sm_90: 255 registers + stack)
+    warps = 8 if block_m * rank_block(max_r) >= 4096 else 4
+    return FusedPlan(block_m, block_k, split, e.block_n, e.n_iters, warps, 2)
 
 
 def fused_smem(plan: FusedPlan, max_r: int, itemsize: int) -> int:

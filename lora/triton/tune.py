@@ -256,7 +256,7 @@ def fused_candidates(s: int, k: int, stack: int, max_r: int, max_slice: int, num
             continue
         for bk in (64, 128, 256):
             for bn, iters in ((64, 1), (64, 2), (128, 1), (128, 2), (64, 4), (128, 4), (32, 2)):
-                grid.append(tiling.FusedPlan(h.block_m, bk, split, bn, iters, 4, 2))
+                grid.append(tiling.FusedPlan(h.block_m, bk, split, bn, iters, h.num_warps, 2))
     grid.sort(key=lambda p: _distance(p, h))
     return list(dict.fromkeys([replace(h, fuse=False), h, *grid]))
 
