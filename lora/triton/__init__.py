@@ -2,6 +2,8 @@
 
 * :mod:`.shrink`  -- kernel + launcher: x @ A.T per adapter group, stacked widths, split-K.
 * :mod:`.expand`  -- kernel + launcher: base += scaling * x @ B.T over 1..3 output slices.
+* :mod:`.fused_decode` -- kernel + launcher: decode-sized QKV / gate-up (shrink and expand) in one launch,
+  where this device's plan table chose it.
 * :mod:`.grouping` -- device-side mapping of a program to (adapter group, chunk of rows).
 * :mod:`.tiling`  -- launch plans from shapes: the user's tuned table for this device, else the one
   shipped in ``tables/``, else a documented heuristic; fitted to shared memory per dtype.

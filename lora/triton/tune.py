@@ -6,7 +6,9 @@ of candidate plans -- the heuristic's, the plans already in a table for that key
 heuristic's plan, nearest first -- on the batches of each regime that share the key (prefill-8k and
 mixed share the 8192-token bucket), keeps the plan with the smallest mean slowdown against each batch's
 fastest (a plan good for one batch geometry and bad for another loses to one good for both), checks
-that plan against the float64 oracle (a wrong plan never wins), and writes the table::
+that plan against the float64 oracle (a wrong plan never wins), and writes the table. For decode-sized
+QKV and gate-up it also times one launch (:mod:`lora.triton.fused_decode`) against two (shrink, then
+expand, under the plans this run chose for them) and records which is faster (``fused:`` entries)::
 
     python -m lora tune                                   # Llama-3-8B shapes, ranks 16 and 64, all regimes
     python -m lora tune --model llama3-70b --ranks 16 --budget-s 120
