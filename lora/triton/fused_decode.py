@@ -142,6 +142,18 @@ def _fused_decode_kernel(
         n_start = (lo // ALIGN) * ALIGN + pid_n * (BLOCK_N * N_ITERS)
         n_rows = _group_count(group, seg_lens, weight_indices, bs, SEG_BLOCK)
         n_rows = tl.where((rank > 0) & (n_start < hi), n_rows, 0)
+        rm = kr < rank
+        b_slot = b_ptr + group.to(tl.int64) * stride_bl
+        offs_n = tl.arange(0, BLOCK_N)
+        # Before waiting: the first chunk's rows, and its first column block of B and of base_output; none
+        # depends on the shrink, so these loads overlap the shrink items still running.
+        rows, row_ok = _group_rows(group, 0, n_rows, seg_lens, seg_indptr, weight_indices, bs, BLOCK_M, SEG_BLOCK)
+        n = n_start + offs_n
+        nm = (n >= lo) & (n < tl.where(n_rows > 0, hi, lo))  # nothing when the item has no rows
+        w_first = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :], other=0.0,
+                          eviction_policy="evict_last")
+        base_first = tl.load(out_ptr + rows[:, None] * stride_om + n[None, :], mask=row_ok[:, None] & nm[None, :],
+                             other=0.0, eviction_policy="evict_first")
         # Wait for the shrink of (group, slice): SPLIT_K arrivals. Every expand item of (group, slice)
         # waits, even one without work, so the counter is reset only after all arrivals.
         seen = tl.atomic_add(cnt_ptr + 1 + gj, 0, sem="acquire", scope="gpu")
@@ -150,12 +162,10 @@ def _fused_decode_kernel(
             seen = tl.atomic_add(cnt_ptr + 1 + gj, 0, sem="acquire", scope="gpu")
             spins += 1
         scale = tl.where(seen >= SPLIT_K, scale, float("nan"))
-        rm = kr < rank
-        b_slot = b_ptr + group.to(tl.int64) * stride_bl
-        offs_n = tl.arange(0, BLOCK_N)
         for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
-            rows, row_ok = _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
-                                       BLOCK_M, SEG_BLOCK)
+            if chunk > 0:
+                rows, row_ok = _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
+                                           BLOCK_M, SEG_BLOCK)
             xa = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
             part = ws_ptr + rows[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]
             for s in tl.static_range(SPLIT_K):  # fixed order: the same bits every run
@@ -166,11 +176,15 @@ def _fused_decode_kernel(
             for it in range(N_ITERS):
                 n = n_start + it * BLOCK_N + offs_n
                 nm = (n >= lo) & (n < hi)
-                w = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :], other=0.0,
-                            eviction_policy="evict_last")
                 o_ptrs = out_rows[:, None] + n[None, :]
                 om = row_ok[:, None] & nm[None, :]
-                base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
+                if (chunk == 0) & (it == 0):
+                    w = w_first
+                    base = base_first
+                else:
+                    w = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :],
+                                other=0.0, eviction_policy="evict_last")
+                    base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
                 acc = tl.dot(xa, w, input_precision=PRECISION)
                 out = (acc * scale + base.to(tl.float32)).to(out_ptr.dtype.element_ty)
                 tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
