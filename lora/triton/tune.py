@@ -529,7 +529,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"ops to tune (default all): primitives {', '.join(PRIMITIVES)}; and {', '.join(FUSED_OPS)} "
                    "(decode-sized batches: one launch or two)")
     p.add_argument("--budget-s", type=float, default=240.0, help="seconds of measuring in all (default 240)")
-    p.add_argument("--max-candidates", type=int, default=14, help="plans timed per bucket at most (default 14)")
+    p.add_argument("--max-candidates", type=int, default=12, help="plans timed per bucket at most (default 12)")
     p.add_argument("--workers", type=int, default=None, help="compile processes (default: CPUs - 2, at most 15; 0: compile inline)")
     p.add_argument("--out", help="table path, or a directory to write <device>.json in (default: the user's table)")
     p.add_argument("--fresh", action="store_true", help="do not keep the entries of an existing table at --out")
