@@ -626,20 +626,23 @@ def _out_path(args, device_name: str):
     return p
 
 
-def _existing_plans(path, device_name: str, fresh: bool) -> dict:
+def _existing(path, device_name: str, fresh: bool) -> tuple[dict, dict]:
+    """(plans, their measurements) of the table already at ``path`` for this device; kept unless retuned."""
     from . import tiling
 
     if fresh or not path.exists():
-        return {}
+        return {}, {}
     try:
         t = tiling.read_table(path)
     except tiling.TableError as exc:
         print(f"{_PROG}: warning: {exc}; it is rewritten from this run's results", file=sys.stderr)
-        return {}
+        return {}, {}
     if t.device != device_name:
         print(f"{_PROG}: warning: {path} holds plans for {t.device!r}; it is rewritten for {device_name!r}", file=sys.stderr)
-        return {}
-    return dict(t.plans)
+        return {}, {}
+    measured = t.meta.get("measured")
+    measured = {k: v for k, v in measured.items() if k in t.plans} if isinstance(measured, dict) else {}
+    return dict(t.plans), measured
 
 
 def _fmt_plan(p) -> str:
@@ -668,7 +671,7 @@ def run(args) -> int:
         return 0
 
     path = _out_path(args, dev["name"])
-    plans = _existing_plans(path, dev["name"], args.fresh)
+    plans, measured = _existing(path, dev["name"], args.fresh)
     command = " ".join([_PROG, *map(shlex.quote, args.argv)])
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     workers = args.workers
@@ -683,7 +686,7 @@ def run(args) -> int:
     deadline = t0 + args.budget_s
     compiler = _Compiler(workers)
     progress = _Progress(total_pairs, enabled=not args.no_progress)
-    measured, done, not_done = {}, [], [b.key for b in buckets]
+    done, not_done = [], [b.key for b in buckets]
 
     def write(complete: bool):
         meta = {
@@ -703,7 +706,12 @@ def run(args) -> int:
                 progress.line(f"[{i + 1}/{len(buckets)}] {b.key}: budget spent, not tuned")
                 continue
             share_end = now + (deadline - now) / (len(buckets) - i)
-            result = _tune_bucket(b, device, dtype, compiler, share_end, deadline, progress, plans)
+            try:
+                result = _tune_bucket(b, device, dtype, compiler, share_end, deadline, progress, plans)
+            except Exception as exc:  # one bucket's failure (memory, a driver error) must not lose the others
+                result = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             if isinstance(result, str):
                 progress.line(f"[{i + 1}/{len(buckets)}] {b.key}: {result}; not tuned")
                 continue

@@ -270,10 +270,11 @@ def test_tune_decides_one_launch_or_two_for_decode_qkv(dirs, capsys):
 def test_tune_keeps_other_entries_and_writes_to_out(dirs, tmp_path, capsys):
     out_dir = tmp_path / "tables"
     out_dir.mkdir()
-    tiling.write_table(out_dir / "cpu.json", {"name": "cpu"}, {K3: SHIPPED3})
+    tiling.write_table(out_dir / "cpu.json", {"name": "cpu"}, {K3: SHIPPED3}, {"measured": {K3: {"cases": {}}}})
     assert lora_main(["tune", *TINY_RUN, "--budget-s", "120", "--out", str(out_dir)]) == 0
     table = tiling.read_table(out_dir / "cpu.json")
     assert set(table.plans) == {K3, "shrink:s8:k72:n16:l8"}, "buckets not in this run are kept"
+    assert set(table.meta["measured"]) == {K3, "shrink:s8:k72:n16:l8"}, "... with their measurements"
     assert not tiling.user_table_path("cpu").exists(), "--out: the user's table is left alone"
     assert lora_main(["tune", *TINY_RUN, "--budget-s", "120", "--out", str(out_dir / "x.json"), "--fresh"]) == 0
     assert set(tiling.read_table(out_dir / "x.json").plans) == {"shrink:s8:k72:n16:l8"}
