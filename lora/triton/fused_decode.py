@@ -140,57 +140,87 @@ def _fused_decode_kernel(
         lo = tl.load(offsets_ptr + slice_j).to(tl.int64)
         hi = tl.load(offsets_ptr + slice_j + 1).to(tl.int64)
         n_start = (lo // ALIGN) * ALIGN + pid_n * (BLOCK_N * N_ITERS)
+        n_start = tl.multiple_of(n_start, ALIGN)
         n_rows = _group_count(group, seg_lens, weight_indices, bs, SEG_BLOCK)
         n_rows = tl.where((rank > 0) & (n_start < hi), n_rows, 0)
-        rm = kr < rank
-        b_slot = b_ptr + group.to(tl.int64) * stride_bl
-        offs_n = tl.arange(0, BLOCK_N)
-        # Before waiting: the first chunk's rows, and its first column block of B and of base_output; none
-        # depends on the shrink, so these loads overlap the shrink items still running.
-        rows, row_ok = _group_rows(group, 0, n_rows, seg_lens, seg_indptr, weight_indices, bs, BLOCK_M, SEG_BLOCK)
-        n = n_start + offs_n
-        nm = (n >= lo) & (n < tl.where(n_rows > 0, hi, lo))  # nothing when the item has no rows
-        w_first = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :], other=0.0,
-                          eviction_policy="evict_last")
-        base_first = tl.load(out_ptr + rows[:, None] * stride_om + n[None, :], mask=row_ok[:, None] & nm[None, :],
-                             other=0.0, eviction_policy="evict_first")
-        # Wait for the shrink of (group, slice): SPLIT_K arrivals. Every expand item of (group, slice)
-        # waits, even one without work, so the counter is reset only after all arrivals.
-        seen = tl.atomic_add(cnt_ptr + 1 + gj, 0, sem="acquire", scope="gpu")
-        spins = 0
-        while (seen < SPLIT_K) & (spins < MAX_SPINS):
-            seen = tl.atomic_add(cnt_ptr + 1 + gj, 0, sem="acquire", scope="gpu")
-            spins += 1
-        scale = tl.where(seen >= SPLIT_K, scale, float("nan"))
-        for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
-            if chunk > 0:
-                rows, row_ok = _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
-                                           BLOCK_M, SEG_BLOCK)
-            xa = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-            part = ws_ptr + rows[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]
-            for s in tl.static_range(SPLIT_K):  # fixed order: the same bits every run
-                xa += tl.load(part + s * num_tokens * ws_row, mask=row_ok[:, None] & rm[None, :], other=0.0,
-                              cache_modifier=".cg")
-            xa = xa.to(x_ptr.dtype.element_ty)
-            out_rows = out_ptr + rows * stride_om
-            for it in range(N_ITERS):
-                n = n_start + it * BLOCK_N + offs_n
-                nm = (n >= lo) & (n < hi)
-                o_ptrs = out_rows[:, None] + n[None, :]
-                om = row_ok[:, None] & nm[None, :]
-                if (chunk == 0) & (it == 0):
-                    w = w_first
-                    base = base_first
-                else:
-                    w = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :],
-                                other=0.0, eviction_policy="evict_last")
-                    base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
-                acc = tl.dot(xa, w, input_precision=PRECISION)
-                out = (acc * scale + base.to(tl.float32)).to(out_ptr.dtype.element_ty)
-                tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
-        arrived = tl.atomic_add(cnt_ptr + 1 + gj, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K + N_TILES - 1:
-            tl.atomic_xchg(cnt_ptr + 1 + gj, 0, sem="relaxed", scope="gpu")  # the last of (group, slice)
+        # Vector loads and stores need bounds the compiler knows to be aligned (slice offsets and ranks
+        # are device values): branch once on their alignment, rebuilding them there as (v // a) * a.
+        if (lo % ALIGN == 0) & (hi % ALIGN == 0) & (rank % 8 == 0):
+            _expand_item(
+                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, seg_lens, seg_indptr, weight_indices,
+                num_tokens, bs, stride_bl, stride_bn, stride_om, group, slice_j, (rank // 8) * 8, scale,
+                (lo // ALIGN) * ALIGN, (hi // ALIGN) * ALIGN, n_start, n_rows,
+                STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, SEG_BLOCK, PRECISION, MAX_SPINS,
+            )
+        else:
+            _expand_item(
+                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, seg_lens, seg_indptr, weight_indices,
+                num_tokens, bs, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
+                STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, SEG_BLOCK, PRECISION, MAX_SPINS,
+            )
+
+
+@triton.jit
+def _expand_item(
+    x_ptr, b_ptr, out_ptr, ws_ptr, cnt, seg_lens, seg_indptr, weight_indices,
+    num_tokens, bs, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
+    STACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    N_ITERS: tl.constexpr, N_TILES: tl.constexpr, SEG_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+    MAX_SPINS: tl.constexpr,
+):
+    """Columns ``[n_start, n_start + N_ITERS * BLOCK_N)`` of slice ``slice_j`` for the rows of ``group``,
+    once the (group, slice) counter ``cnt`` has all ``SPLIT_K`` shrink arrivals; then this item's arrival."""
+    ws_row: tl.constexpr = STACK * BLOCK_R
+    kr = tl.arange(0, BLOCK_R)
+    rm = kr < rank
+    b_slot = b_ptr + group.to(tl.int64) * stride_bl
+    offs_n = tl.arange(0, BLOCK_N)
+    # Before waiting: the first chunk's rows, and its first column block of B and of base_output; none
+    # depends on the shrink, so these loads overlap the shrink items still running.
+    rows, row_ok = _group_rows(group, 0, n_rows, seg_lens, seg_indptr, weight_indices, bs, BLOCK_M, SEG_BLOCK)
+    n = n_start + offs_n
+    nm = (n >= lo) & (n < tl.where(n_rows > 0, hi, lo))  # nothing when the item has no rows
+    w_first = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :], other=0.0,
+                      eviction_policy="evict_last")
+    base_first = tl.load(out_ptr + rows[:, None] * stride_om + n[None, :], mask=row_ok[:, None] & nm[None, :],
+                         other=0.0, eviction_policy="evict_first")
+    # Wait for the shrink of (group, slice): SPLIT_K arrivals. Every expand item of (group, slice) waits,
+    # even one without work, so the counter is reset only after all arrivals.
+    seen = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
+    spins = 0
+    while (seen < SPLIT_K) & (spins < MAX_SPINS):
+        seen = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
+        spins += 1
+    scale = tl.where(seen >= SPLIT_K, scale, float("nan"))
+    for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
+        if chunk > 0:
+            rows, row_ok = _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
+                                       BLOCK_M, SEG_BLOCK)
+        xa = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        part = ws_ptr + rows[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]
+        for s in tl.static_range(SPLIT_K):  # fixed order: the same bits every run
+            xa += tl.load(part + s * num_tokens * ws_row, mask=row_ok[:, None] & rm[None, :], other=0.0,
+                          cache_modifier=".cg")
+        xa = xa.to(x_ptr.dtype.element_ty)
+        out_rows = out_ptr + rows * stride_om
+        for it in range(N_ITERS):
+            n = n_start + it * BLOCK_N + offs_n
+            nm = (n >= lo) & (n < hi)
+            o_ptrs = out_rows[:, None] + n[None, :]
+            om = row_ok[:, None] & nm[None, :]
+            if (chunk == 0) & (it == 0):
+                w = w_first
+                base = base_first
+            else:
+                w = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :],
+                            other=0.0, eviction_policy="evict_last")
+                base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
+            acc = tl.dot(xa, w, input_precision=PRECISION)
+            out = (acc * scale + base.to(tl.float32)).to(out_ptr.dtype.element_ty)
+            tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
+    arrived = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
+    if arrived == SPLIT_K + N_TILES - 1:
+        tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")  # the last of (group, slice)
 
 
 # ---- buffers -----------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ pytestmark = needs_cuda
 DEV = "cuda"
 
 
-def _setup(segs: str, r: int = 16, seed: int = 0):
+def _setup(segs: str, r: int = 16, seed: int = 0, extra: str = ""):
     from lora import LoRABatchInfo
     from lora.compare.cases import parse_shape_spec
 
-    case = parse_shape_spec(f"r={r},segs={segs}")
+    case = parse_shape_spec(f"{extra}r={r},segs={segs}")
     comp = case.composition(seed)
     bi = LoRABatchInfo.from_segments(comp.seg_lens, comp.weight_indices, comp.lora_ranks, comp.scalings, device=DEV)
     return case, comp, bi
@@ -33,15 +33,20 @@ def _plans(comp, op):
     return [h, tiling.FusedPlan(h.block_m, 64, 16, 128, 2), tiling.FusedPlan(16, 256, 1, 64, 1)]
 
 
-@pytest.mark.parametrize("r", [16, 64])
+# Llama-3-8B widths (slice bounds on 16-element boundaries: the vector branch), and GQA widths that are
+# not (q=4000, kv=1000, inter=14000) with ranks below max_r, a rank-0 slot: the scalar branch.
+RAGGED = "q=4000,kv=1000,inter=14000,ranks=16+5+16+0+9+16+16+3,"
+
+
+@pytest.mark.parametrize("r, extra", [(16, ""), (64, ""), (16, RAGGED)], ids=["r16", "r64", "ragged"])
 @pytest.mark.parametrize("segs", ["decode:64", "decode:256", "lens:1+1+40+3+1+0+1+2"])
 @pytest.mark.parametrize("op_name", ["qkv", "gate_up"])
-def test_right_and_the_same_bits_every_run(op_name, segs, r):
+def test_right_and_the_same_bits_every_run(op_name, segs, r, extra):
     from lora.compare import inputs as I
     from lora.compare.cases import OPS
     from lora.triton import fused_decode, tiling
 
-    case, comp, bi = _setup(segs, r)
+    case, comp, bi = _setup(segs, r, extra=extra)
     op = OPS[op_name].resolve(case.shape)
     backend = backend_or_skip("triton", bi)
     t = I.make_inputs(op, comp, torch.bfloat16, DEV, seed=1)

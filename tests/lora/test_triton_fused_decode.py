@@ -23,6 +23,8 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # Odd widths, GQA (q != kv, slice bounds not multiples of 16), a rank-0 slot, ranks below max_r, an empty
 # segment, and a slot with more rows (a 20-token segment) than a 16-row block: two chunks for that group.
 SPEC = "hidden=72,q=40,kv=24,inter=88,r=16,ranks=16+0+5+16+9,segs=lens:1+1+20+0+1+3+1+1+1+2"
+# Slice bounds on 16-element boundaries and ranks multiple of 8 on the slots with work: the vector branch.
+ALIGNED = "hidden=72,q=64,kv=32,inter=48,r=16,ranks=16+0+8+16+8,segs=lens:1+1+20+0+1+3+1+1+1+2"
 PLANS = [
     tiling.FusedPlan(16, 32, 3, 16, 2),  # split-K 3 over 3 K steps of 32 (the last one ragged)
     tiling.FusedPlan(16, 16, 1, 32, 1),  # no split, one column block per item
@@ -46,8 +48,9 @@ def _run(backend, op, t, plan):
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("op_name", ["qkv", "gate_up"])
 @pytest.mark.parametrize("plan", PLANS, ids=str)
-def test_one_launch_matches_the_oracle(op_name, dtype, plan, monkeypatch):
-    case, comp, bi = _setup()
+@pytest.mark.parametrize("spec", [SPEC, ALIGNED], ids=["ragged", "aligned"])
+def test_one_launch_matches_the_oracle(spec, op_name, dtype, plan, monkeypatch):
+    case, comp, bi = _setup(spec)
     assert max(sum(n for n, w in zip(comp.seg_lens, comp.weight_indices) if w == g) for g in range(5)) > 16
     op = OPS[op_name].resolve(case.shape)
     backend = lora.get_backend_from_name("triton")("triton", bi)
