@@ -88,7 +88,7 @@ def test_tune_writes_a_table_for_this_device_that_the_backend_uses(tune_dir, mon
     from lora.triton import tiling
 
     argv = ["tune", "--shape", "hidden=512,q=512,kv=128,inter=1024", "--ranks", "16", "--regimes", "decode,prefill",
-            "--decode-tokens", "64", "--prefill-tokens", "2048", "--ops", "shrink2,expand_gate_up",
+            "--decode-tokens", "64", "--prefill-tokens", "2048", "--ops", "shrink2,expand_gate_up,gate_up",
             "--max-candidates", "3", "--workers", "2", "--budget-s", "120", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -97,8 +97,10 @@ def test_tune_writes_a_table_for_this_device_that_the_backend_uses(tune_dir, mon
     assert f"-> {path}" in out, out
     table = tiling.read_table(path)
     assert table.device == name and table.meta["written_by"]["complete"] is True, out
-    assert len(table.plans) == 4, out  # 2 primitives x 2 token buckets
+    assert len(table.plans) == 5, out  # 2 primitives x 2 token buckets, and one launch or two for decode gate_up
     for key, rec in table.meta["measured"].items():
+        if key.startswith("fused:"):
+            continue  # its first candidate is two launches, not a heuristic plan
         for case in rec["cases"].values():
             assert case["heuristic_us"] is not None and case["plans_timed"] >= 2, (key, case)
             assert 0 < case["us"] <= case["heuristic_us"], "one batch per bucket: the fastest plan wins"
@@ -107,6 +109,10 @@ def test_tune_writes_a_table_for_this_device_that_the_backend_uses(tune_dir, mon
     skey = tiling.shrink_key(comp.tokens, 512, 32, comp.num_lora)
     assert tiling.plan_shrink(comp.tokens, 512, 32, comp.num_lora, bi.bs, torch.bfloat16, DEV) == table.plans[skey]
     assert tiling.tuned_plan(skey, name)[1].origin == "user"
+    fkey = tiling.fused_key(comp.tokens, 512, 2, 16, 2048, 1024, comp.num_lora)
+    fused = table.plans[fkey]
+    assert tiling.plan_fused(comp.tokens, 512, 2, 16, 2048, 1024, comp.num_lora, bi.bs, torch.bfloat16, DEV) == (
+        fused if fused.fuse else None)
 
 
 @pytest.mark.parametrize("op_name, segs", [("gate_up", "decode:64"), ("qkv", "decode:256"), ("shrink1", "prefill:4096/8")])
