@@ -39,8 +39,9 @@ from . import tiling
 
 #: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
 ALIGN = 16
-#: Polls of a counter before an expand item gives up (the ticket order makes waiting short; seconds).
-MAX_SPINS = 1 << 24
+#: Polls of a counter before an expand item gives up and writes NaN: the ticket order keeps a real wait
+#: to the shrink items' few microseconds; this is about a second.
+MAX_SPINS = 1 << 20
 
 
 @triton.jit

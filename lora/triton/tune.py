@@ -733,9 +733,14 @@ def run(args) -> int:
     return 0
 
 
+_FUSED_STALLED: list = []  # bucket keys where a one-launch call stalled: no more one-launch candidates
+
+
 def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float, deadline: float, progress: _Progress,
                  chosen: dict):
     import torch
+
+    from . import tiling
 
     dtype_name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
     per_case = []  # (TuneCase, op, bench, {plan: us}, plans forced beside the candidate)
@@ -760,6 +765,24 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
                 continue  # did not compile (or not in time)
             if times and time.monotonic() > case_end:
                 continue
+            if getattr(plan, "fuse", False):
+                # One launch waits on counters inside the kernel: check one call first, so a plan that is
+                # wrong or stalls here costs one launch, not hundreds; a stall ends one-launch candidates.
+                if _FUSED_STALLED:
+                    continue
+                with tiling.forced_plan(plan, *extra):
+                    bench.call(0)  # compiles (or loads) the kernel first: that time is not a stall
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t_check = time.monotonic()
+                chk = bench.check(plan, extra)
+                if device.type == "cuda" and time.monotonic() - t_check > 2.0:
+                    _FUSED_STALLED.append(b.key)
+                    progress.line(f"  {b.key} {tc.name} {_fmt_plan(plan)}: one call took "
+                                  f"{time.monotonic() - t_check:.1f} s; no more one-launch plans this run")
+                if not chk.ok:
+                    progress.line(f"  {b.key} {tc.name} {_fmt_plan(plan)}: WRONG ({chk.detail}), not timed")
+                    continue
             try:
                 times[plan] = bench.time_us(plan, extra=extra)
             except Exception as exc:
