@@ -284,7 +284,8 @@ def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
             seeds.append(table.plans[bucket.key])
     if bucket.kind == "fused":
         grid = fused_candidates(comp.tokens, op.k, op.stack, comp.max_r, op.max_slice, comp.num_lora, sms)
-        fit = lambda p: tiling.fit_fused(p, comp.max_r, itemsize, limit) if p.fuse else p  # noqa: E731
+        # every two-launch entry is the same candidate (its tile fields mean nothing)
+        fit = lambda p: tiling.fit_fused(p, comp.max_r, itemsize, limit) if p.fuse else grid[0]  # noqa: E731
     elif bucket.kind == "shrink":
         grid = shrink_candidates(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora, sms)
         fit = lambda p: tiling.fit_shrink(p, itemsize, limit)  # noqa: E731
