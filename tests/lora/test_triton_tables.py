@@ -339,3 +339,19 @@ def test_candidates_start_with_the_heuristic_and_fit_shared_memory():
             if not cands[0].group_grid:
                 assert all(p.block_n * p.n_sub >= n_out for p in cands), "prefill: x is read once"
         assert all(p.group_grid == cands[0].group_grid for p in cands), "decode and prefill layouts do not mix"
+
+
+def test_candidates_include_the_plans_tables_have(dirs):
+    """A table's plan for the bucket (this device's or another's) is timed right after the heuristic's."""
+    from lora.compare.cases import TINY
+
+    cases = tune.tune_cases(TINY, [8], 8, ["decode"], [8], 8192)
+    bucket = next(b for b in tune.buckets_for(cases, ["shrink2"]))
+    seed = tiling.ShrinkPlan(16, 32, 1, 16, 2, 4, 2, group_grid=True)
+    _ship(dirs[1], {bucket.key: seed}, device="NVIDIA H200")
+    tiling.reload_tables()
+    cands = tune.candidates_for(bucket, torch.device("cpu"), torch.float16, 5)
+    assert cands[1] == seed and len(cands) == 5
+    fused = next(b for b in tune.buckets_for(cases, ["gate_up"]))
+    cands = tune.candidates_for(fused, torch.device("cpu"), torch.float16, 4)
+    assert not cands[0].fuse and all(p.fuse for p in cands[1:]), "two launches first, then one-launch plans"
