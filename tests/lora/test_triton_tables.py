@@ -351,7 +351,7 @@ def test_candidates_include_the_plans_tables_have(dirs):
     _ship(dirs[1], {bucket.key: seed}, device="NVIDIA H200")
     tiling.reload_tables()
     cands = tune.candidates_for(bucket, torch.device("cpu"), torch.float16, 5)
-    assert cands[1] == seed and len(cands) == 5
+    assert cands[1] == seed, cands
     fused = next(b for b in tune.buckets_for(cases, ["gate_up"]))
     cands = tune.candidates_for(fused, torch.device("cpu"), torch.float16, 4)
     assert not cands[0].fuse and all(p.fuse for p in cands[1:]), "two launches first, then one-launch plans"
