@@ -6,6 +6,11 @@ has a real rank ``lora_ranks[w]`` (0 = no adapter loaded) and a scaling ``scalin
 
 Every tensor lives on the device of the activations, so kernels read it without a host
 synchronisation and a CUDA graph can be replayed after new values are copied into the same tensors.
+
+For CUDA graphs an engine keeps one batch info of fixed shapes for the graph's lifetime:
+:meth:`LoRABatchInfo.empty` makes it (``max_segments`` segments, all of length 0), and
+:meth:`LoRABatchInfo.update_` writes each new batch into the same tensors (fewer segments are padded
+with empty ones), so the pointers a captured graph holds stay valid.
 """
 
 from __future__ import annotations
@@ -113,6 +118,97 @@ class LoRABatchInfo:
             lora_ranks=torch.tensor(ranks, dtype=torch.int32, device=dev),
             scalings=torch.tensor(scales, dtype=torch.float32, device=dev),
         )
+
+    @classmethod
+    def empty(cls, max_segments: int, num_lora: int, device: torch.device | str = "cpu") -> "LoRABatchInfo":
+        """A batch info of ``max_segments`` empty segments (slot 0) over ``num_lora`` rank-0 slots.
+
+        Its tensors are the persistent ones a CUDA graph captures: fill them with :meth:`update_`
+        (before capture and before every replay), never replace them.
+        """
+        for name, v in (("max_segments", max_segments), ("num_lora", num_lora)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        dev = torch.device(device)
+        i32 = dict(dtype=torch.int32, device=dev)
+        return cls(
+            bs=max_segments,
+            seg_lens=torch.zeros(max_segments, **i32),
+            seg_indptr=torch.zeros(max_segments + 1, **i32),
+            max_len=0,
+            weight_indices=torch.zeros(max_segments, **i32),
+            lora_ranks=torch.zeros(num_lora, **i32),
+            scalings=torch.ones(num_lora, dtype=torch.float32, device=dev),
+        )
+
+    def update_(
+        self,
+        seg_lens: Sequence[int] | torch.Tensor,
+        weight_indices: Sequence[int] | torch.Tensor,
+        lora_ranks: Sequence[int] | torch.Tensor | None = None,
+        scalings: Sequence[float] | torch.Tensor | None = None,
+    ) -> "LoRABatchInfo":
+        """Write a new batch into this batch info's tensors in place (no tensor is replaced); returns self.
+
+        ``seg_lens`` / ``weight_indices`` may hold fewer than ``bs`` segments: the rest become empty
+        segments of slot 0. ``lora_ranks`` / ``scalings`` (one per slot) are left as they are when None.
+        ``seg_indptr`` is recomputed on the device. Host values (lists, CPU tensors) are checked like
+        :meth:`from_segments` checks them and copied without a device synchronisation; values already
+        on the device are copied device-to-device and trusted (nothing is read back), so this can run
+        on the stream right before a graph replay. ``max_len`` is updated when the lengths are host values.
+        """
+        n = int(seg_lens.shape[0]) if isinstance(seg_lens, torch.Tensor) else len(seg_lens)
+        nw = int(weight_indices.shape[0]) if isinstance(weight_indices, torch.Tensor) else len(weight_indices)
+        if nw != n:
+            raise ValueError(f"weight_indices has {nw} entries but seg_lens has {n}: one slot per segment")
+        if n > self.bs:
+            raise ValueError(f"{n} segments do not fit this batch info's {self.bs} (made for bs={self.bs})")
+        lens_dev = isinstance(seg_lens, torch.Tensor) and seg_lens.device.type != "cpu"
+        if lora_ranks is not None:
+            self._write("lora_ranks", self.lora_ranks, lora_ranks, int)
+        if scalings is not None:
+            self._write("scalings", self.scalings, scalings, float)
+        if lens_dev:
+            max_len = self.max_len if n else 0
+        else:
+            host = _as_host_list("seg_lens", seg_lens, int)
+            if any(v < 0 for v in host):
+                raise ValueError(f"seg_lens must be >= 0, got {host}")
+            if sum(host) >= 2**31:
+                raise ValueError(f"{sum(host)} tokens do not fit the int32 seg_indptr")
+            max_len = max(host, default=0)
+        if not (isinstance(weight_indices, torch.Tensor) and weight_indices.device.type != "cpu"):
+            host_w = _as_host_list("weight_indices", weight_indices, int)
+            bad = [w for w in host_w if not 0 <= w < self.num_lora]
+            if bad:
+                raise ValueError(f"weight_indices {bad} out of range [0, {self.num_lora}) (num_lora = len(lora_ranks))")
+        self._write("seg_lens", self.seg_lens[:n], seg_lens, int)
+        self._write("weight_indices", self.weight_indices[:n], weight_indices, int)
+        self.seg_lens[n:].zero_()
+        self.weight_indices[n:].zero_()
+        self.seg_indptr[:1].zero_()
+        torch.cumsum(self.seg_lens, 0, dtype=torch.int32, out=self.seg_indptr[1:])
+        self.max_len = max_len
+        return self
+
+    @staticmethod
+    def _write(name: str, dst: torch.Tensor, values, kind) -> None:
+        if isinstance(values, torch.Tensor) and values.device.type != "cpu":
+            if values.shape != dst.shape:
+                raise ValueError(f"{name} has shape {tuple(values.shape)}, expected {tuple(dst.shape)}")
+            dst.copy_(values, non_blocking=True)
+            return
+        host = _as_host_list(name, values, kind)
+        if len(host) != dst.shape[0]:
+            raise ValueError(f"{name} has {len(host)} entries, expected {dst.shape[0]}")
+        if name == "lora_ranks" and any(r < 0 for r in host):
+            raise ValueError(f"lora_ranks must be >= 0, got {host}")
+        if name == "scalings" and any(not torch.isfinite(torch.tensor(v)) for v in host):
+            raise ValueError(f"scalings must be finite, got {host}")
+        src = torch.tensor(host, dtype=dst.dtype)
+        if dst.device.type == "cuda":
+            src = src.pin_memory()
+        dst.copy_(src, non_blocking=True)
 
     def to(self, device: torch.device | str) -> "LoRABatchInfo":
         """A copy with every tensor on ``device``."""
