@@ -49,8 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write every figure, the device and library versions as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG chart of each backend's fraction of copy bandwidth")
     p.add_argument("--quick", action="store_true", help="shorter timing (fewer repetitions, smaller copy probe)")
+    p.add_argument("--step", action="store_true",
+                   help="run the decode-step cases instead (every LoRA op of N layers as one CUDA graph; --case picks "
+                   "among step cases: " + ", ".join(_step_names()) + ")")
+    p.add_argument("--layers", type=int, metavar="N", help="layers of a --step case (default: the case's, 32 for Llama)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _step_names() -> list[str]:
+    from .step import STEP_CASES
+
+    return list(STEP_CASES)
 
 
 def _op_names() -> list[str]:
@@ -297,6 +307,8 @@ def _compare_on(args, device, out) -> int:
 
     t_start = time.perf_counter()
     cuda = device.type == "cuda"
+    if args.step:
+        return _steps(args, device, out)
     # -- what to run
     try:
         shape_cases = [(parse_shape_spec(s), s) for s in args.shape]
@@ -433,6 +445,45 @@ def _compare_on(args, device, out) -> int:
         print(f"wrote {args.plot}", file=out)
     print(f"{'FAILED' if failed else 'OK'} in {meta['elapsed_s']:.1f} s", file=out)
     return 1 if failed else 0
+
+
+def _steps(args, device, out) -> int:
+    """``compare --step``: the decode-step cases (lora.compare.step)."""
+    from lora import get_backend_from_name
+
+    from . import inputs as I
+    from .step import run_steps, select_steps
+
+    if args.shape or args.ops or args.plot:
+        raise _UsageError("--step takes --case (step cases), --layers, --backends, --dtype, --seed, --json, --quick")
+    if args.layers is not None and args.layers < 1:
+        raise _UsageError(f"--layers must be >= 1, got {args.layers}")
+    try:
+        if args.case:
+            select_steps(args.case)
+        dtypes = [I.dtype_name(d) for d in args.dtype.split(",")] if args.dtype else (
+            ["bfloat16"] if device.type == "cuda" else ["float32"])
+    except (KeyError, ValueError) as exc:
+        raise _UsageError(str(exc).strip("'\"")) from None
+    backends, backend_rows = _select_backends(args.backends, out)
+    if device.type == "cuda" and "torch" in backends:
+        backends.remove("torch")  # the host-synchronising reference cannot be captured; the oracle checks instead
+        print("backend torch: not run in --step on CUDA (host-synchronising, cannot be captured)", file=out)
+    if not backends:
+        raise _UsageError("no selected backend can run the decode step here")
+    classes = {name: get_backend_from_name(name) for name in backends}
+    print(f"{_PROG} compare --step on {device}; backends: {', '.join(backends)}; {', '.join(dtypes)}", file=out)
+    meta = {
+        "command": " ".join([_PROG, "compare", *map(shlex.quote, args.argv)]),
+        "started_at": args.started_at,
+        "seed": args.seed,
+        "device": _device_info(device),
+        "versions": _versions(),
+        "backends": backend_rows,
+        "tolerances": {d: I.TOLERANCE[d] for d in dtypes},
+    }
+    return run_steps(args, device, out, backends=backends, classes=classes,
+                     dtypes={d: I.DTYPES[d] for d in dtypes}, tolerances=meta["tolerances"], meta=meta)
 
 
 # ---- entry point ---------------------------------------------------------------------------------

@@ -190,8 +190,9 @@ def chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lor
     pos = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
     idx = tl.load(group_start + group) + pos
     trailing = (pos * 0 + group) == num_lora  # the trailing group: the rows after the segments
+    ordered = (pos * 0 + group) < num_lora
     ok = (pos < n_rows) & (trailing | (idx < capacity))
-    row = tl.load(row_order + idx, mask=ok & (trailing == 0), other=0)
+    row = tl.load(row_order + idx, mask=ok & ordered, other=0)
     row = tl.where(trailing, idx, row)
     ok = ok & (row >= 0) & (row < num_tokens)
     return row.to(tl.int64), ok
