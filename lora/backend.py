@@ -183,12 +183,12 @@ class BaseLoRABackend:
 
     def _prepare(self, batch_info: LoRABatchInfo) -> None:
         self._prepared_tokens = self.capacity(batch_info)[0]
-        self._versions = _versions(batch_info)
         try:
             self.prepare(batch_info)
         except Exception as exc:  # never run ops on metadata of another batch
             self._batch_problem = f"{type(exc).__name__} while preparing this batch: {exc}"
             raise
+        self._versions = _versions(batch_info)
 
     def prepare(self, batch_info: LoRABatchInfo) -> None:
         """Hook (base: no-op): derive what this backend's kernels need from ``batch_info``, once per batch.

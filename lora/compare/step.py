@@ -37,7 +37,7 @@ import torch
 
 from .cases import LLAMA3_8B, TINY, LayerShape, case_seed, min_bytes_of
 
-__all__ = ["MODULES", "STEP_CASES", "StepCase", "run_steps", "step_min_bytes"]
+__all__ = ["modules", "STEP_CASES", "StepCase", "run_steps", "step_min_bytes"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Module:
         return self.offsets[-1]
 
 
-def MODULES(shape: LayerShape) -> list[Module]:  # noqa: N802  (a table, built from the shape)
+def modules(shape: LayerShape) -> list[Module]:
     """qkv, o, gate_up, down at ``shape``'s widths."""
     h, q, kv, i = shape.hidden, shape.q, shape.kv, shape.inter
     return [
@@ -91,7 +91,7 @@ class StepCase:
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "shape": self.shape.to_dict(),
                 "layers": self.layers, "tokens": self.tokens, "max_r": self.max_r, "ranks": list(self.ranks),
-                "modules": [m.name for m in MODULES(self.shape)]}
+                "modules": [m.name for m in modules(self.shape)]}
 
 
 def _llama_steps() -> list[StepCase]:
@@ -128,7 +128,7 @@ def step_min_bytes(case: StepCase, comp, itemsize: int, layers: int | None = Non
     per_layer = sum(
         min_bytes_of("fused", seg_lens=comp.seg_lens, weight_indices=comp.weight_indices, lora_ranks=comp.lora_ranks,
                      max_r=comp.max_r, tokens=comp.tokens, k=m.k, n=m.n, stack=m.stack, itemsize=itemsize)
-        for m in MODULES(case.shape)
+        for m in modules(case.shape)
     )
     return per_layer * (case.layers if layers is None else layers)
 
@@ -144,7 +144,7 @@ def _layer_inputs(case: StepCase, comp, dtype, device, gen) -> dict:
     for start, end, *_ in comp.work():
         idle[start:end] = False
     out = {}
-    for m in MODULES(case.shape):
+    for m in modules(case.shape):
         a = torch.randn(comp.num_lora, m.stack * comp.max_r, m.k, generator=gen, device=device) / m.k**0.5
         a[torch.arange(a.shape[1], device=device)[None, :] >= m.stack * ranks[:, None]] = nan
         b = torch.randn(comp.num_lora, m.n, comp.max_r, generator=gen, device=device) / comp.max_r**0.5
@@ -160,7 +160,7 @@ def _layer_inputs(case: StepCase, comp, dtype, device, gen) -> dict:
 
 def run_step(backend, case: StepCase, layers: list[dict]) -> None:
     """Every LoRA op of the step, in layer order (what the graph captures)."""
-    mods = MODULES(case.shape)
+    mods = modules(case.shape)
     for layer in layers:
         for m in mods:
             t = layer[m.name]
@@ -253,7 +253,7 @@ def _one(name: str, cls, case: StepCase, comp, dtype_name: str, dtype, device, l
         backend.reserve(max_tokens=comp.tokens, max_segments=comp.bs)
         backend.set_batch_info(bi)
         checked = sorted({0, len(layers) - 1})
-        starts = {(i, m.name): layers[i][m.name]["base"].clone() for i in checked for m in MODULES(case.shape)}
+        starts = {(i, m.name): layers[i][m.name]["base"].clone() for i in checked for m in modules(case.shape)}
         t0 = time.perf_counter()
         run_step(backend, case, layers)
         if device.type == "cuda":
@@ -261,7 +261,7 @@ def _one(name: str, cls, case: StepCase, comp, dtype_name: str, dtype, device, l
         first_us = (time.perf_counter() - t0) * 1e6
         worst, bad = 0.0, []
         for i in checked:
-            for m in MODULES(case.shape):
+            for m in modules(case.shape):
                 t = layers[i][m.name]
                 ok, err, detail = _check(t["base"], _reference(comp, m, t, starts[(i, m.name)]), tolerance)
                 worst = max(worst, err)

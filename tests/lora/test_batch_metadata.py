@@ -84,11 +84,12 @@ def _buffer_ptrs(backend) -> dict[str, int]:
 @backends
 def test_reserved_buffers_stay_put_and_capacity_is_enforced(name, rng):
     backend = make(name)
-    backend.reserve(max_tokens=40, max_segments=6)
+    backend.reserve(max_tokens=200, max_segments=6)
     bi = LoRABatchInfo.empty(6, 4, device=DEVICE)
     seen = None
     for trial in range(3):
         comp = C.random_composition(rng, max_tokens=30, max_segments=6, num_lora=4, max_r=8)
+        assert comp.tokens <= 200
         bi.update_(comp.seg_lens, comp.weight_indices, comp.lora_ranks, comp.scalings)
         backend.set_batch_info(bi)
         check = _qkv_check(backend, _padded(comp, 6), rng)
@@ -98,8 +99,8 @@ def test_reserved_buffers_stay_put_and_capacity_is_enforced(name, rng):
         seen = ptrs
     with pytest.raises(ValueError, match="7 segments but backend .* reserved max_segments=6"):
         backend.set_batch_info(LoRABatchInfo.from_segments([1] * 7, [0] * 7, [4] * 4, [1.0] * 4, device=DEVICE))
-    x = torch.randn(41, 24, device=DEVICE)
-    with pytest.raises(ValueError, match="x has 41 rows but backend .* reserved max_tokens=40"):
+    x = torch.randn(201, 24, device=DEVICE)
+    with pytest.raises(ValueError, match="x has 201 rows but backend .* reserved max_tokens=200"):
         backend.run_lora_a_sgemm(x, torch.randn(4, 8, 24, device=DEVICE))
 
 

@@ -11,7 +11,7 @@ import pytest
 import lora
 from lora.compare import cli
 from lora.compare.cases import Composition, min_bytes_of
-from lora.compare.step import GPU_DEFAULT_STEPS, MODULES, STEP_CASES, step_min_bytes
+from lora.compare.step import GPU_DEFAULT_STEPS, modules, STEP_CASES, step_min_bytes
 from lora.registry import unregister_backend
 from lora.torch_backend import TorchLoRABackend
 
@@ -27,7 +27,7 @@ def test_default_step_cases_match_the_issue():
     assert {(c.tokens, c.max_r) for c in cases} == {(64, 16), (256, 16), (64, 64), (256, 64)}
     for c in cases:
         assert c.layers == 32 and c.shape.hidden == 4096 and c.shape.inter == 14336 and len(c.ranks) == 8
-        assert [m.name for m in MODULES(c.shape)] == ["qkv", "o", "gate_up", "down"]
+        assert [m.name for m in modules(c.shape)] == ["qkv", "o", "gate_up", "down"]
         comp = c.composition(0)
         assert comp.seg_lens == (1,) * c.tokens and comp == c.composition(0) and comp.num_lora == 8
 
