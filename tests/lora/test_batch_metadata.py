@@ -327,8 +327,6 @@ def test_max_r_zero_buffers_are_accepted(name):
 @backends
 def test_stack_num_4_shrink_matches_oracle(name, rng):
     backend = make(name)
-    if name == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
-        pass  # fp32 on the interpreter is fine
     for _ in range(2):
         comp = C.random_composition(rng)
         backend.set_batch_info(batch_info(comp, DEVICE))
@@ -337,6 +335,15 @@ def test_stack_num_4_shrink_matches_oracle(name, rng):
         out = backend.run_lora_a_sgemm(x, a, stack_num=4)
         check = C.compare(to_f64(out), C.ref_shrink(comp, to_f64(x), to_f64(a), 4), "float32")
         assert check.ok, f"{comp}: {check.detail}"
+        # the 4-slice expand (in_proj_qkvz's q, k, v, z) through the primitives, on validated-shaped inputs
+        offsets = [0, 12, 20, 28, 40]
+        b = to_torch(C.expand_weights(rng, comp, offsets[-1]), torch.float32, DEVICE)
+        base = to_torch(C.base_output(rng, comp, offsets[-1]), torch.float32, DEVICE)
+        ref = C.ref_stacked(comp, to_f64(x), to_f64(a), to_f64(b), offsets, to_f64(base))
+        off_t = torch.tensor(offsets, dtype=torch.int32, device=DEVICE)
+        got = backend.shrink_expand(x, a, b, off_t, 12, base, 4)
+        check = C.compare(to_f64(got), ref, "float32")
+        assert check.ok, f"4-slice shrink_expand {comp}: {check.detail}"
 
 
 @backends
