@@ -155,7 +155,8 @@ class LoRABatchInfo:
         ``seg_indptr`` is recomputed on the device. Host values (lists, CPU tensors) are checked like
         :meth:`from_segments` checks them and copied without a device synchronisation; values already
         on the device are copied device-to-device and trusted (nothing is read back), so this can run
-        on the stream right before a graph replay. ``max_len`` is updated when the lengths are host values.
+        on the stream right before a graph replay. ``max_len`` is updated when the lengths are host values
+(kernels never read it). Every host value is checked before anything is written.
         """
         n = int(seg_lens.shape[0]) if isinstance(seg_lens, torch.Tensor) else len(seg_lens)
         nw = int(weight_indices.shape[0]) if isinstance(weight_indices, torch.Tensor) else len(weight_indices)
@@ -163,52 +164,51 @@ class LoRABatchInfo:
             raise ValueError(f"weight_indices has {nw} entries but seg_lens has {n}: one slot per segment")
         if n > self.bs:
             raise ValueError(f"{n} segments do not fit this batch info's {self.bs} (made for bs={self.bs})")
-        lens_dev = isinstance(seg_lens, torch.Tensor) and seg_lens.device.type != "cpu"
+        # check every host value first, then write: a rejected update leaves the batch info as it was
+        writes = [
+            ("seg_lens", self.seg_lens[:n], self._checked("seg_lens", seg_lens, int, n)),
+            ("weight_indices", self.weight_indices[:n], self._checked("weight_indices", weight_indices, int, n)),
+        ]
         if lora_ranks is not None:
-            self._write("lora_ranks", self.lora_ranks, lora_ranks, int)
+            writes.append(("lora_ranks", self.lora_ranks, self._checked("lora_ranks", lora_ranks, int, self.num_lora)))
         if scalings is not None:
-            self._write("scalings", self.scalings, scalings, float)
-        if lens_dev:
-            max_len = self.max_len if n else 0
-        else:
-            host = _as_host_list("seg_lens", seg_lens, int)
-            if any(v < 0 for v in host):
-                raise ValueError(f"seg_lens must be >= 0, got {host}")
-            if sum(host) >= 2**31:
-                raise ValueError(f"{sum(host)} tokens do not fit the int32 seg_indptr")
-            max_len = max(host, default=0)
-        if not (isinstance(weight_indices, torch.Tensor) and weight_indices.device.type != "cpu"):
-            host_w = _as_host_list("weight_indices", weight_indices, int)
-            bad = [w for w in host_w if not 0 <= w < self.num_lora]
-            if bad:
-                raise ValueError(f"weight_indices {bad} out of range [0, {self.num_lora}) (num_lora = len(lora_ranks))")
-        self._write("seg_lens", self.seg_lens[:n], seg_lens, int)
-        self._write("weight_indices", self.weight_indices[:n], weight_indices, int)
+            writes.append(("scalings", self.scalings, self._checked("scalings", scalings, float, self.num_lora)))
+        lens = writes[0][2]
+        if isinstance(lens, list) and sum(lens) >= 2**31:
+            raise ValueError(f"{sum(lens)} tokens do not fit the int32 seg_indptr")
+        slots = writes[1][2]
+        bad = [w for w in slots if not 0 <= w < self.num_lora] if isinstance(slots, list) else []
+        if bad:
+            raise ValueError(f"weight_indices {bad} out of range [0, {self.num_lora}) (num_lora = len(lora_ranks))")
+        for _, dst, values in writes:
+            if isinstance(values, torch.Tensor):
+                dst.copy_(values, non_blocking=True)
+            else:
+                src = torch.tensor(values, dtype=dst.dtype)
+                dst.copy_(src.pin_memory() if dst.device.type == "cuda" else src, non_blocking=True)
         self.seg_lens[n:].zero_()
         self.weight_indices[n:].zero_()
         self.seg_indptr[:1].zero_()
         torch.cumsum(self.seg_lens, 0, dtype=torch.int32, out=self.seg_indptr[1:])
-        self.max_len = max_len
+        if isinstance(lens, list):
+            self.max_len = max(lens, default=0)
         return self
 
     @staticmethod
-    def _write(name: str, dst: torch.Tensor, values, kind) -> None:
+    def _checked(name: str, values, kind, expect: int):
+        """A device tensor as it is (trusted, shape checked), else a checked host list of ``expect`` values."""
         if isinstance(values, torch.Tensor) and values.device.type != "cpu":
-            if values.shape != dst.shape:
-                raise ValueError(f"{name} has shape {tuple(values.shape)}, expected {tuple(dst.shape)}")
-            dst.copy_(values, non_blocking=True)
-            return
+            if tuple(values.shape) != (expect,):
+                raise ValueError(f"{name} has shape {tuple(values.shape)}, expected ({expect},)")
+            return values
         host = _as_host_list(name, values, kind)
-        if len(host) != dst.shape[0]:
-            raise ValueError(f"{name} has {len(host)} entries, expected {dst.shape[0]}")
-        if name == "lora_ranks" and any(r < 0 for r in host):
-            raise ValueError(f"lora_ranks must be >= 0, got {host}")
+        if len(host) != expect:
+            raise ValueError(f"{name} has {len(host)} entries, expected {expect}")
+        if name in ("seg_lens", "lora_ranks") and any(v < 0 for v in host):
+            raise ValueError(f"{name} must be >= 0, got {host}")
         if name == "scalings" and any(not torch.isfinite(torch.tensor(v)) for v in host):
             raise ValueError(f"scalings must be finite, got {host}")
-        src = torch.tensor(host, dtype=dst.dtype)
-        if dst.device.type == "cuda":
-            src = src.pin_memory()
-        dst.copy_(src, non_blocking=True)
+        return host
 
     def to(self, device: torch.device | str) -> "LoRABatchInfo":
         """A copy with every tensor on ``device``."""

@@ -66,12 +66,16 @@ def test_update_writes_in_place_and_pads_with_empty_segments():
         (([-1], [0]), ValueError, "seg_lens must be >= 0"),
         (([1], [0], [1, 2]), ValueError, "lora_ranks has 2 entries, expected 3"),
         (([1], [0], None, [1.0, float("inf"), 1.0]), ValueError, "scalings must be finite"),
+        (([1, 1], [0, 0], [4, -1, 4]), ValueError, "lora_ranks must be >= 0"),
     ],
 )
 def test_update_rejects(args, exc, words):
-    bi = LoRABatchInfo.empty(5, 3)
+    bi = LoRABatchInfo.empty(5, 3).update_([2, 1], [1, 2], [4, 4, 4], [1.0, 2.0, 3.0])
+    before = {f: getattr(bi, f).clone() for f in ("seg_lens", "seg_indptr", "weight_indices", "lora_ranks", "scalings")}
     with pytest.raises(exc, match=words):
         bi.update_(*args)
+    for f, t in before.items():
+        assert torch.equal(getattr(bi, f), t), f"a rejected update changed {f}"
 
 
 # ---- reserve: sized once, never reallocated, capacity errors before any launch -----------------------
