@@ -239,7 +239,8 @@ def _time_graph(fn, device, budget) -> dict:
 
 
 def _one(name: str, cls, case: StepCase, comp, dtype_name: str, dtype, device, layers, copy_gbps, budget,
-         seed: int, tolerance: float) -> StepResult:
+         seed: int, tolerance: float, graphs: bool | None = None) -> StepResult:
+    """Check one eager step, then time it: as CUDA graphs (``graphs``, default on CUDA), else wall clock."""
     from lora import LoRABatchInfo
 
     from .timing import time_calls
@@ -284,7 +285,7 @@ def _one(name: str, cls, case: StepCase, comp, dtype_name: str, dtype, device, l
         res.timings[key] = m
 
     try:
-        if device.type != "cuda":
+        if not (device.type == "cuda" if graphs is None else graphs):
             record("eager_once", {"method": "wall-clock", "median_us": first_us, "reps": 1})
             backend.prepare_per_call = True
             t0 = time.perf_counter()

@@ -89,3 +89,36 @@ def test_step_rejects_bad_arguments(capsys):
     assert cli.main(["compare", "--step", "--device", "cpu", "--layers", "0"]) == 2
     assert cli.main(["compare", "--step", "--device", "cpu", "--ops", "qkv"]) == 2
     assert "step cases" in capsys.readouterr().err
+
+
+def test_graph_timings_capture_prepare_once_or_per_call(monkeypatch):
+    """The CUDA branch on the CPU, with the graph timer replaced: what each timed graph would contain."""
+    import torch
+
+    from lora.compare import step
+    from lora.compare.timing import Budget
+
+    case = STEP_CASES["step-tiny-decode-8"]
+    comp = case.composition(0)
+    gen = torch.Generator().manual_seed(0)
+    layers = [step._layer_inputs(case, comp, torch.float32, torch.device("cpu"), gen) for _ in range(2)]
+    prepares = []
+
+    class Counting(TorchLoRABackend):
+        def prepare(self, bi):
+            prepares.append(bi)
+
+    def fake_graph(fn, device, budget):
+        before = len(prepares)
+        fn()
+        return {"method": "fake-graph", "median_us": 100.0 + len(prepares) - before, "prepares": len(prepares) - before}
+
+    monkeypatch.setattr(step, "_time_graph", fake_graph)
+    r = step._one("counting", Counting, case, comp, "float32", torch.float32, torch.device("cpu"), layers, 10.0,
+                  Budget(0.0, 0.0, 1, 1), 0, 1e-3, graphs=True)
+    assert r.status == "pass", r.detail
+    assert r.timings["graph_once"]["prepares"] == 1, "the step graph derives the metadata once"
+    assert r.timings["graph_per_call"]["prepares"] == 6 * 2, "per call: once per op call (6 a layer)"
+    assert r.timings["graph_once"]["per_layer_us"] == r.timings["graph_once"]["median_us"] / 2
+    assert r.timings["per_call_over_once"] > 1
+    assert r.timings["graph_once"]["gbps"] > 0 and r.min_bytes == step_min_bytes(case, comp, 4)
