@@ -6,6 +6,7 @@ times it, and reports achieved bandwidth as a fraction of the device's measured 
     python -m lora compare                                  # the default cases for this machine
     python -m lora compare --case 'llama3-8b-r64-*' --backends torch,triton --json out.json --plot out.png
     python -m lora compare --shape hidden=4096,r=64,segs=prefill:8192/8 --dtype bf16
+    python -m lora compare --step --backends triton,pallas  # the decode step: 32 layers as one CUDA graph
     python -m lora list                                     # backends (and why not), cases, ops
 
 Exit status: 0 when every result is right, 1 when any backend gives a wrong result or raises
