@@ -89,6 +89,12 @@ def _list() -> int:
     print("ops:")
     for op in OPS.values():
         print(f"  {op.name:12s} {op.call:36s} {op.doc}")
+    from .step import CPU_DEFAULT_STEPS, GPU_DEFAULT_STEPS, STEP_CASES
+
+    print("step cases (compare --step; * = GPU default, + = CPU default):")
+    for name, case in STEP_CASES.items():
+        mark = "*" if name in GPU_DEFAULT_STEPS else ("+" if name in CPU_DEFAULT_STEPS else " ")
+        print(f"  {mark} {name:28s} {case.description}")
     return 0
 
 
