@@ -183,6 +183,8 @@ def lora_expand(
         return base_output
     if meta is None:
         meta = derive(batch_info, new_meta(num_lora, s, x.device))
+    elif meta.capacity < s:
+        raise ValueError(f"the batch's grouping holds {meta.capacity} rows but x has {s}: derive it for at least {s}")
     if plan is None:
         plan = tiling.plan_expand(s, max_r, n_total, max_slice_width, stack, num_lora, batch_info.bs, x.dtype, x.device)
     grid = expand_grid(s, num_lora, stack, max_slice_width, plan)

@@ -235,6 +235,8 @@ def lora_shrink(
         return out
     if meta is None:
         meta = derive(batch_info, new_meta(num_lora, s, x.device))
+    elif meta.capacity < s:
+        raise ValueError(f"the batch's grouping holds {meta.capacity} rows but x has {s}: derive it for at least {s}")
     if plan is None:
         plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
     grid = shrink_grid(s, num_lora, n_out, plan)

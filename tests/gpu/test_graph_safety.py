@@ -92,8 +92,7 @@ def test_replayed_shrink_never_writes_freed_memory(name):
     torch.cuda.synchronize()
     _close(eager, _ref_shrink(big, x256, a), "eager 256 tokens")
     _close(eager_side, _ref_shrink(big, x256, a), "eager 256 tokens on the capture stream")
-    del eager, eager_side
-    torch.cuda.empty_cache()
+    del eager, eager_side  # (no empty_cache: freed blocks stay in torch's cache, where the probes find them)
 
     probes = [torch.full((n,), 7, dtype=torch.int32, device=DEV) for n in range(1, 20000, 53)]
     probes += [torch.full((n,), 7, dtype=torch.int32, device=DEV) for n in (2**14, 2**16, 2**18, 2**20)]
