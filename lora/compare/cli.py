@@ -6,6 +6,7 @@ times it, and reports achieved bandwidth as a fraction of the device's measured 
     python -m lora compare                                  # the default cases for this machine
     python -m lora compare --case 'llama3-8b-r64-*' --backends torch,triton --json out.json --plot out.png
     python -m lora compare --shape hidden=4096,r=64,segs=prefill:8192/8 --dtype bf16
+    python -m lora compare --step --backends triton,pallas  # the decode step: 32 layers as one CUDA graph
     python -m lora list                                     # backends (and why not), cases, ops
 
 Exit status: 0 when every result is right, 1 when any backend gives a wrong result or raises
@@ -49,8 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write every figure, the device and library versions as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG chart of each backend's fraction of copy bandwidth")
     p.add_argument("--quick", action="store_true", help="shorter timing (fewer repetitions, smaller copy probe)")
+    p.add_argument("--step", action="store_true",
+                   help="run the decode-step cases instead (every LoRA op of N layers as one CUDA graph; --case picks "
+                   "among step cases: " + ", ".join(_step_names()) + ")")
+    p.add_argument("--layers", type=int, metavar="N", help="layers of a --step case (default: the case's, 32 for Llama)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _step_names() -> list[str]:
+    from .step import STEP_CASES
+
+    return list(STEP_CASES)
 
 
 def _op_names() -> list[str]:
@@ -78,6 +89,12 @@ def _list() -> int:
     print("ops:")
     for op in OPS.values():
         print(f"  {op.name:12s} {op.call:36s} {op.doc}")
+    from .step import CPU_DEFAULT_STEPS, GPU_DEFAULT_STEPS, STEP_CASES
+
+    print("step cases (compare --step; * = GPU default, + = CPU default):")
+    for name, case in STEP_CASES.items():
+        mark = "*" if name in GPU_DEFAULT_STEPS else ("+" if name in CPU_DEFAULT_STEPS else " ")
+        print(f"  {mark} {name:28s} {case.description}")
     return 0
 
 
@@ -297,6 +314,8 @@ def _compare_on(args, device, out) -> int:
 
     t_start = time.perf_counter()
     cuda = device.type == "cuda"
+    if args.step:
+        return _steps(args, device, out)
     # -- what to run
     try:
         shape_cases = [(parse_shape_spec(s), s) for s in args.shape]
@@ -433,6 +452,45 @@ def _compare_on(args, device, out) -> int:
         print(f"wrote {args.plot}", file=out)
     print(f"{'FAILED' if failed else 'OK'} in {meta['elapsed_s']:.1f} s", file=out)
     return 1 if failed else 0
+
+
+def _steps(args, device, out) -> int:
+    """``compare --step``: the decode-step cases (lora.compare.step)."""
+    from lora import get_backend_from_name
+
+    from . import inputs as I
+    from .step import run_steps, select_steps
+
+    if args.shape or args.ops or args.plot:
+        raise _UsageError("--step takes --case (step cases), --layers, --backends, --dtype, --seed, --json, --quick")
+    if args.layers is not None and args.layers < 1:
+        raise _UsageError(f"--layers must be >= 1, got {args.layers}")
+    try:
+        if args.case:
+            select_steps(args.case)
+        dtypes = [I.dtype_name(d) for d in args.dtype.split(",")] if args.dtype else (
+            ["bfloat16"] if device.type == "cuda" else ["float32"])
+    except (KeyError, ValueError) as exc:
+        raise _UsageError(str(exc).strip("'\"")) from None
+    backends, backend_rows = _select_backends(args.backends, out)
+    if device.type == "cuda" and "torch" in backends:
+        backends.remove("torch")  # the host-synchronising reference cannot be captured; the oracle checks instead
+        print("backend torch: not run in --step on CUDA (host-synchronising, cannot be captured)", file=out)
+    if not backends:
+        raise _UsageError("no selected backend can run the decode step here")
+    classes = {name: get_backend_from_name(name) for name in backends}
+    print(f"{_PROG} compare --step on {device}; backends: {', '.join(backends)}; {', '.join(dtypes)}", file=out)
+    meta = {
+        "command": " ".join([_PROG, "compare", *map(shlex.quote, args.argv)]),
+        "started_at": args.started_at,
+        "seed": args.seed,
+        "device": _device_info(device),
+        "versions": _versions(),
+        "backends": backend_rows,
+        "tolerances": {d: I.TOLERANCE[d] for d in dtypes},
+    }
+    return run_steps(args, device, out, backends=backends, classes=classes,
+                     dtypes={d: I.DTYPES[d] for d in dtypes}, tolerances=meta["tolerances"], meta=meta)
 
 
 # ---- entry point ---------------------------------------------------------------------------------

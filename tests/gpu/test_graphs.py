@@ -2,7 +2,8 @@
 
 Each op is captured with one composition, then replayed for others of the same shapes (tokens,
 segments, slots) but different lengths, slots, ranks and scalings; fresh poisoned inputs are copied
-into the captured tensors before each replay and the output is checked against the oracle.
+into the captured tensors, ``set_batch_info`` re-derives the backend's metadata into the same buffers
+before each replay, and the output is checked against the oracle.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def test_capture_once_replay_with_new_metadata(name, op, kind, rng):
         fresh_bi = batch_info(comp, DEV)
         for field in ("seg_lens", "seg_indptr", "weight_indices", "lora_ranks", "scalings"):
             getattr(bi, field).copy_(getattr(fresh_bi, field))
+        backend.set_batch_info(bi)  # re-derive into the same buffers before the replay (lora.backend)
         fresh = _fresh(op, comp, dtype, 100 + i)
         for key, value in fresh.items():
             static[key].copy_(value)
