@@ -574,18 +574,17 @@ def _regions(comp: Composition, op: ResolvedOp | None, ncols: int):
     """(label, rows, cols, must) of every region the contract says something different about."""
     out = []
     # rows without work: a shrink (or an expand into a fresh output) writes zeros, an add leaves them alone
-    must = "zeros" if op is None or op.kind == "shrink" or not op.fused_add else "untouched"
+    must = "as before" if op is None else "zeros" if op.kind == "shrink" or not op.fused_add else "untouched"
     if op is None or op.kind == "shrink":
-        stack = op.stack if op is not None else 1
-        slices = None
+        stack, slices = (op.stack if op is not None else 1), None
     else:
         stack, slices = op.stack, list(zip(op.offsets, op.offsets[1:]))
     for i, (start, end, w, r, _) in enumerate(comp.segments()):
         if end == start:
             continue
         who = f"rows {start}..{end - 1} (segment {i}, slot {w}, rank {r})"
-        if r == 0:
-            out.append((who, slice(start, end), slice(0, ncols), must))
+        if r == 0 or op is None:  # without the op, the slices are unknown: the segment's whole rows
+            out.append((who, slice(start, end), slice(0, ncols), must if r == 0 else "values"))
             continue
         if slices is None:
             for j in range(stack):
