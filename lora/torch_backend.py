@@ -31,7 +31,8 @@ class TorchLoRABackend(BaseLoRABackend):
 
     def set_batch_info(self, batch_info: LoRABatchInfo) -> None:
         super().set_batch_info(batch_info)
-        self.prepare(batch_info)
+        if "prepare" not in vars(BaseLoRABackend):  # a base class without the per-batch hook: call it here
+            self.prepare(batch_info)
 
     def prepare(self, batch_info: LoRABatchInfo) -> None:
         """Group the batch's rows by slot (slots of rank 0 and empty segments have no rows to work on)."""
