@@ -119,7 +119,7 @@ class Composition:
     """A batch described on the host: exactly what ``LoRABatchInfo.from_segments`` takes, plus sizes.
 
     ``tokens`` (rows of x) may exceed ``sum(seg_lens)``: rows after the last segment have no work.
-    Lists are accepted and stored as tuples.
+    The sequences may be tuples or lists (kept as given).
     """
 
     seg_lens: tuple[int, ...]
@@ -130,8 +130,6 @@ class Composition:
     tokens: int
 
     def __post_init__(self):
-        for name in ("seg_lens", "weight_indices", "lora_ranks", "scalings"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.seg_lens) != len(self.weight_indices):
             raise ValueError("one weight index per segment")
         if len(self.lora_ranks) != len(self.scalings):
