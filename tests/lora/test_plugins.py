@@ -177,6 +177,7 @@ def test_installed_example_plugin_is_found_by_name():
     out = subprocess.run([sys.executable, "-m", "lora", "list"], capture_output=True, text=True, cwd=REPO,
                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0 and "example" in out.stdout and "[from kernelstack-lora-example" in out.stdout, out
-    rc = lora_main(["compare", "--backends", "example,triton", "--case", "tiny-mixed", "--ops", "gate_up",
-                    "--dtype", "fp16", "--quick", "--no-progress", "--device", "cpu"])
+    ours = "triton" if _status()["triton"].available else "torch"
+    rc = lora_main(["compare", "--backends", f"example,{ours}", "--case", "tiny-mixed", "--ops", "gate_up",
+                    "--dtype", "fp16", "--quick", "--no-progress"])
     assert rc == 0
