@@ -54,16 +54,17 @@ class TorchLoRABackend(BaseLoRABackend):
         return out
 
     def expand(self, x, weights, output_offset, max_slice_width, base_output):
-        stack = output_offset.shape[0] - 1
-        cols = torch.arange(base_output.shape[1], device=x.device)
+        stack, n = output_offset.shape[0] - 1, base_output.shape[1]
+        cols = torch.arange(n, device=x.device)
         # slice j owns the output columns [offset[j], offset[j+1]); found on the device, no host read
         slice_of_col = torch.bucketize(cols, output_offset[1:].long(), right=True)
+        in_slice = (slice_of_col == torch.arange(stack, device=x.device)[:, None]).float()  # (stack, N)
         scalings = self.batch_info.scalings
         for g in self._groups:
             r = g.rank
             bt = weights[g.slot, :, :r].float().T  # (r, N): the slot's B up to its real rank
             # One matmul per slot: x's columns [j*r, (j+1)*r) meet B only in slice j's output columns.
-            b_stacked = torch.cat([bt * (slice_of_col == j) for j in range(stack)])  # (stack*r, N)
+            b_stacked = (in_slice[:, None, :] * bt).reshape(stack * r, n)  # (stack*r, N)
             delta = x[g.rows, : stack * r].float() @ b_stacked
             base_output[g.rows] = (base_output[g.rows].float() + scalings[g.slot] * delta).to(base_output.dtype)
         return base_output

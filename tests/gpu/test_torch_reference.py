@@ -44,4 +44,4 @@ def test_decode_call_is_sync_free_and_fast(op, tokens, rng):
         times.append(start.elapsed_time(end))
     median_ms = sorted(times)[len(times) // 2]
     print(f"torch reference {op} decode-{tokens}: {median_ms:.3f} ms per call")
-    assert median_ms < 3.0, f"{op} decode-{tokens}: {median_ms:.2f} ms per call"
+    assert median_ms < 4.0, f"{op} decode-{tokens}: {median_ms:.2f} ms per call (a loop over segments took 4-145 ms)"
