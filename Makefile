@@ -56,7 +56,7 @@ $(VENV)/.installed: lock/main.txt pyproject.toml $(UV)
 	test -x $(VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV)
 	@echo "== $(VENV): installing the locked versions of lock/main.txt (uv pip sync, hashes checked)"
 	$(UV) pip sync -q --python $(VENV)/bin/python $(SYNC_FLAGS) lock/main.txt
-	$(UV) pip install -q --python $(VENV)/bin/python --no-deps --no-build-isolation -e .
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps --no-build-isolation -e . -e tests/lora/plugin_example
 	@$(UV) pip list -q --python $(VENV)/bin/python 2>/dev/null | \
 	  grep -E '^(torch|triton|numpy|openai|anthropic|litellm|google-genai|httpx) ' | sed 's/^/   locked: /'
 	touch $@

@@ -101,6 +101,11 @@ class BaseLoRABackend:
     prepare_per_call: bool = False
 
     def __init__(self, name: str, batch_info: LoRABatchInfo | None = None):
+        reason = type(self).unavailable_reason()
+        if reason is not None:  # fail here, with the registry's reason, not at the first op call
+            from .registry import BackendUnavailableError
+
+            raise BackendUnavailableError(f"LoRA backend {name!r} cannot run here: {reason}")
         self.name = name
         self.batch_info: LoRABatchInfo | None = None
         self.reservation: Reservation | None = None

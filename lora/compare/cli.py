@@ -81,7 +81,8 @@ def _list() -> int:
     print("backends:")
     for s in available_backends():
         state = "available" if s.available else f"unavailable: {s.reason}"
-        print(f"  {s.name:8s} {state}{'  -- ' + s.description if s.description else ''}")
+        origin = "" if s.origin == "kernelstack" else f"  [from {s.origin}]"
+        print(f"  {s.name:8s} {state}{'  -- ' + s.description if s.description else ''}{origin}")
     print("cases (* = GPU default, + = CPU default):")
     for name, case in CASES.items():
         mark = "*" if name in GPU_DEFAULT_CASES else ("+" if name in CPU_DEFAULT_CASES else " ")
@@ -187,7 +188,7 @@ def _select_backends(spec: str | None, out) -> tuple[list[str], list[dict]]:
     # the reference first, so the others can be compared with its time
     chosen.sort(key=lambda n: (n != "torch", wanted.index(n)))
     rows = [
-        {"name": s.name, "available": s.available, "reason": s.reason, "description": s.description,
+        {"name": s.name, "available": s.available, "reason": s.reason, "description": s.description, "origin": s.origin,
          "selected": s.name in chosen}
         for s in statuses
     ]
@@ -195,9 +196,9 @@ def _select_backends(spec: str | None, out) -> tuple[list[str], list[dict]]:
 
 
 def _skip_reason(backend: str, dtype: str, device) -> str | None:
-    if backend == "triton" and device.type == "cpu" and dtype == "bfloat16":
-        return "Triton's CPU interpreter computes bf16 dots wrongly; bf16 is checked on the GPU"
-    return None
+    from lora.testing import dtype_skip_reason
+
+    return dtype_skip_reason(backend, dtype, device)
 
 
 def _is_host_syncing(cls) -> bool:
@@ -219,7 +220,7 @@ def _run_one(backend_name, cls, batch_info, op, comp, case, dtype, device, check
     """Check then time one backend on one (case, op, dtype); returns a Result."""
     import torch
 
-    from . import inputs as I
+    from lora import testing as I
     from .report import Result
     from .cases import target_us
     from .timing import time_calls, time_cuda_graph
@@ -237,8 +238,8 @@ def _run_one(backend_name, cls, batch_info, op, comp, case, dtype, device, check
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         first_us = (time.perf_counter() - t0) * 1e6
-        c = I.check(out, ref, dtype, expect_dtype=I.DTYPES[dtype], base=t.get("base"))
-        res.rel_error, res.detail = c.rel_error, c.detail
+        c = I.check(out, ref, dtype, expect_dtype=I.DTYPES[dtype], base=t.get("base"), comp=comp, op=op)
+        res.rel_error, res.detail = c.rel_error, "; ".join([c.detail, *c.problems[:3]])
         res.status = "pass" if c.ok else "fail"
         del out, t
     except NotImplementedError as exc:
@@ -307,7 +308,7 @@ def _compare_on(args, device, out) -> int:
 
     from lora import LoRABatchInfo, get_backend_from_name
 
-    from . import inputs as I
+    from lora import testing as I
     from .cases import CASES, CPU_DEFAULT_CASES, CPU_DEFAULT_OPS, GPU_DEFAULT_CASES, OPS, case_seed, min_bytes, parse_shape_spec, select_cases
     from .report import Progress, Result, print_tables, write_json, write_plot
     from .timing import Budget, copy_bandwidth, rotation_sets
@@ -375,7 +376,7 @@ def _compare_on(args, device, out) -> int:
                     tdtype = I.DTYPES[dtype]
                     check_set = I.make_inputs(op, comp, tdtype, device, seed)
                     ref = I.oracle(op, comp, check_set)
-                    n_sets = rotation_sets(I.set_bytes(check_set), device)
+                    n_sets = rotation_sets(sum(t.numel() * t.element_size() for t in check_set.values()), device)
                     # separate sets: timed calls add into their base_output, which must not reach a later check
                     timing_sets = [I.make_inputs(op, comp, tdtype, device, seed + 1 + i) for i in range(n_sets)]
                     mbytes = min_bytes(op, comp, torch.finfo(tdtype).bits // 8)
@@ -458,7 +459,8 @@ def _steps(args, device, out) -> int:
     """``compare --step``: the decode-step cases (lora.compare.step)."""
     from lora import get_backend_from_name
 
-    from . import inputs as I
+    from lora import testing as I
+
     from .step import run_steps, select_steps
 
     if args.shape or args.ops or args.plot:
@@ -490,7 +492,7 @@ def _steps(args, device, out) -> int:
         "tolerances": {d: I.TOLERANCE[d] for d in dtypes},
     }
     return run_steps(args, device, out, backends=backends, classes=classes,
-                     dtypes={d: I.DTYPES[d] for d in dtypes}, tolerances=meta["tolerances"], meta=meta)
+                     dtypes={d: I.DTYPES[d] for d in dtypes}, meta=meta)
 
 
 # ---- entry point ---------------------------------------------------------------------------------

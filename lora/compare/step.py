@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lora import testing as T
+
 from .cases import LLAMA3_8B, TINY, LayerShape, case_seed, min_bytes_of
 
 __all__ = ["modules", "STEP_CASES", "StepCase", "run_steps", "step_min_bytes"]
@@ -173,33 +175,6 @@ def run_step(backend, case: StepCase, layers: list[dict]) -> None:
                 backend.run_lora_b_sgemm(backend.run_lora_a_sgemm(t["x"], t["a"]), t["b"], base_output=t["base"])
 
 
-def _reference(comp, m: Module, t: dict, base: torch.Tensor) -> torch.Tensor:
-    """float64 ``base + scaling * (x @ A.T) @ B.T`` per slice, over the segments with work."""
-    out = base.double().clone()
-    rows: dict[int, list[int]] = {}
-    for start, end, w, _, _ in comp.work():
-        rows.setdefault(w, []).extend(range(start, end))
-    for w, idx in rows.items():
-        r, scale = comp.lora_ranks[w], comp.scalings[w]
-        ix = torch.tensor(idx, device=base.device)
-        x = t["x"][ix].double()
-        for j, (lo, hi) in enumerate(zip(m.offsets, m.offsets[1:])):
-            xa = x @ t["a"][w, j * r:(j + 1) * r].double().T
-            out[ix, lo:hi] += scale * xa @ t["b"][w, lo:hi, :r].double().T
-    return out
-
-
-def _check(out: torch.Tensor, ref: torch.Tensor, tol: float) -> tuple[bool, float, str]:
-    got = out.double()
-    nan_got, nan_ref = torch.isnan(got), torch.isnan(ref)
-    if not torch.equal(nan_got, nan_ref):
-        return False, math.inf, f"{int((nan_got ^ nan_ref).sum())} elements NaN in one of output / reference only"
-    ok = ~nan_ref
-    denom = float(ref[ok].norm()) or 1.0
-    err = float((got[ok] - ref[ok]).norm()) / denom
-    return err <= tol, err, f"rel error {err:.3g} (tolerance {tol:g})"
-
-
 # ---- timing one backend -----------------------------------------------------------------------------
 
 
@@ -239,7 +214,7 @@ def _time_graph(fn, device, budget) -> dict:
 
 
 def _one(name: str, cls, case: StepCase, comp, dtype_name: str, dtype, device, layers, copy_gbps, budget,
-         seed: int, tolerance: float, graphs: bool | None = None) -> StepResult:
+         seed: int, graphs: bool | None = None) -> StepResult:
     """Check one eager step, then time it: as CUDA graphs (``graphs``, default on CUDA), else wall clock."""
     from lora import LoRABatchInfo
 
@@ -264,10 +239,11 @@ def _one(name: str, cls, case: StepCase, comp, dtype_name: str, dtype, device, l
         for i in checked:
             for m in modules(case.shape):
                 t = layers[i][m.name]
-                ok, err, detail = _check(t["base"], _reference(comp, m, t, starts[(i, m.name)]), tolerance)
-                worst = max(worst, err)
-                if not ok:
-                    bad.append(f"layer {i} {m.name}: {detail}")
+                ref = T.ref_stacked(comp, t["x"], t["a"], t["b"], m.offsets, starts[(i, m.name)])
+                c = T.compare(t["base"], ref, dtype_name, comp=comp)
+                worst = max(worst, c.rel_error)
+                if not c.ok:
+                    bad.append(f"layer {i} {m.name}: {c.detail}")
         res.rel_error = worst
         res.status = "fail" if bad else "pass"
         res.detail = "; ".join(bad) or f"layers {checked} checked, worst rel error {worst:.3g}"
@@ -322,11 +298,10 @@ def _one(name: str, cls, case: StepCase, comp, dtype_name: str, dtype, device, l
 # ---- the command ------------------------------------------------------------------------------------
 
 
-def run_steps(args, device, out, *, backends: list[str], classes: dict, dtypes: dict, tolerances: dict,
-              meta: dict) -> int:
+def run_steps(args, device, out, *, backends: list[str], classes: dict, dtypes: dict, meta: dict) -> int:
     """``compare --step``: check and time the selected step cases; print a table; write JSON if asked.
 
-    ``dtypes``: {name: torch dtype} to run; ``tolerances``: {name: relative tolerance}.
+    ``dtypes``: {name: torch dtype} to run; each is checked with ``lora.testing.TOLERANCE``.
     """
     from .timing import Budget, copy_bandwidth
 
@@ -348,12 +323,12 @@ def run_steps(args, device, out, *, backends: list[str], classes: dict, dtypes: 
             # each backend is checked from the same starting base outputs (written back in place)
             saved = {(i, k): layers[i][k]["base"].clone() for i in {0, len(layers) - 1} for k in layers[i]}
             for name in backends:
-                if name == "triton" and not cuda and dtype_name == "bfloat16":
-                    continue  # the interpreter's bf16 dots are wrong (see compare's skip)
+                if T.dtype_skip_reason(name, dtype_name, device):
+                    continue  # e.g. bf16 on Triton's CPU interpreter, whose bf16 dots are wrong
                 for (i, k), base in saved.items():
                     layers[i][k]["base"].copy_(base)
                 r = _one(name, classes[name], case, comp, dtype_name, dtype, device, layers, copy_bw["gbps"], budget,
-                         args.seed, tolerances[dtype_name])
+                         args.seed)
                 results.append(r)
                 print(_line(r), file=out)
                 out.flush()

@@ -14,8 +14,16 @@ import torch
 import lora
 from lora import LoRABatchInfo
 
-from . import contract as C
-from .torch_cases import batch_info, to_f64, to_torch
+from lora import testing as C
+from lora.testing import batch_info
+
+
+def to_torch(a, dtype: torch.dtype, device) -> torch.Tensor:
+    return torch.from_numpy(a).to(device=device, dtype=dtype)
+
+
+def to_f64(t: torch.Tensor):
+    return t.detach().to("cpu", torch.float64).numpy()
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 STATUS = {s.name: s for s in lora.available_backends()}
