@@ -349,3 +349,14 @@ def test_wrapper_needs_an_initialised_process_group():
         TensorParallelLoRA(lora.get_backend_from_name("torch")("torch"))
     with pytest.raises(TypeError, match="backend must be a BaseLoRABackend"):
         TensorParallelLoRA("torch")
+
+
+def test_paper_cost_of_the_row_all_reduces():
+    from lora.parallel import cost
+
+    # Llama-3-70B, tp 8, decode 64 tokens at r 16 in bf16: two all-reduces of 64*16*2 bytes per layer.
+    rows = cost.layer_collectives(64, 16, 8, busbw=450e9, latency_s=0.0)
+    assert [c.module for c in rows] == ["lora o", "lora down"] and all(c.nbytes == 2048 for c in rows)
+    assert rows[0].bus_bytes_per_rank == pytest.approx(2 * 7 / 8 * 2048)
+    assert rows[0].seconds == pytest.approx(3584 / 450e9)
+    assert cost.layer_collectives(64, 16, 1)[0].seconds == 0.0  # tp 1: nothing to reduce
