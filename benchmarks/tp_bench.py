@@ -108,11 +108,13 @@ def _check(tpl, shape, full, loc, sh, bi, dev):
     ref = lora.get_backend_from_name("torch")("torch", bi)
     errs = {}
     q, kv = shape["q_heads"] * shape["head_dim"], shape["kv_heads"] * shape["head_dim"]
-    out = tpl.run_qkv_lora(loc["x"], loc["qkv_a"], loc["qkv_b"], sh["qkv"], base_output=sh["qkv"].take(full["qkv_base"], 1))
+    base = sh["qkv"].take(full["qkv_base"], 1)
+    out = tpl.run_qkv_lora(loc["x"], loc["qkv_a"], loc["qkv_b"], sh["qkv"], base_output=base)
     offs = torch.tensor([0, q, q + kv, q + 2 * kv], dtype=torch.int32, device=dev)
     r = ref.run_qkv_lora(full["x"], full["qkv_a"], full["qkv_b"], offs, q, base_output=full["qkv_base"].clone())
     errs["qkv"] = _rel(out, sh["qkv"].take(r, 1))
-    out = tpl.run_gate_up_lora(loc["x"], loc["gu_a"], loc["gu_b"], sh["gu"], base_output=sh["gu"].take(full["gu_base"], 1))
+    base = sh["gu"].take(full["gu_base"], 1)
+    out = tpl.run_gate_up_lora(loc["x"], loc["gu_a"], loc["gu_b"], sh["gu"], base_output=base)
     r = ref.run_gate_up_lora(full["x"], full["gu_a"], full["gu_b"], base_output=full["gu_base"].clone())
     errs["gate_up"] = _rel(out, sh["gu"].take(r, 1))
     for name, xk, xfull in (("o", "o_x", "x"), ("down", "down_x", "x_down")):
@@ -174,7 +176,8 @@ def _worker(rank, tp, init, args, out_dir):
         dev, pg_backend = torch.device("cuda", rank), "nccl"
         torch.cuda.set_device(dev)
     kw = {"device_id": dev} if dev.type == "cuda" else {}
-    dist.init_process_group(pg_backend, init_method=init, rank=rank, world_size=tp, timeout=timedelta(seconds=120), **kw)
+    dist.init_process_group(pg_backend, init_method=init, rank=rank, world_size=tp,
+                            timeout=timedelta(seconds=120), **kw)
     status = {s.name: s for s in lora.available_backends()}
     rows, deadline = [], time.monotonic() + args["budget_s"]
     batches = TINY_BATCHES if smoke else BATCHES

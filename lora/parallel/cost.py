@@ -98,7 +98,8 @@ def main(argv=None) -> None:
             rows = layer_collectives(tokens, r, args.tp, busbw=args.busbw_gbs * 1e9, latency_s=args.latency_us * 1e-6,
                                      include_base=True, model=model)
             for c in rows:
-                print(f"{label:<12}{r:>4}  {c.module:<10}{_fmt_bytes(c.nbytes):>11}{_fmt_bytes(c.bus_bytes_per_rank):>11}"
+                print(f"{label:<12}{r:>4}  {c.module:<10}{_fmt_bytes(c.nbytes):>11}"
+                      f"{_fmt_bytes(c.bus_bytes_per_rank):>11}"
                       f"{c.bandwidth_s * 1e6:>9.2f}{c.seconds * 1e6:>10.2f}")
             lora = rows[:2]
             per_layer = sum(c.seconds for c in lora)

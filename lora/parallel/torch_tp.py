@@ -24,6 +24,17 @@ its slice of A into a partial ``(s, stack*max_r)``, then
   LoRA update too. Same expand work per rank as ``all_reduce`` (the full N on all s rows); one
   collective fewer per layer -- at decode sizes that collective is pure latency.
 
+Where the work and the bytes go (per row-parallel module, ``s`` tokens, rank ``r``, ``tp`` ranks):
+the shrink reads ``K/tp`` columns of x and A on each rank; the all-reduce moves ``2 (tp-1)/tp * s*r``
+elements per rank (``r / N`` of the base layer's own all-reduce of ``(s, N)``; at decode sizes a few
+KiB, so its time is the collective's latency); the expand is *replicated*: every rank reads all of B
+and writes all ``s x N`` outputs, as the single-device op does. The reduce-scatter form that would
+split that expand by tokens (reduce-scatter the shrink result over rows, expand only the local rows
+into a sequence-parallel base output) needs the batch's segments cut at the rank's row range, a
+per-rank batch info, and is not provided: an engine that reduce-scatters its base output uses
+``reduce="fold"``, which puts the update into that reduce-scatter at no extra collective.
+:mod:`lora.parallel.cost` gives the on-paper figures, ``benchmarks/tp_bench.py`` measures them.
+
 Precision: the primitives round the partial to the activation dtype (float32 accumulation inside
 each rank), and the sum of ``tp`` partials is then rounded by the collective (NCCL reduces bf16 /
 fp16 hop by hop in that dtype). Against the single-device op this adds up to ``tp`` roundings of

@@ -180,7 +180,8 @@ def spawn(tp: int, out_dir: str, backends: list[str]) -> list[dict]:
     if "lo" in {name for _, name in socket.if_nameindex()}:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     init = f"tcp://127.0.0.1:{_free_port()}"
-    ctx = mp.start_processes(_worker, args=(tp, init, out_dir, backends, _RUN_SEED[0]), nprocs=tp, join=False, start_method="spawn")
+    ctx = mp.start_processes(_worker, args=(tp, init, out_dir, backends, _RUN_SEED[0]), nprocs=tp, join=False,
+                             start_method="spawn")
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     try:
         while not ctx.join(timeout=max(0.0, deadline - time.monotonic())):
