@@ -11,7 +11,8 @@ replayed from a CUDA graph (eager time too, and eager only where capture fails):
 * ``allreduce_us`` the two all-reduces alone, on tensors of the same size;
 * ``share``        allreduce_us / layer_us (and ``layer_us - fold_us``, the collective's cost in place);
 
-and checks every module's tp result against the torch reference backend on the full weights.
+and checks every module's tp result against the torch reference backend on the full weights, run
+eagerly and replayed from a CUDA graph captured per rank (``rel_err``, ``rel_err_graph``).
 
     python benchmarks/tp_bench.py --tp 1,2                  # tp 1 and tp 2 (needs 2 GPUs), triton
     python benchmarks/tp_bench.py --tp 2 --backends triton,pallas --rank 16
@@ -101,28 +102,52 @@ def _rel(out, ref) -> float:
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def _check(tpl, shape, full, loc, sh, bi, dev):
-    """Each module's tp output vs the torch reference backend on the full weights (rel. error)."""
+def _check(tpl, shape, full, loc, sh, bi, dev, graph: bool):
+    """Each module's tp output vs the torch reference backend on the full weights (rel. error), run
+    eagerly or captured in a CUDA graph (all four modules, both all-reduces) and replayed once."""
     import lora
 
     ref = lora.get_backend_from_name("torch")("torch", bi)
-    errs = {}
     q, kv = shape["q_heads"] * shape["head_dim"], shape["kv_heads"] * shape["head_dim"]
-    base = sh["qkv"].take(full["qkv_base"], 1)
-    out = tpl.run_qkv_lora(loc["x"], loc["qkv_a"], loc["qkv_b"], sh["qkv"], base_output=base)
     offs = torch.tensor([0, q, q + kv, q + 2 * kv], dtype=torch.int32, device=dev)
-    r = ref.run_qkv_lora(full["x"], full["qkv_a"], full["qkv_b"], offs, q, base_output=full["qkv_base"].clone())
-    errs["qkv"] = _rel(out, sh["qkv"].take(r, 1))
-    base = sh["gu"].take(full["gu_base"], 1)
-    out = tpl.run_gate_up_lora(loc["x"], loc["gu_a"], loc["gu_b"], sh["gu"], base_output=base)
-    r = ref.run_gate_up_lora(full["x"], full["gu_a"], full["gu_b"], base_output=full["gu_base"].clone())
-    errs["gate_up"] = _rel(out, sh["gu"].take(r, 1))
-    for name, xk, xfull in (("o", "o_x", "x"), ("down", "down_x", "x_down")):
-        out = tpl.run_row_lora(loc[xk], loc[f"{name}_a"], loc[f"{name}_b"], full["o_base"].clone())
+    refs = {
+        "qkv": sh["qkv"].take(ref.run_qkv_lora(full["x"], full["qkv_a"], full["qkv_b"], offs, q,
+                                               base_output=full["qkv_base"].clone()), 1),
+        "gate_up": sh["gu"].take(ref.run_gate_up_lora(full["x"], full["gu_a"], full["gu_b"],
+                                                      base_output=full["gu_base"].clone()), 1),
+    }
+    for name, xfull in (("o", "x"), ("down", "x_down")):
         xa = ref.run_lora_a_sgemm(full[xfull], full[f"{name}_a"])
-        r = ref.run_lora_b_sgemm(xa, full[f"{name}_b"], base_output=full["o_base"].clone())
-        errs[name] = _rel(out, r)
-    return errs
+        refs[name] = ref.run_lora_b_sgemm(xa, full[f"{name}_b"], base_output=full["o_base"].clone())
+    init = {"qkv": sh["qkv"].take(full["qkv_base"], 1), "gate_up": sh["gu"].take(full["gu_base"], 1),
+            "o": full["o_base"], "down": full["o_base"]}
+    bases = {k: v.clone() for k, v in init.items()}
+
+    def compute():
+        tpl.run_qkv_lora(loc["x"], loc["qkv_a"], loc["qkv_b"], sh["qkv"], base_output=bases["qkv"])
+        tpl.run_gate_up_lora(loc["x"], loc["gu_a"], loc["gu_b"], sh["gu"], base_output=bases["gate_up"])
+        tpl.run_row_lora(loc["o_x"], loc["o_a"], loc["o_b"], bases["o"])
+        tpl.run_row_lora(loc["down_x"], loc["down_a"], loc["down_b"], bases["down"])
+
+    def reset():
+        for k, v in init.items():
+            bases[k].copy_(v)
+
+    if graph:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            compute()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            compute()
+        reset()
+        g.replay()
+        torch.cuda.synchronize()
+    else:
+        compute()
+    return {k: _rel(bases[k], refs[k]) for k in refs}
 
 
 def _time(fn, iters, dev, graph: bool):
@@ -204,8 +229,16 @@ def _worker(rank, tp, init, args, out_dir):
                 tpl.set_batch_info(bi)
                 full, loc, sh = _layer_inputs(shape, tokens, args["rank"], tp, rank, dev, dtype, seed=7)
                 if args["check"]:
-                    row["rel_err"] = _check(tpl, shape, full, loc, sh, bi, dev)
-                    row["check_ok"] = all(v <= (1e-3 if smoke else 1.5e-2) for v in row["rel_err"].values())
+                    tol = 1e-3 if smoke else 1.5e-2
+                    row["rel_err"] = _check(tpl, shape, full, loc, sh, bi, dev, graph=False)
+                    row["check_ok"] = all(v <= tol for v in row["rel_err"].values())
+                    if dev.type == "cuda" and not args["no_graph"]:
+                        try:
+                            row["rel_err_graph"] = _check(tpl, shape, full, loc, sh, bi, dev, graph=True)
+                            row["check_ok"] &= all(v <= tol for v in row["rel_err_graph"].values())
+                        except Exception as exc:
+                            row.setdefault("errors", []).append(f"check/graph: {type(exc).__name__}: {exc}"[:400])
+                            torch.cuda.synchronize()
                 del full
                 iters = args["iters"] if bname.startswith("decode") else max(3, args["iters"] // 5)
                 partials = [torch.zeros(tokens, args["rank"], dtype=dtype, device=dev) for _ in range(2)]
@@ -273,9 +306,11 @@ def _merge(per_rank):
             for k, v in other.items():
                 if k.endswith(("_graph", "_eager")) and isinstance(v, float):
                     m[k] = max(m.get(k) or 0.0, v)
-            if "rel_err" in other:
-                m["rel_err"] = {k: max(v, other["rel_err"][k]) for k, v in m["rel_err"].items()}
-                m["check_ok"] = m["check_ok"] and other["check_ok"]
+            for key in ("rel_err", "rel_err_graph"):
+                if key in other and key in m:
+                    m[key] = {k: max(v, other[key][k]) for k, v in m[key].items()}
+            if "check_ok" in other:
+                m["check_ok"] = m.get("check_ok", True) and other["check_ok"]
             for k in ("error", "errors"):
                 if k in other and k not in m:
                     m[k] = other[k]
