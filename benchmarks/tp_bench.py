@@ -214,7 +214,9 @@ def _worker(rank, tp, init, args, out_dir):
         for bname, (lens, tokens) in batches.items():
             row = {"backend": name, "tp": tp, "batch": bname, "lora_rank": args["rank"], "tokens": tokens}
             rows.append(row)
-            if time.monotonic() > deadline:
+            over = [time.monotonic() > deadline]
+            dist.broadcast_object_list(over, src=0)  # rank 0 decides for all: ranks must stay in step
+            if over[0]:
                 row["skipped"] = f"time budget of {args['budget_s']} s spent"
                 continue
             try:

@@ -31,6 +31,8 @@ import pytest
 
 pytest.importorskip("jax")
 
+from tests.lora import contract as C  # noqa: E402  (numpy only)
+
 DEVICES = 4
 K, N, HEAD_DIM = 64, 64, 8
 CHILD_TIMEOUT_S = 420
@@ -47,6 +49,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _qkv_heads(tp: int, kind: str) -> tuple[int, int]:
     return (2 * tp, tp) if kind == "qkv_sharded" else (2 * tp, max(1, tp // 2))
+
+
+def work_composition(rng):
+    """A random composition (contract.random_composition) with at least 4 rows of work and a non-empty
+    segment on a rank-0 slot: a case without either could not catch a layout or masking error."""
+    while True:
+        comp = C.random_composition(rng, max_tokens=24, max_segments=5, num_lora=int(rng.integers(2, 5)))
+        rank0_rows = any(end > start and r == 0 for start, end, _, r, _ in comp.segments())
+        if (~comp.idle_rows()).sum() >= 4 and rank0_rows:
+            return comp
 
 
 def reference_batch(comp):
@@ -115,15 +127,12 @@ def _case(name: str, seed: int, ops_kind: str):
     from lora import pallas as lp
     from lora.parallel import jax_tp as J
     from lora.parallel import sharding as S
-    from tests.lora import contract as C
 
     _, op, tps, dt = name.split("/")
     tp = int(tps[2:])
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dt]
     rng = np.random.default_rng((seed + zlib.crc32(name.encode())) % 2**32)
-    comp = C.random_composition(rng, max_tokens=24, max_segments=5)
-    while (~comp.idle_rows()).sum() < 4:  # a case without work could not catch a layout error
-        comp = C.random_composition(rng, max_tokens=24, max_segments=5)
+    comp = work_composition(rng)
     mesh = Mesh(np.array(jax.devices()[:tp]), ("tp",))
     if ops_kind == "reference":
         ops, batch = reference_ops(), reference_batch(comp)
@@ -237,8 +246,6 @@ def child_main() -> None:
             results[name] = {"error": traceback.format_exc()}
         results[name]["seconds"] = round(time.perf_counter() - start, 2)
 
-    from tests.lora import contract as C
-
     def compared(name, kind):
         out, ref, dt = _case(name, seed, kind)
         check = C.compare(out, ref, dt)
@@ -316,6 +323,5 @@ def test_bad_layouts_are_refused_naming_the_argument(results, name, expected):
     assert msg.startswith("ValueError") and expected in msg, msg
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
+if __name__ == "__main__":  # the child process (PYTHONPATH holds the repository root)
     child_main()
