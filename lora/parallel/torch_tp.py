@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import validation as V
 from ..backend import BaseLoRABackend
 from ..batch_info import LoRABatchInfo
 from .sharding import Shard
@@ -99,6 +100,7 @@ class TensorParallelLoRA:
         """Up-projection: x (s, K) full, lora_a (L, max_r, K) full, lora_b (L, N/tp, max_r) this rank's
         rows; adds into base_output (s, N/tp), this rank's output columns."""
         self._check_shard("shard", shard, 1, "lora_b", lora_b)
+        self._check_expand_args(x, lora_a, lora_b, base_output)
         xa = self.backend.run_lora_a_sgemm(x, lora_a, stack_num=1)
         return self.backend.run_lora_b_sgemm(xa, lora_b, base_output=base_output)
 
@@ -140,6 +142,7 @@ class TensorParallelLoRA:
             raise ValueError(f"reduce must be one of {REDUCE_MODES}, got {reduce!r}")
         if shard is not None:
             self._check_shard("shard", shard, 1, "lora_a", lora_a, axis=2)
+        self._check_expand_args(x, lora_a, lora_b, base_output)  # all of it before the shrink and the collective
         if reduce == "all_reduce":
             xa = self.run_row_lora_a_sgemm(x, lora_a, stack_num=1)
         else:
@@ -160,6 +163,26 @@ class TensorParallelLoRA:
         return wide.to(partial.dtype)
 
     # ---- helpers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_expand_args(x, lora_a, lora_b, base_output) -> None:
+        """What the expand half will check, checked before the shrink half launches (and, in a row
+        layer, before the collective every rank must join)."""
+        V.check_activation("x", x)
+        V.check_like("lora_a", lora_a, "x", x, ndim=3)
+        V.check_like("lora_b", lora_b, "x", x, ndim=3)
+        if lora_b.shape[0] != lora_a.shape[0]:
+            raise ValueError(f"lora_b has {lora_b.shape[0]} adapter slots but lora_a has {lora_a.shape[0]}")
+        if lora_b.shape[2] != lora_a.shape[1]:
+            raise ValueError(
+                f"lora_b has max_r={lora_b.shape[2]} (last dim) but lora_a has {lora_a.shape[1]} rows (max_r)"
+            )
+        if base_output is not None:
+            V.check_like("base_output", base_output, "x", x, ndim=2)
+            if tuple(base_output.shape) != (x.shape[0], lora_b.shape[1]):
+                raise ValueError(
+                    f"base_output has shape {tuple(base_output.shape)}, expected {(x.shape[0], lora_b.shape[1])}"
+                )
 
     def _check_shard(self, name, shard, slices, w_name, w, axis: int = 1) -> None:
         if not isinstance(shard, Shard):

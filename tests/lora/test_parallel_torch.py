@@ -170,6 +170,16 @@ def _worker(rank: int, tp: int, init_method: str, out_dir: str, backends: list[s
             results["wrong_shard"] = "no error"
         except ValueError as exc:
             results["wrong_shard"] = f"ValueError: {exc}"
+        # A bad B of a row layer is refused before the shrink and the all-reduce (no rank left waiting).
+        comp, inp = build("row", tp, "float32")
+        tp_lora.set_batch_info(batch_info(comp))
+        row = S.row_shard(K, tp, rank)
+        bad_b = inp["b"][:, :, :-1].contiguous()
+        try:
+            tp_lora.run_row_lora(row.take(inp["x"], 1), row.take(inp["a"], 2), bad_b, inp["base"])
+            results["bad_row_b"] = "no error"
+        except ValueError as exc:
+            results["bad_row_b"] = f"ValueError: {exc}"
     finally:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
@@ -286,6 +296,13 @@ def test_matches_single_device_on_full_weights(world, backend, dtype_name, case)
         assert check.ok, f"{key} tp={tp} vs float64 oracle: {check.detail}"
         check = C.compare(out, ref_single, dtype_name)
         assert check.ok, f"{key} tp={tp} vs single-device torch on full weights: {check.detail}"
+
+
+def test_bad_row_b_is_refused_before_the_collective(world):
+    tp, results = world
+    for r in range(tp):
+        msg = results[r]["bad_row_b"]
+        assert msg.startswith("ValueError") and "lora_b has max_r=" in msg, msg
 
 
 def test_shard_of_another_rank_is_refused(world):
