@@ -2,7 +2,7 @@
 
 One spawn per world size runs every case in every process (module-scoped fixture, bounded in time);
 each process saves its local outputs, and the tests compare them, rank by rank, against the float64
-oracle of tests/lora/contract.py and against the single-device torch reference backend run on the
+oracle of lora.testing and against the single-device torch reference backend run on the
 *full* weights (the parent process), both cut with the same shard. Compositions are random (uneven
 and zero-length segments, rank-0 slots, rows past the last segment) and inputs poisoned.
 """
@@ -22,7 +22,7 @@ import torch
 
 from lora.parallel import sharding as S
 from tests.conftest import BASE_SEED
-from tests.lora import contract as C
+from lora import testing as C
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 K, N = 64, 48  # K splits over 4 ranks into 16, N (column / gate-up) into 12 / 6
@@ -60,12 +60,12 @@ def _qkv_heads(tp: int, kind: str) -> tuple[int, int]:
 
 
 def work_composition(rng):
-    """A random composition (contract.random_composition) with at least 4 rows of work and a non-empty
+    """A random composition (lora.testing.random_composition) with at least 4 rows of work and a non-empty
     segment on a rank-0 slot: a case without either could not catch a layout or masking error."""
     while True:
         comp = C.random_composition(rng, max_tokens=24, max_segments=5, num_lora=int(rng.integers(2, 5)))
         rank0_rows = any(end > start and r == 0 for start, end, _, r, _ in comp.segments())
-        if (~comp.idle_rows()).sum() >= 4 and rank0_rows:
+        if comp.idle_rows().count(False) >= 4 and rank0_rows:
             return comp
 
 

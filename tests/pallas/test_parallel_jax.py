@@ -3,7 +3,7 @@
 ``--xla_force_host_platform_device_count=4`` must be set before jax initialises its backend, and it
 would change the device count of every other test in this pytest process; so the checks run once,
 in a child process started by the module fixture (this file run as a script), and each test reads
-its result. Checked against the float64 oracle of tests/lora/contract.py on the *full* weights, cut
+its result. Checked against the float64 oracle of lora.testing on the *full* weights, cut
 with the same shards (the JAX venv has no torch, so the single-device reference is the oracle):
 
 * the layout of every op (column, gate-up, QKV with sharded and with replicated kv heads, row with
@@ -31,7 +31,7 @@ import pytest
 
 pytest.importorskip("jax")
 
-from tests.lora import contract as C  # noqa: E402  (numpy only)
+from lora import testing as C  # noqa: E402  (numpy only without torch)
 
 DEVICES = 4
 K, N, HEAD_DIM = 64, 64, 8
@@ -52,12 +52,12 @@ def _qkv_heads(tp: int, kind: str) -> tuple[int, int]:
 
 
 def work_composition(rng):
-    """A random composition (contract.random_composition) with at least 4 rows of work and a non-empty
+    """A random composition (lora.testing.random_composition) with at least 4 rows of work and a non-empty
     segment on a rank-0 slot: a case without either could not catch a layout or masking error."""
     while True:
         comp = C.random_composition(rng, max_tokens=24, max_segments=5, num_lora=int(rng.integers(2, 5)))
         rank0_rows = any(end > start and r == 0 for start, end, _, r, _ in comp.segments())
-        if (~comp.idle_rows()).sum() >= 4 and rank0_rows:
+        if comp.idle_rows().count(False) >= 4 and rank0_rows:
             return comp
 
 
