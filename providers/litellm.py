@@ -21,10 +21,11 @@ backoff + jitter and ``Retry-After`` honoured; never on other 4xx or timeouts. A
 only before its first chunk; after it a failure or a stream that ends without a finish reason raises
 :class:`~providers.errors.StreamInterruptedError`. Pass ``retry_policy=`` for other delays.
 
-Limits litellm imposes: a stream that a proxy closes *cleanly* before its end is reported by litellm
-with a synthesized ``finish_reason="stop"``, so only broken connections (not clean cuts) can be
-detected behind it. Offline, set ``LITELLM_LOCAL_MODEL_COST_MAP=True`` before importing litellm,
-or it tries to download its model price map on import.
+A stream that a proxy closes *cleanly* before its finish reason is an interruption too: litellm
+>= 1.109 reports it (``MidStreamFallbackError``) and this backend raises ``StreamInterruptedError``;
+litellm <= 1.108 synthesized ``finish_reason="stop"`` for it, so behind those versions only broken
+connections can be told from a finished stream. Offline, set ``LITELLM_LOCAL_MODEL_COST_MAP=True``
+before importing litellm, or it tries to download its model price map on import.
 
 ``select`` -- ``"generate_and_match"`` (see ``providers/choices.py``): portable across every provider
 litellm reaches, logprobs or not. ``backend.token_usage`` sums the usage litellm reports.

@@ -4,11 +4,13 @@
 * :mod:`.expand`  -- kernel + launcher: base += scaling * x @ B.T over 1..3 output slices.
 * :mod:`.fused_decode` -- kernel + launcher: decode-sized QKV / gate-up (shrink and expand) in one launch,
   where this device's plan table chose it.
-* :mod:`.grouping` -- device-side mapping of a program to (adapter group, chunk of rows).
+* :mod:`.grouping` -- the batch's rows grouped by adapter, derived once per batch in one launch
+  (``prepare``), and the device-side mapping of a program to (adapter group, chunk of rows).
 * :mod:`.tiling`  -- launch plans from shapes: the user's tuned table for this device, else the one
   shipped in ``tables/``, else a documented heuristic; fitted to shared memory per dtype.
 * :mod:`.tune`    -- ``python -m lora tune``: measures plans on this GPU and writes the user's table.
-* :mod:`.scratch` -- per-device split-K workspace and counters (left at zero: graph-safe).
+* :mod:`.scratch` -- per-stream split-K workspace and counters (left at zero) and the fused ops'
+  intermediate; buffers a CUDA graph captured are never freed.
 * :mod:`.backend` -- ``TritonLoRABackend``; build it through ``lora.get_backend_from_name("triton")``.
 
 Importing this package imports nothing; the modules import triton.

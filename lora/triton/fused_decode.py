@@ -21,9 +21,11 @@ An expand item's row search and metadata loads overlap the shrink items still ru
 start-up and the gap between two launches are gone). The wait is bounded; if it ever ran out the rows are
 written as NaN (loud, never silently wrong).
 
-Counters are zero when allocated and every launch leaves them at zero: the program with the last ticket
-resets the ticket counter, and the last expand item of each (w, j) resets that counter, so a CUDA graph
-replays without a memset. Nothing is read on the host: the grid and constants depend only on shapes.
+Rows come from the batch's grouping (:class:`.grouping.GroupMeta`, derived once per batch by the backend's
+``prepare``): no item scans the segments. Workspace and counters are this stream's split-K scratch
+(:mod:`.scratch`); counters are zero when allocated and every launch leaves them at zero: the program with
+the last ticket resets the ticket counter, and the last expand item of each (w, j) resets that counter, so a
+CUDA graph replays without a memset. Nothing is read on the host: the grid and constants depend only on shapes.
 
 When this path is used is a plan decision (:func:`lora.triton.tiling.plan_fused`): a device's table says
 so where it was measured faster than two launches (``python -m lora tune``); otherwise two kernels run.
@@ -36,6 +38,8 @@ import triton
 import triton.language as tl
 
 from . import tiling
+from .grouping import GroupMeta, chunk_rows, derive, group_size, new_meta
+from .scratch import scratch_for
 
 #: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
 ALIGN = 16
@@ -44,52 +48,15 @@ ALIGN = 16
 MAX_SPINS = 1 << 20
 
 
-@triton.jit
-def _group_count(group, seg_lens, weight_indices, bs, SEG_BLOCK: tl.constexpr):
-    """Rows of the segments that use slot ``group``."""
-    n = group * 0
-    for s0 in range(0, bs, SEG_BLOCK):
-        offs = s0 + tl.arange(0, SEG_BLOCK)
-        m = offs < bs
-        ln = tl.load(seg_lens + offs, mask=m, other=0)
-        wi = tl.load(weight_indices + offs, mask=m, other=-1)
-        n += tl.sum(tl.where(wi == group, ln, 0), axis=0)
-    return n
-
-
-@triton.jit
-def _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
-                BLOCK_M: tl.constexpr, SEG_BLOCK: tl.constexpr):
-    """Row indices (int64) of rows ``[chunk*BLOCK_M, (chunk+1)*BLOCK_M)`` of slot ``group``, numbered in
-    segment order, and which of them exist. Every position is compared with every segment of a block
-    (``BLOCK_M x SEG_BLOCK``, kept <= 4096 by the launcher)."""
-    pos = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
-    row = pos * 0
-    before = group * 0
-    for s0 in range(0, bs, SEG_BLOCK):
-        offs = s0 + tl.arange(0, SEG_BLOCK)
-        m = offs < bs
-        wi = tl.load(weight_indices + offs, mask=m, other=-1)
-        ln = tl.load(seg_lens + offs, mask=m, other=0)
-        start = tl.load(seg_indptr + offs, mask=m, other=0)
-        ln = tl.where(wi == group, ln, 0)
-        hi = tl.cumsum(ln, 0) + before
-        lo = hi - ln
-        inside = (pos[:, None] >= lo[None, :]) & (pos[:, None] < hi[None, :])
-        row += tl.sum(tl.where(inside, start[None, :] - lo[None, :] + pos[:, None], 0), axis=1)
-        before += tl.sum(ln, axis=0)
-    return row.to(tl.int64), pos < n_rows
-
-
-@triton.jit(do_not_specialize=["num_tokens", "num_lora", "bs"])
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "capacity"])
 def _fused_decode_kernel(
     x_ptr, a_ptr, b_ptr, out_ptr, offsets_ptr, ws_ptr, cnt_ptr,
-    seg_lens, seg_indptr, weight_indices, lora_ranks, scalings,
-    num_tokens, K, num_lora, bs,
+    group_rows, group_start, row_order, lora_ranks, scalings,
+    num_tokens, K, num_lora, capacity,
     stride_xm, stride_al, stride_an, stride_bl, stride_bn, stride_om,
     STACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, N_ITERS: tl.constexpr, N_TILES: tl.constexpr,
-    SEG_BLOCK: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, MAX_SPINS: tl.constexpr,
+    PRECISION: tl.constexpr, ALIGN: tl.constexpr, MAX_SPINS: tl.constexpr,
 ):
     total = tl.num_programs(0)
     ticket = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
@@ -104,7 +71,7 @@ def _fused_decode_kernel(
         slice_j = gj % STACK
         group = gj // STACK
         rank = tl.load(lora_ranks + group)
-        n_rows = _group_count(group, seg_lens, weight_indices, bs, SEG_BLOCK)
+        n_rows = group_size(group, group_rows, group_start, num_tokens, num_lora)
         n_rows = tl.where(rank > 0, n_rows, 0)
         k_steps = tl.cdiv(K, BLOCK_K)
         per_split = tl.cdiv(k_steps, SPLIT_K)
@@ -115,8 +82,8 @@ def _fused_decode_kernel(
         # A rows j*r .. j*r + r - 1 of the slot, as a (BLOCK_K, BLOCK_R) tile: row n of A is column n
         a_cols = a_ptr + group.to(tl.int64) * stride_al + (slice_j * rank + kr)[None, :] * stride_an
         for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
-            rows, row_ok = _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
-                                       BLOCK_M, SEG_BLOCK)
+            rows, row_ok = chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity,
+                                      BLOCK_M)
             x_rows = x_ptr + rows * stride_xm
             acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
             for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -142,32 +109,31 @@ def _fused_decode_kernel(
         hi = tl.load(offsets_ptr + slice_j + 1).to(tl.int64)
         n_start = (lo // ALIGN) * ALIGN + pid_n * (BLOCK_N * N_ITERS)
         n_start = tl.multiple_of(n_start, ALIGN)
-        n_rows = _group_count(group, seg_lens, weight_indices, bs, SEG_BLOCK)
+        n_rows = group_size(group, group_rows, group_start, num_tokens, num_lora)
         n_rows = tl.where((rank > 0) & (n_start < hi), n_rows, 0)
         # Vector loads and stores need bounds the compiler knows to be aligned (slice offsets and ranks
         # are device values): branch once on their alignment, rebuilding them there as (v // a) * a.
         if (lo % ALIGN == 0) & (hi % ALIGN == 0) & (rank % 8 == 0):
             _expand_item(
-                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, seg_lens, seg_indptr, weight_indices,
-                num_tokens, bs, stride_bl, stride_bn, stride_om, group, slice_j, (rank // 8) * 8, scale,
+                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, group_start, row_order, num_lora, capacity,
+                num_tokens, stride_bl, stride_bn, stride_om, group, slice_j, (rank // 8) * 8, scale,
                 (lo // ALIGN) * ALIGN, (hi // ALIGN) * ALIGN, n_start, n_rows,
-                STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, SEG_BLOCK, PRECISION, MAX_SPINS,
+                STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, PRECISION, MAX_SPINS,
             )
         else:
             _expand_item(
-                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, seg_lens, seg_indptr, weight_indices,
-                num_tokens, bs, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
-                STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, SEG_BLOCK, PRECISION, MAX_SPINS,
+                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, group_start, row_order, num_lora, capacity,
+                num_tokens, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
+                STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, PRECISION, MAX_SPINS,
             )
 
 
 @triton.jit
 def _expand_item(
-    x_ptr, b_ptr, out_ptr, ws_ptr, cnt, seg_lens, seg_indptr, weight_indices,
-    num_tokens, bs, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
+    x_ptr, b_ptr, out_ptr, ws_ptr, cnt, group_start, row_order, num_lora, capacity,
+    num_tokens, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
     STACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
-    N_ITERS: tl.constexpr, N_TILES: tl.constexpr, SEG_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
-    MAX_SPINS: tl.constexpr,
+    N_ITERS: tl.constexpr, N_TILES: tl.constexpr, PRECISION: tl.constexpr, MAX_SPINS: tl.constexpr,
 ):
     """Columns ``[n_start, n_start + N_ITERS * BLOCK_N)`` of slice ``slice_j`` for the rows of ``group``,
     once the (group, slice) counter ``cnt`` has all ``SPLIT_K`` shrink arrivals; then this item's arrival."""
@@ -178,7 +144,7 @@ def _expand_item(
     offs_n = tl.arange(0, BLOCK_N)
     # Before waiting: the first chunk's rows, and its first column block of B and of base_output; none
     # depends on the shrink, so these loads overlap the shrink items still running.
-    rows, row_ok = _group_rows(group, 0, n_rows, seg_lens, seg_indptr, weight_indices, bs, BLOCK_M, SEG_BLOCK)
+    rows, row_ok = chunk_rows(group, 0, n_rows, group_start, row_order, num_tokens, num_lora, capacity, BLOCK_M)
     n = n_start + offs_n
     nm = (n >= lo) & (n < tl.where(n_rows > 0, hi, lo))  # nothing when the item has no rows
     w_first = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :], other=0.0,
@@ -195,8 +161,8 @@ def _expand_item(
     scale = tl.where(seen >= SPLIT_K, scale, float("nan"))
     for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
         if chunk > 0:
-            rows, row_ok = _group_rows(group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, bs,
-                                       BLOCK_M, SEG_BLOCK)
+            rows, row_ok = chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity,
+                                      BLOCK_M)
         xa = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         part = ws_ptr + rows[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]
         for s in tl.static_range(SPLIT_K):  # fixed order: the same bits every run
@@ -224,46 +190,6 @@ def _expand_item(
         tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")  # the last of (group, slice)
 
 
-# ---- buffers -----------------------------------------------------------------------------------------
-
-
-class _Buffers:
-    """Per-device float32 workspace and int32 counters (zero when made, left zero by every launch).
-    Under CUDA-graph capture a buffer that must grow is made inside the capture and not cached, so eager
-    calls never see counters only the graph has zeroed. As with the split-K scratch, calls on one device
-    are assumed to be ordered on one stream (the way a model layer runs them)."""
-
-    def __init__(self, device):
-        self.ws = torch.empty(0, dtype=torch.float32, device=device)
-        self.cnt = torch.zeros(0, dtype=torch.int32, device=device)
-
-    def get(self, ws_elems: int, counters: int):
-        capturing = self.ws.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        ws, cnt = self.ws, self.cnt
-        if ws.numel() < ws_elems:
-            ws = torch.empty(max(ws_elems, 2 * ws.numel()), dtype=torch.float32, device=ws.device)
-            if not capturing:
-                self.ws = ws
-        if cnt.numel() < counters:
-            cnt = torch.zeros(max(counters, 2 * cnt.numel()), dtype=torch.int32, device=cnt.device)
-            if not capturing:
-                self.cnt = cnt
-        return ws, cnt
-
-
-_BUFFERS: dict = {}
-
-
-def buffers_for(device) -> _Buffers:
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    b = _BUFFERS.get(device)
-    if b is None:
-        b = _BUFFERS[device] = _Buffers(device)
-    return b
-
-
 # ---- launcher ----------------------------------------------------------------------------------------
 
 
@@ -283,26 +209,32 @@ def lora_fused_decode(
     batch_info,
     stack: int,
     plan: tiling.FusedPlan,
+    meta: GroupMeta | None = None,
 ) -> torch.Tensor:
     """``base_output += `` the stacked LoRA of ``x`` (QKV: stack 3, gate-up: stack 2) in one launch.
 
     ``x (s, K)``, ``a (num_lora, stack*max_r, K)``, ``b (num_lora, N, max_r)``, ``output_offset
-    (stack+1,)`` on the device; inputs are assumed validated. Returns ``base_output``.
+    (stack+1,)`` on the device; inputs are assumed validated. ``meta``: the batch's grouping
+    (:func:`.grouping.derive`, at least ``s`` rows; derived here when not given). Returns ``base_output``.
     """
     s, k = x.shape
     num_lora, n_a, _ = a.shape
     max_r = n_a // stack
     if s == 0 or batch_info.bs == 0:
         return base_output
+    if meta is None:
+        meta = derive(batch_info, new_meta(num_lora, s, x.device))
+    elif meta.capacity < s:
+        raise ValueError(f"the batch's grouping holds {meta.capacity} rows but x has {s}: derive it for at least {s}")
     block_r = tiling.rank_block(max_r)
     n_shrink, tiles = fused_grid(num_lora, stack, max_slice_width, plan)
-    ws, cnt = buffers_for(x.device).get(plan.split_k * s * stack * block_r, 1 + num_lora * stack)
-    seg_block = max(16, min(tiling.next_pow2(max(batch_info.bs, 1)), 4096 // plan.block_m))
+    # counters: [0] tickets, [1 + group * stack + slice] shrink arrivals; workspace: (split, s, stack * block_r)
+    counters = 1 + num_lora * stack
+    ws, cnt = scratch_for(x.device).split_k(counters, triton.cdiv(plan.split_k * s * stack * block_r, counters))
     _fused_decode_kernel[(n_shrink + num_lora * stack * tiles,)](
         x, a, b, base_output, output_offset, ws, cnt,
-        batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices, batch_info.lora_ranks,
-        batch_info.scalings,
-        s, k, num_lora, batch_info.bs,
+        meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks, batch_info.scalings,
+        s, k, num_lora, meta.capacity,
         x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1), base_output.stride(0),
         STACK=stack,
         BLOCK_M=plan.block_m,
@@ -312,7 +244,6 @@ def lora_fused_decode(
         BLOCK_N=plan.block_n,
         N_ITERS=plan.n_iters,
         N_TILES=tiles,
-        SEG_BLOCK=seg_block,
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         ALIGN=ALIGN,
         MAX_SPINS=MAX_SPINS,

@@ -668,6 +668,3 @@ def _plan_fused(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, dty
         return None
     return fit_fused(hit[0], max_r, dtype.itemsize, smem_limit(device))
 
-
-def plan_dict(plan) -> dict:
-    return asdict(plan)

@@ -306,7 +306,7 @@ class _Bench:
         import torch
 
         from lora import LoRABatchInfo, get_backend_from_name
-        from lora.compare import inputs as I
+        from lora import testing as I
         from lora.compare.cases import OPS
         from lora.compare.timing import rotation_sets
 
@@ -318,7 +318,7 @@ class _Bench:
         bi = LoRABatchInfo.from_segments(c.seg_lens, c.weight_indices, c.lora_ranks, c.scalings, device=device)
         self.backend = get_backend_from_name("triton")("triton", bi)
         first = I.make_inputs(self.op, c, dtype, device, seed=1)
-        n = rotation_sets(I.set_bytes(first), device) if timing else 1
+        n = rotation_sets(sum(t.numel() * t.element_size() for t in first.values()), device) if timing else 1
         self.sets = [first] + [I.make_inputs(self.op, c, dtype, device, seed=1 + i) for i in range(1, n)]
         self.check_set = self.ref = None
         if check:
@@ -329,7 +329,7 @@ class _Bench:
         self.min_bytes = min_bytes(self.op, c, torch.empty((), dtype=dtype).element_size())
 
     def call(self, i: int = 0):
-        from lora.compare import inputs as I
+        from lora import testing as I
 
         return I.call_op(self.backend, self.op, self.sets[i % len(self.sets)])
 
@@ -346,7 +346,7 @@ class _Bench:
 
     def check(self, plan, extra=()):
         """rel error and whether it is within the dtype's tolerance, the op run under ``plan``."""
-        from lora.compare import inputs as I
+        from lora import testing as I
 
         from . import tiling
 
@@ -414,7 +414,7 @@ def _compile_job(job):
     import torch
 
     tc, op_name, plans, dtype_name, device_str = job
-    from lora.compare import inputs as I
+    from lora import testing as I
 
     from . import tiling
 
@@ -586,7 +586,7 @@ def _resolve(args):
             raise UsageError(f"--device {args.device}: CUDA is not available here")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    from lora.compare import inputs as I
+    from lora import testing as I
 
     try:
         dtype_name = I.dtype_name(args.dtype or ("bf16" if device.type == "cuda" else "fp16"))
@@ -656,7 +656,7 @@ def run(args) -> int:
     from . import tiling
 
     shape, cases, ops, device, dtype_name = _resolve(args)
-    from lora.compare import inputs as I
+    from lora import testing as I
 
     dtype = I.DTYPES[dtype_name]
     buckets = buckets_for(cases, ops)

@@ -42,9 +42,10 @@ RAGGED = "q=4000,kv=1000,inter=14000,ranks=16+5+16+0+9+16+16+3,"
 @pytest.mark.parametrize("segs", ["decode:64", "decode:256", "lens:1+1+40+3+1+0+1+2"])
 @pytest.mark.parametrize("op_name", ["qkv", "gate_up"])
 def test_right_and_the_same_bits_every_run(op_name, segs, r, extra):
-    from lora.compare import inputs as I
+    from lora import testing as I
     from lora.compare.cases import OPS
-    from lora.triton import fused_decode, tiling
+    from lora.triton import tiling
+    from lora.triton.scratch import scratch_for
 
     case, comp, bi = _setup(segs, r, extra=extra)
     op = OPS[op_name].resolve(case.shape)
@@ -62,16 +63,17 @@ def test_right_and_the_same_bits_every_run(op_name, segs, r, extra):
         assert c.ok, f"{plan}: {c.detail}"
         for o in outs[1:]:
             assert torch.equal(o.view(torch.int16), outs[0].view(torch.int16)), f"{plan}: bits differ run to run"
-        assert not fused_decode.buffers_for(DEV).cnt.any(), f"{plan}: counters not back at zero"
+        assert not scratch_for(DEV).counters.any(), f"{plan}: counters not back at zero"
 
 
 @pytest.mark.parametrize("op_name", ["qkv", "gate_up"])
 def test_graph_replayed_back_to_back_with_new_metadata(op_name):
     """One graph of 32 launches, replayed for 3 batches of the same shapes (lengths, slots, ranks changed)."""
     from lora import LoRABatchInfo
-    from lora.compare import inputs as I
+    from lora import testing as I
     from lora.compare.cases import OPS, parse_shape_spec
-    from lora.triton import fused_decode, tiling
+    from lora.triton import tiling
+    from lora.triton.scratch import scratch_for
 
     case, comp, bi = _setup("decode:128")
     op = OPS[op_name].resolve(case.shape)
@@ -109,4 +111,4 @@ def test_graph_replayed_back_to_back_with_new_metadata(op_name):
         for i in (0, calls // 2, calls - 1):
             chk = I.check(bases[i], ref, "bfloat16", expect_dtype=torch.bfloat16)
             assert chk.ok, f"batch {seed}, call {i}: {chk.detail}"
-        assert not fused_decode.buffers_for(DEV).cnt.any()
+        assert not scratch_for(DEV).counters.any()

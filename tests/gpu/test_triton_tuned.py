@@ -54,7 +54,7 @@ def _spy(monkeypatch):
 
 
 def test_a_plan_from_this_devices_table_is_the_one_launched(tune_dir, monkeypatch):
-    from lora.compare import inputs as I
+    from lora import testing as I
     from lora.compare.cases import OPS
     from lora.triton import tiling
 
@@ -118,7 +118,7 @@ def test_tune_writes_a_table_for_this_device_that_the_backend_uses(tune_dir, mon
 @pytest.mark.parametrize("op_name, segs", [("gate_up", "decode:64"), ("qkv", "decode:256"), ("shrink1", "prefill:4096/8")])
 def test_bitwise_the_same_run_to_run(op_name, segs):
     """Split-K partials are summed in a fixed order: the same inputs give the same bits every time."""
-    from lora.compare import inputs as I
+    from lora import testing as I
     from lora.compare.cases import OPS
     from lora.triton import tiling
 

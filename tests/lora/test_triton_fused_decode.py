@@ -15,9 +15,10 @@ if not STATUS["triton"].available:
     pytest.skip(f"triton backend cannot run here: {STATUS['triton'].reason}", allow_module_level=True)
 
 from lora import LoRABatchInfo  # noqa: E402
-from lora.compare import inputs as I  # noqa: E402
+from lora import testing as I  # noqa: E402
 from lora.compare.cases import OPS, parse_shape_spec  # noqa: E402
 from lora.triton import fused_decode, tiling  # noqa: E402
+from lora.triton.scratch import scratch_for  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # Odd widths, GQA (q != kv, slice bounds not multiples of 16), a rank-0 slot, ranks below max_r, an empty
@@ -63,7 +64,7 @@ def test_one_launch_matches_the_oracle(spec, op_name, dtype, plan, monkeypatch):
     assert calls == [1], "the backend took the one-launch path"
     c = I.check(out, ref, dtype, expect_dtype=I.DTYPES[dtype], base=u["base"])
     assert c.ok, c.detail
-    assert not fused_decode.buffers_for(DEV).cnt.any(), "every counter is left at zero"
+    assert not scratch_for(DEV).counters.any(), "every counter is left at zero"
 
 
 def test_same_bits_run_to_run():

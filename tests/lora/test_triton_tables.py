@@ -8,6 +8,7 @@ a GPU's do.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -164,9 +165,9 @@ BAD_FILES = {
     "bad-plan": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "cpu"},
                             "plans": {K1: {"block_m": 48, "block_n": 16, "n_sub": 1, "block_k": 16, "split_k": 1}}}),
     "unknown-field": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "cpu"},
-                                 "plans": {K1: {**tiling.plan_dict(USER), "speed": "fast"}}}),
+                                 "plans": {K1: {**dataclasses.asdict(USER), "speed": "fast"}}}),
     "float-field": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "cpu"},
-                               "plans": {K1: {**tiling.plan_dict(USER), "block_m": 16.0}}}),
+                               "plans": {K1: {**dataclasses.asdict(USER), "block_m": 16.0}}}),
     "other-device": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "NVIDIA H200"}, "plans": {}}),
 }
 REASONS = {"not-json": "not valid JSON", "wrong-format": "format is 'something/9'", "no-device": '"device"',
