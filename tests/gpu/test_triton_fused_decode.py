@@ -1,7 +1,7 @@
 """The one-launch decode QKV / gate-up (lora/triton/fused_decode.py) on the GPU, at Llama-3-8B widths:
 right against the float64 oracle (bf16), the same bits run to run, counters back at zero, and CUDA graphs
-replayed many times back to back with new metadata copied in (the ticket and (group, slice) counters are
-reset by every launch; a race there shows up as wrong rows or NaN, a lost wake-up as NaN after the
+replayed many times back to back with new metadata copied in and re-derived by ``set_batch_info`` (the
+ticket and (group, slice) counters are reset by every launch; a race there shows up as wrong rows or NaN, a lost wake-up as NaN after the
 bounded wait)."""
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def test_graph_replayed_back_to_back_with_new_metadata(op_name):
         fresh = LoRABatchInfo.from_segments(c.seg_lens, c.weight_indices, c.lora_ranks, c.scalings, device=DEV)
         for field in ("seg_lens", "seg_indptr", "weight_indices", "lora_ranks", "scalings"):
             getattr(bi, field).copy_(getattr(fresh, field))
+        backend.set_batch_info(bi)  # re-derive the grouping into the same buffers before the replay (lora.backend)
         new = I.make_inputs(op, c, torch.bfloat16, DEV, seed=20 + seed)
         for key in ("x", "a", "b"):
             t[key].copy_(new[key])
