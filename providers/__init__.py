@@ -14,11 +14,15 @@ library. Backends that need an HTTP client or a provider SDK are imported on fir
         s.gen("reply", max_new_tokens=32)
 
 A missing optional dependency raises ``ImportError`` naming ``pip install 'kernelstack[providers]'``.
+
+Each backend is one module found through a small registry (``providers/registry.py``;
+``register_provider`` / ``get_provider`` / ``available_providers``; the entry-point group
+``kernelstack.providers`` lets another package add one). The SDK-backed ones share
+``providers/api_backend.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .base import BaseBackend, StateView, make_meta_info, normalize_finish_reason
@@ -53,21 +57,12 @@ from .errors import (
     UnsupportedOperationError,
     UnsupportedParameterError,
 )
+from .registry import available_providers, exported_names, get_provider, register_provider
 from .retry import RetryPolicy
 from .sampling import SamplingParams, UnsupportedParameterWarning
 from .sdk_errors import INSTALL_HINT
 from .state import ProgramState
 from .usage import TokenUsage
-
-# name -> module that defines it; imported on first attribute access.
-_LAZY = {
-    "RuntimeEndpoint": "providers.runtime_endpoint",
-    "Runtime": "providers.runtime",
-    "OpenAI": "providers.openai",
-    "Anthropic": "providers.anthropic",
-    "LiteLLM": "providers.litellm",
-    "VertexAI": "providers.vertexai",
-}
 
 __all__ = [
     "BaseBackend",
@@ -104,28 +99,21 @@ __all__ = [
     "TokenUsage",
     "make_meta_info",
     "normalize_finish_reason",
+    "register_provider",
+    "get_provider",
+    "available_providers",
 ]  # the lazy names stay out of __all__: `from providers import *` must not import every SDK
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
+    # The backend classes (``providers.OpenAI``...) are the registry's exports, imported on first use.
+    provider = exported_names().get(name)
+    if provider is None:
         raise AttributeError(f"module 'providers' has no attribute {name!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        missing = err.name or ""
-        if missing == module_name or missing.startswith("providers"):
-            raise  # our own module is missing or broken: not an optional dependency
-        raise ImportError(
-            f"providers.{name} needs the optional dependency {missing!r}; "
-            f"install it with: {INSTALL_HINT}",
-            name=missing,
-        ) from err
-    value = getattr(module, name)
+    value = get_provider(provider)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(exported_names()))

@@ -55,15 +55,17 @@ from .errors import (
     error_from_status,
 )
 from .retry import RetryPolicy, parse_retry_after
-from .sampling import SamplingParams, to_sglang
+from .sampling import DTYPE_REGEX, SamplingParams
 
-__all__ = ["RuntimeEndpoint", "StreamDecoder", "DEFAULT_TIMEOUT"]
+__all__ = ["RuntimeEndpoint", "StreamDecoder", "DEFAULT_TIMEOUT", "FINISH_REASONS", "to_sglang"]
 
 log = logging.getLogger(__name__)
 
 #: 10 s to connect; 600 s per read/write (generation of long outputs is slow).
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 PROVIDER = "sglang"
+#: SGLang reports ``{"type": "stop" | "length" | "abort", ...}``: the common vocabulary already.
+FINISH_REASONS: dict[str, str] = {}
 # meta_info keys make_meta_info owns; the server's other keys (id, cached_tokens, logprobs) pass through.
 _UNIFORM = {"prompt_tokens", "completion_tokens", "finish_reason", "model", "latency", "provider"}
 
@@ -191,6 +193,7 @@ class RuntimeEndpoint(BaseBackend):
             finish_reason=raw.get("finish_reason"),
             latency=time.perf_counter() - started,
             provider=PROVIDER,
+            finish_reasons=FINISH_REASONS,
             **extra,
         )
 
@@ -388,6 +391,32 @@ class RuntimeEndpoint(BaseBackend):
         if image_data is not None:
             payload["image_data"] = image_data
         return payload
+
+
+# ----------------------------------------------------------------------------- parameter mapping
+
+
+def to_sglang(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(sampling_params, top_level)`` for SGLang's ``POST /generate``.
+
+    SGLang honours every field. ``dtype`` becomes ``regex`` (:data:`DTYPE_REGEX`); the logprob
+    fields go to the top level of the request body. Only set fields are sent (plus
+    ``max_new_tokens``), so the server's defaults apply to the rest.
+    """
+    chosen = params.set_fields()
+    sampling: dict[str, Any] = {"max_new_tokens": params.max_new_tokens}
+    top: dict[str, Any] = {}
+    for name, value in chosen.items():
+        if name in ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs"):
+            top[name] = value
+        elif name == "dtype":
+            sampling["regex"] = DTYPE_REGEX[value]
+        elif name in ("stop", "stop_token_ids"):
+            sampling[name] = list(value)
+        else:
+            sampling[name] = value
+    return sampling, top
+
 
 
 class StreamDecoder:
