@@ -29,6 +29,7 @@ from .base import BaseBackend, StateView, make_meta_info, normalize_finish_reaso
 from .chat_template import (
     ChatTemplate,
     ChatTemplateStyle,
+    UnknownChatTemplateError,
     chat_template_names,
     get_chat_template,
     get_chat_template_by_model_path,
@@ -72,6 +73,7 @@ __all__ = [
     "UnsupportedParameterWarning",
     "ChatTemplate",
     "ChatTemplateStyle",
+    "UnknownChatTemplateError",
     "register_chat_template",
     "register_chat_template_matching_function",
     "get_chat_template",

@@ -13,9 +13,10 @@
 Chat or completion model: ``is_chat_model=None`` infers it from the name -- names with ``instruct``
 (``gpt-3.5-turbo-instruct``) and the legacy base models (``davinci-002``, ``babbage-002``) are
 completion models (``/v1/completions`` with the flat ``text_`` prompt); everything else is a chat
-model (``/v1/chat/completions`` with ``messages_``). Reasoning models (``o1``/``o3``/``o4``... and
-``gpt-5``, or ``is_reasoning_model=True``, which Azure deployments need) get
-``max_completion_tokens``, the others ``max_tokens``; never both.
+model (``/v1/chat/completions`` with ``messages_``). A completion model cannot receive images: a
+program with images raises ``ValueError`` before any request (they are never dropped silently).
+Reasoning models (``o1``/``o3``/``o4``... and ``gpt-5``, or ``is_reasoning_model=True``, which Azure
+deployments need) get ``max_completion_tokens``, the others ``max_tokens``; never both.
 
 Retries and timeouts: the SDK's own machinery, configured by ``max_retries`` (default 2) and
 ``timeout`` -- exponential backoff with jitter (0.5 s doubling, capped at 8 s), ``Retry-After`` /
@@ -189,8 +190,18 @@ class OpenAI(SpeculativeMixin, APIBackend):
         if self.is_chat_model:
             kwargs["messages"], _ = chat_turns(s, allow_prefill=False, backend=self.provider)
         else:
-            kwargs["prompt"] = s.text_
+            kwargs["prompt"] = self._prompt(s)
         return kwargs
+
+    def _prompt(self, s: Any) -> str:
+        """The flat prompt of a completion model, which has no way to receive images."""
+        images = getattr(s, "images_", None)
+        if images:
+            raise ValueError(
+                f"{self.provider}: {self.model_name!r} is a completion model and cannot receive images "
+                f"(the program has {len(images)}); use a chat model with vision, or is_chat_model=True"
+            )
+        return s.text_
 
     def _complete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
         return self._completion(self._create(self.is_chat_model, **request))
@@ -253,7 +264,7 @@ class OpenAI(SpeculativeMixin, APIBackend):
             return decision.decision, decision.meta_info | {"constraint": "select"}
         kwargs = self.map_params(base.replace(stop=()))
         if dtype == "str":
-            resp = self._create(False, prompt=s.text_ + '"', stop=['"'], **kwargs)
+            resp = self._create(False, prompt=self._prompt(s) + '"', stop=['"'], **kwargs)
             text, meta = self.result(self._completion(resp), time.perf_counter() - t0, 1)
             out = json.dumps(text, ensure_ascii=False)
             meta["constraint"] = "quote"
@@ -263,7 +274,7 @@ class OpenAI(SpeculativeMixin, APIBackend):
         if key not in self._number_bias_cache:
             self._number_bias_cache[key] = _number_bias(tok, allow_point=key)
         bias, stops = self._number_bias_cache[key]
-        resp = self._create(False, prompt=s.text_, logit_bias=bias, stop=stops, **kwargs)
+        resp = self._create(False, prompt=self._prompt(s), logit_bias=bias, stop=stops, **kwargs)
         text, meta = self.result(self._completion(resp), time.perf_counter() - t0, 1)
         text = text.strip()
         if not re.fullmatch(DTYPE_REGEX[dtype], text):
@@ -330,7 +341,7 @@ class OpenAI(SpeculativeMixin, APIBackend):
         if any(not t for t in token_ids):
             raise ValueError("select: a choice encodes to no tokens")
         eot = getattr(tok, "eot_token", None)
-        prompt = list(tok.encode(s.text_))
+        prompt = list(tok.encode(self._prompt(s)))
         alive = list(range(len(choices)))
         generated: list[int] = []
         steps: list[dict[str, Any]] = []

@@ -30,6 +30,9 @@ Decisions where the protocol is silent:
   text is assumed not to merge. Unconditional logprobs (when the method needs them) score the
   choice's token ids alone via ``input_ids``.
 * ``n > 1``: ``generate`` returns ``(list_of_texts, meta_info)`` (see ``base.py``).
+* **Usage**: ``endpoint.token_usage`` (:class:`~providers.usage.TokenUsage`) sums the
+  ``prompt_tokens`` / ``completion_tokens`` the server reports for every ``/generate`` request --
+  prefix commits, select scoring and streams (their final event) included.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from .errors import (
 )
 from .retry import RetryPolicy, parse_retry_after
 from .sampling import DTYPE_REGEX, SamplingParams
+from .usage import TokenUsage
 
 __all__ = ["RuntimeEndpoint", "StreamDecoder", "DEFAULT_TIMEOUT", "FINISH_REASONS", "to_sglang"]
 
@@ -116,6 +120,7 @@ class RuntimeEndpoint(BaseBackend):
         )
         self._timeout = self._client.timeout
         self._verify = verify
+        self.token_usage = TokenUsage()
         try:
             self.model_info: dict[str, Any] = self.request("GET", "/get_model_info")
             if not isinstance(self.model_info, dict) or "model_path" not in self.model_info:
@@ -163,6 +168,15 @@ class RuntimeEndpoint(BaseBackend):
             return response.json()
         except ValueError:
             return response.text
+
+    def _post_generate(self, payload: dict[str, Any]) -> Any:
+        """``POST /generate`` (with retries); the tokens of every result count in ``token_usage``."""
+        obj = self.request("POST", "/generate", json=payload)
+        for result in obj if isinstance(obj, list) else [obj]:
+            meta = result.get("meta_info") if isinstance(result, dict) else None
+            if isinstance(meta, dict):
+                self.token_usage.add(_int_or_none(meta.get("prompt_tokens")), _int_or_none(meta.get("completion_tokens")))
+        return obj
 
     def _raw_deltas(self, payload: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(delta, raw meta_info)`` per event of one streaming ``/generate`` request."""
@@ -236,14 +250,14 @@ class RuntimeEndpoint(BaseBackend):
     def cache_prefix(self, prefix_str: str) -> None:
         if not isinstance(prefix_str, str):
             raise TypeError(f"prefix_str must be a str, got {type(prefix_str).__name__}")
-        self.request("POST", "/generate", json={"text": prefix_str, "sampling_params": {"max_new_tokens": 0}})
+        self._post_generate({"text": prefix_str, "sampling_params": {"max_new_tokens": 0}})
 
     def commit_lazy_operations(self, s: StateView) -> None:
-        self.request("POST", "/generate", json=self._prefix_payload(s))
+        self._post_generate(self._prefix_payload(s))
 
     def fill_image(self, s: StateView) -> None:
         if s.images_:
-            self.request("POST", "/generate", json=self._prefix_payload(s))
+            self._post_generate(self._prefix_payload(s))
 
     def concatenate_and_append(self, src_rids: list[str], dst_rid: str) -> None:
         if isinstance(src_rids, str) or not all(isinstance(r, str) and r for r in src_rids) or not src_rids:
@@ -267,7 +281,7 @@ class RuntimeEndpoint(BaseBackend):
     def generate(self, s: StateView, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
         payload = self._generate_payload(s, sampling_params)
         started = time.perf_counter()
-        obj = self.request("POST", "/generate", json=payload)
+        obj = self._post_generate(payload)
         if sampling_params.n == 1:
             result = _single(obj)
             return result["text"], self._meta(result["meta_info"], started)
@@ -301,6 +315,9 @@ class RuntimeEndpoint(BaseBackend):
         started = time.perf_counter()
         pending_meta: dict[str, Any] | None = None
         for delta, raw in self._raw_deltas(payload):
+            if raw.get("finish_reason") is not None:  # the final event: its usage is the request's
+                self.token_usage.add(_int_or_none(raw.get("prompt_tokens")),
+                                     _int_or_none(raw.get("completion_tokens")))
             meta = self._meta(raw, started)
             if delta:
                 pending_meta = None
@@ -324,7 +341,7 @@ class RuntimeEndpoint(BaseBackend):
                 f"RuntimeEndpoint.select scores choices deterministically; temperature must be 0, got {temperature}"
             )
         prompt = s.text_
-        prefix = _single(self.request("POST", "/generate", json=self._prefix_payload(s)))
+        prefix = _single(self._post_generate(self._prefix_payload(s)))
         prompt_len = prefix["meta_info"]["prompt_tokens"]
         payload: dict[str, Any] = {
             "text": [prompt + c for c in choices],
@@ -336,7 +353,7 @@ class RuntimeEndpoint(BaseBackend):
         image_data = _image_data(s)
         if image_data is not None:
             payload["image_data"] = [image_data] * len(choices)
-        results = self.request("POST", "/generate", json=payload)
+        results = self._post_generate(payload)
         if not isinstance(results, list) or len(results) != len(choices):
             raise ProviderError("select: the batched /generate did not return one result per choice", provider=PROVIDER)
         input_logprobs = []
@@ -352,10 +369,8 @@ class RuntimeEndpoint(BaseBackend):
         if choices_method.requires_unconditional_logprobs:
             if any(not entries for entries in input_logprobs):
                 raise ProviderError("select: a choice has no tokens to score", provider=PROVIDER)
-            uncond = self.request(
-                "POST",
-                "/generate",
-                json={
+            uncond = self._post_generate(
+                {
                     "input_ids": [[e[1] for e in entries] for entries in input_logprobs],
                     "sampling_params": {"max_new_tokens": 0, "temperature": 0},
                     "return_logprob": True,
@@ -483,6 +498,10 @@ def _image_data(s: StateView) -> str | list[str] | None:
     if not images:
         return None
     return images[0] if len(images) == 1 else images
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _single(obj: Any) -> dict[str, Any]:

@@ -23,7 +23,6 @@ exception reach the caller:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
@@ -172,17 +171,13 @@ def wrap_error(exc: BaseException, provider: str, secrets: Sequence[str | None] 
     return errors.wrap(exc, provider, secrets)
 
 
-@contextlib.contextmanager
-def translating(provider: str, secrets: Sequence[str | None] = (), errors: ErrorMap = GENERIC) -> Iterator[None]:
-    """Re-raise any non-ProviderError exception of the block as a :class:`ProviderError`."""
-    try:
-        yield
-    except ProviderError:
-        raise
-    except (KeyboardInterrupt, SystemExit, GeneratorExit):
-        raise
-    except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a ProviderError
-        raise errors.wrap(exc, provider, secrets) from None
+def translating(provider: str, secrets: Sequence[str | None] = (), errors: ErrorMap = GENERIC) -> StreamGuard:
+    """Context manager: re-raise any non-ProviderError exception of the block as a :class:`ProviderError`.
+
+    (A :class:`StreamGuard` that never delivers: the same mapping, and the same care that neither the
+    exception chain nor the traceback's frames keep the SDK's exception.)
+    """
+    return StreamGuard(provider, secrets, errors)
 
 
 def interrupted(provider: str, cause: BaseException | str, secrets: Sequence[str | None] = (),
@@ -228,8 +223,11 @@ class StreamGuard:
         if exc is None or isinstance(exc, ProviderError) or not isinstance(exc, Exception):
             return False
         if self.delivered:
-            raise interrupted(self.provider, exc, self.secrets, self.errors) from None
-        raise self.errors.wrap(exc, self.provider, self.secrets) from None
+            err: ProviderError = interrupted(self.provider, exc, self.secrets, self.errors)
+        else:
+            err = self.errors.wrap(exc, self.provider, self.secrets)
+        exc = tb = None  # noqa: F841 - this frame is in err's traceback: keep the SDK's exception out of it
+        raise err from None
 
     def require(self, ok: bool, message: str) -> None:
         """Raise for a stream that ended early (``ok`` false): interrupted, or a plain ProviderError."""

@@ -76,6 +76,13 @@ def test_lazy_name_without_httpx_names_the_extra(name):
     assert "pip install 'kernelstack[providers]'" in proc.stdout
 
 
+def test_unknown_chat_template_error_is_exported():
+    # A public error class that callers catch must be importable from the package.
+    assert "UnknownChatTemplateError" in providers.__all__
+    with pytest.raises(providers.UnknownChatTemplateError):
+        providers.get_chat_template("no-such-template")
+
+
 def test_lazy_names_resolve_and_unknown_names_fail():
     assert providers.RuntimeEndpoint.__name__ == "RuntimeEndpoint"
     assert "RuntimeEndpoint" in dir(providers) and "OpenAI" in dir(providers)
