@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from .base import BaseBackend, make_meta_info
 from .chat_template import ChatTemplate, get_chat_template_by_model_path
-from .choices import ChoicesDecision, match_choice, with_select_instruction
+from .choices import ChoicesDecision, match_choice, method_name, with_select_instruction
 from .errors import ProviderError
 from .messages import chat_turns
 from .retry import RetryPolicy
@@ -118,6 +118,7 @@ class APIBackend(BaseBackend):
     errors: ErrorMap = GENERIC
     allows_prefill: bool = False
     select_method: str = "generate_and_match"
+    is_chat_model: bool = True
     #: None: the SDK retries (configured through it); else the policy the base retries with.
     retry: RetryPolicy | None = None
 
@@ -157,9 +158,8 @@ class APIBackend(BaseBackend):
         return self.model_name
 
     def _params(self, sampling_params: Any) -> SamplingParams:
-        if not isinstance(sampling_params, SamplingParams):
-            raise TypeError(f"sampling_params must be a SamplingParams, got {type(sampling_params).__name__}")
-        return sampling_params
+        """Ours, or SGLang's ``SglSamplingParams`` (:meth:`SamplingParams.coerce`)."""
+        return SamplingParams.coerce(sampling_params)
 
     def translating(self):
         """Context manager: SDK exceptions inside become :class:`ProviderError` (redacted)."""
@@ -266,7 +266,7 @@ class APIBackend(BaseBackend):
         text, meta = self.result(completion, time.perf_counter() - t0, 1)
         index, rule = match_choice(text, choices)
         meta.update(method=self.select_method, generated=text, match=rule, requests=1,
-                    requested_method=getattr(choices_method, "name", None))
+                    requested_method=method_name(choices_method))
         return ChoicesDecision(choices[index], meta)
 
     def _select_request(self, s: Any, choices: list[str], params: SamplingParams) -> Any:

@@ -140,6 +140,10 @@ class BaseBackend:
     """
 
     provider: str = "base"
+    #: Read by SGLang's frontend (``StreamExecutor``): chat-only APIs (speculative execution applies
+    #: to them) and servers that join forked requests' KV caches (``concatenate_and_append``).
+    is_chat_model: bool = False
+    support_concate_and_append: bool = False
 
     def __init__(self, chat_template: ChatTemplate | None = None) -> None:
         self.chat_template = chat_template or get_chat_template("default")

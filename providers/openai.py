@@ -74,10 +74,10 @@ from typing import Any
 
 from .api_backend import APIBackend, Completion, StreamResult
 from .chat_template import ChatTemplate
-from .choices import ChoicesDecision
+from .choices import ChoicesDecision, method_name
 from .errors import ProviderError, UnsupportedOperationError, register_secret
 from .messages import chat_turns
-from .openai_speculative import SpeculativeMixin
+from .openai_speculative import SpeculativeMixin, _sglang_speculation
 from .sampling import DTYPE_REGEX, SamplingParams, check_supported, dtype_json_schema, parse_dtype_output
 from .sdk_errors import INSTALL_HINT, import_sdk, wrap_error
 from .usage import TokenUsage
@@ -171,6 +171,11 @@ class OpenAI(SpeculativeMixin, APIBackend):
         return p, c
 
     # ----------------------------------------------------------------------------- generate
+
+    def generate(self, s: Any, sampling_params: Any, spec_var_name: str | None = None) -> tuple[Any, dict[str, Any]]:
+        if spec_var_name is not None:  # SGLang's frontend, speculating: see openai_speculative.py
+            _sglang_speculation()
+        return super().generate(s, sampling_params)
 
     def _generate(self, s: Any, params: SamplingParams) -> tuple[Any, dict[str, Any]]:
         if self._speculating(s):
@@ -285,7 +290,7 @@ class OpenAI(SpeculativeMixin, APIBackend):
     # ------------------------------------------------------------------------------- select
 
     def _select(self, s: Any, choices: list[str], temperature: float, choices_method: Any) -> ChoicesDecision:
-        requested = getattr(choices_method, "name", None)
+        requested = method_name(choices_method)
         reason = None
         if not self.is_chat_model:
             decision = self._select_probe_completion(s, choices, temperature)

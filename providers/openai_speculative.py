@@ -58,8 +58,10 @@ class SpeculativeMixin:
             buf["terms"].append({"text": gap, "stop": None, "name": None, "meta": None, "slot": False})
             buf["pos"] = len(s.text_)
 
-    def spec_fill(self, s: Any, value: str) -> None:
+    def spec_fill(self, s: Any, value: str | None = None) -> None:
         """Record fixed text of the speculative assistant turn (see the module docstring)."""
+        if value is None and isinstance(s, str):
+            _sglang_speculation()
         buf = self._spec(s)
         if buf is None:
             raise RuntimeError("spec_fill: speculative execution is not on for this state")
@@ -148,3 +150,13 @@ class SpeculativeMixin:
                 term["meta"].update(metas, speculative=True)
         buf["terms"], buf["pos"], buf["kwargs"] = [], None, None
 
+
+
+def _sglang_speculation():
+    raise UnsupportedOperationError(
+        "SGLang's API speculative execution (@function(num_api_spec_tokens=...)) keeps one turn's buffers on the "
+        "backend object, shared by every program; this backend keeps them per program state. Use "
+        "providers.ProgramState with backend.set_api_speculative(s), or run the SGLang program without "
+        "num_api_spec_tokens",
+        provider="openai",
+    )

@@ -48,7 +48,7 @@ import httpx
 
 from .base import BaseBackend, StateView, make_meta_info
 from .chat_template import ChatTemplate, get_chat_template, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod
+from .choices import ChoicesDecision, ChoicesSamplingMethod, run_choices_method, token_length_normalized
 from .errors import (
     APIConnectionError,
     APITimeoutError,
@@ -84,6 +84,9 @@ class RuntimeEndpoint(BaseBackend):
     """
 
     provider = PROVIDER
+    #: SGLang's frontend may fork into KV-cache-sharing children and join them with
+    #: ``/concate_and_append_request`` (``concatenate_and_append``).
+    support_concate_and_append = True
 
     def __init__(
         self,
@@ -279,6 +282,7 @@ class RuntimeEndpoint(BaseBackend):
     # ------------------------------------------------------------------------- generation
 
     def generate(self, s: StateView, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+        sampling_params = SamplingParams.coerce(sampling_params)
         payload = self._generate_payload(s, sampling_params)
         started = time.perf_counter()
         obj = self._post_generate(payload)
@@ -305,6 +309,7 @@ class RuntimeEndpoint(BaseBackend):
     def generate_stream(
         self, s: StateView, sampling_params: SamplingParams
     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        sampling_params = SamplingParams.coerce(sampling_params)
         if sampling_params.n != 1:
             raise ValueError("generate_stream: n must be 1")
         payload = self._generate_payload(s, sampling_params)
@@ -366,7 +371,9 @@ class RuntimeEndpoint(BaseBackend):
             input_logprobs.append(entries)
         output_logprobs = [list(r["meta_info"].get("output_token_logprobs") or []) for r in results]
         unconditional = None
-        if choices_method.requires_unconditional_logprobs:
+        if choices_method is None:
+            choices_method = token_length_normalized
+        if getattr(choices_method, "requires_unconditional_logprobs", False):
             if any(not entries for entries in input_logprobs):
                 raise ProviderError("select: a choice has no tokens to score", provider=PROVIDER)
             uncond = self._post_generate(
@@ -379,7 +386,8 @@ class RuntimeEndpoint(BaseBackend):
             )
             uncond = uncond if isinstance(uncond, list) else [uncond]
             unconditional = [list(r["meta_info"].get("input_token_logprobs") or []) for r in uncond]
-        decision = choices_method(
+        decision = run_choices_method(
+            choices_method,
             choices=choices,
             input_token_logprobs=input_logprobs,
             output_token_logprobs=output_logprobs,
@@ -398,8 +406,6 @@ class RuntimeEndpoint(BaseBackend):
         return payload
 
     def _generate_payload(self, s: StateView, params: SamplingParams) -> dict[str, Any]:
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         sampling, top = to_sglang(params)
         payload: dict[str, Any] = {"text": s.text_, "sampling_params": sampling, **top}
         image_data = _image_data(s)
@@ -426,7 +432,7 @@ def to_sglang(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
             top[name] = value
         elif name == "dtype":
             sampling["regex"] = DTYPE_REGEX[value]
-        elif name in ("stop", "stop_token_ids"):
+        elif name in ("stop", "stop_token_ids", "stop_regex"):
             sampling[name] = list(value)
         else:
             sampling[name] = value

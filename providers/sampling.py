@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ OUTPUT_CONSTRAINTS = frozenset(
         "n",
         "stop",
         "stop_token_ids",
+        "stop_regex",
         "min_new_tokens",
         "ignore_eos",
         "regex",
@@ -99,6 +101,7 @@ class SamplingParams:
     n: int = 1
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    stop_regex: tuple[str, ...] = ()
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -125,6 +128,9 @@ class SamplingParams:
         _int("n", self.n, minimum=1)
         set_(self, "stop", _str_tuple("stop", self.stop))
         set_(self, "stop_token_ids", _int_tuple("stop_token_ids", self.stop_token_ids))
+        set_(self, "stop_regex", _str_tuple("stop_regex", self.stop_regex))
+        for pattern in self.stop_regex:
+            _check_regex("stop_regex", pattern)
         _float("temperature", self.temperature, 0.0, None)
         _float("top_p", self.top_p, 0.0, 1.0)
         if self.top_p == 0.0:
@@ -153,6 +159,41 @@ class SamplingParams:
         constraints = [k for k in ("regex", "json_schema", "dtype") if getattr(self, k) is not None]
         if len(constraints) > 1:
             raise ValueError(f"set at most one of regex, json_schema, dtype; got {', '.join(constraints)}")
+
+    @classmethod
+    def coerce(cls, params: Any) -> SamplingParams:
+        """``params`` as a :class:`SamplingParams`: ours as is; SGLang's ``SglSamplingParams`` (or any
+        object with these field names as attributes) or a mapping, validated field by field.
+
+        The frontend's "not given" spellings mean the default: ``None``, and the ``(None,)`` that
+        ``SglSamplingParams`` uses as the default of its logprob fields. ``stop`` and
+        ``stop_token_ids`` may be lists; ``dtype`` a type (``int``) or its name. A field this class does
+        not know raises ``TypeError`` when it is set (nothing is dropped silently).
+        """
+        if isinstance(params, cls):
+            return params
+        if params is None:
+            return cls()
+        if isinstance(params, Mapping):
+            values = dict(params)
+        else:
+            if isinstance(params, (str, bytes, int, float)):
+                raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+            names = getattr(params, "__dataclass_fields__", None) or vars(params)
+            values = {name: getattr(params, name) for name in names}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        chosen: dict[str, Any] = {}
+        for name, value in values.items():
+            if value is None or (isinstance(value, tuple) and value == (None,)):
+                continue
+            if name not in fields:
+                if isinstance(value, (tuple, list, str)) and not value:
+                    continue  # an empty foreign field asks for nothing
+                raise TypeError(f"sampling_params: unknown field {name!r} (set to {value!r})")
+            if name in ("stop", "stop_token_ids", "stop_regex") and isinstance(value, list):
+                value = tuple(value)
+            chosen[name] = value
+        return cls(**chosen)
 
     def replace(self, **changes: Any) -> SamplingParams:
         """A validated copy with ``changes`` applied."""
@@ -232,6 +273,13 @@ def _str_tuple(name: str, value: Any) -> tuple[str, ...]:
         if not item:
             raise ValueError(f"{name} entries must be non-empty")
     return items
+
+
+def _check_regex(name: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{name} is not a valid regular expression: {err}") from None
 
 
 def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
