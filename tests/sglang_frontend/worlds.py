@@ -41,13 +41,14 @@ class World:
     def expect(self, *texts: str) -> None:
         """The server's next answers (in order); nothing to do for a prompt-driven server."""
         if not self.prompt_driven:
+            self.server.replies.clear()  # a request refused before it was sent leaves its reply behind
             self.server.reply(*texts)
 
     def expect_choice(self, choice: str) -> None:
         if self.name == "vertexai":
             self.server.enum_pick = lambda values: choice  # enum mode: the server picks from the schema
         elif not self.prompt_driven:
-            self.server.reply(choice)
+            self.expect(choice)
 
     def sent_image(self) -> tuple[str | None, str] | None:
         """``(mime type or None, base64)`` of the image in the last request, as the server saw it."""
