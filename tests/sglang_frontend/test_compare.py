@@ -24,7 +24,7 @@ import providers  # noqa: E402
 from tests.providers.api_helpers import PNG_1X1  # noqa: E402
 
 from . import test_programs as P  # noqa: E402
-from .worlds import make_world  # noqa: E402
+from tests.providers.worlds import make_world  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

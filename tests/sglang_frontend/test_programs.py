@@ -30,7 +30,7 @@ from sglang.lang.choices import (  # noqa: E402
 import providers  # noqa: E402
 from tests.providers.api_helpers import PNG_1X1  # noqa: E402
 
-from .worlds import WORLDS, World, make_world  # noqa: E402
+from tests.providers.worlds import WORLDS, World, make_world  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

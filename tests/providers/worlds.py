@@ -1,5 +1,6 @@
 """One backend kind with its loopback wire server: ours, SGLang's own where it has one, and how to
-make the server answer what a test expects."""
+make the server answer what a test expects. Used by the shared provider suite (``test_contract.py``)
+and by ``tests/sglang_frontend``."""
 
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from providers.messages import parse_data_url
-from tests.providers.wire_anthropic import AnthropicServer
-from tests.providers.wire_gemini import GeminiServer
-from tests.providers.wire_openai import OpenAIServer
-from tests.providers.wire_sglang import SGLangServer
+from providers.retry import RetryPolicy
+
+from .wire_anthropic import AnthropicServer
+from .wire_gemini import GeminiServer
+from .wire_openai import OpenAIServer
+from .wire_sglang import SGLangServer
 
 KEY = "sk-sglang-frontend-SECRET-0123456789"
 TOKEN = "ya29.sglang-frontend-token-0123456789"
-WIRE_SGLANG = Path(__file__).resolve().parents[1] / "providers" / "wire_sglang.py"
+WIRE_SGLANG = Path(__file__).with_name("wire_sglang.py")
+
+FAST = RetryPolicy(max_retries=1, initial_delay=0.01, max_delay=0.05)
 
 WORLDS = ["sglang", "runtime", "openai", "openai-completion", "azure", "anthropic", "litellm", "vertexai"]
 
@@ -95,7 +100,7 @@ def _build(name: str, stack: contextlib.ExitStack) -> World:
 
     if name == "sglang":
         srv = stack.enter_context(SGLangServer())
-        return World(name, srv, providers.RuntimeEndpoint(srv.url), theirs=lambda: _sgl("runtime_endpoint",
+        return World(name, srv, providers.RuntimeEndpoint(srv.url, retry=FAST), theirs=lambda: _sgl("runtime_endpoint",
                      "RuntimeEndpoint")(srv.url), prompt_driven=True, scores_choices=True, regex=True)
     if name == "runtime":
         rt = providers.Runtime(
@@ -111,19 +116,19 @@ def _build(name: str, stack: contextlib.ExitStack) -> World:
     if name in ("openai", "openai-completion", "azure", "litellm"):
         srv = stack.enter_context(OpenAIServer(api_key=KEY))
         if name == "openai":
-            ours = providers.OpenAI("gpt-4o-mini", api_key=KEY, base_url=srv.url + "/v1", max_retries=0)
+            ours = providers.OpenAI("gpt-4o-mini", api_key=KEY, base_url=srv.url + "/v1", max_retries=1)
             theirs = lambda: _sgl("openai", "OpenAI")("gpt-4o-mini", api_key=KEY, base_url=srv.url + "/v1",  # noqa: E731
-                                                       max_retries=0)
+                                                       max_retries=1)
         elif name == "openai-completion":
-            ours = providers.OpenAI("gpt-3.5-turbo-instruct", api_key=KEY, base_url=srv.url + "/v1", max_retries=0)
+            ours = providers.OpenAI("gpt-3.5-turbo-instruct", api_key=KEY, base_url=srv.url + "/v1", max_retries=1)
             theirs = lambda: _sgl("openai", "OpenAI")("gpt-3.5-turbo-instruct", api_key=KEY,  # noqa: E731
-                                                       base_url=srv.url + "/v1", max_retries=0)
+                                                       base_url=srv.url + "/v1", max_retries=1)
         elif name == "azure":
-            azure = {"api_key": KEY, "azure_endpoint": srv.url, "api_version": "2024-10-21", "max_retries": 0}
+            azure = {"api_key": KEY, "azure_endpoint": srv.url, "api_version": "2024-10-21", "max_retries": 1}
             ours = providers.OpenAI("my-deployment", is_azure=True, **azure)
             theirs = lambda: _sgl("openai", "OpenAI")("my-deployment", is_azure=True, **azure)  # noqa: E731
         else:
-            ours = providers.LiteLLM("openai/gpt-4o-mini", api_key=KEY, base_url=srv.url + "/v1")
+            ours = providers.LiteLLM("openai/gpt-4o-mini", api_key=KEY, base_url=srv.url + "/v1", retry_policy=FAST)
             theirs = lambda: _sgl("litellm", "LiteLLM")("openai/gpt-4o-mini", api_key=KEY,  # noqa: E731
                                                          base_url=srv.url + "/v1")
         world = World(name, srv, ours, theirs=theirs, images=name != "openai-completion",
@@ -132,9 +137,9 @@ def _build(name: str, stack: contextlib.ExitStack) -> World:
         return world
     if name == "anthropic":
         srv = stack.enter_context(AnthropicServer(api_key=KEY))
-        ours = providers.Anthropic("claude-loopback-1", api_key=KEY, base_url=srv.url, max_retries=0)
+        ours = providers.Anthropic("claude-loopback-1", api_key=KEY, base_url=srv.url, max_retries=1)
         world = World(name, srv, ours, theirs=lambda: _sgl("anthropic", "Anthropic")(
-            "claude-loopback-1", api_key=KEY, base_url=srv.url, max_retries=0))
+            "claude-loopback-1", api_key=KEY, base_url=srv.url, max_retries=1))
         world.closers.append(ours.shutdown)
         return world
     if name == "vertexai":
@@ -142,7 +147,7 @@ def _build(name: str, stack: contextlib.ExitStack) -> World:
 
         srv = stack.enter_context(GeminiServer(token=TOKEN))
         ours = providers.VertexAI("gemini-2.5-flash", project="proj-1", location="us-central1",
-                                  credentials=Credentials(token=TOKEN), base_url=srv.url)
+                                  credentials=Credentials(token=TOKEN), base_url=srv.url, retry_policy=FAST)
         world = World(name, srv, ours, why_not_theirs=(
             "SGLang's VertexAI backend needs the `vertexai` SDK (google-cloud-aiplatform) and reaches Google "
             "only: vertexai.init(project=GCP_PROJECT_ID) with no endpoint override, so it cannot run on a "
