@@ -118,7 +118,10 @@ class APIBackend(BaseBackend):
     errors: ErrorMap = GENERIC
     allows_prefill: bool = False
     select_method: str = "generate_and_match"
-    is_chat_model: bool = True
+    #: SGLang's frontend reads it to pick its speculative-execution path: True sends fills and gens to
+    #: ``spec_fill``/``role_end_generate`` (only OpenAI chat models implement them), False speculates
+    #: through plain ``generate`` calls.
+    is_chat_model: bool = False
     #: None: the SDK retries (configured through it); else the policy the base retries with.
     retry: RetryPolicy | None = None
 

@@ -140,8 +140,9 @@ class BaseBackend:
     """
 
     provider: str = "base"
-    #: Read by SGLang's frontend (``StreamExecutor``): chat-only APIs (speculative execution applies
-    #: to them) and servers that join forked requests' KV caches (``concatenate_and_append``).
+    #: Read by SGLang's frontend (``StreamExecutor``): backends with ``spec_fill``/``role_end_generate``
+    #: speculation (OpenAI chat models) and servers that join forked requests' KV caches
+    #: (``concatenate_and_append``).
     is_chat_model: bool = False
     support_concate_and_append: bool = False
 

@@ -16,8 +16,9 @@ one-field structured output as the OpenAI chat path.
 Retries: litellm's behaviour differs by provider (some clients retry, some do not, ``Retry-After``
 is not always read), so this backend turns litellm's and the inner client's retries off
 (``num_retries=0``, ``max_retries=0``) and retries with :class:`~providers.retry.RetryPolicy`:
-``max_retries`` (default 2 when ``None``) retries on 429, 5xx and connection errors with exponential
-backoff + jitter and ``Retry-After`` honoured; never on other 4xx or timeouts. A stream is retried
+``max_retries`` (default 2 when ``None``) retries by the one rule of ``errors.py`` (connection errors,
+timeouts, 408/409/429/5xx) with exponential backoff + jitter and ``Retry-After`` honoured; never on
+other 4xx. A stream is retried
 only before its first chunk; after it a failure or a stream that ends without a finish reason raises
 :class:`~providers.errors.StreamInterruptedError`. Pass ``retry_policy=`` for other delays.
 

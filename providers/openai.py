@@ -77,7 +77,7 @@ from .chat_template import ChatTemplate
 from .choices import ChoicesDecision, method_name
 from .errors import ProviderError, UnsupportedOperationError, register_secret
 from .messages import chat_turns
-from .openai_speculative import SpeculativeMixin, _sglang_speculation
+from .openai_speculative import SpeculativeMixin
 from .sampling import DTYPE_REGEX, SamplingParams, check_supported, dtype_json_schema, parse_dtype_output
 from .sdk_errors import INSTALL_HINT, import_sdk, wrap_error
 from .usage import TokenUsage
@@ -173,8 +173,8 @@ class OpenAI(SpeculativeMixin, APIBackend):
     # ----------------------------------------------------------------------------- generate
 
     def generate(self, s: Any, sampling_params: Any, spec_var_name: str | None = None) -> tuple[Any, dict[str, Any]]:
-        if spec_var_name is not None:  # SGLang's frontend, speculating: see openai_speculative.py
-            _sglang_speculation()
+        if spec_var_name is not None and self._speculating(s):  # SGLang's frontend names the slot
+            return self._spec_generate(s, self._params(sampling_params), name=spec_var_name)
         return super().generate(s, sampling_params)
 
     def _generate(self, s: Any, params: SamplingParams) -> tuple[Any, dict[str, Any]]:

@@ -16,6 +16,7 @@ The mixin needs from its backend: ``is_chat_model``, ``provider``, ``spec_max_nu
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -35,10 +36,12 @@ class SpeculativeMixin:
         if not self.is_chat_model:
             raise UnsupportedOperationError("speculative execution is for chat models", provider=self.provider)
         if num_api_spec_tokens is None:
-            s.backend_data.pop("openai", None)
+            getattr(s, "backend_data", {}).pop("openai", None)
             return
         if isinstance(num_api_spec_tokens, bool) or not isinstance(num_api_spec_tokens, int) or num_api_spec_tokens < 1:
             raise ValueError("num_api_spec_tokens must be an int >= 1")
+        if not isinstance(getattr(s, "backend_data", None), dict):
+            s.backend_data = {}  # a frontend's own state (SGLang's StreamExecutor): the buffers live on it
         s.backend_data["openai"] = {"num_tokens": num_api_spec_tokens, "terms": [], "pos": None, "kwargs": None}
 
     def _spec(self, s: Any) -> dict[str, Any] | None:
@@ -59,9 +62,14 @@ class SpeculativeMixin:
             buf["pos"] = len(s.text_)
 
     def spec_fill(self, s: Any, value: str | None = None) -> None:
-        """Record fixed text of the speculative assistant turn (see the module docstring)."""
+        """Record fixed text of the speculative assistant turn (see the module docstring).
+
+        SGLang's StreamExecutor calls ``spec_fill(value)`` without its state; the state is then the
+        ``self`` of the calling frame (the executor's ``_execute_fill``), so the buffers still live per
+        state. Anything else calling with one argument gets an error.
+        """
         if value is None and isinstance(s, str):
-            _sglang_speculation()
+            value, s = s, _calling_state(sys._getframe(1))
         buf = self._spec(s)
         if buf is None:
             raise RuntimeError("spec_fill: speculative execution is not on for this state")
@@ -70,7 +78,7 @@ class SpeculativeMixin:
         self._spec_sync(s, buf)
         buf["terms"].append({"text": value, "stop": None, "name": None, "meta": None, "slot": False})
 
-    def _spec_generate(self, s: Any, params: SamplingParams) -> tuple[str, dict[str, Any]]:
+    def _spec_generate(self, s: Any, params: SamplingParams, name: str | None = None) -> tuple[str, dict[str, Any]]:
         buf = self._spec(s)
         if params.n != 1 or params.dtype is not None or params.json_schema is not None:
             raise ValueError("speculative execution supports plain gen (n=1, no dtype/json_schema)")
@@ -82,7 +90,7 @@ class SpeculativeMixin:
             raise ValueError("speculative execution: every gen of one assistant turn must use the same sampling "
                              f"parameters (got {kwargs}, first was {buf['kwargs']})")
         meta: dict[str, Any] = {"speculative": True, "finish_reason": None}
-        buf["terms"].append({"text": "", "stop": params.stop, "name": None, "meta": meta, "slot": True})
+        buf["terms"].append({"text": "", "stop": params.stop, "name": name, "meta": meta, "slot": True})
         return "", meta
 
     def spec_pattern_match(self, s: Any, comp: str) -> bool:
@@ -144,19 +152,31 @@ class SpeculativeMixin:
         s.text_ = s.text_[:begin] + "".join(t["text"] for t in buf["terms"])
         for term in buf["terms"]:
             if term["slot"]:
+                term["meta"].update(metas, speculative=True)
                 for name, m in list(s.meta_info.items()):
                     if m is term["meta"]:
                         s.variables[name] = term["text"]
-                term["meta"].update(metas, speculative=True)
+                if term["name"] is not None:  # SGLang's executor names the slot and waits on its event
+                    s.variables[term["name"]] = term["text"]
+                    s.meta_info[term["name"]] = term["meta"]
+                    event = (getattr(s, "variable_event", None) or {}).get(term["name"])
+                    if event is not None:
+                        event.set()
         buf["terms"], buf["pos"], buf["kwargs"] = [], None, None
 
 
 
+def _calling_state(frame: Any) -> Any:
+    """The state of SGLang's ``StreamExecutor._execute_fill`` frame that called ``spec_fill(value)``."""
+    candidate = frame.f_locals.get("self") if frame is not None else None
+    if candidate is not None and all(hasattr(candidate, a) for a in ("text_", "cur_role", "num_api_spec_tokens")):
+        return candidate
+    _sglang_speculation()
+
+
 def _sglang_speculation():
     raise UnsupportedOperationError(
-        "SGLang's API speculative execution (@function(num_api_spec_tokens=...)) keeps one turn's buffers on the "
-        "backend object, shared by every program; this backend keeps them per program state. Use "
-        "providers.ProgramState with backend.set_api_speculative(s), or run the SGLang program without "
-        "num_api_spec_tokens",
+        "spec_fill(value) without a state: speculative execution keeps its buffers per program state, and no "
+        "state called; pass it (spec_fill(s, value))",
         provider="openai",
     )

@@ -13,9 +13,10 @@ apply to streaming and plain requests alike):
 
 Decisions where the protocol is silent:
 
-* **Retries** follow :class:`~providers.retry.RetryPolicy` (429/5xx/connection errors only;
-  ``Retry-After`` honoured). A stream is retried only before its first delta; afterwards a failure
-  raises :class:`~providers.errors.StreamInterruptedError`. Read timeouts are not retried.
+* **Retries** follow :class:`~providers.retry.RetryPolicy` and the one rule of ``errors.py``
+  (connection errors, timeouts, 408/409/429/5xx; ``Retry-After`` honoured). A stream is retried
+  only before its first delta; afterwards a failure raises
+  :class:`~providers.errors.StreamInterruptedError`.
 * **Timeouts**: ``timeout`` (default 10 s to connect, 600 s for each read -- for a stream that is
   the longest gap between two chunks) applies to every request.
 * **Streams** must be cumulative: a chunk whose text does not extend the text so far is a protocol

@@ -1,6 +1,7 @@
-"""Sampling parameters, validated once, and one mapping function per provider.
+"""Sampling parameters, validated once, and the rule for parameters a provider cannot honour.
 
-:class:`SamplingParams` is what a frontend passes to ``backend.generate``. It is validated on
+:class:`SamplingParams` is what a frontend passes to ``backend.generate`` (backends also take SGLang's
+``SglSamplingParams``, through :meth:`SamplingParams.coerce`). It is validated on
 construction (a bad value raises ``ValueError``/``TypeError`` naming the field, before any network
 call), and immutable -- use :meth:`SamplingParams.replace` for a changed copy.
 

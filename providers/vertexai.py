@@ -30,9 +30,9 @@ generate-and-match rules and flagged in ``meta_info["match"]``.
 
 Retries: google-genai's own retry options do not honour ``Retry-After``, so this backend leaves them
 off and uses :class:`~providers.retry.RetryPolicy` (``retry_policy=``; default: 2 retries,
-exponential backoff from 0.5 s with jitter, ``Retry-After`` honoured up to 60 s) on 429, 5xx and
-connection errors -- never on other 4xx, nor on timeouts (``timeout=`` seconds; the SDK counts
-milliseconds, converted here). Streams are retried only before their first chunk; after it a failure,
+exponential backoff from 0.5 s with jitter, ``Retry-After`` honoured up to 60 s) by the one rule of
+``errors.py``: connection errors, timeouts, 408/409/429/5xx -- never other 4xx (``timeout=`` seconds;
+the SDK counts milliseconds, converted here). Streams are retried only before their first chunk; after it a failure,
 or a stream that ends without a finish reason, raises :class:`~providers.errors.StreamInterruptedError`.
 
 Usage: ``meta_info`` and ``backend.token_usage`` count ``prompt_token_count`` as prompt tokens and

@@ -137,8 +137,9 @@ def test_program_state_on_a_runtime_uses_its_endpoint():
         ep.shutdown()
 
 
-def test_api_backends_are_chat_models_for_sglangs_executor():
+def test_flags_sglangs_executor_reads():
     from providers.api_backend import APIBackend
 
-    assert APIBackend.is_chat_model and not providers.BaseBackend.is_chat_model
+    # is_chat_model routes SGLang's speculation to spec_fill/role_end_generate: only OpenAI chat has them
+    assert not APIBackend.is_chat_model and not providers.BaseBackend.is_chat_model
     assert not providers.BaseBackend.support_concate_and_append

@@ -219,3 +219,12 @@ def test_anthropic_backend_of_sglang_fails_with_this_sdk():
         body = world.server.last.json
     assert tk == "error" and isinstance(theirs, TypeError)
     assert ok == "ok" and ours["answer"] == "hello there" and "top_k" not in body
+
+
+def test_speculative_execution_openai():
+    # SGLang's OpenAI backend sends both max_tokens and max_completion_tokens with a speculative turn,
+    # which the API refuses (400), and retries it three times with 5 s waits; ours sends max_tokens.
+    with make_world("openai") as world:
+        (tk, theirs), (ok, ours) = both(world, P.speculative, ["Name: Ann\nAge: 30"] * 4)
+    assert tk == "error" and "max_tokens and max_completion_tokens" in str(theirs)
+    assert ok == "ok" and (ours["name"], ours["age"]) == ("Ann", "30")

@@ -213,3 +213,35 @@ def test_gen_int(world):
         pytest.skip(f"{world.name}: dtype on this backend needs a tokenizer of the served model (logit bias)")
     state = run(number, world)
     assert state["n"] == "42"
+
+
+@sgl.function(num_api_spec_tokens=64)
+def speculative(s):
+    s += sgl.user("Describe a person.")
+    s += sgl.assistant("Name: " + sgl.gen("name", stop="\n") + "\nAge: " + sgl.gen("age", stop="\n"))
+
+
+def test_speculative_execution(world):
+    # One request for the whole assistant turn; its answer fills both gens.
+    world.expect("Name: Ann\nAge: 30")
+    if world.prompt_driven:
+        pytest.skip(f"{world.name}: a server that continues the prompt has nothing to speculate over")
+    if not world.backend.is_chat_model:
+        pytest.skip(f"{world.name}: SGLang speculates with plain generate calls here (not a spec_fill backend)")
+    count = world.server.count
+    state = run(speculative, world)
+    assert (state["name"], state["age"]) == ("Ann", "30")
+    assert world.server.count - count == 1
+    assert state.messages()[-1] == {"role": "assistant", "content": "Name: Ann\nAge: 30"}
+
+
+def test_speculative_programs_in_a_batch_keep_their_own_buffers(world):
+    # SGLang's own OpenAI backend keeps the turn's buffers on the backend, shared by every program of a
+    # batch; ours keeps them on each program's state.
+    if world.prompt_driven or not world.backend.is_chat_model:
+        pytest.skip(f"{world.name}: not a spec_fill backend")
+    world.expect(*["Name: Ann\nAge: 30"] * 4)
+    states = speculative.run_batch([{}] * 4, backend=world.backend, num_threads=4)
+    for state in states:
+        state.sync()
+        assert state.error() is None and (state["name"], state["age"]) == ("Ann", "30")
