@@ -40,7 +40,6 @@ class World:
     scores_choices: bool = False  # select scores choices with logprobs (the choices method decides)
     regex: bool = False
     images: bool = True
-    dtype: bool = True
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def expect(self, *texts: str) -> None:
@@ -131,8 +130,7 @@ def _build(name: str, stack: contextlib.ExitStack) -> World:
             ours = providers.LiteLLM("openai/gpt-4o-mini", api_key=KEY, base_url=srv.url + "/v1", retry_policy=FAST)
             theirs = lambda: _sgl("litellm", "LiteLLM")("openai/gpt-4o-mini", api_key=KEY,  # noqa: E731
                                                          base_url=srv.url + "/v1")
-        world = World(name, srv, ours, theirs=theirs, images=name != "openai-completion",
-                      dtype=name != "openai-completion")
+        world = World(name, srv, ours, theirs=theirs, images=name != "openai-completion")
         world.closers.append(ours.shutdown)
         return world
     if name == "anthropic":

@@ -171,6 +171,17 @@ def test_gen_int_on_chat_apis(world_name):
     assert ok == "ok" and ours["n"] == "42"
 
 
+def test_gen_int_on_a_completion_model():
+    # SGLang's OpenAI backend passes max_completion_tokens to completions.create, which the installed SDK
+    # does not take (TypeError); ours constrains the digits with logit bias.
+    with make_world("openai-completion") as world:
+        theirs = outcome(P.number, world.theirs())
+        world.expect("42")
+        ours = outcome(P.number, world.backend)
+    assert theirs[0] == "error" and isinstance(theirs[1], TypeError) and "max_completion_tokens" in str(theirs[1])
+    assert ours[0] == "ok" and ours[1]["n"] == "42"
+
+
 @pytest.mark.parametrize("world_name", ["openai", "azure", "litellm"])
 def test_image_is_sent_with_its_real_mime_type(world_name, tmp_path):
     # SGLang's frontend labels every image "image/jpeg"; its backends pass that on. Ours read the bytes.
