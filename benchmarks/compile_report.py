@@ -23,10 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lora.triton import tiling  # noqa: E402
 from lora.triton.expand import _expand_kernel  # noqa: E402
+from lora.triton.grouping import _derive_kernel, derive_blocks  # noqa: E402
 from lora.triton.shrink import _shrink_kernel  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-DIV16 = {"x_ptr", "w_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "seg_lens", "seg_indptr", "weight_indices",
+DIV16 = {"x_ptr", "w_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "group_rows", "group_start", "row_order",
          "lora_ranks", "scalings", "offsets_ptr", "K", "stride_xm", "stride_wl", "stride_wn", "stride_om"}
 
 
@@ -60,31 +61,38 @@ def resources(k) -> dict:
 
 def shrink_report(dtype: str, stack: int, n_out: int, plan: tiling.ShrinkPlan, num_lora=8, bs=8):
     t = "*" + {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[dtype]
-    types = dict(x_ptr=t, w_ptr=t, out_ptr=t, ws_ptr="*fp32", cnt_ptr="*i32", seg_lens="*i32",
-                 seg_indptr="*i32", weight_indices="*i32", lora_ranks="*i32")
+    types = dict(x_ptr=t, w_ptr=t, out_ptr=t, ws_ptr="*fp32", cnt_ptr="*i32", group_rows="*i32",
+                 group_start="*i32", row_order="*i32", lora_ranks="*i32")
     consts = dict(STACK=stack, N_OUT=n_out, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, N_SUB=plan.n_sub,
                   BLOCK_K=plan.block_k, SPLIT_K=plan.split_k, GROUP_GRID=plan.group_grid,
-                  L_BLOCK=tiling.group_block(num_lora + 1), SEG_BLOCK=tiling.seg_block(bs),
-                  FIND_BLOCK=tiling.find_block(bs, num_lora + 1),
-                  BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(bs)), PRECISION="tf32x3" if dtype == "fp32" else "ieee")
+                  L_BLOCK=tiling.group_block(num_lora + 1), PRECISION="tf32x3" if dtype == "fp32" else "ieee")
     return resources(compile_kernel(_shrink_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 
 def expand_report(dtype: str, max_r: int, plan: tiling.ExpandPlan, num_lora=8, bs=8):
     t = "*" + dtype
-    types = dict(x_ptr=t, w_ptr=t, out_ptr=t, offsets_ptr="*i32", seg_lens="*i32", seg_indptr="*i32",
-                 weight_indices="*i32", lora_ranks="*i32", scalings="*fp32")
+    types = dict(x_ptr=t, w_ptr=t, out_ptr=t, offsets_ptr="*i32", group_rows="*i32", group_start="*i32",
+                 row_order="*i32", lora_ranks="*i32", scalings="*fp32")
     consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_R=tiling.rank_block(max_r), N_ITERS=plan.n_iters,
-                  GROUP_GRID=plan.group_grid, L_BLOCK=tiling.group_block(num_lora), SEG_BLOCK=tiling.seg_block(bs),
-                  FIND_BLOCK=tiling.find_block(bs, num_lora),
-                  BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(bs)),
+                  GROUP_GRID=plan.group_grid, L_BLOCK=tiling.group_block(num_lora),
                   PRECISION="tf32x3" if dtype == "fp32" else "ieee", ALIGN=16,
                   RAGGED_N=max(16, plan.block_n // 4))
     return resources(compile_kernel(_expand_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 
+def derive_report(bs: int, num_lora: int):
+    """The once-per-batch grouping kernel (lora.triton.grouping)."""
+    l_block, seg_block, row_block = derive_blocks(bs, num_lora)
+    types = dict(seg_lens="*i32", seg_indptr="*i32", weight_indices="*i32", group_rows="*i32", group_start="*i32",
+                 row_order="*i32")
+    consts = dict(L_BLOCK=l_block, SEG_BLOCK=seg_block, ROW_BLOCK=row_block)
+    return resources(compile_kernel(_derive_kernel, types, consts, 4, 1, div16=set(types)))
+
+
 def main():
     print(f"triton {triton.__version__}, target sm_90")
+    for bs, num_lora in ((8, 8), (256, 8), (4096, 64)):
+        print(f"derive bs={bs} num_lora={num_lora}: {derive_blocks(bs, num_lora)} -> {derive_report(bs, num_lora)}")
     for s, bs in ((8192, 8), (256, 256), (64, 64), (8192, 32)):
         for r in (16, 64):
             for stack, k in ((1, 4096), (2, 4096), (3, 4096), (1, 14336)):

@@ -1,8 +1,8 @@
 """Tuning benchmark of the "pallas" backend (issue 5): correctness + timing on the Llama-3-8B cases.
 
-Reuses ``lora.compare`` (cases, poisoned inputs, float64 oracle, minimum-bytes model, timing with
-input rotation), so its numbers are comparable with ``python -m lora compare``. On top it reports,
-per op, the host time of one eager call (what the launcher costs) and, for decode cases, the time
+Reuses ``lora.compare`` (cases, minimum-bytes model, timing with input rotation) and ``lora.testing``
+(poisoned inputs, float64 oracle), so its numbers are comparable with ``python -m lora compare``. On
+top it reports, per op, the host time of one eager call (what the launcher costs) and, for decode cases, the time
 of a call replayed from a CUDA graph.
 
     PYTHONPATH=. python benchmarks/pallas_bench.py --backends pallas,triton --json out.json
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 import lora  # noqa: E402
 from lora.compare import cases as CS  # noqa: E402
-from lora.compare import inputs as IN  # noqa: E402
+from lora import testing as IN  # noqa: E402
 from lora.compare import timing as TM  # noqa: E402
 
 DEFAULT_CASES = [f"llama3-8b-r{r}-{c}" for r in (16, 64) for c in ("prefill-8k", "mixed", "decode-64", "decode-256")]
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                 try:
                     seed = CS.case_seed(args.seed, case.name, op.name)
                     one = IN.make_inputs(op, comp, dtype, device, seed)
-                    nsets = TM.rotation_sets(IN.set_bytes(one), device)
+                    nsets = TM.rotation_sets(sum(t.numel() * t.element_size() for t in one.values()), device)
                     sets = [one] + [IN.make_inputs(op, comp, dtype, device, seed + i) for i in range(1, nsets)]
                     ref = IN.oracle(op, comp, {k: v.clone() for k, v in one.items()})
                     base0 = one.get("base")

@@ -18,6 +18,7 @@ __all__ = [
     "get_backend_from_name",
     "register_backend",
     "available_backends",
+    "BackendUnavailableError",
 ]
 
 _WHERE = {
@@ -26,6 +27,7 @@ _WHERE = {
     "get_backend_from_name": "lora.registry",
     "register_backend": "lora.registry",
     "available_backends": "lora.registry",
+    "BackendUnavailableError": "lora.registry",
 }
 
 

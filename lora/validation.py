@@ -14,7 +14,8 @@ import torch
 from .batch_info import LoRABatchInfo
 
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_STACK = 3
+#: Stacked shrink widths: 1 (o/down), 2 (gate-up), 3 (QKV), 4 (SGLang's GDN ``in_proj_qkvz``).
+MAX_STACK = 4
 
 
 def check_activation(name: str, t, *, ndim: int = 2) -> None:
@@ -41,8 +42,48 @@ def check_stack_num(stack_num) -> int:
     if isinstance(stack_num, bool) or not isinstance(stack_num, int):
         raise TypeError(f"stack_num must be an int, got {type(stack_num).__name__}")
     if not 1 <= stack_num <= MAX_STACK:
-        raise ValueError(f"stack_num must be 1, 2 or 3, got {stack_num}")
+        raise ValueError(f"stack_num must be 1, 2, 3 or 4, got {stack_num}")
     return stack_num
+
+
+_WHY_DTYPE = {
+    "seg_lens": "the kernels read 32-bit segment lengths; pass seg_lens.to(torch.int32)",
+    "seg_indptr": "the kernels read 32-bit row offsets; pass seg_indptr.to(torch.int32)",
+    "weight_indices": "the kernels read 32-bit slot indices; pass weight_indices.to(torch.int32)",
+    "lora_ranks": "the kernels read 32-bit ranks (SGLang keeps int64 ranks); pass lora_ranks.to(torch.int32)",
+    "scalings": "scalings are applied in float32 whatever the activation dtype; pass scalings.float()",
+}
+_HINT = " (LoRABatchInfo.from_segments converts host values; update_ writes into existing tensors)"
+
+
+def check_batch_info_fields(bi: LoRABatchInfo) -> str | None:
+    """Why the kernels cannot read ``bi`` (shapes of its own fields, dtypes, one device), or None.
+
+    Reads shapes, dtypes and devices only. The weights-dependent checks are in :func:`check_batch_info`.
+    """
+    expected = {
+        "seg_lens": ((bi.bs,), torch.int32),
+        "seg_indptr": ((bi.bs + 1,), torch.int32),
+        "weight_indices": ((bi.bs,), torch.int32),
+        "lora_ranks": (None, torch.int32),
+        "scalings": (None, torch.float32),
+    }
+    device = None
+    for field, (shape, dtype) in expected.items():
+        t = getattr(bi, field)
+        if not isinstance(t, torch.Tensor):
+            return f"batch_info.{field} must be a torch.Tensor, got {type(t).__name__}"
+        if t.dim() != 1 or (shape is not None and tuple(t.shape) != shape):
+            return f"batch_info.{field} has shape {tuple(t.shape)}, expected {shape or '(num_lora,)'}"
+        if t.dtype != dtype:
+            return f"batch_info.{field} has dtype {t.dtype}, expected {dtype}: {_WHY_DTYPE[field]}{_HINT}"
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            return f"batch_info.{field} is on {t.device} but batch_info.seg_lens is on {device}"
+    if bi.scalings.shape != bi.lora_ranks.shape:
+        return f"batch_info.scalings has shape {tuple(bi.scalings.shape)} but lora_ranks has {tuple(bi.lora_ranks.shape)}"
+    return None
 
 
 def check_batch_info(bi: LoRABatchInfo | None, x: torch.Tensor, num_lora: int, max_r: int) -> LoRABatchInfo:
@@ -64,7 +105,7 @@ def check_batch_info(bi: LoRABatchInfo | None, x: torch.Tensor, num_lora: int, m
             hint = " (one per adapter slot of the weights)" if field in ("lora_ranks", "scalings") else ""
             raise ValueError(f"batch_info.{field} has shape {tuple(t.shape)}, expected {shape}{hint}")
         if t.dtype != dtype:
-            raise TypeError(f"batch_info.{field} has dtype {t.dtype}, expected {dtype}")
+            raise TypeError(f"batch_info.{field} has dtype {t.dtype}, expected {dtype}: {_WHY_DTYPE[field]}{_HINT}")
         if t.device != x.device:
             raise ValueError(f"batch_info.{field} is on {t.device} but x is on {x.device}")
     if bi.lora_ranks.device.type == "cpu" and num_lora:

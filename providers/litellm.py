@@ -22,8 +22,11 @@ other 4xx. A stream is retried
 only before its first chunk; after it a failure or a stream that ends without a finish reason raises
 :class:`~providers.errors.StreamInterruptedError`. Pass ``retry_policy=`` for other delays.
 
-Offline, set ``LITELLM_LOCAL_MODEL_COST_MAP=True`` before importing litellm,
-or it tries to download its model price map on import.
+A stream that a proxy closes *cleanly* before its finish reason is an interruption too: litellm
+>= 1.109 reports it (``MidStreamFallbackError``) and this backend raises ``StreamInterruptedError``;
+litellm <= 1.108 synthesized ``finish_reason="stop"`` for it, so behind those versions only broken
+connections can be told from a finished stream. Offline, set ``LITELLM_LOCAL_MODEL_COST_MAP=True``
+before importing litellm, or it tries to download its model price map on import.
 
 ``select`` -- ``"generate_and_match"`` (see ``providers/choices.py``): portable across every provider
 litellm reaches, logprobs or not. ``backend.token_usage`` sums the usage litellm reports.

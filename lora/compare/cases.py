@@ -42,6 +42,8 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from lora.testing import Composition, ResolvedOp
+
 __all__ = [
     "CASES",
     "CPU_DEFAULT_CASES",
@@ -72,81 +74,7 @@ __all__ = [
 # ---- compositions --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Composition:
-    """Host description of a batch: exactly what ``LoRABatchInfo.from_segments`` takes, plus sizes.
-
-    ``tokens`` (rows of x) may exceed ``sum(seg_lens)``: rows after the last segment have no work.
-    """
-
-    seg_lens: tuple[int, ...]
-    weight_indices: tuple[int, ...]
-    lora_ranks: tuple[int, ...]
-    scalings: tuple[float, ...]
-    max_r: int
-    tokens: int
-
-    def __post_init__(self):
-        if len(self.seg_lens) != len(self.weight_indices):
-            raise ValueError("one weight index per segment")
-        if len(self.lora_ranks) != len(self.scalings):
-            raise ValueError("one scaling per slot")
-        if self.tokens < sum(self.seg_lens):
-            raise ValueError(f"tokens={self.tokens} < sum(seg_lens)={sum(self.seg_lens)}")
-        if any(r > self.max_r or r < 0 for r in self.lora_ranks):
-            raise ValueError(f"ranks {self.lora_ranks} outside [0, max_r={self.max_r}]")
-
-    @property
-    def bs(self) -> int:
-        return len(self.seg_lens)
-
-    @property
-    def num_lora(self) -> int:
-        return len(self.lora_ranks)
-
-    @property
-    def seg_indptr(self) -> list[int]:
-        out = [0]
-        for n in self.seg_lens:
-            out.append(out[-1] + n)
-        return out
-
-    def segments(self):
-        """(start, end, slot, rank, scaling) of every segment, work or not."""
-        ptr = self.seg_indptr
-        for i, w in enumerate(self.weight_indices):
-            yield ptr[i], ptr[i + 1], w, self.lora_ranks[w], self.scalings[w]
-
-    def work(self) -> list[tuple[int, int, int, int, float]]:
-        """The segments that have work: at least one row and a slot of rank > 0."""
-        return [s for s in self.segments() if s[1] > s[0] and s[3] > 0]
-
-    def used_slots(self) -> list[int]:
-        """Slots some segment with work uses, each once, in first-use order."""
-        seen: dict[int, None] = {}
-        for _, _, w, _, _ in self.work():
-            seen.setdefault(w, None)
-        return list(seen)
-
-    def work_rows(self) -> int:
-        return sum(end - start for start, end, *_ in self.work())
-
-    def summary(self) -> str:
-        lens = self.seg_lens
-        return (
-            f"{self.tokens} tokens in {self.bs} segments (len {min(lens, default=0)}..{max(lens, default=0)}), "
-            f"{self.num_lora} slots, ranks {sorted(set(self.lora_ranks))}, {len(self.used_slots())} used"
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "seg_lens": list(self.seg_lens),
-            "weight_indices": list(self.weight_indices),
-            "lora_ranks": list(self.lora_ranks),
-            "scalings": list(self.scalings),
-            "max_r": self.max_r,
-            "tokens": self.tokens,
-        }
+# Composition (a batch described on the host) is the contract's, in lora.testing; re-exported here.
 
 
 # A composition generator: (rng, num_lora, max_r, ranks) -> (seg_lens, weight_indices, trailing_rows).
@@ -228,30 +156,6 @@ class LayerShape:
 LLAMA3_8B = LayerShape("llama3-8b", hidden=4096, q=4096, kv=1024, inter=14336)
 #: Small odd widths for the CPU correctness run (non-powers of two, GQA q != kv).
 TINY = LayerShape("tiny", hidden=72, q=72, kv=24, inter=88)
-
-
-@dataclass(frozen=True)
-class ResolvedOp:
-    """One op at concrete widths: ``kind`` is shrink / expand / fused (shrink then expand)."""
-
-    name: str
-    kind: str  # "shrink" | "expand" | "fused"
-    k: int  # input width (shrink, fused); 0 for expand
-    offsets: tuple[int, ...]  # output slice offsets (expand, fused); () for shrink
-    stack: int
-
-    @property
-    def n(self) -> int:
-        """Output width of an expand / fused op (offsets[-1]); 0 for a shrink (its width is stack*max_r)."""
-        return self.offsets[-1] if self.offsets else 0
-
-    @property
-    def max_slice(self) -> int:
-        return max((b - a for a, b in zip(self.offsets, self.offsets[1:])), default=0)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "k": self.k, "n": self.n, "stack": self.stack,
-                "offsets": list(self.offsets)}
 
 
 @dataclass(frozen=True)

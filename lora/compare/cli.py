@@ -6,6 +6,7 @@ times it, and reports achieved bandwidth as a fraction of the device's measured 
     python -m lora compare                                  # the default cases for this machine
     python -m lora compare --case 'llama3-8b-r64-*' --backends torch,triton --json out.json --plot out.png
     python -m lora compare --shape hidden=4096,r=64,segs=prefill:8192/8 --dtype bf16
+    python -m lora compare --step --backends triton,pallas  # the decode step: 32 layers as one CUDA graph
     python -m lora list                                     # backends (and why not), cases, ops
 
 Exit status: 0 when every result is right, 1 when any backend gives a wrong result or raises
@@ -49,8 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write every figure, the device and library versions as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG chart of each backend's fraction of copy bandwidth")
     p.add_argument("--quick", action="store_true", help="shorter timing (fewer repetitions, smaller copy probe)")
+    p.add_argument("--step", action="store_true",
+                   help="run the decode-step cases instead (every LoRA op of N layers as one CUDA graph; --case picks "
+                   "among step cases: " + ", ".join(_step_names()) + ")")
+    p.add_argument("--layers", type=int, metavar="N", help="layers of a --step case (default: the case's, 32 for Llama)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _step_names() -> list[str]:
+    from .step import STEP_CASES
+
+    return list(STEP_CASES)
 
 
 def _op_names() -> list[str]:
@@ -70,7 +81,8 @@ def _list() -> int:
     print("backends:")
     for s in available_backends():
         state = "available" if s.available else f"unavailable: {s.reason}"
-        print(f"  {s.name:8s} {state}{'  -- ' + s.description if s.description else ''}")
+        origin = "" if s.origin == "kernelstack" else f"  [from {s.origin}]"
+        print(f"  {s.name:8s} {state}{'  -- ' + s.description if s.description else ''}{origin}")
     print("cases (* = GPU default, + = CPU default):")
     for name, case in CASES.items():
         mark = "*" if name in GPU_DEFAULT_CASES else ("+" if name in CPU_DEFAULT_CASES else " ")
@@ -78,6 +90,12 @@ def _list() -> int:
     print("ops:")
     for op in OPS.values():
         print(f"  {op.name:12s} {op.call:36s} {op.doc}")
+    from .step import CPU_DEFAULT_STEPS, GPU_DEFAULT_STEPS, STEP_CASES
+
+    print("step cases (compare --step; * = GPU default, + = CPU default):")
+    for name, case in STEP_CASES.items():
+        mark = "*" if name in GPU_DEFAULT_STEPS else ("+" if name in CPU_DEFAULT_STEPS else " ")
+        print(f"  {mark} {name:28s} {case.description}")
     return 0
 
 
@@ -170,7 +188,7 @@ def _select_backends(spec: str | None, out) -> tuple[list[str], list[dict]]:
     # the reference first, so the others can be compared with its time
     chosen.sort(key=lambda n: (n != "torch", wanted.index(n)))
     rows = [
-        {"name": s.name, "available": s.available, "reason": s.reason, "description": s.description,
+        {"name": s.name, "available": s.available, "reason": s.reason, "description": s.description, "origin": s.origin,
          "selected": s.name in chosen}
         for s in statuses
     ]
@@ -178,9 +196,9 @@ def _select_backends(spec: str | None, out) -> tuple[list[str], list[dict]]:
 
 
 def _skip_reason(backend: str, dtype: str, device) -> str | None:
-    if backend == "triton" and device.type == "cpu" and dtype == "bfloat16":
-        return "Triton's CPU interpreter computes bf16 dots wrongly; bf16 is checked on the GPU"
-    return None
+    from lora.testing import dtype_skip_reason
+
+    return dtype_skip_reason(backend, dtype, device)
 
 
 def _is_host_syncing(cls) -> bool:
@@ -202,7 +220,7 @@ def _run_one(backend_name, cls, batch_info, op, comp, case, dtype, device, check
     """Check then time one backend on one (case, op, dtype); returns a Result."""
     import torch
 
-    from . import inputs as I
+    from lora import testing as I
     from .report import Result
     from .cases import target_us
     from .timing import time_calls, time_cuda_graph
@@ -220,8 +238,8 @@ def _run_one(backend_name, cls, batch_info, op, comp, case, dtype, device, check
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         first_us = (time.perf_counter() - t0) * 1e6
-        c = I.check(out, ref, dtype, expect_dtype=I.DTYPES[dtype], base=t.get("base"))
-        res.rel_error, res.detail = c.rel_error, c.detail
+        c = I.check(out, ref, dtype, expect_dtype=I.DTYPES[dtype], base=t.get("base"), comp=comp, op=op)
+        res.rel_error, res.detail = c.rel_error, "; ".join([c.detail, *c.problems[:3]])
         res.status = "pass" if c.ok else "fail"
         del out, t
     except NotImplementedError as exc:
@@ -290,13 +308,15 @@ def _compare_on(args, device, out) -> int:
 
     from lora import LoRABatchInfo, get_backend_from_name
 
-    from . import inputs as I
+    from lora import testing as I
     from .cases import CASES, CPU_DEFAULT_CASES, CPU_DEFAULT_OPS, GPU_DEFAULT_CASES, OPS, case_seed, min_bytes, parse_shape_spec, select_cases
     from .report import Progress, Result, print_tables, write_json, write_plot
     from .timing import Budget, copy_bandwidth, rotation_sets
 
     t_start = time.perf_counter()
     cuda = device.type == "cuda"
+    if args.step:
+        return _steps(args, device, out)
     # -- what to run
     try:
         shape_cases = [(parse_shape_spec(s), s) for s in args.shape]
@@ -356,7 +376,7 @@ def _compare_on(args, device, out) -> int:
                     tdtype = I.DTYPES[dtype]
                     check_set = I.make_inputs(op, comp, tdtype, device, seed)
                     ref = I.oracle(op, comp, check_set)
-                    n_sets = rotation_sets(I.set_bytes(check_set), device)
+                    n_sets = rotation_sets(sum(t.numel() * t.element_size() for t in check_set.values()), device)
                     # separate sets: timed calls add into their base_output, which must not reach a later check
                     timing_sets = [I.make_inputs(op, comp, tdtype, device, seed + 1 + i) for i in range(n_sets)]
                     mbytes = min_bytes(op, comp, torch.finfo(tdtype).bits // 8)
@@ -433,6 +453,46 @@ def _compare_on(args, device, out) -> int:
         print(f"wrote {args.plot}", file=out)
     print(f"{'FAILED' if failed else 'OK'} in {meta['elapsed_s']:.1f} s", file=out)
     return 1 if failed else 0
+
+
+def _steps(args, device, out) -> int:
+    """``compare --step``: the decode-step cases (lora.compare.step)."""
+    from lora import get_backend_from_name
+
+    from lora import testing as I
+
+    from .step import run_steps, select_steps
+
+    if args.shape or args.ops or args.plot:
+        raise _UsageError("--step takes --case (step cases), --layers, --backends, --dtype, --seed, --json, --quick")
+    if args.layers is not None and args.layers < 1:
+        raise _UsageError(f"--layers must be >= 1, got {args.layers}")
+    try:
+        if args.case:
+            select_steps(args.case)
+        dtypes = [I.dtype_name(d) for d in args.dtype.split(",")] if args.dtype else (
+            ["bfloat16"] if device.type == "cuda" else ["float32"])
+    except (KeyError, ValueError) as exc:
+        raise _UsageError(str(exc).strip("'\"")) from None
+    backends, backend_rows = _select_backends(args.backends, out)
+    if device.type == "cuda" and "torch" in backends:
+        backends.remove("torch")  # the host-synchronising reference cannot be captured; the oracle checks instead
+        print("backend torch: not run in --step on CUDA (host-synchronising, cannot be captured)", file=out)
+    if not backends:
+        raise _UsageError("no selected backend can run the decode step here")
+    classes = {name: get_backend_from_name(name) for name in backends}
+    print(f"{_PROG} compare --step on {device}; backends: {', '.join(backends)}; {', '.join(dtypes)}", file=out)
+    meta = {
+        "command": " ".join([_PROG, "compare", *map(shlex.quote, args.argv)]),
+        "started_at": args.started_at,
+        "seed": args.seed,
+        "device": _device_info(device),
+        "versions": _versions(),
+        "backends": backend_rows,
+        "tolerances": {d: I.TOLERANCE[d] for d in dtypes},
+    }
+    return run_steps(args, device, out, backends=backends, classes=classes,
+                     dtypes={d: I.DTYPES[d] for d in dtypes}, meta=meta)
 
 
 # ---- entry point ---------------------------------------------------------------------------------

@@ -62,9 +62,6 @@ class Batch(NamedTuple):
     scalings: jax.Array  # (L,) float32
     num_tokens: int  # rows of x (static)
 
-    def tree_flatten(self):  # pragma: no cover - NamedTuple is a pytree already
-        raise NotImplementedError
-
 
 # NamedTuple fields are all pytree leaves; num_tokens must stay static, so register explicitly.
 jax.tree_util.register_pytree_node(

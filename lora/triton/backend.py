@@ -1,8 +1,16 @@
 """The "triton" backend: the two primitives as Triton kernels (see shrink.py and expand.py).
 
 Public ops come from :class:`~lora.backend.BaseLoRABackend` (validation, then shrink -> expand).
-Every launch reads only shapes on the host; the batch metadata stays on the device, so each op can
-be captured in a CUDA graph and replayed after new metadata is copied into the same tensors.
+
+``prepare`` (run by ``set_batch_info``) derives the batch's grouping by adapter once, with one
+kernel launch, into three persistent int32 buffers (:class:`~lora.triton.grouping.GroupMeta`: rows
+per slot, where each slot's rows start, the covered rows ordered by slot); every shrink and expand
+launch of the batch reads them instead of scanning the segments. The launch reads only shapes on the
+host and the buffers never move once reserved (or captured), so a CUDA graph captured once replays
+correctly after the engine writes a new batch into the same batch-info tensors and calls
+``set_batch_info`` again (or captures ``prepare`` at the head of the graph): see
+:mod:`lora.backend`. The split-K scratch is per stream and never freed under a graph
+(:mod:`.scratch`).
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import triton  # noqa: F401  (a missing triton makes the registry report the "tr
 
 from ..backend import BaseLoRABackend
 from .expand import lora_expand
+from .grouping import GroupMeta, derive
+from .scratch import scratch_for
 from .shrink import lora_shrink
 
 __all__ = ["TritonLoRABackend"]
@@ -30,8 +40,26 @@ class TritonLoRABackend(BaseLoRABackend):
             return None
         return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on Triton's CPU interpreter)"
 
+    meta: GroupMeta | None = None
+
+    def prepare(self, batch_info) -> None:
+        tokens, _ = self.capacity(batch_info)
+        dev, slots = batch_info.device, batch_info.num_lora + 1
+        self.meta = derive(batch_info, GroupMeta(
+            self.buffer("group_rows", slots, torch.int32, dev),
+            self.buffer("group_start", slots, torch.int32, dev),
+            self.buffer("row_order", tokens, torch.int32, dev),
+        ))
+
     def shrink(self, x: torch.Tensor, weights: torch.Tensor, stack_num: int) -> torch.Tensor:
-        return lora_shrink(x, weights, stack_num, self.batch_info)
+        return lora_shrink(x, weights, stack_num, self.batch_info, meta=self.meta)
 
     def expand(self, x, weights, output_offset, max_slice_width, base_output):
-        return lora_expand(x, weights, output_offset, max_slice_width, base_output, self.batch_info)
+        return lora_expand(x, weights, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta)
+
+    def shrink_expand(self, x, a, b, output_offset, max_slice_width, base_output, stack_num):
+        # The intermediate lives in this stream's scratch: no allocation per call.
+        s, n = x.shape[0], a.shape[1]
+        xa = scratch_for(x.device).intermediate(s * n, x.dtype)[: s * n].view(s, n)
+        lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta)
+        return lora_expand(xa, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta)

@@ -21,27 +21,27 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import chunk_rows, find_chunk, group_size
+from .grouping import GroupMeta, chunk_rows, derive, find_chunk, group_size, new_meta
 
 #: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
 ALIGN = 16
 
 
 # Batch sizes vary call to call: keep them out of the specialisation key.
-@triton.jit(do_not_specialize=["num_tokens", "num_lora", "bs"])
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "capacity"])
 def _expand_kernel(
     x_ptr,
     w_ptr,
     out_ptr,
     offsets_ptr,
-    seg_lens,
-    seg_indptr,
-    weight_indices,
+    group_rows,
+    group_start,
+    row_order,
     lora_ranks,
     scalings,
     num_tokens,
     num_lora,
-    bs,
+    capacity,
     stride_xm,
     stride_wl,
     stride_wn,
@@ -52,9 +52,6 @@ def _expand_kernel(
     N_ITERS: tl.constexpr,
     GROUP_GRID: tl.constexpr,
     L_BLOCK: tl.constexpr,
-    SEG_BLOCK: tl.constexpr,
-    FIND_BLOCK: tl.constexpr,
-    BY_HISTOGRAM: tl.constexpr,
     PRECISION: tl.constexpr,
     ALIGN: tl.constexpr,
     RAGGED_N: tl.constexpr,
@@ -75,41 +72,37 @@ def _expand_kernel(
         # Decode layout: program = (group, slice, column group), walking the group's chunks.
         group = pid_m
         rank = tl.load(lora_ranks + group)
-        n_rows = group_size(group, seg_lens, seg_indptr, weight_indices, num_tokens, num_lora, bs, SEG_BLOCK)
+        n_rows = group_size(group, group_rows, group_start, num_tokens, num_lora)
         n_rows = tl.where(rank > 0, n_rows, 0)
         for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
             _expand_chunk(
-                x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
+                x_ptr, w_ptr, out_ptr, group_start, row_order, scalings, num_tokens, num_lora, capacity,
                 stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, BY_HISTOGRAM, PRECISION, ALIGN, RAGGED_N,
+                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N,
             )
     else:
         # Prefill layout: program = (chunk slot, slice, column group).
         group, chunk, n_rows, rank, total = find_chunk(
-            pid_m, seg_lens, seg_indptr, weight_indices, lora_ranks, num_tokens, num_lora, bs,
-            BLOCK_M, L_BLOCK, FIND_BLOCK, False,
+            pid_m, group_rows, group_start, lora_ranks, num_tokens, num_lora, BLOCK_M, L_BLOCK, False,
         )
         if pid_m >= total:
             return
         _expand_chunk(
-            x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
+            x_ptr, w_ptr, out_ptr, group_start, row_order, scalings, num_tokens, num_lora, capacity,
             stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, SEG_BLOCK, BY_HISTOGRAM, PRECISION, ALIGN, RAGGED_N,
+            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N,
         )
 
 
 @triton.jit
 def _expand_chunk(
-    x_ptr, w_ptr, out_ptr, seg_lens, seg_indptr, weight_indices, scalings, num_lora, bs,
+    x_ptr, w_ptr, out_ptr, group_start, row_order, scalings, num_tokens, num_lora, capacity,
     stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr,
-    SEG_BLOCK: tl.constexpr, BY_HISTOGRAM: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
-    RAGGED_N: tl.constexpr,
+    PRECISION: tl.constexpr, ALIGN: tl.constexpr, RAGGED_N: tl.constexpr,
 ):
     pid_j = tl.program_id(1)
-    rows, row_ok = chunk_rows(
-        group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK, BY_HISTOGRAM
-    )
+    rows, row_ok = chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity, BLOCK_M)
     scale = tl.load(scalings + group)
     w_slot = w_ptr + group.to(tl.int64) * stride_wl
     out_rows = out_ptr + rows * stride_om
@@ -175,25 +168,30 @@ def lora_expand(
     base_output: torch.Tensor,
     batch_info,
     plan: tiling.ExpandPlan | None = None,
+    meta: GroupMeta | None = None,
 ) -> torch.Tensor:
     """``base_output (s, N) += `` the slice-wise scaled ``x @ B.T``; returns ``base_output``.
 
     ``x (s, stack*max_r)``, ``weights (num_lora, N, max_r)``, ``output_offset (stack+1,)`` on the
-    device. Inputs are assumed validated; nothing here reads device values.
+    device. ``meta`` as for :func:`.shrink.lora_shrink` (derived here when None). Inputs are assumed
+    validated; nothing here reads device values.
     """
     s = x.shape[0]
     num_lora, n_total, max_r = weights.shape
     stack = output_offset.shape[0] - 1
     if s == 0 or batch_info.bs == 0:
         return base_output
+    if meta is None:
+        meta = derive(batch_info, new_meta(num_lora, s, x.device))
+    elif meta.capacity < s:
+        raise ValueError(f"the batch's grouping holds {meta.capacity} rows but x has {s}: derive it for at least {s}")
     if plan is None:
         plan = tiling.plan_expand(s, max_r, n_total, max_slice_width, stack, num_lora, batch_info.bs, x.dtype, x.device)
     grid = expand_grid(s, num_lora, stack, max_slice_width, plan)
     _expand_kernel[grid](
         x, weights, base_output, output_offset,
-        batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices, batch_info.lora_ranks,
-        batch_info.scalings,
-        s, num_lora, batch_info.bs,
+        meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks, batch_info.scalings,
+        s, num_lora, meta.capacity,
         x.stride(0), weights.stride(0), weights.stride(1), base_output.stride(0),
         BLOCK_M=plan.block_m,
         BLOCK_N=plan.block_n,
@@ -201,9 +199,6 @@ def lora_expand(
         N_ITERS=plan.n_iters,
         GROUP_GRID=plan.group_grid,
         L_BLOCK=tiling.group_block(num_lora),
-        SEG_BLOCK=tiling.seg_block(batch_info.bs),
-        FIND_BLOCK=tiling.find_block(batch_info.bs, num_lora),
-        BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(batch_info.bs)),
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         ALIGN=ALIGN,
         RAGGED_N=max(16, plan.block_n // 4),

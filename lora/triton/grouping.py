@@ -1,4 +1,4 @@
-"""Device-side work assignment shared by the shrink and expand kernels.
+"""Work assignment shared by the shrink and expand kernels: derived once per batch, read by every launch.
 
 Both kernels tile the batch **by adapter**: the rows of every segment that uses slot ``w`` form one
 group, cut into chunks of ``BLOCK_M`` rows, so a chunk reads its adapter's weights once however the
@@ -6,43 +6,150 @@ segments are ordered or interleaved (decode: 256 one-token segments over 8 slots
 about 32 rows instead of 256 tiles of one row). Shrink adds one more group, index ``num_lora``: the
 rows after the last segment, which it fills with zeros.
 
-Two ways to hand out the work, both with a grid that depends only on shapes:
+**Per batch** (:func:`derive`, one launch of :func:`_derive_kernel`, from ``set_batch_info``): the
+batch metadata becomes :class:`GroupMeta`:
+
+* ``group_rows[w]``: rows of the segments of slot ``w`` (``w < num_lora``);
+* ``group_start[w]``: where group ``w`` begins in ``row_order`` (exclusive prefix sum of
+  ``group_rows``); ``group_start[num_lora]`` is the number of rows the segments cover;
+* ``row_order``: the covered row indices grouped by slot (segment order within a group): rows
+  ``row_order[group_start[w] : group_start[w] + group_rows[w]]`` are the rows of slot ``w``.
+
+The launch reads only device values and writes into buffers the backend keeps (no host read, no
+allocation), so it can run eagerly before a CUDA-graph replay or be captured inside the graph.
+
+**Per launch** (the kernels), both with a grid that depends only on shapes:
 
 * **by chunk** (prefill): axis 0 has ``cdiv(tokens, BLOCK_M) + groups`` chunk slots, an upper bound
-  (each group adds at most one partial chunk). :func:`find_chunk` reads the metadata and tells a
-  program which group and chunk its slot is; programs past the last chunk exit.
+  (each group adds at most one partial chunk). :func:`find_chunk` reads the ``num_lora + 1`` group
+  sizes and tells a program which group and chunk its slot is; programs past the last chunk exit.
 * **by group** (decode): axis 0 is the group itself and the program walks that group's chunks
-  (usually one). No slot search, and the grid is as small as the number of adapters.
+  (usually one): :func:`group_size`, one load.
 
-:func:`chunk_rows` turns a chunk into row indices in ``O(segments + BLOCK_M)`` work: the group's rows
-are numbered in segment order, a position ``p`` lies in the segment whose running end is the first
-above ``p``; counting ends ``<= p`` is a cumulative histogram over the chunk's window, and each
-segment's row offset is then gathered by that count.
-
-Nothing is read on the host, so one CUDA-graph capture replays correctly after new ``seg_lens`` /
-``seg_indptr`` / ``weight_indices`` / ``lora_ranks`` are copied into the same tensors. Segments are
-scanned ``SEG_BLOCK`` at a time (all at once for up to 1024 segments).
+:func:`chunk_rows` turns a chunk into row indices with one gather from ``row_order`` (``BLOCK_M``
+loads): no launch scans the segments any more. The rows after the last segment (the trailing group)
+are ``group_start[num_lora] + p``, computed from the call's token count, so ``row_order`` needs only
+as many entries as the segments cover. Every gathered row index is bounded by the ``row_order``
+capacity and by the call's token count, so metadata that lies cannot make a kernel touch memory
+outside its tensors.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 import triton
 import triton.language as tl
+
+from .tiling import group_block, next_pow2
+
+__all__ = ["GroupMeta", "derive", "new_meta"]
+
+
+@dataclass
+class GroupMeta:
+    """Grouping of one batch, in buffers that outlive it (see the module docstring)."""
+
+    group_rows: torch.Tensor  # int32, >= num_lora entries
+    group_start: torch.Tensor  # int32, >= num_lora + 1 entries
+    row_order: torch.Tensor  # int32, capacity entries
+
+    @property
+    def capacity(self) -> int:
+        return int(self.row_order.numel())
+
+
+def new_meta(num_lora: int, capacity: int, device) -> GroupMeta:
+    """Fresh buffers for ``num_lora`` slots and ``capacity`` covered rows."""
+    i32 = dict(dtype=torch.int32, device=device)
+    return GroupMeta(torch.empty(num_lora + 1, **i32), torch.empty(num_lora + 1, **i32), torch.empty(max(capacity, 1), **i32))
+
+
+def derive_blocks(bs: int, num_lora: int) -> tuple[int, int, int]:
+    """(L_BLOCK, SEG_BLOCK, ROW_BLOCK) of :func:`_derive_kernel`: a slots x segments compare and a
+    segments x rows scatter tile, each kept to about 4096 elements."""
+    l_block = group_block(num_lora + 1)
+    seg = max(16, min(next_pow2(max(bs, 1)), max(16, 4096 // l_block)))
+    return l_block, seg, max(16, 4096 // seg)
+
+
+def derive(batch_info, meta: GroupMeta) -> GroupMeta:
+    """Write ``batch_info``'s grouping into ``meta``'s buffers: one launch on the current stream."""
+    num_lora = batch_info.num_lora
+    if meta.group_rows.numel() < num_lora or meta.group_start.numel() < num_lora + 1:
+        raise ValueError(f"group buffers hold {meta.group_rows.numel()} slots, the batch has {num_lora}")
+    l_block, seg_block, row_block = derive_blocks(batch_info.bs, num_lora)
+    _derive_kernel[(1,)](
+        batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices,
+        meta.group_rows, meta.group_start, meta.row_order,
+        batch_info.bs, num_lora, meta.capacity,
+        L_BLOCK=l_block, SEG_BLOCK=seg_block, ROW_BLOCK=row_block,
+        num_warps=4,
+    )
+    return meta
+
+
+@triton.jit(do_not_specialize=["bs", "num_lora", "capacity"])
+def _derive_kernel(
+    seg_lens,
+    seg_indptr,
+    weight_indices,
+    group_rows,
+    group_start,
+    row_order,
+    bs,
+    num_lora,
+    capacity,
+    L_BLOCK: tl.constexpr,
+    SEG_BLOCK: tl.constexpr,
+    ROW_BLOCK: tl.constexpr,
+):
+    """One program: group sizes and starts, then every covered row scattered to its group's place."""
+    gids = tl.arange(0, L_BLOCK)
+    rows = tl.zeros([L_BLOCK], dtype=tl.int32)
+    for s0 in range(0, bs, SEG_BLOCK):
+        offs = s0 + tl.arange(0, SEG_BLOCK)
+        m = offs < bs
+        ln = tl.load(seg_lens + offs, mask=m, other=0)
+        wi = tl.load(weight_indices + offs, mask=m, other=-1)
+        rows += tl.sum(tl.where(wi[None, :] == gids[:, None], ln[None, :], 0), axis=1)
+    rows = tl.where(gids < num_lora, rows, 0)
+    starts = tl.cumsum(rows, 0) - rows  # starts[num_lora] = rows covered by the segments
+    tl.store(group_rows + gids, rows, mask=gids < num_lora)
+    tl.store(group_start + gids, starts, mask=gids <= num_lora)
+
+    fill = starts  # next free place of each group in row_order
+    for s0 in range(0, bs, SEG_BLOCK):
+        offs = s0 + tl.arange(0, SEG_BLOCK)
+        m = offs < bs
+        ln = tl.load(seg_lens + offs, mask=m, other=0)
+        wi = tl.load(weight_indices + offs, mask=m, other=-1)
+        first = tl.load(seg_indptr + offs, mask=m, other=0)
+        hit = (wi[None, :] == gids[:, None]) & (gids < num_lora)[:, None]
+        lens = tl.where(hit, ln[None, :], 0)
+        before = tl.cumsum(lens, 1) - lens  # rows of the same slot earlier in this block
+        dest = tl.sum(tl.where(hit, fill[:, None] + before, 0), axis=0)  # each segment's first place
+        fill += tl.sum(lens, axis=1)
+        ln = tl.where(tl.sum(hit.to(tl.int32), axis=0) > 0, ln, 0)  # a slot out of range: no rows
+        longest = tl.max(ln, 0)
+        for k0 in range(0, longest, ROW_BLOCK):
+            k = k0 + tl.arange(0, ROW_BLOCK)
+            dst = dest[:, None] + k[None, :]
+            ok = (k[None, :] < ln[:, None]) & (dst < capacity)
+            tl.store(row_order + dst, first[:, None] + k[None, :], mask=ok)
 
 
 @triton.jit
 def find_chunk(
     pid_m,
-    seg_lens,
-    seg_indptr,
-    weight_indices,
+    group_rows,
+    group_start,
     lora_ranks,
     num_tokens,
     num_lora,
-    bs,
     BLOCK_M: tl.constexpr,
     L_BLOCK: tl.constexpr,
-    SEG_BLOCK: tl.constexpr,
     WITH_IDLE: tl.constexpr,
 ):
     """(group, chunk, rows in group, rank of group, number of chunks) for chunk slot ``pid_m``.
@@ -51,17 +158,10 @@ def find_chunk(
     there); otherwise only groups of rank > 0 get chunks (expand leaves the other rows untouched).
     """
     gids = tl.arange(0, L_BLOCK)
-    rows = tl.zeros([L_BLOCK], dtype=tl.int32)
-    for s0 in range(0, bs, SEG_BLOCK):
-        offs = s0 + tl.arange(0, SEG_BLOCK)
-        m = offs < bs
-        ln = tl.load(seg_lens + offs, mask=m, other=0)
-        wi = tl.load(weight_indices + offs, mask=m, other=-1)
-        hit = wi[None, :] == gids[:, None]
-        rows += tl.sum(tl.where(hit, ln[None, :], 0), axis=1)
+    rows = tl.load(group_rows + gids, mask=gids < num_lora, other=0)
     rank = tl.load(lora_ranks + gids, mask=gids < num_lora, other=0)
     if WITH_IDLE:
-        covered = tl.load(seg_indptr + bs)
+        covered = tl.load(group_start + num_lora)
         rows = tl.where(gids == num_lora, num_tokens - covered, rows)
     else:
         rows = tl.where(rank > 0, rows, 0)
@@ -77,69 +177,22 @@ def find_chunk(
 
 
 @triton.jit
-def group_size(group, seg_lens, seg_indptr, weight_indices, num_tokens, num_lora, bs, SEG_BLOCK: tl.constexpr):
+def group_size(group, group_rows, group_start, num_tokens, num_lora):
     """Rows of ``group`` (the trailing rows for ``group == num_lora``)."""
-    n = group * 0
-    for s0 in range(0, bs, SEG_BLOCK):
-        offs = s0 + tl.arange(0, SEG_BLOCK)
-        m = offs < bs
-        ln = tl.load(seg_lens + offs, mask=m, other=0)
-        wi = tl.load(weight_indices + offs, mask=m, other=-1)
-        n += tl.sum(tl.where(wi == group, ln, 0), axis=0)
-    if group == num_lora:
-        n = num_tokens - tl.load(seg_indptr + bs)
-    return n
+    n = tl.load(group_rows + group, mask=group < num_lora, other=0)
+    covered = tl.load(group_start + num_lora)
+    return tl.where(group == num_lora, num_tokens - covered, n)
 
 
 @triton.jit
-def chunk_rows(
-    group,
-    chunk,
-    n_rows,
-    seg_lens,
-    seg_indptr,
-    weight_indices,
-    num_lora,
-    bs,
-    BLOCK_M: tl.constexpr,
-    SEG_BLOCK: tl.constexpr,
-    BY_HISTOGRAM: tl.constexpr,
-):
-    """Row indices (int64) of chunk ``chunk`` of ``group`` and the mask of the ones that exist.
-
-    ``BY_HISTOGRAM``: find each position's segment by a cumulative histogram and a gather
-    (``O(SEG_BLOCK + BLOCK_M)``, through shared memory); otherwise by comparing every position with
-    every segment (``BLOCK_M x SEG_BLOCK`` in registers, no barriers: cheaper when that is small).
-    """
-    c0 = chunk * BLOCK_M
-    pos = c0 + tl.arange(0, BLOCK_M)
-    row = pos * 0
-    before = group * 0  # rows of this group in earlier segment blocks (an int32 scalar)
-    for s0 in range(0, bs, SEG_BLOCK):
-        offs = s0 + tl.arange(0, SEG_BLOCK)
-        m = offs < bs
-        wi = tl.load(weight_indices + offs, mask=m, other=-1)
-        ln = tl.load(seg_lens + offs, mask=m, other=0)
-        start = tl.load(seg_indptr + offs, mask=m, other=0)
-        ln = tl.where(wi == group, ln, 0)  # other groups' segments become empty
-        hi = tl.cumsum(ln, 0) + before  # running end of each segment, in the group's numbering
-        lo = hi - ln
-        added = tl.sum(ln, axis=0)
-        if BY_HISTOGRAM:
-            # segments of this block ending at or before p, for every p of the window [c0, c0 + BLOCK_M)
-            below = tl.sum((hi <= c0).to(tl.int32), axis=0)
-            rel = hi - c0
-            inside = (rel >= 1) & (rel < BLOCK_M)
-            hist = tl.histogram(tl.where(inside, rel, 2 * BLOCK_M - 1), 2 * BLOCK_M)
-            counts = tl.reshape(tl.cumsum(hist, 0), (2, BLOCK_M))
-            ended = tl.sum(tl.where(tl.arange(0, 2)[:, None] == 0, counts, 0), axis=0) + below
-            seg = tl.minimum(ended, SEG_BLOCK - 1)
-            offset = tl.gather(start - lo, seg, 0)  # row of a segment's first row minus its position
-            row = tl.where((pos >= before) & (pos < before + added), pos + offset, row)
-        else:
-            inside = (pos[:, None] >= lo[None, :]) & (pos[:, None] < hi[None, :])
-            row += tl.sum(tl.where(inside, start[None, :] - lo[None, :] + pos[:, None], 0), axis=1)
-        before += added
-    if group == num_lora:  # the trailing-row group (shrink only): rows after the last segment
-        row = tl.load(seg_indptr + bs) + pos
-    return row.to(tl.int64), pos < n_rows
+def chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity, BLOCK_M: tl.constexpr):
+    """Row indices (int64) of chunk ``chunk`` of ``group`` and the mask of the ones that exist."""
+    pos = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
+    idx = tl.load(group_start + group) + pos
+    trailing = (pos * 0 + group) == num_lora  # the trailing group: the rows after the segments
+    ordered = (pos * 0 + group) < num_lora
+    ok = (pos < n_rows) & (trailing | (idx < capacity))
+    row = tl.load(row_order + idx, mask=ok & ordered, other=0)
+    row = tl.where(trailing, idx, row)
+    ok = ok & (row >= 0) & (row < num_tokens)
+    return row.to(tl.int64), ok

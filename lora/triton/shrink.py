@@ -24,27 +24,27 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import chunk_rows, find_chunk, group_size
+from .grouping import GroupMeta, chunk_rows, derive, find_chunk, group_size, new_meta
 from .scratch import scratch_for
 
 
 # Batch sizes vary call to call: keep them out of the specialisation key (one compile, not
 # one per divisibility class of the token / segment / slot counts).
-@triton.jit(do_not_specialize=["num_tokens", "num_lora", "bs", "max_chunks"])
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "capacity", "max_chunks"])
 def _shrink_kernel(
     x_ptr,
     w_ptr,
     out_ptr,
     ws_ptr,
     cnt_ptr,
-    seg_lens,
-    seg_indptr,
-    weight_indices,
+    group_rows,
+    group_start,
+    row_order,
     lora_ranks,
     num_tokens,
     K,
     num_lora,
-    bs,
+    capacity,
     max_chunks,
     stride_xm,
     stride_wl,
@@ -59,9 +59,6 @@ def _shrink_kernel(
     SPLIT_K: tl.constexpr,
     GROUP_GRID: tl.constexpr,
     L_BLOCK: tl.constexpr,
-    SEG_BLOCK: tl.constexpr,
-    FIND_BLOCK: tl.constexpr,
-    BY_HISTOGRAM: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -69,45 +66,42 @@ def _shrink_kernel(
     if GROUP_GRID:
         # Decode layout: program = (group, column group, K split), walking the group's chunks.
         group = pid_m
-        n_rows = group_size(group, seg_lens, seg_indptr, weight_indices, num_tokens, num_lora, bs, SEG_BLOCK)
+        n_rows = group_size(group, group_rows, group_start, num_tokens, num_lora)
         rank = tl.load(lora_ranks + group, mask=group < num_lora, other=0)
         for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
             _shrink_chunk(
-                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, seg_lens, seg_indptr, weight_indices,
-                num_lora, bs, K, stride_xm, stride_wl, stride_wn, stride_om,
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_start, row_order,
+                num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
                 group, chunk, n_rows, rank, (pid_m * tl.num_programs(1) + pid_n) * max_chunks + chunk,
-                STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, SEG_BLOCK, BY_HISTOGRAM, PRECISION,
+                STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
             )
     else:
         # Prefill layout: program = (chunk slot, column group, K split).
         group, chunk, n_rows, rank, total = find_chunk(
-            pid_m, seg_lens, seg_indptr, weight_indices, lora_ranks, num_tokens, num_lora, bs,
-            BLOCK_M, L_BLOCK, FIND_BLOCK, True,
+            pid_m, group_rows, group_start, lora_ranks, num_tokens, num_lora, BLOCK_M, L_BLOCK, True,
         )
         if pid_m >= total:
             return
         _shrink_chunk(
-            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, seg_lens, seg_indptr, weight_indices,
-            num_lora, bs, K, stride_xm, stride_wl, stride_wn, stride_om,
+            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_start, row_order,
+            num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
             group, chunk, n_rows, rank, pid_m * tl.num_programs(1) + pid_n,
-            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, SEG_BLOCK, BY_HISTOGRAM, PRECISION,
+            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
         )
 
 
 @triton.jit
 def _shrink_chunk(
-    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, seg_lens, seg_indptr, weight_indices,
-    num_lora, bs, K, stride_xm, stride_wl, stride_wn, stride_om,
+    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_start, row_order,
+    num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
     group, chunk, n_rows, rank, tile,
     STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SEG_BLOCK: tl.constexpr, BY_HISTOGRAM: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One chunk of a group: columns ``[pid_n * N_SUB * BLOCK_N, ...)``, K split ``pid_k``."""
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    rows, row_ok = chunk_rows(
-        group, chunk, n_rows, seg_lens, seg_indptr, weight_indices, num_lora, bs, BLOCK_M, SEG_BLOCK, BY_HISTOGRAM
-    )
+    rows, row_ok = chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity, BLOCK_M)
     n0 = pid_n * (N_SUB * BLOCK_N)
     n_real = STACK * rank  # 0 for rank-0 slots and for the trailing-row group
     offs_n = tl.arange(0, BLOCK_N)
@@ -224,10 +218,14 @@ def lora_shrink(
     batch_info,
     plan: tiling.ShrinkPlan | None = None,
     out: torch.Tensor | None = None,
+    meta: GroupMeta | None = None,
 ) -> torch.Tensor:
     """``x (s, K)``, ``weights (num_lora, stack*max_r, K)`` -> ``(s, stack*max_r)`` in x's dtype.
 
-    Inputs are assumed validated (:mod:`lora.validation`); nothing here reads device values.
+    ``meta``: the batch's grouping (:func:`.grouping.derive`), which must hold at least ``s`` rows;
+    the backend derives it once per batch. Without it, it is derived here (an allocation and one
+    more launch: for direct calls and tests). Inputs are assumed validated (:mod:`lora.validation`);
+    nothing here reads device values.
     """
     s, k = x.shape
     num_lora, n_out, _ = weights.shape
@@ -235,6 +233,10 @@ def lora_shrink(
         out = torch.empty((s, n_out), dtype=x.dtype, device=x.device)
     if s == 0:
         return out
+    if meta is None:
+        meta = derive(batch_info, new_meta(num_lora, s, x.device))
+    elif meta.capacity < s:
+        raise ValueError(f"the batch's grouping holds {meta.capacity} rows but x has {s}: derive it for at least {s}")
     if plan is None:
         plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
     grid = shrink_grid(s, num_lora, n_out, plan)
@@ -247,8 +249,8 @@ def lora_shrink(
         ws = cnt = out  # unused
     _shrink_kernel[grid](
         x, weights, out, ws, cnt,
-        batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices, batch_info.lora_ranks,
-        s, k, num_lora, batch_info.bs, max_chunks,
+        meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks,
+        s, k, num_lora, meta.capacity, max_chunks,
         x.stride(0), weights.stride(0), weights.stride(1), out.stride(0),
         STACK=stack_num,
         N_OUT=n_out,
@@ -259,9 +261,6 @@ def lora_shrink(
         SPLIT_K=plan.split_k,
         GROUP_GRID=plan.group_grid,
         L_BLOCK=tiling.group_block(num_lora + 1),
-        SEG_BLOCK=tiling.seg_block(batch_info.bs),
-        FIND_BLOCK=tiling.find_block(batch_info.bs, num_lora + 1),
-        BY_HISTOGRAM=tiling.rows_by_histogram(plan.block_m, tiling.seg_block(batch_info.bs)),
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,

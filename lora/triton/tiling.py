@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -307,6 +307,3 @@ def _plan_expand(table: str | None, s: int, max_r: int, n_total: int, max_slice:
     plan = ExpandPlan(**hit) if hit is not None else heuristic_expand(s, max_r, max_slice, num_lora, stack, sms)
     return fit_expand(plan, max_r, dtype.itemsize, smem_limit(device))
 
-
-def plan_dict(plan) -> dict:
-    return asdict(plan)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.lora import contract as C
+from lora import testing as C
+from lora.compare.cases import LLAMA3_8B
+from lora.compare.cases import OPS as WIDTHS
 
 from .conftest import backend_or_skip, gpu_backends, needs_cuda
-from .oracle import OPS, run_op
 
 pytestmark = needs_cuda
+OPS = ("shrink1", "shrink2", "shrink3", "shrink_down", "expand", "qkv", "gate_up")
 
 
 def _case(name: str, rng) -> C.Composition:
@@ -54,5 +56,6 @@ CASES = ["r8-1slot-prefill", "r16-8slots-decode64", "r64-8slots-mixed", "r128-64
 def test_real_shapes(name, dtype_name, case, op, rng):
     backend = backend_or_skip(name)
     comp = _case(case, rng)
-    check, _ = run_op(backend, op, comp, dtype_name, seed=int(rng.integers(2**31)))
-    assert check.ok, f"{name} {op} {dtype_name} {case} {comp.summary() if hasattr(comp, 'summary') else comp}: {check.detail}"
+    resolved = WIDTHS[op].resolve(LLAMA3_8B)
+    check, _ = C.run_op(backend, resolved, comp, dtype_name, device="cuda", seed=int(rng.integers(2**31)))
+    assert check.ok, f"{name} {op} {dtype_name} {case} {comp.summary()}: {check.detail} {check.problems}"

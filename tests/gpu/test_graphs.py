@@ -2,7 +2,8 @@
 
 Each op is captured with one composition, then replayed for others of the same shapes (tokens,
 segments, slots) but different lengths, slots, ranks and scalings; fresh poisoned inputs are copied
-into the captured tensors before each replay and the output is checked against the oracle.
+into the captured tensors, ``set_batch_info`` re-derives the backend's metadata into the same buffers
+before each replay, and the output is checked against the oracle.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.lora import contract as C
+from lora import testing as C
+from lora.compare.cases import LLAMA3_8B, OPS
+from lora.testing import DTYPES, batch_info, compare
 
 from .conftest import backend_or_skip, gpu_backends, needs_cuda
-from .oracle import DTYPES, HIDDEN, INTER, KV, Q, Inputs, batch_info, compare, ref_expand, ref_shrink, ref_stacked
+
+HIDDEN, Q, KV, INTER = LLAMA3_8B.hidden, LLAMA3_8B.q, LLAMA3_8B.kv, LLAMA3_8B.inter
 
 pytestmark = needs_cuda
 DEV = "cuda"
@@ -42,26 +46,14 @@ def _compositions(kind: str, rng) -> list[C.Composition]:
 
 
 def _fresh(op, comp, dtype, seed):
-    inp = Inputs(comp, dtype, DEV, seed)
-    if op == "qkv":
-        return dict(x=inp.activations(HIDDEN), a=inp.shrink_weights(3, HIDDEN), b=inp.expand_weights(Q + 2 * KV),
-                    base=inp.base_output(Q + 2 * KV))
-    if op == "gate_up":
-        return dict(x=inp.activations(HIDDEN), a=inp.shrink_weights(2, HIDDEN), b=inp.expand_weights(2 * INTER),
-                    base=inp.base_output(2 * INTER))
-    if op == "shrink3":
-        return dict(x=inp.activations(HIDDEN), a=inp.shrink_weights(3, HIDDEN))
-    return dict(x=inp.expand_input(1), b=inp.expand_weights(HIDDEN), base=inp.base_output(HIDDEN))
+    """Poisoned inputs of ``op`` at Llama-3-8B widths: x, a (shrink, fused), b and base (expand, fused)."""
+    t = C.make_inputs(OPS[op].resolve(LLAMA3_8B), comp, dtype, DEV, seed)
+    t.pop("offsets", None)
+    return t
 
 
 def _ref(op, comp, t):
-    if op == "qkv":
-        return ref_stacked(comp, t["x"], t["a"], t["b"], [0, Q, Q + KV, Q + 2 * KV], t["base"])
-    if op == "gate_up":
-        return ref_stacked(comp, t["x"], t["a"], t["b"], [0, INTER, 2 * INTER], t["base"])
-    if op == "shrink3":
-        return ref_shrink(comp, t["x"], t["a"], 3)
-    return ref_expand(comp, t["x"], t["b"], [0, HIDDEN], t["base"])
+    return C.oracle(OPS[op].resolve(LLAMA3_8B), comp, t)
 
 
 @pytest.mark.parametrize("kind", ["decode", "prefill"])
@@ -97,11 +89,12 @@ def test_capture_once_replay_with_new_metadata(name, op, kind, rng):
         fresh_bi = batch_info(comp, DEV)
         for field in ("seg_lens", "seg_indptr", "weight_indices", "lora_ranks", "scalings"):
             getattr(bi, field).copy_(getattr(fresh_bi, field))
+        backend.set_batch_info(bi)  # re-derive into the same buffers before the replay (lora.backend)
         fresh = _fresh(op, comp, dtype, 100 + i)
         for key, value in fresh.items():
             static[key].copy_(value)
         ref = _ref(op, comp, fresh)
         graph.replay()
         torch.cuda.synchronize()
-        check = compare(out, ref, "bfloat16")
-        assert check.ok, f"replay {i} ({comp}): {check.detail}"
+        check = compare(out, ref, "bfloat16", comp=comp, op=OPS[op].resolve(LLAMA3_8B))
+        assert check.ok, f"replay {i} ({comp}): {check.detail} {check.problems}"

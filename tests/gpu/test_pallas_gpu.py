@@ -10,14 +10,23 @@ import sys
 import pytest
 import torch
 
-from tests.lora import contract as C
-from tests.lora.torch_cases import batch_info, run_op, to_torch
+from lora import testing as C
+from lora.testing import batch_info
 
 from .conftest import needs_cuda
 
 pytestmark = needs_cuda
 DEV = "cuda"
 HIDDEN, Q, KV, INTER = 4096, 4096, 1024, 14336
+
+
+def to_torch(a, dtype: torch.dtype, device) -> torch.Tensor:
+    return torch.from_numpy(a).to(device=device, dtype=dtype)
+
+
+def run_op(backend, op: str, comp, rng, dtype_name: str, device, *, k: int, n: int, kv: int | None = None):
+    """``op`` of lora.testing.OPS at widths k, n (QKV: q=n, kv) on fresh poisoned inputs: (Check, output)."""
+    return C.run_op(backend, C.contract_op(op, k, n, kv), comp, dtype_name, device=device, seed=int(rng.integers(2**31)))
 
 
 def pallas(bi=None):
@@ -288,7 +297,7 @@ def test_jax_api_on_gpu():
     code = r"""
 import numpy as np, jax, jax.numpy as jnp
 from lora import pallas as lp
-from tests.lora import contract as C
+from lora import testing as C
 rng = np.random.default_rng(0)
 for comp in (C.decode_composition(rng, 64, 8, 16), C.Composition([300, 0, 500, 200], [2, 1, 0, 2], [16, 16, 9, 0], [0.5, 1.0, 2.0, 1.5], 16, 1003)):
     x = jnp.asarray(C.activations(rng, comp, 4096), jnp.bfloat16)

@@ -14,8 +14,17 @@ import torch
 
 import lora
 
-from . import contract as C
-from .torch_cases import batch_info, to_f64, to_torch
+from lora import testing as C
+from lora.testing import batch_info
+
+
+def to_torch(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
+
+def to_f64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
 
 STATUS = {s.name: s for s in lora.available_backends()}
 if not STATUS["triton"].available:

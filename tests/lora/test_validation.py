@@ -39,7 +39,7 @@ backends = pytest.mark.parametrize("name", sorted(STATUS))
         ((t(S, K), t(L, R, K + 1)), {}, ValueError, "K=17"),
         ((t(S, K), t(L + 1, R, K)), {}, ValueError, "batch_info.lora_ranks has shape"),
         ((t(S, K), t(L, 2 * R, K).transpose(1, 2).contiguous().transpose(1, 2)), {}, ValueError, "weights must be contiguous"),
-        ((t(S, K), t(L, R, K)), {"stack_num": 4}, ValueError, "stack_num must be 1, 2 or 3"),
+        ((t(S, K), t(L, R, K)), {"stack_num": 5}, ValueError, "stack_num must be 1, 2, 3 or 4"),
         ((t(S, K), t(L, R, K)), {"stack_num": 1.0}, TypeError, "stack_num must be an int"),
         ((t(S, K), t(L, 3 * R + 1, K)), {"stack_num": 3}, ValueError, "multiple of stack_num=3"),
         ((t(S, K), t(L, R - 1, K)), {}, ValueError, "lora_ranks"),  # rank 4 > max_r 3 (checked on CPU)

@@ -1,6 +1,6 @@
 """The Pallas (Mosaic GPU) kernels on a CPU-only machine (the torch-free .venv-jax).
 
-* The LoRA contract (tests/lora/contract.py: poisoned inputs, float64 oracle) through the JAX API,
+* The LoRA contract (lora.testing: poisoned inputs, float64 oracle) through the JAX API,
   with the kernels run in Mosaic GPU interpret mode.
 * The full Mosaic lowering for CUDA of every kernel configuration the tiling can pick (interpret
   mode models neither TMA reductions nor TMA alignment).
@@ -24,7 +24,7 @@ from lora import pallas as lp  # noqa: E402
 from lora.pallas import common, tiling as T  # noqa: E402
 from lora.pallas import expand_kernel as EK  # noqa: E402
 from lora.pallas import shrink_kernel as SK  # noqa: E402
-from tests.lora import contract as C  # noqa: E402
+from lora import testing as C  # noqa: E402
 
 DT = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 K, N, KV = 64, 64, 32  # fixed widths: each op compiles once per dtype
@@ -77,8 +77,8 @@ def test_contract_interpret(op, dtype_name, rng, interpret):
     """Decode-sized batches: the split-K shrink; uneven/zero-length segments, rank-0 and odd ranks."""
     comp = C.random_composition(rng)
     out, ref = run_op(op, comp, rng, dtype_name)
-    check = C.compare(f64(out), ref, dtype_name)
-    assert check.ok, f"{op} {dtype_name} {comp}: {check.detail}"
+    check = C.compare(f64(out), ref, dtype_name, comp=comp, op=C.contract_op(op, K, N, KV))
+    assert check.ok, f"{op} {dtype_name} {comp}: {check.detail} {check.problems}"
 
 
 @pytest.mark.parametrize("op", ["shrink2", "qkv"])
