@@ -82,7 +82,7 @@ from .sampling import DTYPE_REGEX, SamplingParams, check_supported, dtype_json_s
 from .sdk_errors import INSTALL_HINT, import_sdk, wrap_error
 from .usage import TokenUsage
 
-__all__ = ["OpenAI", "TokenUsage", "FINISH_REASONS", "to_openai_kwargs", "openai_response_format"]
+__all__ = ["OpenAI", "AzureOpenAI", "TokenUsage", "FINISH_REASONS", "to_openai_kwargs", "openai_response_format"]
 
 _COMPLETION_NAMES = re.compile(r"instruct|^(davinci|babbage|curie|ada)(-00\d)?$|^text-")
 _REASONING_NAMES = re.compile(r"^(o\d)(\b|-|$)|^gpt-5")
@@ -427,6 +427,16 @@ class OpenAI(SpeculativeMixin, APIBackend):
         if tok is None:
             raise UnsupportedOperationError(f"{what} need a tokenizer: {self._tokenizer_error}", provider=self.provider)
         return tok
+
+
+class AzureOpenAI(OpenAI):
+    """Azure OpenAI: ``OpenAI(deployment, is_azure=True, ...)`` under its own name (registry: ``"azure"``)."""
+
+    def __init__(self, model_name: str, is_chat_model: bool | None = None, chat_template: ChatTemplate | None = None,
+                 **kwargs: Any) -> None:
+        if kwargs.pop("is_azure", True) is not True:
+            raise ValueError("AzureOpenAI is always Azure; use OpenAI for api.openai.com")
+        super().__init__(model_name, is_chat_model, chat_template, True, **kwargs)
 
 
 # ------------------------------------------------------------------------------ parameter mapping

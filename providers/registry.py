@@ -179,6 +179,7 @@ def _builtin(name: str, target: str, export: str) -> Any:
 _builtin("sglang", "providers.runtime_endpoint:RuntimeEndpoint", "RuntimeEndpoint")
 _builtin("runtime", "providers.runtime:Runtime", "Runtime")
 _builtin("openai", "providers.openai:OpenAI", "OpenAI")
+_builtin("azure", "providers.openai:AzureOpenAI", "AzureOpenAI")
 _builtin("anthropic", "providers.anthropic:Anthropic", "Anthropic")
 _builtin("litellm", "providers.litellm:LiteLLM", "LiteLLM")
 _builtin("vertexai", "providers.vertexai:VertexAI", "VertexAI")

@@ -83,7 +83,9 @@ def test_builtin_names_resolve_and_are_the_package_exports():
     assert registry.get_provider("openai") is providers.OpenAI
     assert registry.get_provider("sglang") is providers.RuntimeEndpoint
     names = {p.name for p in registry.available_providers()}
-    assert {"sglang", "runtime", "openai", "anthropic", "litellm", "vertexai"} <= names
+    assert {"sglang", "runtime", "openai", "azure", "anthropic", "litellm", "vertexai"} <= names
+    azure = registry.get_provider("azure")
+    assert azure is providers.AzureOpenAI and issubclass(azure, providers.OpenAI)
     with pytest.raises(registry.UnknownProviderError, match="known providers: .*openai"):
         registry.get_provider("no-such-provider")
 

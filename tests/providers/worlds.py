@@ -124,7 +124,7 @@ def _build(name: str, stack: contextlib.ExitStack) -> World:
                                                        base_url=srv.url + "/v1", max_retries=1)
         elif name == "azure":
             azure = {"api_key": KEY, "azure_endpoint": srv.url, "api_version": "2024-10-21", "max_retries": 1}
-            ours = providers.OpenAI("my-deployment", is_azure=True, **azure)
+            ours = providers.AzureOpenAI("my-deployment", **azure)
             theirs = lambda: _sgl("openai", "OpenAI")("my-deployment", is_azure=True, **azure)  # noqa: E731
         else:
             ours = providers.LiteLLM("openai/gpt-4o-mini", api_key=KEY, base_url=srv.url + "/v1", retry_policy=FAST)

@@ -249,3 +249,17 @@ def test_speculative_programs_in_a_batch_keep_their_own_buffers(world):
     for state in states:
         state.sync()
         assert state.error() is None and (state["name"], state["age"]) == ("Ann", "30")
+
+
+def test_default_backend():
+    # sgl.set_default_backend with ours: programs run without backend=.
+    from sglang.global_config import global_config
+
+    with make_world("sglang") as world:
+        previous = global_config.default_backend
+        sgl.set_default_backend(world.backend)
+        try:
+            state = chat.run(word="by default")
+            assert state["answer"] == "by default"
+        finally:
+            global_config.default_backend = previous
