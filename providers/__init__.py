@@ -61,7 +61,7 @@ from .errors import (
 from .registry import available_providers, exported_names, get_provider, register_provider
 from .retry import RetryPolicy
 from .sampling import SamplingParams, UnsupportedParameterWarning
-from .sdk_errors import INSTALL_HINT
+from .sdk_errors import INSTALL_HINT as INSTALL_HINT  # kept importable: providers.INSTALL_HINT
 from .state import ProgramState
 from .usage import TokenUsage
 

@@ -161,7 +161,8 @@ def available_providers() -> list[ProviderInfo]:
     out = []
     for name in sorted(_REGISTRY):
         entry = _REGISTRY[name]
-        target = entry.target if isinstance(entry.target, str) else f"{entry.target.__module__}:{entry.target.__qualname__}"
+        t = entry.target
+        target = t if isinstance(t, str) else f"{t.__module__}:{t.__qualname__}"
         try:
             _import(name, entry)
         except Exception as err:  # noqa: BLE001 - report, do not raise

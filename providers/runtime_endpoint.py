@@ -179,7 +179,8 @@ class RuntimeEndpoint(BaseBackend):
         for result in obj if isinstance(obj, list) else [obj]:
             meta = result.get("meta_info") if isinstance(result, dict) else None
             if isinstance(meta, dict):
-                self.token_usage.add(_int_or_none(meta.get("prompt_tokens")), _int_or_none(meta.get("completion_tokens")))
+                self.token_usage.add(_int_or_none(meta.get("prompt_tokens")),
+                                     _int_or_none(meta.get("completion_tokens")))
         return obj
 
     def _raw_deltas(self, payload: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -24,7 +24,7 @@ exception reach the caller:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 
 from .errors import (
@@ -37,7 +37,8 @@ from .errors import (
 )
 from .retry import parse_retry_after
 
-__all__ = ["INSTALL_HINT", "ErrorMap", "GENERIC", "import_sdk", "wrap_error", "translating", "interrupted", "StreamGuard", "retry_after_of"]
+__all__ = ["INSTALL_HINT", "ErrorMap", "GENERIC", "import_sdk", "wrap_error", "translating", "interrupted",
+           "StreamGuard", "retry_after_of"]
 
 #: How to install the optional dependencies of the SDK-backed backends.
 INSTALL_HINT = "pip install 'kernelstack[providers]'"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import providers
-from providers import ProgramState, SamplingParams
+from providers import ProgramState
 from providers import registry
 from providers.api_backend import APIBackend, Completion, StreamResult
 from providers.sampling import check_supported
