@@ -14,17 +14,22 @@ library. Backends that need an HTTP client or a provider SDK are imported on fir
         s.gen("reply", max_new_tokens=32)
 
 A missing optional dependency raises ``ImportError`` naming ``pip install 'kernelstack[providers]'``.
+
+Each backend is one module found through a small registry (``providers/registry.py``;
+``register_provider`` / ``get_provider`` / ``available_providers``; the entry-point group
+``kernelstack.providers`` lets another package add one). The SDK-backed ones share
+``providers/api_backend.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .base import BaseBackend, StateView, make_meta_info, normalize_finish_reason
 from .chat_template import (
     ChatTemplate,
     ChatTemplateStyle,
+    UnknownChatTemplateError,
     chat_template_names,
     get_chat_template,
     get_chat_template_by_model_path,
@@ -53,21 +58,12 @@ from .errors import (
     UnsupportedOperationError,
     UnsupportedParameterError,
 )
+from .registry import available_providers, exported_names, get_provider, register_provider
 from .retry import RetryPolicy
 from .sampling import SamplingParams, UnsupportedParameterWarning
-from .sdk_errors import INSTALL_HINT
+from .sdk_errors import INSTALL_HINT as INSTALL_HINT  # kept importable: providers.INSTALL_HINT
 from .state import ProgramState
 from .usage import TokenUsage
-
-# name -> module that defines it; imported on first attribute access.
-_LAZY = {
-    "RuntimeEndpoint": "providers.runtime_endpoint",
-    "Runtime": "providers.runtime",
-    "OpenAI": "providers.openai",
-    "Anthropic": "providers.anthropic",
-    "LiteLLM": "providers.litellm",
-    "VertexAI": "providers.vertexai",
-}
 
 __all__ = [
     "BaseBackend",
@@ -77,6 +73,7 @@ __all__ = [
     "UnsupportedParameterWarning",
     "ChatTemplate",
     "ChatTemplateStyle",
+    "UnknownChatTemplateError",
     "register_chat_template",
     "register_chat_template_matching_function",
     "get_chat_template",
@@ -104,28 +101,21 @@ __all__ = [
     "TokenUsage",
     "make_meta_info",
     "normalize_finish_reason",
+    "register_provider",
+    "get_provider",
+    "available_providers",
 ]  # the lazy names stay out of __all__: `from providers import *` must not import every SDK
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
+    # The backend classes (``providers.OpenAI``...) are the registry's exports, imported on first use.
+    provider = exported_names().get(name)
+    if provider is None:
         raise AttributeError(f"module 'providers' has no attribute {name!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        missing = err.name or ""
-        if missing == module_name or missing.startswith("providers"):
-            raise  # our own module is missing or broken: not an optional dependency
-        raise ImportError(
-            f"providers.{name} needs the optional dependency {missing!r}; "
-            f"install it with: {INSTALL_HINT}",
-            name=missing,
-        ) from err
-    value = getattr(module, name)
+    value = get_provider(provider)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(exported_names()))

@@ -12,7 +12,7 @@ their MIME type. Text already written into the open assistant turn is sent as an
 that the model continues; its trailing whitespace is not sent (the API rejects it) and, when the
 reply starts with that same whitespace, it is dropped from the reply so nothing is doubled.
 
-Parameters (:func:`~providers.sampling.to_anthropic_kwargs`): ``max_tokens`` always, ``top_k`` only
+Parameters (:func:`to_anthropic_kwargs`): ``max_tokens`` always, ``top_k`` only
 when set, no ``n`` (raises), frequency/presence penalties and ``min_p`` warn. Stop sequences that the
 API rejects -- whitespace-only ones such as ``"\\n"`` -- are applied client-side: the request goes
 without them and the output (streamed or not) is cut at their first occurrence, finish_reason
@@ -34,6 +34,10 @@ connection errors and timeouts, never on other 4xx. Streams never restart after 
 an in-stream ``error`` event, a dropped connection or a stream without ``message_stop`` raise
 :class:`~providers.errors.StreamInterruptedError` (or the mapped error if nothing was delivered).
 ``backend.token_usage`` sums ``input_tokens`` (cache reads and writes included) and ``output_tokens``.
+
+This module owns everything about the Messages API: parameters (:func:`to_anthropic_kwargs`), finish
+reasons (:data:`FINISH_REASONS`) and the SDK's error quirks (:data:`ERRORS`: error events inside a
+200 stream); the flow is :class:`~providers.api_backend.APIBackend`'s.
 """
 
 from __future__ import annotations
@@ -42,34 +46,42 @@ import contextlib
 import copy
 import inspect
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from .base import BaseBackend, make_meta_info
-from .chat_template import ChatTemplate, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_select_instruction
+from .api_backend import APIBackend, Completion, StreamResult
+from .chat_template import ChatTemplate
 from .errors import ProviderError, register_secret
 from .messages import chat_turns, parse_data_url
-from .sampling import DTYPE_VALUE_KEY, SamplingParams, dtype_json_schema, format_dtype_value, to_anthropic_kwargs
-from .sdk_errors import StreamGuard, import_sdk, translating
-from .usage import TokenUsage
+from .sampling import DTYPE_VALUE_KEY, SamplingParams, check_supported, dtype_json_schema, format_dtype_value
+from .sdk_errors import ErrorMap, import_sdk
 
-__all__ = ["Anthropic"]
+__all__ = ["Anthropic", "FINISH_REASONS", "ERRORS", "to_anthropic_kwargs"]
 
 TOOL_NAME = "structured_output"
 
+#: The Messages API's stop reasons.
+FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                  "refusal": "content_filter", "pause_turn": "stop"}
 
-class Anthropic(BaseBackend):
+#: Error types that arrive inside a 200 stream (``event: error``), as the HTTP status they stand for.
+ERRORS = ErrorMap(stream_error_statuses={
+    "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403, "not_found_error": 404,
+    "request_too_large": 413, "rate_limit_error": 429, "api_error": 500, "overloaded_error": 529})
+
+
+class Anthropic(APIBackend):
     """Claude models through the Messages API (see the module docstring)."""
 
     provider = "anthropic"
+    finish_reasons = FINISH_REASONS
+    errors = ERRORS
+    allows_prefill = True
 
     def __init__(self, model_name: str, *, chat_template: ChatTemplate | None = None, **client_kwargs: Any) -> None:
         sdk = import_sdk("anthropic", "Anthropic")
         if not isinstance(model_name, str) or not model_name:
             raise ValueError("model_name must be a non-empty str")
-        self.model_name = model_name
         for secret in (client_kwargs.get("api_key"), client_kwargs.get("auth_token")):
             if isinstance(secret, str):
                 register_secret(secret)
@@ -81,22 +93,21 @@ class Anthropic(BaseBackend):
         self._secrets = tuple(x for x in secrets if isinstance(x, str))
         for x in self._secrets:
             register_secret(x)
-        self.token_usage = TokenUsage()
-        super().__init__(chat_template or get_chat_template_by_model_path(model_name))
-
-    def get_model_name(self) -> str:
-        return self.model_name
+        super().__init__(model_name, chat_template)
 
     def shutdown(self) -> None:
         self.client.close()
 
+    def map_params(self, params: SamplingParams) -> dict[str, Any]:
+        kwargs, client_stops = to_anthropic_kwargs(params)
+        kwargs["client_stops"] = client_stops  # taken out again by _request
+        return kwargs
+
     # ------------------------------------------------------------------------------ request
 
-    def _messages(self, s: Any, extra_user: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    def _messages(self, s: Any) -> tuple[dict[str, Any], str]:
         """``(request fields: system + messages, removed prefill whitespace)``."""
         messages, prefill = chat_turns(s, allow_prefill=True, backend=self.provider)
-        if extra_user is not None:
-            messages = with_select_instruction(messages, extra_user)
         system: list[str] = []
         turns: list[dict[str, Any]] = []
         for m in messages:
@@ -122,8 +133,7 @@ class Anthropic(BaseBackend):
         extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in known}
         if extra:
             kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **extra}
-        with translating(self.provider, self._secrets):
-            return self.client.messages.create(model=self.model_name, **kwargs)
+        return self.call(lambda: self.client.messages.create(model=self.model_name, **kwargs))
 
     def _create_params(self) -> frozenset[str]:
         params = getattr(type(self), "_sdk_params", None)
@@ -135,16 +145,14 @@ class Anthropic(BaseBackend):
             type(self)._sdk_params = params
         return params
 
-    def _count(self, usage: Any) -> tuple[int | None, int | None, dict[str, Any]]:
-        if usage is None:
-            return None, None, {}
+    @staticmethod
+    def _usage(usage: Any) -> tuple[int | None, dict[str, Any]]:
+        """``(prompt tokens with cache reads/writes, the cache counts that were non-zero)``."""
         cached = {k: getattr(usage, k, None) for k in ("cache_read_input_tokens", "cache_creation_input_tokens")}
         prompt = getattr(usage, "input_tokens", None)
         if prompt is not None:
             prompt += sum(v for v in cached.values() if isinstance(v, int))
-        completion = getattr(usage, "output_tokens", None)
-        self.token_usage.add(prompt, completion)
-        return prompt, completion, {k: v for k, v in cached.items() if v}
+        return prompt, {k: v for k, v in cached.items() if isinstance(v, int) and v}
 
     @staticmethod
     def _tool(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -157,8 +165,10 @@ class Anthropic(BaseBackend):
             "tool_choice": {"type": "tool", "name": TOOL_NAME},
         }, wrapped
 
-    def _prepare(self, s: Any, params: SamplingParams) -> tuple[dict[str, Any], tuple[str, ...], str, Any]:
-        kwargs, client_stops = to_anthropic_kwargs(params)
+    def _request(self, s: Any, params: SamplingParams) -> dict[str, Any]:
+        """``{"kwargs", "client_stops", "removed", "structured"}``."""
+        kwargs = self.map_params(params)
+        client_stops = kwargs.pop("client_stops")
         fields, removed = self._messages(s)
         kwargs.update(fields)
         structured = None
@@ -170,18 +180,19 @@ class Anthropic(BaseBackend):
             tool, _ = self._tool(dtype_json_schema(params.dtype))
             kwargs.update(tool)
             structured = ("dtype", params.dtype)
-        return kwargs, client_stops, removed, structured
+        return {"kwargs": kwargs, "client_stops": client_stops, "removed": removed, "structured": structured}
+
+    def _streams_whole(self, s: Any, params: SamplingParams) -> bool:
+        return False  # the tool call's JSON streams; a dtype value arrives whole at its end
 
     # ----------------------------------------------------------------------------- generate
 
-    def generate(self, s: Any, sampling_params: SamplingParams) -> tuple[str, dict[str, Any]]:
-        kwargs, client_stops, removed, structured = self._prepare(s, sampling_params)
-        t0 = time.perf_counter()
-        resp = self._create(**kwargs)
-        latency = time.perf_counter() - t0
-        prompt, completion, cached = self._count(resp.usage)
+    def _complete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
+        resp = self._create(**request["kwargs"])
+        prompt, cached = self._usage(resp.usage)
         finish = resp.stop_reason
         extra: dict[str, Any] = {"id": resp.id, **cached}
+        structured, removed, client_stops = request["structured"], request["removed"], request["client_stops"]
         if structured is not None:
             data = next((b.input for b in resp.content if b.type == "tool_use"), None)
             if data is None:
@@ -197,8 +208,9 @@ class Anthropic(BaseBackend):
                 extra["stop_applied"] = "client"
             if resp.stop_sequence:
                 extra["matched_stop"] = resp.stop_sequence
-        return text, make_meta_info(model=resp.model or self.model_name, prompt_tokens=prompt,
-                                    completion_tokens=completion, finish_reason=finish, latency=latency, **extra)
+        return Completion(texts=[text], finish_reasons=[finish], prompt_tokens=prompt,
+                          completion_tokens=getattr(resp.usage, "output_tokens", None), model=resp.model,
+                          extra=extra)
 
     def _structured_text(self, data: Any, structured: tuple[str, Any]) -> str:
         kind, arg = structured
@@ -209,28 +221,23 @@ class Anthropic(BaseBackend):
         except (KeyError, TypeError, ValueError) as err:
             raise ProviderError(f"structured output did not fit the schema: {err}", provider=self.provider) from None
 
-    def generate_stream(self, s: Any, sampling_params: SamplingParams) -> Iterator[tuple[str, dict[str, Any]]]:
-        kwargs, client_stops, removed, structured = self._prepare(s, sampling_params)
-        t0 = time.perf_counter()
-        stream = self._create(stream=True, **kwargs)
+    def _stream(self, request: dict[str, Any], params: SamplingParams, out: StreamResult) -> Iterator[str]:
+        structured, client_stops = request["structured"], request["client_stops"]
+        out.complete = False
+        out.cut_message = "the stream ended without message_stop (cut off)"
+        stream = self._create(stream=True, **request["kwargs"])
         hold = max((len(x) for x in client_stops), default=1) - 1
         pending = ""  # text held back: it may be the start of a client-side stop
-        guard = StreamGuard(self.provider, self._secrets)
-        finish = None
-        done = False
-        usage_in = usage_out = None
-        cached: dict[str, Any] = {}
-        model, msg_id = self.model_name, None
         tool_json: list[str] = []
-        extra: dict[str, Any] = {}
-        strip_removed = removed
-        with guard, contextlib.closing(stream):
+        strip_removed = request["removed"]
+        with contextlib.closing(stream):
             for event in stream:
                 kind = event.type
                 if kind == "message_start":
-                    model = event.message.model or model
-                    msg_id = event.message.id
-                    usage_in = event.message.usage
+                    out.model = event.message.model or out.model
+                    out.extra["id"] = event.message.id
+                    out.prompt_tokens, cached = self._usage(event.message.usage)
+                    out.extra.update(cached)
                 elif kind == "content_block_delta":
                     delta = event.delta
                     if delta.type == "text_delta" and structured is None:
@@ -242,71 +249,63 @@ class Anthropic(BaseBackend):
                         pending += piece
                         cut = _first_stop(pending, client_stops)
                         if cut is not None:
-                            out, pending = pending[:cut], ""
-                            if out:
-                                guard.delivered = True
-                                yield out, {"model": model, "finish_reason": None}
-                            finish, done = "stop_sequence", True
-                            extra["stop_applied"] = "client"
+                            out_text, pending = pending[:cut], ""
+                            yield out_text
+                            out.finish_reason, out.complete = "stop_sequence", True
+                            out.extra["stop_applied"] = "client"
                             break
                         ready = len(pending) - hold
                         if ready > 0:
-                            out, pending = pending[:ready], pending[ready:]
-                            guard.delivered = True
-                            yield out, {"model": model, "finish_reason": None}
+                            out_text, pending = pending[:ready], pending[ready:]
+                            yield out_text
                     elif delta.type == "input_json_delta" and structured is not None:
                         tool_json.append(delta.partial_json)
                         if structured == ("json", False) and delta.partial_json:
-                            guard.delivered = True
-                            yield delta.partial_json, {"model": model, "finish_reason": None}
+                            yield delta.partial_json
                 elif kind == "message_delta":
-                    finish = event.delta.stop_reason or finish
-                    usage_out = event.usage
+                    out.finish_reason = event.delta.stop_reason or out.finish_reason
+                    out.completion_tokens = getattr(event.usage, "output_tokens", None)
                 elif kind == "message_stop":
-                    done = True
-        guard.require(done, "the stream ended without message_stop (cut off)")
+                    out.complete = True
+        if not out.complete:
+            return  # the base raises: cut off
         if pending:
-            yield pending, {"model": model, "finish_reason": None}
+            yield pending
         if structured is not None and structured != ("json", False):
             try:
                 data = json.loads("".join(tool_json) or "{}")
             except ValueError as err:
                 raise ProviderError(f"structured output is not JSON: {err}", provider=self.provider) from None
-            yield self._structured_text(data, structured), {"model": model, "finish_reason": None}
-        prompt = getattr(usage_in, "input_tokens", None)
-        if prompt is not None:
-            for k in ("cache_read_input_tokens", "cache_creation_input_tokens"):
-                v = getattr(usage_in, k, None)
-                if isinstance(v, int) and v:
-                    prompt += v
-                    cached[k] = v
-        completion = getattr(usage_out, "output_tokens", None)
-        self.token_usage.add(prompt, completion)
-        yield "", make_meta_info(model=model, prompt_tokens=prompt, completion_tokens=completion, finish_reason=finish,
-                                 latency=time.perf_counter() - t0, id=msg_id, **cached, **extra)
+            yield self._structured_text(data, structured)
 
-    # ------------------------------------------------------------------------------- select
 
-    def select(
-        self,
-        s: Any,
-        choices: list[str],
-        temperature: float,
-        choices_method: ChoicesSamplingMethod | None,
-    ) -> ChoicesDecision:
-        fields, _ = self._messages(s, extra_user=list(choices))
-        kwargs, _ = to_anthropic_kwargs(SamplingParams(max_new_tokens=max(16, max(len(c) for c in choices) + 16),
-                                                       temperature=temperature))
-        t0 = time.perf_counter()
-        resp = self._create(**kwargs, **fields)
-        prompt, completion, cached = self._count(resp.usage)
-        text = "".join(b.text for b in resp.content if b.type == "text")
-        index, rule = match_choice(text, choices)
-        meta = make_meta_info(model=resp.model or self.model_name, prompt_tokens=prompt, completion_tokens=completion,
-                              finish_reason=resp.stop_reason, latency=time.perf_counter() - t0,
-                              method="generate_and_match", generated=text, match=rule, requests=1,
-                              requested_method=getattr(choices_method, "name", None), **cached)
-        return ChoicesDecision(choices[index], meta)
+# ------------------------------------------------------------------------------ parameter mapping
+
+
+def to_anthropic_kwargs(params: SamplingParams) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``(kwargs for messages.create, client_side_stops)``.
+
+    ``max_tokens`` is always sent (the API requires it); ``top_k`` only when set. The Messages API
+    has no ``n``, no frequency/presence penalties, no ``min_p`` and no logprobs: ``n``/logprobs raise,
+    the knobs warn. Stop sequences the API rejects -- whitespace-only ones such as ``"\\n"`` -- are not
+    sent but returned as ``client_side_stops``: the backend cuts the output at their first occurrence
+    (finish_reason ``"stop"``), which is what a server-side stop would have returned. ``json_schema``
+    is handled by the backend (a forced tool call, see ``providers/anthropic.py``).
+    """
+    supported = {"stop", "temperature", "top_p", "top_k", "json_schema", "dtype"}
+    chosen = check_supported(params, "anthropic", supported)
+    kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens}
+    for name in ("temperature", "top_p", "top_k"):
+        if name in chosen:
+            kwargs[name] = chosen[name]
+    client_stops: tuple[str, ...] = ()
+    if "stop" in chosen:
+        server = [s for s in chosen["stop"] if s.strip()]
+        client_stops = tuple(s for s in chosen["stop"] if not s.strip())
+        if server:
+            kwargs["stop_sequences"] = server
+    return kwargs, client_stops
+
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -52,7 +52,7 @@ from .choices import ChoicesDecision, ChoicesSamplingMethod
 from .errors import UnsupportedOperationError
 from .sampling import SamplingParams
 
-__all__ = ["BaseBackend", "StateView", "make_meta_info", "normalize_finish_reason"]
+__all__ = ["BaseBackend", "StateView", "COMMON_FINISH_REASONS", "make_meta_info", "normalize_finish_reason"]
 
 
 @runtime_checkable
@@ -71,46 +71,36 @@ class StateView(Protocol):
     backend_data: dict[str, Any]
 
 
-_FINISH_REASONS = {
-    # OpenAI / LiteLLM
+#: The uniform vocabulary every backend reports. A provider module maps its API's own reasons onto it
+#: (``FINISH_REASONS`` in the module, passed as ``table``); these entries apply to every provider.
+COMMON_FINISH_REASONS = {
     "stop": "stop",
     "length": "length",
+    "abort": "abort",
     "content_filter": "content_filter",
     "tool_calls": "tool_calls",
-    "function_call": "tool_calls",
-    # Anthropic
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-    # Gemini
-    "STOP": "stop",
-    "MAX_TOKENS": "length",
-    "SAFETY": "content_filter",
-    "RECITATION": "content_filter",
-    "BLOCKLIST": "content_filter",
-    "PROHIBITED_CONTENT": "content_filter",
-    "SPII": "content_filter",
-    # SGLang
-    "abort": "abort",
 }
 
 
-def normalize_finish_reason(raw: Any) -> str | None:
+def normalize_finish_reason(raw: Any, table: Mapping[str, str] | None = None) -> str | None:
     """One vocabulary for every provider's finish reason.
 
-    Accepts strings (OpenAI ``"stop"``, Anthropic ``"end_turn"``, Gemini ``"MAX_TOKENS"``), enums with
-    a ``name``/``value`` and SGLang's ``{"type": "stop", "matched": ...}`` dicts. Unknown reasons are
-    returned lower-cased; None stays None.
+    ``table`` is the provider's own mapping (Anthropic's ``"end_turn"`` -> ``"stop"``, Gemini's
+    ``"MAX_TOKENS"`` -> ``"length"``), consulted first; :data:`COMMON_FINISH_REASONS` after it.
+    Accepts strings, enums with a ``name``/``value`` and SGLang's ``{"type": "stop", "matched": ...}``
+    dicts. Unknown reasons are returned lower-cased; None stays None.
     """
     if raw is None:
         return None
     if isinstance(raw, Mapping):
-        return normalize_finish_reason(raw.get("type"))
+        return normalize_finish_reason(raw.get("type"), table)
     if not isinstance(raw, str):
         raw = getattr(raw, "name", None) or getattr(raw, "value", None) or str(raw)
-    return _FINISH_REASONS.get(raw) or _FINISH_REASONS.get(str(raw).lower()) or str(raw).lower()
+    for key in (raw, str(raw).lower()):
+        for mapping in (table or {}, COMMON_FINISH_REASONS):
+            if key in mapping:
+                return mapping[key]
+    return str(raw).lower()
 
 
 def make_meta_info(
@@ -120,11 +110,13 @@ def make_meta_info(
     completion_tokens: int | None,
     finish_reason: Any,
     latency: float,
+    finish_reasons: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The uniform ``meta_info`` every backend returns from ``generate``.
 
-    ``finish_reason`` is normalized (:func:`normalize_finish_reason`); the provider's own value is
+    ``finish_reason`` is normalized (:func:`normalize_finish_reason` with the provider's
+    ``finish_reasons`` table); the provider's own value is
     kept as ``finish_reason_raw`` when it differs. ``extra`` keys (``id``, ``cached_tokens``,
     logprobs, ...) are added as given, without overriding the uniform keys.
     """
@@ -133,7 +125,7 @@ def make_meta_info(
         model=model,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        finish_reason=normalize_finish_reason(finish_reason),
+        finish_reason=normalize_finish_reason(finish_reason, finish_reasons),
         latency=latency,
     )
     if finish_reason is not None and finish_reason != meta["finish_reason"]:
@@ -148,6 +140,11 @@ class BaseBackend:
     """
 
     provider: str = "base"
+    #: Read by SGLang's frontend (``StreamExecutor``): backends with ``spec_fill``/``role_end_generate``
+    #: speculation (OpenAI chat models) and servers that join forked requests' KV caches
+    #: (``concatenate_and_append``).
+    is_chat_model: bool = False
+    support_concate_and_append: bool = False
 
     def __init__(self, chat_template: ChatTemplate | None = None) -> None:
         self.chat_template = chat_template or get_chat_template("default")

@@ -55,6 +55,8 @@ __all__ = [
     "select_instruction",
     "with_select_instruction",
     "match_choice",
+    "method_name",
+    "run_choices_method",
 ]
 
 TokenLogprobs = Sequence[Sequence[Any]]  # entries [logprob|None, token_id, text|None]
@@ -214,6 +216,47 @@ class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
         meta["unconditional_token_logprobs"] = [list(u) for u in unconditional_token_logprobs]
         meta["normalized_unconditional_prompt_logprobs"] = scores
         return _argmax_first(scores)
+
+
+def method_name(method: Any) -> str | None:
+    """The name a choices method reports: ``name`` (ours), else its class name in snake case
+    (SGLang's ``TokenLengthNormalized`` -> ``"token_length_normalized"``); None for None."""
+    if method is None:
+        return None
+    name = getattr(method, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(method).__name__).lower()
+
+
+def run_choices_method(
+    method: Any,
+    *,
+    choices: Sequence[str],
+    input_token_logprobs: Sequence[TokenLogprobs],
+    output_token_logprobs: Sequence[TokenLogprobs],
+    unconditional_token_logprobs: Sequence[TokenLogprobs] | None = None,
+) -> ChoicesDecision:
+    """Call a choices method -- ours, or any object with SGLang's calling convention (keyword
+    arguments, ``normalized_prompt_logprobs`` required) -- and return our :class:`ChoicesDecision`
+    with ``meta_info["method"]`` set."""
+    if not callable(method):
+        raise TypeError(f"choices_method must be callable, got {method!r}")
+    normalized = [normalized_logprob(e) for e in input_token_logprobs]
+    decision = method(
+        choices=list(choices),
+        normalized_prompt_logprobs=normalized,
+        input_token_logprobs=[list(e) for e in input_token_logprobs],
+        output_token_logprobs=[list(e) for e in output_token_logprobs],
+        unconditional_token_logprobs=unconditional_token_logprobs,
+    )
+    chosen = getattr(decision, "decision", None)
+    if chosen not in choices:
+        raise ValueError(f"choices method {method!r} decided {chosen!r}, which is not one of the choices")
+    meta = dict(getattr(decision, "meta_info", None) or {})
+    meta.setdefault("method", method_name(method))
+    meta.setdefault("normalized_prompt_logprobs", normalized)
+    return ChoicesDecision(chosen, meta)
 
 
 token_length_normalized = TokenLengthNormalized()

@@ -6,9 +6,10 @@ catch exactly what they handle::
 
     ProviderError                      .provider, .status, .message, .retryable, .retry_after
     ├── APIConnectionError             could not talk to the server (refused, reset, DNS)   retryable
-    │   └── APITimeoutError            no answer within the timeout                          not retried
+    │   └── APITimeoutError            no answer within the timeout                          retryable
     ├── APIStatusError                 the server answered with an error status
-    │   ├── BadRequestError            400, 404, 409, 422, other 4xx: fix the request       not retried
+    │   ├── BadRequestError            400, 404, 422, other 4xx: fix the request            not retried
+    │   │                              (408 Request Timeout, 409 Conflict: retryable)
     │   │   └── AuthenticationError    401, 403                                             not retried
     │   ├── RateLimitError             429 (``retry_after`` from the header)                retryable
     │   └── ServerError                5xx                                                  retryable
@@ -19,6 +20,26 @@ catch exactly what they handle::
 
 Bad arguments found *before* any network call are plain ``ValueError`` / ``TypeError`` naming the
 argument; they are the caller's bug, not the provider's.
+
+The retry rule (one rule, every backend)
+----------------------------------------
+A request is retried -- at most ``max_retries`` times, with exponential backoff and jitter, the
+server's ``Retry-After`` / ``retry-after-ms`` honoured up to a cap -- when it failed with a connection
+error, a **timeout**, or status 408, 409, 429 or 5xx (529 included). Nothing else is retried (other
+4xx, errors raised before the request). A stream is retried only before its first delta; after it,
+any failure is a :class:`StreamInterruptedError`. This is the rule the OpenAI and Anthropic SDKs
+apply (those backends let their SDK retry, configured by ``max_retries``); RuntimeEndpoint, LiteLLM
+and VertexAI apply it through :class:`~providers.retry.RetryPolicy` (``retryable`` below). So a
+timeout costs up to ``(max_retries + 1) * timeout`` before :class:`APITimeoutError` reaches the
+caller; pass ``max_retries=0`` (or ``RetryPolicy(max_retries=0)``) to fail on the first one.
+
+Exception chains
+----------------
+An SDK's exception holds the request it failed on -- headers with the API key included. Every
+:class:`ProviderError` made from one is raised ``from None``, and a ``ProviderError`` raised that way
+has no ``__context__`` at all (not only a hidden one): the SDK's exception is never reachable from
+ours (``err.__context__`` is None when ``err.__suppress_context__`` is set). A chain between our own
+errors (``StreamInterruptedError`` from the ``ProviderError`` that interrupted the stream) stays.
 
 How a backend raises
 --------------------
@@ -56,6 +77,8 @@ __all__ = [
 ]
 
 REDACTED = "[REDACTED]"
+_GET_CONTEXT = BaseException.__context__.__get__
+_SET_CONTEXT = BaseException.__context__.__set__
 _MAX_MESSAGE_CHARS = 2000
 
 # Shapes that are secrets whatever their value: "Bearer <token>", OpenAI/Anthropic style keys,
@@ -139,6 +162,20 @@ class ProviderError(Exception):
 
     retryable: bool = False
 
+    # See "Exception chains" in the module docstring: Python records the exception being handled as
+    # __context__ even under ``raise ... from None``; ours drop it, so an SDK exception (and the key in
+    # its request headers) cannot be reached from a ProviderError.
+    @property
+    def __context__(self) -> BaseException | None:
+        if self.__suppress_context__:
+            _SET_CONTEXT(self, None)  # drop the reference too, not only the view of it
+            return None
+        return _GET_CONTEXT(self)
+
+    @__context__.setter
+    def __context__(self, value: BaseException | None) -> None:
+        _SET_CONTEXT(self, value)
+
     def __init__(
         self,
         message: str,
@@ -191,11 +228,10 @@ class APIConnectionError(ProviderError):
 class APITimeoutError(APIConnectionError):
     """The server did not answer (or stopped sending) within the timeout.
 
-    Not retried by default: a timeout usually means the request is too slow, and retrying would
-    multiply the time the caller waits beyond the timeout they chose.
+    Retried, as every SDK this package wraps does (see "The retry rule" in the module docstring).
     """
 
-    retryable = False
+    retryable = True
 
 
 class APIStatusError(ProviderError):
@@ -262,4 +298,6 @@ def error_from_status(
         cls = ServerError
     else:
         cls = APIStatusError
-    return cls(message, provider=provider, status=status, retry_after=retry_after)
+    # 408 Request Timeout and 409 Conflict (e.g. a lock held by a concurrent request) may pass on a retry.
+    retryable = True if status in (408, 409) else None
+    return cls(message, provider=provider, status=status, retry_after=retry_after, retryable=retryable)

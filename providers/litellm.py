@@ -8,7 +8,7 @@
 ``default_headers`` (sent as ``extra_headers``) go to every ``litellm.completion`` call; without them
 litellm reads its usual environment variables. Requests are OpenAI-format ``messages_`` (images as
 ``image_url`` parts; litellm translates them for the target provider); text already written into the
-open assistant turn is an error, as for OpenAI. Parameters: :func:`~providers.sampling.to_litellm_kwargs`
+open assistant turn is an error, as for OpenAI. Parameters: :func:`to_litellm_kwargs`
 -- OpenAI names, ``json_schema`` -> ``response_format`` (litellm maps it to the provider's structured
 output), ``top_k`` passed through (litellm raises for providers without it). ``dtype`` uses the same
 one-field structured output as the OpenAI chat path.
@@ -16,8 +16,9 @@ one-field structured output as the OpenAI chat path.
 Retries: litellm's behaviour differs by provider (some clients retry, some do not, ``Retry-After``
 is not always read), so this backend turns litellm's and the inner client's retries off
 (``num_retries=0``, ``max_retries=0``) and retries with :class:`~providers.retry.RetryPolicy`:
-``max_retries`` (default 2 when ``None``) retries on 429, 5xx and connection errors with exponential
-backoff + jitter and ``Retry-After`` honoured; never on other 4xx or timeouts. A stream is retried
+``max_retries`` (default 2 when ``None``) retries by the one rule of ``errors.py`` (connection errors,
+timeouts, 408/409/429/5xx) with exponential backoff + jitter and ``Retry-After`` honoured; never on
+other 4xx. A stream is retried
 only before its first chunk; after it a failure or a stream that ends without a finish reason raises
 :class:`~providers.errors.StreamInterruptedError`. Pass ``retry_policy=`` for other delays.
 
@@ -29,32 +30,39 @@ before importing litellm, or it tries to download its model price map on import.
 
 ``select`` -- ``"generate_and_match"`` (see ``providers/choices.py``): portable across every provider
 litellm reaches, logprobs or not. ``backend.token_usage`` sums the usage litellm reports.
+
+This module owns everything about litellm: parameters (:func:`to_litellm_kwargs`, OpenAI names),
+finish reasons (OpenAI's) and the SDK's error quirks (:data:`ERRORS`: the real response headers are
+kept in ``litellm_response_headers``); the flow is :class:`~providers.api_backend.APIBackend`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from .base import BaseBackend, make_meta_info
-from .chat_template import ChatTemplate, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_select_instruction
-from .errors import ProviderError, Secret
+from .api_backend import APIBackend, Completion, StreamResult
+from .chat_template import ChatTemplate
+from .errors import Secret
 from .messages import chat_turns
+from .openai import FINISH_REASONS, OPENAI_COMMON, openai_style_kwargs
 from .retry import RetryPolicy
-from .sampling import SamplingParams, dtype_json_schema, parse_dtype_output, to_litellm_kwargs
-from .sdk_errors import import_sdk, translating
-from .usage import TokenUsage
+from .sampling import SamplingParams, check_supported, dtype_json_schema, parse_dtype_output
+from .sdk_errors import ErrorMap, import_sdk
 
-__all__ = ["LiteLLM"]
+__all__ = ["LiteLLM", "ERRORS", "to_litellm_kwargs"]
+
+#: litellm attaches a synthetic response without headers and keeps the real ones aside.
+ERRORS = ErrorMap(header_attrs=("litellm_response_headers",))
 
 
-class LiteLLM(BaseBackend):
+class LiteLLM(APIBackend):
     """Models behind ``litellm.completion`` (see the module docstring)."""
 
     provider = "litellm"
+    finish_reasons = FINISH_REASONS
+    errors = ERRORS
 
     def __init__(
         self,
@@ -70,9 +78,6 @@ class LiteLLM(BaseBackend):
         retry_policy: RetryPolicy | None = None,
     ) -> None:
         self._litellm = import_sdk("litellm", "LiteLLM")
-        if not isinstance(model_name, str) or not model_name:
-            raise ValueError("model_name must be a non-empty str")
-        self.model_name = model_name
         policy = retry_policy or RetryPolicy()
         if max_retries is not None:
             policy = dataclasses.replace(policy, max_retries=max_retries)
@@ -87,114 +92,65 @@ class LiteLLM(BaseBackend):
             self._fixed["timeout"] = timeout
         if default_headers:
             self._fixed["extra_headers"] = dict(default_headers)
-        self.token_usage = TokenUsage()
-        super().__init__(chat_template or get_chat_template_by_model_path(model_name))
+        super().__init__(model_name, chat_template)
 
-    def get_model_name(self) -> str:
-        return self.model_name
+    def map_params(self, params: SamplingParams) -> dict[str, Any]:
+        return to_litellm_kwargs(params)
 
-    def _completion(self, **kwargs: Any) -> Any:
+    def _completion_call(self, **kwargs: Any) -> Any:
         call = dict(self._fixed, **kwargs)
         if self._api_key is not None:
             call["api_key"] = self._api_key.get()
-        with translating(self.provider):
-            return self._litellm.completion(model=self.model_name, **call)
+        return self._litellm.completion(model=self.model_name, **call)
 
-    def _prepare(self, s: Any, params: SamplingParams) -> dict[str, Any]:
-        kwargs = to_litellm_kwargs(params)
+    def _request(self, s: Any, params: SamplingParams) -> dict[str, Any]:
+        kwargs = self.map_params(params)
         if params.dtype is not None:
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": f"{params.dtype}_value", "schema": dtype_json_schema(params.dtype), "strict": True}}
-        messages, _ = chat_turns(s, allow_prefill=False, backend=self.provider)
-        kwargs["messages"] = messages
+        kwargs["messages"], _ = chat_turns(s, allow_prefill=False, backend=self.provider)
         return kwargs
 
-    def _count(self, usage: Any) -> tuple[int | None, int | None]:
-        if usage is None:
-            return None, None
-        p, c = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-        self.token_usage.add(p, c)
-        return p, c
-
-    def _finish_text(self, text: str, params: SamplingParams) -> str:
-        return text if params.dtype is None else parse_dtype_output(params.dtype, text, provider=self.provider)
-
-    # ----------------------------------------------------------------------------- generate
-
-    def generate(self, s: Any, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
-        params = sampling_params
-        kwargs = self._prepare(s, params)
-        t0 = time.perf_counter()
-        resp = self.retry.call(lambda: self._completion(**kwargs))
-        latency = time.perf_counter() - t0
-        prompt, completion = self._count(getattr(resp, "usage", None))
-        model = getattr(resp, "model", None) or self.model_name
+    def _complete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
+        resp = self.call(lambda: self._completion_call(**request))
+        usage = getattr(resp, "usage", None)
         choices = sorted(resp.choices, key=lambda c: c.index)
-        texts = [self._finish_text(c.message.content or "", params) for c in choices]
-        finishes = [c.finish_reason for c in choices]
-        if params.n == 1:
-            return texts[0], make_meta_info(model=model, prompt_tokens=prompt, completion_tokens=completion,
-                                            finish_reason=finishes[0], latency=latency, id=getattr(resp, "id", None))
-        per = [make_meta_info(model=model, prompt_tokens=prompt, completion_tokens=None, finish_reason=f,
-                              latency=latency) for f in finishes]
-        return texts, make_meta_info(model=model, prompt_tokens=prompt, completion_tokens=completion,
-                                     finish_reason=finishes[0], latency=latency, choices=per,
-                                     id=getattr(resp, "id", None))
+        texts = [c.message.content or "" for c in choices]
+        if params.dtype is not None:
+            texts = [parse_dtype_output(params.dtype, t, provider=self.provider) for t in texts]
+        return Completion(texts=texts, finish_reasons=[c.finish_reason for c in choices],
+                          prompt_tokens=getattr(usage, "prompt_tokens", None),
+                          completion_tokens=getattr(usage, "completion_tokens", None),
+                          model=getattr(resp, "model", None), extra={"id": getattr(resp, "id", None)})
 
-    def generate_stream(self, s: Any, sampling_params: SamplingParams) -> Iterator[tuple[str, dict[str, Any]]]:
-        params = sampling_params
-        if params.n != 1:
-            raise ValueError("litellm: generate_stream streams one continuation; n must be 1")
-        if params.dtype is not None:  # a constrained value is decided whole: one delta
-            yield self.generate(s, params)
-            return
-        kwargs = self._prepare(s, params)
-        t0 = time.perf_counter()
-        state: dict[str, Any] = {}
+    def _stream(self, request: dict[str, Any], params: SamplingParams, out: StreamResult) -> Iterator[str]:
+        stream = self._completion_call(stream=True, stream_options={"include_usage": True}, **request)
+        for chunk in stream:
+            out.model = getattr(chunk, "model", None) or out.model
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                out.prompt_tokens = getattr(usage, "prompt_tokens", None)
+                out.completion_tokens = getattr(usage, "completion_tokens", None)
+            for choice in chunk.choices or []:
+                if choice.finish_reason is not None:
+                    out.finish_reason = choice.finish_reason
+                delta = getattr(choice.delta, "content", None) or ""
+                if delta:
+                    yield delta
 
-        def open_stream() -> Iterator[tuple[str, dict[str, Any]]]:
-            state.clear()
-            stream = self._completion(stream=True, stream_options={"include_usage": True}, **kwargs)
-            with translating(self.provider):
-                for chunk in stream:
-                    state["model"] = getattr(chunk, "model", None) or state.get("model")
-                    if getattr(chunk, "usage", None) is not None:
-                        state["usage"] = chunk.usage
-                    for choice in chunk.choices or []:
-                        if choice.finish_reason is not None:
-                            state["finish"] = choice.finish_reason
-                        delta = getattr(choice.delta, "content", None) or ""
-                        if delta:
-                            yield delta, {"model": state.get("model") or self.model_name, "finish_reason": None}
-            if state.get("finish") is None:
-                raise ProviderError("the stream ended without a finish reason (cut off)", provider=self.provider)
 
-        yield from self.retry.stream(open_stream, provider=self.provider)
-        prompt, completion = self._count(state.get("usage"))
-        yield "", make_meta_info(model=state.get("model") or self.model_name, prompt_tokens=prompt,
-                                 completion_tokens=completion, finish_reason=state.get("finish"),
-                                 latency=time.perf_counter() - t0)
+# ------------------------------------------------------------------------------ parameter mapping
 
-    # ------------------------------------------------------------------------------- select
 
-    def select(
-        self,
-        s: Any,
-        choices: list[str],
-        temperature: float,
-        choices_method: ChoicesSamplingMethod | None,
-    ) -> ChoicesDecision:
-        messages, _ = chat_turns(s, allow_prefill=False, backend=self.provider)
-        kwargs = to_litellm_kwargs(SamplingParams(max_new_tokens=max(16, max(len(c) for c in choices) + 16),
-                                                  temperature=temperature))
-        kwargs["messages"] = with_select_instruction(messages, choices)
-        t0 = time.perf_counter()
-        resp = self.retry.call(lambda: self._completion(**kwargs))
-        prompt, completion = self._count(getattr(resp, "usage", None))
-        text = resp.choices[0].message.content or ""
-        index, rule = match_choice(text, choices)
-        meta = make_meta_info(model=getattr(resp, "model", None) or self.model_name, prompt_tokens=prompt,
-                              completion_tokens=completion, finish_reason=resp.choices[0].finish_reason,
-                              latency=time.perf_counter() - t0, method="generate_and_match", generated=text,
-                              match=rule, requests=1, requested_method=getattr(choices_method, "name", None))
-        return ChoicesDecision(choices[index], meta)
+def to_litellm_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """Keyword arguments for ``litellm.completion`` (OpenAI-style names; litellm translates them).
+
+    The OpenAI chat mapping plus ``top_k``, which is passed through (litellm forwards it to providers
+    that have it and raises its own error for those that do not -- nothing is dropped silently);
+    ``min_p`` warns and is not sent. ``json_schema`` -> ``response_format`` as for OpenAI (litellm
+    maps it to each provider's structured output).
+    """
+    chosen = check_supported(params, "litellm", set(OPENAI_COMMON) | {"json_schema", "top_k"})
+    return openai_style_kwargs(params, chosen, limit_key="max_tokens", chat=True)
+
+

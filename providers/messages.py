@@ -11,7 +11,8 @@ what is written into the open turn, by these rules:
 * A program that never opened a role is sent as one user message holding ``text_``; an empty state
   raises ``ValueError``.
 
-Images travel in ``messages_`` as ``image_url`` parts holding base64 ``data:`` URLs;
+Images travel in ``messages_`` as ``image_url`` parts holding base64 ``data:`` URLs, sent with the
+MIME type their bytes announce (whatever the state's URL says: SGLang's labels every image JPEG);
 :func:`parse_data_url` splits one into MIME type and data for APIs that want them apart (remote URLs
 are never fetched).
 """
@@ -22,12 +23,22 @@ import copy
 import re
 from typing import Any
 
+from .images import fix_data_url_mime
+
 __all__ = ["chat_turns", "parse_data_url"]
 
 
 def chat_turns(s: Any, *, allow_prefill: bool, backend: str) -> tuple[list[dict[str, Any]], str]:
     """``(messages, prefill)`` for a chat API (see the module docstring for the rules)."""
     messages = copy.deepcopy(list(s.messages_))
+    for message in messages:  # the label a frontend wrote may not match the bytes (SGLang: always JPEG)
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    image_url = part.get("image_url") or {}
+                    if isinstance(image_url.get("url"), str):
+                        image_url["url"] = fix_data_url_mime(image_url["url"])
     prefill = ""
     role = getattr(s, "cur_role", None)
     if role is not None:

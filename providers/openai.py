@@ -13,9 +13,10 @@
 Chat or completion model: ``is_chat_model=None`` infers it from the name -- names with ``instruct``
 (``gpt-3.5-turbo-instruct``) and the legacy base models (``davinci-002``, ``babbage-002``) are
 completion models (``/v1/completions`` with the flat ``text_`` prompt); everything else is a chat
-model (``/v1/chat/completions`` with ``messages_``). Reasoning models (``o1``/``o3``/``o4``... and
-``gpt-5``, or ``is_reasoning_model=True``, which Azure deployments need) get
-``max_completion_tokens``, the others ``max_tokens``; never both.
+model (``/v1/chat/completions`` with ``messages_``). A completion model cannot receive images: a
+program with images raises ``ValueError`` before any request (they are never dropped silently).
+Reasoning models (``o1``/``o3``/``o4``... and ``gpt-5``, or ``is_reasoning_model=True``, which Azure
+deployments need) get ``max_completion_tokens``, the others ``max_tokens``; never both.
 
 Retries and timeouts: the SDK's own machinery, configured by ``max_retries`` (default 2) and
 ``timeout`` -- exponential backoff with jitter (0.5 s doubling, capped at 8 s), ``Retry-After`` /
@@ -49,14 +50,12 @@ for floats, and whitespace, at which they stop); ``str`` opens a quote in the pr
 closing one; ``bool`` is a ``select`` between ``True`` and ``False``. The result is written as
 ``DTYPE_REGEX`` describes; output that does not parse raises ``ProviderError``.
 
-Speculative execution (chat models): ``backend.set_api_speculative(s, num_api_spec_tokens=128)``
-turns it on for state ``s``. Inside an assistant turn, each ``gen`` then returns ``""`` at once and
-records a slot; ``role_end_generate(s)`` (call it before the turn closes) makes ONE request for the
-whole turn, matches the answer against the turn's pattern (fixed text between the slots, each slot
-ending at its ``stop``) with :meth:`spec_pattern_match`, retrying up to ``spec_max_num_tries`` times,
-and fills ``text_``, ``variables`` and ``meta_info`` of the slots. Fixed text is read from ``text_``;
-frontends that keep it out of ``text_`` pass it with :meth:`spec_fill`. The buffers live in
-``s.backend_data["openai"]``: per state, never per backend.
+Speculative execution (chat models): ``backend.set_api_speculative(s, num_api_spec_tokens=128)``;
+see ``providers/openai_speculative.py``.
+
+This module owns everything about the OpenAI API: the parameter mapping (:func:`to_openai_kwargs`,
+:func:`openai_response_format`), the finish reasons (:data:`FINISH_REASONS`) and the SDK's error
+quirks (none beyond the generic rules); the flow is :class:`~providers.api_backend.APIBackend`'s.
 
 Usage: ``backend.token_usage`` (:class:`TokenUsage`) sums prompt and completion tokens over every
 request (select probes and streams included; streams ask for ``stream_options.include_usage``).
@@ -64,34 +63,43 @@ request (select probes and streams included; streams ask for ``stream_options.in
 
 from __future__ import annotations
 
-import os
-
 import contextlib
 import json
+import os
 import re
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from .base import BaseBackend, make_meta_info
-from .chat_template import ChatTemplate, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice, with_select_instruction
+from .api_backend import APIBackend, Completion, StreamResult
+from .chat_template import ChatTemplate
+from .choices import ChoicesDecision, method_name
 from .errors import ProviderError, UnsupportedOperationError, register_secret
 from .messages import chat_turns
-from .sampling import DTYPE_REGEX, SamplingParams, dtype_json_schema, parse_dtype_output, to_openai_kwargs
-from .sdk_errors import INSTALL_HINT, StreamGuard, import_sdk, translating, wrap_error
+from .openai_speculative import SpeculativeMixin
+from .sampling import DTYPE_REGEX, SamplingParams, check_supported, dtype_json_schema, parse_dtype_output
+from .sdk_errors import INSTALL_HINT, import_sdk, wrap_error
 from .usage import TokenUsage
 
-__all__ = ["OpenAI", "TokenUsage"]
+__all__ = ["OpenAI", "AzureOpenAI", "TokenUsage", "FINISH_REASONS", "to_openai_kwargs", "openai_response_format"]
 
 _COMPLETION_NAMES = re.compile(r"instruct|^(davinci|babbage|curie|ada)(-00\d)?$|^text-")
 _REASONING_NAMES = re.compile(r"^(o\d)(\b|-|$)|^gpt-5")
 _MAX_LOGIT_BIAS = 300  # the API's limit on logit_bias entries
 
+#: OpenAI's finish reasons beyond the common vocabulary (``stop``, ``length``, ``content_filter``...).
+FINISH_REASONS = {"function_call": "tool_calls"}
 
-class OpenAI(BaseBackend):
+#: The SamplingParams fields every OpenAI-style API maps (``json_schema`` only on chat endpoints).
+OPENAI_COMMON = {"n", "stop", "temperature", "top_p", "frequency_penalty", "presence_penalty",
+                 "return_logprob", "top_logprobs_num", "return_text_in_logprobs", "dtype"}
+
+
+class OpenAI(SpeculativeMixin, APIBackend):
     """OpenAI / Azure OpenAI chat and completion models (see the module docstring)."""
+
+    finish_reasons = FINISH_REASONS
 
     def __init__(
         self,
@@ -108,7 +116,6 @@ class OpenAI(BaseBackend):
         sdk = import_sdk("openai", "OpenAI")
         if not isinstance(model_name, str) or not model_name:
             raise ValueError("model_name must be a non-empty str")
-        self.model_name = model_name
         self.is_azure = bool(is_azure)
         self.provider = "azure" if self.is_azure else "openai"
         self.is_chat_model = (
@@ -131,17 +138,13 @@ class OpenAI(BaseBackend):
         self._secrets = (key,) if isinstance(key, str) else ()
         if isinstance(key, str):
             register_secret(key)
-        self.token_usage = TokenUsage()
         self._tokenizer = tokenizer
         self._tokenizer_error: str | None = None
         self._tokenizer_lock = threading.Lock()
         self._number_bias_cache: dict[bool, tuple[dict[str, int], list[str]]] = {}
-        super().__init__(chat_template or get_chat_template_by_model_path(model_name))
+        super().__init__(model_name, chat_template)
 
     # ------------------------------------------------------------------------------- basics
-
-    def get_model_name(self) -> str:
-        return self.model_name
 
     def __repr__(self) -> str:
         kind = "chat" if self.is_chat_model else "completion"
@@ -150,17 +153,17 @@ class OpenAI(BaseBackend):
     def shutdown(self) -> None:
         self.client.close()
 
-    def _kwargs(self, params: SamplingParams) -> dict[str, Any]:
+    def map_params(self, params: SamplingParams) -> dict[str, Any]:
         return to_openai_kwargs(params, chat=self.is_chat_model, reasoning=self.is_reasoning_model,
                                 provider=self.provider)
 
     def _create(self, chat: bool, **kwargs: Any):
-        with translating(self.provider, self._secrets):
-            if chat:
-                return self.client.chat.completions.create(model=self.model_name, **kwargs)
-            return self.client.completions.create(model=self.model_name, **kwargs)
+        if chat:
+            return self.call(lambda: self.client.chat.completions.create(model=self.model_name, **kwargs))
+        return self.call(lambda: self.client.completions.create(model=self.model_name, **kwargs))
 
     def _count(self, usage: Any) -> tuple[int | None, int | None]:
+        """Usage of a select probe (counted here: probes do not go through ``result``)."""
         if usage is None:
             return None, None
         p, c = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
@@ -169,24 +172,48 @@ class OpenAI(BaseBackend):
 
     # ----------------------------------------------------------------------------- generate
 
-    def generate(self, s: Any, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
-        params = sampling_params
-        if self.is_chat_model and self._spec(s) is not None and s.cur_role == "assistant":
+    def generate(self, s: Any, sampling_params: Any, spec_var_name: str | None = None) -> tuple[Any, dict[str, Any]]:
+        if spec_var_name is not None and self._speculating(s):  # SGLang's frontend names the slot
+            return self._spec_generate(s, self._params(sampling_params), name=spec_var_name)
+        return super().generate(s, sampling_params)
+
+    def _generate(self, s: Any, params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+        if self._speculating(s):
             return self._spec_generate(s, params)
         if params.dtype is not None:
             return self._generate_dtype(s, params)
-        kwargs = self._kwargs(params)
-        t0 = time.perf_counter()
-        if self.is_chat_model:
-            messages, _ = chat_turns(s, allow_prefill=False, backend=self.provider)
-            resp = self._create(True, messages=messages, **kwargs)
-        else:
-            resp = self._create(False, prompt=s.text_, **kwargs)
-        return self._result(resp, time.perf_counter() - t0, n=params.n)
+        return super()._generate(s, params)
 
-    def _result(self, resp: Any, latency: float, n: int) -> tuple[Any, dict[str, Any]]:
-        prompt_tokens, completion_tokens = self._count(getattr(resp, "usage", None))
-        texts, metas = [], []
+    def _speculating(self, s: Any) -> bool:
+        return self.is_chat_model and self._spec(s) is not None and getattr(s, "cur_role", None) == "assistant"
+
+    def _streams_whole(self, s: Any, params: SamplingParams) -> bool:
+        return params.dtype is not None or self._speculating(s)
+
+    def _request(self, s: Any, params: SamplingParams) -> dict[str, Any]:
+        kwargs = self.map_params(params)
+        if self.is_chat_model:
+            kwargs["messages"], _ = chat_turns(s, allow_prefill=False, backend=self.provider)
+        else:
+            kwargs["prompt"] = self._prompt(s)
+        return kwargs
+
+    def _prompt(self, s: Any) -> str:
+        """The flat prompt of a completion model, which has no way to receive images."""
+        images = getattr(s, "images_", None)
+        if images:
+            raise ValueError(
+                f"{self.provider}: {self.model_name!r} is a completion model and cannot receive images "
+                f"(the program has {len(images)}); use a chat model with vision, or is_chat_model=True"
+            )
+        return s.text_
+
+    def _complete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
+        return self._completion(self._create(self.is_chat_model, **request))
+
+    def _completion(self, resp: Any) -> Completion:
+        usage = getattr(resp, "usage", None)
+        texts, finishes, extras = [], [], []
         for choice in sorted(resp.choices, key=lambda c: c.index):
             extra: dict[str, Any] = {}
             if self.is_chat_model:
@@ -196,68 +223,32 @@ class OpenAI(BaseBackend):
                     extra["refusal"] = msg.refusal
             else:
                 text = choice.text or ""
-            lp = _logprobs_meta(getattr(choice, "logprobs", None), self.is_chat_model)
-            if lp:
-                extra.update(lp)
+            extra.update(_logprobs_meta(getattr(choice, "logprobs", None), self.is_chat_model))
             texts.append(text)
-            metas.append(extra | {"finish_reason": choice.finish_reason})
-        common = {"id": getattr(resp, "id", None)}
-        model = getattr(resp, "model", None) or self.model_name
-        if n == 1:
-            m = metas[0] if metas else {"finish_reason": None}
-            meta = make_meta_info(model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                  latency=latency, **common, **m)
-            return (texts[0] if texts else ""), meta
-        per = [make_meta_info(model=model, prompt_tokens=prompt_tokens, completion_tokens=None, latency=latency, **m)
-               for m in metas]
-        meta = make_meta_info(model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                              finish_reason=metas[0]["finish_reason"] if metas else None, latency=latency,
-                              choices=per, **common)
-        return texts, meta
+            finishes.append(choice.finish_reason)
+            extras.append(extra)
+        return Completion(texts=texts, finish_reasons=finishes, prompt_tokens=getattr(usage, "prompt_tokens", None),
+                          completion_tokens=getattr(usage, "completion_tokens", None),
+                          model=getattr(resp, "model", None), extra={"id": getattr(resp, "id", None)},
+                          choice_extra=extras)
 
-    def generate_stream(self, s: Any, sampling_params: SamplingParams) -> Iterator[tuple[str, dict[str, Any]]]:
-        params = sampling_params
-        if params.n != 1:
-            raise ValueError(f"{self.provider}: generate_stream streams one continuation; n must be 1")
-        if params.dtype is not None or (self.is_chat_model and self._spec(s) is not None
-                                        and s.cur_role == "assistant"):
-            # A constrained value is decided whole: it arrives as one delta.
-            text, meta = self.generate(s, params)
-            yield text, meta
-            return
-        kwargs = self._kwargs(params)
-        if self.is_chat_model:
-            messages, _ = chat_turns(s, allow_prefill=False, backend=self.provider)
-            kwargs["messages"] = messages
-        else:
-            kwargs["prompt"] = s.text_
-        yield from self._stream(self.is_chat_model, kwargs)
-
-    def _stream(self, chat: bool, kwargs: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        t0 = time.perf_counter()
-        stream = self._create(chat, stream=True, stream_options={"include_usage": True}, **kwargs)
-        guard = StreamGuard(self.provider, self._secrets)
-        finish = None
-        usage = None
-        model = self.model_name
-        resp_id = None
-        with guard, contextlib.closing(stream):
+    def _stream(self, request: dict[str, Any], params: SamplingParams, out: StreamResult) -> Iterator[str]:
+        chat = self.is_chat_model
+        stream = self._create(chat, stream=True, stream_options={"include_usage": True}, **request)
+        with contextlib.closing(stream):
             for chunk in stream:
-                model = getattr(chunk, "model", None) or model
-                resp_id = getattr(chunk, "id", None) or resp_id
-                if getattr(chunk, "usage", None) is not None:
-                    usage = chunk.usage
+                out.model = getattr(chunk, "model", None) or out.model
+                out.extra["id"] = getattr(chunk, "id", None) or out.extra.get("id")
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    out.prompt_tokens = getattr(usage, "prompt_tokens", None)
+                    out.completion_tokens = getattr(usage, "completion_tokens", None)
                 for choice in chunk.choices or []:
-                    delta = (choice.delta.content if chat else choice.text) or ""
                     if choice.finish_reason is not None:
-                        finish = choice.finish_reason
+                        out.finish_reason = choice.finish_reason
+                    delta = (choice.delta.content if chat else choice.text) or ""
                     if delta:
-                        guard.delivered = True
-                        yield delta, {"model": model, "finish_reason": None}
-        guard.require(finish is not None, "the stream ended without a finish reason (cut off)")
-        p, c = self._count(usage)
-        yield "", make_meta_info(model=model, prompt_tokens=p, completion_tokens=c, finish_reason=finish,
-                                 latency=time.perf_counter() - t0, id=resp_id)
+                        yield delta
 
     # -------------------------------------------------------------------------------- dtype
 
@@ -269,17 +260,17 @@ class OpenAI(BaseBackend):
         t0 = time.perf_counter()
         if self.is_chat_model:
             schema = json.dumps({"name": f"{dtype}_value", "schema": dtype_json_schema(dtype), "strict": True})
-            text, meta = self.generate(s, base.replace(json_schema=schema))
+            text, meta = self._generate(s, base.replace(json_schema=schema))
             out = parse_dtype_output(dtype, text, provider=self.provider)
             meta["constraint"] = "response_format"
             return out, meta
         if dtype == "bool":
             decision = self.select(s, ["True", "False"], params.temperature, None)
             return decision.decision, decision.meta_info | {"constraint": "select"}
-        kwargs = self._kwargs(base.replace(stop=()))
+        kwargs = self.map_params(base.replace(stop=()))
         if dtype == "str":
-            resp = self._create(False, prompt=s.text_ + '"', stop=['"'], **kwargs)
-            text, meta = self._result(resp, time.perf_counter() - t0, n=1)
+            resp = self._create(False, prompt=self._prompt(s) + '"', stop=['"'], **kwargs)
+            text, meta = self.result(self._completion(resp), time.perf_counter() - t0, 1)
             out = json.dumps(text, ensure_ascii=False)
             meta["constraint"] = "quote"
             return out, meta
@@ -288,8 +279,8 @@ class OpenAI(BaseBackend):
         if key not in self._number_bias_cache:
             self._number_bias_cache[key] = _number_bias(tok, allow_point=key)
         bias, stops = self._number_bias_cache[key]
-        resp = self._create(False, prompt=s.text_, logit_bias=bias, stop=stops, **kwargs)
-        text, meta = self._result(resp, time.perf_counter() - t0, n=1)
+        resp = self._create(False, prompt=self._prompt(s), logit_bias=bias, stop=stops, **kwargs)
+        text, meta = self.result(self._completion(resp), time.perf_counter() - t0, 1)
         text = text.strip()
         if not re.fullmatch(DTYPE_REGEX[dtype], text):
             raise ProviderError(f"output {text[:40]!r} is not a valid {dtype}", provider=self.provider)
@@ -298,14 +289,8 @@ class OpenAI(BaseBackend):
 
     # ------------------------------------------------------------------------------- select
 
-    def select(
-        self,
-        s: Any,
-        choices: list[str],
-        temperature: float,
-        choices_method: ChoicesSamplingMethod | None,
-    ) -> ChoicesDecision:
-        requested = getattr(choices_method, "name", None)
+    def _select(self, s: Any, choices: list[str], temperature: float, choices_method: Any) -> ChoicesDecision:
+        requested = method_name(choices_method)
         reason = None
         if not self.is_chat_model:
             decision = self._select_probe_completion(s, choices, temperature)
@@ -324,7 +309,7 @@ class OpenAI(BaseBackend):
             else:
                 if tok is not None and reason is None:
                     reason = "choices share their first token"
-                decision = self._select_generate_and_match(s, choices, temperature)
+                decision = super()._select(s, choices, temperature, choices_method)
         decision.meta_info["requested_method"] = requested
         if reason:
             decision.meta_info["fallback_reason"] = reason
@@ -350,7 +335,7 @@ class OpenAI(BaseBackend):
                 piece = tok.decode([t])
                 if piece in by_text:
                     logprobs[choices[i]] = by_text[piece]
-        return ChoicesDecision(choices[index], make_meta_info(
+        return ChoicesDecision(choices[index], self.meta(
             model=resp.model or self.model_name, prompt_tokens=p, completion_tokens=c,
             finish_reason=resp.choices[0].finish_reason, latency=time.perf_counter() - t0,
             method="logit_bias", first_token_logprobs=logprobs, requests=1))
@@ -361,7 +346,7 @@ class OpenAI(BaseBackend):
         if any(not t for t in token_ids):
             raise ValueError("select: a choice encodes to no tokens")
         eot = getattr(tok, "eot_token", None)
-        prompt = list(tok.encode(s.text_))
+        prompt = list(tok.encode(self._prompt(s)))
         alive = list(range(len(choices)))
         generated: list[int] = []
         steps: list[dict[str, Any]] = []
@@ -404,21 +389,10 @@ class OpenAI(BaseBackend):
             alive = [i for i in going if token_ids[i][depth] == ids[0]]
             generated.append(ids[0])
         index = min(alive, key=lambda i: len(token_ids[i])) if alive else 0
-        return ChoicesDecision(choices[index], make_meta_info(
+        return ChoicesDecision(choices[index], self.meta(
             model=self.model_name, prompt_tokens=prompt_total, completion_tokens=completion_total,
             finish_reason="stop", latency=time.perf_counter() - t0, method="logit_bias", steps=steps,
             requests=requests))
-
-    def _select_generate_and_match(self, s, choices, temperature) -> ChoicesDecision:
-        messages, _ = chat_turns(s, allow_prefill=False, backend=self.provider)
-        longest = max(len(c) for c in choices)
-        kwargs = self._kwargs(SamplingParams(max_new_tokens=max(16, longest + 16), temperature=temperature))
-        t0 = time.perf_counter()
-        resp = self._create(True, messages=with_select_instruction(messages, choices), **kwargs)
-        text, meta = self._result(resp, time.perf_counter() - t0, n=1)
-        index, rule = match_choice(text, choices)
-        meta.update(method="generate_and_match", generated=text, match=rule, requests=1)
-        return ChoicesDecision(choices[index], meta)
 
     # ---------------------------------------------------------------------------- tokenizer
 
@@ -454,125 +428,92 @@ class OpenAI(BaseBackend):
             raise UnsupportedOperationError(f"{what} need a tokenizer: {self._tokenizer_error}", provider=self.provider)
         return tok
 
-    # ---------------------------------------------------------------------- speculative API
 
-    def set_api_speculative(self, s: Any, num_api_spec_tokens: int | None = 128) -> None:
-        """Turn speculative execution on for state ``s`` (``None`` turns it off)."""
-        if not self.is_chat_model:
-            raise UnsupportedOperationError("speculative execution is for chat models", provider=self.provider)
-        if num_api_spec_tokens is None:
-            s.backend_data.pop("openai", None)
-            return
-        if isinstance(num_api_spec_tokens, bool) or not isinstance(num_api_spec_tokens, int) or num_api_spec_tokens < 1:
-            raise ValueError("num_api_spec_tokens must be an int >= 1")
-        s.backend_data["openai"] = {"num_tokens": num_api_spec_tokens, "terms": [], "pos": None, "kwargs": None}
+class AzureOpenAI(OpenAI):
+    """Azure OpenAI: ``OpenAI(deployment, is_azure=True, ...)`` under its own name (registry: ``"azure"``)."""
 
-    def _spec(self, s: Any) -> dict[str, Any] | None:
-        data = getattr(s, "backend_data", None)
-        buf = data.get("openai") if isinstance(data, dict) else None
-        if buf is None and getattr(s, "num_api_spec_tokens", None):
-            self.set_api_speculative(s, s.num_api_spec_tokens)
-            buf = s.backend_data["openai"]
-        return buf
+    def __init__(self, model_name: str, is_chat_model: bool | None = None, chat_template: ChatTemplate | None = None,
+                 **kwargs: Any) -> None:
+        if kwargs.pop("is_azure", True) is not True:
+            raise ValueError("AzureOpenAI is always Azure; use OpenAI for api.openai.com")
+        super().__init__(model_name, is_chat_model, chat_template, True, **kwargs)
 
-    def _spec_sync(self, s: Any, buf: dict[str, Any]) -> None:
-        begin = s.cur_role_begin_pos
-        if buf["pos"] is None or buf["pos"] < begin:
-            buf["pos"] = begin
-        gap = s.text_[buf["pos"]:]
-        if gap:
-            buf["terms"].append({"text": gap, "stop": None, "name": None, "meta": None, "slot": False})
-            buf["pos"] = len(s.text_)
 
-    def spec_fill(self, s: Any, value: str) -> None:
-        """Record fixed text of the speculative assistant turn (see the module docstring)."""
-        buf = self._spec(s)
-        if buf is None:
-            raise RuntimeError("spec_fill: speculative execution is not on for this state")
-        if buf["pos"] is None:
-            buf["pos"] = s.cur_role_begin_pos
-        self._spec_sync(s, buf)
-        buf["terms"].append({"text": value, "stop": None, "name": None, "meta": None, "slot": False})
+# ------------------------------------------------------------------------------ parameter mapping
 
-    def _spec_generate(self, s: Any, params: SamplingParams) -> tuple[str, dict[str, Any]]:
-        buf = self._spec(s)
-        if params.n != 1 or params.dtype is not None or params.json_schema is not None:
-            raise ValueError("speculative execution supports plain gen (n=1, no dtype/json_schema)")
-        self._spec_sync(s, buf)
-        kwargs = self._kwargs(params.replace(stop=(), max_new_tokens=buf["num_tokens"]))
-        if buf["kwargs"] is None:
-            buf["kwargs"] = kwargs
-        elif buf["kwargs"] != kwargs:
-            raise ValueError("speculative execution: every gen of one assistant turn must use the same sampling "
-                             f"parameters (got {kwargs}, first was {buf['kwargs']})")
-        meta: dict[str, Any] = {"speculative": True, "finish_reason": None}
-        buf["terms"].append({"text": "", "stop": params.stop, "name": None, "meta": meta, "slot": True})
-        return "", meta
 
-    def spec_pattern_match(self, s: Any, comp: str) -> bool:
-        """Fill the slots of ``s``'s speculative turn from ``comp``; False if it does not fit."""
-        terms = self._spec(s)["terms"]
-        filled: list[str] = []
-        rest = comp
-        for i, term in enumerate(terms):
-            if not term["slot"]:
-                if not rest.startswith(term["text"]):
-                    return False
-                rest = rest[len(term["text"]):]
-                filled.append(term["text"])
-                continue
-            nxt = next((t["text"] for t in terms[i + 1:] if not t["slot"] and t["text"]), None)
-            ends = [rest.find(x) for x in (term["stop"] or ()) if x and rest.find(x) >= 0]
-            if nxt is not None and rest.find(nxt) >= 0:
-                ends.append(rest.find(nxt))
-            if ends:
-                cut = min(ends)
-            elif i == len(terms) - 1 or all(t["slot"] or not t["text"] for t in terms[i + 1:]):
-                cut = len(rest)
-            else:
-                return False
-            filled.append(rest[:cut])
-            rest = rest[cut:]
-            # a stop string is consumed by the slot it ends, like a server-side stop
-            for x in term["stop"] or ():
-                if x and rest.startswith(x) and (nxt is None or not rest.startswith(nxt)):
-                    rest = rest[len(x):]
-                    break
-        for term, text in zip(terms, filled):
-            if term["slot"]:
-                term["text"] = text
+def _is_strict_compatible(schema: Any) -> bool:
+    """Whether OpenAI's strict mode accepts ``schema`` as is: every object closes its properties
+    (``additionalProperties: false``) and requires all of them."""
+    if isinstance(schema, list):
+        return all(_is_strict_compatible(s) for s in schema)
+    if not isinstance(schema, dict):
         return True
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False or set(schema.get("required") or []) != set(props):
+            return False
+    return all(_is_strict_compatible(v) for k, v in schema.items() if k not in ("enum", "const", "default"))
 
-    def role_end_generate(self, s: Any) -> None:
-        """Run the speculative request of ``s``'s open assistant turn and fill its slots."""
-        buf = self._spec(s)
-        if buf is None or s.cur_role != "assistant" or not any(t["slot"] for t in buf["terms"]):
-            return
-        self._spec_sync(s, buf)
-        messages = [dict(m) for m in s.messages_]
-        kwargs = dict(buf["kwargs"])
-        last = ""
-        metas = None
-        for _attempt in range(max(1, self.spec_max_num_tries)):
-            t0 = time.perf_counter()
-            resp = self._create(True, messages=messages, **kwargs)
-            last, metas = self._result(resp, time.perf_counter() - t0, n=1)
-            if self.spec_pattern_match(s, last):
-                break
+
+def openai_response_format(json_schema: str) -> dict[str, Any]:
+    """``response_format`` for a ``json_schema``.
+
+    A schema given in OpenAI's own wrapper form (``{"name": ..., "schema": {...}, "strict": ...}``)
+    is sent as is. A bare schema is named ``"output"`` and sent with ``strict: true`` when strict mode
+    accepts it (every object has ``additionalProperties: false`` and requires all its properties),
+    else ``strict: false`` (the model is guided by the schema but not constrained to it).
+    """
+    schema = json.loads(json_schema)
+    if isinstance(schema.get("schema"), dict) and isinstance(schema.get("name"), str):
+        return {"type": "json_schema", "json_schema": schema}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": _is_strict_compatible(schema)},
+    }
+
+
+OPENAI_COMMON = {"n", "stop", "temperature", "top_p", "frequency_penalty", "presence_penalty",
+                  "return_logprob", "top_logprobs_num", "return_text_in_logprobs", "dtype"}
+
+
+def to_openai_kwargs(params: SamplingParams, *, chat: bool = True, reasoning: bool = False,
+                     provider: str = "openai") -> dict[str, Any]:
+    """Keyword arguments for ``client.chat.completions.create`` (``chat``) or ``completions.create``.
+
+    The limit goes as ``max_completion_tokens`` for reasoning models and ``max_tokens`` otherwise,
+    never both. ``json_schema`` -> ``response_format`` (chat only; :func:`openai_response_format`).
+    ``top_k`` and ``min_p`` do not exist in the OpenAI API: they warn and are not sent. Logprobs: chat
+    gets ``logprobs=True`` (+ ``top_logprobs``), completions ``logprobs=<top_logprobs_num>``.
+    """
+    supported = set(OPENAI_COMMON)
+    if chat:
+        supported.add("json_schema")
+    chosen = check_supported(params, provider, supported)
+    limit_key = "max_completion_tokens" if reasoning else "max_tokens"
+    return openai_style_kwargs(params, chosen, limit_key=limit_key, chat=chat)
+
+
+def openai_style_kwargs(params: SamplingParams, chosen: dict[str, Any], *, limit_key: str,
+                         chat: bool) -> dict[str, Any]:
+    """The OpenAI API's names and shapes for the ``chosen`` fields (set, and supported by the caller)."""
+    kwargs: dict[str, Any] = {limit_key: params.max_new_tokens}
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "n", "top_k"):
+        if name in chosen:
+            kwargs[name] = chosen[name]
+    if "stop" in chosen:
+        kwargs["stop"] = list(chosen["stop"])
+    if "json_schema" in chosen:
+        kwargs["response_format"] = openai_response_format(chosen["json_schema"])
+    if params.return_logprob or params.top_logprobs_num:
+        if chat:
+            kwargs["logprobs"] = True
+            if params.top_logprobs_num:
+                kwargs["top_logprobs"] = params.top_logprobs_num
         else:
-            buf["terms"], buf["pos"], buf["kwargs"] = [], None, None
-            raise ProviderError(
-                f"speculative output did not match the turn's pattern after {self.spec_max_num_tries} tries: "
-                f"{last[:80]!r}", provider=self.provider)
-        begin = s.cur_role_begin_pos
-        s.text_ = s.text_[:begin] + "".join(t["text"] for t in buf["terms"])
-        for term in buf["terms"]:
-            if term["slot"]:
-                for name, m in list(s.meta_info.items()):
-                    if m is term["meta"]:
-                        s.variables[name] = term["text"]
-                term["meta"].update(metas, speculative=True)
-        buf["terms"], buf["pos"], buf["kwargs"] = [], None, None
+            kwargs["logprobs"] = params.top_logprobs_num
+    return kwargs
+
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -8,13 +8,13 @@ One policy object, three ways to use it:
   text is ever delivered twice);
 * ``policy.delay(attempt, retry_after)`` -- the wait before retry ``attempt`` (for async loops).
 
-What is retried: only errors whose ``retryable`` is true -- 429, 5xx and connection failures (see
-``errors.py``). 4xx input errors, timeouts and anything that is not a :class:`ProviderError` are
-raised at once. The wait before retry *k* (1-based) is ``initial_delay * multiplier**(k-1)``, capped at
-``max_delay``, times a random factor in ``[1 - jitter, 1]`` (so concurrent clients spread out). When
-the server sent ``Retry-After``, that wait is used instead -- unless it is longer than
-``max_retry_after``, in which case the error is raised at once with ``retry_after`` set, rather than
-blocking the caller for minutes.
+What is retried: only errors whose ``retryable`` is true -- the one rule of ``errors.py``: connection
+failures, timeouts, 408, 409, 429 and 5xx. Other 4xx and anything that is not a
+:class:`ProviderError` are raised at once. The wait before retry *k* (1-based) is
+``initial_delay * multiplier**(k-1)``, capped at ``max_delay``, times a random factor in
+``[1 - jitter, 1]`` (so concurrent clients spread out). When the server sent ``Retry-After``, that
+wait is used instead -- unless it is longer than ``max_retry_after``, in which case the error is
+raised at once with ``retry_after`` set, rather than blocking the caller for minutes.
 
 SDK-backed providers should configure their SDK's own retries (``max_retries``) with these numbers
 rather than wrap a second loop around them; they still keep :meth:`RetryPolicy.stream` semantics for

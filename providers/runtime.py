@@ -56,8 +56,9 @@ from .runtime_endpoint import (
     StreamDecoder,
     _raise_for_status,
     _transport_error,
+    to_sglang,
 )
-from .sampling import SamplingParams, to_sglang
+from .sampling import SamplingParams
 
 __all__ = ["Runtime"]
 

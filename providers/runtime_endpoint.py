@@ -13,9 +13,10 @@ apply to streaming and plain requests alike):
 
 Decisions where the protocol is silent:
 
-* **Retries** follow :class:`~providers.retry.RetryPolicy` (429/5xx/connection errors only;
-  ``Retry-After`` honoured). A stream is retried only before its first delta; afterwards a failure
-  raises :class:`~providers.errors.StreamInterruptedError`. Read timeouts are not retried.
+* **Retries** follow :class:`~providers.retry.RetryPolicy` and the one rule of ``errors.py``
+  (connection errors, timeouts, 408/409/429/5xx; ``Retry-After`` honoured). A stream is retried
+  only before its first delta; afterwards a failure raises
+  :class:`~providers.errors.StreamInterruptedError`.
 * **Timeouts**: ``timeout`` (default 10 s to connect, 600 s for each read -- for a stream that is
   the longest gap between two chunks) applies to every request.
 * **Streams** must be cumulative: a chunk whose text does not extend the text so far is a protocol
@@ -30,6 +31,9 @@ Decisions where the protocol is silent:
   text is assumed not to merge. Unconditional logprobs (when the method needs them) score the
   choice's token ids alone via ``input_ids``.
 * ``n > 1``: ``generate`` returns ``(list_of_texts, meta_info)`` (see ``base.py``).
+* **Usage**: ``endpoint.token_usage`` (:class:`~providers.usage.TokenUsage`) sums the
+  ``prompt_tokens`` / ``completion_tokens`` the server reports for every ``/generate`` request --
+  prefix commits, select scoring and streams (their final event) included.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import httpx
 
 from .base import BaseBackend, StateView, make_meta_info
 from .chat_template import ChatTemplate, get_chat_template, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod
+from .choices import ChoicesDecision, ChoicesSamplingMethod, run_choices_method, token_length_normalized
 from .errors import (
     APIConnectionError,
     APITimeoutError,
@@ -55,15 +59,18 @@ from .errors import (
     error_from_status,
 )
 from .retry import RetryPolicy, parse_retry_after
-from .sampling import SamplingParams, to_sglang
+from .sampling import DTYPE_REGEX, SamplingParams
+from .usage import TokenUsage
 
-__all__ = ["RuntimeEndpoint", "StreamDecoder", "DEFAULT_TIMEOUT"]
+__all__ = ["RuntimeEndpoint", "StreamDecoder", "DEFAULT_TIMEOUT", "FINISH_REASONS", "to_sglang"]
 
 log = logging.getLogger(__name__)
 
 #: 10 s to connect; 600 s per read/write (generation of long outputs is slow).
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 PROVIDER = "sglang"
+#: SGLang reports ``{"type": "stop" | "length" | "abort", ...}``: the common vocabulary already.
+FINISH_REASONS: dict[str, str] = {}
 # meta_info keys make_meta_info owns; the server's other keys (id, cached_tokens, logprobs) pass through.
 _UNIFORM = {"prompt_tokens", "completion_tokens", "finish_reason", "model", "latency", "provider"}
 
@@ -78,6 +85,9 @@ class RuntimeEndpoint(BaseBackend):
     """
 
     provider = PROVIDER
+    #: SGLang's frontend may fork into KV-cache-sharing children and join them with
+    #: ``/concate_and_append_request`` (``concatenate_and_append``).
+    support_concate_and_append = True
 
     def __init__(
         self,
@@ -114,6 +124,7 @@ class RuntimeEndpoint(BaseBackend):
         )
         self._timeout = self._client.timeout
         self._verify = verify
+        self.token_usage = TokenUsage()
         try:
             self.model_info: dict[str, Any] = self.request("GET", "/get_model_info")
             if not isinstance(self.model_info, dict) or "model_path" not in self.model_info:
@@ -162,6 +173,16 @@ class RuntimeEndpoint(BaseBackend):
         except ValueError:
             return response.text
 
+    def _post_generate(self, payload: dict[str, Any]) -> Any:
+        """``POST /generate`` (with retries); the tokens of every result count in ``token_usage``."""
+        obj = self.request("POST", "/generate", json=payload)
+        for result in obj if isinstance(obj, list) else [obj]:
+            meta = result.get("meta_info") if isinstance(result, dict) else None
+            if isinstance(meta, dict):
+                self.token_usage.add(_int_or_none(meta.get("prompt_tokens")),
+                                     _int_or_none(meta.get("completion_tokens")))
+        return obj
+
     def _raw_deltas(self, payload: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(delta, raw meta_info)`` per event of one streaming ``/generate`` request."""
         if self._closed:
@@ -191,6 +212,7 @@ class RuntimeEndpoint(BaseBackend):
             finish_reason=raw.get("finish_reason"),
             latency=time.perf_counter() - started,
             provider=PROVIDER,
+            finish_reasons=FINISH_REASONS,
             **extra,
         )
 
@@ -233,14 +255,14 @@ class RuntimeEndpoint(BaseBackend):
     def cache_prefix(self, prefix_str: str) -> None:
         if not isinstance(prefix_str, str):
             raise TypeError(f"prefix_str must be a str, got {type(prefix_str).__name__}")
-        self.request("POST", "/generate", json={"text": prefix_str, "sampling_params": {"max_new_tokens": 0}})
+        self._post_generate({"text": prefix_str, "sampling_params": {"max_new_tokens": 0}})
 
     def commit_lazy_operations(self, s: StateView) -> None:
-        self.request("POST", "/generate", json=self._prefix_payload(s))
+        self._post_generate(self._prefix_payload(s))
 
     def fill_image(self, s: StateView) -> None:
         if s.images_:
-            self.request("POST", "/generate", json=self._prefix_payload(s))
+            self._post_generate(self._prefix_payload(s))
 
     def concatenate_and_append(self, src_rids: list[str], dst_rid: str) -> None:
         if isinstance(src_rids, str) or not all(isinstance(r, str) and r for r in src_rids) or not src_rids:
@@ -262,9 +284,10 @@ class RuntimeEndpoint(BaseBackend):
     # ------------------------------------------------------------------------- generation
 
     def generate(self, s: StateView, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+        sampling_params = SamplingParams.coerce(sampling_params)
         payload = self._generate_payload(s, sampling_params)
         started = time.perf_counter()
-        obj = self.request("POST", "/generate", json=payload)
+        obj = self._post_generate(payload)
         if sampling_params.n == 1:
             result = _single(obj)
             return result["text"], self._meta(result["meta_info"], started)
@@ -288,6 +311,7 @@ class RuntimeEndpoint(BaseBackend):
     def generate_stream(
         self, s: StateView, sampling_params: SamplingParams
     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        sampling_params = SamplingParams.coerce(sampling_params)
         if sampling_params.n != 1:
             raise ValueError("generate_stream: n must be 1")
         payload = self._generate_payload(s, sampling_params)
@@ -298,6 +322,9 @@ class RuntimeEndpoint(BaseBackend):
         started = time.perf_counter()
         pending_meta: dict[str, Any] | None = None
         for delta, raw in self._raw_deltas(payload):
+            if raw.get("finish_reason") is not None:  # the final event: its usage is the request's
+                self.token_usage.add(_int_or_none(raw.get("prompt_tokens")),
+                                     _int_or_none(raw.get("completion_tokens")))
             meta = self._meta(raw, started)
             if delta:
                 pending_meta = None
@@ -321,7 +348,7 @@ class RuntimeEndpoint(BaseBackend):
                 f"RuntimeEndpoint.select scores choices deterministically; temperature must be 0, got {temperature}"
             )
         prompt = s.text_
-        prefix = _single(self.request("POST", "/generate", json=self._prefix_payload(s)))
+        prefix = _single(self._post_generate(self._prefix_payload(s)))
         prompt_len = prefix["meta_info"]["prompt_tokens"]
         payload: dict[str, Any] = {
             "text": [prompt + c for c in choices],
@@ -333,7 +360,7 @@ class RuntimeEndpoint(BaseBackend):
         image_data = _image_data(s)
         if image_data is not None:
             payload["image_data"] = [image_data] * len(choices)
-        results = self.request("POST", "/generate", json=payload)
+        results = self._post_generate(payload)
         if not isinstance(results, list) or len(results) != len(choices):
             raise ProviderError("select: the batched /generate did not return one result per choice", provider=PROVIDER)
         input_logprobs = []
@@ -346,13 +373,13 @@ class RuntimeEndpoint(BaseBackend):
             input_logprobs.append(entries)
         output_logprobs = [list(r["meta_info"].get("output_token_logprobs") or []) for r in results]
         unconditional = None
-        if choices_method.requires_unconditional_logprobs:
+        if choices_method is None:
+            choices_method = token_length_normalized
+        if getattr(choices_method, "requires_unconditional_logprobs", False):
             if any(not entries for entries in input_logprobs):
                 raise ProviderError("select: a choice has no tokens to score", provider=PROVIDER)
-            uncond = self.request(
-                "POST",
-                "/generate",
-                json={
+            uncond = self._post_generate(
+                {
                     "input_ids": [[e[1] for e in entries] for entries in input_logprobs],
                     "sampling_params": {"max_new_tokens": 0, "temperature": 0},
                     "return_logprob": True,
@@ -361,7 +388,8 @@ class RuntimeEndpoint(BaseBackend):
             )
             uncond = uncond if isinstance(uncond, list) else [uncond]
             unconditional = [list(r["meta_info"].get("input_token_logprobs") or []) for r in uncond]
-        decision = choices_method(
+        decision = run_choices_method(
+            choices_method,
             choices=choices,
             input_token_logprobs=input_logprobs,
             output_token_logprobs=output_logprobs,
@@ -380,14 +408,38 @@ class RuntimeEndpoint(BaseBackend):
         return payload
 
     def _generate_payload(self, s: StateView, params: SamplingParams) -> dict[str, Any]:
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         sampling, top = to_sglang(params)
         payload: dict[str, Any] = {"text": s.text_, "sampling_params": sampling, **top}
         image_data = _image_data(s)
         if image_data is not None:
             payload["image_data"] = image_data
         return payload
+
+
+# ----------------------------------------------------------------------------- parameter mapping
+
+
+def to_sglang(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(sampling_params, top_level)`` for SGLang's ``POST /generate``.
+
+    SGLang honours every field. ``dtype`` becomes ``regex`` (:data:`DTYPE_REGEX`); the logprob
+    fields go to the top level of the request body. Only set fields are sent (plus
+    ``max_new_tokens``), so the server's defaults apply to the rest.
+    """
+    chosen = params.set_fields()
+    sampling: dict[str, Any] = {"max_new_tokens": params.max_new_tokens}
+    top: dict[str, Any] = {}
+    for name, value in chosen.items():
+        if name in ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs"):
+            top[name] = value
+        elif name == "dtype":
+            sampling["regex"] = DTYPE_REGEX[value]
+        elif name in ("stop", "stop_token_ids", "stop_regex"):
+            sampling[name] = list(value)
+        else:
+            sampling[name] = value
+    return sampling, top
+
 
 
 class StreamDecoder:
@@ -454,6 +506,10 @@ def _image_data(s: StateView) -> str | list[str] | None:
     if not images:
         return None
     return images[0] if len(images) == 1 else images
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _single(obj: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Sampling parameters, validated once, and one mapping function per provider.
+"""Sampling parameters, validated once, and the rule for parameters a provider cannot honour.
 
-:class:`SamplingParams` is what a frontend passes to ``backend.generate``. It is validated on
+:class:`SamplingParams` is what a frontend passes to ``backend.generate`` (backends also take SGLang's
+``SglSamplingParams``, through :meth:`SamplingParams.coerce`). It is validated on
 construction (a bad value raises ``ValueError``/``TypeError`` naming the field, before any network
 call), and immutable -- use :meth:`SamplingParams.replace` for a changed copy.
 
@@ -17,10 +18,11 @@ The rule for parameters a provider cannot honour (:func:`check_supported`):
   ``min_p``, ``frequency_penalty``, ``presence_penalty``. Setting one the provider cannot honour emits
   an :class:`UnsupportedParameterWarning` and the request goes ahead without it.
 
-Adding a provider: write ``to_<provider>(params) -> dict`` at the end of this module. Call
-``check_supported(params, "<provider>", {...fields you map...})`` first, then translate the set
-fields (see :func:`to_sglang`). ``dtype`` has a portable meaning -- :data:`DTYPE_REGEX` -- that a
-provider may implement by other means (e.g. logit bias) or list as unsupported.
+Adding a provider: its module maps the parameters (``map_params`` of its backend, see
+``providers/api_backend.py``). Call ``check_supported(params, "<provider>", {...fields you map...})``
+first, then translate the set fields (e.g. ``to_openai_kwargs`` in ``providers/openai.py``).
+``dtype`` has a portable meaning -- :data:`DTYPE_REGEX` -- that a provider may implement by other
+means (e.g. logit bias) or list as unsupported.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -46,12 +49,6 @@ __all__ = [
     "dtype_json_schema",
     "format_dtype_value",
     "parse_dtype_output",
-    "openai_response_format",
-    "to_sglang",
-    "to_openai_kwargs",
-    "to_litellm_kwargs",
-    "to_anthropic_kwargs",
-    "to_vertexai_config",
 ]
 
 
@@ -73,6 +70,7 @@ OUTPUT_CONSTRAINTS = frozenset(
         "n",
         "stop",
         "stop_token_ids",
+        "stop_regex",
         "min_new_tokens",
         "ignore_eos",
         "regex",
@@ -104,6 +102,7 @@ class SamplingParams:
     n: int = 1
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    stop_regex: tuple[str, ...] = ()
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -130,6 +129,9 @@ class SamplingParams:
         _int("n", self.n, minimum=1)
         set_(self, "stop", _str_tuple("stop", self.stop))
         set_(self, "stop_token_ids", _int_tuple("stop_token_ids", self.stop_token_ids))
+        set_(self, "stop_regex", _str_tuple("stop_regex", self.stop_regex))
+        for pattern in self.stop_regex:
+            _check_regex("stop_regex", pattern)
         _float("temperature", self.temperature, 0.0, None)
         _float("top_p", self.top_p, 0.0, 1.0)
         if self.top_p == 0.0:
@@ -158,6 +160,41 @@ class SamplingParams:
         constraints = [k for k in ("regex", "json_schema", "dtype") if getattr(self, k) is not None]
         if len(constraints) > 1:
             raise ValueError(f"set at most one of regex, json_schema, dtype; got {', '.join(constraints)}")
+
+    @classmethod
+    def coerce(cls, params: Any) -> SamplingParams:
+        """``params`` as a :class:`SamplingParams`: ours as is; SGLang's ``SglSamplingParams`` (or any
+        object with these field names as attributes) or a mapping, validated field by field.
+
+        The frontend's "not given" spellings mean the default: ``None``, and the ``(None,)`` that
+        ``SglSamplingParams`` uses as the default of its logprob fields. ``stop`` and
+        ``stop_token_ids`` may be lists; ``dtype`` a type (``int``) or its name. A field this class does
+        not know raises ``TypeError`` when it is set (nothing is dropped silently).
+        """
+        if isinstance(params, cls):
+            return params
+        if params is None:
+            return cls()
+        if isinstance(params, Mapping):
+            values = dict(params)
+        else:
+            if isinstance(params, (str, bytes, int, float)):
+                raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+            names = getattr(params, "__dataclass_fields__", None) or vars(params)
+            values = {name: getattr(params, name) for name in names}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        chosen: dict[str, Any] = {}
+        for name, value in values.items():
+            if value is None or (isinstance(value, tuple) and value == (None,)):
+                continue
+            if name not in fields:
+                if isinstance(value, (tuple, list, str)) and not value:
+                    continue  # an empty foreign field asks for nothing
+                raise TypeError(f"sampling_params: unknown field {name!r} (set to {value!r})")
+            if name in ("stop", "stop_token_ids", "stop_regex") and isinstance(value, list):
+                value = tuple(value)
+            chosen[name] = value
+        return cls(**chosen)
 
     def replace(self, **changes: Any) -> SamplingParams:
         """A validated copy with ``changes`` applied."""
@@ -204,28 +241,6 @@ def check_supported(params: SamplingParams, provider: str, supported: Collection
     return {name: value for name, value in set_fields.items() if name in supported}
 
 
-def to_sglang(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(sampling_params, top_level)`` for SGLang's ``POST /generate``.
-
-    SGLang honours every field. ``dtype`` becomes ``regex`` (:data:`DTYPE_REGEX`); the logprob
-    fields go to the top level of the request body. Only set fields are sent (plus
-    ``max_new_tokens``), so the server's defaults apply to the rest.
-    """
-    chosen = params.set_fields()
-    sampling: dict[str, Any] = {"max_new_tokens": params.max_new_tokens}
-    top: dict[str, Any] = {}
-    for name, value in chosen.items():
-        if name in ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs"):
-            top[name] = value
-        elif name == "dtype":
-            sampling["regex"] = DTYPE_REGEX[value]
-        elif name in ("stop", "stop_token_ids"):
-            sampling[name] = list(value)
-        else:
-            sampling[name] = value
-    return sampling, top
-
-
 # ----------------------------------------------------------------------------------- validation
 
 
@@ -259,6 +274,13 @@ def _str_tuple(name: str, value: Any) -> tuple[str, ...]:
         if not item:
             raise ValueError(f"{name} entries must be non-empty")
     return items
+
+
+def _check_regex(name: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{name} is not a valid regular expression: {err}") from None
 
 
 def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
@@ -296,22 +318,12 @@ def _dtype_name(value: Any) -> str:
     raise ValueError(f"dtype must be one of int, float, bool, str (or their names), got {value!r}")
 
 
-# ------------------------------------------------------------------ API providers (OpenAI & co.)
+# ------------------------------------------------------------------ dtype through structured output
 #
-# The four SDK-backed backends (providers/openai.py, anthropic.py, litellm.py, vertexai.py) map
-# parameters here. Shared rules:
-#
-# * ``max_new_tokens`` is always sent (under the provider's name for it).
-# * ``json_schema`` becomes the provider's native structured output (see each function).
-# * ``dtype`` is not mapped here: each backend implements it (structured output with a one-field
-#   wrapper object, :func:`dtype_json_schema`, read back with :func:`parse_dtype_output`; or logit
-#   bias for OpenAI completion models) and formats the value as :data:`DTYPE_REGEX` describes
-#   (``42``, ``3.5``, ``True``, ``"text"``; :func:`format_dtype_value`).
-# * ``return_logprob`` / ``top_logprobs_num`` ask for output-token logprobs where the API has them;
-#   ``return_text_in_logprobs`` is accepted (API logprobs always carry the token text).
-#   ``logprob_start_len`` (prompt logprobs) is offered by none of them and raises.
-# * ``stop_token_ids``, ``min_new_tokens``, ``ignore_eos`` and ``regex`` are offered by none of
-#   them and raise :class:`UnsupportedParameterError` (the output-constraint rule above).
+# ``dtype`` is implemented by each API backend (structured output with a one-field wrapper object,
+# :func:`dtype_json_schema`, read back with :func:`parse_dtype_output`; or logit bias for OpenAI
+# completion models) and formatted as :data:`DTYPE_REGEX` describes (``42``, ``3.5``, ``True``,
+# ``"text"``; :func:`format_dtype_value`).
 
 #: Name of the wrapper property ``dtype`` constraints use with structured output.
 DTYPE_VALUE_KEY = "value"
@@ -359,140 +371,21 @@ def parse_dtype_output(dtype: str, text: str, *, provider: str) -> str:
         raise ProviderError(f"structured output for dtype={dtype} did not parse: {err}", provider=provider) from None
 
 
-def _is_strict_compatible(schema: Any) -> bool:
-    """Whether OpenAI's strict mode accepts ``schema`` as is: every object closes its properties
-    (``additionalProperties: false``) and requires all of them."""
-    if isinstance(schema, list):
-        return all(_is_strict_compatible(s) for s in schema)
-    if not isinstance(schema, dict):
-        return True
-    if schema.get("type") == "object" or "properties" in schema:
-        props = schema.get("properties") or {}
-        if schema.get("additionalProperties") is not False or set(schema.get("required") or []) != set(props):
-            return False
-    return all(_is_strict_compatible(v) for k, v in schema.items() if k not in ("enum", "const", "default"))
+# Where the per-provider mappings moved (each provider module owns its own); old imports keep working.
+_MOVED = {
+    "to_sglang": "providers.runtime_endpoint",
+    "openai_response_format": "providers.openai",
+    "to_openai_kwargs": "providers.openai",
+    "to_litellm_kwargs": "providers.litellm",
+    "to_anthropic_kwargs": "providers.anthropic",
+    "to_vertexai_config": "providers.vertexai",
+}
 
 
-def openai_response_format(json_schema: str) -> dict[str, Any]:
-    """``response_format`` for a ``json_schema``.
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'providers.sampling' has no attribute {name!r}")
+    import importlib
 
-    A schema given in OpenAI's own wrapper form (``{"name": ..., "schema": {...}, "strict": ...}``)
-    is sent as is. A bare schema is named ``"output"`` and sent with ``strict: true`` when strict mode
-    accepts it (every object has ``additionalProperties: false`` and requires all its properties),
-    else ``strict: false`` (the model is guided by the schema but not constrained to it).
-    """
-    schema = json.loads(json_schema)
-    if isinstance(schema.get("schema"), dict) and isinstance(schema.get("name"), str):
-        return {"type": "json_schema", "json_schema": schema}
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": "output", "schema": schema, "strict": _is_strict_compatible(schema)},
-    }
-
-
-_OPENAI_COMMON = {"n", "stop", "temperature", "top_p", "frequency_penalty", "presence_penalty",
-                  "return_logprob", "top_logprobs_num", "return_text_in_logprobs", "dtype"}
-
-
-def to_openai_kwargs(params: SamplingParams, *, chat: bool = True, reasoning: bool = False,
-                     provider: str = "openai") -> dict[str, Any]:
-    """Keyword arguments for ``client.chat.completions.create`` (``chat``) or ``completions.create``.
-
-    The limit goes as ``max_completion_tokens`` for reasoning models and ``max_tokens`` otherwise,
-    never both. ``json_schema`` -> ``response_format`` (chat only; :func:`openai_response_format`).
-    ``top_k`` and ``min_p`` do not exist in the OpenAI API: they warn and are not sent. Logprobs: chat
-    gets ``logprobs=True`` (+ ``top_logprobs``), completions ``logprobs=<top_logprobs_num>``.
-    """
-    supported = set(_OPENAI_COMMON)
-    if chat:
-        supported.add("json_schema")
-    chosen = check_supported(params, provider, supported)
-    limit_key = "max_completion_tokens" if reasoning else "max_tokens"
-    return _openai_style_kwargs(params, chosen, limit_key=limit_key, chat=chat)
-
-
-def to_litellm_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """Keyword arguments for ``litellm.completion`` (OpenAI-style names; litellm translates them).
-
-    The OpenAI chat mapping plus ``top_k``, which is passed through (litellm forwards it to providers
-    that have it and raises its own error for those that do not -- nothing is dropped silently);
-    ``min_p`` warns and is not sent. ``json_schema`` -> ``response_format`` as for OpenAI (litellm
-    maps it to each provider's structured output).
-    """
-    chosen = check_supported(params, "litellm", set(_OPENAI_COMMON) | {"json_schema", "top_k"})
-    return _openai_style_kwargs(params, chosen, limit_key="max_tokens", chat=True)
-
-
-def _openai_style_kwargs(params: SamplingParams, chosen: dict[str, Any], *, limit_key: str,
-                         chat: bool) -> dict[str, Any]:
-    """The OpenAI API's names and shapes for the ``chosen`` fields (set, and supported by the caller)."""
-    kwargs: dict[str, Any] = {limit_key: params.max_new_tokens}
-    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "n", "top_k"):
-        if name in chosen:
-            kwargs[name] = chosen[name]
-    if "stop" in chosen:
-        kwargs["stop"] = list(chosen["stop"])
-    if "json_schema" in chosen:
-        kwargs["response_format"] = openai_response_format(chosen["json_schema"])
-    if params.return_logprob or params.top_logprobs_num:
-        if chat:
-            kwargs["logprobs"] = True
-            if params.top_logprobs_num:
-                kwargs["top_logprobs"] = params.top_logprobs_num
-        else:
-            kwargs["logprobs"] = params.top_logprobs_num
-    return kwargs
-
-
-def to_anthropic_kwargs(params: SamplingParams) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """``(kwargs for messages.create, client_side_stops)``.
-
-    ``max_tokens`` is always sent (the API requires it); ``top_k`` only when set. The Messages API
-    has no ``n``, no frequency/presence penalties, no ``min_p`` and no logprobs: ``n``/logprobs raise,
-    the knobs warn. Stop sequences the API rejects -- whitespace-only ones such as ``"\\n"`` -- are not
-    sent but returned as ``client_side_stops``: the backend cuts the output at their first occurrence
-    (finish_reason ``"stop"``), which is what a server-side stop would have returned. ``json_schema``
-    is handled by the backend (a forced tool call, see ``providers/anthropic.py``).
-    """
-    supported = {"stop", "temperature", "top_p", "top_k", "json_schema", "dtype"}
-    chosen = check_supported(params, "anthropic", supported)
-    kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens}
-    for name in ("temperature", "top_p", "top_k"):
-        if name in chosen:
-            kwargs[name] = chosen[name]
-    client_stops: tuple[str, ...] = ()
-    if "stop" in chosen:
-        server = [s for s in chosen["stop"] if s.strip()]
-        client_stops = tuple(s for s in chosen["stop"] if not s.strip())
-        if server:
-            kwargs["stop_sequences"] = server
-    return kwargs, client_stops
-
-
-def to_vertexai_config(params: SamplingParams) -> dict[str, Any]:
-    """Fields of google-genai's ``GenerateContentConfig``.
-
-    ``max_output_tokens`` always; ``candidate_count`` for ``n``; ``stop_sequences``; the sampling
-    knobs Gemini has (temperature, top_p, top_k, presence/frequency penalties; ``min_p`` warns);
-    ``json_schema`` -> ``response_mime_type="application/json"`` + ``response_json_schema`` (the
-    schema as given, JSON Schema dialect); logprobs -> ``response_logprobs`` (+ ``logprobs``).
-    """
-    supported = {"n", "stop", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
-                 "json_schema", "dtype", "return_logprob", "top_logprobs_num", "return_text_in_logprobs"}
-    chosen = check_supported(params, "vertexai", supported)
-    config: dict[str, Any] = {"max_output_tokens": params.max_new_tokens}
-    for name in ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty"):
-        if name in chosen:
-            config[name] = chosen[name]
-    if "n" in chosen:
-        config["candidate_count"] = chosen["n"]
-    if "stop" in chosen:
-        config["stop_sequences"] = list(chosen["stop"])
-    if "json_schema" in chosen:
-        config["response_mime_type"] = "application/json"
-        config["response_json_schema"] = json.loads(chosen["json_schema"])
-    if params.return_logprob or params.top_logprobs_num:
-        config["response_logprobs"] = True
-        if params.top_logprobs_num:
-            config["logprobs"] = params.top_logprobs_num
-    return config
+    return getattr(importlib.import_module(module), name)

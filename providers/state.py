@@ -44,11 +44,8 @@ Decisions (where SGLang's StreamExecutor is loose):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import copy
-import mimetypes
 import os
 import threading
 import uuid
@@ -58,68 +55,10 @@ from typing import Any
 from .base import BaseBackend
 from .chat_template import ChatTemplate
 from .choices import ChoicesSamplingMethod, token_length_normalized
+from .images import image_data_url, image_mime_type, load_image, sniff_image_type
 from .sampling import SamplingParams
 
-__all__ = ["ProgramState", "image_mime_type", "image_data_url", "load_image"]
-
-
-def image_mime_type(base64_data: str, path: str | None = None) -> str:
-    """The MIME type of a base64 image: sniffed from its first bytes, else guessed from ``path``."""
-    try:
-        head = base64.b64decode(base64_data[:24] + "=" * (-len(base64_data[:24]) % 4))
-    except (binascii.Error, ValueError):
-        head = b""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head.startswith(b"BM"):
-        return "image/bmp"
-    if path:
-        guessed, _ = mimetypes.guess_type(path)
-        if guessed and guessed.startswith("image/"):
-            return guessed
-    return "application/octet-stream"
-
-
-def image_data_url(base64_data: str, path: str | None = None) -> str:
-    """``data:<mime>;base64,<data>`` for an image."""
-    return f"data:{image_mime_type(base64_data, path)};base64,{base64_data}"
-
-
-def load_image(source: str | os.PathLike | bytes) -> tuple[str, str]:
-    """``(path, base64)`` for a file path, raw bytes (path ``"<bytes>"``) or a base64 data URL."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        if not data:
-            raise ValueError("image: empty bytes")
-        return "<bytes>", base64.b64encode(data).decode("ascii")
-    if isinstance(source, str) and source.startswith("data:"):
-        header, sep, payload = source.partition(",")
-        if not sep or not header.endswith(";base64"):
-            raise ValueError("image: a data URL must be 'data:<mime>;base64,<data>'")
-        try:
-            base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("image: the data URL's payload is not valid base64") from None
-        return "<data-url>", payload
-    if isinstance(source, str) and source.startswith(("http://", "https://")):
-        raise ValueError("image: remote URLs are not fetched; pass a local path or bytes")
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"image: expected a path, bytes or data URL, got {type(source).__name__}")
-    path = os.fspath(source)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise ValueError(f"image: cannot read {path!r}: {err.strerror}") from None
-    if not data:
-        raise ValueError(f"image: {path!r} is empty")
-    return path, base64.b64encode(data).decode("ascii")
+__all__ = ["ProgramState", "image_mime_type", "image_data_url", "load_image", "sniff_image_type"]
 
 
 class ProgramState:
@@ -132,6 +71,8 @@ class ProgramState:
         *,
         sid: str | None = None,
     ) -> None:
+        if not isinstance(backend, BaseBackend) and isinstance(getattr(backend, "endpoint", None), BaseBackend):
+            backend = backend.endpoint  # a Runtime: its endpoint runs the program (as in SGLang)
         self.backend = backend
         self.chat_template = chat_template or backend.get_chat_template()
         self.sid = sid or uuid.uuid4().hex
@@ -362,8 +303,8 @@ class ProgramState:
                 raise ValueError(f"select: every choice must be a non-empty str, got {choice!r}")
         if len(set(choices)) != len(choices):
             raise ValueError("select: choices must be distinct")
-        if not isinstance(method, ChoicesSamplingMethod):
-            raise TypeError(f"select: method must be a ChoicesSamplingMethod, got {method!r}")
+        if not callable(method):  # ours, or SGLang's (same calling convention; see choices.py)
+            raise TypeError(f"select: method must be a choices method (callable), got {method!r}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
             raise ValueError(f"select: temperature must be a number >= 0, got {temperature!r}")
         with self._mutating():

@@ -19,7 +19,7 @@ is how the tests reach a loopback server without any Google account. ``safety_se
 Requests. ``system`` turns become ``system_instruction``; ``user`` -> ``user`` and ``assistant`` ->
 ``model`` contents; images become ``inline_data`` parts with the MIME type sniffed from their bytes.
 Gemini cannot continue a partial model turn, so text already written into the open assistant turn
-is an error (``ValueError``), as for OpenAI. Parameters: :func:`~providers.sampling.to_vertexai_config`
+is an error (``ValueError``), as for OpenAI. Parameters: :func:`to_vertexai_config`
 (``n`` -> ``candidate_count``; ``json_schema`` -> ``response_json_schema`` with
 ``application/json``; ``dtype`` -> a one-field JSON schema, parsed back to ``DTYPE_REGEX`` syntax).
 
@@ -30,46 +30,56 @@ generate-and-match rules and flagged in ``meta_info["match"]``.
 
 Retries: google-genai's own retry options do not honour ``Retry-After``, so this backend leaves them
 off and uses :class:`~providers.retry.RetryPolicy` (``retry_policy=``; default: 2 retries,
-exponential backoff from 0.5 s with jitter, ``Retry-After`` honoured up to 60 s) on 429, 5xx and
-connection errors -- never on other 4xx, nor on timeouts (``timeout=`` seconds; the SDK counts
-milliseconds, converted here). Streams are retried only before their first chunk; after it a failure,
+exponential backoff from 0.5 s with jitter, ``Retry-After`` honoured up to 60 s) by the one rule of
+``errors.py``: connection errors, timeouts, 408/409/429/5xx -- never other 4xx (``timeout=`` seconds;
+the SDK counts milliseconds, converted here). Streams are retried only before their first chunk; after it a failure,
 or a stream that ends without a finish reason, raises :class:`~providers.errors.StreamInterruptedError`.
 
 Usage: ``meta_info`` and ``backend.token_usage`` count ``prompt_token_count`` as prompt tokens and
 ``candidates_token_count`` plus ``thoughts_token_count`` (thinking tokens, reported separately as
 ``reasoning_tokens``) as completion tokens. A response without candidates (a blocked prompt) returns
 ``""`` with finish_reason ``"content_filter"`` and ``meta_info["block_reason"]``.
+
+This module owns everything about Gemini on Vertex AI: parameters (:func:`to_vertexai_config`), finish
+reasons (:data:`FINISH_REASONS`) and errors (the generic rules); the flow is
+:class:`~providers.api_backend.APIBackend`'s.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from .base import BaseBackend, make_meta_info
-from .chat_template import ChatTemplate, get_chat_template_by_model_path
-from .choices import ChoicesDecision, ChoicesSamplingMethod, match_choice
-from .errors import ProviderError, register_secret
+from .api_backend import APIBackend, Completion, StreamResult
+from .chat_template import ChatTemplate
 from .messages import chat_turns, parse_data_url
 from .retry import RetryPolicy
-from .sampling import SamplingParams, dtype_json_schema, parse_dtype_output, to_vertexai_config
+from .sampling import SamplingParams, check_supported, dtype_json_schema, parse_dtype_output
+from .errors import register_secret
 from .sdk_errors import import_sdk, translating
-from .usage import TokenUsage
 
-__all__ = ["VertexAI"]
+__all__ = ["VertexAI", "FINISH_REASONS", "to_vertexai_config"]
 
 
 #: The location when neither location= nor GCP_LOCATION / GOOGLE_CLOUD_LOCATION gives one (google-genai's own default).
 DEFAULT_LOCATION = "global"
 
+#: Gemini's finish reasons (enum names).
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
+                  "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
+                  "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+                  "IMAGE_SAFETY": "content_filter", "MALFORMED_FUNCTION_CALL": "error"}
 
-class VertexAI(BaseBackend):
+
+class VertexAI(APIBackend):
     """Gemini on Vertex AI (see the module docstring)."""
 
     provider = "vertexai"
+    finish_reasons = FINISH_REASONS
+    select_method = "response_enum"
 
     def __init__(
         self,
@@ -90,7 +100,6 @@ class VertexAI(BaseBackend):
         self._types = import_sdk("google.genai.types", "VertexAI")
         if not isinstance(model_name, str) or not model_name:
             raise ValueError("model_name must be a non-empty str")
-        self.model_name = model_name
         self.project = project or os.environ.get("GCP_PROJECT_ID") or None
         self.location = (location or os.environ.get("GCP_LOCATION") or os.environ.get("GOOGLE_CLOUD_LOCATION")
                          or DEFAULT_LOCATION)
@@ -124,11 +133,7 @@ class VertexAI(BaseBackend):
                 kwargs["credentials"] = credentials
         with translating(self.provider, self._secrets):
             self.client = genai.Client(**kwargs)
-        self.token_usage = TokenUsage()
-        super().__init__(chat_template or get_chat_template_by_model_path(model_name))
-
-    def get_model_name(self) -> str:
-        return self.model_name
+        super().__init__(model_name, chat_template)
 
     def __repr__(self) -> str:
         where = f"{self.project}/{self.location}" if self.project else "express"
@@ -138,6 +143,9 @@ class VertexAI(BaseBackend):
         close = getattr(self.client, "close", None)
         if close is not None:
             close()
+
+    def map_params(self, params: SamplingParams) -> dict[str, Any]:
+        return to_vertexai_config(params)
 
     # ------------------------------------------------------------------------------ request
 
@@ -166,20 +174,23 @@ class VertexAI(BaseBackend):
             fields["safety_settings"] = self.safety_settings
         return self._types.GenerateContentConfig(**fields)
 
-    def _prepare(self, s: Any, params: SamplingParams) -> tuple[list[Any], Any]:
-        fields = to_vertexai_config(params)
+    def _request(self, s: Any, params: SamplingParams) -> tuple[list[Any], Any]:
+        fields = self.map_params(params)
         if params.dtype is not None:
             fields["response_mime_type"] = "application/json"
             fields["response_json_schema"] = dtype_json_schema(params.dtype)
         contents, system = self._contents(s)
         return contents, self._config(system, fields)
 
-    def _call(self, contents: list[Any], config: Any) -> Any:
-        def once():
-            with translating(self.provider, self._secrets):
-                return self.client.models.generate_content(model=self.model_name, contents=contents, config=config)
-
-        return self.retry.call(once)
+    def _select_request(self, s: Any, choices: list[str], params: SamplingParams) -> tuple[list[Any], Any]:
+        """Gemini's enum mode: decoding constrained to exactly one of the choices, one request."""
+        contents, system = self._contents(s)
+        return contents, self._config(system, {
+            "temperature": params.temperature,
+            "max_output_tokens": params.max_new_tokens,
+            "response_mime_type": "text/x.enum",
+            "response_schema": {"type": "STRING", "enum": list(choices)},
+        })
 
     def _usage(self, resp: Any) -> tuple[int | None, int | None, dict[str, Any]]:
         u = getattr(resp, "usage_metadata", None)
@@ -196,105 +207,76 @@ class VertexAI(BaseBackend):
 
     # ----------------------------------------------------------------------------- generate
 
-    def generate(self, s: Any, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
-        params = sampling_params
-        contents, config = self._prepare(s, params)
-        t0 = time.perf_counter()
-        resp = self._call(contents, config)
-        latency = time.perf_counter() - t0
+    def _complete(self, request: tuple[list[Any], Any], params: SamplingParams) -> Completion:
+        contents, config = request
+        resp = self.call(lambda: self.client.models.generate_content(
+            model=self.model_name, contents=contents, config=config))
         prompt, completion, extra = self._usage(resp)
-        self.token_usage.add(prompt, completion)
-        model = getattr(resp, "model_version", None) or self.model_name
         extra["id"] = getattr(resp, "response_id", None)
+        model = getattr(resp, "model_version", None)
         cands = sorted(resp.candidates or [], key=lambda c: c.index or 0)
         if not cands:
             feedback = getattr(resp, "prompt_feedback", None)
-            block = getattr(getattr(feedback, "block_reason", None), "name", None)
-            meta = make_meta_info(model=model, prompt_tokens=prompt, completion_tokens=completion,
-                                  finish_reason="content_filter", latency=latency, block_reason=block, **extra)
-            return ([""] * params.n if params.n > 1 else ""), meta
-        texts = [self._finish_text(_candidate_text(c), params) for c in cands]
-        finishes = [c.finish_reason for c in cands]
-        if params.n == 1:
-            return texts[0], make_meta_info(model=model, prompt_tokens=prompt, completion_tokens=completion,
-                                            finish_reason=finishes[0], latency=latency, **extra)
-        per = [make_meta_info(model=model, prompt_tokens=prompt, completion_tokens=None, finish_reason=f,
-                              latency=latency) for f in finishes]
-        return texts, make_meta_info(model=model, prompt_tokens=prompt, completion_tokens=completion,
-                                     finish_reason=finishes[0], latency=latency, choices=per, **extra)
+            extra["block_reason"] = getattr(getattr(feedback, "block_reason", None), "name", None)
+            return Completion(texts=[""] * params.n, finish_reasons=["content_filter"] * params.n,
+                              prompt_tokens=prompt, completion_tokens=completion, model=model, extra=extra)
+        texts = [_candidate_text(c) for c in cands]
+        if params.dtype is not None:
+            texts = [parse_dtype_output(params.dtype, t, provider=self.provider) for t in texts]
+        return Completion(texts=texts, finish_reasons=[c.finish_reason for c in cands], prompt_tokens=prompt,
+                          completion_tokens=completion, model=model, extra=extra)
 
-    def _finish_text(self, text: str, params: SamplingParams) -> str:
-        return text if params.dtype is None else parse_dtype_output(params.dtype, text, provider=self.provider)
+    def _stream(self, request: tuple[list[Any], Any], params: SamplingParams, out: StreamResult) -> Iterator[str]:
+        contents, config = request
+        chunks = self.client.models.generate_content_stream(model=self.model_name, contents=contents, config=config)
+        try:
+            for chunk in chunks:
+                if getattr(chunk, "usage_metadata", None) is not None:
+                    out.prompt_tokens, out.completion_tokens, usage_extra = self._usage(chunk)
+                    out.extra.update(usage_extra)
+                out.model = getattr(chunk, "model_version", None) or out.model
+                for cand in chunk.candidates or []:
+                    if cand.finish_reason is not None:
+                        out.finish_reason = cand.finish_reason
+                    piece = _candidate_text(cand)
+                    if piece:
+                        yield piece
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
-    def generate_stream(self, s: Any, sampling_params: SamplingParams) -> Iterator[tuple[str, dict[str, Any]]]:
-        params = sampling_params
-        if params.n != 1:
-            raise ValueError("vertexai: generate_stream streams one continuation; n must be 1")
-        if params.dtype is not None:  # a constrained value is decided whole: one delta
-            yield self.generate(s, params)
-            return
-        contents, config = self._prepare(s, params)
-        t0 = time.perf_counter()
-        state: dict[str, Any] = {}
 
-        def open_stream() -> Iterator[tuple[str, dict[str, Any]]]:
-            state.clear()
-            with translating(self.provider, self._secrets):
-                chunks = self.client.models.generate_content_stream(
-                    model=self.model_name, contents=contents, config=config)
-                try:
-                    for chunk in chunks:
-                        if getattr(chunk, "usage_metadata", None) is not None:
-                            state["usage"] = chunk
-                        state["model"] = getattr(chunk, "model_version", None) or state.get("model")
-                        for cand in chunk.candidates or []:
-                            if cand.finish_reason is not None:
-                                state["finish"] = cand.finish_reason
-                            piece = _candidate_text(cand)
-                            if piece:
-                                yield piece, {"model": state.get("model") or self.model_name, "finish_reason": None}
-                finally:
-                    close = getattr(chunks, "close", None)
-                    if close is not None:
-                        close()
-            if state.get("finish") is None:
-                raise ProviderError("the stream ended without a finish reason (cut off)", provider=self.provider)
+# ------------------------------------------------------------------------------ parameter mapping
 
-        yield from self.retry.stream(open_stream, provider=self.provider)
-        prompt, completion, extra = self._usage(state.get("usage"))
-        self.token_usage.add(prompt, completion)
-        yield "", make_meta_info(model=state.get("model") or self.model_name, prompt_tokens=prompt,
-                                 completion_tokens=completion, finish_reason=state.get("finish"),
-                                 latency=time.perf_counter() - t0, **extra)
 
-    # ------------------------------------------------------------------------------- select
+def to_vertexai_config(params: SamplingParams) -> dict[str, Any]:
+    """Fields of google-genai's ``GenerateContentConfig``.
 
-    def select(
-        self,
-        s: Any,
-        choices: list[str],
-        temperature: float,
-        choices_method: ChoicesSamplingMethod | None,
-    ) -> ChoicesDecision:
-        contents, system = self._contents(s)
-        config = self._config(system, {
-            "temperature": temperature,
-            "max_output_tokens": max(16, max(len(c) for c in choices) + 16),
-            "response_mime_type": "text/x.enum",
-            "response_schema": {"type": "STRING", "enum": list(choices)},
-        })
-        t0 = time.perf_counter()
-        resp = self._call(contents, config)
-        prompt, completion, extra = self._usage(resp)
-        self.token_usage.add(prompt, completion)
-        cands = resp.candidates or []
-        text = _candidate_text(cands[0]) if cands else ""
-        index, rule = match_choice(text, choices)
-        meta = make_meta_info(model=getattr(resp, "model_version", None) or self.model_name, prompt_tokens=prompt,
-                              completion_tokens=completion, finish_reason=cands[0].finish_reason if cands else None,
-                              latency=time.perf_counter() - t0, method="response_enum", generated=text, match=rule,
-                              requests=1, requested_method=getattr(choices_method, "name", None), **extra)
-        return ChoicesDecision(choices[index], meta)
+    ``max_output_tokens`` always; ``candidate_count`` for ``n``; ``stop_sequences``; the sampling
+    knobs Gemini has (temperature, top_p, top_k, presence/frequency penalties; ``min_p`` warns);
+    ``json_schema`` -> ``response_mime_type="application/json"`` + ``response_json_schema`` (the
+    schema as given, JSON Schema dialect); logprobs -> ``response_logprobs`` (+ ``logprobs``).
+    """
+    supported = {"n", "stop", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
+                 "json_schema", "dtype", "return_logprob", "top_logprobs_num", "return_text_in_logprobs"}
+    chosen = check_supported(params, "vertexai", supported)
+    config: dict[str, Any] = {"max_output_tokens": params.max_new_tokens}
+    for name in ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty"):
+        if name in chosen:
+            config[name] = chosen[name]
+    if "n" in chosen:
+        config["candidate_count"] = chosen["n"]
+    if "stop" in chosen:
+        config["stop_sequences"] = list(chosen["stop"])
+    if "json_schema" in chosen:
+        config["response_mime_type"] = "application/json"
+        config["response_json_schema"] = json.loads(chosen["json_schema"])
+    if params.return_logprob or params.top_logprobs_num:
+        config["response_logprobs"] = True
+        if params.top_logprobs_num:
+            config["logprobs"] = params.top_logprobs_num
+    return config
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -118,3 +118,32 @@ def two_turn_programs_in_threads(backend, count, *, first="q{}", then="f{}", sta
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         return list(pool.map(program, range(count)))
+
+
+def exception_chain(err: BaseException) -> list[BaseException]:
+    """``err`` and every exception reachable through ``__cause__`` / ``__context__``."""
+    chain: list[BaseException] = []
+    todo = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is c for c in chain):
+            continue
+        chain.append(e)
+        todo += [e.__cause__, e.__context__]
+    return chain
+
+
+def assert_no_sdk_exception_reachable(err: BaseException, key: str) -> None:
+    """Neither the exception chain nor the traceback's frames of ``err`` reach an SDK exception (which
+    holds the request, API key included), and no error in the chain shows ``key``."""
+    from providers import ProviderError
+
+    for e in exception_chain(err):
+        assert isinstance(e, ProviderError), f"an SDK exception is chained to ours: {type(e).__module__}.{type(e).__name__}"
+        assert key not in str(e) and key not in repr(e) and key not in repr(vars(e))
+    tb = err.__traceback__
+    while tb is not None:
+        for name, value in tb.tb_frame.f_locals.items():
+            assert not (isinstance(value, BaseException) and not isinstance(value, ProviderError)), (
+                f"frame {tb.tb_frame.f_code.co_name} of the traceback keeps {type(value).__name__} in {name!r}")
+        tb = tb.tb_next

@@ -20,6 +20,7 @@ from providers import (
 )
 from providers.anthropic import Anthropic
 
+from . import api_helpers  # noqa: E402
 from .api_helpers import (
     JPEG_HEAD,
     PNG_1X1,
@@ -267,11 +268,23 @@ def test_timeout(srv):
     assert srv.count == 1
 
 
+def test_timeout_is_retried_by_the_sdk(srv):
+    # The one retry rule (errors.py), here applied by the SDK itself.
+    backend = make(srv, timeout=0.3, max_retries=1)
+    srv.reply("late but here")
+    srv.script(Stall(5))
+    s = chat_state(backend)
+    with s.assistant():
+        assert s.gen("a") == "late but here"
+    assert srv.count == 2
+
+
 def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "sk-ant-WRONG-key-9876543210"
     backend = Anthropic("claude-x", api_key=wrong, base_url=srv.url, max_retries=0)
     assert wrong not in repr(backend)
     err, log = failed_gen_with_sdk_logs(backend, caplog, AuthenticationError)
+    api_helpers.assert_no_sdk_exception_reachable(err, wrong)  # the SDK's exception holds the key
     assert "invalid x-api-key" in err.message
     for text in (str(err), repr(err), log):
         assert wrong not in text

@@ -46,10 +46,11 @@ def test_error_from_status_picks_class(status, cls, retryable):
     assert str(err) == f"sglang {status}: boom"
 
 
-def test_connection_retryable_timeout_not():
+def test_one_retry_rule_connection_timeout_408_409_429_5xx():
     assert APIConnectionError("x").retryable
-    assert not APITimeoutError("x").retryable
+    assert APITimeoutError("x").retryable  # as the OpenAI/Anthropic SDKs retry timeouts
     assert isinstance(APITimeoutError("x"), APIConnectionError)
+    assert [s for s in range(400, 600) if error_from_status(s, "m").retryable] == [408, 409, 429, *range(500, 600)]
 
 
 def test_special_errors_are_also_builtin_kinds():
@@ -166,7 +167,7 @@ def test_call_gives_up_after_max_retries():
 
 @pytest.mark.parametrize(
     "error",
-    [BadRequestError("bad", status=400), APITimeoutError("slow"), ValueError("not ours")],
+    [BadRequestError("bad", status=400), AuthenticationError("key", status=401), ValueError("not ours")],
 )
 def test_call_never_retries_non_retryable(error):
     fn, calls = _flaky([error])

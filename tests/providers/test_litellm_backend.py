@@ -22,6 +22,7 @@ from providers import (  # noqa: E402
 )
 from providers.litellm import LiteLLM  # noqa: E402
 
+from . import api_helpers  # noqa: E402
 from .api_helpers import (  # noqa: E402
     PNG_1X1,
     chat_state,
@@ -207,8 +208,19 @@ def test_stream_cut_cleanly_is_an_interruption(srv):
     assert "a" not in s.variables and "a b" not in s.text_  # the state rolled the partial text back
 
 
-def test_timeout(srv):
+def test_timeout_is_retried(srv):
+    # The one retry rule (errors.py): a timeout is retried, as the OpenAI/Anthropic SDKs do.
     backend = make(srv, timeout=0.3)
+    srv.reply("late but here")
+    srv.script(Stall(5))
+    s = chat_state(backend)
+    with s.assistant():
+        assert s.gen("a") == "late but here"
+    assert srv.count == 2
+
+
+def test_timeout_without_retries(srv):
+    backend = make(srv, timeout=0.3, retry_policy=RetryPolicy(max_retries=0))
     srv.script(Stall(5))
     s = chat_state(backend)
     with s.assistant():
@@ -222,6 +234,7 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     backend = LiteLLM("openai/gpt-4o-mini", api_key=wrong, base_url=srv.url + "/v1", retry_policy=FAST)
     assert wrong not in repr(backend) and wrong not in repr(vars(backend))  # kept in a Secret
     err, log = failed_gen_with_sdk_logs(backend, caplog, AuthenticationError)
+    api_helpers.assert_no_sdk_exception_reachable(err, wrong)  # the SDK's exception holds the key
     assert "Incorrect API key provided" in err.message
     for text in (str(err), repr(err), log):
         assert wrong not in text

@@ -428,6 +428,17 @@ def test_timeout(srv):
     assert time.monotonic() - t0 < 3 and srv.count == 1
 
 
+def test_timeout_is_retried_by_the_sdk(srv):
+    # The one retry rule (errors.py), here applied by the SDK itself.
+    backend = make(srv, timeout=0.3, max_retries=1)
+    srv.reply("late but here")
+    srv.script(Stall(5))
+    s = chat_state(backend)
+    with s.assistant():
+        assert s.gen("a") == "late but here"
+    assert srv.count == 2
+
+
 # ----------------------------------------------------------------------------------- secrets
 
 
@@ -436,6 +447,7 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     backend = OpenAI("gpt-4o", api_key=wrong, base_url=srv.url + "/v1", max_retries=0)
     assert wrong not in repr(backend) and KEY not in repr(make(srv))
     err, log = failed_gen_with_sdk_logs(backend, caplog, AuthenticationError)
+    api_helpers.assert_no_sdk_exception_reachable(err, wrong)  # the SDK's exception holds the key
     assert "Incorrect API key provided" in err.message  # the server's message is kept...
     for text in (str(err), repr(err), err.message, log):
         assert wrong not in text  # ...without the key it echoed
@@ -594,3 +606,15 @@ print("ok", tok.name)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("ok cl100k_base")
+
+
+def test_completion_model_refuses_images_instead_of_dropping_them(srv):
+    backend = make(srv, model="gpt-3.5-turbo-instruct")
+    s = ProgramState(backend)
+    s += "Describe: "
+    s.image(PNG_1X1)
+    with pytest.raises(ValueError, match="completion model and cannot receive images"):
+        s.gen("a")
+    with pytest.raises(ValueError, match="cannot receive images"):
+        list(s.gen_stream("b"))
+    assert srv.count == 0  # refused before any request

@@ -76,6 +76,13 @@ def test_lazy_name_without_httpx_names_the_extra(name):
     assert "pip install 'kernelstack[providers]'" in proc.stdout
 
 
+def test_unknown_chat_template_error_is_exported():
+    # A public error class that callers catch must be importable from the package.
+    assert "UnknownChatTemplateError" in providers.__all__
+    with pytest.raises(providers.UnknownChatTemplateError):
+        providers.get_chat_template("no-such-template")
+
+
 def test_lazy_names_resolve_and_unknown_names_fail():
     assert providers.RuntimeEndpoint.__name__ == "RuntimeEndpoint"
     assert "RuntimeEndpoint" in dir(providers) and "OpenAI" in dir(providers)
@@ -84,29 +91,34 @@ def test_lazy_names_resolve_and_unknown_names_fail():
 
 
 @pytest.mark.parametrize(
-    "raw, norm",
+    "provider, raw, norm",
     [
-        ("stop", "stop"),
-        ("end_turn", "stop"),
-        ("stop_sequence", "stop"),
-        ("max_tokens", "length"),
-        ("MAX_TOKENS", "length"),
-        ("SAFETY", "content_filter"),
-        ({"type": "length", "length": 8}, "length"),
-        ({"type": "stop", "matched": "\n"}, "stop"),
-        ({"type": "abort"}, "abort"),
-        (None, None),
-        ("weird_reason", "weird_reason"),
+        (None, "stop", "stop"),
+        ("anthropic", "end_turn", "stop"),
+        ("anthropic", "stop_sequence", "stop"),
+        ("anthropic", "max_tokens", "length"),
+        ("vertexai", "MAX_TOKENS", "length"),
+        ("vertexai", "SAFETY", "content_filter"),
+        ("openai", "function_call", "tool_calls"),
+        ("runtime_endpoint", {"type": "length", "length": 8}, "length"),
+        ("runtime_endpoint", {"type": "stop", "matched": "\n"}, "stop"),
+        ("runtime_endpoint", {"type": "abort"}, "abort"),
+        (None, None, None),
+        (None, "weird_reason", "weird_reason"),
+        (None, "end_turn", "end_turn"),  # a provider's own reason needs that provider's table
     ],
 )
-def test_normalize_finish_reason(raw, norm):
-    assert normalize_finish_reason(raw) == norm
+def test_normalize_finish_reason(provider, raw, norm):
+    import importlib
+
+    table = importlib.import_module(f"providers.{provider}").FINISH_REASONS if provider else None
+    assert normalize_finish_reason(raw, table) == norm
 
 
 def test_make_meta_info_shape():
     meta = make_meta_info(
         model="m", prompt_tokens=3, completion_tokens=2, finish_reason="end_turn", latency=0.5, id="r1",
-        finish_reason_x=None,
+        finish_reason_x=None, finish_reasons={"end_turn": "stop"},
     )
     assert meta["finish_reason"] == "stop" and meta["finish_reason_raw"] == "end_turn"
     assert {k: meta[k] for k in ("model", "prompt_tokens", "completion_tokens", "latency", "id")} == {

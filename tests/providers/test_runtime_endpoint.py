@@ -34,6 +34,7 @@ from providers import (
 )
 from providers.sampling import DTYPE_REGEX
 
+from .api_helpers import PNG_1X1, assert_no_sdk_exception_reachable
 from .wire_http import Break, Fail, Stall, Truncate
 from .wire_sglang import SGLangServer, StreamError
 
@@ -191,9 +192,9 @@ def test_cache_prefix_commit_fill_image_and_flush(server, endpoint):
     before = len(server.requests)
     endpoint.fill_image(s)  # no image: nothing to send
     assert len(server.requests) == before
-    s.image(b"img")
+    s.image(PNG_1X1)
     endpoint.fill_image(s)
-    assert generate_requests(server)[-1]["image_data"] == base64.b64encode(b"img").decode()
+    assert generate_requests(server)[-1]["image_data"] == base64.b64encode(PNG_1X1).decode()
     endpoint.flush_cache()
     assert server.requests[-1].method == "POST" and server.requests[-1].path == "/flush_cache"
     _, meta = endpoint.generate(state_with(endpoint, "Long shared system prompt. Again"), SamplingParams())
@@ -310,13 +311,22 @@ def test_long_retry_after_is_not_waited(server, endpoint):
 
 
 def test_timeout(server):
-    ep = RuntimeEndpoint(server.url, timeout=0.3, retry=FAST)
+    ep = RuntimeEndpoint(server.url, timeout=0.3, retry=RetryPolicy(max_retries=0))
     server.script(Stall(3))
     t0 = time.monotonic()
     with pytest.raises(APITimeoutError):
         ep.generate(state_with(ep, "p"), SamplingParams())
     assert time.monotonic() - t0 < 2
-    assert len(generate_requests(server)) == 1  # timeouts are not retried
+    assert len(generate_requests(server)) == 1
+    ep.shutdown()
+
+
+def test_timeout_is_retried(server):
+    # The one retry rule (errors.py): a timeout is retried, as the OpenAI/Anthropic SDKs do.
+    ep = RuntimeEndpoint(server.url, timeout=0.3, retry=FAST)
+    server.script(Stall(3))
+    text, _ = ep.generate(state_with(ep, "p"), SamplingParams(max_new_tokens=4))
+    assert text and len(generate_requests(server)) == 2
     ep.shutdown()
 
 
@@ -368,6 +378,10 @@ def test_api_key_is_sent_and_never_leaks(caplog):
         assert info.value.status == 401 and "sk-wrong-key-0000000000" not in str(info.value)
         with pytest.raises(AuthenticationError):
             RuntimeEndpoint(srv.url, retry=FAST)
+        gone = RuntimeEndpoint(srv.url, api_key=KEY, retry=RetryPolicy(max_retries=0))
+    with pytest.raises(APIConnectionError) as info:  # the server is gone: httpx's error holds the request
+        gone.generate(state_with(gone, "p"), SamplingParams())
+    assert_no_sdk_exception_reachable(info.value, KEY)
     assert KEY not in caplog.text
 
 
@@ -479,11 +493,11 @@ def test_select_rejects_temperature(endpoint):
 
 def test_select_with_images_sends_them_per_choice(server, endpoint):
     s = ProgramState(endpoint)
-    s.image(b"png-bytes")
+    s.image(PNG_1X1)
     s += "Is it a cat?"
     endpoint.select(s, [" yes", " no"], 0.0, token_length_normalized)
     batch = generate_requests(server)[-1]
-    assert batch["image_data"] == [base64.b64encode(b"png-bytes").decode()] * 2
+    assert batch["image_data"] == [base64.b64encode(PNG_1X1).decode()] * 2
 
 
 # ----------------------------------------------------------------------------- concurrency
@@ -514,3 +528,20 @@ def test_a_frontends_own_state_object_works(endpoint):
     assert endpoint.generate(own, SamplingParams())[0] == "duck typed"
     assert "".join(d for d, _ in endpoint.generate_stream(own, SamplingParams())) == "duck typed"
     assert endpoint.select(own, [" duck", " goose"], 0.0, token_length_normalized).decision == " duck"
+
+
+def test_token_usage_sums_every_generate_request(server, endpoint):
+    # RuntimeEndpoint had no token_usage, unlike every API backend.
+    assert endpoint.token_usage.snapshot() == {"prompt_tokens": 0, "completion_tokens": 0}
+    _, meta = endpoint.generate(state_with(endpoint, "Repeat: a b\n"), SamplingParams())
+    expected = [meta["prompt_tokens"], meta["completion_tokens"]]
+    assert expected[0] > 0 and expected[1] > 0
+    assert endpoint.token_usage.snapshot() == {"prompt_tokens": expected[0], "completion_tokens": expected[1]}
+    stream = list(endpoint.generate_stream(state_with(endpoint, "Repeat: c d e\n"), SamplingParams()))
+    final = stream[-1][1]
+    expected = [expected[0] + final["prompt_tokens"], expected[1] + final["completion_tokens"]]
+    assert endpoint.token_usage.snapshot() == {"prompt_tokens": expected[0], "completion_tokens": expected[1]}
+    before = len(generate_requests(server))
+    endpoint.select(state_with(endpoint, "Pick:"), [" x", " yy"], 0.0, token_length_normalized)
+    assert len(generate_requests(server)) - before == 2  # the prefix, then one batch scoring both choices
+    assert endpoint.token_usage.prompt_tokens > expected[0]  # select's prompts count too

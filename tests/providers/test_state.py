@@ -160,8 +160,9 @@ def test_images_interleave_in_messages(tmp_path):
 
 
 def test_image_inputs():
-    assert load_image(b"abc") == ("<bytes>", "YWJj")
-    assert load_image("data:image/png;base64,YWJj") == ("<data-url>", "YWJj")
+    png64 = base64.b64encode(PNG).decode()
+    assert load_image(PNG) == ("<bytes>", png64)
+    assert load_image(f"data:image/png;base64,{png64}") == ("<data-url>", png64)
     with pytest.raises(ValueError, match="remote URLs"):
         load_image("https://example.com/x.png")
     with pytest.raises(ValueError, match="cannot read"):
@@ -306,3 +307,22 @@ def test_repr_is_short():
     s = ProgramState(Recorder())
     s += "secret prompt text"
     assert "secret prompt text" not in repr(s)
+
+
+def test_image_content_decides_never_the_file_name(tmp_path):
+    # A text file named like an image was sent as image/png (the MIME type guessed from the name).
+    fake = tmp_path / "notes.png"
+    fake.write_text("just some notes, not a picture\n")
+    s = ProgramState(Recorder())
+    with s.user():
+        with pytest.raises(ValueError, match="notes.png.* is not an image"):
+            s.image(fake)
+        with pytest.raises(ValueError, match="bytes given is not an image"):
+            s.image(b"abc")
+        with pytest.raises(ValueError, match="payload is not an image"):
+            s.image("data:image/png;base64," + base64.b64encode(b"plain text").decode())
+    assert s.images_ == [] and "<image>" not in s.text_
+    for data, mime in [(PNG, "image/png"), (JPEG, "image/jpeg"), (b"GIF89a" + bytes(10), "image/gif"),
+                       (b"II*\x00" + bytes(10), "image/tiff"), (bytes(4) + b"ftypavif" + bytes(8), "image/avif")]:
+        assert load_image(data)[1] == base64.b64encode(data).decode()
+        assert image_mime_type(base64.b64encode(data).decode(), path="x.txt") == mime

@@ -26,6 +26,7 @@ from providers import (  # noqa: E402
 )
 from providers.vertexai import VertexAI  # noqa: E402
 
+from . import api_helpers  # noqa: E402
 from .api_helpers import (  # noqa: E402
     JPEG_HEAD,
     PNG_1X1,
@@ -254,8 +255,19 @@ def test_stream_retried_before_first_chunk_only(srv):
     assert srv.count == 4
 
 
-def test_timeout_not_retried(srv):
+def test_timeout_is_retried(srv):
+    # The one retry rule (errors.py): a timeout is retried, as the OpenAI/Anthropic SDKs do.
     backend = make(srv, timeout=0.3)
+    srv.reply("late but here")
+    srv.script(Stall(5))
+    s = chat_state(backend)
+    with s.assistant():
+        assert s.gen("a") == "late but here"
+    assert srv.count == 2
+
+
+def test_timeout_without_retries(srv):
+    backend = make(srv, timeout=0.3, retry_policy=RetryPolicy(max_retries=0))
     srv.script(Stall(5))
     s = chat_state(backend)
     t0 = time.monotonic()
@@ -269,6 +281,7 @@ def test_api_key_never_in_errors_reprs_or_logs(srv, caplog):
     wrong = "AIzaWRONGkey_abcdefghijklmnopqrstuvw"
     backend = VertexAI("gemini-2.5-flash", api_key=wrong, base_url=srv.url, retry_policy=FAST)
     err, log = failed_gen_with_sdk_logs(backend, caplog, BadRequestError)
+    api_helpers.assert_no_sdk_exception_reachable(err, wrong)  # the SDK's exception holds the key
     assert "API key not valid" in err.message
     for text in (str(err), repr(err), repr(backend), log):
         assert wrong not in text
