@@ -8,6 +8,9 @@
 #              provider SDKs and the report tools (lock/main.txt): everything but the Pallas kernels.
 # .venv-jax    Python 3.12 with jax 0.11.2 and no torch (lock/jax.txt): the Pallas (Mosaic GPU) kernels
 #              run there in their CPU interpret mode and their Mosaic lowering is traced.
+# .venv-sglang SGLang's frontend (sglang.lang, installed without its GPU serving stack: lock/sglang-nodeps.txt)
+#              beside what it imports and our providers' SDKs (lock/sglang.txt): tests/sglang_frontend runs
+#              real @sgl.function programs on our backends from the checkout (PYTHONPATH=.).
 #
 # `make test-latest` builds .venv-latest / .venv-jax-latest from the ranges alone (the newest versions
 # they admit, what `pip install kernelstack[all]` gives a user today) and runs the same suite there.
@@ -22,6 +25,7 @@ TORCH_FIND_LINKS ?= /opt/wheels
 TORCH_SPEC ?= torch==2.13.0+cpu
 VENV      := .venv
 JAX_VENV  := .venv-jax
+SGL_VENV  := .venv-sglang
 TOOLS     := .venv-tools
 UV        := $(TOOLS)/bin/uv
 # `make lock UPGRADE=1` re-resolves everything to the newest versions; plain `make lock` keeps the
@@ -30,18 +34,21 @@ UPGRADE   ?=
 LOCK_FLAGS = --generate-hashes --quiet --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
 SYNC_FLAGS = --require-hashes --find-links $(TORCH_FIND_LINKS)
 
-.PHONY: demo test test-torch test-jax test-latest lock gpu-test clean
+.PHONY: demo test test-torch test-jax test-sglang test-latest lock gpu-test clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python -m lora compare
 
-test: test-torch test-jax
+test: test-torch test-jax test-sglang
 
 test-torch: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest tests --ignore=tests/pallas
+	$(VENV)/bin/python -m pytest tests --ignore=tests/pallas --ignore=tests/sglang_frontend
 
 test-jax: $(JAX_VENV)/.installed
 	JAX_PLATFORMS=cpu $(JAX_VENV)/bin/python -m pytest tests/pallas
+
+test-sglang: $(SGL_VENV)/.installed
+	PYTHONPATH=. $(SGL_VENV)/bin/python -m pytest tests/sglang_frontend
 
 # On a CUDA machine that already has torch/triton/jax (the device tool): run from the source tree.
 gpu-test:
@@ -70,15 +77,25 @@ $(JAX_VENV)/.installed: lock/jax.txt $(UV)
 	  grep -E '^(jax|jaxlib|numpy) ' | sed 's/^/   locked: /'
 	touch $@
 
+$(SGL_VENV)/.installed: lock/sglang.txt lock/sglang-nodeps.txt $(UV)
+	test -x $(SGL_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(SGL_VENV)
+	@echo "== $(SGL_VENV): installing the locked versions of lock/sglang.txt + lock/sglang-nodeps.txt (no deps)"
+	$(UV) pip sync -q --python $(SGL_VENV)/bin/python --require-hashes lock/sglang.txt lock/sglang-nodeps.txt
+	@$(UV) pip list -q --python $(SGL_VENV)/bin/python 2>/dev/null | grep -E '^(sglang|openai|litellm) ' | sed 's/^/   locked: /'
+	touch $@
+
 # Regenerate the locks from lock/*.in and pyproject.toml (for the Python each venv runs).
 lock: $(UV)
 	$(UV) pip compile $(LOCK_FLAGS) --python-version 3.11 --find-links $(TORCH_FIND_LINKS) \
 	  lock/main.in pyproject.toml --extra all --extra test -o lock/main.txt
 	$(UV) pip compile $(LOCK_FLAGS) --python-version 3.12 lock/jax.in -o lock/jax.txt
+	$(UV) pip compile $(LOCK_FLAGS) --python-version 3.11 lock/sglang.in -o lock/sglang.txt
+	$(UV) pip compile $(LOCK_FLAGS) --python-version 3.11 --no-deps lock/sglang-nodeps.in -o lock/sglang-nodeps.txt
 	$(UV) pip compile $(LOCK_FLAGS) lock/tools.in -o lock/tools.txt
 
 # The suite against the newest versions the ranges admit (fresh venvs each time, no lock). Tests
 # marked `tracks_upstream` follow a named upstream change and are the only ones allowed to fail here.
+# (tests/sglang_frontend stays on its pinned sglang: newer releases import torch from `import sglang`.)
 test-latest: $(UV)
 	rm -rf .venv-latest .venv-jax-latest
 	$(UV) venv -q --python $(PYTHON) .venv-latest
@@ -89,8 +106,8 @@ test-latest: $(UV)
 	$(UV) pip install -q --python .venv-jax-latest/bin/python 'jax>=0.11.2' 'jaxlib>=0.11.2' \
 	  'numpy>=1.26' 'pytest>=8' 'pytest-timeout>=2.3'
 	@$(UV) pip list -q --python .venv-jax-latest/bin/python | grep -E '^(jax|jaxlib|numpy) ' | sed 's/^/   latest: /'
-	.venv-latest/bin/python -m pytest tests --ignore=tests/pallas
+	.venv-latest/bin/python -m pytest tests --ignore=tests/pallas --ignore=tests/sglang_frontend
 	JAX_PLATFORMS=cpu .venv-jax-latest/bin/python -m pytest tests/pallas
 
 clean:
-	rm -rf $(VENV) $(JAX_VENV) $(TOOLS) .venv-latest .venv-jax-latest *.egg-info
+	rm -rf $(VENV) $(JAX_VENV) $(SGL_VENV) $(TOOLS) .venv-latest .venv-jax-latest *.egg-info
