@@ -18,6 +18,7 @@ overrides that, so the validation in the public ops always runs first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -25,7 +26,20 @@ import torch
 from . import validation as V
 from .batch_info import LoRABatchInfo
 
-__all__ = ["BaseLoRABackend"]
+__all__ = ["BaseLoRABackend", "Reservation"]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Capacity of a backend's persistent metadata buffers, fixed by :meth:`BaseLoRABackend.reserve`."""
+
+    max_tokens: int
+    max_segments: int
+    device: torch.device | None
+
+
+def _versions(bi: LoRABatchInfo) -> tuple[int, ...]:
+    return tuple(t._version for t in (bi.seg_lens, bi.seg_indptr, bi.weight_indices, bi.lora_ranks, bi.scalings))
 
 
 class BaseLoRABackend:
@@ -37,7 +51,12 @@ class BaseLoRABackend:
     def __init__(self, name: str, batch_info: LoRABatchInfo | None = None):
         self.name = name
         self.batch_info: LoRABatchInfo | None = None
+        self.reservation: Reservation | None = None
         self._offset_tensors: dict[tuple, torch.Tensor] = {}
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._tokens_seen = 0  # most rows an op has been called with (sizes eager buffers)
+        self._prepared_tokens = 0  # rows the last prepare sized its buffers for
+        self._versions: tuple[int, ...] = ()
         if batch_info is not None:
             self.set_batch_info(batch_info)
 
@@ -49,10 +68,79 @@ class BaseLoRABackend:
         """Why this backend cannot run on this machine, or None when it can."""
         return None
 
+    # ---- per-batch metadata (minimal version of the documented API, for the pallas backend) -------
+
+    def reserve(self, max_tokens: int, max_segments: int, device=None) -> None:
+        """Size this backend's persistent metadata buffers once (CUDA graphs); afterwards they are
+        never reallocated and a larger batch raises ValueError before any launch."""
+        for arg, v in (("max_tokens", max_tokens), ("max_segments", max_segments)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{arg} must be an int, got {type(v).__name__}")
+            if v < 0:
+                raise ValueError(f"{arg} must be >= 0, got {v}")
+        self._buffers.clear()
+        self.reservation = Reservation(max_tokens, max_segments, None if device is None else torch.device(device))
+        if self.batch_info is not None:
+            self.set_batch_info(self.batch_info)
+
     def set_batch_info(self, batch_info: LoRABatchInfo) -> None:
+        """Type check, store, then ``self.prepare(batch_info)``."""
         if not isinstance(batch_info, LoRABatchInfo):
             raise TypeError(f"batch_info must be a LoRABatchInfo, got {type(batch_info).__name__}")
+        res = self.reservation
+        if res is not None and batch_info.bs > res.max_segments:
+            raise ValueError(
+                f"batch_info has {batch_info.bs} segments but backend {self.name!r} reserved "
+                f"max_segments={res.max_segments}: reserve() for the largest batch"
+            )
         self.batch_info = batch_info
+        self._prepare(batch_info)
+
+    def _prepare(self, batch_info: LoRABatchInfo) -> None:
+        self._prepared_tokens = self.capacity(batch_info)[0]
+        self._versions = _versions(batch_info)
+        self.prepare(batch_info)
+
+    def prepare(self, batch_info: LoRABatchInfo) -> None:
+        """Hook (base: no-op): derive what this backend's kernels need from ``batch_info``, once per
+        batch, on its device, with no host sync (and no allocation once :meth:`buffer` sized them)."""
+
+    def capacity(self, batch_info: LoRABatchInfo) -> tuple[int, int]:
+        """(tokens, segments) to size per-batch buffers for: the reservation, else this batch's
+        segments and the most rows an op has been called with."""
+        if self.reservation is not None:
+            return self.reservation.max_tokens, self.reservation.max_segments
+        return max(self._tokens_seen, min(batch_info.bs * max(batch_info.max_len, 1), 1 << 20)), batch_info.bs
+
+    def buffer(self, name: str, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """A persistent 1-D buffer of at least ``numel`` elements, kept across batches; grown only
+        while not reserved."""
+        device = torch.device(device)
+        buf = self._buffers.get(name)
+        if buf is not None and buf.numel() >= numel and buf.dtype == dtype and buf.device == device:
+            return buf
+        if buf is not None and self.reservation is not None:
+            raise ValueError(
+                f"backend {self.name!r}: metadata buffer {name!r} holds {buf.numel()} {buf.dtype} and is reserved; "
+                f"this batch needs {numel}. Call reserve(max_tokens, max_segments) for the largest batch"
+            )
+        buf = self._buffers[name] = torch.empty(max(numel, 1), dtype=dtype, device=device)
+        return buf
+
+    def _before_launch(self, x: torch.Tensor) -> None:
+        """Capacity checks of a validated call that will launch kernels (eager buffers grow here)."""
+        res = self.reservation
+        if res is not None and x.shape[0] > res.max_tokens:
+            raise ValueError(
+                f"x has {x.shape[0]} rows but backend {self.name!r} reserved max_tokens={res.max_tokens}: "
+                "reserve() for the largest batch"
+            )
+        capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if x.shape[0] > self._prepared_tokens:
+            self._tokens_seen = max(self._tokens_seen, x.shape[0])
+            self._prepare(self.batch_info)
+        elif not capturing and _versions(self.batch_info) != self._versions:
+            self._prepare(self.batch_info)  # written in place since the last prepare (eager caller)
 
     # ---- the two primitives a backend implements -------------------------------------------------
 
@@ -78,6 +166,7 @@ class BaseLoRABackend:
         (the adapter packed as ``[A_1; ...; A_stack]``, r rows each); later columns are 0.
         """
         self._check_shrink(x, "weights", weights, stack_num)
+        self._before_launch(x)
         return self.shrink(x, weights, stack_num)
 
     def run_lora_b_sgemm(
@@ -95,6 +184,7 @@ class BaseLoRABackend:
             raise ValueError(f"x has {x.shape[1]} columns but weights (num_lora, N, max_r) has max_r={max_r}")
         V.check_batch_info(self.batch_info, x, weights.shape[0], max_r)
         out = self._output("base_output", base_output, x, n)
+        self._before_launch(x)
         return self.expand(x, weights, self._offsets((0, n), x.device), n, out)
 
     def run_qkv_lora(
@@ -116,6 +206,7 @@ class BaseLoRABackend:
         n = qkv_lora_b.shape[1]
         V.check_offsets(output_offset, n, 3, max_qkv_out_dim, x)
         out = self._output("base_output", base_output, x, n)
+        self._before_launch(x)
         return self.shrink_expand(x, qkv_lora_a, qkv_lora_b, output_offset, max_qkv_out_dim, out, 3)
 
     def run_gate_up_lora(
@@ -136,6 +227,7 @@ class BaseLoRABackend:
             raise ValueError(f"gate_up_lora_b has {two_n} output rows; gate and up need an even number (2*n)")
         out = self._output("base_output", base_output, x, two_n)
         offsets = self._offsets((0, two_n // 2, two_n), x.device)
+        self._before_launch(x)
         return self.shrink_expand(x, gate_up_lora_a, gate_up_lora_b, offsets, two_n // 2, out, 2)
 
     def shrink_expand(self, x, a, b, output_offset, max_slice_width, base_output, stack_num):
