@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-_API = ("Batch", "make_batch", "pad_segments", "build_meta", "shrink", "expand", "qkv_lora", "gate_up_lora")
+_API = ("Batch", "Tuning", "make_batch", "pad_segments", "build_meta", "shrink", "expand", "qkv_lora", "gate_up_lora")
 
 __all__ = list(_API)
 

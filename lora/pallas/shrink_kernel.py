@@ -9,15 +9,24 @@
 Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
 
 * **block** (prefill, mixed): one CTA per 64-row block. It runs one pipelined K loop (TMA ->
-  wgmma, ``cfg.stages`` deep) per adapter present in the block's box and merges the results with
-  the per-row slot mask, then stores the block with one TMA box. Each row of x is read once per
-  adapter of its block (once, except at segment boundaries).
+  wgmma, ``cfg.stages`` deep) per adapter present in the block's rows and merges the results with
+  the per-row slot mask, then stores the block's own rows (row-exact TMA stores: the clamped box
+  of a partial last block overlaps the block before, whose rows it leaves alone). Each row of x is
+  read once per adapter of its block (once, except at segment boundaries).
 * **split** (decode-sized batches, <= 4 blocks): CTA (block, adapter index, K split, column chunk).
   Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
-  blocks to fill the GPU, so the K loop is split across CTAs and the float32 partial tiles are
-  added into a zeroed output with TMA reduce-add (row-masked to the block's own rows, so the
-  overlapping box of the last block is not counted twice). In CPU interpret mode, which has no TMA
-  reduction, each CTA writes its own partial tile and :func:`finish_split_partials` adds them.
+  blocks to fill the GPU, so the K loop is split across CTAs. Each CTA adds its float32 tile,
+  masked to its adapter's rows of its block, into slice ``ks`` of a zeroed (ksplit, Bpad, NA)
+  workspace with a TMA reduce-add; the caller then sums the slices in a fixed order
+  (:func:`sum_split`). Every element of a slice receives one nonzero term (its row's adapter) and
+  exact zeros, so the result is bitwise the same run to run, whatever order the CTAs finish in;
+  adding the K-split partials themselves with reduce-adds in one buffer is not (float addition is
+  not associative: a one-ulp difference in a few percent of runs). In CPU interpret mode, which
+  has no TMA reduction, each CTA writes its own partial tile and :func:`finish_split_partials`
+  adds them.
+
+Arguments: ``meta`` (the batch's metadata, :mod:`lora.pallas.tiling`), ``nrows`` ((1,) int32: the
+real row count s), ``ranks``, x (and its tail view), A.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from . import common as C
 from .tiling import BM, MetaLayout, ShrinkConfig
 
-__all__ = ["shrink_block", "shrink_split", "finish_split_partials", "column_chunk"]
+__all__ = ["shrink_block", "shrink_split", "finish_split_partials", "sum_split", "column_chunk"]
 
 
 def column_chunk(na: int) -> int:
@@ -41,9 +50,9 @@ def column_chunk(na: int) -> int:
     return na if na <= 256 else 128
 
 
-def _box(meta_ref, b, cfg: ShrinkConfig):
+def _box(nrows_ref, b, cfg: ShrinkConfig):
     """(s, row_lo, rx, is_tail): the block's first row and the first row of its box."""
-    s = meta_ref[0]
+    s = nrows_ref[0]
     row_lo = b * BM
     rx, is_tail = C.box_start(s, row_lo, cfg.tail)
     return s, row_lo, rx, is_tail
@@ -89,15 +98,14 @@ def _keep(rs_smem, w, ncols, c, cw):
     return (lax.broadcast_in_dim(rs, (BM, cw), [0]) == w) & (cols < ncols)
 
 
-def shrink_block(meta, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
-    """Block variant: returns the float32 (Bpad, NA) shrink output."""
+def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
+    """Block variant: returns the float32 (Bpad, na_out) shrink output (rows >= s not written)."""
     C.TRACE_COUNT["shrink"] += 1
-    lay = MetaLayout(cfg.bpad, cfg.num_lora)
+    lay = MetaLayout(cfg.num_lora)
     cw = column_chunk(cfg.na)
     nc = -(-cfg.na // cw)
-    L = cfg.num_lora
 
-    def body(meta_ref, ranks_ref, x_ref, *rest):
+    def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         if cfg.tail:
             x_tail_ref, a_ref, o_ref, rs_smem, o_smem, bar = rest
         else:
@@ -105,17 +113,17 @@ def shrink_block(meta, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
             a_ref, o_ref, rs_smem, o_smem, bar = rest
         b = lax.axis_index("b")
         c = lax.axis_index("c")
-        s, row_lo, rx, is_tail = _box(meta_ref, b, cfg)
+        s, row_lo, rx, is_tail = _box(nrows_ref, b, cfg)
 
         @pl.when(row_lo < s)
         def _():
-            count = meta_ref[lay.count + b]
-            C.load_row_slots(meta_ref, lay, b, is_tail, rs_smem, bar.at[0])
+            count = C.block_count(meta_ref, lay, b)
+            C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
             o_smem[...] = C.wgmma_zeros(BM, cw)
 
             @pl.loop(0, count)
             def _(i):
-                w = meta_ref[lay.slots + b * L + i]
+                w = C.block_slot(meta_ref, lay, b, i)
 
                 def merge(acc):
                     keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
@@ -124,10 +132,21 @@ def shrink_block(meta, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                 _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, 0, cfg.nk, merge)
 
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
+            nrows_b = jnp.minimum(row_lo + BM, s) - row_lo
+            sm_off = row_lo - rx
+
+            def store(off, size, k):  # the block's own rows only (row-exact)
+                plgpu.copy_smem_to_gmem(
+                    o_smem.at[pl.ds(sm_off + off, size)],
+                    o_ref.at[pl.ds(row_lo + off, size), pl.ds(c * cw, cw)],
+                    commit_group=False,
+                )
+
+            C.ladder(nrows_b, store)
+            plgpu.commit_smem_to_gmem_group()
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    args = [meta, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
+    args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
     return C.mgpu_call(
         body,
         args,
@@ -138,20 +157,21 @@ def shrink_block(meta, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     )
 
 
-def shrink_split(meta, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
-    """Split variant. On the GPU adds into ``ws`` (zeroed (Bpad, na_out) f32, returned, in place).
+def shrink_split(meta, nrows, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
+    """Split variant. On the GPU adds into ``ws`` (zeroed (ksplit, Bpad, na_out) f32, returned, in
+    place); :func:`sum_split` adds its slices.
 
     In interpret mode (``cfg.interpret``) ``ws`` is ignored and per-CTA partial tiles
     (nb, L*ksplit, 64, NA) are returned instead; :func:`finish_split_partials` adds them up.
     """
     C.TRACE_COUNT["shrink"] += 1
-    lay = MetaLayout(cfg.bpad, cfg.num_lora)
+    lay = MetaLayout(cfg.num_lora)
     cw = column_chunk(cfg.na)
     nc = -(-cfg.na // cw)
     L, KS = cfg.num_lora, cfg.ksplit
     nk_split = cfg.nk // KS
 
-    def body(meta_ref, ranks_ref, x_ref, *rest):
+    def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         if cfg.tail:
             x_tail_ref, a_ref, ws_in, o_ref, rs_smem, o_smem, bar = rest
         else:
@@ -162,13 +182,13 @@ def shrink_split(meta, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
         i = lax.axis_index("i")
         ks = lax.axis_index("ks")
         c = lax.axis_index("c")
-        s, row_lo, rx, is_tail = _box(meta_ref, b, cfg)
-        count = meta_ref[lay.count + b]
+        s, row_lo, rx, is_tail = _box(nrows_ref, b, cfg)
+        count = C.block_count(meta_ref, lay, b)
         active = (row_lo < s) & (i < count)
 
         def tile_into_smem():
-            w = meta_ref[lay.slots + b * L + i]
-            C.load_row_slots(meta_ref, lay, b, is_tail, rs_smem, bar.at[0])
+            w = C.block_slot(meta_ref, lay, b, i)
+            C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
 
             def merge(acc):
                 keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
@@ -184,7 +204,7 @@ def shrink_split(meta, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
                 tile_into_smem()
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(
-                    o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)], reduction_op="add"
+                    o_smem, o_ref.at[ks, pl.ds(rx, BM), pl.ds(c * cw, cw)], reduction_op="add"
                 )
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -200,7 +220,7 @@ def shrink_split(meta, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
             plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, part, :, pl.ds(c * cw, cw)])
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    args = [meta, ranks, x] + ([x_tail] if cfg.tail else []) + [a, ws]
+    args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a, ws]
     scratch = [plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)]
     grid = (cfg.nb, L, KS, nc)
     names = ("b", "i", "ks", "c")
@@ -216,7 +236,7 @@ def shrink_split(meta, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
     return C.mgpu_call(
         body,
         args,
-        out_type=jax.ShapeDtypeStruct((cfg.bpad, cfg.na_out), jnp.float32),
+        out_type=jax.ShapeDtypeStruct((KS, cfg.bpad, cfg.na_out), jnp.float32),
         grid=grid,
         grid_names=names,
         scratch=scratch,
@@ -236,3 +256,12 @@ def finish_split_partials(parts, s, *, bpad: int, tail: bool, na_out: int):
     out = jnp.zeros((bpad + BM, parts.shape[-1]), jnp.float32)
     out = out.at[rows].add(tiles.reshape(-1, parts.shape[-1]))
     return jnp.pad(out[:bpad], ((0, 0), (0, na_out - parts.shape[-1])))
+
+
+def sum_split(ws):
+    """(ksplit, Bpad, na_out) -> (Bpad, na_out): the slices added in index order (a fixed order,
+    so the result does not depend on how the reduction is scheduled)."""
+    out = ws[0]
+    for k in range(1, ws.shape[0]):
+        out = out + ws[k]
+    return out
