@@ -150,11 +150,19 @@ CHECKS = [check_contract, check_deterministic, check_max_r_zero, check_graphs, c
 
 CASES = ["llama3-8b-r16-prefill-8k", "llama3-8b-r16-decode-64"]
 OPS = ["shrink1", "shrink3", "expand", "qkv", "gate_up"]
+#: Kernel configurations tried besides the plan's defaults (lowered on the CPU by tests/pallas), timed
+#: on shrink3 and qkv of both cases when time is left: data for the heuristic.
+from lora.pallas.tiling import TUNING_TRIALS as TUNINGS  # noqa: E402
 
 
-def time_op(backend_name, case, op, comp, bi, copy_gbps, budget):
+def time_op(backend_name, case, op, comp, bi, copy_gbps, budget, tuning=None):
     dtype = torch.bfloat16
-    be = lora.get_backend_from_name(backend_name)(backend_name, bi)
+    if tuning is None:
+        be = lora.get_backend_from_name(backend_name)(backend_name, bi)
+    else:
+        from lora.pallas.tiling import Tuning
+
+        be = lora.get_backend_from_name(backend_name)(backend_name, bi, tuning=Tuning(**TUNINGS[tuning]))
     seed = CS.case_seed(0, case.name, op.name)
     one = IN.make_inputs(op, comp, dtype, DEV, seed)
     nsets = min(TM.rotation_sets(IN.set_bytes(one), DEV), 8)
@@ -164,7 +172,8 @@ def time_op(backend_name, case, op, comp, bi, copy_gbps, budget):
     out = IN.call_op(be, op, one)
     chk = IN.check(out, ref, "bfloat16", expect_dtype=dtype, base=base0 if op.kind != "shrink" else None)
     fns = [lambda t=t: IN.call_op(be, op, t) for t in sets]
-    row = {"case": case.name, "backend": backend_name, "op": op.name, "ok": chk.ok, "rel_error": chk.rel_error}
+    row = {"case": case.name, "backend": backend_name, "op": op.name, "ok": chk.ok, "rel_error": chk.rel_error,
+           "tuning": tuning}
     nbytes = CS.min_bytes(op, comp, itemsize=2)
     if case.decode:
         m, _ = TM.time_cuda_graph(fns, DEV, budget, batched=False)
@@ -183,7 +192,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out_dir = os.environ.get("OUT", "./.out")
     os.makedirs(out_dir, exist_ok=True)
-    doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "checks": [], "timings": []}
+    doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "checks": [], "timings": [], "tunings": []}
     status = {s.name: s for s in lora.available_backends()}
     doc["pallas_available"] = status["pallas"].available
     doc["pallas_reason"] = status["pallas"].reason
@@ -234,6 +243,24 @@ def main(argv=None) -> int:
                     doc["timings"].append(row)
                     save()
                     torch.cuda.empty_cache()
+        for case in CS.select_cases(CASES):
+            comp = case.composition(0)
+            bi = lora.LoRABatchInfo.from_segments(comp.seg_lens, comp.weight_indices, comp.lora_ranks, comp.scalings,
+                                                  device=DEV)
+            for name in ("shrink3", "qkv"):
+                op = CS.OPS[name].resolve(case.shape)
+                for tuning in TUNINGS:
+                    if tuning in ("ks8", "noSplit") and not case.decode or tuning == "bk128" and case.decode:
+                        continue
+                    if elapsed() > args.budget_s:
+                        continue
+                    try:
+                        row = time_op("pallas", case, op, comp, bi, copy["gbps"], budget, tuning=tuning)
+                    except Exception as exc:  # noqa: BLE001
+                        row = {"case": case.name, "backend": "pallas", "op": name, "tuning": tuning, "ok": False,
+                               "error": f"{type(exc).__name__}: {exc}"[:600]}
+                    doc["tunings"].append(row)
+                    save()
         print(f"\ncopy bandwidth {copy['gbps']:.0f} GB/s")
         print(f"{'case':28s} {'op':8s} {'triton us':>10s} {'%copy':>6s} {'pallas us':>10s} {'%copy':>6s} {'ratio':>6s}  ok")
         by = {(r["case"], r["op"], r["backend"]): r for r in doc["timings"]}
@@ -245,6 +272,9 @@ def main(argv=None) -> int:
                 print(f"{case:28s} {name:8s} {tu or float('nan'):10.1f} {t.get('pct_copy', float('nan')):6.1f} "
                       f"{pu or float('nan'):10.1f} {pl_.get('pct_copy', float('nan')):6.1f} {ratio}  "
                       f"{'Y' if t.get('ok') else 'N'}{'Y' if pl_.get('ok') else 'N'} {pl_.get('error', '')[:60]}")
+        for r in doc["tunings"]:
+            print(f"tuning {r.get('tuning'):8s} {r['case']:28s} {r['op']:8s} {r.get('us', float('nan')):10.1f} us "
+                  f"{r.get('pct_copy', float('nan')):6.1f}% {'Y' if r.get('ok') else 'N'} {r.get('error', '')[:60]}")
     try:
         from lora.pallas import interop
 

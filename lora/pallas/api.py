@@ -83,7 +83,7 @@ def _bpad(num_tokens: int) -> int:
 def build_meta(seg_indptr, weight_indices, lora_ranks, *, bpad: int):
     """The int32 metadata (layout in :mod:`lora.pallas.tiling`) of ``bpad // 64`` row groups."""
     return M.build(XP, jnp.asarray(seg_indptr, jnp.int32), jnp.asarray(weight_indices, jnp.int32),
-                      jnp.asarray(lora_ranks, jnp.int32), bs=int(weight_indices.shape[0]),
+                   jnp.asarray(lora_ranks, jnp.int32), bs=int(weight_indices.shape[0]),
                    num_lora=int(lora_ranks.shape[0]), groups=bpad // BM)
 
 

@@ -271,7 +271,7 @@ class PallasLoRABackend(BaseLoRABackend):
         num_lora = batch_info.num_lora
         dev = batch_info.device
         meta = M.build(self._executor(dev), batch_info.seg_indptr, batch_info.weight_indices,
-                                 batch_info.lora_ranks, bs=batch_info.bs, num_lora=num_lora, groups=groups)
+                       batch_info.lora_ranks, bs=batch_info.bs, num_lora=num_lora, groups=groups)
         mbuf = self.buffer("pallas.meta", meta.numel(), torch.int32, dev)
         mbuf[: meta.numel()].copy_(meta)
         self._meta, self._groups = mbuf, groups

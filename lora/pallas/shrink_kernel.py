@@ -10,9 +10,11 @@ Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
 
 * **block** (prefill, mixed): one CTA per 64-row block. It runs one pipelined K loop (TMA ->
   wgmma, ``cfg.stages`` deep) per adapter present in the block's rows and merges the results with
-  the per-row slot mask, then stores the block's own rows (row-exact TMA stores: the clamped box
-  of a partial last block overlaps the block before, whose rows it leaves alone). Each row of x is
-  read once per adapter of its block (once, except at segment boundaries).
+  the per-row slot mask, then stores its box with one TMA copy. The clamped box of a partial last
+  block overlaps the block before: that block also runs the adapters of the block before (an
+  adapter of both runs twice; the merge is idempotent), so the overlapping rows get the values the
+  block before writes. Each row of x is read once per adapter of its block (once, except at
+  segment boundaries).
 * **split** (decode-sized batches, <= 4 blocks): CTA (block, adapter index, K split, column chunk).
   Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
   blocks to fill the GPU, so the K loop is split across CTAs. Each CTA adds its float32 tile,
@@ -99,7 +101,7 @@ def _keep(rs_smem, w, ncols, c, cw):
 
 
 def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
-    """Block variant: returns the float32 (Bpad, na_out) shrink output (rows >= s not written)."""
+    """Block variant: returns the float32 (Bpad, na_out) shrink output (rows >= s unspecified)."""
     C.TRACE_COUNT["shrink"] += 1
     lay = MetaLayout(cfg.num_lora)
     cw = column_chunk(cfg.na)
@@ -118,12 +120,17 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         @pl.when(row_lo < s)
         def _():
             count = C.block_count(meta_ref, lay, b)
+            prev = jnp.maximum(b - 1, 0)
+            n_prev = 0 if is_tail is None else jnp.where(is_tail & (b > 0), C.block_count(meta_ref, lay, prev), 0)
             C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
             o_smem[...] = C.wgmma_zeros(BM, cw)
 
-            @pl.loop(0, count)
+            @pl.loop(0, count + n_prev)
             def _(i):
-                w = C.block_slot(meta_ref, lay, b, i)
+                # this block's adapters, then (clamped box) those of the block before
+                own = C.block_slot(meta_ref, lay, b, jnp.minimum(i, count - 1))
+                before = C.block_slot(meta_ref, lay, prev, jnp.maximum(i - count, 0))
+                w = jnp.where(i < count, own, before)
 
                 def merge(acc):
                     keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
@@ -132,18 +139,7 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                 _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, 0, cfg.nk, merge)
 
             plgpu.commit_smem()
-            nrows_b = jnp.minimum(row_lo + BM, s) - row_lo
-            sm_off = row_lo - rx
-
-            def store(off, size, k):  # the block's own rows only (row-exact)
-                plgpu.copy_smem_to_gmem(
-                    o_smem.at[pl.ds(sm_off + off, size)],
-                    o_ref.at[pl.ds(row_lo + off, size), pl.ds(c * cw, cw)],
-                    commit_group=False,
-                )
-
-            C.ladder(nrows_b, store)
-            plgpu.commit_smem_to_gmem_group()
+            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]

@@ -249,6 +249,16 @@ class Tuning:
 
 DEFAULT_TUNING = Tuning()
 
+#: Tuning variants ``benchmarks/pallas_gpu_check.py`` times against the defaults (the CPU tests lower
+#: their kernels): keyword arguments of :class:`Tuning` by name.
+TUNING_TRIALS = {
+    "bk128": dict(shrink_block_k=128),
+    "st2": dict(shrink_stages=2),
+    "bn256": dict(expand_block_n=256, expand_stages=1),
+    "ks8": dict(shrink_ksplit=8),
+    "noSplit": dict(split_max_blocks=0),
+}
+
 
 def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, interpret=False, tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
     nb = bpad // BM

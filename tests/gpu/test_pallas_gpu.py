@@ -66,9 +66,8 @@ def test_float32_and_odd_shapes(rng):
 
 
 def test_zero_copy_in_place(rng):
-    # Ranks a multiple of 8 (all real ones): an odd rank takes the documented repack of the
-    # intermediate (a gather), which allocates more.
-    comp = mixed(rng, tokens=4096, segs=8, odd_rank=False)
+    # An odd rank allocates nothing more (the expand shifts slices in shared memory, no repack).
+    comp = mixed(rng, tokens=4096, segs=8, odd_rank=True)
     be = pallas(batch_info(comp, DEV))
     dt = torch.bfloat16
     x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
@@ -86,10 +85,11 @@ def test_zero_copy_in_place(rng):
     extra = torch.cuda.max_memory_allocated() - before
     assert out.data_ptr() == base.data_ptr()
     assert (x.data_ptr(), a.data_ptr(), b.data_ptr(), base.data_ptr()) == ptrs
-    # Only the float32 shrink output (token bucket x 3r) may be allocated: no copy of x, weights or base.
+    # Only the float32 shrink output (token bucket x (3r + 16)) may be allocated: no copy of x,
+    # weights or base, no metadata (derived once per batch, in set_batch_info).
     from lora.pallas.tiling import padded_tokens
 
-    assert extra <= padded_tokens(comp.tokens) * 3 * comp.max_r * 4 + (1 << 20), f"{extra} bytes allocated"
+    assert extra <= padded_tokens(comp.tokens) * (3 * comp.max_r + 32) * 4 + (1 << 20), f"{extra} bytes allocated"
     assert extra < x.numel() * x.element_size() // 4
 
 

@@ -90,6 +90,10 @@ def model_row_slots(lens, slots, ranks, n):
 # ---- a torch model of the kernels ----------------------------------------------------------------------
 
 
+def cfg_is_block_shrink(cfg) -> bool:
+    return hasattr(cfg, "split") and not cfg.split
+
+
 class KernelModel:
     """What the Mosaic kernels compute, in torch, from the same arguments (checked on the GPU against
     the kernels themselves). Rows >= s of the block variant's output are left as NaN (garbage)."""
@@ -112,6 +116,9 @@ class KernelModel:
             rx = max(s - T.BM, 0) if tail else row_lo
             count = int(meta[b * lay.record])
             slots = [int(v) for v in meta[b * lay.record + 1 : b * lay.record + 1 + count]]
+            if tail and b > 0 and cfg_is_block_shrink(cfg):  # the block shrink also runs the block before's
+                prev = (b - 1) * lay.record
+                slots += [int(v) for v in meta[prev + 1 : prev + 1 + int(meta[prev])]]
             off = lay.box_offset(rx)
             rs = meta[off : off + T.BM].long()
             yield row_lo, rx, tail, slots, rs
@@ -133,11 +140,11 @@ class KernelModel:
             for w in slots:
                 keep = (rs[:, None] == w) & (cols[None, :] < cfg.stack * int(ranks[w]))
                 tile = torch.where(keep, xb @ a[w].double().T, tile)
-            own = slice(row_lo - rx, min(row_lo + T.BM, s) - rx)
-            if cfg.split:
+            if cfg.split:  # rows of the block before are masked (zero) in the reduce-add
+                own = slice(row_lo - rx, min(row_lo + T.BM, s) - rx)
                 out[row_lo : min(row_lo + T.BM, s), : cfg.na] += tile[own].float()
-            else:
-                out[row_lo : min(row_lo + T.BM, s), : cfg.na] = tile[own].float()
+            else:  # the whole box (rows of the block before: the same values it writes)
+                out[rx : rx + T.BM, : cfg.na] = tile.float()
 
     def _expand(self, cfg, inputs, outputs):
         meta, nrows, ranks, scal, offs, x, *rest = inputs
@@ -297,3 +304,22 @@ def test_tuned_backend_runs_the_override(rng, model):
     check, _ = run_op(be, "qkv", comp, rng, "float16", "cpu", k=64, n=64, kv=32)
     assert check.ok, check.detail
     assert all(not cfg.split for k, cfg in model.launches if k == "shrink")
+
+
+def test_a_call_plans_nothing_twice(rng, model, monkeypatch):
+    """The plan is memoised per shape: a second fused call computes no kernel configuration (the
+    expand's used to be computed three times per call)."""
+    comp = C.decode_composition(rng, 64, 8, 16)
+    be = backend(batch_info(comp, "cpu"))
+    x = torch.randn(comp.tokens, 64, dtype=torch.float16)
+    a = torch.randn(8, 48, 64, dtype=torch.float16)
+    b = torch.randn(8, 192, 16, dtype=torch.float16)
+    off = torch.tensor([0, 64, 128, 192], dtype=torch.int32)
+    be.run_qkv_lora(x, a, b, off, 64)
+    calls = []
+    for name in ("expand_config", "shrink_config"):
+        real = getattr(P, name)
+        monkeypatch.setattr(P, name, lambda *args, _r=real, _n=name, **kw: calls.append(_n) or _r(*args, **kw))
+    be.run_qkv_lora(x, a, b, off, 64)
+    assert calls == []
+    assert len(model.launches) == 4  # shrink + expand, twice

@@ -160,6 +160,16 @@ def plan_configs():
                                            internal=internal, tail=tail)
                         for cfg in ep.cfgs:
                             seen.setdefault(("expand", cfg), None)
+    # the Tuning variants benchmarks/pallas_gpu_check.py times (torch path, bf16, r16)
+    for kw in T.TUNING_TRIALS.values():
+        t = T.Tuning(**kw)
+        for tokens in (64, 8192):
+            if "shrink_ksplit" in kw and tokens > 256:
+                continue
+            seen.setdefault(("shrink", P.plan_shrink(tokens, 4096, 16, 3, L, "bfloat16", tail=True, tuning=t).cfg), None)
+            for cfg in P.plan_expand(tokens, 6144, 16, 3, L, "float32", "bfloat16", "bfloat16", internal=True, tail=True,
+                                     tuning=t).cfgs:
+                seen.setdefault(("expand", cfg), None)
     # odd widths (padded copies): K=200, N=72, rank 7
     sp = P.plan_shrink(64, 200, 7, 2, 3, "bfloat16", tail=True)
     seen.setdefault(("shrink", sp.cfg), None)
