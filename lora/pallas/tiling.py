@@ -253,6 +253,8 @@ DEFAULT_TUNING = Tuning()
 #: their kernels): keyword arguments of :class:`Tuning` by name.
 TUNING_TRIALS = {
     "bk128": dict(shrink_block_k=128),
+    "bk128s6": dict(shrink_block_k=128, shrink_stages=6),
+    "split2": dict(split_max_blocks=1 << 14, shrink_ksplit=2),
     "st2": dict(shrink_stages=2),
     "bn256": dict(expand_block_n=256, expand_stages=1),
     "ks8": dict(shrink_ksplit=8),
