@@ -247,13 +247,13 @@ def main(argv=None) -> int:
             comp = case.composition(0)
             bi = lora.LoRABatchInfo.from_segments(comp.seg_lens, comp.weight_indices, comp.lora_ranks, comp.scalings,
                                                   device=DEV)
-            for name in ("shrink3", "qkv"):
-                op = CS.OPS[name].resolve(case.shape)
-                for tuning in TUNINGS:
-                    if case.decode and tuning in ("bk128", "bk128s6", "split2"):
-                        continue
-                    if not case.decode and tuning in ("ks8", "noSplit"):
-                        continue
+            for tuning in TUNINGS:
+                if case.decode and tuning in ("bk128", "bk128s6", "split2"):
+                    continue
+                if not case.decode and tuning in ("ks8", "noSplit"):
+                    continue
+                for name in ("expand", "qkv", "gate_up") if tuning in ("bn256", "reduceAdd") else ("shrink3", "qkv"):
+                    op = CS.OPS[name].resolve(case.shape)
                     if elapsed() > args.budget_s:
                         continue
                     try:

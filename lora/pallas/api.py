@@ -231,6 +231,8 @@ def _tuning(tuning) -> Tuning:
         return DEFAULT_TUNING
     if not isinstance(tuning, Tuning):
         raise TypeError(f"tuning must be a lora.pallas.tiling.Tuning, got {type(tuning).__name__}")
+    if tuning.expand_reduce_add and interpret_mode_active():
+        raise ValueError("Tuning.expand_reduce_add needs the GPU: interpret mode has no TMA reductions")
     return tuning
 
 

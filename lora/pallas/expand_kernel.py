@@ -75,10 +75,16 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
                     bars.at[1 + k],
                 )
 
-            C.ladder(nrows_b, load_base)
-
             def wait_base(off, size, k):
                 plgpu.barrier_wait(bars.at[1 + k])
+
+            if cfg.reduce_add:
+                # The tile holds the update only (each element is written by one slot and one
+                # slice, the rest stay 0) and is added to base by the TMA engine at the end.
+                base_smem[...] = C.wgmma_zeros(BM, BN, base_smem.dtype)
+            else:
+                C.ladder(nrows_b, load_base)
+
             C.load_box_slots(meta_ref, lay, rx, rs_smem, bars.at[0])
             offs = [offs_ref[j] for j in range(stack + 1)]
             aligned = offs[0] == 0
@@ -162,9 +168,11 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
                     r = ranks_ref[w]
                     scale = scal_ref[w]
 
-                    @pl.when(i == 0)
-                    def _():  # the base rows were loaded while the pipeline's first tiles came in
-                        C.ladder(nrows_b, wait_base)
+                    if not cfg.reduce_add:
+
+                        @pl.when(i == 0)
+                        def _():  # the base rows were loaded while the pipeline's first tiles came in
+                            C.ladder(nrows_b, wait_base)
 
                     mask_b(bs, r)
                     for jj, xs in enumerate(xss):
@@ -207,6 +215,7 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
                     base_smem.at[pl.ds(sm_off + off, size)],
                     base_ref.at[pl.ds(row_lo + off, size), pl.ds(n0, BN)],
                     commit_group=False,
+                    reduction_op="add" if cfg.reduce_add else None,
                 )
 
             C.ladder(nrows_b, store_base)

@@ -183,6 +183,7 @@ class ExpandConfig:
     stages: int
     tail: bool
     x_shift: bool = False  # slices start at any column j*r: windows are kw wide and shifted in SMEM
+    reduce_add: bool = False  # base += the update tile by TMA reduce-add (no base load; rounds twice)
 
     @property
     def nb(self) -> int:
@@ -229,10 +230,18 @@ class Tuning:
     shrink_ksplit: int | None = None  # split-K factor of the split variant
     expand_block_n: int | None = None  # 64, 128 or 256
     expand_stages: int | None = None  # 1..4
+    #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
+    #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
+    #: base dtype before the add (two roundings instead of one).
+    expand_reduce_add: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.expand_reduce_add, bool):
+            raise ValueError(f"Tuning.expand_reduce_add={self.expand_reduce_add!r} must be a bool")
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "expand_reduce_add":
+                continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"Tuning.{f.name}={v!r} must be a non-negative int or None")
         if self.shrink_block_k not in (None, 64, 128):
@@ -251,14 +260,15 @@ DEFAULT_TUNING = Tuning()
 
 #: Tuning variants ``benchmarks/pallas_gpu_check.py`` times against the defaults (the CPU tests lower
 #: their kernels): keyword arguments of :class:`Tuning` by name.
-TUNING_TRIALS = {
+TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's later work
     "bk128": dict(shrink_block_k=128),
     "bk128s6": dict(shrink_block_k=128, shrink_stages=6),
-    "split2": dict(split_max_blocks=1 << 14, shrink_ksplit=2),
     "st2": dict(shrink_stages=2),
     "bn256": dict(expand_block_n=256, expand_stages=1),
     "ks8": dict(shrink_ksplit=8),
     "noSplit": dict(split_max_blocks=0),
+    "split2": dict(split_max_blocks=1 << 14, shrink_ksplit=2),
+    "reduceAdd": dict(expand_reduce_add=True),
 }
 
 
@@ -335,7 +345,8 @@ def expand_config(
                 f"with two (gate-up), 256 with one"
             )
     return ExpandConfig(
-        bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift
+        bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
+        tuning.expand_reduce_add,
     )
 
 

@@ -171,6 +171,9 @@ def plan_configs():
             for cfg in P.plan_expand(tokens, 6144, 16, 3, L, "float32", "bfloat16", "bfloat16", internal=True, tail=True,
                                      tuning=t).cfgs:
                 seen.setdefault(("expand", cfg), None)
+            for cfg in P.plan_expand(tokens, 4096, 16, 1, L, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True,
+                                     tuning=t).cfgs:
+                seen.setdefault(("expand", cfg), None)
     # odd widths (padded copies): K=200, N=72, rank 7
     sp = P.plan_shrink(64, 200, 7, 2, 3, "bfloat16", tail=True)
     seen.setdefault(("shrink", sp.cfg), None)
@@ -291,3 +294,15 @@ def test_lora_pallas_imports_without_jax_or_torch():
             "assert 'jax' not in sys.modules and 'torch' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_reduce_add_expand_is_gpu_only(rng, interpret):
+    """Tuning.expand_reduce_add (TMA reduce-add into base) cannot run in interpret mode: it says so
+    before any launch (its kernels are lowered above; the GPU check times and checks it)."""
+    comp = C.decode_composition(rng, 8, 2, 16)
+    x = jnp.zeros((8, 16), jnp.bfloat16)
+    b = jnp.zeros((2, 64, 16), jnp.bfloat16)
+    with pytest.raises(ValueError, match="interpret mode"):
+        lp.expand(x, b, batch_of(comp), tuning=T.Tuning(expand_reduce_add=True))
+    with pytest.raises(ValueError, match="bool"):
+        T.Tuning(expand_reduce_add=1)
