@@ -170,10 +170,6 @@ class _JaxExecutor:
         return a + b
 
     @staticmethod
-    def zeros(shape):
-        return jnp.zeros(shape, jnp.float32)
-
-    @staticmethod
     def aligned(a):
         return a
 
@@ -186,16 +182,19 @@ class _JaxExecutor:
         return S.shrink_block(batch.meta, batch.nrows, batch.lora_ranks, x, x_tail, a, cfg=cfg)
 
     @staticmethod
-    def shrink_split(cfg, batch, x, x_tail, a, ws):
-        return S.shrink_split(batch.meta, batch.nrows, batch.lora_ranks, x, x_tail, a, ws, cfg=cfg)
+    def shrink_split(cfg, batch, x, x_tail, a):
+        return S.shrink_split(batch.meta, batch.nrows, batch.lora_ranks, x, x_tail, a, cfg=cfg)
 
     @staticmethod
-    def finish_partials(cfg, batch, parts):
-        return S.finish_split_partials(parts, batch.nrows[0], bpad=cfg.bpad, tail=cfg.tail, na_out=cfg.na_out)
+    def sum_parts(parts):
+        out = parts[:, 0]
+        for k in range(1, parts.shape[1]):  # index order, whatever XLA would pick for a reduce
+            out = out + parts[:, k]
+        return out
 
     @staticmethod
-    def sum_split(ws):
-        return S.sum_split(ws)
+    def set_rows(t, i, v):
+        return t.at[i : i + v.shape[0]].set(v)
 
     @staticmethod
     def expand(cfg, batch, offsets, x, x_tail, b, base):
@@ -245,8 +244,7 @@ def _shrink_plan(x, a, batch: Batch, stack: int, tuning):
         raise ValueError(f"A has {sr} rows, not a multiple of stack={stack}")
     if jnp.dtype(a.dtype) != jnp.dtype(x.dtype):
         raise TypeError(f"A has dtype {a.dtype} but x has {x.dtype}; they must match")
-    return P.plan_shrink(_bpad(t), k, sr // stack, stack, L, _dtype("x", x), tail=False,
-                         interpret=interpret_mode_active(), tuning=_tuning(tuning))
+    return P.plan_shrink(_bpad(t), k, sr // stack, stack, L, _dtype("x", x), tail=False, tuning=_tuning(tuning))
 
 
 def _expand_plan(x_dtype, b, base, batch, stack, tuning, *, internal):

@@ -22,8 +22,8 @@
   overrides the kernel configurations (:class:`lora.pallas.tiling.Tuning`).
 * The fused ops (QKV, gate-up) keep the shrink output in float32 between the two kernels.
 * Decode-sized batches (<= 256 tokens) shrink with a split-K kernel over (block, adapter, K split);
-  the partial tiles are added into one slice per K split and the slices summed in a fixed order,
-  so results are bitwise reproducible run to run.
+  each CTA stores its own partial tile and one reduction adds them in a fixed order, so results
+  are bitwise reproducible run to run.
 * float32 activations are computed as three bf16 products (hi*hi + hi*lo + lo*hi): about 16
   significant bits per operand, not float32's 24 (max absolute error ~2e-5 on outputs ~1 at
   K=4096, about 10x a float32 dot product's; numbers in :mod:`lora.pallas.plan`); slow.
@@ -190,9 +190,6 @@ class TorchExecutor:
     def add(a, b):
         return a.add_(b)
 
-    def zeros(self, shape):
-        return torch.zeros(shape, dtype=torch.float32, device=self.device)
-
     @staticmethod
     def aligned(t):
         """TMA needs 16-byte aligned base pointers: copy the rare tensor that is not."""
@@ -208,18 +205,23 @@ class TorchExecutor:
         self.launcher("shrink", cfg, ins, [out], self.device)
         return out
 
-    def shrink_split(self, cfg, batch: Launch, x, x_tail, a, ws):
-        ins = [batch.meta, batch.nrows, batch.lora_ranks, x] + ([x_tail] if cfg.tail else []) + [a, ws]
-        self.launcher("shrink", cfg, ins, [None], self.device)
-        return ws
+    def shrink_split(self, cfg, batch: Launch, x, x_tail, a):
+        from .tiling import BM
+
+        parts = torch.empty((cfg.nb, cfg.num_lora * cfg.ksplit, BM, cfg.na_out), dtype=torch.float32,
+                            device=self.device)
+        ins = [batch.meta, batch.nrows, batch.lora_ranks, x] + ([x_tail] if cfg.tail else []) + [a]
+        self.launcher("shrink", cfg, ins, [parts], self.device)
+        return parts
 
     @staticmethod
-    def finish_partials(cfg, batch, parts):  # pragma: no cover - torch plans never use interpret mode
-        raise AssertionError("the torch executor never plans interpret-mode kernels")
+    def sum_parts(parts):
+        return parts.sum(dim=1)  # a fixed reduction order (no atomics): the same bits every run
 
     @staticmethod
-    def sum_split(ws):
-        return ws.sum(dim=0)  # a fixed reduction order: the same bits every run
+    def set_rows(t, i, v):
+        t[i : i + v.shape[0]].copy_(v.clone())  # v may be a view of t's own memory (< 64 rows)
+        return t
 
     def expand(self, cfg, batch: Launch, offsets, x, x_tail, b, base):
         ins = [batch.meta, batch.nrows, batch.lora_ranks, batch.scalings, offsets, x]

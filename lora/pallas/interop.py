@@ -214,8 +214,6 @@ def kernel_signature(kind: str, cfg):
         specs = head + [sds((cfg.bpad, cfg.k), dt)]
         specs += [sds((BM, cfg.k), dt)] if cfg.tail else []
         specs += [sds((L, cfg.na, cfg.k), dt)]
-        if cfg.split:
-            specs.append(sds((cfg.ksplit, cfg.bpad, cfg.na_out), jnp.float32))
         body = SK.shrink_split if cfg.split else SK.shrink_block
         tail_at = 4
     elif kind == "expand":

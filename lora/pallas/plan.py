@@ -10,14 +10,13 @@ the shrink of a fused op launches). The functions :func:`run_shrink`, :func:`run
 ``pad(t, shape)``        t zero-padded at the end of each dim to ``shape`` (t itself if equal)
 ``split_f32(t)``         (hi, lo) bfloat16 parts of a float32 tensor, ``hi + lo ~= t``
 ``add(a, b)``            a + b (the torch executor adds in place into a)
-``zeros(shape)``         a float32 array of zeros
 ``aligned(t)``           t with a 16-byte aligned base address (TMA); JAX arrays always are
 ``tail(x)``              the (64, cols) view of x's last 64 rows (only used with ``cfg.tail``)
 ``shrink_block``,        launch a kernel of :mod:`~lora.pallas.shrink_kernel` /
 ``shrink_split``,        :mod:`~lora.pallas.expand_kernel` with the batch's device arrays
 ``expand``
-``sum_split(ws)``        the K-split slices added in index order (bitwise reproducible)
-``finish_partials``      interpret mode only: add the split variant's per-CTA partials
+``sum_parts(p)``         the split shrink's partial tiles added over axis 1 in index order
+``set_rows(t, i, v)``    t with rows [i, i + len(v)) replaced by v (the torch executor: in place)
 ``arange``, ``where``..  the array namespace :mod:`lora.pallas.meta` is written against
 ``writeback(t, base)``   the padded result back into the caller's base
 =======================  =======================================================================
@@ -109,7 +108,7 @@ def _op_dtype(dtype: str) -> str:
 
 @lru_cache(maxsize=4096)
 def plan_shrink(bpad: int, k: int, max_r: int, stack: int, num_lora: int, dtype: str, *, tail: bool,
-                interpret: bool = False, tuning: Tuning = DEFAULT_TUNING) -> ShrinkPlan:
+                tuning: Tuning = DEFAULT_TUNING) -> ShrinkPlan:
     """The shrink of x (<= bpad rows, K) with A (num_lora, stack*max_r, K) (max_r >= 1).
 
     ``tail``: x keeps its real rows (torch); else x is padded to ``bpad`` rows (JAX)."""
@@ -117,8 +116,7 @@ def plan_shrink(bpad: int, k: int, max_r: int, stack: int, num_lora: int, dtype:
     if max_r < 1:
         raise ValueError(f"a shrink needs max_r >= 1, got {max_r}")
     kp, rp = round_up(k, K_MULTIPLE), round_up(max_r, R_MULTIPLE)
-    cfg = shrink_config(bpad, kp, stack * rp, num_lora, stack, _op_dtype(dtype), tail=tail, interpret=interpret,
-                        tuning=tuning)
+    cfg = shrink_config(bpad, kp, stack * rp, num_lora, stack, _op_dtype(dtype), tail=tail, tuning=tuning)
     parts = F32_SHRINK_PARTS if dtype == "float32" else ((0, 0),)
     return ShrinkPlan(cfg, kp, rp, BM if tail else bpad, parts)
 
@@ -157,7 +155,8 @@ def plan_expand(bpad: int, n: int, max_r: int, stack: int, num_lora: int, x_dtyp
 def run_shrink(ex, plan: ShrinkPlan, batch, x, a):
     """float32 (bpad, na_out) shrink output; rows < s hold the result (zeros without an adapter)."""
     cfg = plan.cfg
-    rows = max(x.shape[0], plan.min_rows)
+    s = x.shape[0]
+    rows = max(s, plan.min_rows)
     x = ex.aligned(ex.pad(x, (rows, plan.kp)))
     a = ex.aligned(ex.pad(a, (a.shape[0], cfg.stack * plan.rp, plan.kp)))
     if len(plan.parts) > 1:
@@ -166,19 +165,30 @@ def run_shrink(ex, plan: ShrinkPlan, batch, x, a):
         xs, as_ = (x,), (a,)
     out = None
     for xi, ai in plan.parts:
-        o = _shrink_once(ex, cfg, batch, xs[xi], as_[ai])
+        o = _shrink_once(ex, cfg, batch, xs[xi], as_[ai], s)
         out = o if out is None else ex.add(out, o)
     return out
 
 
-def _shrink_once(ex, cfg: ShrinkConfig, batch, x, a):
+def _shrink_once(ex, cfg: ShrinkConfig, batch, x, a, s: int):
     x_tail = ex.tail(x) if cfg.tail else None
     if not cfg.split:
         return ex.shrink_block(cfg, batch, x, x_tail, a)
-    if cfg.interpret:
-        return ex.finish_partials(cfg, batch, ex.shrink_split(cfg, batch, x, x_tail, a, None))
-    ws = ex.zeros((cfg.ksplit, cfg.bpad, cfg.na_out))
-    return ex.sum_split(ex.shrink_split(cfg, batch, x, x_tail, a, ws))
+    return finish_split(ex, cfg, ex.shrink_split(cfg, batch, x, x_tail, a), s)
+
+
+def finish_split(ex, cfg: ShrinkConfig, parts, s: int):
+    """(bpad, na_out) from the split shrink's partial tiles (nb, L*ksplit, 64, na_out): added in
+    index order (the same bits every run), each block's tile at its rows. A partial last block's
+    tile holds its clamped box (rows s-64..s, those of the block before zero): its own rows are
+    moved in place (s is static: a shape)."""
+    tiles = ex.sum_parts(parts)  # (nb, 64, na_out)
+    out = ex.reshape(tiles, (cfg.bpad, cfg.na_out))
+    if cfg.tail and s > BM and s % BM:
+        tb = s // BM
+        row_lo, rx = tb * BM, s - BM
+        out = ex.set_rows(out, row_lo, tiles[tb][row_lo - rx : s - rx])
+    return out
 
 
 def run_expand(ex, plan: ExpandPlan, batch, x, b, offsets, base):

@@ -17,15 +17,14 @@ Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
   segment boundaries).
 * **split** (decode-sized batches, <= 4 blocks): CTA (block, adapter index, K split, column chunk).
   Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
-  blocks to fill the GPU, so the K loop is split across CTAs. Each CTA adds its float32 tile,
-  masked to its adapter's rows of its block, into slice ``ks`` of a zeroed (ksplit, Bpad, NA)
-  workspace with a TMA reduce-add; the caller then sums the slices in a fixed order
-  (:func:`sum_split`). Every element of a slice receives one nonzero term (its row's adapter) and
-  exact zeros, so the result is bitwise the same run to run, whatever order the CTAs finish in;
-  adding the K-split partials themselves with reduce-adds in one buffer is not (float addition is
-  not associative: a one-ulp difference in a few percent of runs). In CPU interpret mode, which
-  has no TMA reduction, each CTA writes its own partial tile and :func:`finish_split_partials`
-  adds them.
+  blocks to fill the GPU, so the K loop is split across CTAs. Each CTA stores its float32 tile,
+  masked to its adapter's rows of its block, as its own partial tile; the caller adds the partials
+  in index order (:func:`lora.pallas.plan.finish_split`). No two CTAs write the same memory and
+  nothing is added in completion order, so the result is bitwise the same run to run (the earlier
+  TMA reduce-add of the K-split partials into one buffer was not: float addition is not
+  associative, a one-ulp difference in a few percent of runs), and this is the code that CPU
+  interpret mode runs too (it has no TMA reductions). The partials take nb * L * ksplit tiles
+  (about 2 MB for a 64-token, 8-adapter QKV): decode-sized batches only.
 
 Arguments: ``meta`` (the batch's metadata, :mod:`lora.pallas.tiling`), ``nrows`` ((1,) int32: the
 real row count s), ``ranks``, x (and its tail view), A.
@@ -44,7 +43,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from . import common as C
 from .tiling import BM, MetaLayout, ShrinkConfig
 
-__all__ = ["shrink_block", "shrink_split", "finish_split_partials", "sum_split", "column_chunk"]
+__all__ = ["shrink_block", "shrink_split", "split_parts_shape", "column_chunk"]
 
 
 def column_chunk(na: int) -> int:
@@ -153,12 +152,11 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     )
 
 
-def shrink_split(meta, nrows, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
-    """Split variant. On the GPU adds into ``ws`` (zeroed (ksplit, Bpad, na_out) f32, returned, in
-    place); :func:`sum_split` adds its slices.
-
-    In interpret mode (``cfg.interpret``) ``ws`` is ignored and per-CTA partial tiles
-    (nb, L*ksplit, 64, NA) are returned instead; :func:`finish_split_partials` adds them up.
+def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
+    """Split variant: per-CTA float32 partial tiles (nb, L*ksplit, 64, na_out); tile (b, i*ksplit + ks)
+    holds K split ks of the i-th adapter of block b, masked to that adapter's rows of the block (rows
+    of the clamped box that belong to the block before are 0), zeros when the CTA has no adapter.
+    :func:`lora.pallas.plan.finish_split` adds them in index order and places them at their rows.
     """
     C.TRACE_COUNT["shrink"] += 1
     lay = MetaLayout(cfg.num_lora)
@@ -169,11 +167,10 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
 
     def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         if cfg.tail:
-            x_tail_ref, a_ref, ws_in, o_ref, rs_smem, o_smem, bar = rest
+            x_tail_ref, a_ref, o_ref, rs_smem, o_smem, bar = rest
         else:
             x_tail_ref = None
-            a_ref, ws_in, o_ref, rs_smem, o_smem, bar = rest
-        del ws_in  # aliased with o_ref on the GPU
+            a_ref, o_ref, rs_smem, o_smem, bar = rest
         b = lax.axis_index("b")
         i = lax.axis_index("i")
         ks = lax.axis_index("ks")
@@ -182,7 +179,8 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
         count = C.block_count(meta_ref, lay, b)
         active = (row_lo < s) & (i < count)
 
-        def tile_into_smem():
+        @pl.when(active)
+        def _():
             w = C.block_slot(meta_ref, lay, b, i)
             C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
 
@@ -193,71 +191,24 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
 
             _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, ks * nk_split, nk_split, merge)
 
-        if not cfg.interpret:
+        @pl.when(jnp.logical_not(active))
+        def _():
+            o_smem[...] = C.wgmma_zeros(BM, cw)
 
-            @pl.when(active)
-            def _():
-                tile_into_smem()
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(
-                    o_smem, o_ref.at[ks, pl.ds(rx, BM), pl.ds(c * cw, cw)], reduction_op="add"
-                )
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, i * KS + ks, :, pl.ds(c * cw, cw)])
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-        else:
-            part = i * KS + ks
-            pl.when(active)(tile_into_smem)
-
-            @pl.when(jnp.logical_not(active))
-            def _():
-                o_smem[...] = C.wgmma_zeros(BM, cw)
-
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, part, :, pl.ds(c * cw, cw)])
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-
-    args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a, ws]
-    scratch = [plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)]
-    grid = (cfg.nb, L, KS, nc)
-    names = ("b", "i", "ks", "c")
-    if cfg.interpret:
-        return C.mgpu_call(
-            body,
-            args,
-            out_type=jax.ShapeDtypeStruct((cfg.nb, L * KS, BM, cfg.na), jnp.float32),
-            grid=grid,
-            grid_names=names,
-            scratch=scratch,
-        )
+    args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
     return C.mgpu_call(
         body,
         args,
-        out_type=jax.ShapeDtypeStruct((KS, cfg.bpad, cfg.na_out), jnp.float32),
-        grid=grid,
-        grid_names=names,
-        scratch=scratch,
-        aliases={len(args) - 1: 0},
+        out_type=jax.ShapeDtypeStruct(split_parts_shape(cfg), jnp.float32),
+        grid=(cfg.nb, L, KS, nc),
+        grid_names=("b", "i", "ks", "c"),
+        scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
     )
 
 
-def finish_split_partials(parts, s, *, bpad: int, tail: bool, na_out: int):
-    """Interpret-mode epilogue of :func:`shrink_split`: add the partial tiles at their box rows."""
-    nb = parts.shape[0]
-    tiles = parts.sum(axis=1)  # (nb, BM, NA)
-    b = jnp.arange(nb, dtype=jnp.int32)
-    rx = b * BM
-    if tail:
-        rx = jnp.where(rx + BM > s, jnp.maximum(s - BM, 0), rx)
-    rows = (rx[:, None] + jnp.arange(BM, dtype=jnp.int32)[None, :]).reshape(-1)
-    out = jnp.zeros((bpad + BM, parts.shape[-1]), jnp.float32)
-    out = out.at[rows].add(tiles.reshape(-1, parts.shape[-1]))
-    return jnp.pad(out[:bpad], ((0, 0), (0, na_out - parts.shape[-1])))
-
-
-def sum_split(ws):
-    """(ksplit, Bpad, na_out) -> (Bpad, na_out): the slices added in index order (a fixed order,
-    so the result does not depend on how the reduction is scheduled)."""
-    out = ws[0]
-    for k in range(1, ws.shape[0]):
-        out = out + ws[k]
-    return out
+def split_parts_shape(cfg: ShrinkConfig) -> tuple:
+    return (cfg.nb, cfg.num_lora * cfg.ksplit, BM, cfg.na_out)

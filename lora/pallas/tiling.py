@@ -147,7 +147,6 @@ class ShrinkConfig:
     block_k: int
     stages: int
     tail: bool  # x has only s rows (torch): the last partial block reads a second (64, K) view
-    interpret: bool  # CPU interpret mode: the split variant writes per-CTA partials (no TMA reduce)
 
     @property
     def nb(self) -> int:
@@ -267,12 +266,15 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
     "bn256": dict(expand_block_n=256, expand_stages=1),
     "ks8": dict(shrink_ksplit=8),
     "noSplit": dict(split_max_blocks=0),
-    "split2": dict(split_max_blocks=1 << 14, shrink_ksplit=2),
     "reduceAdd": dict(expand_reduce_add=True),
 }
 
 
-def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, interpret=False, tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
+#: Most bytes the split variant's partial tiles may take (nb * L * ksplit tiles of 64 x na float32).
+SPLIT_PARTS_LIMIT = 64 << 20
+
+
+def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
     nb = bpad // BM
     block_k = tuning.shrink_block_k or 64
     nk = -(-k // block_k)
@@ -298,7 +300,13 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, interpret=False,
     else:
         stages = max(2, min(4, (SMEM_BUDGET - out_bytes) // step))
     stages = min(stages, max(1, nk // ksplit))
-    return ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, interpret)
+    cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail)
+    if split and nb * num_lora * ksplit * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
+        raise ValueError(
+            f"the split shrink of {bpad} rows, {num_lora} slots and ksplit={ksplit} needs more than "
+            f"{SPLIT_PARTS_LIMIT >> 20} MB of partial tiles: lower Tuning.split_max_blocks or shrink_ksplit"
+        )
+    return cfg
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False) -> int:

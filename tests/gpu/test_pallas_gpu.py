@@ -237,8 +237,9 @@ def test_cuda_graph_replay_with_new_metadata(rng, capture_prepare):
 
 
 def test_decode_shrink_is_bitwise_reproducible(rng):
-    """The split-K decode shrink, repeated on one stream, gives the same bits every time (the
-    partials of different K splits never meet in one reduce-add; their slices are summed in order)."""
+    """The split-K decode shrink, repeated on one stream, gives the same bits every time (each CTA
+    stores its own partial tile, the tiles are summed in index order; before: TMA reduce-adds of the
+    K-split partials in completion order, one bf16 ulp apart in ~5 of 100 runs)."""
     comp = C.decode_composition(rng, 64, 8, 16)
     be = pallas(batch_info(comp, DEV))
     dt = torch.bfloat16
