@@ -200,16 +200,14 @@ class TorchExecutor:
         return x[x.shape[0] - T.BM :]
 
     def shrink_block(self, cfg, batch: Launch, x, x_tail, a):
-        out = torch.empty((cfg.bpad, cfg.na_out), dtype=torch.float32, device=self.device)
+        shape = (cfg.bpad, cfg.na_out) if cfg.ksplit == 1 else cfg.parts_shape
+        out = torch.empty(shape, dtype=torch.float32, device=self.device)
         ins = [batch.meta, batch.nrows, batch.lora_ranks, x] + ([x_tail] if cfg.tail else []) + [a]
         self.launcher("shrink", cfg, ins, [out], self.device)
         return out
 
     def shrink_split(self, cfg, batch: Launch, x, x_tail, a):
-        from .tiling import BM
-
-        parts = torch.empty((cfg.nb, cfg.num_lora * cfg.ksplit, BM, cfg.na_out), dtype=torch.float32,
-                            device=self.device)
+        parts = torch.empty(cfg.parts_shape, dtype=torch.float32, device=self.device)
         ins = [batch.meta, batch.nrows, batch.lora_ranks, x] + ([x_tail] if cfg.tail else []) + [a]
         self.launcher("shrink", cfg, ins, [parts], self.device)
         return parts

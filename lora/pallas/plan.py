@@ -173,12 +173,13 @@ def run_shrink(ex, plan: ShrinkPlan, batch, x, a):
 def _shrink_once(ex, cfg: ShrinkConfig, batch, x, a, s: int):
     x_tail = ex.tail(x) if cfg.tail else None
     if not cfg.split:
-        return ex.shrink_block(cfg, batch, x, x_tail, a)
+        out = ex.shrink_block(cfg, batch, x, x_tail, a)
+        return out if cfg.ksplit == 1 else finish_split(ex, cfg, out, s)
     return finish_split(ex, cfg, ex.shrink_split(cfg, batch, x, x_tail, a), s)
 
 
 def finish_split(ex, cfg: ShrinkConfig, parts, s: int):
-    """(bpad, na_out) from the split shrink's partial tiles (nb, L*ksplit, 64, na_out): added in
+    """(bpad, na_out) from a shrink's partial tiles (nb, tiles, 64, na_out): added in
     index order (the same bits every run), each block's tile at its rows. A partial last block's
     tile holds its clamped box (rows s-64..s, those of the block before zero): its own rows are
     moved in place (s is static: a shape)."""

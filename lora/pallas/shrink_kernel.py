@@ -43,7 +43,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from . import common as C
 from .tiling import BM, MetaLayout, ShrinkConfig
 
-__all__ = ["shrink_block", "shrink_split", "split_parts_shape", "column_chunk"]
+__all__ = ["shrink_block", "shrink_split", "column_chunk"]
 
 
 def column_chunk(na: int) -> int:
@@ -100,11 +100,18 @@ def _keep(rs_smem, w, ncols, c, cw):
 
 
 def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
-    """Block variant: returns the float32 (Bpad, na_out) shrink output (rows >= s unspecified)."""
+    """Block variant: returns the float32 (Bpad, na_out) shrink output (rows >= s unspecified).
+
+    With ``cfg.ksplit > 1`` (a Tuning) the K loop is split over ``ksplit`` CTAs per block, each
+    storing its tile as a partial tile (nb, ksplit, 64, na_out), added like the split variant's
+    (:func:`lora.pallas.plan.finish_split`): more CTAs (bytes in flight) for the same rows.
+    """
     C.TRACE_COUNT["shrink"] += 1
     lay = MetaLayout(cfg.num_lora)
     cw = column_chunk(cfg.na)
     nc = -(-cfg.na // cw)
+    KS = cfg.ksplit
+    nk_split = cfg.nk // KS
 
     def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         if cfg.tail:
@@ -114,7 +121,17 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
             a_ref, o_ref, rs_smem, o_smem, bar = rest
         b = lax.axis_index("b")
         c = lax.axis_index("c")
+        ks = lax.axis_index("ks") if KS > 1 else 0
         s, row_lo, rx, is_tail = _box(nrows_ref, b, cfg)
+
+        if KS > 1:  # every partial tile is written (the caller adds them all)
+
+            @pl.when(row_lo >= s)
+            def _():
+                o_smem[...] = C.wgmma_zeros(BM, cw)
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
         @pl.when(row_lo < s)
         def _():
@@ -135,19 +152,23 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                     keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
                     o_smem[...] = jnp.where(keep, acc, plgpu.load(o_smem, layout=plgpu.Layout.WGMMA, optimized=False))
 
-                _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, 0, cfg.nk, merge)
+                _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, ks * nk_split, nk_split, merge)
 
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
+            if KS > 1:
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
+            else:
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
+    out_shape = cfg.parts_shape if KS > 1 else (cfg.bpad, cfg.na_out)
     return C.mgpu_call(
         body,
         args,
-        out_type=jax.ShapeDtypeStruct((cfg.bpad, cfg.na_out), jnp.float32),
-        grid=(cfg.nb, nc),
-        grid_names=("b", "c"),
+        out_type=jax.ShapeDtypeStruct(out_shape, jnp.float32),
+        grid=(cfg.nb, KS, nc) if KS > 1 else (cfg.nb, nc),
+        grid_names=("b", "ks", "c") if KS > 1 else ("b", "c"),
         scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
     )
 
@@ -203,12 +224,11 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     return C.mgpu_call(
         body,
         args,
-        out_type=jax.ShapeDtypeStruct(split_parts_shape(cfg), jnp.float32),
+        out_type=jax.ShapeDtypeStruct(cfg.parts_shape, jnp.float32),
         grid=(cfg.nb, L, KS, nc),
         grid_names=("b", "i", "ks", "c"),
         scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
     )
 
 
-def split_parts_shape(cfg: ShrinkConfig) -> tuple:
-    return (cfg.nb, cfg.num_lora * cfg.ksplit, BM, cfg.na_out)
+

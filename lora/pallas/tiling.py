@@ -163,6 +163,12 @@ class ShrinkConfig:
         the buffer's rows. Columns >= NA are never written (garbage); every reader masks them."""
         return x_columns(self.na + shift_pad(self.na // self.stack), 4)
 
+    @property
+    def parts_shape(self) -> tuple:
+        """Partial tiles of a split (or K-split block) shrink: (nb, tiles per block, 64, na_out)."""
+        tiles = self.ksplit * (self.num_lora if self.split else 1)
+        return (self.nb, tiles, BM, self.na_out)
+
 
 @dataclass(frozen=True)
 class ExpandConfig:
@@ -266,6 +272,8 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
     "bn256": dict(expand_block_n=256, expand_stages=1),
     "ks8": dict(shrink_ksplit=8),
     "noSplit": dict(split_max_blocks=0),
+    "blockKs2": dict(shrink_ksplit=2),
+    "blockKs4": dict(shrink_ksplit=4),
     "reduceAdd": dict(expand_reduce_add=True),
 }
 
@@ -281,15 +289,14 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
     max_blocks = SPLIT_MAX_BLOCKS if tuning.split_max_blocks is None else tuning.split_max_blocks
     split = nb <= max_blocks
     ksplit = 1
-    if split:
-        if tuning.shrink_ksplit is not None:
-            ksplit = tuning.shrink_ksplit
-            if nk % ksplit:
-                raise ValueError(f"Tuning.shrink_ksplit={ksplit} does not divide the {nk} K steps of K={k}")
-        else:
-            ksplit = max(1, min(nk // 2 or 1, SPLIT_TARGET_CTAS // max(1, nb * num_lora)))
-            while nk % ksplit:  # every split gets the same number of k-steps
-                ksplit -= 1
+    if tuning.shrink_ksplit is not None:  # also splits the block variant's K loop (partial tiles)
+        ksplit = tuning.shrink_ksplit
+        if nk % ksplit:
+            raise ValueError(f"Tuning.shrink_ksplit={ksplit} does not divide the {nk} K steps of K={k}")
+    elif split:
+        ksplit = max(1, min(nk // 2 or 1, SPLIT_TARGET_CTAS // max(1, nb * num_lora)))
+        while nk % ksplit:  # every split gets the same number of k-steps
+            ksplit -= 1
     itemsize = 2
     step = (BM + na) * block_k * itemsize
     out_bytes = BM * na * 4
@@ -301,7 +308,8 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
         stages = max(2, min(4, (SMEM_BUDGET - out_bytes) // step))
     stages = min(stages, max(1, nk // ksplit))
     cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail)
-    if split and nb * num_lora * ksplit * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
+    tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0
+    if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
         raise ValueError(
             f"the split shrink of {bpad} rows, {num_lora} slots and ksplit={ksplit} needs more than "
             f"{SPLIT_PARTS_LIMIT >> 20} MB of partial tiles: lower Tuning.split_max_blocks or shrink_ksplit"

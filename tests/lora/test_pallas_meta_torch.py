@@ -129,8 +129,10 @@ class KernelModel:
         a = rest.pop(0)
         s = int(nrows[0])
         out = outputs[0]
-        if cfg.split:  # (nb, L*ksplit, 64, na_out) partial tiles: the model puts each block's in tile 0
-            assert tuple(out.shape) == (cfg.nb, cfg.num_lora * cfg.ksplit, T.BM, cfg.na_out)
+        parts = cfg.split or cfg.ksplit > 1
+        if parts:  # (nb, tiles, 64, na_out) partial tiles: the model puts each block's in tile 0
+            tiles = cfg.ksplit * (cfg.num_lora if cfg.split else 1)
+            assert tuple(out.shape) == (cfg.nb, tiles, T.BM, cfg.na_out)
             out.fill_(float("nan"))
             out[:, :, :, : cfg.na] = 0.0
         else:
@@ -144,6 +146,8 @@ class KernelModel:
                 tile = torch.where(keep, xb @ a[w].double().T, tile)
             if cfg.split:  # rows of the block before are masked (zero)
                 tile[: row_lo - rx] = 0.0
+                out[row_lo // T.BM, 0, :, : cfg.na] = tile.float()
+            elif parts:  # the K-split block variant: its box tile (rows of the block before included)
                 out[row_lo // T.BM, 0, :, : cfg.na] = tile.float()
             else:  # the whole box (rows of the block before: the same values it writes)
                 out[rx : rx + T.BM, : cfg.na] = tile.float()
@@ -337,3 +341,15 @@ def test_split_partials_placed_at_their_rows(tokens, rng, model):
         check, _ = run_op(backend(), op, comp, rng, "float16", "cpu", k=64, n=64, kv=32)
         assert check.ok, f"{op} {tokens}: {check.detail}"
     assert all(cfg.split for k, cfg in model.launches if k == "shrink")
+
+
+@pytest.mark.parametrize("tokens", [300, 330, 1000])
+def test_block_variant_with_k_split(tokens, rng, model):
+    """Tuning(shrink_ksplit=2) on prefill-sized batches: the block shrink's K loop over two CTAs per
+    block, partial tiles added by the executor (a partial last block's box moved to its rows)."""
+    comp = C.Composition([tokens - 50, 50], [0, 2], [16, 0, 7], [0.5, 1.0, 2.0], 16, tokens)
+    be = backend(tuning=T.Tuning(shrink_ksplit=2))
+    for op in ("shrink3", "gate_up"):
+        check, _ = run_op(be, op, comp, rng, "float16", "cpu", k=128, n=64, kv=32)
+        assert check.ok, f"{op} {tokens}: {check.detail}"
+    assert any(k == "shrink" and not cfg.split and cfg.ksplit == 2 for k, cfg in model.launches)

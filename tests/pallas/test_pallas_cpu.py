@@ -94,6 +94,17 @@ def test_block_variant_interpret(op, rng, interpret):
     assert check.ok, f"{op} {comp}: {check.detail}"
 
 
+def test_block_variant_with_k_split_interpret(rng, interpret):
+    """Tuning(shrink_ksplit=2) on a prefill-sized batch: two CTAs per block over K, partial tiles
+    added by the plan's finish step (the JAX path pads x, so blocks are aligned)."""
+    comp = C.Composition([200, 130], [0, 2], [16, 0, 7], [0.5, 1.0, 2.0], 16, 333)
+    t = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
+    x, a = t(C.activations(rng, comp, 128)), t(C.shrink_weights(rng, comp, 2, 128))
+    out = lp.shrink(x, a, batch_of(comp), stack=2, tuning=T.Tuning(shrink_ksplit=2))
+    check = C.compare(f64(out), C.ref_shrink(comp, f64(x), f64(a), 2), "bfloat16")
+    assert check.ok, check.detail
+
+
 def test_decode_composition_interpret(rng, interpret):
     comp = C.decode_composition(rng, 17, 5, 16)
     out, ref = run_op("qkv", comp, rng, "bfloat16")
