@@ -10,7 +10,7 @@ and odd widths, pallas against triton. Then pallas vs triton on prefill-8k and d
 Llama-3-8B layer, 8 adapters, rank 16): eager CUDA-event medians (prefill) and one call replayed
 from its own CUDA graph (decode), as a percentage of the measured copy bandwidth (the minimum-bytes
 model of ``python -m lora compare``). Kernels compile once (~1.3 s per configuration); a deadline
-(``--budget-s``, default 200) skips what is left and says so.
+(``--budget-s``, default 190) skips what is left and says so.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def time_op(backend_name, case, op, comp, bi, copy_gbps, budget, tuning=None):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--budget-s", type=float, default=200.0, help="stop starting new work after this many seconds")
+    p.add_argument("--budget-s", type=float, default=190.0, help="stop starting new work after this many seconds")
     p.add_argument("--skip-timing", action="store_true")
     args = p.parse_args(argv)
     out_dir = os.environ.get("OUT", "./.out")
