@@ -7,7 +7,8 @@ JAX users call the functions re-exported here (jax arrays in and out, jit-able):
     out = lp.qkv_lora(x, qkv_a, qkv_b, batch, q=4096, kv=1024, base=base)
 
 Torch users select the backend by name (``lora.get_backend_from_name("pallas")``), implemented in
-:mod:`lora.pallas.backend`. Importing this package imports neither jax nor torch; the API functions
+:mod:`lora.pallas.backend`. Both run the same shape-only plans (:mod:`lora.pallas.plan`); pass
+``tuning=Tuning(...)`` to either to override the kernel configurations the plans pick. Importing this package imports neither jax nor torch; the API functions
 load jax on first use.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-_API = ("Batch", "make_batch", "pad_segments", "build_meta", "shrink", "expand", "qkv_lora", "gate_up_lora")
+_API = ("Batch", "Tuning", "make_batch", "pad_segments", "build_meta", "shrink", "expand", "qkv_lora", "gate_up_lora")
 
 __all__ = list(_API)
 

@@ -10,7 +10,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from .tiling import BM
+from .tiling import BM, BOX_SPAN, SHIFTS
 
 #: Python-side counter of kernel traces (lowerings); the no-recompile tests read it.
 TRACE_COUNT = {"shrink": 0, "expand": 0}
@@ -71,14 +71,27 @@ def wgmma_zeros(rows: int, cols: int, dtype=jnp.float32):
     return plgpu.broadcasted_iota(jnp.int32, (rows, cols), 0, layout=plgpu.Layout.WGMMA).astype(dtype) * 0
 
 
-def load_row_slots(meta_ref, lay, b, is_tail, rs_smem, barrier):
-    """Copy the adapter slots of block b's box (its clamped box when ``is_tail``) into ``rs_smem``.
+def block_count(meta_ref, lay, b):
+    """Number of adapters present in block b's own rows."""
+    return meta_ref[b * lay.record]
 
-    Read them where they are used. The copy starts at a multiple of 64 entries: a TMA copy's start
-    in the innermost dimension must be 16-byte aligned.
+
+def block_slot(meta_ref, lay, b, i):
+    """The i-th adapter present in block b's own rows (i < block_count)."""
+    return meta_ref[b * lay.record + 1 + i]
+
+
+def load_box_slots(meta_ref, lay, rx, rs_smem, barrier):
+    """Copy the adapter slots of the 64 rows starting at row ``rx`` (a block's box) into ``rs_smem``.
+
+    Read them where they are used. The run starts at a multiple of 4 entries (16 bytes, what a TMA
+    copy needs): group ``rx // 64``, shifted copy ``rx % 4`` (layout in :mod:`lora.pallas.tiling`).
     """
-    box = b if is_tail is None else jnp.where(is_tail, lay.nb, b)
-    plgpu.copy_gmem_to_smem(meta_ref.at[pl.ds(lay.boxes + box * BM, BM)], rs_smem, barrier)
+    g = lax.div(rx, BM)
+    m = rx - g * BM
+    k = lax.rem(m, SHIFTS)
+    start = g * lay.record + lay.head + k * BOX_SPAN + (m - k)
+    plgpu.copy_gmem_to_smem(meta_ref.at[pl.ds(start, BM)], rs_smem, barrier)
     plgpu.barrier_wait(barrier)
 
 

@@ -1,5 +1,6 @@
 """Expand kernel: base[:, off_j:off_j+1] += scaling[w] * x[:, j*r:(j+1)*r] @ B[w, off_j:off_j+1, :r].T, in place.
 
+    meta, nrows              the batch metadata and the real row count s ((1,) int32)
     x      (Bpad, NA)        shrink output (float32 in the fused ops) or the caller's (s, NA) tensor
     x_tail (64, NA)          rows [s-64, s) of x (only with ``cfg.tail``)
     B      (L, N, max_r)     slot w uses columns [0, rank[w])
@@ -38,31 +39,32 @@ from .tiling import BM, ExpandConfig, MetaLayout
 __all__ = ["expand"]
 
 
-def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandConfig):
+def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandConfig):
     """Returns ``base`` with the LoRA update added (aliased: in place on the GPU)."""
     C.TRACE_COUNT["expand"] += 1
-    lay = MetaLayout(cfg.bpad, cfg.num_lora)
-    L, BN, kr, stack = cfg.num_lora, cfg.block_n, cfg.kr, cfg.stack
+    lay = MetaLayout(cfg.num_lora)
+    L, BN, kr, kw, stack = cfg.num_lora, cfg.block_n, cfg.kr, cfg.kw, cfg.stack
     op = jnp.dtype(cfg.op_dtype)
+    q = 16 // jnp.dtype(cfg.x_dtype).itemsize  # a TMA start column must be 16-byte aligned
     rungs = C.ladder_rungs()
 
-    def body(meta_ref, ranks_ref, scal_ref, offs_ref, x_ref, *rest):
-        if cfg.tail:
-            x_tail_ref, b_ref, base_ref, out_ref, rs_smem, base_smem, xop, bars = rest
-        else:
-            x_tail_ref = None
-            b_ref, base_ref, out_ref, rs_smem, base_smem, xop, bars = rest
+    def body(meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, *rest):
+        if not cfg.tail:
+            rest = (None, *rest)
+        if not cfg.x_shift:
+            rest = (*rest, None)
+        x_tail_ref, b_ref, base_ref, out_ref, rs_smem, base_smem, xop, bars, xsh = rest
         del out_ref  # aliased with base_ref
         bi = lax.axis_index("b")
         n = lax.axis_index("n")
-        s = meta_ref[0]
+        s = nrows_ref[0]
         row_lo = bi * BM
-        count = meta_ref[lay.count + bi]
+        count = C.block_count(meta_ref, lay, bi)
 
         @pl.when((row_lo < s) & (count > 0))
         def _():
             rx, is_tail = C.box_start(s, row_lo, cfg.tail)
-            nrows = jnp.minimum(row_lo + BM, s) - row_lo
+            nrows_b = jnp.minimum(row_lo + BM, s) - row_lo
             sm_off = row_lo - rx
             n0 = n * BN
 
@@ -73,11 +75,17 @@ def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandC
                     bars.at[1 + k],
                 )
 
-            C.ladder(nrows, load_base)
-
             def wait_base(off, size, k):
                 plgpu.barrier_wait(bars.at[1 + k])
-            C.load_row_slots(meta_ref, lay, bi, is_tail, rs_smem, bars.at[0])
+
+            if cfg.reduce_add:
+                # The tile holds the update only (each element is written by one slot and one
+                # slice, the rest stay 0) and is added to base by the TMA engine at the end.
+                base_smem[...] = C.wgmma_zeros(BM, BN, base_smem.dtype)
+            else:
+                C.ladder(nrows_b, load_base)
+
+            C.load_box_slots(meta_ref, lay, rx, rs_smem, bars.at[0])
             offs = [offs_ref[j] for j in range(stack + 1)]
             aligned = offs[0] == 0
             for o in offs[1:]:
@@ -97,8 +105,26 @@ def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandC
                     return hi
                 return (xf - hi.astype(jnp.float32)).astype(op)
 
-            def product_into(xs, bs, r, merge):
-                xop[...] = prep_x(xs, r)
+            def x_into_xop(xs, r, j):
+                """xop = the operand of slice j: x columns [j*r, j*r + kr) of the window.
+
+                With ``cfg.x_shift`` (stacked slices: j*r is a device value) the window starts at
+                j*r rounded down to 16 bytes (a TMA start must be aligned), d columns early, and is
+                kw wide; its kr columns at offset d are moved to an aligned scratch tile with
+                one-element accesses (a vector access at an odd offset would be misaligned, and a
+                WGMMA-layout load of a column slice needs a tile-aligned row stride). So no layout
+                of x ever changes: no repack of the shrink output, whatever the ranks."""
+                if not cfg.x_shift:
+                    xop[...] = prep_x(xs, r)
+                    return
+                d = lax.rem(j * r, q)
+                strided = plgpu.Layout.WG_STRIDED((BM, kr), vec_size=1)
+                xsh[...] = plgpu.load(xs.at[:, pl.ds(d, kr)], layout=strided, optimized=False)
+                plgpu.commit_smem()  # written and read by different threads
+                xop[...] = prep_x(xsh, r)
+
+            def product_into(xs, bs, r, j, merge):
+                x_into_xop(xs, r, j)
                 plgpu.commit_smem()
 
                 def acc_scope(acc_ref):
@@ -112,7 +138,7 @@ def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandC
                 plgpu.commit_smem()
 
             def slot_of(i):
-                return meta_ref[lay.slots + bi * L + i]
+                return C.block_slot(meta_ref, lay, bi, i)
 
             def update_base(w, jj, acc, scale):
                 """base rows of slot w (and columns of slice jj, if given) += scale * acc.
@@ -128,15 +154,9 @@ def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandC
                 new = (old.astype(jnp.float32) + acc * scale).astype(base_smem.dtype)
                 base_smem[...] = jnp.where(keep, new, old)
 
-            q = 16 // jnp.dtype(cfg.x_dtype).itemsize  # a TMA start column must be 16-byte aligned
-
             def slice_start(j, r):
-                """First x column of slice j: j*r (packed, the contract's layout) or j*x_stride.
-
-                Packed starts are rounded down to 16 bytes: the backend only passes packed inputs
-                whose slices are aligned, and a misaligned TMA start is an illegal instruction."""
-                if cfg.x_stride:
-                    return j * cfg.x_stride
+                """First x column of the window of slice j: j*r (the contract's packed layout)
+                rounded down to 16 bytes (a misaligned TMA start is an illegal instruction)."""
                 start = j * r
                 return start - lax.rem(start, q)
 
@@ -148,14 +168,17 @@ def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandC
                     r = ranks_ref[w]
                     scale = scal_ref[w]
 
-                    @pl.when(i == 0)
-                    def _():  # the base rows were loaded while the pipeline's first tiles came in
-                        C.ladder(nrows, wait_base)
+                    if not cfg.reduce_add:
+
+                        @pl.when(i == 0)
+                        def _():  # the base rows were loaded while the pipeline's first tiles came in
+                            C.ladder(nrows_b, wait_base)
 
                     mask_b(bs, r)
                     for jj, xs in enumerate(xss):
                         slice_j = None if slices is None else jj  # general path: column mask of slice jj
-                        product_into(xs, bs, r, functools.partial(update_base, w, slice_j, scale=scale))
+                        j = j0 if slices is None else jnp.int32(jj)
+                        product_into(xs, bs, r, j, functools.partial(update_base, w, slice_j, scale=scale))
 
                 def x_index(jj):
                     def index(i):
@@ -165,7 +188,7 @@ def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandC
                     return index
 
                 nx = 1 if slices is None else stack
-                x_specs = [plgpu.BlockSpec((pl.Element(BM), pl.Element(kr)), x_index(jj)) for jj in range(nx)]
+                x_specs = [plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index(jj)) for jj in range(nx)]
                 b_spec = plgpu.BlockSpec(
                     (None, BN, kr), lambda i: (slot_of(i), n, 0), transforms=C.tiled(op, kr)
                 )
@@ -192,13 +215,14 @@ def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandC
                     base_smem.at[pl.ds(sm_off + off, size)],
                     base_ref.at[pl.ds(row_lo + off, size), pl.ds(n0, BN)],
                     commit_group=False,
+                    reduction_op="add" if cfg.reduce_add else None,
                 )
 
-            C.ladder(nrows, store_base)
+            C.ladder(nrows_b, store_base)
             plgpu.commit_smem_to_gmem_group()
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    args = [meta, ranks, scalings, offsets, x] + ([x_tail] if cfg.tail else []) + [b_w, base]
+    args = [meta, nrows, ranks, scalings, offsets, x] + ([x_tail] if cfg.tail else []) + [b_w, base]
     return C.mgpu_call(
         body,
         args,
@@ -212,6 +236,7 @@ def expand(meta, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandC
             plgpu.SMEM((BM, BN), base.dtype),
             plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)),
             plgpu.Barrier(num_barriers=1 + rungs),
-        ],
+        ]
+        + ([plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype))] if cfg.x_shift else []),
         aliases={len(args) - 1: 0},
     )

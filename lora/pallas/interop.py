@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import threading
 import time
 
-__all__ = ["MosaicKernel", "compile_count", "lowering_count"]
+__all__ = ["MosaicKernel", "kernel", "launch", "compile_count", "lowering_count"]
 
 _LOCK = threading.Lock()
 _STATS = {"lowered": 0, "compiled": 0, "lower_s": 0.0, "compile_s": 0.0}
@@ -182,3 +183,75 @@ class MosaicKernel:
                 _PLUGIN.MosaicGpuUnload(self._handle)
             except Exception:
                 pass
+
+
+# ---- the kernels of lora.pallas.plan, by configuration ------------------------------------------------
+
+_KERNELS: dict = {}
+
+
+def _import_jax():
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax  # noqa: F401
+
+
+def kernel_signature(kind: str, cfg):
+    """(fn, arg specs) of a kernel configuration: its arguments follow from the configuration alone
+    (inputs in the order the executors pass them, then the aliased workspace if any)."""
+    _import_jax()
+    import jax
+    import jax.numpy as jnp
+
+    from . import expand_kernel as EK
+    from . import shrink_kernel as SK
+    from .tiling import BM, MetaLayout
+
+    sds = jax.ShapeDtypeStruct
+    L = cfg.num_lora
+    head = [sds((MetaLayout(L).length(cfg.bpad),), jnp.int32), sds((1,), jnp.int32), sds((L,), jnp.int32)]
+    if kind == "shrink":
+        dt = jnp.dtype(cfg.dtype)
+        specs = head + [sds((cfg.bpad, cfg.k), dt)]
+        specs += [sds((BM, cfg.k), dt)] if cfg.tail else []
+        specs += [sds((L, cfg.na, cfg.k), dt)]
+        body = SK.shrink_split if cfg.split else SK.shrink_block
+        tail_at = 4
+    elif kind == "expand":
+        xdt = jnp.dtype(cfg.x_dtype)
+        specs = head + [sds((L,), jnp.float32), sds((cfg.stack + 1,), jnp.int32), sds((cfg.bpad, cfg.na), xdt)]
+        specs += [sds((BM, cfg.na), xdt)] if cfg.tail else []
+        specs += [sds((L, cfg.n, cfg.max_r), jnp.dtype(cfg.op_dtype)), sds((cfg.bpad, cfg.n), jnp.dtype(cfg.base_dtype))]
+        body = EK.expand
+        tail_at = 6
+    else:
+        raise ValueError(f"unknown kernel kind {kind!r}")
+
+    def fn(*args):
+        args = list(args)
+        if not cfg.tail:
+            args.insert(tail_at, None)
+        return body(*args, cfg=cfg)
+
+    return fn, specs
+
+
+def kernel(kind: str, cfg) -> MosaicKernel:
+    """The compiled kernel of a configuration (lowered and compiled once per process)."""
+    key = (kind, cfg)
+    k = _KERNELS.get(key)
+    if k is None:
+        fn, specs = kernel_signature(kind, cfg)
+        k = MosaicKernel(fn, specs, name=f"{kind}{cfg}")
+        k._compile()  # now, not at a first launch that may sit inside a CUDA-graph capture
+        _KERNELS[key] = k
+    return k
+
+
+def launch(kind: str, cfg, inputs, outputs, device) -> None:
+    """Run a kernel on torch tensors, on torch's current stream: ``inputs`` in signature order,
+    ``outputs`` a tensor per output (None: the aliased workspace/base, written in place)."""
+    import torch
+
+    k = kernel(kind, cfg)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    k.launch([t.data_ptr() for t in inputs], [None if t is None else t.data_ptr() for t in outputs], stream)

@@ -9,15 +9,25 @@
 Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
 
 * **block** (prefill, mixed): one CTA per 64-row block. It runs one pipelined K loop (TMA ->
-  wgmma, ``cfg.stages`` deep) per adapter present in the block's box and merges the results with
-  the per-row slot mask, then stores the block with one TMA box. Each row of x is read once per
-  adapter of its block (once, except at segment boundaries).
+  wgmma, ``cfg.stages`` deep) per adapter present in the block's rows and merges the results with
+  the per-row slot mask, then stores its box with one TMA copy. The clamped box of a partial last
+  block overlaps the block before: that block also runs the adapters of the block before (an
+  adapter of both runs twice; the merge is idempotent), so the overlapping rows get the values the
+  block before writes. Each row of x is read once per adapter of its block (once, except at
+  segment boundaries).
 * **split** (decode-sized batches, <= 4 blocks): CTA (block, adapter index, K split, column chunk).
   Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
-  blocks to fill the GPU, so the K loop is split across CTAs and the float32 partial tiles are
-  added into a zeroed output with TMA reduce-add (row-masked to the block's own rows, so the
-  overlapping box of the last block is not counted twice). In CPU interpret mode, which has no TMA
-  reduction, each CTA writes its own partial tile and :func:`finish_split_partials` adds them.
+  blocks to fill the GPU, so the K loop is split across CTAs. Each CTA stores its float32 tile,
+  masked to its adapter's rows of its block, as its own partial tile; the caller adds the partials
+  in index order (:func:`lora.pallas.plan.finish_split`). No two CTAs write the same memory and
+  nothing is added in completion order, so the result is bitwise the same run to run (the earlier
+  TMA reduce-add of the K-split partials into one buffer was not: float addition is not
+  associative, a one-ulp difference in a few percent of runs), and this is the code that CPU
+  interpret mode runs too (it has no TMA reductions). The partials take nb * L * ksplit tiles
+  (about 2 MB for a 64-token, 8-adapter QKV): decode-sized batches only.
+
+Arguments: ``meta`` (the batch's metadata, :mod:`lora.pallas.tiling`), ``nrows`` ((1,) int32: the
+real row count s), ``ranks``, x (and its tail view), A.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from . import common as C
 from .tiling import BM, MetaLayout, ShrinkConfig
 
-__all__ = ["shrink_block", "shrink_split", "finish_split_partials", "column_chunk"]
+__all__ = ["shrink_block", "shrink_split", "column_chunk"]
 
 
 def column_chunk(na: int) -> int:
@@ -41,9 +51,9 @@ def column_chunk(na: int) -> int:
     return na if na <= 256 else 128
 
 
-def _box(meta_ref, b, cfg: ShrinkConfig):
+def _box(nrows_ref, b, cfg: ShrinkConfig):
     """(s, row_lo, rx, is_tail): the block's first row and the first row of its box."""
-    s = meta_ref[0]
+    s = nrows_ref[0]
     row_lo = b * BM
     rx, is_tail = C.box_start(s, row_lo, cfg.tail)
     return s, row_lo, rx, is_tail
@@ -89,15 +99,21 @@ def _keep(rs_smem, w, ncols, c, cw):
     return (lax.broadcast_in_dim(rs, (BM, cw), [0]) == w) & (cols < ncols)
 
 
-def shrink_block(meta, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
-    """Block variant: returns the float32 (Bpad, NA) shrink output."""
+def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
+    """Block variant: returns the float32 (Bpad, na_out) shrink output (rows >= s unspecified).
+
+    With ``cfg.ksplit > 1`` (a Tuning) the K loop is split over ``ksplit`` CTAs per block, each
+    storing its tile as a partial tile (nb, ksplit, 64, na_out), added like the split variant's
+    (:func:`lora.pallas.plan.finish_split`): more CTAs (bytes in flight) for the same rows.
+    """
     C.TRACE_COUNT["shrink"] += 1
-    lay = MetaLayout(cfg.bpad, cfg.num_lora)
+    lay = MetaLayout(cfg.num_lora)
     cw = column_chunk(cfg.na)
     nc = -(-cfg.na // cw)
-    L = cfg.num_lora
+    KS = cfg.ksplit
+    nk_split = cfg.nk // KS
 
-    def body(meta_ref, ranks_ref, x_ref, *rest):
+    def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         if cfg.tail:
             x_tail_ref, a_ref, o_ref, rs_smem, o_smem, bar = rest
         else:
@@ -105,70 +121,89 @@ def shrink_block(meta, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
             a_ref, o_ref, rs_smem, o_smem, bar = rest
         b = lax.axis_index("b")
         c = lax.axis_index("c")
-        s, row_lo, rx, is_tail = _box(meta_ref, b, cfg)
+        ks = lax.axis_index("ks") if KS > 1 else 0
+        s, row_lo, rx, is_tail = _box(nrows_ref, b, cfg)
+
+        if KS > 1:  # every partial tile is written (the caller adds them all)
+
+            @pl.when(row_lo >= s)
+            def _():
+                o_smem[...] = C.wgmma_zeros(BM, cw)
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
         @pl.when(row_lo < s)
         def _():
-            count = meta_ref[lay.count + b]
-            C.load_row_slots(meta_ref, lay, b, is_tail, rs_smem, bar.at[0])
+            count = C.block_count(meta_ref, lay, b)
+            prev = jnp.maximum(b - 1, 0)
+            n_prev = 0 if is_tail is None else jnp.where(is_tail & (b > 0), C.block_count(meta_ref, lay, prev), 0)
+            C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
             o_smem[...] = C.wgmma_zeros(BM, cw)
 
-            @pl.loop(0, count)
+            @pl.loop(0, count + n_prev)
             def _(i):
-                w = meta_ref[lay.slots + b * L + i]
+                # this block's adapters, then (clamped box) those of the block before
+                own = C.block_slot(meta_ref, lay, b, jnp.minimum(i, count - 1))
+                before = C.block_slot(meta_ref, lay, prev, jnp.maximum(i - count, 0))
+                w = jnp.where(i < count, own, before)
 
                 def merge(acc):
                     keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
                     o_smem[...] = jnp.where(keep, acc, plgpu.load(o_smem, layout=plgpu.Layout.WGMMA, optimized=False))
 
-                _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, 0, cfg.nk, merge)
+                _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, ks * nk_split, nk_split, merge)
 
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
+            if KS > 1:
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
+            else:
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    args = [meta, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
+    args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
+    out_shape = cfg.parts_shape if KS > 1 else (cfg.bpad, cfg.na_out)
     return C.mgpu_call(
         body,
         args,
-        out_type=jax.ShapeDtypeStruct((cfg.bpad, cfg.na_out), jnp.float32),
-        grid=(cfg.nb, nc),
-        grid_names=("b", "c"),
+        out_type=jax.ShapeDtypeStruct(out_shape, jnp.float32),
+        grid=(cfg.nb, KS, nc) if KS > 1 else (cfg.nb, nc),
+        grid_names=("b", "ks", "c") if KS > 1 else ("b", "c"),
         scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
     )
 
 
-def shrink_split(meta, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
-    """Split variant. On the GPU adds into ``ws`` (zeroed (Bpad, na_out) f32, returned, in place).
-
-    In interpret mode (``cfg.interpret``) ``ws`` is ignored and per-CTA partial tiles
-    (nb, L*ksplit, 64, NA) are returned instead; :func:`finish_split_partials` adds them up.
+def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
+    """Split variant: per-CTA float32 partial tiles (nb, L*ksplit, 64, na_out); tile (b, i*ksplit + ks)
+    holds K split ks of the i-th adapter of block b, masked to that adapter's rows of the block (rows
+    of the clamped box that belong to the block before are 0), zeros when the CTA has no adapter.
+    :func:`lora.pallas.plan.finish_split` adds them in index order and places them at their rows.
     """
     C.TRACE_COUNT["shrink"] += 1
-    lay = MetaLayout(cfg.bpad, cfg.num_lora)
+    lay = MetaLayout(cfg.num_lora)
     cw = column_chunk(cfg.na)
     nc = -(-cfg.na // cw)
     L, KS = cfg.num_lora, cfg.ksplit
     nk_split = cfg.nk // KS
 
-    def body(meta_ref, ranks_ref, x_ref, *rest):
+    def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         if cfg.tail:
-            x_tail_ref, a_ref, ws_in, o_ref, rs_smem, o_smem, bar = rest
+            x_tail_ref, a_ref, o_ref, rs_smem, o_smem, bar = rest
         else:
             x_tail_ref = None
-            a_ref, ws_in, o_ref, rs_smem, o_smem, bar = rest
-        del ws_in  # aliased with o_ref on the GPU
+            a_ref, o_ref, rs_smem, o_smem, bar = rest
         b = lax.axis_index("b")
         i = lax.axis_index("i")
         ks = lax.axis_index("ks")
         c = lax.axis_index("c")
-        s, row_lo, rx, is_tail = _box(meta_ref, b, cfg)
-        count = meta_ref[lay.count + b]
+        s, row_lo, rx, is_tail = _box(nrows_ref, b, cfg)
+        count = C.block_count(meta_ref, lay, b)
         active = (row_lo < s) & (i < count)
 
-        def tile_into_smem():
-            w = meta_ref[lay.slots + b * L + i]
-            C.load_row_slots(meta_ref, lay, b, is_tail, rs_smem, bar.at[0])
+        @pl.when(active)
+        def _():
+            w = C.block_slot(meta_ref, lay, b, i)
+            C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
 
             def merge(acc):
                 keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
@@ -177,62 +212,23 @@ def shrink_split(meta, ranks, x, x_tail, a, ws, *, cfg: ShrinkConfig):
 
             _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, ks * nk_split, nk_split, merge)
 
-        if not cfg.interpret:
+        @pl.when(jnp.logical_not(active))
+        def _():
+            o_smem[...] = C.wgmma_zeros(BM, cw)
 
-            @pl.when(active)
-            def _():
-                tile_into_smem()
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(
-                    o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)], reduction_op="add"
-                )
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, i * KS + ks, :, pl.ds(c * cw, cw)])
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-        else:
-            part = i * KS + ks
-            pl.when(active)(tile_into_smem)
-
-            @pl.when(jnp.logical_not(active))
-            def _():
-                o_smem[...] = C.wgmma_zeros(BM, cw)
-
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, part, :, pl.ds(c * cw, cw)])
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-
-    args = [meta, ranks, x] + ([x_tail] if cfg.tail else []) + [a, ws]
-    scratch = [plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)]
-    grid = (cfg.nb, L, KS, nc)
-    names = ("b", "i", "ks", "c")
-    if cfg.interpret:
-        return C.mgpu_call(
-            body,
-            args,
-            out_type=jax.ShapeDtypeStruct((cfg.nb, L * KS, BM, cfg.na), jnp.float32),
-            grid=grid,
-            grid_names=names,
-            scratch=scratch,
-        )
+    args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
     return C.mgpu_call(
         body,
         args,
-        out_type=jax.ShapeDtypeStruct((cfg.bpad, cfg.na_out), jnp.float32),
-        grid=grid,
-        grid_names=names,
-        scratch=scratch,
-        aliases={len(args) - 1: 0},
+        out_type=jax.ShapeDtypeStruct(cfg.parts_shape, jnp.float32),
+        grid=(cfg.nb, L, KS, nc),
+        grid_names=("b", "i", "ks", "c"),
+        scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
     )
 
 
-def finish_split_partials(parts, s, *, bpad: int, tail: bool, na_out: int):
-    """Interpret-mode epilogue of :func:`shrink_split`: add the partial tiles at their box rows."""
-    nb = parts.shape[0]
-    tiles = parts.sum(axis=1)  # (nb, BM, NA)
-    b = jnp.arange(nb, dtype=jnp.int32)
-    rx = b * BM
-    if tail:
-        rx = jnp.where(rx + BM > s, jnp.maximum(s - BM, 0), rx)
-    rows = (rx[:, None] + jnp.arange(BM, dtype=jnp.int32)[None, :]).reshape(-1)
-    out = jnp.zeros((bpad + BM, parts.shape[-1]), jnp.float32)
-    out = out.at[rows].add(tiles.reshape(-1, parts.shape[-1]))
-    return jnp.pad(out[:bpad], ((0, 0), (0, na_out - parts.shape[-1])))
+

@@ -1,7 +1,7 @@
-"""Tiling, token buckets and the per-batch metadata the Pallas kernels read.
+"""Tiling, token buckets and the layout of the metadata the Pallas kernels read (no jax, no torch).
 
-Nothing here imports jax or torch: these are the static decisions (shapes, block sizes, which kernel
-variant) that key compilation, plus the layout of the one int32 metadata array every kernel reads.
+These are the static decisions (shapes, block sizes, which kernel variant) that key compilation,
+plus the layout of the one int32 metadata array every kernel reads.
 
 Row blocks
     Tokens are cut into blocks of ``BM = 64`` rows (one wgmma M tile). A block's rows may belong to
@@ -11,31 +11,41 @@ Row blocks
 
 Token buckets (what keys compilation)
     A kernel is compiled for ``padded_tokens(s)`` rows: the next power of two >= s, at least 64
-    (64, 128, 256, ..., 2**20), then multiples of 2**20. The real row count ``s`` is a runtime value
-    inside the metadata, so a new batch composition or a new ``s`` inside the same bucket never
-    recompiles. Torch tensors keep their real ``s`` rows: no kernel ever touches a row >= s (the last,
-    partial block is computed on the box of rows ``[s-64, s)`` read through a second view of the
-    same memory, and stores are row-exact), so nothing is copied to pad them.
-
-Metadata (int32, ``MetaLayout(Bpad, L).length`` entries, built once per batch and ``s``):
-    ``[0]``                   s, the real number of rows
-    ``[COUNT + b]``           number of adapters present in block b (its aligned rows and its box)
-    ``[SLOTS + b*L + i]``     the i-th adapter present in block b (ascending), i < count
-    ``[BOXES + 64*b + t]``    adapter slot of row 64b+t, or -1 (rank-0 slot, no segment, row >= s)
-    ``[BOXES + 64*nb + t]``   adapter slot of row s-64+t (the clamped box of a partial last block)
-    ``BOXES`` is a multiple of 16: each 64-row box is read by one TMA copy, whose start in the
-    innermost dimension must be 16-byte aligned (an unaligned one is an illegal instruction).
+    (64, 128, 256, ..., 2**20), then multiples of 2**20. The real row count ``s`` is a run-time value
+    (a one-element int32 array beside the metadata), so a new batch composition or a new ``s`` inside
+    the same bucket never recompiles. Torch tensors keep their real ``s`` rows: no kernel touches a
+    row >= s (the last, partial block is computed on the box of rows ``[s-64, s)`` read through a
+    second view of the same memory, and every store is row-exact), so nothing is copied to pad them.
 
 A block's *box* is the 64 rows its tile is computed on: ``[64b, 64b+64)``, except the last block
-when ``s`` is not a multiple of 64, whose box is ``[s-64, s)`` (or ``[0, 64)`` when s < 64).
+when ``s`` is not a multiple of 64, whose box is ``[s-64, s)`` (or ``[0, 64)`` when s < 64). A block
+computes (and stores) only its own rows, so it needs only the adapters of its own rows.
+
+Metadata (int32): one record of ``MetaLayout(L).record`` entries per 64-row group g, so that the
+offset of a group's record does not depend on how many groups the buffer holds (one buffer, sized
+once for the largest batch, serves every token bucket)::
+
+    [rec*g + 0]                  number of adapters present in rows [64g, 64g+64)
+    [rec*g + 1 + i]              the i-th of them (ascending slot ids), i < count
+    [rec*g + head + 128*k + t]   adapter slot of row 64g + k + t (t < 128, k < 4), or -1 (rank-0
+                                 slot, no segment); four shifted copies of the row slots
+
+A box starting at any row p is then one contiguous, 16-byte aligned run of 64 entries: group
+``p // 64``, copy ``k = p % 4``, entries from ``p % 64 - k``. (A TMA copy's start in the innermost
+dimension must be 16-byte aligned: an unaligned one is an illegal instruction.) The metadata depends
+on the batch info only, never on ``s``: it is derived once per batch (``prepare``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 BM = 64  # rows per block (wgmma M)
 MAX_TOKEN_BUCKET = 1 << 20
+#: Row slots stored per group and shifted copy (a 64-row box starting anywhere in the group).
+BOX_SPAN = 2 * BM
+#: Shifted copies of the row slots: TMA starts must be multiples of 4 int32 entries.
+SHIFTS = 4
 
 # ---- token buckets -----------------------------------------------------------------------------
 
@@ -76,28 +86,26 @@ def box_start(b: int, s: int) -> int:
 
 @dataclass(frozen=True)
 class MetaLayout:
-    bpad: int
     num_lora: int
 
     @property
-    def nb(self) -> int:
-        return self.bpad // BM
+    def head(self) -> int:
+        """Entries before a group's row slots: the count and the slot list, padded to 16."""
+        return round_up(1 + self.num_lora, 16)
 
     @property
-    def count(self) -> int:
-        return 1
+    def record(self) -> int:
+        return self.head + SHIFTS * BOX_SPAN
 
-    @property
-    def slots(self) -> int:
-        return 1 + self.nb
+    def length(self, bpad: int) -> int:
+        """Entries a kernel compiled for ``bpad`` rows reads (a longer buffer is fine)."""
+        return (bpad // BM) * self.record
 
-    @property
-    def boxes(self) -> int:
-        return -(-(1 + self.nb + self.nb * self.num_lora) // 16) * 16
-
-    @property
-    def length(self) -> int:
-        return self.boxes + (self.nb + 1) * BM
+    def box_offset(self, p: int) -> int:
+        """Host mirror of the kernels' rule: where the 64 row slots of the box at row p start."""
+        g, m = divmod(p, BM)
+        k = m % SHIFTS
+        return g * self.record + self.head + k * BOX_SPAN + (m - k)
 
 
 # ---- shape requirements and kernel configuration ------------------------------------------------
@@ -113,13 +121,15 @@ def round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
+def shift_pad(kr: int) -> int:
+    """Extra columns of an expand's x window when slices may start at any column (x_shift): a
+    start rounded down to 16 bytes is up to 7 columns early; 16 keeps rows 64-byte multiples."""
+    return 16
+
+
 def x_columns(na: int, itemsize: int) -> int:
     """Columns an expand input needs: its TMA windows are tiled in 128-byte row pieces."""
     return round_up(na, 128 // itemsize)
-
-
-def aligned_dim(v: int, m: int) -> int:
-    return v if v % m == 0 else round_up(max(v, 1), m)
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,6 @@ class ShrinkConfig:
     block_k: int
     stages: int
     tail: bool  # x has only s rows (torch): the last partial block reads a second (64, K) view
-    interpret: bool  # CPU interpret mode: the split variant writes per-CTA partials (no TMA reduce)
 
     @property
     def nb(self) -> int:
@@ -149,10 +158,16 @@ class ShrinkConfig:
 
     @property
     def na_out(self) -> int:
-        """Columns of the float32 output buffer: NA rounded up to 32 (128 bytes), so that expand's
-        x windows (TMA boxes of up to 128 bytes per row and more) tile the buffer's rows. Columns
-        >= NA are never written (garbage); every reader masks them."""
-        return x_columns(self.na, 4)
+        """Columns of the float32 output buffer: NA + 16 rounded up to 32 (128 bytes), so that
+        expand's x windows (wider than a slice, see ``ExpandConfig.kw``) stay in
+        the buffer's rows. Columns >= NA are never written (garbage); every reader masks them."""
+        return x_columns(self.na + shift_pad(self.na // self.stack), 4)
+
+    @property
+    def parts_shape(self) -> tuple:
+        """Partial tiles of a split (or K-split block) shrink: (nb, tiles per block, 64, na_out)."""
+        tiles = self.ksplit * (self.num_lora if self.split else 1)
+        return (self.nb, tiles, BM, self.na_out)
 
 
 @dataclass(frozen=True)
@@ -172,7 +187,8 @@ class ExpandConfig:
     block_n: int
     stages: int
     tail: bool
-    x_stride: int = 0  # 0: slice j of a slot starts at column j*r (packed); else at j*x_stride
+    x_shift: bool = False  # slices start at any column j*r: windows are kw wide and shifted in SMEM
+    reduce_add: bool = False  # base += the update tile by TMA reduce-add (no base load; rounds twice)
 
     @property
     def nb(self) -> int:
@@ -184,85 +200,171 @@ class ExpandConfig:
         return round_up(self.max_r, 16)
 
     @property
+    def kw(self) -> int:
+        """Columns of an x window: kr, plus shift_pad(kr) when a slice may start off a 16-byte boundary."""
+        return self.kr + (shift_pad(self.kr) if self.x_shift else 0)
+
+    @property
     def ntn(self) -> int:
         return -(-self.n // self.block_n)
 
 
 #: Shrink uses the slot-parallel split-K variant up to this many row blocks (decode-sized batches).
 SPLIT_MAX_BLOCKS = 4
-#: Target number of CTAs of the split variant (132 SMs on an H100).
+#: Target number of CTAs of the split variant (132 SMs on an H100/H200).
 SPLIT_TARGET_CTAS = 128
 SMEM_BUDGET = 200 * 1024
+#: Shared memory a Mosaic GPU kernel may take on Hopper (227 KB, what Mosaic checks at lowering).
+SMEM_LIMIT = 227 * 1024
 
 
-def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, interpret=False) -> ShrinkConfig:
+@dataclass(frozen=True)
+class Tuning:
+    """Caller overrides of the kernel configurations the plan picks (None: the heuristic's choice).
+
+    Like the ``config`` argument of jax's ``ragged_dot_mgpu``: pass one to ``PallasLoRABackend(...,
+    tuning=...)`` or to the JAX API functions to try other tiles without editing the heuristic.
+    An override that does not fit the shape (a split that does not divide the K steps, a stage
+    count or tile that does not fit shared memory) raises ValueError when the plan is made, before
+    any launch.
+    """
+
+    split_max_blocks: int | None = None  # shrink: split-K variant up to this many 64-row blocks
+    shrink_block_k: int | None = None  # 64 or 128
+    shrink_stages: int | None = None  # 1..8
+    shrink_ksplit: int | None = None  # split-K factor of the split variant
+    expand_block_n: int | None = None  # 64, 128 or 256
+    expand_stages: int | None = None  # 1..4
+    #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
+    #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
+    #: base dtype before the add (two roundings instead of one).
+    expand_reduce_add: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.expand_reduce_add, bool):
+            raise ValueError(f"Tuning.expand_reduce_add={self.expand_reduce_add!r} must be a bool")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "expand_reduce_add":
+                continue
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"Tuning.{f.name}={v!r} must be a non-negative int or None")
+        if self.shrink_block_k not in (None, 64, 128):
+            raise ValueError(f"Tuning.shrink_block_k={self.shrink_block_k} must be 64 or 128")
+        if self.expand_block_n not in (None, 64, 128, 256):
+            raise ValueError(f"Tuning.expand_block_n={self.expand_block_n} must be 64, 128 or 256")
+        for name, hi in (("shrink_stages", 8), ("expand_stages", 4)):
+            v = getattr(self, name)
+            if v is not None and not 1 <= v <= hi:
+                raise ValueError(f"Tuning.{name}={v} must lie in [1, {hi}]")
+        if self.shrink_ksplit is not None and self.shrink_ksplit < 1:
+            raise ValueError(f"Tuning.shrink_ksplit={self.shrink_ksplit} must be >= 1")
+
+
+DEFAULT_TUNING = Tuning()
+
+#: Tuning variants ``benchmarks/pallas_gpu_check.py`` times against the defaults (the CPU tests lower
+#: their kernels): keyword arguments of :class:`Tuning` by name.
+TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's later work
+    "bk128": dict(shrink_block_k=128),
+    "bk128s6": dict(shrink_block_k=128, shrink_stages=6),
+    "st2": dict(shrink_stages=2),
+    "bn256": dict(expand_block_n=256, expand_stages=1),
+    "ks8": dict(shrink_ksplit=8),
+    "noSplit": dict(split_max_blocks=0),
+    "blockKs2": dict(shrink_ksplit=2),
+    "blockKs4": dict(shrink_ksplit=4),
+    "reduceAdd": dict(expand_reduce_add=True),
+}
+
+
+#: Most bytes the split variant's partial tiles may take (nb * L * ksplit tiles of 64 x na float32).
+SPLIT_PARTS_LIMIT = 64 << 20
+
+
+def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
     nb = bpad // BM
-    block_k = 64
+    block_k = tuning.shrink_block_k or 64
     nk = -(-k // block_k)
-    split = nb <= SPLIT_MAX_BLOCKS
+    max_blocks = SPLIT_MAX_BLOCKS if tuning.split_max_blocks is None else tuning.split_max_blocks
+    split = nb <= max_blocks
     ksplit = 1
-    if split:
+    if tuning.shrink_ksplit is not None:  # also splits the block variant's K loop (partial tiles)
+        ksplit = tuning.shrink_ksplit
+        if nk % ksplit:
+            raise ValueError(f"Tuning.shrink_ksplit={ksplit} does not divide the {nk} K steps of K={k}")
+    elif split:
         ksplit = max(1, min(nk // 2 or 1, SPLIT_TARGET_CTAS // max(1, nb * num_lora)))
         while nk % ksplit:  # every split gets the same number of k-steps
             ksplit -= 1
     itemsize = 2
     step = (BM + na) * block_k * itemsize
     out_bytes = BM * na * 4
-    stages = max(2, min(4, (SMEM_BUDGET - out_bytes) // step))
+    if tuning.shrink_stages is not None:
+        stages = tuning.shrink_stages
+        if out_bytes + stages * step > SMEM_LIMIT:
+            raise ValueError(f"Tuning.shrink_stages={stages} needs {out_bytes + stages * step} bytes of shared memory (limit {SMEM_LIMIT})")
+    else:
+        stages = max(2, min(4, (SMEM_BUDGET - out_bytes) // step))
     stages = min(stages, max(1, nk // ksplit))
-    return ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, interpret)
+    cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail)
+    tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0
+    if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
+        raise ValueError(
+            f"the split shrink of {bpad} rows, {num_lora} slots and ksplit={ksplit} needs more than "
+            f"{SPLIT_PARTS_LIMIT >> 20} MB of partial tiles: lower Tuning.split_max_blocks or shrink_ksplit"
+        )
+    return cfg
 
 
-#: Shared memory a Mosaic GPU kernel may take on Hopper (227 KB, what Mosaic checks at lowering).
-SMEM_LIMIT = 227 * 1024
-
-
-def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages) -> int:
+def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
-    Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile and the barriers.
-    Pipelined, per stage: the x windows and the B tile. Both paths of the kernel (one window for
-    slice-aligned column tiles, ``stack`` windows otherwise) are scoped separately, so the larger,
-    the general one, is what counts.
+    Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile, the barriers and
+    (x_shift) the shifted x tile. Pipelined, per stage: the x windows and the B tile. Both paths of
+    the kernel (one window for slice-aligned column tiles, ``stack`` windows otherwise) are scoped
+    separately, so the larger, the general one, is what counts.
     """
+    kw = kr + (shift_pad(kr) if x_shift else 0)
     fixed = BM * 4 + BM * block_n * base_itemsize + BM * kr * op_itemsize + 8 * 16
-    per_stage = stack * BM * kr * x_itemsize + block_n * kr * op_itemsize
+    fixed += BM * kr * x_itemsize if x_shift else 0
+    per_stage = stack * BM * kw * x_itemsize + block_n * kr * op_itemsize
     return fixed + stages * per_stage
 
 
 def expand_config(
-    bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, *, x_part=0, tail, x_stride=0
+    bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, *, x_part=0, tail, x_shift=False,
+    tuning: Tuning = DEFAULT_TUNING,
 ) -> ExpandConfig:
     """Block and pipeline sizes of an expand: 128 output columns (64 for N < 128); two pipeline
     stages for decode-sized batches, one for prefill; then fewer stages, then narrower column tiles,
-    until the kernel fits in shared memory (wide ranks with three slices need it)."""
+    until the kernel fits in shared memory (wide ranks with three slices need it). ``tuning``
+    fixes the column tile and/or the stages (ValueError when they do not fit)."""
     nb = bpad // BM
-    block_n = 128 if n >= 128 else 64
+    block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
     # Prefill blocks hold one or two adapters: one stage keeps the SMEM small (more CTAs per SM).
     # Decode blocks hold many: two stages prefetch the next adapter's tiles.
-    stages = 2 if nb <= SPLIT_MAX_BLOCKS else 1
+    stages = tuning.expand_stages or (2 if nb <= SPLIT_MAX_BLOCKS else 1)
     kr = round_up(max_r, 16)
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]
-    while expand_smem_bytes(kr, stack, *sizes, block_n, stages) > SMEM_LIMIT:
-        if stages > 1:
+    while expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift) > SMEM_LIMIT:
+        if tuning.expand_stages is None and stages > 1:
             stages -= 1
-        elif block_n > 64:
+        elif tuning.expand_block_n is None and block_n > 64:
             block_n //= 2
         else:
+            what = "with the Tuning given" if (tuning.expand_stages or tuning.expand_block_n) else ""
             raise ValueError(
                 f"an expand of rank {max_r} with {stack} slices needs "
-                f"{expand_smem_bytes(kr, stack, *sizes, block_n, stages)} bytes of shared memory "
-                f"(limit {SMEM_LIMIT}): the pallas backend takes ranks up to 128 with three slices, 256 with two"
+                f"{expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift)} bytes of shared memory {what}"
+                f"(limit {SMEM_LIMIT}): the pallas backend takes ranks up to 128 with three slices (QKV), 192 "
+                f"with two (gate-up), 256 with one"
             )
     return ExpandConfig(
-        bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_stride
+        bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
+        tuning.expand_reduce_add,
     )
 
 
 def _itemsize(dtype_name: str) -> int:
     return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype_name]
-
-
-def slice_alignment(itemsize: int) -> int:
-    """Packed slices (slice j at column j*r) need r to be a multiple of this for TMA (16 bytes)."""
-    return 16 // itemsize

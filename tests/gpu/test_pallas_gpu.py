@@ -75,9 +75,8 @@ def test_float32_and_odd_shapes(rng):
 
 
 def test_zero_copy_in_place(rng):
-    # Ranks a multiple of 8 (all real ones): an odd rank takes the documented repack of the
-    # intermediate (a gather), which allocates more.
-    comp = mixed(rng, tokens=4096, segs=8, odd_rank=False)
+    # An odd rank allocates nothing more (the expand shifts slices in shared memory, no repack).
+    comp = mixed(rng, tokens=4096, segs=8, odd_rank=True)
     be = pallas(batch_info(comp, DEV))
     dt = torch.bfloat16
     x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
@@ -95,10 +94,11 @@ def test_zero_copy_in_place(rng):
     extra = torch.cuda.max_memory_allocated() - before
     assert out.data_ptr() == base.data_ptr()
     assert (x.data_ptr(), a.data_ptr(), b.data_ptr(), base.data_ptr()) == ptrs
-    # Only the float32 shrink output (token bucket x 3r) may be allocated: no copy of x, weights or base.
+    # Only the float32 shrink output (token bucket x (3r + 16)) may be allocated: no copy of x,
+    # weights or base, no metadata (derived once per batch, in set_batch_info).
     from lora.pallas.tiling import padded_tokens
 
-    assert extra <= padded_tokens(comp.tokens) * 3 * comp.max_r * 4 + (1 << 20), f"{extra} bytes allocated"
+    assert extra <= padded_tokens(comp.tokens) * (3 * comp.max_r + 32) * 4 + (1 << 20), f"{extra} bytes allocated"
     assert extra < x.numel() * x.element_size() // 4
 
 
@@ -184,48 +184,9 @@ def test_matches_triton(op, rng):
 # ---- CUDA graphs, JAX's memory, the JAX API on the GPU ------------------------------------------
 
 
-def test_cuda_graph_replay_with_new_metadata(rng):
-    comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(3)]
-    bi = batch_info(comps[0], DEV)
-    be = pallas(bi)
-    dt = torch.bfloat16
-    x = torch.zeros(64, HIDDEN, dtype=dt, device=DEV)
-    a = to_torch(C.shrink_weights(rng, comps[0], 3, HIDDEN), dt, DEV)
-    b = to_torch(C.expand_weights(rng, comps[0], Q + 2 * KV), dt, DEV)
-    base = torch.zeros(64, Q + 2 * KV, dtype=dt, device=DEV)
-    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        be.run_qkv_lora(x, a, b, off, Q, base_output=base)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        be.run_qkv_lora(x, a, b, off, Q, base_output=base)
-    for comp in comps[1:]:
-        new = batch_info(comp, DEV)
-        bi.weight_indices.copy_(new.weight_indices)
-        xv = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
-        bv = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
-        x.copy_(xv)
-        base.copy_(bv)
-        g.replay()
-        torch.cuda.synchronize()
-        f64 = lambda t: t.double().cpu().numpy()  # noqa: E731
-        ref = C.ref_stacked(comp, f64(xv), f64(a), f64(b), [0, Q, Q + KV, Q + 2 * KV], f64(bv))
-        check = C.compare(f64(base), ref, "bfloat16")
-        assert check.ok, check.detail
-
-
-def test_metadata_shared_within_a_capture_not_across_captures(rng):
-    """Graph 1 runs QKV then gate-up (the second reuses the metadata the first built in the same
-    capture); graph 2, captured next on the same batch info, must build its own: replaying graph 2
-    alone after new metadata is copied in must use the new metadata."""
-    from lora.pallas.backend import capture_id
-
-    comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(3)]
-    bi = batch_info(comps[0], DEV)
-    be = pallas(bi)
+def _graph_case(rng, be, bi, comps, capture_prepare: bool):
+    """Capture QKV then gate-up on reserved buffers; replay after copying new batch values in place
+    (and re-deriving with set_batch_info, unless prepare itself is in the graph)."""
     dt = torch.bfloat16
     off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
     x = torch.zeros(64, HIDDEN, dtype=dt, device=DEV)
@@ -236,45 +197,89 @@ def test_metadata_shared_within_a_capture_not_across_captures(rng):
     qkv = torch.zeros(64, Q + 2 * KV, dtype=dt, device=DEV)
     gu = torch.zeros(64, 2 * INTER, dtype=dt, device=DEV)
 
-    def both():
+    def step():
+        if capture_prepare:
+            be.prepare(bi)
         be.run_qkv_lora(x, a3, b3, off, Q, base_output=qkv)
         be.run_gate_up_lora(x, a2, b2, base_output=gu)
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        both()
+        step()  # warm-up: compiles every kernel outside the capture
     torch.cuda.current_stream().wait_stream(side)
-    ids = []
-    g1, g2 = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g1):
-        ids.append(capture_id(torch.cuda.current_stream().cuda_stream))
-        both()
-    with torch.cuda.graph(g2):
-        ids.append(capture_id(torch.cuda.current_stream().cuda_stream))
-        be.run_gate_up_lora(x, a2, b2, base_output=gu)
-    assert capture_id(torch.cuda.current_stream().cuda_stream) is None
-    assert None not in ids and ids[0] != ids[1], ids
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
     f64 = lambda t: t.double().cpu().numpy()  # noqa: E731
-    for i, comp in enumerate(comps[1:]):
+    for comp in comps[1:]:
         new = batch_info(comp, DEV)
         for field in ("seg_lens", "seg_indptr", "weight_indices", "lora_ranks", "scalings"):
             getattr(bi, field).copy_(getattr(new, field))
+        if not capture_prepare:
+            be.set_batch_info(bi)  # re-derives into the same (reserved) buffers
         xv = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
         q0 = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
         g0 = to_torch(C.base_output(rng, comp, 2 * INTER), dt, DEV)
         x.copy_(xv)
         qkv.copy_(q0)
         gu.copy_(g0)
-        (g2 if i == 0 else g1).replay()
+        g.replay()
         torch.cuda.synchronize()
-        ref = C.ref_stacked(comp, f64(xv), f64(a2), f64(b2), [0, INTER, 2 * INTER], f64(g0))
-        check = C.compare(f64(gu), ref, "bfloat16")
-        assert check.ok, f"graph {2 if i == 0 else 1}: {check.detail}"
-        if i == 1:
-            ref = C.ref_stacked(comp, f64(xv), f64(a3), f64(b3), [0, Q, Q + KV, Q + 2 * KV], f64(q0))
-            check = C.compare(f64(qkv), ref, "bfloat16")
-            assert check.ok, check.detail
+        check = C.compare(f64(gu), C.ref_stacked(comp, f64(xv), f64(a2), f64(b2), [0, INTER, 2 * INTER], f64(g0)), "bfloat16")
+        assert check.ok, f"gate-up after replay: {check.detail}"
+        ref = C.ref_stacked(comp, f64(xv), f64(a3), f64(b3), [0, Q, Q + KV, Q + 2 * KV], f64(q0))
+        check = C.compare(f64(qkv), ref, "bfloat16")
+        assert check.ok, f"qkv after replay: {check.detail}"
+
+
+@pytest.mark.parametrize("capture_prepare", [False, True], ids=["set_batch_info-before-replay", "prepare-in-graph"])
+def test_cuda_graph_replay_with_new_metadata(rng, capture_prepare):
+    comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(3)]
+    bi = batch_info(comps[0], DEV)
+    be = pallas()
+    be.reserve(max_tokens=256, max_segments=64)
+    be.set_batch_info(bi)
+    meta = be._meta.data_ptr()
+    _graph_case(rng, be, bi, comps, capture_prepare)
+    assert be._meta.data_ptr() == meta, "reserved metadata buffers were reallocated"
+
+
+def test_decode_shrink_is_bitwise_reproducible(rng):
+    """The split-K decode shrink, repeated on one stream, gives the same bits every time (each CTA
+    stores its own partial tile, the tiles are summed in index order; before: TMA reduce-adds of the
+    K-split partials in completion order, one bf16 ulp apart in ~5 of 100 runs)."""
+    comp = C.decode_composition(rng, 64, 8, 16)
+    be = pallas(batch_info(comp, DEV))
+    dt = torch.bfloat16
+    x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+    a = to_torch(C.shrink_weights(rng, comp, 3, HIDDEN), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, Q + 2 * KV), dt, DEV)
+    base = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
+    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
+    first = be.run_lora_a_sgemm(x, a, 3)
+    first_qkv = be.run_qkv_lora(x, a, b, off, Q, base_output=base.clone())
+    bits = lambda t: torch.nan_to_num(t.float()).view(torch.int32)  # noqa: E731
+    diffs = sum(int(not torch.equal(bits(be.run_lora_a_sgemm(x, a, 3)), bits(first))) for _ in range(100))
+    diffs_qkv = sum(
+        int(not torch.equal(bits(be.run_qkv_lora(x, a, b, off, Q, base_output=base.clone())), bits(first_qkv)))
+        for _ in range(20)
+    )
+    assert diffs == 0 and diffs_qkv == 0, f"{diffs}/100 shrink and {diffs_qkv}/20 qkv results differ bitwise"
+
+
+def test_expand_with_max_r_zero(rng):
+    """No adapter loaded (max_r = 0): base_output comes back unchanged, as with torch and triton."""
+    comp = C.decode_composition(rng, 16, 2, 16)
+    be = pallas(batch_info(comp, DEV))
+    base = torch.randn(16, Q, dtype=torch.bfloat16, device=DEV)
+    x = torch.empty(16, 0, dtype=torch.bfloat16, device=DEV)
+    w = torch.empty(2, Q, 0, dtype=torch.bfloat16, device=DEV)
+    be.batch_info.lora_ranks.zero_()
+    be.set_batch_info(be.batch_info)
+    out = be.run_lora_b_sgemm(x, w, base_output=base.clone())
+    assert torch.equal(out, base)
+    assert not be.run_lora_b_sgemm(x, w).any()
 
 
 def test_jax_runtime_takes_no_gpu_memory(rng):

@@ -1,5 +1,13 @@
-"""The pallas backend's device metadata built with torch ops (CPU torch here; the kernels that read
-it run on the GPU suite), against a plain-Python model of the layout in :mod:`lora.pallas.tiling`."""
+"""The pallas backend's torch path on the CPU: metadata derived once per batch (``prepare``), the plan
+and the torch executor, with the Mosaic kernels replaced by a torch model of what they compute.
+
+* The metadata built by :mod:`lora.pallas.meta` through the torch executor, against a plain-Python
+  model of the layout in :mod:`lora.pallas.tiling`.
+* The whole op path (validation, ``prepare`` / ``reserve``, plan, padding, float32 split, split-K
+  workspace and its ordered sum, shifted slice windows, write-back) against the float64 oracle with poisoned
+  inputs, the kernels modelled in torch from the same metadata and configurations (the real kernels
+  run in ``tests/pallas`` in interpret mode and in ``tests/gpu``).
+"""
 
 from __future__ import annotations
 
@@ -8,32 +16,36 @@ import pytest
 import torch
 
 from lora import LoRABatchInfo
+from lora.pallas import meta as M
+from lora.pallas import plan as P
 from lora.pallas import tiling as T
-from lora.pallas.backend import build_meta_torch
+from lora.pallas.backend import PallasLoRABackend, TorchExecutor
+from tests.lora import contract as C
+from tests.lora.torch_cases import batch_info, run_op
+
+# ---- the layout -------------------------------------------------------------------------------------
 
 
-def model_meta(lens, slots, ranks, s, bpad):
-    L, nb, BM = len(ranks), bpad // T.BM, T.BM
-    row_slot = [-1] * bpad
+def model_meta(lens, slots, ranks, groups):
+    L, BM = len(ranks), T.BM
+    n = M.rows_covered(groups)
+    row_slot = [-1] * n
     r0 = 0
-    for n, w in zip(lens, slots):
-        for r in range(r0, r0 + n):
-            if r < s and ranks[w] > 0:
+    for length, w in zip(lens, slots):
+        for r in range(r0, min(r0 + length, n)):
+            if ranks[w] > 0:
                 row_slot[r] = w
-        r0 += n
-    tail0 = max(s - BM, 0)
-    boxes = row_slot + row_slot[tail0 : tail0 + BM]
-    present = [set(v for v in row_slot[b * BM : (b + 1) * BM] if v >= 0) for b in range(nb)]
-    if s > 0:
-        present[min((s - 1) // BM, nb - 1)] |= set(v for v in boxes[nb * BM :] if v >= 0)
-    lay = T.MetaLayout(bpad, L)
-    meta = [0] * lay.length
-    meta[0] = s
-    for b in range(nb):
-        meta[lay.count + b] = len(present[b])
-        order = sorted(present[b]) + sorted(set(range(L)) - present[b])
-        meta[lay.slots + b * L : lay.slots + (b + 1) * L] = order
-    meta[lay.boxes :] = boxes
+        r0 += length
+    lay = T.MetaLayout(L)
+    meta = []
+    for g in range(groups):
+        present = sorted(set(v for v in row_slot[g * BM : (g + 1) * BM] if v >= 0))
+        rec = [len(present)] + present + sorted(set(range(L)) - set(present))
+        rec += [0] * (lay.head - len(rec))
+        for k in range(T.SHIFTS):
+            rec += row_slot[g * BM + k : g * BM + k + T.BOX_SPAN]
+        assert len(rec) == lay.record
+        meta += rec
     return meta
 
 
@@ -44,16 +56,300 @@ CASES = [
     ([], [], [8, 8], 40),  # no segments
     ([300, 700, 24], [3, 0, 3], [16, 9, 0, 64], 1100),  # prefill, partial last block
     ([64, 64], [0, 1], [8, 8], 128),  # exact blocks
-    ([100, 30], [0, 1], [8, 8], 130),  # the last block's clamped box (rows 66..129) adds slot 0
+    ([100, 30], [0, 1], [8, 8], 130),  # the last block's box (rows 66..129) spans two groups
 ]
 
 
 @pytest.mark.parametrize("lens,slots,ranks,s", CASES)
 def test_meta_matches_the_layout(lens, slots, ranks, s):
     bi = LoRABatchInfo.from_segments(lens, slots, ranks, [1.0] * len(ranks), device="cpu")
-    bpad = T.padded_tokens(s)
-    got = build_meta_torch(bi, s, bpad, len(ranks), "cpu")
-    assert got.dtype == torch.int32 and got.shape == (T.MetaLayout(bpad, len(ranks)).length,)
-    assert np.array_equal(got.numpy(), np.asarray(model_meta(lens, slots, ranks, s, bpad), np.int32))
-    # built twice (the second from cached shape-only parts): the same
-    assert torch.equal(build_meta_torch(bi, s, bpad, len(ranks), "cpu"), got)
+    groups = T.padded_tokens(s) // T.BM
+    meta = M.build(TorchExecutor("cpu", launcher=lambda *a: None), bi.seg_indptr, bi.weight_indices,
+                             bi.lora_ranks, bs=bi.bs, num_lora=bi.num_lora, groups=groups)
+    want_meta = model_meta(lens, slots, ranks, groups)
+    assert meta.dtype == torch.int32 and meta.shape == (T.MetaLayout(len(ranks)).length(groups * T.BM),)
+    assert meta.tolist() == want_meta
+    # a box starting at any row reads that row and the next 63 (what the kernels rely on)
+    lay = T.MetaLayout(len(ranks))
+    slot_of = model_row_slots(lens, slots, ranks, groups * T.BM)
+    for p in range(0, groups * T.BM - T.BM + 1):
+        off = lay.box_offset(p)
+        assert off % 4 == 0  # 16-byte aligned TMA start
+        assert meta[off : off + T.BM].tolist() == slot_of[p : p + T.BM]
+
+
+def model_row_slots(lens, slots, ranks, n):
+    out, r0 = [-1] * n, 0
+    for length, w in zip(lens, slots):
+        for r in range(r0, min(r0 + length, n)):
+            out[r] = w if ranks[w] > 0 else -1
+        r0 += length
+    return out
+
+
+# ---- a torch model of the kernels ----------------------------------------------------------------------
+
+
+def cfg_is_block_shrink(cfg) -> bool:
+    return hasattr(cfg, "split") and not cfg.split
+
+
+class KernelModel:
+    """What the Mosaic kernels compute, in torch, from the same arguments (checked on the GPU against
+    the kernels themselves). Rows >= s of the block variant's output are left as NaN (garbage)."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, kind, cfg, inputs, outputs, device):
+        self.launches.append((kind, cfg))
+        (self._shrink if kind == "shrink" else self._expand)(cfg, inputs, outputs)
+
+    @staticmethod
+    def _blocks(cfg, meta, s):
+        lay = T.MetaLayout(cfg.num_lora)
+        for b in range(cfg.nb):
+            row_lo = b * T.BM
+            if row_lo >= s:
+                continue
+            tail = cfg.tail and row_lo + T.BM > s
+            rx = max(s - T.BM, 0) if tail else row_lo
+            count = int(meta[b * lay.record])
+            slots = [int(v) for v in meta[b * lay.record + 1 : b * lay.record + 1 + count]]
+            if tail and b > 0 and cfg_is_block_shrink(cfg):  # the block shrink also runs the block before's
+                prev = (b - 1) * lay.record
+                slots += [int(v) for v in meta[prev + 1 : prev + 1 + int(meta[prev])]]
+            off = lay.box_offset(rx)
+            rs = meta[off : off + T.BM].long()
+            yield row_lo, rx, tail, slots, rs
+
+    def _shrink(self, cfg, inputs, outputs):
+        meta, nrows, ranks, x, *rest = inputs
+        x_tail = rest.pop(0) if cfg.tail else None
+        a = rest.pop(0)
+        s = int(nrows[0])
+        out = outputs[0]
+        parts = cfg.split or cfg.ksplit > 1
+        if parts:  # (nb, tiles, 64, na_out) partial tiles: the model puts each block's in tile 0
+            tiles = cfg.ksplit * (cfg.num_lora if cfg.split else 1)
+            assert tuple(out.shape) == (cfg.nb, tiles, T.BM, cfg.na_out)
+            out.fill_(float("nan"))
+            out[:, :, :, : cfg.na] = 0.0
+        else:
+            out.fill_(float("nan"))
+        cols = torch.arange(cfg.na)
+        for row_lo, rx, tail, slots, rs in self._blocks(cfg, meta, s):
+            xb = (x_tail if tail else x[rx : rx + T.BM]).double()
+            tile = torch.zeros(T.BM, cfg.na, dtype=torch.float64)
+            for w in slots:
+                keep = (rs[:, None] == w) & (cols[None, :] < cfg.stack * int(ranks[w]))
+                tile = torch.where(keep, xb @ a[w].double().T, tile)
+            if cfg.split:  # rows of the block before are masked (zero)
+                tile[: row_lo - rx] = 0.0
+                out[row_lo // T.BM, 0, :, : cfg.na] = tile.float()
+            elif parts:  # the K-split block variant: its box tile (rows of the block before included)
+                out[row_lo // T.BM, 0, :, : cfg.na] = tile.float()
+            else:  # the whole box (rows of the block before: the same values it writes)
+                out[rx : rx + T.BM, : cfg.na] = tile.float()
+
+    def _expand(self, cfg, inputs, outputs):
+        meta, nrows, ranks, scal, offs, x, *rest = inputs
+        x_tail = rest.pop(0) if cfg.tail else None
+        b, base = rest
+        s = int(nrows[0])
+        op = getattr(torch, cfg.op_dtype)
+        kr = cfg.kr
+        q = 16 // x.element_size()
+        offs = [int(v) for v in offs]
+        for row_lo, rx, tail, slots, rs in self._blocks(cfg, meta, s):
+            xb = x_tail if tail else x[rx : rx + T.BM]
+            rows = slice(row_lo, min(row_lo + T.BM, s))
+            own = slice(row_lo - rx, min(row_lo + T.BM, s) - rx)
+            for w in slots:
+                r = int(ranks[w])
+                for j in range(cfg.stack):
+                    start = j * r  # the kernel reads it through an aligned window, shifted (x_shift)
+                    if not cfg.x_shift:
+                        assert start % q == 0, "a slice off a 16-byte boundary without x_shift"
+                    assert start - start % q + cfg.kw <= xb.shape[1], "x window past the buffer's columns"
+                    xw = xb[:, start : start + kr].float()
+                    xw = torch.where(torch.arange(kr)[None, :] < r, xw, 0.0)
+                    hi = xw.to(op)
+                    xop = hi if cfg.x_part == 0 else (xw - hi.float()).to(op)
+                    bw = b[w, offs[j] : offs[j + 1], :kr].float()
+                    bw = torch.where(torch.arange(kr)[None, :] < r, bw, 0.0).to(op)
+                    acc = xop.double() @ bw.double().T
+                    keep = rs[own] == w
+                    old = base[rows, offs[j] : offs[j + 1]]
+                    new = (old.float() + (acc[own] * float(scal[w])).float()).to(base.dtype)
+                    base[rows, offs[j] : offs[j + 1]] = torch.where(keep[:, None], new, old)
+
+
+@pytest.fixture
+def model(monkeypatch):
+    m = KernelModel()
+    monkeypatch.setattr(PallasLoRABackend, "launcher", m)
+    return m
+
+
+def backend(bi=None, **kw):
+    return PallasLoRABackend("pallas", bi, **kw)
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "float32"])
+@pytest.mark.parametrize("op", ["shrink1", "shrink3", "expand", "qkv", "gate_up"])
+def test_torch_path_against_the_oracle(op, dtype_name, rng, model):
+    comp = C.random_composition(rng)
+    check, _ = run_op(backend(), op, comp, rng, dtype_name, "cpu", k=72, n=80, kv=24)
+    assert check.ok, f"{op} {dtype_name} {comp}: {check.detail}"
+
+
+@pytest.mark.parametrize("op", ["shrink2", "qkv"])
+def test_torch_path_block_variant(op, rng, model):
+    """More than 4 blocks (one CTA per block), a partial last block read through the tail view."""
+    lens = [int(v) for v in rng.integers(0, 120, 7)] + [150]
+    comp = C.Composition(lens, [int(v) for v in rng.integers(0, 4, 8)], [16, 0, 7, 12], [0.5, 1.0, 2.0, 1.5], 16,
+                         sum(lens) + 5)
+    check, _ = run_op(backend(), op, comp, rng, "float16", "cpu", k=64, n=64, kv=32)
+    assert check.ok, f"{op} {comp}: {check.detail}"
+    assert any(k == "shrink" and not cfg.split for k, cfg in model.launches)
+
+
+def test_metadata_is_derived_once_per_batch(rng, model, monkeypatch):
+    """Op calls launch only: the metadata is derived by set_batch_info (prepare), not per call."""
+    comp = C.decode_composition(rng, 64, 8, 16)
+    be = backend(batch_info(comp, "cpu"))
+    calls = []
+    real = M.build
+    monkeypatch.setattr(M, "build", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(comp.tokens, 64, dtype=torch.float16)
+    a = torch.randn(8, 48, 64, dtype=torch.float16)
+    b = torch.randn(8, 192, 16, dtype=torch.float16)
+    off = torch.tensor([0, 64, 128, 192], dtype=torch.int32)
+    for _ in range(3):
+        be.run_qkv_lora(x, a, b, off, 64)
+        be.run_lora_a_sgemm(x, a, 3)
+    assert calls == []
+    be.set_batch_info(batch_info(C.decode_composition(rng, 64, 8, 16), "cpu"))
+    assert calls == [1]
+
+
+def test_reserve_fixes_the_buffers(rng, model):
+    comp = C.decode_composition(rng, 64, 8, 16)
+    be = backend()
+    be.reserve(max_tokens=256, max_segments=256)
+    be.set_batch_info(batch_info(comp, "cpu"))
+    meta = be._meta
+    be.set_batch_info(batch_info(C.decode_composition(rng, 200, 8, 16), "cpu"))
+    assert be._meta.data_ptr() == meta.data_ptr()
+    x = torch.randn(300, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="max_tokens"):
+        be.run_lora_a_sgemm(x, torch.randn(8, 16, 64, dtype=torch.float16))
+
+
+def test_new_values_copied_in_place_are_picked_up_by_set_batch_info(rng, model):
+    """The CUDA-graph flow: new values are copied into the same batch-info tensors, then
+    set_batch_info re-derives into the same buffers (a replay reads them)."""
+    comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(2)]
+    bi = batch_info(comps[0], "cpu")
+    be = backend()
+    be.reserve(max_tokens=64, max_segments=64)
+    be.set_batch_info(bi)
+    new = batch_info(comps[1], "cpu")
+    for f in ("seg_lens", "seg_indptr", "weight_indices", "lora_ranks", "scalings"):
+        getattr(bi, f).copy_(getattr(new, f))
+    be.set_batch_info(bi)
+    comp = comps[1]
+    f16 = lambda a: torch.from_numpy(a).to(torch.float16)  # noqa: E731
+    x, a = f16(C.activations(rng, comp, 64)), f16(C.shrink_weights(rng, comp, 2, 64))
+    b, base = f16(C.expand_weights(rng, comp, 128)), f16(C.base_output(rng, comp, 128))
+    ref = C.ref_stacked(comp, *(t.double().numpy() for t in (x, a, b)), [0, 64, 128], base.double().numpy())
+    out = be.run_gate_up_lora(x, a, b, base_output=base)
+    check = C.compare(out.double().numpy(), ref, "float16")
+    assert check.ok, check.detail
+
+
+def test_expand_with_max_r_zero_returns_base(model):
+    """SGLang passes weight buffers with max_r = 0 when no adapter is loaded: nothing to add."""
+    bi = LoRABatchInfo.from_segments([5, 3], [0, 1], [0, 0], [1.0, 1.0], device="cpu")
+    be = backend(bi)
+    base = torch.randn(8, 32, dtype=torch.float16)
+    out = be.run_lora_b_sgemm(torch.empty(8, 0, dtype=torch.float16), torch.empty(2, 32, 0, dtype=torch.float16),
+                              base_output=base.clone())
+    assert torch.equal(out, base)
+    assert model.launches == []
+    assert P.plan_expand(64, 32, 0, 1, 2, "float16", "float16", "float16", internal=False, tail=True).noop
+
+
+def test_plan_is_shape_only_and_memoised():
+    p1 = P.plan_shrink(64, 4096, 16, 3, 8, "bfloat16", tail=True)
+    p2 = P.plan_shrink(64, 4096, 16, 3, 8, "bfloat16", tail=True)
+    assert p1 is p2 and p1.cfg.split
+    assert P.plan_shrink(8192, 4096, 16, 3, 8, "bfloat16", tail=True).cfg.split is False
+    f32 = P.plan_expand(64, 6144, 16, 3, 8, "float32", "float32", "float32", internal=True, tail=True)
+    assert f32.b_parts == (0, 1, 0) and [c.x_part for c in f32.cfgs] == [0, 0, 1]
+
+
+def test_tuning_overrides_the_plan():
+    t = T.Tuning(split_max_blocks=0, shrink_stages=2, expand_block_n=64, expand_stages=1)
+    sp = P.plan_shrink(64, 4096, 16, 3, 8, "bfloat16", tail=True, tuning=t)
+    assert not sp.cfg.split and sp.cfg.stages == 2
+    ep = P.plan_expand(64, 6144, 16, 3, 8, "float32", "bfloat16", "bfloat16", internal=True, tail=True, tuning=t)
+    assert ep.cfgs[0].block_n == 64 and ep.cfgs[0].stages == 1
+    with pytest.raises(ValueError, match="shrink_ksplit"):
+        P.plan_shrink(64, 4096, 16, 3, 8, "bfloat16", tail=True, tuning=T.Tuning(shrink_ksplit=7))
+    with pytest.raises(ValueError, match="expand_block_n"):
+        T.Tuning(expand_block_n=100)
+    with pytest.raises(TypeError, match="tuning"):
+        PallasLoRABackend("pallas", tuning={"expand_block_n": 64})
+
+
+def test_tuned_backend_runs_the_override(rng, model):
+    comp = C.decode_composition(rng, 64, 8, 16)
+    be = backend(tuning=T.Tuning(split_max_blocks=0))
+    check, _ = run_op(be, "qkv", comp, rng, "float16", "cpu", k=64, n=64, kv=32)
+    assert check.ok, check.detail
+    assert all(not cfg.split for k, cfg in model.launches if k == "shrink")
+
+
+def test_a_call_plans_nothing_twice(rng, model, monkeypatch):
+    """The plan is memoised per shape: a second fused call computes no kernel configuration (the
+    expand's used to be computed three times per call)."""
+    comp = C.decode_composition(rng, 64, 8, 16)
+    be = backend(batch_info(comp, "cpu"))
+    x = torch.randn(comp.tokens, 64, dtype=torch.float16)
+    a = torch.randn(8, 48, 64, dtype=torch.float16)
+    b = torch.randn(8, 192, 16, dtype=torch.float16)
+    off = torch.tensor([0, 64, 128, 192], dtype=torch.int32)
+    be.run_qkv_lora(x, a, b, off, 64)
+    calls = []
+    for name in ("expand_config", "shrink_config"):
+        real = getattr(P, name)
+        monkeypatch.setattr(P, name, lambda *args, _r=real, _n=name, **kw: calls.append(_n) or _r(*args, **kw))
+    be.run_qkv_lora(x, a, b, off, 64)
+    assert calls == []
+    assert len(model.launches) == 4  # shrink + expand, twice
+
+
+@pytest.mark.parametrize("tokens", [130, 100, 64, 20])
+def test_split_partials_placed_at_their_rows(tokens, rng, model):
+    """Split-K shrink (<= 4 blocks): each block's summed tile at its rows, the partial last block's
+    clamped box moved in place (130 tokens: block 2 holds rows 128..129, its box 66..129; block 3
+    has no rows)."""
+    comp = C.decode_composition(rng, tokens, 8, 16)
+    for op in ("shrink3", "qkv"):
+        check, _ = run_op(backend(), op, comp, rng, "float16", "cpu", k=64, n=64, kv=32)
+        assert check.ok, f"{op} {tokens}: {check.detail}"
+    assert all(cfg.split for k, cfg in model.launches if k == "shrink")
+
+
+@pytest.mark.parametrize("tokens", [300, 330, 1000])
+def test_block_variant_with_k_split(tokens, rng, model):
+    """Tuning(shrink_ksplit=2) on prefill-sized batches: the block shrink's K loop over two CTAs per
+    block, partial tiles added by the executor (a partial last block's box moved to its rows)."""
+    comp = C.Composition([tokens - 50, 50], [0, 2], [16, 0, 7], [0.5, 1.0, 2.0], 16, tokens)
+    be = backend(tuning=T.Tuning(shrink_ksplit=2))
+    for op in ("shrink3", "gate_up"):
+        check, _ = run_op(be, op, comp, rng, "float16", "cpu", k=128, n=64, kv=32)
+        assert check.ok, f"{op} {tokens}: {check.detail}"
+    assert any(k == "shrink" and not cfg.split and cfg.ksplit == 2 for k, cfg in model.launches)
