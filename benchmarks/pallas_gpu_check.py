@@ -28,10 +28,21 @@ import torch  # noqa: E402
 
 import lora  # noqa: E402
 from lora.compare import cases as CS  # noqa: E402
-from lora.compare import inputs as IN  # noqa: E402
+from lora import testing as T  # noqa: E402
 from lora.compare import timing as TM  # noqa: E402
-from tests.lora import contract as C  # noqa: E402
-from tests.lora.torch_cases import batch_info, run_op, to_torch  # noqa: E402
+from lora.testing import batch_info  # noqa: E402
+
+C = T  # the compositions and numpy inputs of the contract
+
+
+def to_torch(a, dtype: torch.dtype, device) -> torch.Tensor:
+    return torch.from_numpy(a).to(device=device, dtype=dtype)
+
+
+def run_op(backend, op: str, comp, rng, dtype_name: str, device, *, k: int, n: int, kv: int | None = None):
+    """``op`` of lora.testing.OPS at widths k, n (QKV: q=n, kv) on fresh poisoned inputs: (Check, output)."""
+    return T.run_op(backend, T.contract_op(op, k, n, kv), comp, dtype_name, device=device,
+                    seed=int(rng.integers(2**31)))
 
 DEV = torch.device("cuda")
 HIDDEN, Q, KV, INTER = 4096, 4096, 1024, 14336
@@ -164,14 +175,14 @@ def time_op(backend_name, case, op, comp, bi, copy_gbps, budget, tuning=None):
 
         be = lora.get_backend_from_name(backend_name)(backend_name, bi, tuning=Tuning(**TUNINGS[tuning]))
     seed = CS.case_seed(0, case.name, op.name)
-    one = IN.make_inputs(op, comp, dtype, DEV, seed)
-    nsets = min(TM.rotation_sets(IN.set_bytes(one), DEV), 24)  # inputs rotate beyond L2, bounded
-    sets = [one] + [IN.make_inputs(op, comp, dtype, DEV, seed + i) for i in range(1, nsets)]
-    ref = IN.oracle(op, comp, {k: v.clone() for k, v in one.items()})
+    one = T.make_inputs(op, comp, dtype, DEV, seed)
+    nsets = min(TM.rotation_sets(sum(t.numel() * t.element_size() for t in one.values()), DEV), 24)  # inputs rotate beyond L2, bounded
+    sets = [one] + [T.make_inputs(op, comp, dtype, DEV, seed + i) for i in range(1, nsets)]
+    ref = T.oracle(op, comp, {k: v.clone() for k, v in one.items()})
     base0 = one.get("base")
-    out = IN.call_op(be, op, one)
-    chk = IN.check(out, ref, "bfloat16", expect_dtype=dtype, base=base0 if op.kind != "shrink" else None)
-    fns = [lambda t=t: IN.call_op(be, op, t) for t in sets]
+    out = T.call_op(be, op, one)
+    chk = T.check(out, ref, "bfloat16", expect_dtype=dtype, base=base0 if op.kind != "shrink" else None)
+    fns = [lambda t=t: T.call_op(be, op, t) for t in sets]
     row = {"case": case.name, "backend": backend_name, "op": op.name, "ok": chk.ok, "rel_error": chk.rel_error,
            "tuning": tuning}
     nbytes = CS.min_bytes(op, comp, itemsize=2)

@@ -20,8 +20,13 @@ from lora.pallas import meta as M
 from lora.pallas import plan as P
 from lora.pallas import tiling as T
 from lora.pallas.backend import PallasLoRABackend, TorchExecutor
-from tests.lora import contract as C
-from tests.lora.torch_cases import batch_info, run_op
+from lora import testing as C
+from lora.testing import batch_info
+
+
+def run_op(backend, op: str, comp, rng, dtype_name: str, device, *, k: int, n: int, kv: int | None = None):
+    """``op`` of lora.testing.OPS at widths k, n (QKV: q=n, kv) on fresh poisoned inputs: (Check, output)."""
+    return C.run_op(backend, C.contract_op(op, k, n, kv), comp, dtype_name, device=device, seed=int(rng.integers(2**31)))
 
 # ---- the layout -------------------------------------------------------------------------------------
 
@@ -189,6 +194,8 @@ class KernelModel:
 def model(monkeypatch):
     m = KernelModel()
     monkeypatch.setattr(PallasLoRABackend, "launcher", m)
+    # the kernels are modelled in torch: the backend runs here whether or not jax could
+    monkeypatch.setattr(PallasLoRABackend, "unavailable_reason", classmethod(lambda cls: None))
     return m
 
 
