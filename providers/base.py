@@ -44,7 +44,7 @@ register API keys with :func:`~providers.errors.register_secret` (or keep them i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .chat_template import ChatTemplate, get_chat_template
@@ -144,6 +144,23 @@ class BaseBackend:
     def __init__(self, chat_template: ChatTemplate | None = None) -> None:
         self.chat_template = chat_template or get_chat_template("default")
 
+    # ------------------------------------------------------------------------ provider options
+
+    @property
+    def provider_options(self) -> dict[str, Any]:
+        """Provider-specific request fields sent with every request of this backend (a copy;
+        assign a dict to change them). A call's ``provider_options`` win key by key; see
+        ``providers/options.py`` for the rules and each provider module for where they go."""
+        return dict(self.__dict__.get("_provider_options") or {})
+
+    @provider_options.setter
+    def provider_options(self, value: Mapping[str, Any] | None) -> None:
+        from .options import check_provider_options
+        from .sampling import SamplingParams
+
+        own = [f for f in SamplingParams.__dataclass_fields__ if f != "provider_options"]
+        self._provider_options = check_provider_options(value, fields=own)
+
     # ------------------------------------------------------------------ identity and settings
 
     def get_model_name(self) -> str:
@@ -208,6 +225,28 @@ class BaseBackend:
 
     def concatenate_and_append(self, src_rids: list[str], dst_rid: str) -> None:
         self._unsupported("concatenate_and_append")
+
+    # ------------------------------------------------------------------------- async operations
+    #
+    # The asyncio twins, on each backend's async transport (never a thread). A backend without one
+    # raises UnsupportedOperationError, as for a missing sync operation.
+
+    async def agenerate(self, s: StateView, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+        self._unsupported("agenerate")
+
+    def agenerate_stream(self, s: StateView, sampling_params: SamplingParams) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        self._unsupported("agenerate_stream")
+
+    async def aselect(self, s: StateView, choices: list[str], temperature: float,
+                      choices_method: ChoicesSamplingMethod) -> ChoicesDecision:
+        self._unsupported("aselect")
+
+    async def acommit_lazy_operations(self, s: StateView) -> None:
+        """The async twin of :meth:`commit_lazy_operations` (override where the hook sends a request)."""
+        self.commit_lazy_operations(s)
+
+    async def aclose(self) -> None:
+        """Release the async transport of the running event loop; idempotent (no-op unless overridden)."""
 
     # ---------------------------------------------------------------------------------- helpers
 

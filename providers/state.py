@@ -462,7 +462,7 @@ class ProgramState:
             if not isinstance(params, SamplingParams):
                 raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         else:
-            params = SamplingParams(**kwargs)
+            params = SamplingParams.from_kwargs(**kwargs)
         extra = [s for s in self.chat_template.stop_str if s not in params.stop]
         if extra:
             params = params.replace(stop=params.stop + tuple(extra))
