@@ -48,11 +48,8 @@ Provider options (``providers/options.py``): ``_options(params)`` is the backend
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -226,10 +223,6 @@ class APIBackend(BaseBackend):
         """The async twin of :meth:`_complete`."""
         self._no_async("generate")
 
-    def _make_async_client(self) -> Any:
-        """A new async SDK client (called once per event loop by :meth:`_async_client`)."""
-        self._no_async("generate")
-
     def _no_async(self, operation: str):
         raise UnsupportedOperationError(f"{type(self).__name__} has no async {operation}", provider=self.provider)
 
@@ -268,27 +261,6 @@ class APIBackend(BaseBackend):
                 return await fn()
 
         return await once() if self.retry is None else await self.retry.acall(once)
-
-    def _async_client(self) -> Any:
-        """The async SDK client of the running event loop (made on first use in each loop: an async
-        client's connections belong to the loop that opened them)."""
-        loop = asyncio.get_running_loop()
-        lock = self.__dict__.setdefault("_aclients_lock", threading.Lock())
-        with lock:
-            clients = self.__dict__.setdefault("_aclients", weakref.WeakKeyDictionary())
-            client = clients.get(loop)
-            if client is None:
-                client = clients[loop] = self._make_async_client()
-            return client
-
-    async def aclose(self) -> None:
-        """Close the async client of the running loop (if one was made); idempotent."""
-        clients = self.__dict__.get("_aclients")
-        if not clients:
-            return
-        client = clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await _aclose(client)
 
     def _options(self, params: SamplingParams) -> dict[str, Any]:
         """The provider options of one request: the backend's, overlaid with the call's."""

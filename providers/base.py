@@ -44,6 +44,10 @@ register API keys with :func:`~providers.errors.register_secret` (or keep them i
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -245,8 +249,33 @@ class BaseBackend:
         """The async twin of :meth:`commit_lazy_operations` (override where the hook sends a request)."""
         self.commit_lazy_operations(s)
 
+    def _make_async_client(self) -> Any:
+        """A new async client (HTTP or SDK) for this backend, called once per event loop by
+        :meth:`_async_client`; backends with an async transport override it."""
+        self._unsupported("async operations")
+
+    def _async_client(self) -> Any:
+        """The async client of the running event loop, made on first use in each loop (an async
+        client's connections belong to the loop that opened them)."""
+        loop = asyncio.get_running_loop()
+        lock = self.__dict__.setdefault("_aclients_lock", threading.Lock())
+        with lock:
+            clients = self.__dict__.setdefault("_aclients", weakref.WeakKeyDictionary())
+            client = clients.get(loop)
+            if client is None:
+                client = clients[loop] = self._make_async_client()
+            return client
+
     async def aclose(self) -> None:
-        """Release the async transport of the running event loop; idempotent (no-op unless overridden)."""
+        """Close the async client of the running event loop (if one was made); idempotent."""
+        clients = self.__dict__.get("_aclients")
+        client = clients.pop(asyncio.get_running_loop(), None) if clients else None
+        if client is None:
+            return
+        close = getattr(client, "aclose", None) or getattr(client, "close", None)
+        result = close() if close is not None else None
+        if inspect.isawaitable(result):
+            await result
 
     # ---------------------------------------------------------------------------------- helpers
 

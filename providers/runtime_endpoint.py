@@ -30,6 +30,18 @@ Decisions where the protocol is silent:
   text is assumed not to merge. Unconditional logprobs (when the method needs them) score the
   choice's token ids alone via ``input_ids``.
 * ``n > 1``: ``generate`` returns ``(list_of_texts, meta_info)`` (see ``base.py``).
+* **Async**: ``agenerate`` / ``agenerate_stream`` / ``aselect`` / ``arequest`` /
+  ``acommit_lazy_operations`` are the same requests on an ``httpx.AsyncClient`` (one per event loop,
+  same URL, key, timeout and TLS settings; ``await endpoint.aclose()`` closes it), with the same
+  retry rules (:meth:`RetryPolicy.acall` / :meth:`RetryPolicy.astream`) and the same stream decoder;
+  ``select`` is one plan (``providers/plan.py``) run either way. Cancelling a task mid-stream closes
+  the response, which frees the connection.
+* **Provider options** (``providers/options.py``; :func:`apply_sglang_options`): names of SGLang
+  sampling parameters this package does not model (:data:`SGLANG_SAMPLING_EXTRAS`, e.g.
+  ``repetition_penalty``, ``no_stop_trim``, ``ebnf``) go into ``sampling_params``; ``extra_body`` and
+  every other name (``lora_path``, ``rid``, ``return_hidden_states``...) to the top level of the
+  ``/generate`` body; ``extra_headers`` are HTTP headers and ``extra_query`` URL query parameters.
+  ``cache_control`` raises: SGLang's radix cache reuses shared prefixes by itself.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -52,12 +64,16 @@ from .errors import (
     ProviderError,
     Secret,
     UnsupportedOperationError,
+    UnsupportedParameterError,
     error_from_status,
 )
+from .options import merge_provider_options, refuse_overrides
+from .plan import Plan, arun, call, run
 from .retry import RetryPolicy, parse_retry_after
 from .sampling import DTYPE_REGEX, SamplingParams
 
-__all__ = ["RuntimeEndpoint", "StreamDecoder", "DEFAULT_TIMEOUT", "FINISH_REASONS", "to_sglang"]
+__all__ = ["RuntimeEndpoint", "StreamDecoder", "DEFAULT_TIMEOUT", "FINISH_REASONS", "SGLANG_SAMPLING_EXTRAS",
+           "to_sglang", "apply_sglang_options"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +84,11 @@ PROVIDER = "sglang"
 FINISH_REASONS: dict[str, str] = {}
 # meta_info keys make_meta_info owns; the server's other keys (id, cached_tokens, logprobs) pass through.
 _UNIFORM = {"prompt_tokens", "completion_tokens", "finish_reason", "model", "latency", "provider"}
+#: SGLang sampling parameters that SamplingParams does not model: as provider options they go into
+#: ``sampling_params`` (any other option goes to the top level of the request body).
+SGLANG_SAMPLING_EXTRAS = frozenset({
+    "repetition_penalty", "no_stop_trim", "skip_special_tokens", "spaces_between_special_tokens", "custom_params",
+    "ebnf", "structural_tag", "stream_interval", "logit_bias", "sampling_seed", "stop_regex"})
 
 
 class RuntimeEndpoint(BaseBackend):
@@ -129,12 +150,21 @@ class RuntimeEndpoint(BaseBackend):
 
     # -------------------------------------------------------------------------- transport
 
-    def request(self, method: str, path: str, *, json: Any = None) -> Any:
+    def request(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None,
+                params: dict[str, Any] | None = None) -> Any:
         """Send one request (with retries) and return the parsed JSON body (or the text if not JSON).
 
         The low-level door for endpoints this class does not wrap; raises :class:`ProviderError`.
         """
-        return self.retry.call(lambda: self._send(method, path, json))
+        return self.retry.call(lambda: self._send(method, path, json, headers, params))
+
+    async def arequest(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None,
+                       params: dict[str, Any] | None = None) -> Any:
+        """The async twin of :meth:`request` (the same retries, ``asyncio.sleep`` between them)."""
+        return await self.retry.acall(lambda: self._asend(method, path, json, headers, params))
+
+    def _make_async_client(self) -> httpx.AsyncClient:
+        return self.async_client()
 
     def async_client(self) -> httpx.AsyncClient:
         """A new ``httpx.AsyncClient`` with this endpoint's URL, key, timeout and TLS settings.
@@ -149,32 +179,61 @@ class RuntimeEndpoint(BaseBackend):
             follow_redirects=False,
         )
 
-    def _send(self, method: str, path: str, payload: Any) -> Any:
+    def _send(self, method: str, path: str, payload: Any, headers: dict[str, str] | None = None,
+              params: dict[str, Any] | None = None) -> Any:
         if self._closed:
             raise RuntimeError("this RuntimeEndpoint was shut down")
         try:
-            response = self._client.request(method, path, json=payload)
+            response = self._client.request(method, path, json=payload, headers=headers, params=params)
         except httpx.HTTPError as err:
             raise _transport_error(err, method, path) from None
-        _raise_for_status(response)
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            return response.text
+        return _body(response)
 
-    def _raw_deltas(self, payload: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    async def _asend(self, method: str, path: str, payload: Any, headers: dict[str, str] | None = None,
+                     params: dict[str, Any] | None = None) -> Any:
+        if self._closed:
+            raise RuntimeError("this RuntimeEndpoint was shut down")
+        try:
+            response = await self._async_client().request(method, path, json=payload, headers=headers, params=params)
+        except httpx.HTTPError as err:
+            raise _transport_error(err, method, path) from None
+        return _body(response)
+
+    def _raw_deltas(self, payload: dict[str, Any], headers: dict[str, str] | None = None,
+                    params: dict[str, Any] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(delta, raw meta_info)`` per event of one streaming ``/generate`` request."""
         if self._closed:
             raise RuntimeError("this RuntimeEndpoint was shut down")
         decoder = StreamDecoder()
         try:
-            with self._client.stream("POST", "/generate", json=payload) as response:
+            with self._client.stream("POST", "/generate", json=payload, headers=headers, params=params) as response:
                 if response.status_code >= 300:
                     response.read()
                     _raise_for_status(response)
                 for line in response.iter_lines():
+                    item = decoder.feed(line)
+                    if decoder.done:
+                        break
+                    if item is not None:
+                        yield item
+        except httpx.HTTPError as err:
+            raise _transport_error(err, "POST", "/generate") from None
+        decoder.finish()
+
+    async def _araw_deltas(self, payload: dict[str, Any], headers: dict[str, str] | None = None,
+                           params: dict[str, Any] | None = None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The async twin of :meth:`_raw_deltas` (the response is closed on every exit, cancellation
+        included: ``async with``)."""
+        if self._closed:
+            raise RuntimeError("this RuntimeEndpoint was shut down")
+        decoder = StreamDecoder()
+        client = self._async_client()
+        try:
+            async with client.stream("POST", "/generate", json=payload, headers=headers, params=params) as response:
+                if response.status_code >= 300:
+                    await response.aread()
+                    _raise_for_status(response)
+                async for line in response.aiter_lines():
                     item = decoder.feed(line)
                     if decoder.done:
                         break
@@ -241,6 +300,9 @@ class RuntimeEndpoint(BaseBackend):
     def commit_lazy_operations(self, s: StateView) -> None:
         self.request("POST", "/generate", json=self._prefix_payload(s))
 
+    async def acommit_lazy_operations(self, s: StateView) -> None:
+        await self.arequest("POST", "/generate", json=self._prefix_payload(s))
+
     def fill_image(self, s: StateView) -> None:
         if s.images_:
             self.request("POST", "/generate", json=self._prefix_payload(s))
@@ -265,9 +327,16 @@ class RuntimeEndpoint(BaseBackend):
     # ------------------------------------------------------------------------- generation
 
     def generate(self, s: StateView, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
-        payload = self._generate_payload(s, sampling_params)
+        return run(self, self._generate_plan(s, sampling_params))
+
+    async def agenerate(self, s: StateView, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+        """The async twin of :meth:`generate`."""
+        return await arun(self, self._generate_plan(s, sampling_params))
+
+    def _generate_plan(self, s: StateView, sampling_params: SamplingParams) -> Plan:
+        payload, extras = self._generate_request(s, sampling_params)
         started = time.perf_counter()
-        obj = self.request("POST", "/generate", json=payload)
+        obj = yield call("request", "POST", "/generate", json=payload, **extras)
         if sampling_params.n == 1:
             result = _single(obj)
             return result["text"], self._meta(result["meta_info"], started)
@@ -291,16 +360,28 @@ class RuntimeEndpoint(BaseBackend):
     def generate_stream(
         self, s: StateView, sampling_params: SamplingParams
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        if sampling_params.n != 1:
-            raise ValueError("generate_stream: n must be 1")
-        payload = self._generate_payload(s, sampling_params)
-        payload["stream"] = True
-        return self.retry.stream(lambda: self._deltas(payload), provider=PROVIDER)
+        payload, extras = self._stream_request(s, sampling_params)
+        return self.retry.stream(lambda: self._deltas(payload, extras), provider=PROVIDER)
 
-    def _deltas(self, payload: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def agenerate_stream(
+        self, s: StateView, sampling_params: SamplingParams
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The async twin of :meth:`generate_stream` (an async iterator; arguments checked now)."""
+        payload, extras = self._stream_request(s, sampling_params)
+        return self.retry.astream(lambda: self._adeltas(payload, extras), provider=PROVIDER)
+
+    def _stream_request(self, s: StateView, sampling_params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
+        if isinstance(sampling_params, SamplingParams) and sampling_params.n != 1:
+            raise ValueError("generate_stream: n must be 1")
+        payload, extras = self._generate_request(s, sampling_params)
+        payload["stream"] = True
+        return payload, extras
+
+    def _deltas(self, payload: dict[str, Any], extras: dict[str, Any] | None = None
+                ) -> Iterator[tuple[str, dict[str, Any]]]:
         started = time.perf_counter()
         pending_meta: dict[str, Any] | None = None
-        for delta, raw in self._raw_deltas(payload):
+        for delta, raw in self._raw_deltas(payload, **(extras or {})):
             meta = self._meta(raw, started)
             if delta:
                 pending_meta = None
@@ -310,6 +391,25 @@ class RuntimeEndpoint(BaseBackend):
         if pending_meta is not None:  # the last event carried no new text: deliver its meta_info
             yield "", pending_meta
 
+    async def _adeltas(self, payload: dict[str, Any], extras: dict[str, Any] | None = None
+                       ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The async twin of :meth:`_deltas` (the same rule for a last event without text)."""
+        started = time.perf_counter()
+        pending_meta: dict[str, Any] | None = None
+        events = self._araw_deltas(payload, **(extras or {}))
+        try:
+            async for delta, raw in events:
+                meta = self._meta(raw, started)
+                if delta:
+                    pending_meta = None
+                    yield delta, meta
+                else:
+                    pending_meta = meta
+        finally:
+            await events.aclose()
+        if pending_meta is not None:
+            yield "", pending_meta
+
     def select(
         self,
         s: StateView,
@@ -317,6 +417,25 @@ class RuntimeEndpoint(BaseBackend):
         temperature: float,
         choices_method: ChoicesSamplingMethod,
     ) -> ChoicesDecision:
+        return run(self, self._select_plan(s, choices, temperature, choices_method))
+
+    async def aselect(
+        self,
+        s: StateView,
+        choices: list[str],
+        temperature: float,
+        choices_method: ChoicesSamplingMethod,
+    ) -> ChoicesDecision:
+        """The async twin of :meth:`select`."""
+        return await arun(self, self._select_plan(s, choices, temperature, choices_method))
+
+    def _select_plan(
+        self,
+        s: StateView,
+        choices: list[str],
+        temperature: float,
+        choices_method: ChoicesSamplingMethod,
+    ) -> Plan:
         if not choices or not all(isinstance(c, str) and c for c in choices):
             raise ValueError("choices must be a non-empty list of non-empty str")
         if temperature > 1e-5:
@@ -324,7 +443,7 @@ class RuntimeEndpoint(BaseBackend):
                 f"RuntimeEndpoint.select scores choices deterministically; temperature must be 0, got {temperature}"
             )
         prompt = s.text_
-        prefix = _single(self.request("POST", "/generate", json=self._prefix_payload(s)))
+        prefix = _single((yield call("request", "POST", "/generate", json=self._prefix_payload(s))))
         prompt_len = prefix["meta_info"]["prompt_tokens"]
         payload: dict[str, Any] = {
             "text": [prompt + c for c in choices],
@@ -336,7 +455,7 @@ class RuntimeEndpoint(BaseBackend):
         image_data = _image_data(s)
         if image_data is not None:
             payload["image_data"] = [image_data] * len(choices)
-        results = self.request("POST", "/generate", json=payload)
+        results = yield call("request", "POST", "/generate", json=payload)
         if not isinstance(results, list) or len(results) != len(choices):
             raise ProviderError("select: the batched /generate did not return one result per choice", provider=PROVIDER)
         input_logprobs = []
@@ -352,7 +471,8 @@ class RuntimeEndpoint(BaseBackend):
         if choices_method.requires_unconditional_logprobs:
             if any(not entries for entries in input_logprobs):
                 raise ProviderError("select: a choice has no tokens to score", provider=PROVIDER)
-            uncond = self.request(
+            uncond = yield call(
+                "request",
                 "POST",
                 "/generate",
                 json={
@@ -381,6 +501,12 @@ class RuntimeEndpoint(BaseBackend):
         if image_data is not None:
             payload["image_data"] = image_data
         return payload
+
+    def _generate_request(self, s: StateView, params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(/generate body, {"headers": ..., "params": ...})`` with the provider options placed."""
+        payload = self._generate_payload(s, params)
+        options = merge_provider_options(self.provider_options, params.provider_options)
+        return payload, apply_sglang_options(payload, options)
 
     def _generate_payload(self, s: StateView, params: SamplingParams) -> dict[str, Any]:
         if not isinstance(params, SamplingParams):
@@ -417,6 +543,36 @@ def to_sglang(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
             sampling[name] = value
     return sampling, top
 
+
+
+def apply_sglang_options(payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Place the provider options in a ``/generate`` ``payload`` (in place, see the module docstring);
+    returns the request's ``{"headers": ..., "params": ...}`` (empty when there are none)."""
+    extras: dict[str, Any] = {}
+    if not options:
+        return extras
+    options = dict(options)
+    if "cache_control" in options:
+        raise UnsupportedParameterError(
+            "sglang: no cache_control markers; the server's radix cache reuses shared prefixes by itself",
+            provider=PROVIDER)
+    if options.get("extra_headers"):
+        extras["headers"] = dict(options.pop("extra_headers"))
+    if options.get("extra_query"):
+        extras["params"] = dict(options.pop("extra_query"))
+    options.pop("extra_headers", None)
+    options.pop("extra_query", None)
+    top = {**options.pop("extra_body", {})}
+    sampling = payload["sampling_params"]
+    for name, value in options.items():
+        if name in SGLANG_SAMPLING_EXTRAS:
+            refuse_overrides(PROVIDER, {name: value}, sampling)
+            sampling[name] = value
+        else:
+            top[name] = value
+    refuse_overrides(PROVIDER, top, payload)
+    payload.update(top)
+    return extras
 
 
 class StreamDecoder:
@@ -508,6 +664,17 @@ def _error_message(response: httpx.Response) -> str:
             if body.get(key):
                 return str(body[key])
     return json.dumps(body)[:2000]
+
+
+def _body(response: httpx.Response) -> Any:
+    """The parsed JSON body of a (read) response, its text if not JSON, None if empty; raises for errors."""
+    _raise_for_status(response)
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
 
 
 def _raise_for_status(response: httpx.Response) -> None:

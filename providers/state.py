@@ -352,6 +352,15 @@ class ProgramState:
         temperature: float = 0.0,
     ) -> str:
         """Choose one of ``choices`` as the continuation (see ``choices.py`` for the methods)."""
+        choices = self._select_args(choices, method, temperature)
+        with self._mutating():
+            decision = self.backend.select(self, choices, temperature, method)
+            self.text_ += decision.decision
+            self._store(name, decision.decision, decision.meta_info)
+        return decision.decision
+
+    @staticmethod
+    def _select_args(choices: Sequence[str], method: ChoicesSamplingMethod, temperature: float) -> list[str]:
         if isinstance(choices, str) or not isinstance(choices, Sequence):
             raise TypeError("select: choices must be a sequence of str")
         choices = list(choices)
@@ -366,18 +375,13 @@ class ProgramState:
             raise TypeError(f"select: method must be a ChoicesSamplingMethod, got {method!r}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
             raise ValueError(f"select: temperature must be a number >= 0, got {temperature!r}")
-        with self._mutating():
-            decision = self.backend.select(self, choices, temperature, method)
-            self.text_ += decision.decision
-            self._store(name, decision.decision, decision.meta_info)
-        return decision.decision
+        return choices
 
     # ------------------------------------------------------------------------------- fork
 
     def fork(self, n: int = 1) -> list[ProgramState]:
         """``n`` independent copies that continue from here (see the module docstring)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"fork: n must be an int >= 1, got {n!r}")
+        _check_fork(n)
         with self._mutating():
             self.backend.commit_lazy_operations(self)
             children = [self._copy() for _ in range(n)]
@@ -385,7 +389,7 @@ class ProgramState:
         return children
 
     def _copy(self) -> ProgramState:
-        child = object.__new__(ProgramState)
+        child = object.__new__(type(self))
         child.backend = self.backend
         child.chat_template = self.chat_template
         child.sid = uuid.uuid4().hex
@@ -475,3 +479,8 @@ class ProgramState:
 
 
 _MISSING = object()
+
+
+def _check_fork(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"fork: n must be an int >= 1, got {n!r}")
