@@ -62,6 +62,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import types
 from typing import Any
 
 from .api_backend import APIBackend, Completion, StreamReader, StreamResult
@@ -286,12 +287,59 @@ class VertexAI(APIBackend):
 
     async def _aopen_stream(self, request: tuple[list[Any], Any], params: SamplingParams):
         contents, config = request
-        return await self.client.aio.models.generate_content_stream(
-            model=self.model_name, contents=contents, config=config)
+        return _ClosingStream(await self.client.aio.models.generate_content_stream(
+            model=self.model_name, contents=contents, config=config))
 
     def _stream_reader(self, request: tuple[list[Any], Any], params: SamplingParams, out: StreamResult
                        ) -> StreamReader:
         return _ChunkReader(self, out)
+
+
+class _ClosingStream:
+    """google-genai's async stream, closed all the way down.
+
+    The SDK's stream is a stack of async generators; the innermost one belongs to an ``HttpResponse``
+    that keeps it as an attribute (``segment_iterator``) -- a reference cycle -- so closing the
+    outer generator early (cancellation, ``break``, an error) leaves the HTTP response open, and its
+    connection taken, until the garbage collector runs. ``aclose`` closes every generator of the
+    stack, outermost first, which runs the SDK's own ``finally`` that releases the response.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._iterator = stream.__aiter__()
+
+    def __aiter__(self) -> Any:
+        return self._iterator
+
+    async def aclose(self) -> None:
+        stack = _generator_stack(self._iterator)
+        for agen in stack:
+            await agen.aclose()
+
+
+def _generator_stack(start: Any) -> list[Any]:
+    """The suspended async generators reachable from ``start`` through frame locals (and the SDK's
+    ``segment_iterator`` attribute), outermost first."""
+    found: list[Any] = []
+    seen: set[int] = set()
+    pending = [start]
+    while pending and len(found) < 32:
+        obj = pending.pop(0)
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, types.AsyncGeneratorType):
+            found.append(obj)
+            frame = obj.ag_frame
+            if frame is not None:
+                pending.extend(v for v in frame.f_locals.values()
+                               if isinstance(v, types.AsyncGeneratorType) or hasattr(v, "segment_iterator"))
+        else:
+            inner = getattr(obj, "segment_iterator", None)
+            if isinstance(inner, types.AsyncGeneratorType):
+                pending.append(inner)
+    return found
 
 
 class _ChunkReader(StreamReader):
