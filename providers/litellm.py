@@ -35,7 +35,9 @@ Provider options (``providers/options.py``) are keyword arguments of ``litellm.c
 ``default_headers``) and any other name go as they are -- litellm maps them to the target provider's
 request (for an OpenAI-compatible target: the body field of that name; ``extra_body`` merged into
 the body; ``extra_headers`` the HTTP headers); ``cache_control`` -> a ``cache_control`` marker on the
-last content part of the last message, litellm's form for Anthropic prompt caching.
+last content part of the last message, litellm's form for Anthropic prompt caching. The option names
+are also passed as ``allowed_openai_params``, so litellm sends them rather than refusing a name it
+believes the target model lacks.
 
 This module owns everything about litellm: parameters (:func:`to_litellm_kwargs`, OpenAI names),
 finish reasons (OpenAI's) and the SDK's error quirks (:data:`ERRORS`: the real response headers are
@@ -182,4 +184,8 @@ def apply_litellm_options(kwargs: dict[str, Any], options: dict[str, Any], *, fi
     if marker is not None:
         mark_last_block(kwargs["messages"], marker, provider="litellm")
     kwargs.update(options)
+    # litellm refuses names it believes the target model lacks; these are the caller's explicit choice
+    passthrough = sorted(set(options) - {"extra_body", "extra_headers", "extra_query"})
+    if passthrough:
+        kwargs["allowed_openai_params"] = passthrough
     return kwargs
