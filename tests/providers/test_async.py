@@ -536,3 +536,21 @@ def test_backends_without_async_say_so():
         _run(b.agenerate(None, SamplingParams()))
     with pytest.raises(UnsupportedOperationError, match="aselect"):
         _run(b.aselect(None, ["a"], 0.0, None))
+
+
+def test_readme_asyncio_program_runs(monkeypatch, capsys):
+    """The README's asyncio program, run as written against the loopback OpenAI server."""
+    pytest.importorskip("openai")
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    program = next(b for b in blocks if "AsyncProgramState" in b)
+    with OpenAIServer(api_key=KEY) as srv:
+        srv.default_reply = lambda req: "echo " + last_user_text(req.json)
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
+        exec(compile(program, "README.md", "exec"), {"__name__": "readme"})
+        bodies = [r.json for r in srv.requests]
+    assert capsys.readouterr().out.strip() == "['echo Why is the sky blue?', 'echo Name a prime.']"
+    assert all(b["reasoning_effort"] == "low" and b["max_completion_tokens"] == 64 for b in bodies)
