@@ -58,7 +58,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from .api_backend import APIBackend, Completion, StreamReader, StreamResult

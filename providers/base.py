@@ -7,6 +7,10 @@ A backend is an adapter: it reads a program state, sends a request, and turns th
   ``get_server_info``, ``get_model_name``: the base raises
   :class:`~providers.errors.UnsupportedOperationError` (a ``NotImplementedError``) naming the backend
   and the operation.
+* **Async twins** -- ``agenerate``, ``agenerate_stream`` (an async iterator), ``aselect``,
+  ``acommit_lazy_operations``, ``aclose``: the same contracts on the backend's async transport (an
+  async client per event loop from ``_make_async_client``, see :meth:`BaseBackend._async_client`),
+  never a thread; the base raises ``UnsupportedOperationError`` for the operations.
 * **Hooks** -- ``cache_prefix``, ``uncache_prefix``, ``end_request``, ``begin_program``,
   ``end_program``, ``commit_lazy_operations``, ``fork_program``, ``fill_image``, ``flush_cache``,
   ``shutdown``: no-ops in the base.
@@ -36,6 +40,9 @@ What a backend returns:
 * ``generate_stream`` -> iterator of ``(delta_text, meta_info)``; deltas concatenate to the full
   text, none is repeated; the last item's ``meta_info`` is complete (``finish_reason`` set).
 * ``select`` -> :class:`~providers.choices.ChoicesDecision` with ``meta_info["method"]``.
+
+Provider options: ``backend.provider_options`` (per backend) and ``SamplingParams.provider_options``
+(per call) are provider-specific request fields, sent as given (``providers/options.py``).
 
 Errors: raise :class:`~providers.errors.ProviderError` subclasses with ``provider=self.provider``;
 register API keys with :func:`~providers.errors.register_secret` (or keep them in a

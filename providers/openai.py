@@ -82,7 +82,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from .api_backend import APIBackend, Completion, StreamReader, StreamResult
