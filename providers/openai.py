@@ -189,6 +189,10 @@ class OpenAI(SpeculativeMixin, APIBackend):
             return await self.acall(lambda: client.chat.completions.create(model=self.model_name, **kwargs))
         return await self.acall(lambda: client.completions.create(model=self.model_name, **kwargs))
 
+    def _place_options(self, request: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        """``request`` (``create`` kwargs) with provider ``options`` placed (speculative turns)."""
+        return apply_openai_options(request, options, provider=self.provider, chat=self.is_chat_model)
+
     def _probe_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         """A select probe's request with the backend-level provider options."""
         return apply_openai_options(kwargs, self.provider_options, provider=self.provider, chat="messages" in kwargs)

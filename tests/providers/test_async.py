@@ -470,7 +470,7 @@ def test_authentication_error_async(kind):
         pytest.skip("the Gemini server checks a bearer token the credentials object always sends")
     srv = kind.server
     backend = kind.backend()
-    srv.api_key = "another-key" if kind.name != "sglang" else "another-key"
+    srv.api_key = "another-key"  # the server now rejects the backend's key
 
     async def main():
         s = AsyncProgramState(backend)
@@ -554,3 +554,42 @@ def test_readme_asyncio_program_runs(monkeypatch, capsys):
         bodies = [r.json for r in srv.requests]
     assert capsys.readouterr().out.strip() == "['echo Why is the sky blue?', 'echo Name a prime.']"
     assert all(b["reasoning_effort"] == "low" and b["max_completion_tokens"] == 64 for b in bodies)
+
+
+def test_openai_multi_request_flows_run_the_same_plan_async():
+    """select by token probing over several requests, and dtype constraints, on the async path:
+    the same requests as the sync path (one plan), in the same order."""
+    pytest.importorskip("openai")
+    from providers.openai import OpenAI
+
+    def run_both(scores, program):
+        bodies = []
+        for mode in ("sync", "async"):
+            with OpenAIServer(api_key=KEY) as srv:
+                tok = ToyTokenizer(words=["Pa", "ris", "lermo", "12", "True", "False"])
+                srv.vocab, srv.token_scores = tok.vocab, scores
+                backend = OpenAI("gpt-3.5-turbo-instruct", api_key=KEY, base_url=srv.url + "/v1", tokenizer=tok)
+                if mode == "sync":
+                    s = ProgramState(backend)
+                    s += "Sicily's capital: "
+                    result = program(s, None)
+                else:
+                    async def main():
+                        s = AsyncProgramState(backend)
+                        s += "Sicily's capital: "
+                        out = await program(s, True)
+                        await backend.aclose()
+                        return out
+
+                    result = _run(main())
+                bodies.append([r.json for r in srv.requests])
+                yield result
+        assert bodies[0] == bodies[1]
+
+    select = list(run_both({"Pa": 2.0, "lermo": 1.0},
+                           lambda s, a: s.select("c", ["Paris", "Palermo", "Rome"])))
+    assert select == ["Palermo", "Palermo"]
+    number = list(run_both({"12": 3.0}, lambda s, a: s.gen("n", dtype=int)))
+    assert number == ["12", "12"]
+    boolean = list(run_both({"False": 1.0}, lambda s, a: s.gen("b", dtype=bool)))
+    assert boolean == ["False", "False"]

@@ -178,6 +178,26 @@ def test_openai_backend_options_reach_select_probes(oai):
     assert oai.last.header("x-team") == "probe"
 
 
+def test_openai_speculative_turn_sends_the_gens_options(oai):
+    backend = openai_backend(oai)
+    oai.reply("Name: Alice\nAge: 30\n")
+    s = chat(backend, user="Describe a person.")
+    backend.set_api_speculative(s, num_api_spec_tokens=64)
+    with s.assistant():
+        s += "Name: "
+        s.gen("name", stop="\n", provider_options={"seed": 11}, extra_headers={"X-Spec": "1"})
+        s += "\nAge: "
+        s.gen("age", stop="\n", provider_options={"seed": 11}, extra_headers={"X-Spec": "1"})
+        assert oai.count == 0
+    assert s["name"] == "Alice" and s["age"] == "30"
+    assert oai.count == 1 and oai.last.json["seed"] == 11 and oai.last.header("x-spec") == "1"
+    s.user("Another.")
+    with pytest.raises(ValueError, match="same sampling parameters"):
+        with s.assistant():
+            s.gen("x", provider_options={"seed": 1})
+            s.gen("y", provider_options={"seed": 2})
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_usage_reports_cached_and_reasoning_tokens(oai, stream):
     backend = openai_backend(oai, model="o3-mini")
