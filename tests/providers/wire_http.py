@@ -145,6 +145,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # listen backlog: socketserver's default (5) resets connections when many clients connect at once
+    # (64 concurrent programs), which no real server does
+    request_queue_size = 256
     wire: "WireServer"
 
     def __init__(self, *args, **kwargs) -> None:
