@@ -35,7 +35,8 @@ Provider options (``providers/options.py``) are keyword arguments of ``litellm.c
 ``default_headers``) and any other name go as they are -- litellm maps them to the target provider's
 request (for an OpenAI-compatible target: the body field of that name; ``extra_body`` merged into
 the body; ``extra_headers`` the HTTP headers); ``cache_control`` -> a ``cache_control`` marker on the
-last content part of the last message, litellm's form for Anthropic prompt caching. The option names
+last content part of the last message, litellm's form for Anthropic prompt caching; ``extra_query``
+raises (litellm has no query passthrough: it would send the dict as a body field). The option names
 are also passed as ``allowed_openai_params``, so litellm sends them rather than refusing a name it
 believes the target model lacks.
 
@@ -51,7 +52,7 @@ from typing import Any
 
 from .api_backend import APIBackend, Completion, StreamReader, StreamResult
 from .chat_template import ChatTemplate
-from .errors import Secret
+from .errors import Secret, UnsupportedParameterError
 from .messages import chat_turns
 from .openai import FINISH_REASONS, OPENAI_COMMON, OpenAIChunkReader, openai_style_kwargs, openai_usage_extra
 from .options import mark_last_block, refuse_overrides
@@ -177,6 +178,9 @@ def apply_litellm_options(kwargs: dict[str, Any], options: dict[str, Any], *, fi
     if not options:
         return kwargs
     options = dict(options)
+    if "extra_query" in options:  # litellm would put it in the JSON body under that name
+        raise UnsupportedParameterError("litellm: no URL query passthrough (extra_query); use extra_body or "
+                                        "extra_headers", provider="litellm")
     marker = options.pop("cache_control", None)
     taken = (set(kwargs) | set(fixed or {}) | {"model", "stream", "stream_options", "messages", "api_key"}) - {
         "extra_headers"}
@@ -185,7 +189,7 @@ def apply_litellm_options(kwargs: dict[str, Any], options: dict[str, Any], *, fi
         mark_last_block(kwargs["messages"], marker, provider="litellm")
     kwargs.update(options)
     # litellm refuses names it believes the target model lacks; these are the caller's explicit choice
-    passthrough = sorted(set(options) - {"extra_body", "extra_headers", "extra_query"})
+    passthrough = sorted(set(options) - {"extra_body", "extra_headers"})
     if passthrough:
         kwargs["allowed_openai_params"] = passthrough
     return kwargs

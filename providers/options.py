@@ -16,8 +16,10 @@ in an explicit place and is *sent*, never dropped:
 Where each option goes is the provider module's business (its ``apply_provider_options``); the
 common shape is:
 
-* ``extra_headers`` -> HTTP headers of the request; ``extra_query`` -> URL query parameters (where
-  the SDK has them); ``extra_body`` -> merged into the top level of the JSON body;
+* ``extra_headers`` -> HTTP headers of the request; ``extra_query`` -> URL query parameters (a
+  backend whose SDK cannot send them -- litellm, google-genai -- raises
+  :class:`~providers.errors.UnsupportedParameterError`); ``extra_body`` -> merged into the top level
+  of the JSON body;
 * ``cache_control`` -> a prompt-cache marker on the last content block of the prompt (Anthropic;
   OpenAI-format chat messages for OpenAI-compatible servers and litellm); providers whose caching
   works otherwise raise :class:`~providers.errors.UnsupportedParameterError` naming their way;

@@ -306,6 +306,11 @@ def test_litellm_options_on_the_wire(oai):
 
     asyncio.run(main())
     assert oai.last.json["seed"] == 4
+    count = oai.count
+    with pytest.raises(UnsupportedParameterError, match="extra_query"):
+        with s.assistant():
+            s.gen("q", extra_query={"tag": "x"})
+    assert oai.count == count
 
 
 def test_litellm_usage_reports_cached_and_reasoning_tokens(oai):
