@@ -112,6 +112,21 @@ def test_openai_options_on_the_wire(oai):
     assert s["a"] == "Hello from OpenAI"
 
 
+def test_azure_options_on_the_wire(oai):
+    pytest.importorskip("openai")
+    from providers.openai import OpenAI
+
+    backend = OpenAI("my-deployment", is_azure=True, api_key=KEY, azure_endpoint=oai.url, api_version="2024-10-21",
+                     max_retries=0)
+    s = chat(backend)
+    with s.assistant():
+        s.gen("a", reasoning_effort="medium", extra_query={"tag": "az"}, extra_headers={"X-Trace": "az-1"})
+    req = oai.last
+    assert req.path == "/openai/deployments/my-deployment/chat/completions"
+    assert req.query == {"api-version": "2024-10-21", "tag": "az"}  # merged with the SDK's own query
+    assert req.json["reasoning_effort"] == "medium" and req.header("x-trace") == "az-1"
+
+
 def test_openai_cache_control_marks_the_last_content_part(oai):
     backend = openai_backend(oai)
     s = chat(backend)
