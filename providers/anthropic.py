@@ -46,7 +46,7 @@ the last message (the whole prompt up to it is cached; the usage then reports
 ``cache_creation_input_tokens`` / ``cache_read_input_tokens``); ``extra_headers`` -> HTTP headers
 (e.g. ``anthropic-beta``); ``extra_query`` -> URL query; ``extra_body`` and every other name
 (``metadata``, ``service_tier``...) -> the top-level body field of that name. Thinking blocks are
-not part of the returned text.
+not part of the returned text: their text is ``meta_info["thinking"]``.
 
 This module owns everything about the Messages API: parameters (:func:`to_anthropic_kwargs`), finish
 reasons (:data:`FINISH_REASONS`) and the SDK's error quirks (:data:`ERRORS`: error events inside a
@@ -226,6 +226,9 @@ class Anthropic(APIBackend):
         finish = resp.stop_reason
         extra: dict[str, Any] = {"id": resp.id, **cached}
         structured, removed, client_stops = request["structured"], request["removed"], request["client_stops"]
+        thinking = "".join(getattr(b, "thinking", "") or "" for b in resp.content if b.type == "thinking")
+        if thinking:
+            extra["thinking"] = thinking
         if structured is not None:
             data = next((b.input for b in resp.content if b.type == "tool_use"), None)
             if data is None:
@@ -308,6 +311,8 @@ class _EventReader(StreamReader):
                 if ready > 0:
                     deltas.append(self.pending[:ready])
                     self.pending = self.pending[ready:]
+            elif delta.type == "thinking_delta":
+                out.extra["thinking"] = out.extra.get("thinking", "") + delta.thinking
             elif delta.type == "input_json_delta" and structured is not None:
                 self.tool_json.append(delta.partial_json)
                 if structured == ("json", False) and delta.partial_json:

@@ -270,7 +270,8 @@ def test_anthropic_thinking_cache_control_and_headers_on_the_wire(ant, stream):
     assert req.json["metadata"] == {"user_id": "u-1"} and req.json["service_tier"] == "auto"
     assert req.json["custom"] == 1
     assert req.header("anthropic-beta") == "prompt-caching-2024-07-31"
-    assert s["a"] == "Hello from Anthropic"  # the thinking block is not part of the text
+    assert s["a"] == "Hello from Anthropic"  # the thinking block is not part of the text ...
+    assert s.meta_info["a"]["thinking"] == "Let me think it over."  # ... it is reported beside it
     assert s.meta_info["a"]["cache_read_input_tokens"] == 4
 
 
