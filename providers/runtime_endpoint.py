@@ -88,7 +88,7 @@ _UNIFORM = {"prompt_tokens", "completion_tokens", "finish_reason", "model", "lat
 #: ``sampling_params`` (any other option goes to the top level of the request body).
 SGLANG_SAMPLING_EXTRAS = frozenset({
     "repetition_penalty", "no_stop_trim", "skip_special_tokens", "spaces_between_special_tokens", "custom_params",
-    "ebnf", "structural_tag", "stream_interval", "logit_bias", "sampling_seed", "stop_regex"})
+    "ebnf", "structural_tag", "stream_interval", "logit_bias", "sampling_seed"})
 
 
 class RuntimeEndpoint(BaseBackend):
