@@ -102,18 +102,29 @@ def test_acall_retries_like_call():
 
 @pytest.mark.parametrize("err", [BadRequestError("bad", provider="t", status=400),
                                  APITimeoutError("slow", provider="t"),
+                                 ServerError("down", provider="t", status=503),
                                  RateLimitError("later", provider="t", status=429, retry_after=3600)])
-def test_acall_never_retries_what_call_never_retries(err):
-    calls = []
+def test_acall_decides_like_call(err):
+    """The same decision function: as many attempts and the same waits as the sync twin."""
+    policy = RetryPolicy(max_retries=2, jitter=0.0)
+    sync_calls, async_calls, sync_waits = [], [], []
 
-    async def fn():
-        calls.append(1)
+    def fn():
+        sync_calls.append(1)
         raise err
 
+    async def afn():
+        async_calls.append(1)
+        raise err
+
+    with pytest.raises(type(err)):
+        policy.call(fn, sleep=sync_waits.append)
     waits, sleep = _recorder()
     with pytest.raises(type(err)):
-        asyncio.run(RetryPolicy().acall(fn, sleep=sleep))
-    assert calls == [1] and waits == []
+        asyncio.run(policy.acall(afn, sleep=sleep))
+    assert len(async_calls) == len(sync_calls) and waits == sync_waits
+    if isinstance(err, BadRequestError) or err.retry_after == 3600:
+        assert async_calls == [1] and waits == []  # a 400, or a Retry-After beyond max_retry_after
 
 
 def test_acall_gives_up_after_max_retries():
