@@ -13,6 +13,10 @@ library. Backends that need an HTTP client or a provider SDK are imported on fir
     with s.assistant():
         s.gen("reply", max_new_tokens=32)
 
+Every backend has async twins (``agenerate``, ``agenerate_stream``, ``aselect``) on its async
+transport, and :class:`AsyncProgramState` drives them (``await s.gen(...)``). Provider-specific
+request fields go through ``provider_options`` (``providers/options.py``).
+
 A missing optional dependency raises ``ImportError`` naming ``pip install 'kernelstack[providers]'``.
 
 Each backend is one module found through a small registry (``providers/registry.py``;
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .async_state import AsyncProgramState
 from .base import BaseBackend, StateView, make_meta_info, normalize_finish_reason
 from .chat_template import (
     ChatTemplate,
@@ -69,6 +74,7 @@ __all__ = [
     "BaseBackend",
     "StateView",
     "ProgramState",
+    "AsyncProgramState",
     "SamplingParams",
     "UnsupportedParameterWarning",
     "ChatTemplate",

@@ -35,6 +35,19 @@ an in-stream ``error`` event, a dropped connection or a stream without ``message
 :class:`~providers.errors.StreamInterruptedError` (or the mapped error if nothing was delivered).
 ``backend.token_usage`` sums ``input_tokens`` (cache reads and writes included) and ``output_tokens``.
 
+Async: ``agenerate`` / ``agenerate_stream`` / ``aselect`` use ``anthropic.AsyncAnthropic`` made from
+the same ``client_kwargs`` (one per event loop; ``http_client`` is for the sync client only -- pass
+``async_http_client=`` for the async one): the same retries, timeouts and stream rules.
+
+Provider options (``providers/options.py``): ``thinking`` (e.g. ``{"type": "enabled",
+"budget_tokens": 2048}``, extended thinking) -> the body's ``thinking``; ``cache_control`` (e.g.
+``{"type": "ephemeral"}`` or ``True``) -> a ``cache_control`` marker on the last content block of
+the last message (the whole prompt up to it is cached; the usage then reports
+``cache_creation_input_tokens`` / ``cache_read_input_tokens``); ``extra_headers`` -> HTTP headers
+(e.g. ``anthropic-beta``); ``extra_query`` -> URL query; ``extra_body`` and every other name
+(``metadata``, ``service_tier``...) -> the top-level body field of that name. Thinking blocks are
+not part of the returned text: their text is ``meta_info["thinking"]``.
+
 This module owns everything about the Messages API: parameters (:func:`to_anthropic_kwargs`), finish
 reasons (:data:`FINISH_REASONS`) and the SDK's error quirks (:data:`ERRORS`: error events inside a
 200 stream); the flow is :class:`~providers.api_backend.APIBackend`'s.
@@ -42,18 +55,17 @@ reasons (:data:`FINISH_REASONS`) and the SDK's error quirks (:data:`ERRORS`: err
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import json
-from collections.abc import Iterator
 from typing import Any
 
-from .api_backend import APIBackend, Completion, StreamResult
+from .api_backend import APIBackend, Completion, StreamReader, StreamResult
 from .chat_template import ChatTemplate
 from .errors import ProviderError, register_secret
 from .messages import chat_turns, parse_data_url
 from .sampling import DTYPE_VALUE_KEY, SamplingParams, check_supported, dtype_json_schema, format_dtype_value
+from .options import mark_last_block, refuse_overrides
 from .sdk_errors import ErrorMap, import_sdk
 
 __all__ = ["Anthropic", "FINISH_REASONS", "ERRORS", "to_anthropic_kwargs"]
@@ -86,6 +98,11 @@ class Anthropic(APIBackend):
             if isinstance(secret, str):
                 register_secret(secret)
         client_kwargs.setdefault("max_retries", 2)
+        async_http_client = client_kwargs.pop("async_http_client", None)
+        async_kwargs = {k: v for k, v in client_kwargs.items() if k != "http_client"}
+        if async_http_client is not None:
+            async_kwargs["http_client"] = async_http_client
+        self._make_async_client = lambda: sdk.AsyncAnthropic(**async_kwargs)  # same settings, per event loop
         self.client = sdk.Anthropic(**client_kwargs)
         secrets = [getattr(self.client, "api_key", None), getattr(self.client, "auth_token", None)]
         if not any(isinstance(x, str) and x for x in secrets):
@@ -127,13 +144,22 @@ class Anthropic(APIBackend):
         return fields, removed
 
     def _create(self, **kwargs: Any):
+        kwargs = self._sdk_kwargs(kwargs)
+        return self.call(lambda: self.client.messages.create(model=self.model_name, **kwargs))
+
+    async def _acreate(self, **kwargs: Any):
+        kwargs = self._sdk_kwargs(kwargs)
+        client = self._async_client()
+        return await self.acall(lambda: client.messages.create(model=self.model_name, **kwargs))
+
+    def _sdk_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         # Newer SDK releases dropped some body fields (e.g. temperature/top_p/top_k) from create()'s
         # signature; whatever the installed SDK does not name travels in extra_body, unchanged.
         known = self._create_params()
         extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in known}
         if extra:
             kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **extra}
-        return self.call(lambda: self.client.messages.create(model=self.model_name, **kwargs))
+        return kwargs
 
     def _create_params(self) -> frozenset[str]:
         params = getattr(type(self), "_sdk_params", None)
@@ -171,6 +197,7 @@ class Anthropic(APIBackend):
         client_stops = kwargs.pop("client_stops")
         fields, removed = self._messages(s)
         kwargs.update(fields)
+        options = self._options(params)
         structured = None
         if params.json_schema is not None:
             tool, wrapped = self._tool(json.loads(params.json_schema))
@@ -180,6 +207,7 @@ class Anthropic(APIBackend):
             tool, _ = self._tool(dtype_json_schema(params.dtype))
             kwargs.update(tool)
             structured = ("dtype", params.dtype)
+        apply_anthropic_options(kwargs, options)
         return {"kwargs": kwargs, "client_stops": client_stops, "removed": removed, "structured": structured}
 
     def _streams_whole(self, s: Any, params: SamplingParams) -> bool:
@@ -188,11 +216,19 @@ class Anthropic(APIBackend):
     # ----------------------------------------------------------------------------- generate
 
     def _complete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
-        resp = self._create(**request["kwargs"])
+        return self._completion(self._create(**request["kwargs"]), request)
+
+    async def _acomplete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
+        return self._completion(await self._acreate(**request["kwargs"]), request)
+
+    def _completion(self, resp: Any, request: dict[str, Any]) -> Completion:
         prompt, cached = self._usage(resp.usage)
         finish = resp.stop_reason
         extra: dict[str, Any] = {"id": resp.id, **cached}
         structured, removed, client_stops = request["structured"], request["removed"], request["client_stops"]
+        thinking = "".join(getattr(b, "thinking", "") or "" for b in resp.content if b.type == "thinking")
+        if thinking:
+            extra["thinking"] = thinking
         if structured is not None:
             data = next((b.input for b in resp.content if b.type == "tool_use"), None)
             if data is None:
@@ -221,62 +257,84 @@ class Anthropic(APIBackend):
         except (KeyError, TypeError, ValueError) as err:
             raise ProviderError(f"structured output did not fit the schema: {err}", provider=self.provider) from None
 
-    def _stream(self, request: dict[str, Any], params: SamplingParams, out: StreamResult) -> Iterator[str]:
-        structured, client_stops = request["structured"], request["client_stops"]
+    def _open_stream(self, request: dict[str, Any], params: SamplingParams):
+        return self._create(stream=True, **request["kwargs"])
+
+    async def _aopen_stream(self, request: dict[str, Any], params: SamplingParams):
+        return await self._acreate(stream=True, **request["kwargs"])
+
+    def _stream_reader(self, request: dict[str, Any], params: SamplingParams, out: StreamResult) -> StreamReader:
+        return _EventReader(self, request, out)
+
+
+class _EventReader(StreamReader):
+    """Messages-API stream events -> text deltas (client-side stops held back, the tool call's JSON)."""
+
+    def __init__(self, backend: Anthropic, request: dict[str, Any], out: StreamResult) -> None:
+        self.backend = backend
+        self.structured, self.client_stops = request["structured"], request["client_stops"]
+        self.out = out
         out.complete = False
         out.cut_message = "the stream ended without message_stop (cut off)"
-        stream = self._create(stream=True, **request["kwargs"])
-        hold = max((len(x) for x in client_stops), default=1) - 1
-        pending = ""  # text held back: it may be the start of a client-side stop
-        tool_json: list[str] = []
-        strip_removed = request["removed"]
-        with contextlib.closing(stream):
-            for event in stream:
-                kind = event.type
-                if kind == "message_start":
-                    out.model = event.message.model or out.model
-                    out.extra["id"] = event.message.id
-                    out.prompt_tokens, cached = self._usage(event.message.usage)
-                    out.extra.update(cached)
-                elif kind == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta" and structured is None:
-                        piece = delta.text
-                        if strip_removed:
-                            if piece.startswith(strip_removed):
-                                piece = piece[len(strip_removed):]
-                            strip_removed = ""
-                        pending += piece
-                        cut = _first_stop(pending, client_stops)
-                        if cut is not None:
-                            out_text, pending = pending[:cut], ""
-                            yield out_text
-                            out.finish_reason, out.complete = "stop_sequence", True
-                            out.extra["stop_applied"] = "client"
-                            break
-                        ready = len(pending) - hold
-                        if ready > 0:
-                            out_text, pending = pending[:ready], pending[ready:]
-                            yield out_text
-                    elif delta.type == "input_json_delta" and structured is not None:
-                        tool_json.append(delta.partial_json)
-                        if structured == ("json", False) and delta.partial_json:
-                            yield delta.partial_json
-                elif kind == "message_delta":
-                    out.finish_reason = event.delta.stop_reason or out.finish_reason
-                    out.completion_tokens = getattr(event.usage, "output_tokens", None)
-                elif kind == "message_stop":
-                    out.complete = True
-        if not out.complete:
-            return  # the base raises: cut off
-        if pending:
-            yield pending
-        if structured is not None and structured != ("json", False):
+        self.hold = max((len(x) for x in self.client_stops), default=1) - 1
+        self.pending = ""  # text held back: it may be the start of a client-side stop
+        self.tool_json: list[str] = []
+        self.strip_removed = request["removed"]
+
+    def feed(self, event: Any) -> list[str]:
+        out, structured = self.out, self.structured
+        kind = event.type
+        deltas: list[str] = []
+        if kind == "message_start":
+            out.model = event.message.model or out.model
+            out.extra["id"] = event.message.id
+            out.prompt_tokens, cached = self.backend._usage(event.message.usage)
+            out.extra.update(cached)
+        elif kind == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta" and structured is None:
+                piece = delta.text
+                if self.strip_removed:
+                    if piece.startswith(self.strip_removed):
+                        piece = piece[len(self.strip_removed):]
+                    self.strip_removed = ""
+                self.pending += piece
+                cut = _first_stop(self.pending, self.client_stops)
+                if cut is not None:
+                    deltas.append(self.pending[:cut])
+                    self.pending = ""
+                    out.finish_reason, out.complete = "stop_sequence", True
+                    out.extra["stop_applied"] = "client"
+                    self.done = True
+                    return deltas
+                ready = len(self.pending) - self.hold
+                if ready > 0:
+                    deltas.append(self.pending[:ready])
+                    self.pending = self.pending[ready:]
+            elif delta.type == "thinking_delta":
+                out.extra["thinking"] = out.extra.get("thinking", "") + delta.thinking
+            elif delta.type == "input_json_delta" and structured is not None:
+                self.tool_json.append(delta.partial_json)
+                if structured == ("json", False) and delta.partial_json:
+                    deltas.append(delta.partial_json)
+        elif kind == "message_delta":
+            out.finish_reason = event.delta.stop_reason or out.finish_reason
+            out.completion_tokens = getattr(event.usage, "output_tokens", None)
+        elif kind == "message_stop":
+            out.complete = True
+        return deltas
+
+    def end(self) -> list[str]:
+        if not self.out.complete:
+            return []  # the base raises: cut off
+        deltas = [self.pending] if self.pending else []
+        if self.structured is not None and self.structured != ("json", False):
             try:
-                data = json.loads("".join(tool_json) or "{}")
+                data = json.loads("".join(self.tool_json) or "{}")
             except ValueError as err:
-                raise ProviderError(f"structured output is not JSON: {err}", provider=self.provider) from None
-            yield self._structured_text(data, structured)
+                raise ProviderError(f"structured output is not JSON: {err}", provider=self.backend.provider) from None
+            deltas.append(self.backend._structured_text(data, self.structured))
+        return deltas
 
 
 # ------------------------------------------------------------------------------ parameter mapping
@@ -306,6 +364,21 @@ def to_anthropic_kwargs(params: SamplingParams) -> tuple[dict[str, Any], tuple[s
             kwargs["stop_sequences"] = server
     return kwargs, client_stops
 
+
+
+def apply_anthropic_options(kwargs: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` (for ``messages.create``) with the provider options placed, in place (see the
+    module docstring); a name the backend already sets raises ``ValueError``."""
+    if not options:
+        return kwargs
+    options = dict(options)
+    marker = options.pop("cache_control", None)
+    refuse_overrides("anthropic", {**options.get("extra_body", {}), **options},
+                     set(kwargs) | {"model", "stream", "messages", "system"})
+    if marker is not None:
+        mark_last_block(kwargs["messages"], marker, provider="anthropic")
+    kwargs.update(options)
+    return kwargs
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -29,27 +29,44 @@ error rules:
   (:meth:`RetryPolicy.call`, and :meth:`RetryPolicy.stream` before the first delta).
 
 Either way the rule for *what* is retried is the one in ``errors.py``.
+
+Async. Every operation has an async twin -- ``agenerate``, ``agenerate_stream`` (an async iterator),
+``aselect`` -- on the SDK's async client (``_async_client()``: one per event loop, made by the
+provider's ``_make_async_client``), following the same flow: the operations are written once as
+plans (``providers/plan.py``) whose requests are ``_complete`` / ``_acomplete`` (and the provider's
+own, e.g. OpenAI's ``_create`` / ``_acreate``); streams are read by one
+:class:`StreamReader` per request whatever the transport (``_open_stream`` / ``_aopen_stream`` give
+the SDK's stream of events); retries are :meth:`RetryPolicy.acall` / :meth:`RetryPolicy.astream` or
+the async SDK's own, with the same settings. Cancelling a task during a stream closes the SDK's
+response (the connection is released, nothing is retried). ``await backend.aclose()`` closes the
+async client of the running loop.
+
+Provider options (``providers/options.py``): ``_options(params)`` is the backend's
+``provider_options`` overlaid with the call's; each provider module places them in its request
+(``_request``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .base import BaseBackend, make_meta_info
 from .chat_template import ChatTemplate, get_chat_template_by_model_path
 from .choices import ChoicesDecision, match_choice, method_name, with_select_instruction
-from .errors import ProviderError
+from .errors import ProviderError, UnsupportedOperationError
 from .messages import chat_turns
-from .retry import RetryPolicy
+from .options import merge_provider_options
+from .plan import Plan, arun, call, run
+from .retry import RetryPolicy, _aclose, _close
 from .sampling import SamplingParams, check_supported
 from .sdk_errors import GENERIC, ErrorMap, StreamGuard, translating
 from .usage import TokenUsage
 
-__all__ = ["APIBackend", "Completion", "StreamResult"]
+__all__ = ["APIBackend", "Completion", "StreamResult", "StreamReader"]
 
 T = TypeVar("T")
 
@@ -90,6 +107,24 @@ class StreamResult:
     @property
     def ended(self) -> bool:
         return self.complete if self.complete is not None else self.finish_reason is not None
+
+
+class StreamReader:
+    """Turns one request's stream events into text deltas, the same for the sync and async paths.
+
+    A provider returns one from ``_stream_reader(request, params, out)``; the base feeds it every
+    event (``feed`` returns the deltas the event completes), stops reading when ``done`` turns true,
+    and calls ``end()`` once the events ran out (it returns any deltas held back). Errors raised in
+    ``feed``/``end`` follow the stream rules (before/after the first delta).
+    """
+
+    done: bool = False
+
+    def feed(self, event: Any) -> Iterable[str]:
+        return ()
+
+    def end(self) -> Iterable[str]:
+        return ()
 
 
 class _SelectView:
@@ -149,7 +184,51 @@ class APIBackend(BaseBackend):
         raise NotImplementedError
 
     def _stream(self, request: Any, params: SamplingParams, out: StreamResult) -> Iterator[str]:
+        """Text deltas of one streamed request: the events of ``_open_stream`` through the
+        provider's :class:`StreamReader` (override both, or this whole method)."""
+        reader = self._stream_reader(request, params, out)
+        stream = self._open_stream(request, params)
+        try:
+            for event in stream:
+                yield from reader.feed(event)
+                if reader.done:
+                    break
+        finally:
+            _close(stream)
+        yield from reader.end()
+
+    async def _astream(self, request: Any, params: SamplingParams, out: StreamResult) -> AsyncIterator[str]:
+        """The async twin of :meth:`_stream` (``_aopen_stream`` through the same reader). The SDK's
+        stream is closed on every exit -- end, error, ``break`` or task cancellation."""
+        reader = self._stream_reader(request, params, out)
+        stream = await self._aopen_stream(request, params)
+        try:
+            async for event in stream:
+                for delta in reader.feed(event):
+                    yield delta
+                if reader.done:
+                    break
+        finally:
+            await _aclose(stream)
+        for delta in reader.end():
+            yield delta
+
+    def _stream_reader(self, request: Any, params: SamplingParams, out: StreamResult) -> StreamReader:
         raise NotImplementedError
+
+    def _open_stream(self, request: Any, params: SamplingParams) -> Iterable[Any]:
+        """The SDK's stream of events for ``request`` (errors translated by :meth:`call`)."""
+        raise NotImplementedError
+
+    async def _aopen_stream(self, request: Any, params: SamplingParams) -> AsyncIterator[Any]:
+        self._no_async("generate_stream")
+
+    async def _acomplete(self, request: Any, params: SamplingParams) -> Completion:
+        """The async twin of :meth:`_complete`."""
+        self._no_async("generate")
+
+    def _no_async(self, operation: str):
+        raise UnsupportedOperationError(f"{type(self).__name__} has no async {operation}", provider=self.provider)
 
     def _streams_whole(self, s: Any, params: SamplingParams) -> bool:
         """Whether a stream of ``params`` is one delta (a constrained value is decided whole)."""
@@ -176,6 +255,19 @@ class APIBackend(BaseBackend):
                 return fn()
 
         return once() if self.retry is None else self.retry.call(once)
+
+    async def acall(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """The async twin of :meth:`call`: ``await fn()`` translated, retried when ``self.retry`` is set."""
+
+        async def once() -> T:
+            with self.translating():
+                return await fn()
+
+        return await once() if self.retry is None else await self.retry.acall(once)
+
+    def _options(self, params: SamplingParams) -> dict[str, Any]:
+        """The provider options of one request: the backend's, overlaid with the call's."""
+        return merge_provider_options(self.provider_options, params.provider_options)
 
     def meta(self, *, latency: float, model: str | None = None, prompt_tokens: int | None = None,
              completion_tokens: int | None = None, finish_reason: Any = None, **extra: Any) -> dict[str, Any]:
@@ -206,10 +298,19 @@ class APIBackend(BaseBackend):
         params = self._params(sampling_params)
         return self._generate(s, params)
 
+    async def agenerate(self, s: Any, sampling_params: Any) -> tuple[Any, dict[str, Any]]:
+        """The async twin of :meth:`generate`."""
+        params = self._params(sampling_params)
+        return await arun(self, self._generate_plan(s, params))
+
     def _generate(self, s: Any, params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+        return run(self, self._generate_plan(s, params))
+
+    def _generate_plan(self, s: Any, params: SamplingParams) -> Plan:
+        """generate as a plan (``providers/plan.py``): one ``_complete`` request."""
         request = self._request(s, params)
         t0 = time.perf_counter()
-        completion = self._complete(request, params)
+        completion = yield call("_complete", request, params)
         return self.result(completion, time.perf_counter() - t0, params.n)
 
     def generate_stream(self, s: Any, sampling_params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -221,8 +322,31 @@ class APIBackend(BaseBackend):
         request = self._request(s, params)
         return self._stream_flow(request, params)
 
+    def agenerate_stream(self, s: Any, sampling_params: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The async twin of :meth:`generate_stream`: an async iterator of ``(delta, meta_info)``
+        (arguments are checked, and the request built, when it is called)."""
+        params = self._params(sampling_params)
+        if params.n != 1:
+            raise ValueError(f"{self.provider}: generate_stream streams one continuation; n must be 1")
+        if self._streams_whole(s, params):
+            return self._awhole_stream(s, params)
+        request = self._request(s, params)
+        return self._astream_flow(request, params)
+
     def _whole_stream(self, s: Any, params: SamplingParams) -> Iterator[tuple[str, dict[str, Any]]]:
         yield self._generate(s, params)
+
+    async def _awhole_stream(self, s: Any, params: SamplingParams) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        yield await arun(self, self._generate_plan(s, params))
+
+    def _delta_meta(self, out: StreamResult) -> dict[str, Any]:
+        return {"model": out.model or self.model_name, "finish_reason": None}
+
+    def _stream_end(self, out: StreamResult, t0: float) -> tuple[str, dict[str, Any]]:
+        """The last item of a stream: no text, the complete meta_info (usage counted)."""
+        self.token_usage.add(out.prompt_tokens, out.completion_tokens)
+        return "", self.meta(model=out.model, prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                             finish_reason=out.finish_reason, latency=time.perf_counter() - t0, **out.extra)
 
     def _stream_flow(self, request: Any, params: SamplingParams) -> Iterator[tuple[str, dict[str, Any]]]:
         t0 = time.perf_counter()
@@ -232,7 +356,7 @@ class APIBackend(BaseBackend):
             with contextlib.closing(self._stream(request, params, out)) as stream:
                 for delta in stream:
                     if delta:
-                        yield delta, {"model": out.model or self.model_name, "finish_reason": None}
+                        yield delta, self._delta_meta(out)
 
         if self.retry is None:
             guard = StreamGuard(self.provider, self._secrets, self.errors)
@@ -251,21 +375,71 @@ class APIBackend(BaseBackend):
                     raise ProviderError(out.cut_message, provider=self.provider)
 
             yield from self.retry.stream(attempt, provider=self.provider)
-        self.token_usage.add(out.prompt_tokens, out.completion_tokens)
-        yield "", self.meta(model=out.model, prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
-                            finish_reason=out.finish_reason, latency=time.perf_counter() - t0, **out.extra)
+        yield self._stream_end(out, t0)
+
+    async def _astream_flow(self, request: Any, params: SamplingParams) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The async twin of :meth:`_stream_flow`: the same guard / retry rules."""
+        t0 = time.perf_counter()
+        out = StreamResult(model=self.model_name)
+
+        async def deltas() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+            stream = self._astream(request, params, out)
+            try:
+                async for delta in stream:
+                    if delta:
+                        yield delta, self._delta_meta(out)
+            finally:
+                await stream.aclose()
+
+        if self.retry is None:
+            guard = StreamGuard(self.provider, self._secrets, self.errors)
+            with guard:
+                items = deltas()
+                try:
+                    async for item in items:
+                        guard.delivered = True
+                        yield item
+                finally:
+                    await items.aclose()
+            guard.require(out.ended, out.cut_message)
+        else:
+            async def attempt() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+                fresh = StreamResult(model=self.model_name)
+                out.__dict__.update(fresh.__dict__)
+                items = deltas()
+                try:
+                    with self.translating():
+                        async for item in items:
+                            yield item
+                finally:
+                    await items.aclose()
+                if not out.ended:
+                    raise ProviderError(out.cut_message, provider=self.provider)
+
+            stream = self.retry.astream(attempt, provider=self.provider)
+            try:
+                async for item in stream:
+                    yield item
+            finally:
+                await stream.aclose()
+        yield self._stream_end(out, t0)
 
     def select(self, s: Any, choices: Sequence[str], temperature: float, choices_method: Any) -> ChoicesDecision:
-        if isinstance(choices, str) or not choices or not all(isinstance(c, str) and c for c in choices):
-            raise ValueError("choices must be a non-empty list of non-empty str")
-        return self._select(s, list(choices), temperature, choices_method)
+        return self._select(s, _checked_choices(choices), temperature, choices_method)
+
+    async def aselect(self, s: Any, choices: Sequence[str], temperature: float, choices_method: Any) -> ChoicesDecision:
+        """The async twin of :meth:`select`."""
+        return await arun(self, self._select_plan(s, _checked_choices(choices), temperature, choices_method))
 
     def _select(self, s: Any, choices: list[str], temperature: float, choices_method: Any) -> ChoicesDecision:
+        return run(self, self._select_plan(s, choices, temperature, choices_method))
+
+    def _select_plan(self, s: Any, choices: list[str], temperature: float, choices_method: Any) -> Plan:
         """Generate and match: ask for one of the choices, map the answer (``choices.match_choice``)."""
         params = SamplingParams(max_new_tokens=max(16, max(len(c) for c in choices) + 16), temperature=temperature)
         request = self._select_request(s, choices, params)
         t0 = time.perf_counter()
-        completion = self._complete(request, params)
+        completion = yield call("_complete", request, params)
         text, meta = self.result(completion, time.perf_counter() - t0, 1)
         index, rule = match_choice(text, choices)
         meta.update(method=self.select_method, generated=text, match=rule, requests=1,
@@ -276,3 +450,9 @@ class APIBackend(BaseBackend):
         """The request of generate-and-match: the state with the select instruction added."""
         view = _SelectView(s, choices, allow_prefill=self.allows_prefill, provider=self.provider)
         return self._request(view, params)
+
+
+def _checked_choices(choices: Any) -> list[str]:
+    if isinstance(choices, str) or not choices or not all(isinstance(c, str) and c for c in choices):
+        raise ValueError("choices must be a non-empty list of non-empty str")
+    return list(choices)

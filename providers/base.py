@@ -7,6 +7,10 @@ A backend is an adapter: it reads a program state, sends a request, and turns th
   ``get_server_info``, ``get_model_name``: the base raises
   :class:`~providers.errors.UnsupportedOperationError` (a ``NotImplementedError``) naming the backend
   and the operation.
+* **Async twins** -- ``agenerate``, ``agenerate_stream`` (an async iterator), ``aselect``,
+  ``acommit_lazy_operations``, ``aclose``: the same contracts on the backend's async transport (an
+  async client per event loop from ``_make_async_client``, see :meth:`BaseBackend._async_client`),
+  never a thread; the base raises ``UnsupportedOperationError`` for the operations.
 * **Hooks** -- ``cache_prefix``, ``uncache_prefix``, ``end_request``, ``begin_program``,
   ``end_program``, ``commit_lazy_operations``, ``fork_program``, ``fill_image``, ``flush_cache``,
   ``shutdown``: no-ops in the base.
@@ -37,6 +41,9 @@ What a backend returns:
   text, none is repeated; the last item's ``meta_info`` is complete (``finish_reason`` set).
 * ``select`` -> :class:`~providers.choices.ChoicesDecision` with ``meta_info["method"]``.
 
+Provider options: ``backend.provider_options`` (per backend) and ``SamplingParams.provider_options``
+(per call) are provider-specific request fields, sent as given (``providers/options.py``).
+
 Errors: raise :class:`~providers.errors.ProviderError` subclasses with ``provider=self.provider``;
 register API keys with :func:`~providers.errors.register_secret` (or keep them in a
 :class:`~providers.errors.Secret`) so they never appear in messages or reprs.
@@ -44,7 +51,11 @@ register API keys with :func:`~providers.errors.register_secret` (or keep them i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import asyncio
+import inspect
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .chat_template import ChatTemplate, get_chat_template
@@ -149,6 +160,23 @@ class BaseBackend:
     def __init__(self, chat_template: ChatTemplate | None = None) -> None:
         self.chat_template = chat_template or get_chat_template("default")
 
+    # ------------------------------------------------------------------------ provider options
+
+    @property
+    def provider_options(self) -> dict[str, Any]:
+        """Provider-specific request fields sent with every request of this backend (a copy;
+        assign a dict to change them). A call's ``provider_options`` win key by key; see
+        ``providers/options.py`` for the rules and each provider module for where they go."""
+        return dict(self.__dict__.get("_provider_options") or {})
+
+    @provider_options.setter
+    def provider_options(self, value: Mapping[str, Any] | None) -> None:
+        from .options import check_provider_options
+        from .sampling import SamplingParams
+
+        own = [f for f in SamplingParams.__dataclass_fields__ if f != "provider_options"]
+        self._provider_options = check_provider_options(value, fields=own)
+
     # ------------------------------------------------------------------ identity and settings
 
     def get_model_name(self) -> str:
@@ -213,6 +241,53 @@ class BaseBackend:
 
     def concatenate_and_append(self, src_rids: list[str], dst_rid: str) -> None:
         self._unsupported("concatenate_and_append")
+
+    # ------------------------------------------------------------------------- async operations
+    #
+    # The asyncio twins, on each backend's async transport (never a thread). A backend without one
+    # raises UnsupportedOperationError, as for a missing sync operation.
+
+    async def agenerate(self, s: StateView, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+        self._unsupported("agenerate")
+
+    def agenerate_stream(self, s: StateView, sampling_params: SamplingParams) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        self._unsupported("agenerate_stream")
+
+    async def aselect(self, s: StateView, choices: list[str], temperature: float,
+                      choices_method: ChoicesSamplingMethod) -> ChoicesDecision:
+        self._unsupported("aselect")
+
+    async def acommit_lazy_operations(self, s: StateView) -> None:
+        """The async twin of :meth:`commit_lazy_operations` (override where the hook sends a request)."""
+        self.commit_lazy_operations(s)
+
+    def _make_async_client(self) -> Any:
+        """A new async client (HTTP or SDK) for this backend, called once per event loop by
+        :meth:`_async_client`; backends with an async transport override it."""
+        self._unsupported("async operations")
+
+    def _async_client(self) -> Any:
+        """The async client of the running event loop, made on first use in each loop (an async
+        client's connections belong to the loop that opened them)."""
+        loop = asyncio.get_running_loop()
+        lock = self.__dict__.setdefault("_aclients_lock", threading.Lock())
+        with lock:
+            clients = self.__dict__.setdefault("_aclients", weakref.WeakKeyDictionary())
+            client = clients.get(loop)
+            if client is None:
+                client = clients[loop] = self._make_async_client()
+            return client
+
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop (if one was made); idempotent."""
+        clients = self.__dict__.get("_aclients")
+        client = clients.pop(asyncio.get_running_loop(), None) if clients else None
+        if client is None:
+            return
+        close = getattr(client, "aclose", None) or getattr(client, "close", None)
+        result = close() if close is not None else None
+        if inspect.isawaitable(result):
+            await result
 
     # ---------------------------------------------------------------------------------- helpers
 

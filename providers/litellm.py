@@ -31,6 +31,19 @@ before importing litellm, or it tries to download its model price map on import.
 ``select`` -- ``"generate_and_match"`` (see ``providers/choices.py``): portable across every provider
 litellm reaches, logprobs or not. ``backend.token_usage`` sums the usage litellm reports.
 
+Async: ``agenerate`` / ``agenerate_stream`` / ``aselect`` call ``litellm.acompletion`` (litellm's
+async clients) with the same arguments, retried by the same policy with ``asyncio.sleep``.
+
+Provider options (``providers/options.py``) are keyword arguments of ``litellm.completion``:
+``reasoning_effort``, ``thinking``, ``extra_body``, ``extra_headers`` (merged over
+``default_headers``) and any other name go as they are -- litellm maps them to the target provider's
+request (for an OpenAI-compatible target: the body field of that name; ``extra_body`` merged into
+the body; ``extra_headers`` the HTTP headers); ``cache_control`` -> a ``cache_control`` marker on the
+last content part of the last message, litellm's form for Anthropic prompt caching; ``extra_query``
+raises (litellm has no query passthrough: it would send the dict as a body field). The option names
+are also passed as ``allowed_openai_params``, so litellm sends them rather than refusing a name it
+believes the target model lacks.
+
 This module owns everything about litellm: parameters (:func:`to_litellm_kwargs`, OpenAI names),
 finish reasons (OpenAI's) and the SDK's error quirks (:data:`ERRORS`: the real response headers are
 kept in ``litellm_response_headers``); the flow is :class:`~providers.api_backend.APIBackend`'s.
@@ -39,14 +52,14 @@ kept in ``litellm_response_headers``); the flow is :class:`~providers.api_backen
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
-from .api_backend import APIBackend, Completion, StreamResult
+from .api_backend import APIBackend, Completion, StreamReader, StreamResult
 from .chat_template import ChatTemplate
-from .errors import Secret
+from .errors import Secret, UnsupportedParameterError
 from .messages import chat_turns
-from .openai import FINISH_REASONS, OPENAI_COMMON, openai_style_kwargs
+from .openai import FINISH_REASONS, OPENAI_COMMON, OpenAIChunkReader, openai_style_kwargs, openai_usage_extra
+from .options import mark_last_block, refuse_overrides
 from .retry import RetryPolicy
 from .sampling import SamplingParams, check_supported, dtype_json_schema, parse_dtype_output
 from .sdk_errors import ErrorMap, import_sdk
@@ -97,11 +110,19 @@ class LiteLLM(APIBackend):
     def map_params(self, params: SamplingParams) -> dict[str, Any]:
         return to_litellm_kwargs(params)
 
-    def _completion_call(self, **kwargs: Any) -> Any:
+    def _call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         call = dict(self._fixed, **kwargs)
+        if "extra_headers" in self._fixed and "extra_headers" in kwargs:
+            call["extra_headers"] = {**self._fixed["extra_headers"], **kwargs["extra_headers"]}
         if self._api_key is not None:
             call["api_key"] = self._api_key.get()
-        return self._litellm.completion(model=self.model_name, **call)
+        return call
+
+    def _completion_call(self, **kwargs: Any) -> Any:
+        return self._litellm.completion(model=self.model_name, **self._call_kwargs(kwargs))
+
+    async def _acompletion_call(self, **kwargs: Any) -> Any:
+        return await self._litellm.acompletion(model=self.model_name, **self._call_kwargs(kwargs))
 
     def _request(self, s: Any, params: SamplingParams) -> dict[str, Any]:
         kwargs = self.map_params(params)
@@ -109,10 +130,15 @@ class LiteLLM(APIBackend):
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": f"{params.dtype}_value", "schema": dtype_json_schema(params.dtype), "strict": True}}
         kwargs["messages"], _ = chat_turns(s, allow_prefill=False, backend=self.provider)
-        return kwargs
+        return apply_litellm_options(kwargs, self._options(params), fixed=self._fixed)
 
     def _complete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
-        resp = self.call(lambda: self._completion_call(**request))
+        return self._completion(self.call(lambda: self._completion_call(**request)), params)
+
+    async def _acomplete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
+        return self._completion(await self.acall(lambda: self._acompletion_call(**request)), params)
+
+    def _completion(self, resp: Any, params: SamplingParams) -> Completion:
         usage = getattr(resp, "usage", None)
         choices = sorted(resp.choices, key=lambda c: c.index)
         texts = [c.message.content or "" for c in choices]
@@ -121,22 +147,17 @@ class LiteLLM(APIBackend):
         return Completion(texts=texts, finish_reasons=[c.finish_reason for c in choices],
                           prompt_tokens=getattr(usage, "prompt_tokens", None),
                           completion_tokens=getattr(usage, "completion_tokens", None),
-                          model=getattr(resp, "model", None), extra={"id": getattr(resp, "id", None)})
+                          model=getattr(resp, "model", None),
+                          extra={"id": getattr(resp, "id", None), **openai_usage_extra(usage)})
 
-    def _stream(self, request: dict[str, Any], params: SamplingParams, out: StreamResult) -> Iterator[str]:
-        stream = self._completion_call(stream=True, stream_options={"include_usage": True}, **request)
-        for chunk in stream:
-            out.model = getattr(chunk, "model", None) or out.model
-            usage = getattr(chunk, "usage", None)
-            if usage is not None:
-                out.prompt_tokens = getattr(usage, "prompt_tokens", None)
-                out.completion_tokens = getattr(usage, "completion_tokens", None)
-            for choice in chunk.choices or []:
-                if choice.finish_reason is not None:
-                    out.finish_reason = choice.finish_reason
-                delta = getattr(choice.delta, "content", None) or ""
-                if delta:
-                    yield delta
+    def _open_stream(self, request: dict[str, Any], params: SamplingParams):
+        return self._completion_call(stream=True, stream_options={"include_usage": True}, **request)
+
+    async def _aopen_stream(self, request: dict[str, Any], params: SamplingParams):
+        return await self._acompletion_call(stream=True, stream_options={"include_usage": True}, **request)
+
+    def _stream_reader(self, request: dict[str, Any], params: SamplingParams, out: StreamResult) -> StreamReader:
+        return OpenAIChunkReader(out, chat=True)
 
 
 # ------------------------------------------------------------------------------ parameter mapping
@@ -154,3 +175,25 @@ def to_litellm_kwargs(params: SamplingParams) -> dict[str, Any]:
     return openai_style_kwargs(params, chosen, limit_key="max_tokens", chat=True)
 
 
+def apply_litellm_options(kwargs: dict[str, Any], options: dict[str, Any], *, fixed: dict[str, Any] | None = None
+                          ) -> dict[str, Any]:
+    """``kwargs`` for ``litellm.completion`` with the provider options placed, in place (see the
+    module docstring); a name the backend already sets raises ``ValueError``."""
+    if not options:
+        return kwargs
+    options = dict(options)
+    if "extra_query" in options:  # litellm would put it in the JSON body under that name
+        raise UnsupportedParameterError("litellm: no URL query passthrough (extra_query); use extra_body or "
+                                        "extra_headers", provider="litellm")
+    marker = options.pop("cache_control", None)
+    taken = (set(kwargs) | set(fixed or {}) | {"model", "stream", "stream_options", "messages", "api_key"}) - {
+        "extra_headers"}
+    refuse_overrides("litellm", {**options.get("extra_body", {}), **options}, taken)
+    if marker is not None:
+        mark_last_block(kwargs["messages"], marker, provider="litellm")
+    kwargs.update(options)
+    # litellm refuses names it believes the target model lacks; these are the caller's explicit choice
+    passthrough = sorted(set(options) - {"extra_body", "extra_headers"})
+    if passthrough:
+        kwargs["allowed_openai_params"] = passthrough
+    return kwargs

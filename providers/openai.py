@@ -59,30 +59,46 @@ quirks (none beyond the generic rules); the flow is :class:`~providers.api_backe
 
 Usage: ``backend.token_usage`` (:class:`TokenUsage`) sums prompt and completion tokens over every
 request (select probes and streams included; streams ask for ``stream_options.include_usage``).
+``meta_info`` reports ``cached_tokens`` (``usage.prompt_tokens_details.cached_tokens``) and
+``reasoning_tokens`` (``usage.completion_tokens_details.reasoning_tokens``) when they are non-zero.
+
+Async: ``agenerate`` / ``agenerate_stream`` / ``aselect`` use ``openai.AsyncOpenAI`` /
+``AsyncAzureOpenAI`` made from the same ``client_kwargs`` (one per event loop; ``http_client`` is
+for the sync client only -- pass ``async_http_client=`` an ``httpx.AsyncClient`` for the async one),
+so retries, timeouts and errors are the same. Speculative execution is synchronous only.
+
+Provider options (:func:`apply_openai_options`; ``providers/options.py``): ``extra_headers`` ->
+HTTP headers, ``extra_query`` -> URL query, ``extra_body`` and every other name (``reasoning_effort``,
+``seed``, ``service_tier``, ``prompt_cache_key``, ``verbosity``...) -> the top-level JSON body field
+of that name; ``cache_control`` -> a ``cache_control`` marker on the last content part of the last
+message (OpenAI-compatible servers that cache by marker; completion models raise). Backend-level
+options also go with select's probe requests.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from .api_backend import APIBackend, Completion, StreamResult
+from .api_backend import APIBackend, Completion, StreamReader, StreamResult
 from .chat_template import ChatTemplate
 from .choices import ChoicesDecision, method_name
-from .errors import ProviderError, UnsupportedOperationError, register_secret
+from .errors import ProviderError, UnsupportedOperationError, UnsupportedParameterError, register_secret
 from .messages import chat_turns
 from .openai_speculative import SpeculativeMixin
+from .options import mark_last_block, refuse_overrides
+from .plan import Plan, call
 from .sampling import DTYPE_REGEX, SamplingParams, check_supported, dtype_json_schema, parse_dtype_output
 from .sdk_errors import INSTALL_HINT, import_sdk, wrap_error
 from .usage import TokenUsage
 
-__all__ = ["OpenAI", "AzureOpenAI", "TokenUsage", "FINISH_REASONS", "to_openai_kwargs", "openai_response_format"]
+__all__ = ["OpenAI", "AzureOpenAI", "TokenUsage", "FINISH_REASONS", "to_openai_kwargs", "openai_response_format",
+           "apply_openai_options", "openai_usage_extra"]
 
 _COMPLETION_NAMES = re.compile(r"instruct|^(davinci|babbage|curie|ada)(-00\d)?$|^text-")
 _REASONING_NAMES = re.compile(r"^(o\d)(\b|-|$)|^gpt-5")
@@ -129,7 +145,13 @@ class OpenAI(SpeculativeMixin, APIBackend):
             if isinstance(secret, str):
                 register_secret(secret)
         client_kwargs.setdefault("max_retries", 2)
+        async_http_client = client_kwargs.pop("async_http_client", None)
         cls = sdk.AzureOpenAI if self.is_azure else sdk.OpenAI
+        async_cls = sdk.AsyncAzureOpenAI if self.is_azure else sdk.AsyncOpenAI
+        async_kwargs = {k: v for k, v in client_kwargs.items() if k != "http_client"}
+        if async_http_client is not None:
+            async_kwargs["http_client"] = async_http_client
+        self._make_async_client = lambda: async_cls(**async_kwargs)  # the same settings, per event loop
         try:
             self.client = cls(**client_kwargs)
         except sdk.OpenAIError as err:  # e.g. no api_key anywhere: a configuration error
@@ -162,6 +184,20 @@ class OpenAI(SpeculativeMixin, APIBackend):
             return self.call(lambda: self.client.chat.completions.create(model=self.model_name, **kwargs))
         return self.call(lambda: self.client.completions.create(model=self.model_name, **kwargs))
 
+    async def _acreate(self, chat: bool, **kwargs: Any):
+        client = self._async_client()
+        if chat:
+            return await self.acall(lambda: client.chat.completions.create(model=self.model_name, **kwargs))
+        return await self.acall(lambda: client.completions.create(model=self.model_name, **kwargs))
+
+    def _place_options(self, request: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        """``request`` (``create`` kwargs) with provider ``options`` placed (speculative turns)."""
+        return apply_openai_options(request, options, provider=self.provider, chat=self.is_chat_model)
+
+    def _probe_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        """A select probe's request with the backend-level provider options."""
+        return apply_openai_options(kwargs, self.provider_options, provider=self.provider, chat="messages" in kwargs)
+
     def _count(self, usage: Any) -> tuple[int | None, int | None]:
         """Usage of a select probe (counted here: probes do not go through ``result``)."""
         if usage is None:
@@ -177,12 +213,18 @@ class OpenAI(SpeculativeMixin, APIBackend):
             return self._spec_generate(s, self._params(sampling_params), name=spec_var_name)
         return super().generate(s, sampling_params)
 
-    def _generate(self, s: Any, params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+    def _generate_plan(self, s: Any, params: SamplingParams) -> Plan:
         if self._speculating(s):
             return self._spec_generate(s, params)
         if params.dtype is not None:
-            return self._generate_dtype(s, params)
-        return super()._generate(s, params)
+            return (yield from self._dtype_plan(s, params))
+        return (yield from super()._generate_plan(s, params))
+
+    async def agenerate(self, s: Any, sampling_params: Any) -> tuple[Any, dict[str, Any]]:
+        if self._speculating(s):
+            raise UnsupportedOperationError("speculative execution runs in the synchronous ProgramState only",
+                                            provider=self.provider)
+        return await super().agenerate(s, sampling_params)
 
     def _speculating(self, s: Any) -> bool:
         return self.is_chat_model and self._spec(s) is not None and getattr(s, "cur_role", None) == "assistant"
@@ -196,7 +238,7 @@ class OpenAI(SpeculativeMixin, APIBackend):
             kwargs["messages"], _ = chat_turns(s, allow_prefill=False, backend=self.provider)
         else:
             kwargs["prompt"] = self._prompt(s)
-        return kwargs
+        return apply_openai_options(kwargs, self._options(params), provider=self.provider, chat=self.is_chat_model)
 
     def _prompt(self, s: Any) -> str:
         """The flat prompt of a completion model, which has no way to receive images."""
@@ -210,6 +252,9 @@ class OpenAI(SpeculativeMixin, APIBackend):
 
     def _complete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
         return self._completion(self._create(self.is_chat_model, **request))
+
+    async def _acomplete(self, request: dict[str, Any], params: SamplingParams) -> Completion:
+        return self._completion(await self._acreate(self.is_chat_model, **request))
 
     def _completion(self, resp: Any) -> Completion:
         usage = getattr(resp, "usage", None)
@@ -229,30 +274,22 @@ class OpenAI(SpeculativeMixin, APIBackend):
             extras.append(extra)
         return Completion(texts=texts, finish_reasons=finishes, prompt_tokens=getattr(usage, "prompt_tokens", None),
                           completion_tokens=getattr(usage, "completion_tokens", None),
-                          model=getattr(resp, "model", None), extra={"id": getattr(resp, "id", None)},
+                          model=getattr(resp, "model", None),
+                          extra={"id": getattr(resp, "id", None), **openai_usage_extra(usage)},
                           choice_extra=extras)
 
-    def _stream(self, request: dict[str, Any], params: SamplingParams, out: StreamResult) -> Iterator[str]:
-        chat = self.is_chat_model
-        stream = self._create(chat, stream=True, stream_options={"include_usage": True}, **request)
-        with contextlib.closing(stream):
-            for chunk in stream:
-                out.model = getattr(chunk, "model", None) or out.model
-                out.extra["id"] = getattr(chunk, "id", None) or out.extra.get("id")
-                usage = getattr(chunk, "usage", None)
-                if usage is not None:
-                    out.prompt_tokens = getattr(usage, "prompt_tokens", None)
-                    out.completion_tokens = getattr(usage, "completion_tokens", None)
-                for choice in chunk.choices or []:
-                    if choice.finish_reason is not None:
-                        out.finish_reason = choice.finish_reason
-                    delta = (choice.delta.content if chat else choice.text) or ""
-                    if delta:
-                        yield delta
+    def _open_stream(self, request: dict[str, Any], params: SamplingParams):
+        return self._create(self.is_chat_model, stream=True, stream_options={"include_usage": True}, **request)
+
+    async def _aopen_stream(self, request: dict[str, Any], params: SamplingParams):
+        return await self._acreate(self.is_chat_model, stream=True, stream_options={"include_usage": True}, **request)
+
+    def _stream_reader(self, request: dict[str, Any], params: SamplingParams, out: StreamResult) -> StreamReader:
+        return OpenAIChunkReader(out, chat=self.is_chat_model)
 
     # -------------------------------------------------------------------------------- dtype
 
-    def _generate_dtype(self, s: Any, params: SamplingParams) -> tuple[str, dict[str, Any]]:
+    def _dtype_plan(self, s: Any, params: SamplingParams) -> Plan:
         dtype = params.dtype
         base = params.replace(dtype=None)
         if params.n != 1:
@@ -260,16 +297,19 @@ class OpenAI(SpeculativeMixin, APIBackend):
         t0 = time.perf_counter()
         if self.is_chat_model:
             schema = json.dumps({"name": f"{dtype}_value", "schema": dtype_json_schema(dtype), "strict": True})
-            text, meta = self._generate(s, base.replace(json_schema=schema))
+            text, meta = yield from self._generate_plan(s, base.replace(json_schema=schema))
             out = parse_dtype_output(dtype, text, provider=self.provider)
             meta["constraint"] = "response_format"
             return out, meta
         if dtype == "bool":
-            decision = self.select(s, ["True", "False"], params.temperature, None)
+            decision = yield from self._select_plan(s, ["True", "False"], params.temperature, None)
             return decision.decision, decision.meta_info | {"constraint": "select"}
         kwargs = self.map_params(base.replace(stop=()))
+        options = self._options(params)
         if dtype == "str":
-            resp = self._create(False, prompt=self._prompt(s) + '"', stop=['"'], **kwargs)
+            request = apply_openai_options(dict(kwargs, prompt=self._prompt(s) + '"', stop=['"']), options,
+                                           provider=self.provider, chat=False)
+            resp = yield call("_create", False, **request)
             text, meta = self.result(self._completion(resp), time.perf_counter() - t0, 1)
             out = json.dumps(text, ensure_ascii=False)
             meta["constraint"] = "quote"
@@ -279,7 +319,9 @@ class OpenAI(SpeculativeMixin, APIBackend):
         if key not in self._number_bias_cache:
             self._number_bias_cache[key] = _number_bias(tok, allow_point=key)
         bias, stops = self._number_bias_cache[key]
-        resp = self._create(False, prompt=self._prompt(s), logit_bias=bias, stop=stops, **kwargs)
+        request = apply_openai_options(dict(kwargs, prompt=self._prompt(s), logit_bias=bias, stop=stops), options,
+                                       provider=self.provider, chat=False)
+        resp = yield call("_create", False, **request)
         text, meta = self.result(self._completion(resp), time.perf_counter() - t0, 1)
         text = text.strip()
         if not re.fullmatch(DTYPE_REGEX[dtype], text):
@@ -289,11 +331,11 @@ class OpenAI(SpeculativeMixin, APIBackend):
 
     # ------------------------------------------------------------------------------- select
 
-    def _select(self, s: Any, choices: list[str], temperature: float, choices_method: Any) -> ChoicesDecision:
+    def _select_plan(self, s: Any, choices: list[str], temperature: float, choices_method: Any) -> Plan:
         requested = method_name(choices_method)
         reason = None
         if not self.is_chat_model:
-            decision = self._select_probe_completion(s, choices, temperature)
+            decision = yield from self._select_probe_completion(s, choices, temperature)
         else:
             tok = None
             if self.is_reasoning_model:
@@ -305,22 +347,22 @@ class OpenAI(SpeculativeMixin, APIBackend):
             firsts = [tok.encode(c)[:1] for c in choices] if tok is not None else []
             if tok is not None and all(firsts) and len({f[0] for f in firsts}) == len(choices) \
                     and len(choices) <= _MAX_LOGIT_BIAS:
-                decision = self._select_probe_chat(s, choices, temperature, tok, [f[0] for f in firsts])
+                decision = yield from self._select_probe_chat(s, choices, temperature, tok, [f[0] for f in firsts])
             else:
                 if tok is not None and reason is None:
                     reason = "choices share their first token"
-                decision = super()._select(s, choices, temperature, choices_method)
+                decision = yield from super()._select_plan(s, choices, temperature, choices_method)
         decision.meta_info["requested_method"] = requested
         if reason:
             decision.meta_info["fallback_reason"] = reason
         return decision
 
-    def _select_probe_chat(self, s, choices, temperature, tok, first_ids) -> ChoicesDecision:
+    def _select_probe_chat(self, s, choices, temperature, tok, first_ids) -> Plan:
         messages, _ = chat_turns(s, allow_prefill=False, backend=self.provider)
         t0 = time.perf_counter()
-        resp = self._create(True, messages=messages, max_tokens=1, temperature=temperature,
-                            logit_bias={str(t): 100 for t in first_ids}, logprobs=True,
-                            top_logprobs=min(20, len(choices)))
+        resp = yield call("_create", True, **self._probe_kwargs(
+            messages=messages, max_tokens=1, temperature=temperature, logit_bias={str(t): 100 for t in first_ids},
+            logprobs=True, top_logprobs=min(20, len(choices))))
         p, c = self._count(resp.usage)
         text = resp.choices[0].message.content or ""
         ids = tok.encode(text)
@@ -340,7 +382,7 @@ class OpenAI(SpeculativeMixin, APIBackend):
             finish_reason=resp.choices[0].finish_reason, latency=time.perf_counter() - t0,
             method="logit_bias", first_token_logprobs=logprobs, requests=1))
 
-    def _select_probe_completion(self, s, choices, temperature) -> ChoicesDecision:
+    def _select_probe_completion(self, s, choices, temperature) -> Plan:
         tok = self._require_tokenizer("select on completion models")
         token_ids = [list(tok.encode(c)) for c in choices]
         if any(not t for t in token_ids):
@@ -368,8 +410,9 @@ class OpenAI(SpeculativeMixin, APIBackend):
             if len(bias) > _MAX_LOGIT_BIAS:
                 raise ProviderError(f"select needs {len(bias)} logit_bias entries; the API allows {_MAX_LOGIT_BIAS}",
                                     provider=self.provider)
-            resp = self._create(False, prompt=prompt + generated, max_tokens=1, temperature=temperature,
-                                logit_bias=bias, logprobs=min(5, len(bias)))
+            resp = yield call("_create", False, **self._probe_kwargs(
+                prompt=prompt + generated, max_tokens=1, temperature=temperature, logit_bias=bias,
+                logprobs=min(5, len(bias))))
             requests += 1
             p, c = self._count(resp.usage)
             prompt_total += p or 0
@@ -514,6 +557,67 @@ def openai_style_kwargs(params: SamplingParams, chosen: dict[str, Any], *, limit
             kwargs["logprobs"] = params.top_logprobs_num
     return kwargs
 
+
+
+def apply_openai_options(kwargs: dict[str, Any], options: dict[str, Any], *, provider: str = "openai",
+                         chat: bool = True) -> dict[str, Any]:
+    """``kwargs`` (for ``create``) with the provider options placed (see the module docstring)."""
+    if not options:
+        return kwargs
+    options = dict(options)
+    marker = options.pop("cache_control", None)
+    if marker is not None:
+        if not chat:
+            raise UnsupportedParameterError(
+                f"{provider}: cache_control marks a chat message; completion models have none", provider=provider)
+        kwargs["messages"] = copy.deepcopy(kwargs["messages"])
+        mark_last_block(kwargs["messages"], marker, provider=provider)
+    for name in ("extra_headers", "extra_query"):
+        if name in options:
+            kwargs[name] = options.pop(name)
+    body = {**options.pop("extra_body", {}), **options}
+    refuse_overrides(provider, body, set(kwargs) | {"model", "stream", "stream_options", "messages", "prompt"})
+    if body:
+        kwargs["extra_body"] = body
+    return kwargs
+
+
+def openai_usage_extra(usage: Any) -> dict[str, Any]:
+    """``cached_tokens`` / ``reasoning_tokens`` of an OpenAI-format usage object, when non-zero."""
+    extra: dict[str, Any] = {}
+    for details, key, name in (("prompt_tokens_details", "cached_tokens", "cached_tokens"),
+                               ("completion_tokens_details", "reasoning_tokens", "reasoning_tokens")):
+        part = getattr(usage, details, None)
+        value = part.get(key) if isinstance(part, dict) else getattr(part, key, None)
+        if isinstance(value, int) and value:
+            extra[name] = value
+    return extra
+
+
+class OpenAIChunkReader(StreamReader):
+    """Chat/completion stream chunks -> text deltas, finish reason, usage (shared with litellm)."""
+
+    def __init__(self, out: StreamResult, *, chat: bool = True) -> None:
+        self.out = out
+        self.chat = chat
+
+    def feed(self, chunk: Any) -> list[str]:
+        out = self.out
+        out.model = getattr(chunk, "model", None) or out.model
+        out.extra["id"] = getattr(chunk, "id", None) or out.extra.get("id")
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            out.prompt_tokens = getattr(usage, "prompt_tokens", None)
+            out.completion_tokens = getattr(usage, "completion_tokens", None)
+            out.extra.update(openai_usage_extra(usage))
+        deltas = []
+        for choice in chunk.choices or []:
+            if choice.finish_reason is not None:
+                out.finish_reason = choice.finish_reason
+            delta = (getattr(choice.delta, "content", None) if self.chat else choice.text) or ""
+            if delta:
+                deltas.append(delta)
+        return deltas
 
 
 # ------------------------------------------------------------------------------------ helpers

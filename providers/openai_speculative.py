@@ -11,7 +11,9 @@ times, and fills ``text_``, ``variables`` and ``meta_info`` of the slots. Fixed 
 The buffers live in ``s.backend_data["openai"]``: per state, never per backend.
 
 The mixin needs from its backend: ``is_chat_model``, ``provider``, ``spec_max_num_tries``,
-``map_params``, ``_complete`` and ``result`` (the :class:`~providers.api_backend.APIBackend` flow).
+``map_params``, ``_options``, ``_complete`` and ``result`` (the :class:`~providers.api_backend.APIBackend`
+flow) and ``_place_options(request, options)`` (the provider options of the turn's gens -- they must
+be the same for every gen of the turn -- go with its one request).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class SpeculativeMixin:
         if params.n != 1 or params.dtype is not None or params.json_schema is not None:
             raise ValueError("speculative execution supports plain gen (n=1, no dtype/json_schema)")
         self._spec_sync(s, buf)
-        kwargs = self.map_params(params.replace(stop=(), max_new_tokens=buf["num_tokens"]))
+        kwargs = (self.map_params(params.replace(stop=(), max_new_tokens=buf["num_tokens"])), self._options(params))
         if buf["kwargs"] is None:
             buf["kwargs"] = kwargs
         elif buf["kwargs"] != kwargs:
@@ -134,12 +136,13 @@ class SpeculativeMixin:
             return
         self._spec_sync(s, buf)
         messages = [dict(m) for m in s.messages_]
-        kwargs = dict(buf["kwargs"])
+        kwargs, options = buf["kwargs"]
         last = ""
         metas = None
         for _attempt in range(max(1, self.spec_max_num_tries)):
             t0 = time.perf_counter()
-            completion = self._complete({"messages": messages, **kwargs}, SamplingParams())
+            request = self._place_options({"messages": messages, **kwargs}, options)
+            completion = self._complete(request, SamplingParams())
             last, metas = self.result(completion, time.perf_counter() - t0, 1)
             if self.spec_pattern_match(s, last):
                 break

@@ -1,12 +1,17 @@
 """Bounded retries with exponential backoff, jitter and ``Retry-After``.
 
-One policy object, three ways to use it:
+One policy object, used the same way from synchronous and asyncio code:
 
-* ``policy.call(fn)`` -- call ``fn()`` until it returns, retrying on retryable :class:`ProviderError`;
-* ``policy.stream(open_stream)`` -- iterate ``open_stream()``; failures *before the first item* are
-  retried (nothing was delivered yet), failures after it raise :class:`StreamInterruptedError` (so no
-  text is ever delivered twice);
-* ``policy.delay(attempt, retry_after)`` -- the wait before retry ``attempt`` (for async loops).
+* ``policy.call(fn)`` / ``await policy.acall(afn)`` -- call ``fn()`` until it returns, retrying on
+  retryable :class:`ProviderError`;
+* ``policy.stream(open_stream)`` / ``policy.astream(open_astream)`` -- iterate ``open_stream()``;
+  failures *before the first item* are retried (nothing was delivered yet), failures after it raise
+  :class:`StreamInterruptedError` (so no text is ever delivered twice);
+* ``policy.delay(attempt, retry_after)`` -- the wait before retry ``attempt``.
+
+The async twins make the same decisions (:meth:`RetryPolicy.should_retry`, :meth:`RetryPolicy.delay`)
+and wait with ``asyncio.sleep``; cancelling the task during a wait or a stream cancels the attempt
+(the stream is closed) and is never retried.
 
 What is retried: only errors whose ``retryable`` is true -- the one rule of ``errors.py``: connection
 failures, timeouts, 408, 409, 429 and 5xx. Other 4xx and anything that is not a
@@ -24,17 +29,19 @@ stream, when the SDK already retried the request).
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import inspect
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 from .errors import ProviderError, StreamInterruptedError
 
-__all__ = ["RetryPolicy", "parse_retry_after", "guard_stream"]
+__all__ = ["RetryPolicy", "parse_retry_after", "guard_stream", "aguard_stream"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -161,6 +168,56 @@ class RetryPolicy:
         yield from guard_stream(stream, provider=provider)
 
 
+    async def acall(self, fn: Callable[[], Awaitable[T]], *,
+                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> T:
+        """``await fn()``, retried on retryable :class:`ProviderError` per this policy (the async
+        twin of :meth:`call`: the same decisions, an ``asyncio.sleep`` between attempts)."""
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except ProviderError as err:
+                attempt += 1
+                if not self.should_retry(err, attempt):
+                    raise
+                wait = self.delay(attempt, err.retry_after)
+                log.info("%s; retry %d/%d in %.2fs", err, attempt, self.max_retries, wait)
+                await sleep(wait)
+
+    async def astream(
+        self,
+        open_stream: Callable[[], AsyncIterator[T]],
+        *,
+        provider: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> AsyncIterator[T]:
+        """The async twin of :meth:`stream`: ``open_stream()`` returns an async iterator; failures
+        before its first item are retried, after it they raise :class:`StreamInterruptedError`."""
+        attempt = 0
+        while True:
+            stream = open_stream()
+            try:
+                first = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except ProviderError as err:
+                await _aclose(stream)
+                attempt += 1
+                if not self.should_retry(err, attempt):
+                    raise
+                wait = self.delay(attempt, err.retry_after)
+                log.info("stream: %s; retry %d/%d in %.2fs", err, attempt, self.max_retries, wait)
+                await sleep(wait)
+                continue
+            except BaseException:
+                await _aclose(stream)
+                raise
+            break
+        yield first
+        async for item in aguard_stream(stream, provider=provider):
+            yield item
+
+
 def guard_stream(stream: Iterator[T], *, provider: str | None = None) -> Iterator[T]:
     """Re-raise a :class:`ProviderError` from an already-started stream as StreamInterruptedError.
 
@@ -172,13 +229,39 @@ def guard_stream(stream: Iterator[T], *, provider: str | None = None) -> Iterato
     except StreamInterruptedError:
         raise
     except ProviderError as err:
-        raise StreamInterruptedError(
-            f"stream interrupted after partial output: {err.message}",
-            provider=provider or err.provider,
-            status=err.status,
-        ) from err
+        raise _interrupted(err, provider) from err
     finally:
         _close(stream)
+
+
+async def aguard_stream(stream: AsyncIterator[T], *, provider: str | None = None) -> AsyncIterator[T]:
+    """The async twin of :func:`guard_stream` (the stream is closed on any exit, cancellation included)."""
+    try:
+        async for item in stream:
+            yield item
+    except StreamInterruptedError:
+        raise
+    except ProviderError as err:
+        raise _interrupted(err, provider) from err
+    finally:
+        await _aclose(stream)
+
+
+def _interrupted(err: ProviderError, provider: str | None) -> StreamInterruptedError:
+    return StreamInterruptedError(
+        f"stream interrupted after partial output: {err.message}",
+        provider=provider or err.provider,
+        status=err.status,
+    )
+
+
+async def _aclose(stream: object) -> None:
+    """Close an async stream: ``aclose()`` (async generators), else ``close()`` (awaited if async)."""
+    close = getattr(stream, "aclose", None) or getattr(stream, "close", None)
+    if close is not None:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
 
 
 def _close(stream: object) -> None:

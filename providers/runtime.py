@@ -29,12 +29,14 @@ Decisions where the issue is silent:
 * ``generate`` takes ``sampling_params`` as a :class:`SamplingParams` (validated and mapped) or a
   dict (sent as is: SGLang has server-side parameters this package does not model).
 * ``async_generate`` is an async generator of text deltas with the endpoint's retry rule (retried
-  only before the first delta).
+  only before the first delta); ``agenerate`` is the async twin of ``generate``. Both run on the
+  endpoint's ``httpx.AsyncClient`` of the running loop (``await rt.endpoint.aclose()`` closes it);
+  the program-level async operations are the endpoint's (``rt.endpoint.agenerate`` ... or an
+  ``AsyncProgramState(rt.endpoint)``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
 import signal
@@ -49,15 +51,8 @@ from typing import Any
 
 import httpx
 
-from .errors import LaunchError, ProviderError, Secret, StreamInterruptedError, redact
-from .runtime_endpoint import (
-    DEFAULT_TIMEOUT,
-    RuntimeEndpoint,
-    StreamDecoder,
-    _raise_for_status,
-    _transport_error,
-    to_sglang,
-)
+from .errors import LaunchError, Secret, redact
+from .runtime_endpoint import DEFAULT_TIMEOUT, RuntimeEndpoint, to_sglang
 from .sampling import SamplingParams
 
 __all__ = ["Runtime"]
@@ -264,6 +259,19 @@ class Runtime:
         payload = self._payload(prompt, sampling_params, return_logprob, logprob_start_len, top_logprobs_num, lora_path)
         return self._endpoint().request("POST", "/generate", json=payload)
 
+    async def agenerate(
+        self,
+        prompt: str | list[str],
+        sampling_params: SamplingParams | dict[str, Any] | None = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int | None = None,
+        lora_path: str | list[str] | None = None,
+    ) -> Any:
+        """The async twin of :meth:`generate`."""
+        payload = self._payload(prompt, sampling_params, return_logprob, logprob_start_len, top_logprobs_num, lora_path)
+        return await self._endpoint().arequest("POST", "/generate", json=payload)
+
     async def async_generate(
         self,
         prompt: str,
@@ -276,26 +284,12 @@ class Runtime:
         payload = self._payload(prompt, sampling_params, False, None, None, lora_path)
         payload["stream"] = True
         endpoint = self._endpoint()
-        policy = endpoint.retry
-        attempt = 0
-        async with endpoint.async_client() as client:
-            while True:
-                yielded = False
-                try:
-                    async for delta in _async_deltas(client, payload):
-                        yielded = True
-                        yield delta
-                    return
-                except ProviderError as err:
-                    if yielded:
-                        raise StreamInterruptedError(
-                            f"stream interrupted after partial output: {err.message}",
-                            provider=err.provider, status=err.status,
-                        ) from err
-                    attempt += 1
-                    if not policy.should_retry(err, attempt):
-                        raise
-                    await asyncio.sleep(policy.delay(attempt, err.retry_after))
+        stream = endpoint.retry.astream(lambda: _text_deltas(endpoint, payload), provider="sglang")
+        try:
+            async for delta in stream:
+                yield delta
+        finally:
+            await stream.aclose()
 
     def encode(self, prompt: str | list[str]) -> Any:
         """``POST /encode`` (embedding models); returns the parsed response."""
@@ -353,22 +347,15 @@ class Runtime:
         return f"Runtime(model_path={self.model_path!r}, url={self.url!r}, pid={self.pid}, running={self.running})"
 
 
-async def _async_deltas(client: httpx.AsyncClient, payload: dict[str, Any]) -> AsyncIterator[str]:
-    decoder = StreamDecoder()
+async def _text_deltas(endpoint: RuntimeEndpoint, payload: dict[str, Any]) -> AsyncIterator[str]:
+    """The non-empty text deltas of one streamed ``/generate`` (the endpoint's decoder and transport)."""
+    events = endpoint._araw_deltas(payload)
     try:
-        async with client.stream("POST", "/generate", json=payload) as response:
-            if response.status_code >= 300:
-                await response.aread()
-                _raise_for_status(response)
-            async for line in response.aiter_lines():
-                item = decoder.feed(line)
-                if decoder.done:
-                    break
-                if item is not None and item[0]:
-                    yield item[0]
-    except httpx.HTTPError as err:
-        raise _transport_error(err, "POST", "/generate") from None
-    decoder.finish()
+        async for delta, _meta in events:
+            if delta:
+                yield delta
+    finally:
+        await events.aclose()
 
 
 def _fill(arg: str, model_path: str, host: str, port: int, api_key: str | None) -> str:

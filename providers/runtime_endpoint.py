@@ -31,6 +31,18 @@ Decisions where the protocol is silent:
   text is assumed not to merge. Unconditional logprobs (when the method needs them) score the
   choice's token ids alone via ``input_ids``.
 * ``n > 1``: ``generate`` returns ``(list_of_texts, meta_info)`` (see ``base.py``).
+* **Async**: ``agenerate`` / ``agenerate_stream`` / ``aselect`` / ``arequest`` /
+  ``acommit_lazy_operations`` are the same requests on an ``httpx.AsyncClient`` (one per event loop,
+  same URL, key, timeout and TLS settings; ``await endpoint.aclose()`` closes it), with the same
+  retry rules (:meth:`RetryPolicy.acall` / :meth:`RetryPolicy.astream`) and the same stream decoder;
+  ``select`` is one plan (``providers/plan.py``) run either way. Cancelling a task mid-stream closes
+  the response, which frees the connection.
+* **Provider options** (``providers/options.py``; :func:`apply_sglang_options`): names of SGLang
+  sampling parameters this package does not model (:data:`SGLANG_SAMPLING_EXTRAS`, e.g.
+  ``repetition_penalty``, ``no_stop_trim``, ``ebnf``) go into ``sampling_params``; ``extra_body`` and
+  every other name (``lora_path``, ``rid``, ``return_hidden_states``...) to the top level of the
+  ``/generate`` body; ``extra_headers`` are HTTP headers and ``extra_query`` URL query parameters.
+  ``cache_control`` raises: SGLang's radix cache reuses shared prefixes by itself.
 * **Usage**: ``endpoint.token_usage`` (:class:`~providers.usage.TokenUsage`) sums the
   ``prompt_tokens`` / ``completion_tokens`` the server reports for every ``/generate`` request --
   prefix commits, select scoring and streams (their final event) included.
@@ -42,7 +54,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -56,13 +68,17 @@ from .errors import (
     ProviderError,
     Secret,
     UnsupportedOperationError,
+    UnsupportedParameterError,
     error_from_status,
 )
+from .options import merge_provider_options, refuse_overrides
+from .plan import Plan, arun, call, run
 from .retry import RetryPolicy, parse_retry_after
 from .sampling import DTYPE_REGEX, SamplingParams
 from .usage import TokenUsage
 
-__all__ = ["RuntimeEndpoint", "StreamDecoder", "DEFAULT_TIMEOUT", "FINISH_REASONS", "to_sglang"]
+__all__ = ["RuntimeEndpoint", "StreamDecoder", "DEFAULT_TIMEOUT", "FINISH_REASONS", "SGLANG_SAMPLING_EXTRAS",
+           "to_sglang", "apply_sglang_options"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +89,11 @@ PROVIDER = "sglang"
 FINISH_REASONS: dict[str, str] = {}
 # meta_info keys make_meta_info owns; the server's other keys (id, cached_tokens, logprobs) pass through.
 _UNIFORM = {"prompt_tokens", "completion_tokens", "finish_reason", "model", "latency", "provider"}
+#: SGLang sampling parameters that SamplingParams does not model: as provider options they go into
+#: ``sampling_params`` (any other option goes to the top level of the request body).
+SGLANG_SAMPLING_EXTRAS = frozenset({
+    "repetition_penalty", "no_stop_trim", "skip_special_tokens", "spaces_between_special_tokens", "custom_params",
+    "ebnf", "structural_tag", "stream_interval", "logit_bias", "sampling_seed"})
 
 
 class RuntimeEndpoint(BaseBackend):
@@ -138,12 +159,21 @@ class RuntimeEndpoint(BaseBackend):
 
     # -------------------------------------------------------------------------- transport
 
-    def request(self, method: str, path: str, *, json: Any = None) -> Any:
+    def request(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None,
+                params: dict[str, Any] | None = None) -> Any:
         """Send one request (with retries) and return the parsed JSON body (or the text if not JSON).
 
         The low-level door for endpoints this class does not wrap; raises :class:`ProviderError`.
         """
-        return self.retry.call(lambda: self._send(method, path, json))
+        return self.retry.call(lambda: self._send(method, path, json, headers, params))
+
+    async def arequest(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None,
+                       params: dict[str, Any] | None = None) -> Any:
+        """The async twin of :meth:`request` (the same retries, ``asyncio.sleep`` between them)."""
+        return await self.retry.acall(lambda: self._asend(method, path, json, headers, params))
+
+    def _make_async_client(self) -> httpx.AsyncClient:
+        return self.async_client()
 
     def async_client(self) -> httpx.AsyncClient:
         """A new ``httpx.AsyncClient`` with this endpoint's URL, key, timeout and TLS settings.
@@ -158,24 +188,35 @@ class RuntimeEndpoint(BaseBackend):
             follow_redirects=False,
         )
 
-    def _send(self, method: str, path: str, payload: Any) -> Any:
+    def _send(self, method: str, path: str, payload: Any, headers: dict[str, str] | None = None,
+              params: dict[str, Any] | None = None) -> Any:
         if self._closed:
             raise RuntimeError("this RuntimeEndpoint was shut down")
         try:
-            response = self._client.request(method, path, json=payload)
+            response = self._client.request(method, path, json=payload, headers=headers, params=params)
         except httpx.HTTPError as err:
             raise _transport_error(err, method, path) from None
-        _raise_for_status(response)
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            return response.text
+        return _body(response)
 
-    def _post_generate(self, payload: dict[str, Any]) -> Any:
+    async def _asend(self, method: str, path: str, payload: Any, headers: dict[str, str] | None = None,
+                     params: dict[str, Any] | None = None) -> Any:
+        if self._closed:
+            raise RuntimeError("this RuntimeEndpoint was shut down")
+        try:
+            response = await self._async_client().request(method, path, json=payload, headers=headers, params=params)
+        except httpx.HTTPError as err:
+            raise _transport_error(err, method, path) from None
+        return _body(response)
+
+    def _post_generate(self, payload: dict[str, Any], **extras: Any) -> Any:
         """``POST /generate`` (with retries); the tokens of every result count in ``token_usage``."""
-        obj = self.request("POST", "/generate", json=payload)
+        return self._count(self.request("POST", "/generate", json=payload, **extras))
+
+    async def _apost_generate(self, payload: dict[str, Any], **extras: Any) -> Any:
+        """The async twin of :meth:`_post_generate`."""
+        return self._count(await self.arequest("POST", "/generate", json=payload, **extras))
+
+    def _count(self, obj: Any) -> Any:
         for result in obj if isinstance(obj, list) else [obj]:
             meta = result.get("meta_info") if isinstance(result, dict) else None
             if isinstance(meta, dict):
@@ -183,17 +224,45 @@ class RuntimeEndpoint(BaseBackend):
                                      _int_or_none(meta.get("completion_tokens")))
         return obj
 
-    def _raw_deltas(self, payload: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _count_event(self, raw: dict[str, Any]) -> None:
+        if raw.get("finish_reason") is not None:  # the final event: its usage is the request's
+            self.token_usage.add(_int_or_none(raw.get("prompt_tokens")), _int_or_none(raw.get("completion_tokens")))
+
+    def _raw_deltas(self, payload: dict[str, Any], headers: dict[str, str] | None = None,
+                    params: dict[str, Any] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(delta, raw meta_info)`` per event of one streaming ``/generate`` request."""
         if self._closed:
             raise RuntimeError("this RuntimeEndpoint was shut down")
         decoder = StreamDecoder()
         try:
-            with self._client.stream("POST", "/generate", json=payload) as response:
+            with self._client.stream("POST", "/generate", json=payload, headers=headers, params=params) as response:
                 if response.status_code >= 300:
                     response.read()
                     _raise_for_status(response)
                 for line in response.iter_lines():
+                    item = decoder.feed(line)
+                    if decoder.done:
+                        break
+                    if item is not None:
+                        yield item
+        except httpx.HTTPError as err:
+            raise _transport_error(err, "POST", "/generate") from None
+        decoder.finish()
+
+    async def _araw_deltas(self, payload: dict[str, Any], headers: dict[str, str] | None = None,
+                           params: dict[str, Any] | None = None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The async twin of :meth:`_raw_deltas` (the response is closed on every exit, cancellation
+        included: ``async with``)."""
+        if self._closed:
+            raise RuntimeError("this RuntimeEndpoint was shut down")
+        decoder = StreamDecoder()
+        client = self._async_client()
+        try:
+            async with client.stream("POST", "/generate", json=payload, headers=headers, params=params) as response:
+                if response.status_code >= 300:
+                    await response.aread()
+                    _raise_for_status(response)
+                async for line in response.aiter_lines():
                     item = decoder.feed(line)
                     if decoder.done:
                         break
@@ -260,6 +329,9 @@ class RuntimeEndpoint(BaseBackend):
     def commit_lazy_operations(self, s: StateView) -> None:
         self._post_generate(self._prefix_payload(s))
 
+    async def acommit_lazy_operations(self, s: StateView) -> None:
+        await self._apost_generate(self._prefix_payload(s))
+
     def fill_image(self, s: StateView) -> None:
         if s.images_:
             self._post_generate(self._prefix_payload(s))
@@ -284,10 +356,17 @@ class RuntimeEndpoint(BaseBackend):
     # ------------------------------------------------------------------------- generation
 
     def generate(self, s: StateView, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+        return run(self, self._generate_plan(s, sampling_params))
+
+    async def agenerate(self, s: StateView, sampling_params: SamplingParams) -> tuple[Any, dict[str, Any]]:
+        """The async twin of :meth:`generate`."""
+        return await arun(self, self._generate_plan(s, sampling_params))
+
+    def _generate_plan(self, s: StateView, sampling_params: SamplingParams) -> Plan:
         sampling_params = SamplingParams.coerce(sampling_params)
-        payload = self._generate_payload(s, sampling_params)
+        payload, extras = self._generate_request(s, sampling_params)
         started = time.perf_counter()
-        obj = self._post_generate(payload)
+        obj = yield call("_post_generate", payload, **extras)
         if sampling_params.n == 1:
             result = _single(obj)
             return result["text"], self._meta(result["meta_info"], started)
@@ -311,20 +390,30 @@ class RuntimeEndpoint(BaseBackend):
     def generate_stream(
         self, s: StateView, sampling_params: SamplingParams
     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        payload, extras = self._stream_request(s, sampling_params)
+        return self.retry.stream(lambda: self._deltas(payload, extras), provider=PROVIDER)
+
+    def agenerate_stream(
+        self, s: StateView, sampling_params: SamplingParams
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The async twin of :meth:`generate_stream` (an async iterator; arguments checked now)."""
+        payload, extras = self._stream_request(s, sampling_params)
+        return self.retry.astream(lambda: self._adeltas(payload, extras), provider=PROVIDER)
+
+    def _stream_request(self, s: StateView, sampling_params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
         sampling_params = SamplingParams.coerce(sampling_params)
         if sampling_params.n != 1:
             raise ValueError("generate_stream: n must be 1")
-        payload = self._generate_payload(s, sampling_params)
+        payload, extras = self._generate_request(s, sampling_params)
         payload["stream"] = True
-        return self.retry.stream(lambda: self._deltas(payload), provider=PROVIDER)
+        return payload, extras
 
-    def _deltas(self, payload: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _deltas(self, payload: dict[str, Any], extras: dict[str, Any] | None = None
+                ) -> Iterator[tuple[str, dict[str, Any]]]:
         started = time.perf_counter()
         pending_meta: dict[str, Any] | None = None
-        for delta, raw in self._raw_deltas(payload):
-            if raw.get("finish_reason") is not None:  # the final event: its usage is the request's
-                self.token_usage.add(_int_or_none(raw.get("prompt_tokens")),
-                                     _int_or_none(raw.get("completion_tokens")))
+        for delta, raw in self._raw_deltas(payload, **(extras or {})):
+            self._count_event(raw)
             meta = self._meta(raw, started)
             if delta:
                 pending_meta = None
@@ -334,6 +423,26 @@ class RuntimeEndpoint(BaseBackend):
         if pending_meta is not None:  # the last event carried no new text: deliver its meta_info
             yield "", pending_meta
 
+    async def _adeltas(self, payload: dict[str, Any], extras: dict[str, Any] | None = None
+                       ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The async twin of :meth:`_deltas` (the same rule for a last event without text)."""
+        started = time.perf_counter()
+        pending_meta: dict[str, Any] | None = None
+        events = self._araw_deltas(payload, **(extras or {}))
+        try:
+            async for delta, raw in events:
+                self._count_event(raw)
+                meta = self._meta(raw, started)
+                if delta:
+                    pending_meta = None
+                    yield delta, meta
+                else:
+                    pending_meta = meta
+        finally:
+            await events.aclose()
+        if pending_meta is not None:
+            yield "", pending_meta
+
     def select(
         self,
         s: StateView,
@@ -341,6 +450,25 @@ class RuntimeEndpoint(BaseBackend):
         temperature: float,
         choices_method: ChoicesSamplingMethod,
     ) -> ChoicesDecision:
+        return run(self, self._select_plan(s, choices, temperature, choices_method))
+
+    async def aselect(
+        self,
+        s: StateView,
+        choices: list[str],
+        temperature: float,
+        choices_method: ChoicesSamplingMethod,
+    ) -> ChoicesDecision:
+        """The async twin of :meth:`select`."""
+        return await arun(self, self._select_plan(s, choices, temperature, choices_method))
+
+    def _select_plan(
+        self,
+        s: StateView,
+        choices: list[str],
+        temperature: float,
+        choices_method: ChoicesSamplingMethod,
+    ) -> Plan:
         if not choices or not all(isinstance(c, str) and c for c in choices):
             raise ValueError("choices must be a non-empty list of non-empty str")
         if temperature > 1e-5:
@@ -348,7 +476,7 @@ class RuntimeEndpoint(BaseBackend):
                 f"RuntimeEndpoint.select scores choices deterministically; temperature must be 0, got {temperature}"
             )
         prompt = s.text_
-        prefix = _single(self._post_generate(self._prefix_payload(s)))
+        prefix = _single((yield call("_post_generate", self._prefix_payload(s))))
         prompt_len = prefix["meta_info"]["prompt_tokens"]
         payload: dict[str, Any] = {
             "text": [prompt + c for c in choices],
@@ -360,7 +488,7 @@ class RuntimeEndpoint(BaseBackend):
         image_data = _image_data(s)
         if image_data is not None:
             payload["image_data"] = [image_data] * len(choices)
-        results = self._post_generate(payload)
+        results = yield call("_post_generate", payload)
         if not isinstance(results, list) or len(results) != len(choices):
             raise ProviderError("select: the batched /generate did not return one result per choice", provider=PROVIDER)
         input_logprobs = []
@@ -378,7 +506,8 @@ class RuntimeEndpoint(BaseBackend):
         if getattr(choices_method, "requires_unconditional_logprobs", False):
             if any(not entries for entries in input_logprobs):
                 raise ProviderError("select: a choice has no tokens to score", provider=PROVIDER)
-            uncond = self._post_generate(
+            uncond = yield call(
+                "_post_generate",
                 {
                     "input_ids": [[e[1] for e in entries] for entries in input_logprobs],
                     "sampling_params": {"max_new_tokens": 0, "temperature": 0},
@@ -406,6 +535,12 @@ class RuntimeEndpoint(BaseBackend):
         if image_data is not None:
             payload["image_data"] = image_data
         return payload
+
+    def _generate_request(self, s: StateView, params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(/generate body, {"headers": ..., "params": ...})`` with the provider options placed."""
+        payload = self._generate_payload(s, params)
+        options = merge_provider_options(self.provider_options, params.provider_options)
+        return payload, apply_sglang_options(payload, options)
 
     def _generate_payload(self, s: StateView, params: SamplingParams) -> dict[str, Any]:
         sampling, top = to_sglang(params)
@@ -440,6 +575,36 @@ def to_sglang(params: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
             sampling[name] = value
     return sampling, top
 
+
+
+def apply_sglang_options(payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Place the provider options in a ``/generate`` ``payload`` (in place, see the module docstring);
+    returns the request's ``{"headers": ..., "params": ...}`` (empty when there are none)."""
+    extras: dict[str, Any] = {}
+    if not options:
+        return extras
+    options = dict(options)
+    if "cache_control" in options:
+        raise UnsupportedParameterError(
+            "sglang: no cache_control markers; the server's radix cache reuses shared prefixes by itself",
+            provider=PROVIDER)
+    if options.get("extra_headers"):
+        extras["headers"] = dict(options.pop("extra_headers"))
+    if options.get("extra_query"):
+        extras["params"] = dict(options.pop("extra_query"))
+    options.pop("extra_headers", None)
+    options.pop("extra_query", None)
+    top = {**options.pop("extra_body", {})}
+    sampling = payload["sampling_params"]
+    for name, value in options.items():
+        if name in SGLANG_SAMPLING_EXTRAS:
+            refuse_overrides(PROVIDER, {name: value}, sampling)
+            sampling[name] = value
+        else:
+            top[name] = value
+    refuse_overrides(PROVIDER, top, payload)
+    payload.update(top)
+    return extras
 
 
 class StreamDecoder:
@@ -535,6 +700,17 @@ def _error_message(response: httpx.Response) -> str:
             if body.get(key):
                 return str(body[key])
     return json.dumps(body)[:2000]
+
+
+def _body(response: httpx.Response) -> Any:
+    """The parsed JSON body of a (read) response, its text if not JSON, None if empty; raises for errors."""
+    _raise_for_status(response)
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
 
 
 def _raise_for_status(response: httpx.Response) -> None:

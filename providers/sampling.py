@@ -117,9 +117,17 @@ class SamplingParams:
     json_schema: str | None = None
     regex: str | None = None
     dtype: str | None = None
+    #: Provider-specific request fields, sent as given (see ``providers/options.py``); not compared
+    #: with the defaults by :meth:`set_fields` and never checked against a provider's support list.
+    provider_options: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.provider_options is not None:
+            from .options import check_provider_options
+
+            own = [f.name for f in dataclasses.fields(self) if f.name != "provider_options"]
+            set_(self, "provider_options", check_provider_options(self.provider_options, fields=own) or None)
         _int("max_new_tokens", self.max_new_tokens, minimum=0)
         _int("min_new_tokens", self.min_new_tokens, minimum=0)
         if self.min_new_tokens > self.max_new_tokens:
@@ -201,12 +209,25 @@ class SamplingParams:
         return dataclasses.replace(self, **changes)
 
     def set_fields(self) -> dict[str, Any]:
-        """The fields whose value differs from the default (what the user asked for)."""
+        """The fields whose value differs from the default (what the user asked for); the
+        ``provider_options`` are not among them (they are sent as they are, not mapped)."""
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if getattr(self, f.name) != f.default
+            if f.name != "provider_options" and getattr(self, f.name) != f.default
         }
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> SamplingParams:
+        """``SamplingParams`` from ``gen``-style keyword arguments: the fields, ``provider_options=``
+        and the provider options accepted by name (``reasoning_effort``, ``thinking``, ``extra_body``,
+        ``extra_headers``, ``extra_query``, ``cache_control``). Any other name raises ``TypeError``
+        with a did-you-mean."""
+        from .options import split_sampling_kwargs
+
+        own = [f.name for f in dataclasses.fields(cls) if f.name != "provider_options"]
+        sampling, _ = split_sampling_kwargs(kwargs, own)
+        return cls(**sampling)
 
     @property
     def regex_constraint(self) -> str | None:

@@ -293,6 +293,15 @@ class ProgramState:
         temperature: float = 0.0,
     ) -> str:
         """Choose one of ``choices`` as the continuation (see ``choices.py`` for the methods)."""
+        choices = self._select_args(choices, method, temperature)
+        with self._mutating():
+            decision = self.backend.select(self, choices, temperature, method)
+            self.text_ += decision.decision
+            self._store(name, decision.decision, decision.meta_info)
+        return decision.decision
+
+    @staticmethod
+    def _select_args(choices: Sequence[str], method: ChoicesSamplingMethod, temperature: float) -> list[str]:
         if isinstance(choices, str) or not isinstance(choices, Sequence):
             raise TypeError("select: choices must be a sequence of str")
         choices = list(choices)
@@ -307,18 +316,13 @@ class ProgramState:
             raise TypeError(f"select: method must be a choices method (callable), got {method!r}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
             raise ValueError(f"select: temperature must be a number >= 0, got {temperature!r}")
-        with self._mutating():
-            decision = self.backend.select(self, choices, temperature, method)
-            self.text_ += decision.decision
-            self._store(name, decision.decision, decision.meta_info)
-        return decision.decision
+        return choices
 
     # ------------------------------------------------------------------------------- fork
 
     def fork(self, n: int = 1) -> list[ProgramState]:
         """``n`` independent copies that continue from here (see the module docstring)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"fork: n must be an int >= 1, got {n!r}")
+        _check_fork(n)
         with self._mutating():
             self.backend.commit_lazy_operations(self)
             children = [self._copy() for _ in range(n)]
@@ -326,7 +330,7 @@ class ProgramState:
         return children
 
     def _copy(self) -> ProgramState:
-        child = object.__new__(ProgramState)
+        child = object.__new__(type(self))
         child.backend = self.backend
         child.chat_template = self.chat_template
         child.sid = uuid.uuid4().hex
@@ -403,7 +407,7 @@ class ProgramState:
             if not isinstance(params, SamplingParams):
                 raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         else:
-            params = SamplingParams(**kwargs)
+            params = SamplingParams.from_kwargs(**kwargs)
         extra = [s for s in self.chat_template.stop_str if s not in params.stop]
         if extra:
             params = params.replace(stop=params.stop + tuple(extra))
@@ -416,3 +420,8 @@ class ProgramState:
 
 
 _MISSING = object()
+
+
+def _check_fork(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"fork: n must be an int >= 1, got {n!r}")

@@ -40,6 +40,18 @@ Usage: ``meta_info`` and ``backend.token_usage`` count ``prompt_token_count`` as
 ``reasoning_tokens``) as completion tokens. A response without candidates (a blocked prompt) returns
 ``""`` with finish_reason ``"content_filter"`` and ``meta_info["block_reason"]``.
 
+Async: ``agenerate`` / ``agenerate_stream`` / ``aselect`` use the SDK's async client
+(``client.aio.models``), with the same retry policy (``asyncio.sleep`` between attempts), timeout and
+stream rules.
+
+Provider options (``providers/options.py``): a name that is a ``GenerateContentConfig`` field goes
+into the config (``thinking_config`` -> ``generationConfig.thinkingConfig`` on the wire, ``seed`` ->
+``generationConfig.seed``, ``labels`` -> ``labels``, ``cached_content`` -> ``cachedContent``...);
+``extra_headers`` -> HTTP headers and ``extra_body`` -> merged into the JSON body (both through the
+request's ``http_options``); any other name -> the top-level body field of that name.
+``cache_control`` raises :class:`~providers.errors.UnsupportedParameterError`: Gemini caches through
+``cached_content`` (a cache resource name), not markers.
+
 This module owns everything about Gemini on Vertex AI: parameters (:func:`to_vertexai_config`), finish
 reasons (:data:`FINISH_REASONS`) and errors (the generic rules); the flow is
 :class:`~providers.api_backend.APIBackend`'s.
@@ -50,15 +62,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
+import types
 from typing import Any
 
-from .api_backend import APIBackend, Completion, StreamResult
+from .api_backend import APIBackend, Completion, StreamReader, StreamResult
 from .chat_template import ChatTemplate
 from .messages import chat_turns, parse_data_url
 from .retry import RetryPolicy
 from .sampling import SamplingParams, check_supported, dtype_json_schema, parse_dtype_output
-from .errors import register_secret
+from .errors import UnsupportedParameterError, register_secret
+from .options import refuse_overrides
 from .sdk_errors import import_sdk, translating
 
 __all__ = ["VertexAI", "FINISH_REASONS", "to_vertexai_config"]
@@ -179,18 +192,53 @@ class VertexAI(APIBackend):
         if params.dtype is not None:
             fields["response_mime_type"] = "application/json"
             fields["response_json_schema"] = dtype_json_schema(params.dtype)
+        self._apply_options(fields, self._options(params))
         contents, system = self._contents(s)
         return contents, self._config(system, fields)
+
+    def _apply_options(self, fields: dict[str, Any], options: dict[str, Any]) -> None:
+        """Place the provider options in the config ``fields`` (see the module docstring)."""
+        if not options:
+            return
+        options = dict(options)
+        if "cache_control" in options:
+            raise UnsupportedParameterError(
+                "vertexai: Gemini has no cache_control markers; pass provider_options={'cached_content': "
+                "'<cache resource name>'} to use a context cache", provider=self.provider)
+        config_fields = set(self._types.GenerateContentConfig.model_fields)
+        body = dict(options.pop("extra_body", {}))
+        headers = options.pop("extra_headers", None)
+        if "extra_query" in options:
+            raise UnsupportedParameterError("vertexai: the SDK sends no extra_query parameters",
+                                            provider=self.provider)
+        taken = set(fields) | {"system_instruction", "safety_settings", "http_options", "contents", "model"}
+        refuse_overrides(self.provider, {**body, **options}, taken)
+        for name, value in options.items():
+            if name in config_fields:
+                fields[name] = value
+            else:
+                body[name] = value
+        http: dict[str, Any] = {}
+        if body:
+            http["extra_body"] = body
+        if headers:
+            http["headers"] = dict(headers)
+        if http:
+            if self.timeout is not None:
+                http["timeout"] = int(self.timeout * 1000)
+            fields["http_options"] = self._types.HttpOptions(**http)
 
     def _select_request(self, s: Any, choices: list[str], params: SamplingParams) -> tuple[list[Any], Any]:
         """Gemini's enum mode: decoding constrained to exactly one of the choices, one request."""
         contents, system = self._contents(s)
-        return contents, self._config(system, {
+        fields = {
             "temperature": params.temperature,
             "max_output_tokens": params.max_new_tokens,
             "response_mime_type": "text/x.enum",
             "response_schema": {"type": "STRING", "enum": list(choices)},
-        })
+        }
+        self._apply_options(fields, self.provider_options)
+        return contents, self._config(system, fields)
 
     def _usage(self, resp: Any) -> tuple[int | None, int | None, dict[str, Any]]:
         u = getattr(resp, "usage_metadata", None)
@@ -209,8 +257,15 @@ class VertexAI(APIBackend):
 
     def _complete(self, request: tuple[list[Any], Any], params: SamplingParams) -> Completion:
         contents, config = request
-        resp = self.call(lambda: self.client.models.generate_content(
-            model=self.model_name, contents=contents, config=config))
+        return self._completion(self.call(lambda: self.client.models.generate_content(
+            model=self.model_name, contents=contents, config=config)), params)
+
+    async def _acomplete(self, request: tuple[list[Any], Any], params: SamplingParams) -> Completion:
+        contents, config = request
+        return self._completion(await self.acall(lambda: self.client.aio.models.generate_content(
+            model=self.model_name, contents=contents, config=config)), params)
+
+    def _completion(self, resp: Any, params: SamplingParams) -> Completion:
         prompt, completion, extra = self._usage(resp)
         extra["id"] = getattr(resp, "response_id", None)
         model = getattr(resp, "model_version", None)
@@ -226,25 +281,88 @@ class VertexAI(APIBackend):
         return Completion(texts=texts, finish_reasons=[c.finish_reason for c in cands], prompt_tokens=prompt,
                           completion_tokens=completion, model=model, extra=extra)
 
-    def _stream(self, request: tuple[list[Any], Any], params: SamplingParams, out: StreamResult) -> Iterator[str]:
+    def _open_stream(self, request: tuple[list[Any], Any], params: SamplingParams):
         contents, config = request
-        chunks = self.client.models.generate_content_stream(model=self.model_name, contents=contents, config=config)
-        try:
-            for chunk in chunks:
-                if getattr(chunk, "usage_metadata", None) is not None:
-                    out.prompt_tokens, out.completion_tokens, usage_extra = self._usage(chunk)
-                    out.extra.update(usage_extra)
-                out.model = getattr(chunk, "model_version", None) or out.model
-                for cand in chunk.candidates or []:
-                    if cand.finish_reason is not None:
-                        out.finish_reason = cand.finish_reason
-                    piece = _candidate_text(cand)
-                    if piece:
-                        yield piece
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+        return self.client.models.generate_content_stream(model=self.model_name, contents=contents, config=config)
+
+    async def _aopen_stream(self, request: tuple[list[Any], Any], params: SamplingParams):
+        contents, config = request
+        return _ClosingStream(await self.client.aio.models.generate_content_stream(
+            model=self.model_name, contents=contents, config=config))
+
+    def _stream_reader(self, request: tuple[list[Any], Any], params: SamplingParams, out: StreamResult
+                       ) -> StreamReader:
+        return _ChunkReader(self, out)
+
+
+class _ClosingStream:
+    """google-genai's async stream, closed all the way down.
+
+    The SDK's stream is a stack of async generators; the innermost one belongs to an ``HttpResponse``
+    that keeps it as an attribute (``segment_iterator``) -- a reference cycle -- so closing the
+    outer generator early (cancellation, ``break``, an error) leaves the HTTP response open, and its
+    connection taken, until the garbage collector runs. ``aclose`` closes every generator of the
+    stack, outermost first, which runs the SDK's own ``finally`` that releases the response.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._iterator = stream.__aiter__()
+
+    def __aiter__(self) -> Any:
+        return self._iterator
+
+    async def aclose(self) -> None:
+        stack = _generator_stack(self._iterator)
+        for agen in stack:
+            await agen.aclose()
+
+
+def _generator_stack(start: Any) -> list[Any]:
+    """The suspended async generators reachable from ``start`` through frame locals (and the SDK's
+    ``segment_iterator`` attribute), outermost first."""
+    found: list[Any] = []
+    seen: set[int] = set()
+    pending = [start]
+    while pending and len(found) < 32:
+        obj = pending.pop(0)
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, types.AsyncGeneratorType):
+            found.append(obj)
+            frame = obj.ag_frame
+            if frame is not None:
+                pending.extend(v for v in frame.f_locals.values()
+                               if isinstance(v, types.AsyncGeneratorType) or hasattr(v, "segment_iterator"))
+        else:
+            inner = getattr(obj, "segment_iterator", None)
+            if isinstance(inner, types.AsyncGeneratorType):
+                pending.append(inner)
+    return found
+
+
+class _ChunkReader(StreamReader):
+    """Gemini stream chunks -> text deltas, finish reason, usage."""
+
+    def __init__(self, backend: VertexAI, out: StreamResult) -> None:
+        self.backend = backend
+        self.out = out
+
+    def feed(self, chunk: Any) -> list[str]:
+        out = self.out
+        if getattr(chunk, "usage_metadata", None) is not None:
+            out.prompt_tokens, out.completion_tokens, usage_extra = self.backend._usage(chunk)
+            out.extra.update(usage_extra)
+        out.model = getattr(chunk, "model_version", None) or out.model
+        deltas = []
+        for cand in chunk.candidates or []:
+            if cand.finish_reason is not None:
+                out.finish_reason = cand.finish_reason
+            piece = _candidate_text(cand)
+            if piece:
+                deltas.append(piece)
+        return deltas
 
 
 # ------------------------------------------------------------------------------ parameter mapping

@@ -89,6 +89,31 @@ def test_async_generate(runtime):
     assert asyncio.run(collect()) == ["streaming", " in", " async", " land"]
 
 
+def test_agenerate_and_async_programs_on_the_runtime(runtime):
+    """Runtime.agenerate is generate's async twin; programs use the endpoint's async operations."""
+    from providers import AsyncProgramState
+
+    async def main():
+        one = await runtime.agenerate("Repeat: async twin\n", SamplingParams(max_new_tokens=4))
+        batch = await runtime.agenerate(["Repeat: a\n", "Repeat: b c\n"], {"max_new_tokens": 4})
+
+        async def program(i):
+            s = AsyncProgramState(runtime.endpoint)
+            s.user(f"Repeat: p{i} x")
+            with s.assistant():
+                await s.gen("a", max_new_tokens=8)
+            return s["a"]
+
+        answers = await asyncio.gather(*(program(i) for i in range(16)))
+        await runtime.endpoint.aclose()
+        return one, batch, answers
+
+    one, batch, answers = asyncio.run(main())
+    assert one["text"] == "async twin"
+    assert [r["text"] for r in batch] == ["a", "b c"]
+    assert answers == [f"p{i} x" for i in range(16)]
+
+
 def test_encode_info_cache_profile(runtime):
     emb = runtime.encode("one two three")
     assert emb["meta_info"]["prompt_tokens"] == 3 and len(emb["embedding"]) == 3

@@ -11,7 +11,10 @@ The fake model takes the next queued reply (default ``"Hello from Anthropic"``),
 (``"max_tokens"``). Like the real API it rejects a request without ``max_tokens`` or with a
 whitespace-only stop sequence, and a ``system`` role inside ``messages``. When the request forces a
 tool (``tool_choice: {"type": "tool", "name": ...}``) the reply must be JSON and is returned as that
-tool's ``input`` in a ``tool_use`` block.
+tool's ``input`` in a ``tool_use`` block. With ``thinking: {"type": "enabled", "budget_tokens": N}``
+(N < max_tokens, as the API requires) a ``thinking`` block comes before the text (streamed as
+``thinking_delta`` + ``signature_delta``). ``cache_read_tokens`` set is reported as
+``usage.cache_read_input_tokens``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class AnthropicServer(WireServer):
         self.api_key = api_key
         self.default_reply = "Hello from Anthropic"
         self.stream_delay = 0.0
+        self.cache_read_tokens = 0  # reported as usage.cache_read_input_tokens when set
 
     def error_body(self, status, message):
         kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
@@ -81,10 +85,18 @@ class AnthropicServer(WireServer):
                 text, stop_reason = " ".join(text.split()[: int(body["max_tokens"])]), "max_tokens"
             blocks = [{"type": "text", "text": text}]
             out_tokens = count_tokens(text)
+            thinking = body.get("thinking") or {}
+            if thinking.get("type") == "enabled":  # extended thinking: a thinking block comes first
+                if int(thinking.get("budget_tokens", 0)) >= int(body["max_tokens"]):
+                    return self._bad(h, "max_tokens must be greater than thinking.budget_tokens")
+                blocks.insert(0, {"type": "thinking", "thinking": "Let me think it over.", "signature": "sig-lb"})
+                out_tokens += count_tokens(blocks[0]["thinking"])
         else:
             blocks = [{"type": "tool_use", "id": "toolu_loopback", "name": tool, "input": json.loads(text)}]
             stop_reason, out_tokens = "tool_use", count_tokens(text)
         usage = {"input_tokens": prompt_tokens, "output_tokens": out_tokens}
+        if self.cache_read_tokens:
+            usage["cache_read_input_tokens"] = self.cache_read_tokens
         message = {"id": "msg_loopback", "type": "message", "role": "assistant", "model": body.get("model"),
                    "content": blocks, "stop_reason": stop_reason, "stop_sequence": stop_seq, "usage": usage}
         if not body.get("stream"):
@@ -93,10 +105,17 @@ class AnthropicServer(WireServer):
             return self.send_json(h, message)
 
         start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-                 "usage": {"input_tokens": prompt_tokens, "output_tokens": 1}}
+                 "usage": {**usage, "output_tokens": 1}}
         events = [sse({"type": "message_start", "message": start}, "message_start")]
         for i, b in enumerate(blocks):
-            if b["type"] == "text":
+            if b["type"] == "thinking":
+                events.append(sse({"type": "content_block_start", "index": i, "content_block":
+                                   {"type": "thinking", "thinking": "", "signature": ""}}, "content_block_start"))
+                events.append(sse({"type": "content_block_delta", "index": i, "delta":
+                                   {"type": "thinking_delta", "thinking": b["thinking"]}}, "content_block_delta"))
+                events.append(sse({"type": "content_block_delta", "index": i, "delta":
+                                   {"type": "signature_delta", "signature": b["signature"]}}, "content_block_delta"))
+            elif b["type"] == "text":
                 events.append(sse({"type": "content_block_start", "index": i,
                                    "content_block": {"type": "text", "text": ""}}, "content_block_start"))
                 events.append(sse({"type": "ping"}, "ping"))

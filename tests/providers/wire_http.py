@@ -13,6 +13,12 @@ request, in order:
                                       API's terminal event (a proxy that cut the stream politely);
 * any callable ``f(handler, request)`` -- answers that one request itself.
 
+``script`` queues faults for the next requests in arrival order; ``when(predicate, ...)`` queues them
+for the next requests that ``predicate(request)`` accepts (so a test with many concurrent clients can
+aim a fault at one of them). ``open_connections`` counts the connections the server is still
+serving (a client that closed its side mid-stream is gone from it once the server notices);
+``streams_left_by_client`` counts streams whose client went away before the end (a write failed).
+
 Everything here is bounded: the server stops itself after ``lifetime`` seconds even if a test forgets
 to close it, stalls wake up when it stops, closing it ends every connection it accepted (a client's
 pooled keep-alive connection can never reach a closed server, even when a later server gets the same
@@ -105,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
             json=parsed,
         )
         wire._record(req)
-        action = wire._next_action()
+        action = wire._next_action(req)
         try:
             if isinstance(action, Stall):
                 if wire._stopped.wait(action.seconds):
@@ -139,6 +145,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # listen backlog: socketserver's default (5) resets connections when many clients connect at once
+    # (64 concurrent programs), which no real server does
+    request_queue_size = 256
     wire: "WireServer"
 
     def __init__(self, *args, **kwargs) -> None:
@@ -176,6 +185,8 @@ class WireServer:
         self._lock = threading.Lock()
         self.requests: list[Request] = []
         self._actions: collections.deque = collections.deque()
+        self._aimed: list[list] = []  # [predicate, deque of actions]
+        self.streams_left_by_client = 0
         self.replies: collections.deque = collections.deque()
         self._stopped = threading.Event()
         self._httpd = _HTTPServer((host, port), _Handler)
@@ -221,9 +232,24 @@ class WireServer:
         with self._lock:
             self.replies.extend(texts)
 
-    def _next_action(self):
+    def when(self, predicate: Callable[[Request], bool], *actions) -> None:
+        """Queue faults for the next requests ``predicate`` accepts (checked before ``script``'s)."""
         with self._lock:
+            self._aimed.append([predicate, collections.deque(actions)])
+
+    def _next_action(self, req: Request | None = None):
+        with self._lock:
+            if req is not None:
+                for predicate, actions in self._aimed:
+                    if actions and predicate(req):
+                        return actions.popleft()
             return self._actions.popleft() if self._actions else None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and still being served (keep-alive ones included)."""
+        with self._httpd._connections_lock:
+            return len(self._httpd._connections)
 
     def next_reply(self, req: Request, default: str) -> str:
         with self._lock:
@@ -291,8 +317,13 @@ class WireServer:
         for i, ev in enumerate(events):
             if limit is not None and i >= limit:
                 break
-            h.wfile.write(b"%x\r\n%s\r\n" % (len(ev), ev))
-            h.wfile.flush()
+            try:
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+                h.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                with self._lock:
+                    self.streams_left_by_client += 1
+                raise
             if delay and self._stopped.wait(delay):
                 raise _Dropped
         if isinstance(action, Break):

@@ -11,6 +11,7 @@ The fake model: each generated choice takes the next queued reply (``server.repl
 (``wire_http.count_tokens``). With a positive ``logit_bias`` and ``vocab`` (token id -> text) set,
 it emits exactly one biased token: the one with the highest ``token_scores[text]`` (ties: lowest
 id), reporting log-probabilities (softmax of those scores over the biased tokens) when asked.
+``cached_tokens`` / ``reasoning_tokens`` set add the usage details objects.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class OpenAIServer(WireServer):
         self.token_scores: dict[str, float] = {}
         self.default_reply = "Hello from OpenAI"
         self.stream_delay = 0.0
+        # usage details (prompt_tokens_details.cached_tokens, completion_tokens_details.reasoning_tokens):
+        # sent when either is set (None: the usage object has no details, like older servers)
+        self.cached_tokens: int | None = None
+        self.reasoning_tokens: int | None = None
 
     def error_body(self, status, message):
         kind = {400: "invalid_request_error", 401: "invalid_request_error", 429: "rate_limit_error"}
@@ -105,6 +110,10 @@ class OpenAIServer(WireServer):
             "completion_tokens": sum(max(count_tokens(c["text"]), 1 if c["text"] else 0) for c in choices),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if self.cached_tokens is not None or self.reasoning_tokens is not None:  # the API's usage details
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens or 0, "audio_tokens": 0}
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens or 0, "audio_tokens": 0,
+                                                  "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
         return choices, usage
 
     def _biased(self, bias, body, chat):
