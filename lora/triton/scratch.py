@@ -66,6 +66,12 @@ class Scratch:
         capturing = self._capturing() if capturing is None else capturing
         return self._get(f"intermediate:{dtype}", numel, dtype, False, capturing)
 
+    def named(self, name: str, numel: int, dtype: torch.dtype, capturing: bool | None = None) -> torch.Tensor:
+        """A flat buffer ``name`` of at least ``numel`` elements of ``dtype`` (contents undefined): scratch
+        of other executors (the pallas torch executor), under the same rules."""
+        capturing = self._capturing() if capturing is None else capturing
+        return self._get(f"{name}:{dtype}", numel, dtype, False, capturing)
+
     def _capturing(self) -> bool:
         return self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
