@@ -279,6 +279,7 @@ class PallasLoRABackend(BaseLoRABackend):
         self._offset_cache: dict = {}
         self._meta: torch.Tensor | None = None
         self._nrows_table: torch.Tensor | None = None
+        self._nrows_written: tuple | None = None  # (buffer, length) of the table last written eagerly
         self._groups = 0
         super().__init__(name, batch_info)
 
@@ -302,11 +303,17 @@ class PallasLoRABackend(BaseLoRABackend):
         mbuf = self.buffer("pallas.meta", meta.numel(), torch.int32, dev)
         mbuf[: meta.numel()].copy_(meta)
         # The row count every kernel reads, for any call the buffers hold (s <= groups * 64): entry
-        # s * NROWS_STRIDE is s. A persistent buffer, so a captured launch's pointer stays valid.
+        # s * NROWS_STRIDE is s. A persistent buffer, so a captured launch's pointer stays valid;
+        # written when it is new (its values never change), again eagerly if that was in a capture.
         n = (groups * T.BM + 1) * self.NROWS_STRIDE
-        table = self.buffer("pallas.nrows", n, torch.int32, dev)[:n]
-        torch.arange(n, dtype=torch.int32, out=table)
-        table.div_(self.NROWS_STRIDE, rounding_mode="floor")
+        buf = self.buffer("pallas.nrows", n, torch.int32, dev)
+        table = buf[:n]
+        done = self._nrows_written
+        if done is None or done[0] is not buf or done[1] < n:
+            torch.arange(n, dtype=torch.int32, out=table)
+            table.div_(self.NROWS_STRIDE, rounding_mode="floor")
+            capturing = table.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+            self._nrows_written = None if capturing else (buf, n)
         self._meta, self._groups, self._nrows_table = mbuf, groups, table
 
     #: int32 entries per row count in the row-count table: each (1,) view starts 16-byte aligned

@@ -1,5 +1,6 @@
 """Scratch of the triton kernels, one set per stream: split-K partial tiles and per-tile counters, and
-the fused ops' intermediate (so that no op call allocates on the device after warm-up).
+the fused ops' intermediate (so that no op call allocates on the device after warm-up). The pallas torch
+executor keeps its copies and partials here too (:meth:`Scratch.named`; this module imports only torch).
 
 Counters start at zero and every launch leaves them at zero (the last program of a tile resets its
 counter), so no memset is launched per call.

@@ -475,3 +475,5 @@ def test_row_counts_are_views_of_one_table(rng, model):
         assert t.data_ptr() % 16 == 0 and t.untyped_storage().data_ptr() == table
     be.set_batch_info(batch_info(C.decode_composition(rng, 200, 4, 16), "cpu"))  # re-derived in place
     assert be._nrows(300).untyped_storage().data_ptr() == table and int(be._nrows(300)[0]) == 300
+    be.reserve(max_tokens=500, max_segments=256)  # new buffers: the table is written again
+    assert [int(be._nrows(s)[0]) for s in range(501)] == list(range(501))
