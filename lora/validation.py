@@ -109,8 +109,8 @@ def check_batch_info(bi: LoRABatchInfo | None, x: torch.Tensor, num_lora: int, m
         if t.device != x.device:
             raise ValueError(f"batch_info.{field} is on {t.device} but x is on {x.device}")
     if bi.lora_ranks.device.type == "cpu" and num_lora:
-        top = int(bi.lora_ranks.max())
-        if top > max_r or int(bi.lora_ranks.min()) < 0:
+        ranks = bi.lora_ranks.tolist()  # (no tensor made: an op call allocates nothing it does not return)
+        if max(ranks) > max_r or min(ranks) < 0:
             raise ValueError(
                 f"batch_info.lora_ranks {bi.lora_ranks.tolist()} must lie in [0, max_r={max_r}] of the weights"
             )

@@ -152,7 +152,7 @@ class _JaxExecutor:
         return jnp.take_along_axis(a, idx, axis=axis)
 
     @staticmethod
-    def pad(a, shape):
+    def pad(a, shape, role=None):
         pads = [(0, t - s) for s, t in zip(a.shape, shape)]
         if all(p == (0, 0) for p in pads):
             return a
@@ -160,7 +160,7 @@ class _JaxExecutor:
 
     # the plan's steps
     @staticmethod
-    def split_f32(a):
+    def split_f32(a, role=None):
         hi = a.astype(jnp.bfloat16)
         lo = (a - hi.astype(jnp.float32)).astype(jnp.bfloat16)
         return hi, lo
@@ -170,7 +170,7 @@ class _JaxExecutor:
         return a + b
 
     @staticmethod
-    def aligned(a):
+    def aligned(a, role=None):
         return a
 
     @staticmethod
@@ -178,15 +178,15 @@ class _JaxExecutor:
         raise AssertionError("JAX plans have no tail view")
 
     @staticmethod
-    def shrink_block(cfg, batch, x, x_tail, a):
+    def shrink_block(cfg, batch, x, x_tail, a, slot=0):
         return S.shrink_block(batch.meta, batch.nrows, batch.lora_ranks, x, x_tail, a, cfg=cfg)
 
     @staticmethod
-    def shrink_split(cfg, batch, x, x_tail, a):
+    def shrink_split(cfg, batch, x, x_tail, a, slot=0):
         return S.shrink_split(batch.meta, batch.nrows, batch.lora_ranks, x, x_tail, a, cfg=cfg)
 
     @staticmethod
-    def sum_parts(parts):
+    def sum_parts(parts, slot=0):
         out = parts[:, 0]
         for k in range(1, parts.shape[1]):  # index order, whatever XLA would pick for a reduce
             out = out + parts[:, k]

@@ -6,8 +6,13 @@
 * Zero-copy and in place: kernels read and write the caller's tensors through their device
   pointers (:mod:`lora.pallas.interop`); ``base_output`` is updated in place and returned.
 * Stream-correct: every kernel launches on ``torch.cuda.current_stream()``, so it is ordered after
-  the producers of its inputs and before later consumers like any torch op. Temporaries are torch
-  allocations made on that stream.
+  the producers of its inputs and before later consumers like any torch op.
+* No allocation per call after warm-up: split-K partial tiles, the shrink's float32 output (the
+  fused ops' intermediate), padded / aligned copies and float32 hi/lo parts live in persistent
+  buffers of the current stream (:mod:`lora.triton.scratch`: one set per (device, stream), so two
+  streams never share one; a buffer a CUDA graph captured is never freed), and the row count the
+  kernels read is a view of a table ``prepare`` writes. An op call allocates only the output the
+  caller did not pass (a shrink's, or ``base_output=None``).
 * Compilation is keyed on static shapes only; the token count is bucketed
   (:func:`lora.pallas.tiling.padded_tokens`: 64, 128, 256, ... powers of two) and the real count
   travels in device metadata, so a new batch composition never recompiles.
@@ -53,6 +58,7 @@ from ..backend import BaseLoRABackend
 from . import meta as M
 from . import plan as P
 from . import tiling as T
+from ..triton.scratch import scratch_for
 
 __all__ = ["PallasLoRABackend"]
 
@@ -170,55 +176,76 @@ class TorchExecutor:
     def take_along_axis(a, idx, axis):
         return torch.gather(a, axis, idx.long())
 
-    @staticmethod
-    def pad(t, shape):
+    # the plan's steps: every copy, partial and intermediate lives in a persistent buffer of the
+    # current stream (lora.triton.scratch), named by its role: no allocation after warm-up
+    def scratch(self, name: str, shape, dtype) -> torch.Tensor:
+        """A (shape, dtype) view of this stream's persistent buffer ``pallas.<name>`` (contents undefined).
+
+        Per (device, stream): launches on one stream are ordered, so they share it; two streams never
+        do. A buffer a CUDA graph captured is never freed (a later, larger call gets a new one)."""
+        numel = 1
+        for d in shape:
+            numel *= d
+        return scratch_for(self.device).named(f"pallas.{name}", numel, dtype)[:numel].view(shape)
+
+    def pad(self, t, shape, role="pad"):
         shape = tuple(shape)
         if tuple(t.shape) == shape:
             return t
-        out = t.new_zeros(shape)
+        out = self.scratch(f"{role}.pad", shape, t.dtype)
+        out.zero_()
         out[tuple(slice(0, d) for d in t.shape)] = t
         return out
 
-    # the plan's steps
-    @staticmethod
-    def split_f32(t):
-        hi = t.to(torch.bfloat16)
-        lo = (t - hi.float()).to(torch.bfloat16)
+    def split_f32(self, t, role="split"):
+        hi = self.scratch(f"{role}.hi", t.shape, torch.bfloat16)
+        lo = self.scratch(f"{role}.lo", t.shape, torch.bfloat16)
+        rest = self.scratch(f"{role}.rest", t.shape, torch.float32)
+        hi.copy_(t)
+        rest.copy_(hi)
+        torch.sub(t, rest, out=rest)
+        lo.copy_(rest)
         return hi, lo
 
     @staticmethod
     def add(a, b):
         return a.add_(b)
 
-    @staticmethod
-    def aligned(t):
+    def aligned(self, t, role="aligned"):
         """TMA needs 16-byte aligned base pointers: copy the rare tensor that is not."""
-        return t if t.data_ptr() % 16 == 0 else t.clone()
+        if t.data_ptr() % 16 == 0:
+            return t
+        out = self.scratch(f"{role}.aligned", t.shape, t.dtype)
+        out.copy_(t)
+        return out
 
     @staticmethod
     def tail(x):
         return x[x.shape[0] - T.BM :]
 
-    def shrink_block(self, cfg, batch: Launch, x, x_tail, a):
-        shape = (cfg.bpad, cfg.na_out) if cfg.ksplit == 1 else cfg.parts_shape
-        out = torch.empty(shape, dtype=torch.float32, device=self.device)
+    def shrink_block(self, cfg, batch: Launch, x, x_tail, a, slot=0):
+        if cfg.ksplit == 1:
+            out = self.scratch(f"shrink.out{slot}", (cfg.bpad, cfg.na_out), torch.float32)
+        else:
+            out = self.scratch("shrink.parts", cfg.parts_shape, torch.float32)
         ins = [batch.meta, batch.nrows, batch.lora_ranks, x] + ([x_tail] if cfg.tail else []) + [a]
         self.launcher("shrink", cfg, ins, [out], self.device)
         return out
 
-    def shrink_split(self, cfg, batch: Launch, x, x_tail, a):
-        parts = torch.empty(cfg.parts_shape, dtype=torch.float32, device=self.device)
+    def shrink_split(self, cfg, batch: Launch, x, x_tail, a, slot=0):
+        parts = self.scratch("shrink.parts", cfg.parts_shape, torch.float32)
         ins = [batch.meta, batch.nrows, batch.lora_ranks, x] + ([x_tail] if cfg.tail else []) + [a]
         self.launcher("shrink", cfg, ins, [parts], self.device)
         return parts
 
-    @staticmethod
-    def sum_parts(parts):
-        return parts.sum(dim=1)  # a fixed reduction order (no atomics): the same bits every run
+    def sum_parts(self, parts, slot=0):
+        out = self.scratch(f"shrink.out{slot}", (parts.shape[0],) + tuple(parts.shape[2:]), torch.float32)
+        return torch.sum(parts, dim=1, out=out)  # a fixed reduction order (no atomics): the same bits every run
 
-    @staticmethod
-    def set_rows(t, i, v):
-        t[i : i + v.shape[0]].copy_(v.clone())  # v may be a view of t's own memory (< 64 rows)
+    def set_rows(self, t, i, v):
+        moved = self.scratch("shrink.rows", v.shape, v.dtype)
+        moved.copy_(v)  # v may be a view of t's own memory (< 64 rows)
+        t[i : i + v.shape[0]].copy_(moved)
         return t
 
     def expand(self, cfg, batch: Launch, offsets, x, x_tail, b, base):
@@ -250,8 +277,9 @@ class PallasLoRABackend(BaseLoRABackend):
         self.tuning = tuning or T.DEFAULT_TUNING
         self._executors: dict = {}
         self._offset_cache: dict = {}
-        self._nrows_cache: dict = {}
         self._meta: torch.Tensor | None = None
+        self._nrows_table: torch.Tensor | None = None
+        self._nrows_written: tuple | None = None  # (buffer, length) of the table last written eagerly
         self._groups = 0
         super().__init__(name, batch_info)
 
@@ -274,19 +302,27 @@ class PallasLoRABackend(BaseLoRABackend):
                        batch_info.lora_ranks, bs=batch_info.bs, num_lora=num_lora, groups=groups)
         mbuf = self.buffer("pallas.meta", meta.numel(), torch.int32, dev)
         mbuf[: meta.numel()].copy_(meta)
-        self._meta, self._groups = mbuf, groups
+        # The row count every kernel reads, for any call the buffers hold (s <= groups * 64): entry
+        # s * NROWS_STRIDE is s. A persistent buffer, so a captured launch's pointer stays valid;
+        # written when it is new (its values never change), again eagerly if that was in a capture.
+        n = (groups * T.BM + 1) * self.NROWS_STRIDE
+        buf = self.buffer("pallas.nrows", n, torch.int32, dev)
+        table = buf[:n]
+        done = self._nrows_written
+        if done is None or done[0] is not buf or done[1] < n:
+            torch.arange(n, dtype=torch.int32, out=table)
+            table.div_(self.NROWS_STRIDE, rounding_mode="floor")
+            capturing = table.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+            self._nrows_written = None if capturing else (buf, n)
+        self._meta, self._groups, self._nrows_table = mbuf, groups, table
 
-    def _nrows(self, s: int, device) -> torch.Tensor:
-        """(1,) int32 device tensor holding s: a shape constant, made once per s (outside a capture)."""
-        key = (s, device)
-        t = self._nrows_cache.get(key)
-        if t is None:
-            t = torch.full((1,), s, dtype=torch.int32, device=device)
-            if not (t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-                if len(self._nrows_cache) > 256:
-                    self._nrows_cache.clear()
-                self._nrows_cache[key] = t
-        return t
+    #: int32 entries per row count in the row-count table: each (1,) view starts 16-byte aligned
+    NROWS_STRIDE = 4
+
+    def _nrows(self, s: int) -> torch.Tensor:
+        """(1,) int32 device tensor holding s: a view of the table ``prepare`` wrote (no allocation)."""
+        i = s * self.NROWS_STRIDE
+        return self._nrows_table[i : i + 1]
 
     def _launch_args(self, x: torch.Tensor) -> Launch:
         s = x.shape[0]
@@ -295,7 +331,7 @@ class PallasLoRABackend(BaseLoRABackend):
                 f"pallas metadata holds {self._groups * T.BM} rows, the call has {s}"
             )
         bi = self.batch_info
-        return Launch(self._meta, self._nrows(s, x.device), bi.lora_ranks, bi.scalings)
+        return Launch(self._meta, self._nrows(s), bi.lora_ranks, bi.scalings)
 
     def _offsets_i32(self, output_offset: torch.Tensor) -> torch.Tensor:
         if output_offset.dtype == torch.int32:

@@ -7,22 +7,25 @@ the shrink of a fused op launches). The functions :func:`run_shrink`, :func:`run
 :func:`run_fused` are the order of the steps, written once; an *executor* supplies the primitives:
 
 =======================  =======================================================================
-``pad(t, shape)``        t zero-padded at the end of each dim to ``shape`` (t itself if equal)
-``split_f32(t)``         (hi, lo) bfloat16 parts of a float32 tensor, ``hi + lo ~= t``
+``pad(t, shape, role)``  t zero-padded at the end of each dim to ``shape`` (t itself if equal)
+``split_f32(t, role)``   (hi, lo) bfloat16 parts of a float32 tensor, ``hi + lo ~= t``
 ``add(a, b)``            a + b (the torch executor adds in place into a)
-``aligned(t)``           t with a 16-byte aligned base address (TMA); JAX arrays always are
+``aligned(t, role)``     t with a 16-byte aligned base address (TMA); JAX arrays always are
 ``tail(x)``              the (64, cols) view of x's last 64 rows (only used with ``cfg.tail``)
 ``shrink_block``,        launch a kernel of :mod:`~lora.pallas.shrink_kernel` /
 ``shrink_split``,        :mod:`~lora.pallas.expand_kernel` with the batch's device arrays
-``expand``
-``sum_parts(p)``         the split shrink's partial tiles added over axis 1 in index order
+``expand``               (a shrink's ``slot``: 0 for the first product, 1 for those added to it)
+``sum_parts(p, slot)``   the split shrink's partial tiles added over axis 1 in index order
 ``set_rows(t, i, v)``    t with rows [i, i + len(v)) replaced by v (the torch executor: in place)
 ``arange``, ``where``..  the array namespace :mod:`lora.pallas.meta` is written against
 ``writeback(t, base)``   the padded result back into the caller's base
 =======================  =======================================================================
 
 :mod:`lora.pallas.api` (JAX, functional) and :mod:`lora.pallas.backend` (torch, in place, zero-copy
-on the current stream) are those executors.
+on the current stream) are those executors. ``role`` names what a copy holds ("shrink.x", "expand.b",
+...) and ``slot`` which shrink result it is: the torch executor keeps each in a persistent buffer of
+the current stream (:mod:`lora.triton.scratch`), so an op call allocates nothing after warm-up; the
+JAX executor ignores both.
 
 float32 activations
     are computed as three products of bfloat16 parts on the bf16 tensor cores, ``hi*hi + hi*lo +
@@ -157,33 +160,33 @@ def run_shrink(ex, plan: ShrinkPlan, batch, x, a):
     cfg = plan.cfg
     s = x.shape[0]
     rows = max(s, plan.min_rows)
-    x = ex.aligned(ex.pad(x, (rows, plan.kp)))
-    a = ex.aligned(ex.pad(a, (a.shape[0], cfg.stack * plan.rp, plan.kp)))
+    x = ex.aligned(ex.pad(x, (rows, plan.kp), "shrink.x"), "shrink.x")
+    a = ex.aligned(ex.pad(a, (a.shape[0], cfg.stack * plan.rp, plan.kp), "shrink.a"), "shrink.a")
     if len(plan.parts) > 1:
-        xs, as_ = ex.split_f32(x), ex.split_f32(a)
+        xs, as_ = ex.split_f32(x, "shrink.x"), ex.split_f32(a, "shrink.a")
     else:
         xs, as_ = (x,), (a,)
     out = None
     for xi, ai in plan.parts:
-        o = _shrink_once(ex, cfg, batch, xs[xi], as_[ai], s)
+        o = _shrink_once(ex, cfg, batch, xs[xi], as_[ai], s, 0 if out is None else 1)
         out = o if out is None else ex.add(out, o)
     return out
 
 
-def _shrink_once(ex, cfg: ShrinkConfig, batch, x, a, s: int):
+def _shrink_once(ex, cfg: ShrinkConfig, batch, x, a, s: int, slot: int = 0):
     x_tail = ex.tail(x) if cfg.tail else None
     if not cfg.split:
-        out = ex.shrink_block(cfg, batch, x, x_tail, a)
-        return out if cfg.ksplit == 1 else finish_split(ex, cfg, out, s)
-    return finish_split(ex, cfg, ex.shrink_split(cfg, batch, x, x_tail, a), s)
+        out = ex.shrink_block(cfg, batch, x, x_tail, a, slot)
+        return out if cfg.ksplit == 1 else finish_split(ex, cfg, out, s, slot)
+    return finish_split(ex, cfg, ex.shrink_split(cfg, batch, x, x_tail, a, slot), s, slot)
 
 
-def finish_split(ex, cfg: ShrinkConfig, parts, s: int):
+def finish_split(ex, cfg: ShrinkConfig, parts, s: int, slot: int = 0):
     """(bpad, na_out) from a shrink's partial tiles (nb, tiles, 64, na_out): added in
     index order (the same bits every run), each block's tile at its rows. A partial last block's
     tile holds its clamped box (rows s-64..s, those of the block before zero): its own rows are
     moved in place (s is static: a shape)."""
-    tiles = ex.sum_parts(parts)  # (nb, 64, na_out)
+    tiles = ex.sum_parts(parts, slot)  # (nb, 64, na_out)
     out = ex.reshape(tiles, (cfg.bpad, cfg.na_out))
     if cfg.tail and s > BM and s % BM:
         tb = s // BM
@@ -197,11 +200,11 @@ def run_expand(ex, plan: ExpandPlan, batch, x, b, offsets, base):
     if plan.noop or base.shape[0] == 0:
         return base
     cfg0 = plan.cfgs[0]
-    b = ex.aligned(ex.pad(b, (b.shape[0], plan.np_, plan.rp)))
+    b = ex.aligned(ex.pad(b, (b.shape[0], plan.np_, plan.rp), "expand.b"), "expand.b")
     rows = max(x.shape[0], plan.min_rows)
-    x = ex.aligned(ex.pad(x, (rows, max(x.shape[1], plan.x_cols))))
-    target = ex.aligned(ex.pad(base, (max(base.shape[0], plan.min_rows), plan.np_)))
-    bs = ex.split_f32(b) if len(plan.b_parts) > 1 else (b,)
+    x = ex.aligned(ex.pad(x, (rows, max(x.shape[1], plan.x_cols)), "expand.x"), "expand.x")
+    target = ex.aligned(ex.pad(base, (max(base.shape[0], plan.min_rows), plan.np_), "expand.base"), "expand.base")
+    bs = ex.split_f32(b, "expand.b") if len(plan.b_parts) > 1 else (b,)
     x_tail = ex.tail(x) if cfg0.tail else None
     for cfg, bi in zip(plan.cfgs, plan.b_parts):
         target = ex.expand(cfg, batch, offsets, x, x_tail, bs[bi], target)

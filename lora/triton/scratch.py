@@ -1,5 +1,6 @@
 """Scratch of the triton kernels, one set per stream: split-K partial tiles and per-tile counters, and
-the fused ops' intermediate (so that no op call allocates on the device after warm-up).
+the fused ops' intermediate (so that no op call allocates on the device after warm-up). The pallas torch
+executor keeps its copies and partials here too (:meth:`Scratch.named`; this module imports only torch).
 
 Counters start at zero and every launch leaves them at zero (the last program of a tile resets its
 counter), so no memset is launched per call.
@@ -65,6 +66,12 @@ class Scratch:
         """A flat buffer of at least ``numel`` elements of ``dtype`` (contents undefined)."""
         capturing = self._capturing() if capturing is None else capturing
         return self._get(f"intermediate:{dtype}", numel, dtype, False, capturing)
+
+    def named(self, name: str, numel: int, dtype: torch.dtype, capturing: bool | None = None) -> torch.Tensor:
+        """A flat buffer ``name`` of at least ``numel`` elements of ``dtype`` (contents undefined): scratch
+        of other executors (the pallas torch executor), under the same rules."""
+        capturing = self._capturing() if capturing is None else capturing
+        return self._get(f"{name}:{dtype}", numel, dtype, False, capturing)
 
     def _capturing(self) -> bool:
         return self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()

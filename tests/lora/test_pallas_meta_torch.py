@@ -360,3 +360,120 @@ def test_block_variant_with_k_split(tokens, rng, model):
         check, _ = run_op(be, op, comp, rng, "float16", "cpu", k=128, n=64, kv=32)
         assert check.ok, f"{op} {tokens}: {check.detail}"
     assert any(k == "shrink" and not cfg.split and cfg.ksplit == 2 for k, cfg in model.launches)
+
+
+# ---- no device allocation in an op call after warm-up (issue 15) ----------------------------------------
+
+
+class _Allocations(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every op that returns a tensor on storage none of its arguments had (a new allocation:
+    factories, but also ``sum``, ``sub``, ``clone``, ``to`` ...); views and in-place or ``out=`` ops
+    are not allocations. Paused while the (torch-modelled) kernels run."""
+
+    def __init__(self):
+        super().__init__()
+        self.made: list[str] = []
+        self.paused = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.paused:
+            leaves = torch.utils._pytree.tree_leaves
+            seen = {t.untyped_storage().data_ptr() for t in leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            for t in leaves(out):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                    self.made.append(func.overloadpacket.__name__)
+        return out
+
+
+class _PausedModel:
+    """The kernel model, with the allocation count paused while it runs (the real kernels allocate nothing)."""
+
+    def __init__(self, model, mode):
+        self.model, self.mode = model, mode
+
+    def __call__(self, *args):
+        self.mode.paused += 1
+        try:
+            return self.model(*args)
+        finally:
+            self.mode.paused -= 1
+
+
+ALLOC_CASES = [  # (tokens, K, N, max_r, dtype, tuning, misaligned x)
+    (64, 64, 64, 16, torch.float16, None, False),  # decode: split-K shrink, summed partials
+    (20, 72, 80, 12, torch.float16, None, False),  # < 64 rows, K / N / max_r padded copies
+    (130, 64, 64, 16, torch.float16, None, False),  # split-K, partial last block moved to its rows
+    (300, 128, 64, 16, torch.float16, None, False),  # block shrink
+    (330, 128, 64, 16, torch.float16, T.Tuning(shrink_ksplit=2), False),  # block shrink split over K
+    (64, 64, 64, 16, torch.float32, None, False),  # float32: bf16 hi/lo parts, three products added
+    (70, 64, 64, 16, torch.float16, None, True),  # x not 16-byte aligned (an aligned copy)
+]
+
+
+@pytest.mark.parametrize("tokens,k,n,r,dtype,tuning,misaligned", ALLOC_CASES)
+def test_op_calls_allocate_only_their_outputs_after_warmup(tokens, k, n, r, dtype, tuning, misaligned, rng, model,
+                                                           monkeypatch):
+    """After one warm-up call, a call allocates only the outputs the caller did not pass: a shrink's
+    output (one tensor), nothing for expand / QKV / gate-up into the caller's base_output (what
+    tests/gpu/test_graph_safety.py measures on the GPU). Repeated calls give the same bits."""
+    mode = _Allocations()
+    monkeypatch.setattr(PallasLoRABackend, "launcher", _PausedModel(model, mode))
+    num_lora = 4
+    lens = [tokens - tokens // 3, tokens // 3]
+    comp = C.Composition(lens, [1, 3], [r, 0, r - 4, r // 2], [0.5, 1.0, 2.0, 1.5], r, tokens)
+    be = backend(batch_info(comp, "cpu"), tuning=tuning)
+    if misaligned:
+        x = torch.randn(tokens * k + 1, dtype=dtype)[1:].view(tokens, k)
+        assert x.data_ptr() % 16
+    else:
+        x = torch.randn(tokens, k, dtype=dtype)
+    w = lambda *shape: torch.randn(*shape, dtype=dtype) / shape[-1] ** 0.5  # noqa: E731
+    q, kv = n, 32
+    qkv_off = torch.tensor([0, q, q + kv, q + 2 * kv], dtype=torch.int32)
+    a1, a2, a3 = w(num_lora, r, k), w(num_lora, 2 * r, k), w(num_lora, 3 * r, k)
+    b1, b2, b3 = w(num_lora, n, r), w(num_lora, 2 * n, r), w(num_lora, q + 2 * kv, r)
+    xa = torch.randn(tokens, r, dtype=dtype)
+    base1, base2, base3 = torch.randn(tokens, n, dtype=dtype), torch.randn(tokens, 2 * n, dtype=dtype), \
+        torch.randn(tokens, q + 2 * kv, dtype=dtype)
+    ops = {
+        "shrink": (1, lambda: be.run_lora_a_sgemm(x, a1)),
+        "shrink3": (1, lambda: be.run_lora_a_sgemm(x, a3, 3)),
+        "expand": (0, lambda base: be.run_lora_b_sgemm(xa, b1, base_output=base), base1),
+        "qkv": (0, lambda base: be.run_qkv_lora(x, a3, b3, qkv_off, q, base_output=base), base3),
+        "gate_up": (0, lambda base: be.run_gate_up_lora(x, a2, b2, base_output=base), base2),
+    }
+    calls = 3
+    for op, (allowed, fn, *base) in ops.items():
+        bases = [b.clone() for b in base * (calls + 1)]
+        first = fn(*bases[:1])  # warm-up: sizes the scratch
+        mode.made.clear()
+        outs = []
+        with mode:
+            for i in range(calls):
+                outs.append(fn(*bases[1 + i : 2 + i]))
+        assert mode.made.count("empty") == allowed * calls and len(mode.made) == allowed * calls, (
+            f"{op}: {len(mode.made)} allocations in {calls} calls after warm-up, expected {allowed * calls} "
+            f"(the outputs the caller did not pass): {mode.made}"
+        )
+        for out in outs:
+            assert torch.equal(out, first), f"{op}: a repeated call gave other bits"
+
+
+def test_row_counts_are_views_of_one_table(rng, model):
+    """The (1,) row count a kernel reads is a 16-byte aligned view of a table ``prepare`` writes into
+    a persistent buffer: no tensor per token count (the old per-count cache was cleared after 256
+    counts, freeing tensors a captured graph could still read)."""
+    be = backend()
+    be.reserve(max_tokens=300, max_segments=256)
+    be.set_batch_info(batch_info(C.decode_composition(rng, 8, 4, 16), "cpu"))
+    table = be._nrows(1).untyped_storage().data_ptr()
+    for s in range(1, 301):
+        t = be._nrows(s)
+        assert t.shape == (1,) and t.dtype == torch.int32 and int(t[0]) == s
+        assert t.data_ptr() % 16 == 0 and t.untyped_storage().data_ptr() == table
+    be.set_batch_info(batch_info(C.decode_composition(rng, 200, 4, 16), "cpu"))  # re-derived in place
+    assert be._nrows(300).untyped_storage().data_ptr() == table and int(be._nrows(300)[0]) == 300
+    be.reserve(max_tokens=500, max_segments=256)  # new buffers: the table is written again
+    assert [int(be._nrows(s)[0]) for s in range(501)] == list(range(501))
