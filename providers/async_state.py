@@ -47,7 +47,7 @@ from typing import Any
 
 from .choices import ChoicesSamplingMethod, token_length_normalized
 from .sampling import SamplingParams
-from .state import _MISSING, ProgramState, _check_fork
+from .state import ProgramState, _check_fork
 
 __all__ = ["AsyncProgramState"]
 
@@ -99,10 +99,7 @@ class AsyncProgramState(ProgramState):
 
     async def _astream(self, name: str | None, params: SamplingParams) -> AsyncIterator[str]:
         async with self._op_lock:
-            with self._mutating():
-                self._streaming = name or "<unnamed>"
-                start = len(self.text_)
-                previous = self.variables.get(name, _MISSING) if name else _MISSING
+            start, previous = self._stream_begin(name)
             received = ""
             meta: dict[str, Any] = {}
             finished = False
@@ -111,11 +108,7 @@ class AsyncProgramState(ProgramState):
                 stream = self.backend.agenerate_stream(self, params)
                 async for delta, meta in stream:
                     if delta:
-                        with self._lock:
-                            self.text_ += delta
-                            received += delta
-                            if name:
-                                self.variables[name] = received
+                        received = self._stream_append(name, received, delta)
                         yield delta
                 finished = True
             except (GeneratorExit, asyncio.CancelledError):
@@ -123,23 +116,14 @@ class AsyncProgramState(ProgramState):
                 finished = True
                 raise
             except BaseException:
-                with self._lock:
-                    self.text_ = self.text_[:start]
-                    if name:
-                        if previous is _MISSING:
-                            self.variables.pop(name, None)
-                        else:
-                            self.variables[name] = previous
+                self._stream_rollback(name, start, previous)
                 raise
             finally:
                 try:
                     if stream is not None:
                         await stream.aclose()
                 finally:
-                    with self._lock:
-                        if finished:
-                            self._store(name, received, dict(meta))
-                        self._streaming = None
+                    self._stream_end(name, received, meta, finished)
 
     async def select(
         self,

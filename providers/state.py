@@ -243,10 +243,7 @@ class ProgramState:
         return self._stream(name, params)
 
     def _stream(self, name: str | None, params: SamplingParams) -> Iterator[str]:
-        with self._mutating():
-            self._streaming = name or "<unnamed>"
-            start = len(self.text_)
-            previous = self.variables.get(name, _MISSING) if name else _MISSING
+        start, previous = self._stream_begin(name)
         received = ""
         meta: dict[str, Any] = {}
         finished = False
@@ -255,11 +252,7 @@ class ProgramState:
             stream = self.backend.generate_stream(self, params)
             for delta, meta in stream:
                 if delta:
-                    with self._lock:
-                        self.text_ += delta
-                        received += delta
-                        if name:
-                            self.variables[name] = received
+                    received = self._stream_append(name, received, delta)
                     yield delta
             finished = True
         except GeneratorExit:
@@ -267,22 +260,47 @@ class ProgramState:
             finished = True
             raise
         except BaseException:
-            with self._lock:
-                self.text_ = self.text_[:start]
-                if name:
-                    if previous is _MISSING:
-                        self.variables.pop(name, None)
-                    else:
-                        self.variables[name] = previous
+            self._stream_rollback(name, start, previous)
             raise
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
-            with self._lock:
-                if finished:
-                    self._store(name, received, dict(meta))
-                self._streaming = None
+            self._stream_end(name, received, meta, finished)
+
+    # The steps of a stream, shared with AsyncProgramState._astream.
+
+    def _stream_begin(self, name: str | None) -> tuple[int, Any]:
+        """Mark the state as streaming; returns what a failed stream restores (see ``_stream_rollback``)."""
+        with self._mutating():
+            self._streaming = name or "<unnamed>"
+            return len(self.text_), (self.variables.get(name, _MISSING) if name else _MISSING)
+
+    def _stream_append(self, name: str | None, received: str, delta: str) -> str:
+        """Append ``delta`` to the prompt (and to ``variables[name]``); returns the text received so far."""
+        with self._lock:
+            self.text_ += delta
+            received += delta
+            if name:
+                self.variables[name] = received
+        return received
+
+    def _stream_rollback(self, name: str | None, start: int, previous: Any) -> None:
+        """Undo a failed stream: the text from ``start`` and ``variables[name]`` go back as they were."""
+        with self._lock:
+            self.text_ = self.text_[:start]
+            if name:
+                if previous is _MISSING:
+                    self.variables.pop(name, None)
+                else:
+                    self.variables[name] = previous
+
+    def _stream_end(self, name: str | None, received: str, meta: dict[str, Any], finished: bool) -> None:
+        """Store a finished stream's result (as ``name``) and mark the state as not streaming."""
+        with self._lock:
+            if finished:
+                self._store(name, received, dict(meta))
+            self._streaming = None
 
     def select(
         self,
