@@ -108,18 +108,12 @@ def check_max_r_zero(rng):
 
 
 def check_graphs(rng):
-    from tests.gpu.test_pallas_gpu import _graph_case
+    from tests.gpu.test_pallas_gpu import _reserved_graph_case
 
     out = {}
     for capture_prepare in (False, True):
-        comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(3)]
-        bi = batch_info(comps[0], DEV)
-        be = pallas()
-        be.reserve(max_tokens=256, max_segments=64)
-        be.set_batch_info(bi)
-        ptr = be._meta.data_ptr()
-        _graph_case(rng, be, bi, comps, capture_prepare)  # asserts the results after each replay
-        out["prepare_in_graph" if capture_prepare else "set_batch_info_before_replay"] = be._meta.data_ptr() == ptr
+        kept = _reserved_graph_case(rng, pallas(), capture_prepare)  # asserts the results after each replay
+        out["prepare_in_graph" if capture_prepare else "set_batch_info_before_replay"] = kept
     return all(out.values()), out
 
 

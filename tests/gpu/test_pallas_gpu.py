@@ -241,14 +241,19 @@ def _graph_case(rng, be, bi, comps, capture_prepare: bool):
 
 @pytest.mark.parametrize("capture_prepare", [False, True], ids=["set_batch_info-before-replay", "prepare-in-graph"])
 def test_cuda_graph_replay_with_new_metadata(rng, capture_prepare):
+    assert _reserved_graph_case(rng, pallas(), capture_prepare), "reserved metadata buffers were reallocated"
+
+
+def _reserved_graph_case(rng, be, capture_prepare: bool) -> bool:
+    """:func:`_graph_case` on ``be`` with reserved buffers (three decode batches); True when its
+    metadata buffers were kept (not reallocated)."""
     comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(3)]
     bi = batch_info(comps[0], DEV)
-    be = pallas()
     be.reserve(max_tokens=256, max_segments=64)
     be.set_batch_info(bi)
     meta = be._meta.data_ptr()
     _graph_case(rng, be, bi, comps, capture_prepare)
-    assert be._meta.data_ptr() == meta, "reserved metadata buffers were reallocated"
+    return be._meta.data_ptr() == meta
 
 
 def test_decode_shrink_is_bitwise_reproducible(rng):
