@@ -83,19 +83,14 @@ class AsyncProgramState(ProgramState):
         async with self._operation(f"gen {name!r}" if name else "gen"):
             text, meta = await self.backend.agenerate(self, params)
             with self._lock:
-                if isinstance(text, str):
-                    self.text_ += text
-                self._store(name, text, meta)
+                self._append_result(name, text, meta)
         return text
 
     def gen_stream(
         self, name: str | None = None, *, sampling_params: SamplingParams | None = None, **sampling: Any
     ) -> AsyncIterator[str]:
         """Like :meth:`gen`, as an async iterator of text deltas (arguments checked at call time)."""
-        params = self._sampling(sampling_params, sampling)
-        if params.n != 1:
-            raise ValueError("gen_stream: n must be 1 (stream one continuation at a time)")
-        return self._astream(name, params)
+        return self._astream(name, self._stream_sampling(sampling_params, sampling))
 
     async def _astream(self, name: str | None, params: SamplingParams) -> AsyncIterator[str]:
         async with self._op_lock:

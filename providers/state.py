@@ -228,19 +228,14 @@ class ProgramState:
         params = self._sampling(sampling_params, sampling)
         with self._mutating():
             text, meta = self.backend.generate(self, params)
-            if isinstance(text, str):
-                self.text_ += text
-            self._store(name, text, meta)
+            self._append_result(name, text, meta)
         return text
 
     def gen_stream(
         self, name: str | None = None, *, sampling_params: SamplingParams | None = None, **sampling: Any
     ) -> Iterator[str]:
         """Like :meth:`gen` but yields text deltas as they arrive (arguments checked at call time)."""
-        params = self._sampling(sampling_params, sampling)
-        if params.n != 1:
-            raise ValueError("gen_stream: n must be 1 (stream one continuation at a time)")
-        return self._stream(name, params)
+        return self._stream(name, self._stream_sampling(sampling_params, sampling))
 
     def _stream(self, name: str | None, params: SamplingParams) -> Iterator[str]:
         start, previous = self._stream_begin(name)
@@ -430,6 +425,20 @@ class ProgramState:
         if extra:
             params = params.replace(stop=params.stop + tuple(extra))
         return params
+
+    def _stream_sampling(self, params: SamplingParams | None, kwargs: dict[str, Any]) -> SamplingParams:
+        """``_sampling`` for ``gen_stream``: one continuation only."""
+        params = self._sampling(params, kwargs)
+        if params.n != 1:
+            raise ValueError("gen_stream: n must be 1 (stream one continuation at a time)")
+        return params
+
+    def _append_result(self, name: str | None, value: Any, meta: dict[str, Any]) -> None:
+        """Append ``gen``'s text to the prompt (a list of ``n`` texts is only stored) and store it as
+        ``name``; the caller holds the lock."""
+        if isinstance(value, str):
+            self.text_ += value
+        self._store(name, value, meta)
 
     def _store(self, name: str | None, value: Any, meta: dict[str, Any]) -> None:
         if name is not None:
