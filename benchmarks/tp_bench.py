@@ -102,6 +102,19 @@ def _rel(out, ref) -> float:
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
+def _capture(fn) -> torch.cuda.CUDAGraph:
+    """``fn`` run once on a side stream (compiles outside the capture), then captured in a CUDA graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g
+
+
 def _check(tpl, shape, full, loc, sh, bi, dev, graph: bool):
     """Each module's tp output vs the torch reference backend on the full weights (rel. error), run
     eagerly or captured in a CUDA graph (all four modules, both all-reduces) and replayed once."""
@@ -134,14 +147,7 @@ def _check(tpl, shape, full, loc, sh, bi, dev, graph: bool):
             bases[k].copy_(v)
 
     if graph:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            compute()
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            compute()
+        g = _capture(compute)
         reset()
         g.replay()
         torch.cuda.synchronize()
@@ -162,15 +168,7 @@ def _time(fn, iters, dev, graph: bool):
         return (time.perf_counter() - t0) / iters
     run = fn
     if graph:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        run = g.replay
+        run = _capture(fn).replay
     for _ in range(3):
         run()
     torch.cuda.synchronize()

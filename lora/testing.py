@@ -72,6 +72,7 @@ __all__ = [
     "standard_compositions",
     "trailing_rows_composition",
     "uneven_composition",
+    "work_composition",
     "zero_length_composition",
 ]
 
@@ -286,6 +287,18 @@ def trailing_rows_composition(rng, max_r: int = 8) -> Composition:
     rng = _rng(rng)
     lens = [int(v) for v in rng.integers(2, 10, size=2)]
     return Composition(lens, [1, 0], [max_r, max_r], _scalings(rng, 2), max_r, sum(lens) + 3)
+
+
+def work_composition(rng) -> Composition:
+    """A :func:`random_composition` (at most 24 tokens, 5 segments, 2 to 4 slots) with at least 4 rows of
+    work and a non-empty segment on a rank-0 slot: the tensor-parallel tests' batches (a case without
+    either could not catch a layout or masking error)."""
+    rng = _rng(rng)
+    while True:
+        comp = random_composition(rng, max_tokens=24, max_segments=5, num_lora=int(rng.integers(2, 5)))
+        rank0_rows = any(end > start and r == 0 for start, end, _, r, _ in comp.segments())
+        if comp.idle_rows().count(False) >= 4 and rank0_rows:
+            return comp
 
 
 def standard_compositions(rng) -> dict[str, Composition]:

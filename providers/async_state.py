@@ -47,7 +47,7 @@ from typing import Any
 
 from .choices import ChoicesSamplingMethod, token_length_normalized
 from .sampling import SamplingParams
-from .state import _MISSING, ProgramState, _check_fork
+from .state import ProgramState, _check_fork
 
 __all__ = ["AsyncProgramState"]
 
@@ -83,26 +83,18 @@ class AsyncProgramState(ProgramState):
         async with self._operation(f"gen {name!r}" if name else "gen"):
             text, meta = await self.backend.agenerate(self, params)
             with self._lock:
-                if isinstance(text, str):
-                    self.text_ += text
-                self._store(name, text, meta)
+                self._append_result(name, text, meta)
         return text
 
     def gen_stream(
         self, name: str | None = None, *, sampling_params: SamplingParams | None = None, **sampling: Any
     ) -> AsyncIterator[str]:
         """Like :meth:`gen`, as an async iterator of text deltas (arguments checked at call time)."""
-        params = self._sampling(sampling_params, sampling)
-        if params.n != 1:
-            raise ValueError("gen_stream: n must be 1 (stream one continuation at a time)")
-        return self._astream(name, params)
+        return self._astream(name, self._stream_sampling(sampling_params, sampling))
 
     async def _astream(self, name: str | None, params: SamplingParams) -> AsyncIterator[str]:
         async with self._op_lock:
-            with self._mutating():
-                self._streaming = name or "<unnamed>"
-                start = len(self.text_)
-                previous = self.variables.get(name, _MISSING) if name else _MISSING
+            start, previous = self._stream_begin(name)
             received = ""
             meta: dict[str, Any] = {}
             finished = False
@@ -111,11 +103,7 @@ class AsyncProgramState(ProgramState):
                 stream = self.backend.agenerate_stream(self, params)
                 async for delta, meta in stream:
                     if delta:
-                        with self._lock:
-                            self.text_ += delta
-                            received += delta
-                            if name:
-                                self.variables[name] = received
+                        received = self._stream_append(name, received, delta)
                         yield delta
                 finished = True
             except (GeneratorExit, asyncio.CancelledError):
@@ -123,23 +111,14 @@ class AsyncProgramState(ProgramState):
                 finished = True
                 raise
             except BaseException:
-                with self._lock:
-                    self.text_ = self.text_[:start]
-                    if name:
-                        if previous is _MISSING:
-                            self.variables.pop(name, None)
-                        else:
-                            self.variables[name] = previous
+                self._stream_rollback(name, start, previous)
                 raise
             finally:
                 try:
                     if stream is not None:
                         await stream.aclose()
                 finally:
-                    with self._lock:
-                        if finished:
-                            self._store(name, received, dict(meta))
-                        self._streaming = None
+                    self._stream_end(name, received, meta, finished)
 
     async def select(
         self,

@@ -116,6 +116,15 @@ class RetryPolicy:
             return False
         return True
 
+    def _retry_wait(self, err: ProviderError, attempt: int, *, stream: bool) -> float | None:
+        """Seconds to wait before retry ``attempt`` after ``err`` (logged), or None: ``err`` is not retried."""
+        if not self.should_retry(err, attempt):
+            return None
+        wait = self.delay(attempt, err.retry_after)
+        log.info("stream: %s; retry %d/%d in %.2fs" if stream else "%s; retry %d/%d in %.2fs",
+                 err, attempt, self.max_retries, wait)
+        return wait
+
     def call(self, fn: Callable[[], T], *, sleep: Callable[[float], None] = time.sleep) -> T:
         """``fn()``, retried on retryable :class:`ProviderError` per this policy."""
         attempt = 0
@@ -124,12 +133,9 @@ class RetryPolicy:
                 return fn()
             except ProviderError as err:
                 attempt += 1
-                if not self.should_retry(err, attempt):
+                wait = self._retry_wait(err, attempt, stream=False)
+                if wait is None:
                     raise
-                wait = self.delay(attempt, err.retry_after)
-                log.info(
-                    "%s; retry %d/%d in %.2fs", err, attempt, self.max_retries, wait
-                )
                 sleep(wait)
 
     def stream(
@@ -154,10 +160,9 @@ class RetryPolicy:
             except ProviderError as err:
                 _close(stream)
                 attempt += 1
-                if not self.should_retry(err, attempt):
+                wait = self._retry_wait(err, attempt, stream=True)
+                if wait is None:
                     raise
-                wait = self.delay(attempt, err.retry_after)
-                log.info("stream: %s; retry %d/%d in %.2fs", err, attempt, self.max_retries, wait)
                 sleep(wait)
                 continue
             except BaseException:
@@ -178,10 +183,9 @@ class RetryPolicy:
                 return await fn()
             except ProviderError as err:
                 attempt += 1
-                if not self.should_retry(err, attempt):
+                wait = self._retry_wait(err, attempt, stream=False)
+                if wait is None:
                     raise
-                wait = self.delay(attempt, err.retry_after)
-                log.info("%s; retry %d/%d in %.2fs", err, attempt, self.max_retries, wait)
                 await sleep(wait)
 
     async def astream(
@@ -203,10 +207,9 @@ class RetryPolicy:
             except ProviderError as err:
                 await _aclose(stream)
                 attempt += 1
-                if not self.should_retry(err, attempt):
+                wait = self._retry_wait(err, attempt, stream=True)
+                if wait is None:
                     raise
-                wait = self.delay(attempt, err.retry_after)
-                log.info("stream: %s; retry %d/%d in %.2fs", err, attempt, self.max_retries, wait)
                 await sleep(wait)
                 continue
             except BaseException:

@@ -188,10 +188,13 @@ class RuntimeEndpoint(BaseBackend):
             follow_redirects=False,
         )
 
-    def _send(self, method: str, path: str, payload: Any, headers: dict[str, str] | None = None,
-              params: dict[str, Any] | None = None) -> Any:
+    def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this RuntimeEndpoint was shut down")
+
+    def _send(self, method: str, path: str, payload: Any, headers: dict[str, str] | None = None,
+              params: dict[str, Any] | None = None) -> Any:
+        self._check_open()
         try:
             response = self._client.request(method, path, json=payload, headers=headers, params=params)
         except httpx.HTTPError as err:
@@ -200,8 +203,7 @@ class RuntimeEndpoint(BaseBackend):
 
     async def _asend(self, method: str, path: str, payload: Any, headers: dict[str, str] | None = None,
                      params: dict[str, Any] | None = None) -> Any:
-        if self._closed:
-            raise RuntimeError("this RuntimeEndpoint was shut down")
+        self._check_open()
         try:
             response = await self._async_client().request(method, path, json=payload, headers=headers, params=params)
         except httpx.HTTPError as err:
@@ -231,8 +233,7 @@ class RuntimeEndpoint(BaseBackend):
     def _raw_deltas(self, payload: dict[str, Any], headers: dict[str, str] | None = None,
                     params: dict[str, Any] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(delta, raw meta_info)`` per event of one streaming ``/generate`` request."""
-        if self._closed:
-            raise RuntimeError("this RuntimeEndpoint was shut down")
+        self._check_open()
         decoder = StreamDecoder()
         try:
             with self._client.stream("POST", "/generate", json=payload, headers=headers, params=params) as response:
@@ -253,8 +254,7 @@ class RuntimeEndpoint(BaseBackend):
                            params: dict[str, Any] | None = None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """The async twin of :meth:`_raw_deltas` (the response is closed on every exit, cancellation
         included: ``async with``)."""
-        if self._closed:
-            raise RuntimeError("this RuntimeEndpoint was shut down")
+        self._check_open()
         decoder = StreamDecoder()
         client = self._async_client()
         try:

@@ -228,25 +228,17 @@ class ProgramState:
         params = self._sampling(sampling_params, sampling)
         with self._mutating():
             text, meta = self.backend.generate(self, params)
-            if isinstance(text, str):
-                self.text_ += text
-            self._store(name, text, meta)
+            self._append_result(name, text, meta)
         return text
 
     def gen_stream(
         self, name: str | None = None, *, sampling_params: SamplingParams | None = None, **sampling: Any
     ) -> Iterator[str]:
         """Like :meth:`gen` but yields text deltas as they arrive (arguments checked at call time)."""
-        params = self._sampling(sampling_params, sampling)
-        if params.n != 1:
-            raise ValueError("gen_stream: n must be 1 (stream one continuation at a time)")
-        return self._stream(name, params)
+        return self._stream(name, self._stream_sampling(sampling_params, sampling))
 
     def _stream(self, name: str | None, params: SamplingParams) -> Iterator[str]:
-        with self._mutating():
-            self._streaming = name or "<unnamed>"
-            start = len(self.text_)
-            previous = self.variables.get(name, _MISSING) if name else _MISSING
+        start, previous = self._stream_begin(name)
         received = ""
         meta: dict[str, Any] = {}
         finished = False
@@ -255,11 +247,7 @@ class ProgramState:
             stream = self.backend.generate_stream(self, params)
             for delta, meta in stream:
                 if delta:
-                    with self._lock:
-                        self.text_ += delta
-                        received += delta
-                        if name:
-                            self.variables[name] = received
+                    received = self._stream_append(name, received, delta)
                     yield delta
             finished = True
         except GeneratorExit:
@@ -267,22 +255,47 @@ class ProgramState:
             finished = True
             raise
         except BaseException:
-            with self._lock:
-                self.text_ = self.text_[:start]
-                if name:
-                    if previous is _MISSING:
-                        self.variables.pop(name, None)
-                    else:
-                        self.variables[name] = previous
+            self._stream_rollback(name, start, previous)
             raise
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
-            with self._lock:
-                if finished:
-                    self._store(name, received, dict(meta))
-                self._streaming = None
+            self._stream_end(name, received, meta, finished)
+
+    # The steps of a stream, shared with AsyncProgramState._astream.
+
+    def _stream_begin(self, name: str | None) -> tuple[int, Any]:
+        """Mark the state as streaming; returns what a failed stream restores (see ``_stream_rollback``)."""
+        with self._mutating():
+            self._streaming = name or "<unnamed>"
+            return len(self.text_), (self.variables.get(name, _MISSING) if name else _MISSING)
+
+    def _stream_append(self, name: str | None, received: str, delta: str) -> str:
+        """Append ``delta`` to the prompt (and to ``variables[name]``); returns the text received so far."""
+        with self._lock:
+            self.text_ += delta
+            received += delta
+            if name:
+                self.variables[name] = received
+        return received
+
+    def _stream_rollback(self, name: str | None, start: int, previous: Any) -> None:
+        """Undo a failed stream: the text from ``start`` and ``variables[name]`` go back as they were."""
+        with self._lock:
+            self.text_ = self.text_[:start]
+            if name:
+                if previous is _MISSING:
+                    self.variables.pop(name, None)
+                else:
+                    self.variables[name] = previous
+
+    def _stream_end(self, name: str | None, received: str, meta: dict[str, Any], finished: bool) -> None:
+        """Store a finished stream's result (as ``name``) and mark the state as not streaming."""
+        with self._lock:
+            if finished:
+                self._store(name, received, dict(meta))
+            self._streaming = None
 
     def select(
         self,
@@ -412,6 +425,20 @@ class ProgramState:
         if extra:
             params = params.replace(stop=params.stop + tuple(extra))
         return params
+
+    def _stream_sampling(self, params: SamplingParams | None, kwargs: dict[str, Any]) -> SamplingParams:
+        """``_sampling`` for ``gen_stream``: one continuation only."""
+        params = self._sampling(params, kwargs)
+        if params.n != 1:
+            raise ValueError("gen_stream: n must be 1 (stream one continuation at a time)")
+        return params
+
+    def _append_result(self, name: str | None, value: Any, meta: dict[str, Any]) -> None:
+        """Append ``gen``'s text to the prompt (a list of ``n`` texts is only stored) and store it as
+        ``name``; the caller holds the lock."""
+        if isinstance(value, str):
+            self.text_ += value
+        self._store(name, value, meta)
 
     def _store(self, name: str | None, value: Any, meta: dict[str, Any]) -> None:
         if name is not None:

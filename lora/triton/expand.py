@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import GroupMeta, chunk_rows, derive, find_chunk, group_size, new_meta
+from .grouping import GroupMeta, chunk_rows, find_chunk, group_size, meta_for
 
 #: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
 ALIGN = 16
@@ -181,10 +181,7 @@ def lora_expand(
     stack = output_offset.shape[0] - 1
     if s == 0 or batch_info.bs == 0:
         return base_output
-    if meta is None:
-        meta = derive(batch_info, new_meta(num_lora, s, x.device))
-    elif meta.capacity < s:
-        raise ValueError(f"the batch's grouping holds {meta.capacity} rows but x has {s}: derive it for at least {s}")
+    meta = meta_for(batch_info, meta, num_lora, s, x.device)
     if plan is None:
         plan = tiling.plan_expand(s, max_r, n_total, max_slice_width, stack, num_lora, batch_info.bs, x.dtype, x.device)
     grid = expand_grid(s, num_lora, stack, max_slice_width, plan)

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import GroupMeta, chunk_rows, derive, group_size, new_meta
+from .grouping import GroupMeta, chunk_rows, group_size, meta_for
 from .scratch import scratch_for
 
 #: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
@@ -222,10 +222,7 @@ def lora_fused_decode(
     max_r = n_a // stack
     if s == 0 or batch_info.bs == 0:
         return base_output
-    if meta is None:
-        meta = derive(batch_info, new_meta(num_lora, s, x.device))
-    elif meta.capacity < s:
-        raise ValueError(f"the batch's grouping holds {meta.capacity} rows but x has {s}: derive it for at least {s}")
+    meta = meta_for(batch_info, meta, num_lora, s, x.device)
     block_r = tiling.rank_block(max_r)
     n_shrink, tiles = fused_grid(num_lora, stack, max_slice_width, plan)
     # counters: [0] tickets, [1 + group * stack + slice] shrink arrivals; workspace: (split, s, stack * block_r)

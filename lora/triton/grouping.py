@@ -44,7 +44,7 @@ import triton.language as tl
 
 from .tiling import group_block, next_pow2
 
-__all__ = ["GroupMeta", "derive", "new_meta"]
+__all__ = ["GroupMeta", "derive", "meta_for", "new_meta"]
 
 
 @dataclass
@@ -64,6 +64,18 @@ def new_meta(num_lora: int, capacity: int, device) -> GroupMeta:
     """Fresh buffers for ``num_lora`` slots and ``capacity`` covered rows."""
     i32 = dict(dtype=torch.int32, device=device)
     return GroupMeta(torch.empty(num_lora + 1, **i32), torch.empty(num_lora + 1, **i32), torch.empty(max(capacity, 1), **i32))
+
+
+def meta_for(batch_info, meta: GroupMeta | None, num_lora: int, rows: int, device) -> GroupMeta:
+    """The grouping a launch over ``rows`` rows reads: ``meta`` when given (it must cover ``rows``),
+    else derived here from ``batch_info`` into fresh buffers."""
+    if meta is None:
+        return derive(batch_info, new_meta(num_lora, rows, device))
+    if meta.capacity < rows:
+        raise ValueError(
+            f"the batch's grouping holds {meta.capacity} rows but x has {rows}: derive it for at least {rows}"
+        )
+    return meta
 
 
 def derive_blocks(bs: int, num_lora: int) -> tuple[int, int, int]:

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import GroupMeta, chunk_rows, derive, find_chunk, group_size, new_meta
+from .grouping import GroupMeta, chunk_rows, find_chunk, group_size, meta_for
 from .scratch import scratch_for
 
 
@@ -233,10 +233,7 @@ def lora_shrink(
         out = torch.empty((s, n_out), dtype=x.dtype, device=x.device)
     if s == 0:
         return out
-    if meta is None:
-        meta = derive(batch_info, new_meta(num_lora, s, x.device))
-    elif meta.capacity < s:
-        raise ValueError(f"the batch's grouping holds {meta.capacity} rows but x has {s}: derive it for at least {s}")
+    meta = meta_for(batch_info, meta, num_lora, s, x.device)
     if plan is None:
         plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
     grid = shrink_grid(s, num_lora, n_out, plan)

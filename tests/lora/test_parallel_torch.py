@@ -59,23 +59,13 @@ def _qkv_heads(tp: int, kind: str) -> tuple[int, int]:
     return (2 * tp, tp) if kind == "qkv_sharded" else (2 * tp, max(1, tp // 2))
 
 
-def work_composition(rng):
-    """A random composition (lora.testing.random_composition) with at least 4 rows of work and a non-empty
-    segment on a rank-0 slot: a case without either could not catch a layout or masking error."""
-    while True:
-        comp = C.random_composition(rng, max_tokens=24, max_segments=5, num_lora=int(rng.integers(2, 5)))
-        rank0_rows = any(end > start and r == 0 for start, end, _, r, _ in comp.segments())
-        if comp.idle_rows().count(False) >= 4 and rank0_rows:
-            return comp
-
-
 CASES = ("column", "gate_up", "qkv_sharded", "qkv_replicated", "row", "row_f32_reduce", "row_fold")
 
 
 def build(case: str, tp: int, dtype_name: str):
     """Full (unsharded) inputs of one case, the same in every process: (comp, tensors, layout info)."""
     rng = np.random.default_rng(_seed(f"{case}-{tp}-{dtype_name}"))
-    comp = work_composition(rng)
+    comp = C.work_composition(rng)
     dt = DTYPES[dtype_name]
     t = lambda a: torch.from_numpy(a).to(dt)  # noqa: E731
     if case in ("column", "gate_up", "qkv_sharded", "qkv_replicated"):

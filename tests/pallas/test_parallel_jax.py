@@ -51,16 +51,6 @@ def _qkv_heads(tp: int, kind: str) -> tuple[int, int]:
     return (2 * tp, tp) if kind == "qkv_sharded" else (2 * tp, max(1, tp // 2))
 
 
-def work_composition(rng):
-    """A random composition (lora.testing.random_composition) with at least 4 rows of work and a non-empty
-    segment on a rank-0 slot: a case without either could not catch a layout or masking error."""
-    while True:
-        comp = C.random_composition(rng, max_tokens=24, max_segments=5, num_lora=int(rng.integers(2, 5)))
-        rank0_rows = any(end > start and r == 0 for start, end, _, r, _ in comp.segments())
-        if comp.idle_rows().count(False) >= 4 and rank0_rows:
-            return comp
-
-
 def reference_batch(comp):
     """What the jnp ops read instead of lora.pallas.Batch: each row's slot (or 0), work flag, rank, scaling."""
     import jax.numpy as jnp
@@ -132,7 +122,7 @@ def _case(name: str, seed: int, ops_kind: str):
     tp = int(tps[2:])
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dt]
     rng = np.random.default_rng((seed + zlib.crc32(name.encode())) % 2**32)
-    comp = work_composition(rng)
+    comp = C.work_composition(rng)
     mesh = Mesh(np.array(jax.devices()[:tp]), ("tp",))
     if ops_kind == "reference":
         ops, batch = reference_ops(), reference_batch(comp)

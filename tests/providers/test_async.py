@@ -148,6 +148,21 @@ async def _closing(backend):
     backend.shutdown()
 
 
+def _gen_error(backend, error: type[Exception]) -> Exception:
+    """The ``error`` that ``await s.gen`` raises in a one-turn AsyncProgramState on ``backend`` (then closed)."""
+
+    async def main():
+        s = AsyncProgramState(backend)
+        s.user("Repeat: x")
+        with s.assistant():
+            with pytest.raises(error) as info:
+                await s.gen("r")
+        await _closing(backend)
+        return info.value
+
+    return _run(main())
+
+
 def _question(i: int, part: str) -> str:
     return f"Repeat: p{i:02d}-{part} one two three four five six"
 
@@ -384,16 +399,7 @@ def test_async_400_is_not_retried_and_the_key_is_redacted(kind):
     backend = kind.backend()
     kind.server.script(Fail(400, message=f"bad request; you sent key {KEY}"))
 
-    async def main():
-        s = AsyncProgramState(backend)
-        s.user("Repeat: x")
-        with s.assistant():
-            with pytest.raises(BadRequestError) as info:
-                await s.gen("r")
-        await _closing(backend)
-        return info.value
-
-    err = _run(main())
+    err = _gen_error(backend, BadRequestError)
     assert len(kind.generation_requests()) == 1
     assert KEY not in f"{err} {err!r} {''.join(traceback.format_exception(err))}"
 
@@ -487,16 +493,7 @@ def test_authentication_error_async(kind):
     backend = kind.backend()
     srv.api_key = "another-key"  # the server now rejects the backend's key
 
-    async def main():
-        s = AsyncProgramState(backend)
-        s.user("Repeat: x")
-        with s.assistant():
-            with pytest.raises(AuthenticationError) as info:
-                await s.gen("r")
-        await _closing(backend)
-        return info.value
-
-    err = _run(main())
+    err = _gen_error(backend, AuthenticationError)
     assert KEY not in f"{err} {err!r}"
 
 
