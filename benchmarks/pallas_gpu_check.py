@@ -80,11 +80,14 @@ def check_contract(rng):
 
 
 def check_deterministic(rng):
-    from tests.gpu.test_pallas_gpu import qkv_inputs
-
     comp = C.decode_composition(rng, 64, 8, 16)
     be = pallas(batch_info(comp, DEV))
-    x, a, b, base, off = qkv_inputs(rng, comp)
+    dt = torch.bfloat16
+    x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+    a = to_torch(C.shrink_weights(rng, comp, 3, HIDDEN), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, Q + 2 * KV), dt, DEV)
+    base = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
+    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
     bits = lambda t: torch.nan_to_num(t.float()).view(torch.int32)  # noqa: E731
     first = bits(be.run_lora_a_sgemm(x, a, 3))
     first_qkv = bits(be.run_qkv_lora(x, a, b, off, Q, base_output=base.clone()))
@@ -108,12 +111,18 @@ def check_max_r_zero(rng):
 
 
 def check_graphs(rng):
-    from tests.gpu.test_pallas_gpu import _reserved_graph_case
+    from tests.gpu.test_pallas_gpu import _graph_case
 
     out = {}
     for capture_prepare in (False, True):
-        kept = _reserved_graph_case(rng, pallas(), capture_prepare)  # asserts the results after each replay
-        out["prepare_in_graph" if capture_prepare else "set_batch_info_before_replay"] = kept
+        comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(3)]
+        bi = batch_info(comps[0], DEV)
+        be = pallas()
+        be.reserve(max_tokens=256, max_segments=64)
+        be.set_batch_info(bi)
+        ptr = be._meta.data_ptr()
+        _graph_case(rng, be, bi, comps, capture_prepare)  # asserts the results after each replay
+        out["prepare_in_graph" if capture_prepare else "set_batch_info_before_replay"] = be._meta.data_ptr() == ptr
     return all(out.values()), out
 
 
@@ -130,12 +139,15 @@ def check_float32_and_odd(rng):
 
 
 def check_vs_triton(rng):
-    from tests.gpu.test_pallas_gpu import qkv_inputs
-
     comp = mixed(rng, tokens=1200, segs=9)
     bi = batch_info(comp, DEV)
     p, t = pallas(bi), lora.get_backend_from_name("triton")("triton", bi)
-    x, a, b, base, off = qkv_inputs(rng, comp)
+    dt = torch.bfloat16
+    x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+    a = to_torch(C.shrink_weights(rng, comp, 3, HIDDEN), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, Q + 2 * KV), dt, DEV)
+    base = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
+    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
     po = p.run_qkv_lora(x, a, b, off, Q, base_output=base.clone())
     to = t.run_qkv_lora(x, a, b, off, Q, base_output=base.clone())
     same_nan = bool(torch.equal(torch.isnan(po), torch.isnan(to)))

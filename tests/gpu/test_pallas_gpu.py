@@ -48,17 +48,6 @@ def mixed(rng, tokens=1500, segs=12, num_lora=8, max_r=64, odd_rank=True):
     return C.Composition(lens, slots, ranks, [float(v) for v in rng.uniform(0.25, 2, num_lora)], max_r, tokens + 3)
 
 
-def qkv_inputs(rng, comp):
-    """bf16 QKV inputs of ``comp`` at Llama-3-8B widths, fresh from ``rng``: (x, a, b, base, output_offset)."""
-    dt = torch.bfloat16
-    x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
-    a = to_torch(C.shrink_weights(rng, comp, 3, HIDDEN), dt, DEV)
-    b = to_torch(C.expand_weights(rng, comp, Q + 2 * KV), dt, DEV)
-    base = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
-    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
-    return x, a, b, base, off
-
-
 # ---- contract at real widths --------------------------------------------------------------------
 
 
@@ -89,7 +78,12 @@ def test_zero_copy_in_place(rng):
     # An odd rank allocates nothing more (the expand shifts slices in shared memory, no repack).
     comp = mixed(rng, tokens=4096, segs=8, odd_rank=True)
     be = pallas(batch_info(comp, DEV))
-    x, a, b, base, off = qkv_inputs(rng, comp)
+    dt = torch.bfloat16
+    x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+    a = to_torch(C.shrink_weights(rng, comp, 3, HIDDEN), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, Q + 2 * KV), dt, DEV)
+    base = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
+    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
     be.run_qkv_lora(x, a, b, off, Q, base_output=base)  # compile + metadata outside the measurement
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -241,19 +235,14 @@ def _graph_case(rng, be, bi, comps, capture_prepare: bool):
 
 @pytest.mark.parametrize("capture_prepare", [False, True], ids=["set_batch_info-before-replay", "prepare-in-graph"])
 def test_cuda_graph_replay_with_new_metadata(rng, capture_prepare):
-    assert _reserved_graph_case(rng, pallas(), capture_prepare), "reserved metadata buffers were reallocated"
-
-
-def _reserved_graph_case(rng, be, capture_prepare: bool) -> bool:
-    """:func:`_graph_case` on ``be`` with reserved buffers (three decode batches); True when its
-    metadata buffers were kept (not reallocated)."""
     comps = [C.decode_composition(rng, 64, 8, 16) for _ in range(3)]
     bi = batch_info(comps[0], DEV)
+    be = pallas()
     be.reserve(max_tokens=256, max_segments=64)
     be.set_batch_info(bi)
     meta = be._meta.data_ptr()
     _graph_case(rng, be, bi, comps, capture_prepare)
-    return be._meta.data_ptr() == meta
+    assert be._meta.data_ptr() == meta, "reserved metadata buffers were reallocated"
 
 
 def test_decode_shrink_is_bitwise_reproducible(rng):
@@ -262,7 +251,12 @@ def test_decode_shrink_is_bitwise_reproducible(rng):
     K-split partials in completion order, one bf16 ulp apart in ~5 of 100 runs)."""
     comp = C.decode_composition(rng, 64, 8, 16)
     be = pallas(batch_info(comp, DEV))
-    x, a, b, base, off = qkv_inputs(rng, comp)
+    dt = torch.bfloat16
+    x = to_torch(C.activations(rng, comp, HIDDEN), dt, DEV)
+    a = to_torch(C.shrink_weights(rng, comp, 3, HIDDEN), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, Q + 2 * KV), dt, DEV)
+    base = to_torch(C.base_output(rng, comp, Q + 2 * KV), dt, DEV)
+    off = torch.tensor([0, Q, Q + KV, Q + 2 * KV], dtype=torch.int32, device=DEV)
     first = be.run_lora_a_sgemm(x, a, 3)
     first_qkv = be.run_qkv_lora(x, a, b, off, Q, base_output=base.clone())
     bits = lambda t: torch.nan_to_num(t.float()).view(torch.int32)  # noqa: E731
