@@ -21,6 +21,8 @@ PY312     ?= $(shell for p in python3.12 $(HOME)/.pyenv/versions/3.12*/bin/pytho
                $$p -c '' 2>/dev/null && { command -v $$p; break; }; done)
 # Where the CPU build of torch lies (these machines keep it on disk; PyPI's torch is a CUDA build).
 TORCH_FIND_LINKS ?= /opt/wheels
+# jax for test-latest: the range of pyproject.toml's pallas extra (that extra also pulls torch's core deps).
+JAX_RANGE := 'jax>=0.11.2,<0.12' 'jaxlib>=0.11.2,<0.12'
 # torch for test-latest: kept at the locked CPU build (the newest PyPI torch is a multi-GB CUDA build).
 TORCH_SPEC ?= torch==2.13.0+cpu
 VENV      := .venv
@@ -103,7 +105,7 @@ test-latest: $(UV)
 	  '$(TORCH_SPEC)' -e '.[all,test]'
 	@$(UV) pip list -q --python .venv-latest/bin/python | sed 's/^/   latest: /'
 	$(UV) venv -q --python $(PY312) .venv-jax-latest
-	$(UV) pip install -q --python .venv-jax-latest/bin/python 'jax>=0.11.2' 'jaxlib>=0.11.2' \
+	$(UV) pip install -q --python .venv-jax-latest/bin/python $(JAX_RANGE) \
 	  'numpy>=1.26' 'pytest>=8' 'pytest-timeout>=2.3'
 	@$(UV) pip list -q --python .venv-jax-latest/bin/python | grep -E '^(jax|jaxlib|numpy) ' | sed 's/^/   latest: /'
 	.venv-latest/bin/python -m pytest tests --ignore=tests/pallas --ignore=tests/sglang_frontend
