@@ -2,8 +2,8 @@
 
     python benchmarks/before_after.py BEFORE.json AFTER.json > table.md
 
-Times are copied from the JSON files (never typed): for each row the headline (decode: one call replayed alone
-from a CUDA graph; prefill / mixed: one call among many in one graph) and the device time of one call among
+Times are copied from the JSON files (never typed): for each row the headline (the JSON's ``time_method``; runs
+before session 4 headlined decode by one call replayed alone from a CUDA graph) and the device time of one call among
 many in one graph (``batched``). The "issue" column quotes the issue's table (ours then / best peer, us,
 measured by the issue's author with the peers' Dec-2025 kernels, one call inside one CUDA graph); it is the
 reference the rows are judged against, not a measurement of these runs.

@@ -2,8 +2,8 @@
 
     python benchmarks/compare_report.py benchmarks/results/h100/compare_run2_partial.json > benchmarks/results/h100/compare_run2.md
 
-Per case and op, for every backend: the check, the headline time (decode: one call replayed alone from a CUDA
-graph; prefill/mixed: one call among many in one graph), its % of the measured copy bandwidth for the op's
+Per case and op, for every backend: the check, the headline time (the JSON's ``time_method``: one call among many
+in one graph; runs before session 4 headlined decode cases by one call replayed alone), its % of the measured copy bandwidth for the op's
 minimum bytes, the issue's target, and the three timings behind it: eager (CUDA events around each call,
 host launch cost included), graph alone (median and 20th percentile) and graph batched (device time of a call
 among many). ``launch share`` = 1 - batched / alone: the part of a call replayed alone that is not the

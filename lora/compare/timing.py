@@ -9,10 +9,10 @@ compilation and autotuning).
   with input rotation in place of its cache flush). Includes the host's launch cost when the GPU
   is faster than the launch, which is the honest figure for an eager call.
 * ``cuda-graph``: each input set's call captured once in its own CUDA graph, replays timed with
-  an event pair each: the cost of one call replayed alone from a graph (the decode targets).
+  an event pair each: one call replayed alone from a graph (its launch included).
 * ``cuda-graph-batched``: all sets' calls (at least 16) captured in one graph, replay time / calls:
   the device time of a call among many, back to back (how a served model's graph runs them, and
-  what an eager loop gets when the host runs ahead of the GPU).
+  what an eager loop gets when the host runs ahead of the GPU): the headline of every case.
 * ``wall-clock``: ``time.perf_counter`` around each call on the CPU.
 """
 

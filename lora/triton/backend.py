@@ -69,5 +69,7 @@ class TritonLoRABackend(BaseLoRABackend):
         # The intermediate lives in this stream's scratch: no allocation per call.
         s, n = x.shape[0], a.shape[1]
         xa = scratch_for(x.device).intermediate(s * n, x.dtype)[: s * n].view(s, n)
-        lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta)
-        return lora_expand(xa, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta)
+        # The expand is the shrink's programmatic dependent (Hopper+): it loads its first B and base_output
+        # tiles while the shrink finishes and reads xa only once the shrink's grid is complete.
+        lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta, pdl_trigger=True)
+        return lora_expand(xa, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta, pdl=True)

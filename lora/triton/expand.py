@@ -55,6 +55,7 @@ def _expand_kernel(
     PRECISION: tl.constexpr,
     ALIGN: tl.constexpr,
     RAGGED_N: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -78,7 +79,7 @@ def _expand_kernel(
             _expand_chunk(
                 x_ptr, w_ptr, out_ptr, group_start, row_order, scalings, num_tokens, num_lora, capacity,
                 stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N,
+                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL,
             )
     else:
         # Prefill layout: program = (chunk slot, slice, column group).
@@ -90,7 +91,7 @@ def _expand_kernel(
         _expand_chunk(
             x_ptr, w_ptr, out_ptr, group_start, row_order, scalings, num_tokens, num_lora, capacity,
             stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N,
+            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL,
         )
 
 
@@ -99,7 +100,7 @@ def _expand_chunk(
     x_ptr, w_ptr, out_ptr, group_start, row_order, scalings, num_tokens, num_lora, capacity,
     stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr,
-    PRECISION: tl.constexpr, ALIGN: tl.constexpr, RAGGED_N: tl.constexpr,
+    PRECISION: tl.constexpr, ALIGN: tl.constexpr, RAGGED_N: tl.constexpr, PDL: tl.constexpr,
 ):
     pid_j = tl.program_id(1)
     rows, row_ok = chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity, BLOCK_M)
@@ -115,37 +116,51 @@ def _expand_chunk(
         _expand_columns(
             x_ptr, w_slot, out_rows, rows, row_ok, (lo // ALIGN) * ALIGN, (hi // ALIGN) * ALIGN, n_start,
             pid_j * rank_a, rank_a, scale, stride_xm, stride_wn,
-            BLOCK_N, BLOCK_R, N_ITERS, PRECISION,
+            BLOCK_N, BLOCK_R, N_ITERS, PRECISION, PDL,
         )
     else:
         # Scalar accesses: the same columns in 4x narrower blocks, so this rarely taken branch does
         # not set the kernel's register budget (and with it the occupancy of the vector branch).
         _expand_columns(
             x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, pid_j * rank, rank, scale, stride_xm, stride_wn,
-            RAGGED_N, BLOCK_R, N_ITERS * (BLOCK_N // RAGGED_N), PRECISION,
+            RAGGED_N, BLOCK_R, N_ITERS * (BLOCK_N // RAGGED_N), PRECISION, PDL,
         )
 
 
 @triton.jit
 def _expand_columns(
     x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, x_col, rank, scale, stride_xm, stride_wn,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     """``out[rows, lo:hi] += scale * x[rows, x_col:x_col+rank] @ w_slot[lo:hi, :rank].T`` for the
-    ``N_ITERS`` column blocks from ``n_start``."""
+    ``N_ITERS`` column blocks from ``n_start``.
+
+    ``PDL`` (launched as a programmatic dependent of the shrink that writes x): the first column
+    block's B and ``base_output`` tiles are loaded while the shrink may still run, then the program
+    waits for it (``gdc_wait``) before it reads x."""
     kr = tl.arange(0, BLOCK_R)
     km = kr < rank
-    x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
     offs_n = tl.arange(0, BLOCK_N)
+    n = n_start + offs_n
+    nm = (n >= lo) & (n < hi)
+    w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0,
+                eviction_policy="evict_last")
+    o_ptrs = out_rows[:, None] + n[None, :]
+    om = row_ok[:, None] & nm[None, :]
+    # base_output streams through once: do not let it push the adapters' weights out of L2
+    base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
     for it in range(N_ITERS):
-        n = n_start + it * BLOCK_N + offs_n
-        nm = (n >= lo) & (n < hi)
-        w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0,
-                    eviction_policy="evict_last")
-        o_ptrs = out_rows[:, None] + n[None, :]
-        om = row_ok[:, None] & nm[None, :]
-        # base_output streams through once: do not let it push the adapters' weights out of L2
-        base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
+        if it > 0:
+            n = n_start + it * BLOCK_N + offs_n
+            nm = (n >= lo) & (n < hi)
+            w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0,
+                        eviction_policy="evict_last")
+            o_ptrs = out_rows[:, None] + n[None, :]
+            om = row_ok[:, None] & nm[None, :]
+            base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
         acc = tl.dot(x, w, input_precision=PRECISION)
         out = (acc * scale + base.to(tl.float32)).to(out_rows.dtype.element_ty)
         tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
@@ -169,12 +184,15 @@ def lora_expand(
     batch_info,
     plan: tiling.ExpandPlan | None = None,
     meta: GroupMeta | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """``base_output (s, N) += `` the slice-wise scaled ``x @ B.T``; returns ``base_output``.
 
     ``x (s, stack*max_r)``, ``weights (num_lora, N, max_r)``, ``output_offset (stack+1,)`` on the
     device. ``meta`` as for :func:`.shrink.lora_shrink` (derived here when None). Inputs are assumed
-    validated; nothing here reads device values.
+    validated; nothing here reads device values. ``pdl``: x is written by the kernel launched just
+    before on this stream (the shrink of a fused op): launch as its programmatic dependent
+    (:func:`.tiling.pdl_supported` devices), overlapping this kernel's start with that one's end.
     """
     s = x.shape[0]
     num_lora, n_total, max_r = weights.shape
@@ -201,5 +219,6 @@ def lora_expand(
         RAGGED_N=max(16, plan.block_n // 4),
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
+        **tiling.pdl_launch(pdl, x.device),
     )
     return base_output

@@ -125,6 +125,34 @@ class FusedPlan:
             raise ValueError(f"FusedPlan.n_iters={self.n_iters} must be >= 1")
 
 
+# ---- programmatic dependent launch -------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def _pdl_supported(device_type: str, index: int | None) -> bool:
+    if device_type != "cuda" or os.environ.get("LORA_TRITON_NO_PDL") == "1":
+        return False
+    import triton.language as tl
+
+    if not hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait"):
+        return False
+    major, _ = torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device())
+    return major >= 9
+
+
+def pdl_supported(device) -> bool:
+    """Whether kernels on ``device`` can be launched as programmatic dependents (Hopper and later, a
+    Triton with ``gdc_wait``; never on the CPU interpreter). ``LORA_TRITON_NO_PDL=1`` turns it off."""
+    device = torch.device(device)
+    return _pdl_supported(device.type, device.index)
+
+
+def pdl_launch(pdl: bool, device) -> dict:
+    """Launch keywords of a kernel that reads its predecessor's output after ``gdc_wait`` (its ``PDL``
+    constexpr), launched as that kernel's programmatic dependent where the device supports it."""
+    return {"PDL": True, "launch_pdl": True} if pdl and pdl_supported(device) else {}
+
+
 # ---- kernel constants derived from shapes -----------------------------------------------------------
 
 

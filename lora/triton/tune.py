@@ -209,11 +209,11 @@ def shrink_candidates(s: int, k: int, n_out: int, num_lora: int, sms: int) -> li
             grid.append(replace(h, block_m=bm))
     else:  # prefill: chunks of an adapter's rows, the stacked width in one program
         tiles = {(h.block_n, h.n_sub)}
-        for bn in (16, 32, 64, 128):
+        for bn in (16, 32, 64, 128, 256):
             n_sub = -(-n_out // bn)
             if n_sub <= 4 and (bn >= n_out or bn * n_sub - n_out < bn) and bn <= max(16, tiling.next_pow2(n_out)):
                 tiles.add((bn, n_sub))
-        for bm, warps in ((64, 4), (128, 8), (128, 4), (32, 4)):
+        for bm, warps in ((64, 4), (128, 8), (128, 4), (32, 4), (256, 8), (128, 16)):
             for bn, n_sub in sorted(tiles):
                 for bk, stages in ((64, 4), (128, 3), (128, 4), (64, 3), (256, 2), (32, 5)):
                     for split in (1, 2, 4):
