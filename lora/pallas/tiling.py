@@ -283,11 +283,26 @@ SPLIT_PARTS_LIMIT = 64 << 20
 
 
 def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
+    """Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): the split variant, 64-deep K steps, up to 4
+    stages, split-K to about SPLIT_TARGET_CTAS CTAs. Larger batches: the block variant with 128-deep K
+    steps while four stages of them fit SMEM_BUDGET (else 64), as many stages as fit (up to 8), and
+    long K (>= 64 steps: the down projection) split over 2 CTAs per block (4 for outputs <= 32 wide).
+    Measured on the H200, Llama-3-8B prefill-8k (``benchmarks/pallas_sweep.py``, session 4): rank 16
+    shrink 40.7 -> 27.9 us, down-projection shrink 131.7 -> 73.2 us against 64-deep, 4-stage, unsplit."""
     nb = bpad // BM
-    block_k = tuning.shrink_block_k or 64
-    nk = -(-k // block_k)
     max_blocks = SPLIT_MAX_BLOCKS if tuning.split_max_blocks is None else tuning.split_max_blocks
     split = nb <= max_blocks
+    itemsize = 2
+    out_bytes = BM * na * 4
+    if tuning.shrink_block_k is not None:
+        block_k = tuning.shrink_block_k
+    elif split:
+        block_k = 64
+    else:
+        block_k = 128 if out_bytes + 4 * (BM + na) * 128 * itemsize <= SMEM_BUDGET else 64
+        if tuning.shrink_ksplit and -(-k // block_k) % tuning.shrink_ksplit:
+            block_k = 64  # the caller's split must divide the K steps
+    nk = -(-k // block_k)
     ksplit = 1
     if tuning.shrink_ksplit is not None:  # also splits the block variant's K loop (partial tiles)
         ksplit = tuning.shrink_ksplit
@@ -297,15 +312,18 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
         ksplit = max(1, min(nk // 2 or 1, SPLIT_TARGET_CTAS // max(1, nb * num_lora)))
         while nk % ksplit:  # every split gets the same number of k-steps
             ksplit -= 1
-    itemsize = 2
+    elif nk >= 64:
+        ksplit = 4 if na <= 32 else 2
+        na_out = x_columns(na + shift_pad(na // stack), 4)
+        while ksplit > 1 and (nk % ksplit or nb * ksplit * BM * na_out * 4 > SPLIT_PARTS_LIMIT):
+            ksplit -= 1
     step = (BM + na) * block_k * itemsize
-    out_bytes = BM * na * 4
     if tuning.shrink_stages is not None:
         stages = tuning.shrink_stages
         if out_bytes + stages * step > SMEM_LIMIT:
             raise ValueError(f"Tuning.shrink_stages={stages} needs {out_bytes + stages * step} bytes of shared memory (limit {SMEM_LIMIT})")
     else:
-        stages = max(2, min(4, (SMEM_BUDGET - out_bytes) // step))
+        stages = max(2, min(4 if split else 8, (SMEM_BUDGET - out_bytes) // step))
     stages = min(stages, max(1, nk // ksplit))
     cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail)
     tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0

@@ -69,7 +69,9 @@ class TritonLoRABackend(BaseLoRABackend):
         # The intermediate lives in this stream's scratch: no allocation per call.
         s, n = x.shape[0], a.shape[1]
         xa = scratch_for(x.device).intermediate(s * n, x.dtype)[: s * n].view(s, n)
-        # The expand is the shrink's programmatic dependent (Hopper+): it loads its first B and base_output
-        # tiles while the shrink finishes and reads xa only once the shrink's grid is complete.
-        lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta, pdl_trigger=True)
-        return lora_expand(xa, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta, pdl=True)
+        # Decode-sized batches: the expand is the shrink's programmatic dependent (Hopper+): it loads its first
+        # B and base_output tiles while the shrink finishes and reads xa once the shrink's grid is complete
+        # (measured on the H200: qkv 10.5 -> 8.1 us at 64 tokens; on prefill batches it was 5-14% slower).
+        pdl = tiling.decode_sized(s, a.shape[0])
+        lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta, pdl_trigger=pdl)
+        return lora_expand(xa, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta, pdl=pdl)

@@ -52,6 +52,11 @@ import torch
 PREFILL_ROWS_PER_GROUP = 128
 
 
+def decode_sized(s: int, num_lora: int) -> bool:
+    """Fewer rows per adapter slot than a prefill tile: planned as decode (adapter-group grids)."""
+    return math.ceil(s / max(num_lora, 1)) < PREFILL_ROWS_PER_GROUP
+
+
 def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
