@@ -81,17 +81,23 @@ def block_slot(meta_ref, lay, b, i):
     return meta_ref[b * lay.record + 1 + i]
 
 
-def load_box_slots(meta_ref, lay, rx, rs_smem, barrier):
-    """Copy the adapter slots of the 64 rows starting at row ``rx`` (a block's box) into ``rs_smem``.
+def issue_box_slots(meta_ref, lay, rx, rs_smem, barrier):
+    """Start copying the adapter slots of the 64 rows starting at row ``rx`` (a block's box) into
+    ``rs_smem``; wait on ``barrier`` (once) before they are read.
 
-    Read them where they are used. The run starts at a multiple of 4 entries (16 bytes, what a TMA
-    copy needs): group ``rx // 64``, shifted copy ``rx % 4`` (layout in :mod:`lora.pallas.tiling`).
+    The run starts at a multiple of 4 entries (16 bytes, what a TMA copy needs): group ``rx // 64``,
+    shifted copy ``rx % 4`` (layout in :mod:`lora.pallas.tiling`).
     """
     g = lax.div(rx, BM)
     m = rx - g * BM
     k = lax.rem(m, SHIFTS)
     start = g * lay.record + lay.head + k * BOX_SPAN + (m - k)
     plgpu.copy_gmem_to_smem(meta_ref.at[pl.ds(start, BM)], rs_smem, barrier)
+
+
+def load_box_slots(meta_ref, lay, rx, rs_smem, barrier):
+    """:func:`issue_box_slots`, then wait for them. Read them where they are used."""
+    issue_box_slots(meta_ref, lay, rx, rs_smem, barrier)
     plgpu.barrier_wait(barrier)
 
 

@@ -85,7 +85,8 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
             else:
                 C.ladder(nrows_b, load_base)
 
-            C.load_box_slots(meta_ref, lay, rx, rs_smem, bars.at[0])
+            # In flight with the base rows and the pipeline's first tiles: waited for in the first step.
+            C.issue_box_slots(meta_ref, lay, rx, rs_smem, bars.at[0])
             offs = [offs_ref[j] for j in range(stack + 1)]
             aligned = offs[0] == 0
             for o in offs[1:]:
@@ -168,10 +169,10 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
                     r = ranks_ref[w]
                     scale = scal_ref[w]
 
-                    if not cfg.reduce_add:
-
-                        @pl.when(i == 0)
-                        def _():  # the base rows were loaded while the pipeline's first tiles came in
+                    @pl.when(i == 0)
+                    def _():  # the row slots and base rows were loaded while the first tiles came in
+                        plgpu.barrier_wait(bars.at[0])
+                        if not cfg.reduce_add:
                             C.ladder(nrows_b, wait_base)
 
                     mask_b(bs, r)

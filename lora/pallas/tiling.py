@@ -286,7 +286,7 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
     """Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): the split variant, 64-deep K steps, up to 4
     stages, split-K to about SPLIT_TARGET_CTAS CTAs. Larger batches: the block variant with 128-deep K
     steps while four stages of them fit SMEM_BUDGET (else 64), as many stages as fit (up to 8), and
-    long K (>= 64 steps: the down projection) split over 2 CTAs per block (4 for outputs <= 32 wide).
+    long K (>= 8192: the down projection) split over 2 CTAs per block (4 for outputs <= 32 wide).
     Measured on the H200, Llama-3-8B prefill-8k (``benchmarks/pallas_sweep.py``, session 4): rank 16
     shrink 40.7 -> 27.9 us, down-projection shrink 131.7 -> 73.2 us against 64-deep, 4-stage, unsplit."""
     nb = bpad // BM
@@ -312,7 +312,7 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
         ksplit = max(1, min(nk // 2 or 1, SPLIT_TARGET_CTAS // max(1, nb * num_lora)))
         while nk % ksplit:  # every split gets the same number of k-steps
             ksplit -= 1
-    elif nk >= 64:
+    elif k >= 8192:
         ksplit = 4 if na <= 32 else 2
         na_out = x_columns(na + shift_pad(na // stack), 4)
         while ksplit > 1 and (nk % ksplit or nb * ksplit * BM * na_out * 4 > SPLIT_PARTS_LIMIT):
