@@ -282,19 +282,44 @@ def test_expand_with_max_r_zero(rng):
     assert not be.run_lora_b_sgemm(x, w).any()
 
 
-def test_jax_runtime_takes_no_gpu_memory(rng):
-    """Lowering starts JAX's CUDA client; with preallocation off it must not take the GPU from torch."""
-    torch.cuda.synchronize()
-    free0, _ = torch.cuda.mem_get_info()
-    reserved0 = torch.cuda.memory_reserved()
-    comp = C.decode_composition(rng, 16, 4, 16)
-    be = pallas(batch_info(comp, DEV))
-    check, _ = run_op(be, "qkv", comp, rng, "bfloat16", DEV, k=HIDDEN, n=Q, kv=KV)
-    assert check.ok
-    torch.cuda.synchronize()
-    free1, _ = torch.cuda.mem_get_info()
-    outside_torch = (free0 - free1) - (torch.cuda.memory_reserved() - reserved0)
-    assert outside_torch < 1 << 30, f"{outside_torch / 2**20:.0f} MiB of GPU memory taken outside torch"
+_MEMORY_PROBE = r"""
+import numpy as np, torch
+import lora
+from lora import testing as C
+from lora.testing import batch_info
+rng = np.random.default_rng(0)
+torch.zeros(1, device="cuda")  # torch's CUDA context first: it is not what is measured
+torch.cuda.synchronize()
+free0, _ = torch.cuda.mem_get_info()
+reserved0 = torch.cuda.memory_reserved()
+comp = C.decode_composition(rng, 16, 4, 16)
+be = lora.get_backend_from_name("pallas")("pallas", batch_info(comp, "cuda"))
+check, _ = C.run_op(be, C.contract_op("qkv", 4096, 4096, 1024), comp, "bfloat16", device="cuda", seed=0)
+assert check.ok, check.detail
+torch.cuda.synchronize()
+free1, _ = torch.cuda.mem_get_info()
+print((free0 - free1) - (torch.cuda.memory_reserved() - reserved0))
+"""
+
+
+def test_jax_runtime_takes_no_gpu_memory():
+    """Lowering starts JAX's CUDA client; with preallocation off it must not take the GPU from torch.
+
+    Measured in a fresh process (JAX's client starts there), as the device's free memory before and
+    after minus what torch reserved. Free memory is device-wide, so under ``pytest -n`` another
+    worker's allocations can land in the window: the probe runs up to three times and the smallest
+    figure counts (a preallocating client, 75% of the GPU, shows in every run).
+    """
+    pallas()  # skips where the backend cannot run
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=os.getcwd())
+    seen = []
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+        seen.append(int(r.stdout.strip().splitlines()[-1]))
+        if seen[-1] < 1 << 30:
+            break
+    assert min(seen) < 1 << 30, f"GPU memory taken outside torch per run (MiB): {[v >> 20 for v in seen]}"
 
 
 def test_jax_api_on_gpu():
