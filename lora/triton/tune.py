@@ -791,6 +791,21 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
         per_case.append((tc, op_name, bench, times, extra))
+    # A plan timed on one batch but not on another (its compile was not ready in that batch's window: the
+    # first bucket of a run waits on workers still starting) is timed there now, so that the choice is made
+    # among every plan timed (one-launch fused plans are checked before timing: those are left out).
+    fill_end = min(deadline, max(share_end, time.monotonic() + 10.0))
+    union = [p for p in b.candidates if any(p in c[3] for c in per_case)]
+    for tc, op_name, bench, times, extra in per_case:
+        for plan in union:
+            if plan in times or getattr(plan, "fuse", False) or time.monotonic() > fill_end:
+                continue
+            try:
+                times[plan] = bench.time_us(plan, extra=extra)
+            except Exception as exc:
+                progress.line(f"  {b.key} {tc.name} {_fmt_plan(plan)}: {type(exc).__name__}: {str(exc)[:160]}")
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
     timed_everywhere = [p for p in b.candidates if all(p in c[3] for c in per_case)]
     if not timed_everywhere:
         counts = ", ".join(f"{c[0].name}: {len(c[3])}" for c in per_case)

@@ -356,3 +356,41 @@ def test_candidates_include_the_plans_tables_have(dirs):
     fused = next(b for b in tune.buckets_for(cases, ["gate_up"]))
     cands = tune.candidates_for(fused, torch.device("cpu"), torch.float16, 4)
     assert not cands[0].fuse and all(p.fuse for p in cands[1:]), "two launches first, then one-launch plans"
+
+
+def test_tune_times_every_batch_on_the_plans_any_batch_timed(dirs, capsys, monkeypatch):
+    """A bucket with two batches whose first batch saw only one compiled plan (workers still starting, as in
+    the first bucket of a GPU run): the plans the second batch timed are timed on the first too, and the
+    choice is made among all of them (it was made among the one plan both had timed)."""
+    from lora.triton import tune
+
+    class LateCompiler:
+        pool = True  # "workers exist": what they compiled decides what is timed
+
+        def __init__(self, workers):
+            self.calls = 0
+
+        def submit(self, *a, **k):
+            pass
+
+        def wait(self, key, tc, op_name, deadline):
+            self.calls += 1
+            plans = _bucket_candidates[0]
+            if self.calls == 1:  # the first batch: only the heuristic's plan in time
+                return {plans[0]: None, "__error__": "not finished in time"}
+            return {p: None for p in plans}
+
+        def close(self):
+            pass
+
+    _bucket_candidates = []
+    real = tune.candidates_for
+    monkeypatch.setattr(tune, "candidates_for", lambda *a, **k: _bucket_candidates.append(real(*a, **k)) or _bucket_candidates[-1])
+    monkeypatch.setattr(tune, "_Compiler", LateCompiler)
+    argv = [a if a != "8" or i != TINY_RUN.index("--decode-tokens") + 1 else "7,8" for i, a in enumerate(TINY_RUN)]
+    argv = [a if a != "2" else "3" for a in argv]  # three candidates
+    assert lora_main(["tune", *argv, "--budget-s", "120"]) == 0
+    table = tiling.read_table(tiling.user_table_path("cpu"))
+    cases = table.meta["measured"]["shrink:s8:k72:n16:l8"]["cases"]
+    assert sorted(cases) == ["tiny-r8-decode-7", "tiny-r8-decode-8"], capsys.readouterr().out
+    assert [c["plans_timed"] for c in cases.values()] == [3, 3]
