@@ -52,8 +52,10 @@ def test_pdl_same_bits_eager_and_graph(op_name, r, segs):
     backend = backend_or_skip("triton", bi)
     t = I.make_inputs(op, comp, torch.bfloat16, DEV, seed=3)
     ref = I.oracle(op, comp, t)
-    via_backend = I.call_op(backend, op, {k: v.clone() for k, v in t.items()})  # the backend's own path (PDL)
-    assert I.check(via_backend, ref, "bfloat16", expect_dtype=torch.bfloat16, base=t["base"]).ok
+    u = {k: v.clone() for k, v in t.items()}
+    via_backend = I.call_op(backend, op, u)  # the backend's own path (PDL), adding into u["base"] in place
+    chk = I.check(via_backend, ref, "bfloat16", expect_dtype=torch.bfloat16, base=u["base"])
+    assert chk.ok, chk.detail
     plain = _two_launches(backend, op, {k: v.clone() for k, v in t.items()}, pdl=False)
     for _ in range(3):
         assert torch.equal(_two_launches(backend, op, {k: v.clone() for k, v in t.items()}, pdl=True), plain)
