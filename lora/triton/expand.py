@@ -140,47 +140,48 @@ def _expand_columns(
     waits for it (``gdc_wait``) before it reads x."""
     kr = tl.arange(0, BLOCK_R)
     km = kr < rank
-    offs_n = tl.arange(0, BLOCK_N)
     if PDL:
-        n = n_start + offs_n
-        nm = (n >= lo) & (n < hi)
-        w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0,
-                    eviction_policy="evict_last")
-        o_ptrs = out_rows[:, None] + n[None, :]
-        om = row_ok[:, None] & nm[None, :]
-        base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
+        w, base, o_ptrs, om = _column_block(w_slot, out_rows, row_ok, lo, hi, n_start, kr, km, stride_wn, BLOCK_N)
         tl.extra.cuda.gdc_wait()
         x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :],
                     other=0.0)
         for it in range(N_ITERS):
             if it > 0:
-                n = n_start + it * BLOCK_N + offs_n
-                nm = (n >= lo) & (n < hi)
-                w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0,
-                            eviction_policy="evict_last")
-                o_ptrs = out_rows[:, None] + n[None, :]
-                om = row_ok[:, None] & nm[None, :]
-                base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
-            acc = tl.dot(x, w, input_precision=PRECISION)
-            out = (acc * scale + base.to(tl.float32)).to(out_rows.dtype.element_ty)
-            tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
+                w, base, o_ptrs, om = _column_block(w_slot, out_rows, row_ok, lo, hi, n_start + it * BLOCK_N, kr, km,
+                                                    stride_wn, BLOCK_N)
+            _add_block(x, w, base, o_ptrs, om, scale, PRECISION)
     else:
         # (x first: loading the first B / base tiles ahead of it, as the PDL branch must, was measured
         # 4-15% slower on prefill batches on the H200)
         x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :],
                     other=0.0)
         for it in range(N_ITERS):
-            n = n_start + it * BLOCK_N + offs_n
-            nm = (n >= lo) & (n < hi)
-            w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0,
-                        eviction_policy="evict_last")
-            o_ptrs = out_rows[:, None] + n[None, :]
-            om = row_ok[:, None] & nm[None, :]
-            # base_output streams through once: do not let it push the adapters' weights out of L2
-            base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
-            acc = tl.dot(x, w, input_precision=PRECISION)
-            out = (acc * scale + base.to(tl.float32)).to(out_rows.dtype.element_ty)
-            tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
+            w, base, o_ptrs, om = _column_block(w_slot, out_rows, row_ok, lo, hi, n_start + it * BLOCK_N, kr, km,
+                                                stride_wn, BLOCK_N)
+            _add_block(x, w, base, o_ptrs, om, scale, PRECISION)
+
+
+@triton.jit
+def _column_block(w_slot, out_rows, row_ok, lo, hi, n0, kr, km, stride_wn, BLOCK_N: tl.constexpr):
+    """The B tile (rank x BLOCK_N) and the ``base_output`` tile of the column block from ``n0``, with the
+    block's output pointers and mask."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    nm = (n >= lo) & (n < hi)
+    w = tl.load(w_slot + n[None, :] * stride_wn + kr[:, None], mask=km[:, None] & nm[None, :], other=0.0,
+                eviction_policy="evict_last")
+    o_ptrs = out_rows[:, None] + n[None, :]
+    om = row_ok[:, None] & nm[None, :]
+    # base_output streams through once: do not let it push the adapters' weights out of L2
+    base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
+    return w, base, o_ptrs, om
+
+
+@triton.jit
+def _add_block(x, w, base, o_ptrs, om, scale, PRECISION: tl.constexpr):
+    """base tile += scale * x @ w, rounded once, stored back."""
+    acc = tl.dot(x, w, input_precision=PRECISION)
+    out = (acc * scale + base.to(tl.float32)).to(o_ptrs.dtype.element_ty)
+    tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
 
 
 def expand_grid(num_tokens: int, num_lora: int, stack: int, max_slice_width: int, plan: tiling.ExpandPlan):

@@ -737,6 +737,18 @@ def run(args) -> int:
 _FUSED_STALLED: list = []  # bucket keys where a one-launch call stalled: no more one-launch candidates
 
 
+def _time_into(times: dict, bench, plan, extra, where: str, progress) -> None:
+    """times[plan] = the plan's time on ``bench``; a plan that fails to run is reported and left out."""
+    import torch
+
+    try:
+        times[plan] = bench.time_us(plan, extra=extra)
+    except Exception as exc:
+        progress.line(f"  {where} {_fmt_plan(plan)}: {type(exc).__name__}: {str(exc)[:160]}")
+        if bench.device.type == "cuda":
+            torch.cuda.synchronize(bench.device)
+
+
 def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float, deadline: float, progress: _Progress,
                  chosen: dict):
     import torch
@@ -784,12 +796,7 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
                 if not chk.ok:
                     progress.line(f"  {b.key} {tc.name} {_fmt_plan(plan)}: WRONG ({chk.detail}), not timed")
                     continue
-            try:
-                times[plan] = bench.time_us(plan, extra=extra)
-            except Exception as exc:
-                progress.line(f"  {b.key} {tc.name} {_fmt_plan(plan)}: {type(exc).__name__}: {str(exc)[:160]}")
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+            _time_into(times, bench, plan, extra, f"{b.key} {tc.name}", progress)
         per_case.append((tc, op_name, bench, times, extra))
     # A plan timed on one batch but not on another (its compile was not ready in that batch's window: the
     # first bucket of a run waits on workers still starting) is timed there now, so that the choice is made
@@ -800,12 +807,7 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
         for plan in union:
             if plan in times or getattr(plan, "fuse", False) or time.monotonic() > fill_end:
                 continue
-            try:
-                times[plan] = bench.time_us(plan, extra=extra)
-            except Exception as exc:
-                progress.line(f"  {b.key} {tc.name} {_fmt_plan(plan)}: {type(exc).__name__}: {str(exc)[:160]}")
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+            _time_into(times, bench, plan, extra, f"{b.key} {tc.name}", progress)
     timed_everywhere = [p for p in b.candidates if all(p in c[3] for c in per_case)]
     if not timed_everywhere:
         counts = ", ".join(f"{c[0].name}: {len(c[3])}" for c in per_case)
