@@ -132,6 +132,13 @@ def x_columns(na: int, itemsize: int) -> int:
     return round_up(na, 128 // itemsize)
 
 
+def shrink_out_columns(na: int, stack: int) -> int:
+    """Columns of a shrink's float32 output buffer: NA + 16 rounded up to 32 (128 bytes), so that
+    expand's x windows (wider than a slice, see ``ExpandConfig.kw``) stay in the buffer's rows.
+    Columns >= NA are never written (garbage); every reader masks them."""
+    return x_columns(na + shift_pad(na // stack), 4)
+
+
 @dataclass(frozen=True)
 class ShrinkConfig:
     """Static configuration of one shrink kernel (x (Bpad, K) @ A (L, NA, K)^T -> f32 (Bpad, NA))."""
@@ -158,10 +165,7 @@ class ShrinkConfig:
 
     @property
     def na_out(self) -> int:
-        """Columns of the float32 output buffer: NA + 16 rounded up to 32 (128 bytes), so that
-        expand's x windows (wider than a slice, see ``ExpandConfig.kw``) stay in
-        the buffer's rows. Columns >= NA are never written (garbage); every reader masks them."""
-        return x_columns(self.na + shift_pad(self.na // self.stack), 4)
+        return shrink_out_columns(self.na, self.stack)
 
     @property
     def parts_shape(self) -> tuple:
@@ -314,8 +318,8 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
             ksplit -= 1
     elif k >= 8192:
         ksplit = 4 if na <= 32 else 2
-        na_out = x_columns(na + shift_pad(na // stack), 4)
-        while ksplit > 1 and (nk % ksplit or nb * ksplit * BM * na_out * 4 > SPLIT_PARTS_LIMIT):
+        parts_per_split = nb * BM * shrink_out_columns(na, stack) * 4
+        while ksplit > 1 and (nk % ksplit or ksplit * parts_per_split > SPLIT_PARTS_LIMIT):
             ksplit -= 1
     step = (BM + na) * block_k * itemsize
     if tuning.shrink_stages is not None:
