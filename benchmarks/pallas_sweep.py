@@ -45,7 +45,16 @@ SWEEP = {
     "bn64": (dict(expand_block_n=64, expand_stages=1), EXPAND_OPS),
     "es2": (dict(expand_stages=2), EXPAND_OPS),
     "reduceAddBn256": (dict(expand_reduce_add=True, expand_block_n=256, expand_stages=1), EXPAND_OPS),
+    # session 5: the persistent expand (default for prefill) against one CTA per tile, and its knobs
+    "grid": (dict(expand_persistent=False), EXPAND_OPS + ("qkv", "gate_up")),
+    "noSwizzle": (dict(expand_base_swizzle=False), EXPAND_OPS),
+    "ss2": (dict(expand_stream_stages=2), EXPAND_OPS),
+    "ss3": (dict(expand_stream_stages=3), EXPAND_OPS),
+    "ss6": (dict(expand_stream_stages=6), EXPAND_OPS),
+    "pBn256": (dict(expand_block_n=256), EXPAND_OPS),
+    "pBn64": (dict(expand_block_n=64), EXPAND_OPS),
 }
+S5_EXPAND = "default,grid,noSwizzle,ss2,ss3,ss6,pBn256,pBn64"
 DEFAULT_CASES = "llama3-8b-r16-prefill-8k,llama3-8b-r64-prefill-8k"
 DEV = torch.device("cuda")
 T0 = time.perf_counter()
@@ -69,7 +78,7 @@ def time_one(backend, op, comp, case, budget):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--cases", default=DEFAULT_CASES)
-    p.add_argument("--tunings", default=",".join(SWEEP))
+    p.add_argument("--tunings", default=",".join(SWEEP), help=f"names of SWEEP (session 5's expand sweep: {S5_EXPAND})")
     p.add_argument("--json")
     p.add_argument("--budget-s", type=float, default=240.0, help="start no new timing after this many seconds")
     args = p.parse_args(argv)

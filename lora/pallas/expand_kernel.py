@@ -1,4 +1,4 @@
-"""Expand kernel: base[:, off_j:off_j+1] += scaling[w] * x[:, j*r:(j+1)*r] @ B[w, off_j:off_j+1, :r].T, in place.
+"""Expand kernels: base[:, off_j:off_j+1] += scaling[w] * x[:, j*r:(j+1)*r] @ B[w, off_j:off_j+1, :r].T, in place.
 
     meta, nrows              the batch metadata and the real row count s ((1,) int32)
     x      (Bpad, NA)        shrink output (float32 in the fused ops) or the caller's (s, NA) tensor
@@ -8,24 +8,38 @@
                              nonzero-rank slot are written (row-exact TMA stores)
     offsets (stack+1,) int32 slice boundaries [0, ..., N], read at run time
 
-One CTA per (64-row block, ``block_n`` output columns). It loads the block's base rows (a ladder
-of power-of-two TMA boxes: row-exact, so the caller's tensor needs no padding), then pipelines over
-the adapters present in the block (``emit_pipeline`` with a dynamic grid: the next adapter's
-tiles are in flight while the current one computes). Per adapter: the x window of its slice
-(columns ``j*r .. j*r+kr``, fetched by TMA at that column) and its B tile are masked to the real
-rank in registers (which also clears the NaN/garbage tails of the buffers), cast to the operand
-dtype, multiplied with one wgmma (K = max_r rounded up to 16), scaled in float32 and merged into the
-block's result with the per-row slot mask. The float32 result is added to base and stored back
-with the same row ladder.
+The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Two kernels run tiles
+(chosen in :func:`lora.pallas.tiling.expand_config`):
+
+* **grid** (decode-sized batches): one CTA per tile, :func:`_tile_program` ``.one_tile``. It loads
+  the block's base rows (a ladder of power-of-two TMA boxes: row-exact, so the caller's tensor
+  needs no padding), then pipelines over the adapters present in the block (``emit_pipeline``
+  with a dynamic grid: the next adapter's tiles are in flight while the current one computes).
+  Decode blocks hold many adapters, so that pipeline is what hides the loads.
+* **persistent** (prefill, mixed): ``cfg.ctas`` CTAs, one per SM, each walking the tiles
+  ``sm, sm + ctas, ...`` of the full row blocks through one ``emit_pipeline`` whose steps are
+  tiles: while one tile computes, the base tiles, x windows, B tiles and row slots of the next
+  ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
+  its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
+  one adapter: such a tile is one wgmma. A tile whose block holds several adapters (a segment
+  boundary), or any tile when a slice boundary is not a multiple of ``block_n``, is run by
+  ``one_tile`` inside its step; the partial last block's tiles are run by ``one_tile`` after the
+  pipeline. Each tile is written by one CTA, so no two CTAs ever touch the same base element.
+
+Per adapter: the x window of its slice (columns ``j*r .. j*r+kr``, fetched by TMA at that column)
+and its B tile are masked to the real rank in registers (which also clears the NaN/garbage tails
+of the buffers), cast to the operand dtype, multiplied with one wgmma (K = max_r rounded up to 16),
+scaled in float32 and merged into the tile with the per-row slot mask: each element is rounded once.
 
 When every slice boundary is a multiple of ``block_n`` (all real model shapes), a column tile lies
 in one slice and one x window per adapter is fetched; otherwise (checked at run time) every
-slice's window is fetched and merged with column masks.
+slice's window is fetched and merged with column masks (``one_tile`` only).
 """
 
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -39,27 +53,94 @@ from .tiling import BM, ExpandConfig, MetaLayout
 __all__ = ["expand"]
 
 
-def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandConfig):
-    """Returns ``base`` with the LoRA update added (aliased: in place on the GPU)."""
-    C.TRACE_COUNT["expand"] += 1
+def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
+    """The per-tile steps, over the kernel's refs: one_tile(bi, n) and the pieces the persistent
+    kernel's pipeline step reuses. ``refs``: meta, nrows, ranks, scal, offs, x, x_tail, b, base
+    (GMEM), rs, base_smem, xop, bars, xsh (scratch)."""
     lay = MetaLayout(cfg.num_lora)
-    L, BN, kr, kw, stack = cfg.num_lora, cfg.block_n, cfg.kr, cfg.kw, cfg.stack
+    BN, kr, kw, stack = cfg.block_n, cfg.kr, cfg.kw, cfg.stack
     op = jnp.dtype(cfg.op_dtype)
     q = 16 // jnp.dtype(cfg.x_dtype).itemsize  # a TMA start column must be 16-byte aligned
-    rungs = C.ladder_rungs()
+    R = refs
+    offs = [R.offs[j] for j in range(stack + 1)]
+    aligned = offs[0] == 0
+    for o in offs[1:]:
+        aligned = aligned & (lax.rem(o, BN) == 0)
 
-    def body(meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, *rest):
-        if not cfg.tail:
-            rest = (None, *rest)
+    def slice_of(n0):
+        """The slice column tile n0.. lies in (aligned offsets)."""
+        j0 = jnp.int32(0)
+        for o in offs[1:-1]:
+            j0 = j0 + (n0 >= o).astype(jnp.int32)
+        return j0
+
+    # Register values are created where they are used (inside a pipeline step), never carried into
+    # or out of a loop or branch: see _matmul_into in shrink_kernel.
+
+    def prep_x(xs, r):
+        """The x window as the operand dtype, columns >= r zeroed (NaN tails included)."""
+        xf = plgpu.load(xs, layout=plgpu.Layout.WGMMA, optimized=False).astype(jnp.float32)
+        xf = jnp.where(C.col_iota(BM, kr) < r, xf, 0.0)
+        hi = xf.astype(op)
+        if cfg.x_part == 0:
+            return hi
+        return (xf - hi.astype(jnp.float32)).astype(op)
+
+    def x_into_xop(xs, r, j):
+        """xop = the operand of slice j: x columns [j*r, j*r + kr) of the window.
+
+        With ``cfg.x_shift`` (stacked slices: j*r is a device value) the window starts at
+        j*r rounded down to 16 bytes (a TMA start must be aligned), d columns early, and is
+        kw wide; its kr columns at offset d are moved to an aligned scratch tile with
+        one-element accesses (a vector access at an odd offset would be misaligned, and a
+        WGMMA-layout load of a column slice needs a tile-aligned row stride). So no layout
+        of x ever changes: no repack of the shrink output, whatever the ranks."""
         if not cfg.x_shift:
-            rest = (*rest, None)
-        x_tail_ref, b_ref, base_ref, out_ref, rs_smem, base_smem, xop, bars, xsh = rest
-        del out_ref  # aliased with base_ref
-        bi = lax.axis_index("b")
-        n = lax.axis_index("n")
-        s = nrows_ref[0]
+            R.xop[...] = prep_x(xs, r)
+            return
+        d = lax.rem(j * r, q)
+        strided = plgpu.Layout.WG_STRIDED((BM, kr), vec_size=1)
+        R.xsh[...] = plgpu.load(xs.at[:, pl.ds(d, kr)], layout=strided, optimized=False)
+        plgpu.commit_smem()  # written and read by different threads
+        R.xop[...] = prep_x(R.xsh, r)
+
+    def product_into(xs, bs, r, j, merge):
+        x_into_xop(xs, r, j)
+        plgpu.commit_smem()
+
+        def acc_scope(acc_ref):
+            plgpu.wgmma(acc_ref, R.xop, bs.T)
+            merge(acc_ref[...])  # consumed in place: accumulators never leave their region
+
+        pl.run_scoped(acc_scope, plgpu.ACC((BM, BN)))
+
+    def mask_b(bs, r):
+        bs[...] = jnp.where(C.col_iota(BN, kr) < r, plgpu.load(bs, layout=plgpu.Layout.WGMMA), 0).astype(op)
+        plgpu.commit_smem()
+
+    def update(rs_ref, tile_ref, w, acc, scale, n0, jj=None, optimized=False):
+        """tile rows of slot w (and columns of slice jj, if given) += scale * acc."""
+        rs = plgpu.load(rs_ref, layout=plgpu.Layout.WGMMA.reduce(1))
+        keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) == w
+        if jj is not None:
+            cols = C.col_iota(BM, BN) + n0
+            keep = keep & (cols >= offs[jj]) & (cols < offs[jj + 1])
+        old = plgpu.load(tile_ref, layout=plgpu.Layout.WGMMA, optimized=optimized)
+        new = (old.astype(jnp.float32) + acc * scale).astype(tile_ref.dtype)
+        tile_ref[...] = jnp.where(keep, new, old)
+
+    def slice_start(j, r):
+        """First x column of the window of slice j: j*r (the contract's packed layout)
+        rounded down to 16 bytes (a misaligned TMA start is an illegal instruction)."""
+        start = j * r
+        return start - lax.rem(start, q)
+
+    def one_tile(bi, n):
+        """Tile (row block bi, column tile n), if it has rows < s with an adapter: base rows loaded
+        and stored row-exact, a pipeline over the block's adapters. Waits for its own stores."""
+        s = R.nrows[0]
         row_lo = bi * BM
-        count = C.block_count(meta_ref, lay, bi)
+        count = C.block_count(R.meta, lay, bi)
 
         @pl.when((row_lo < s) & (count > 0))
         def _():
@@ -70,108 +151,39 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
 
             def load_base(off, size, k):
                 plgpu.copy_gmem_to_smem(
-                    base_ref.at[pl.ds(row_lo + off, size), pl.ds(n0, BN)],
-                    base_smem.at[pl.ds(sm_off + off, size)],
-                    bars.at[1 + k],
+                    R.base.at[pl.ds(row_lo + off, size), pl.ds(n0, BN)],
+                    R.base_smem.at[pl.ds(sm_off + off, size)],
+                    R.bars.at[1 + k],
                 )
 
             def wait_base(off, size, k):
-                plgpu.barrier_wait(bars.at[1 + k])
+                plgpu.barrier_wait(R.bars.at[1 + k])
 
             if cfg.reduce_add:
                 # The tile holds the update only (each element is written by one slot and one
                 # slice, the rest stay 0) and is added to base by the TMA engine at the end.
-                base_smem[...] = C.wgmma_zeros(BM, BN, base_smem.dtype)
+                R.base_smem[...] = C.wgmma_zeros(BM, BN, R.base_smem.dtype)
             else:
                 C.ladder(nrows_b, load_base)
 
             # In flight with the base rows and the pipeline's first tiles: waited for in the first step.
-            C.issue_box_slots(meta_ref, lay, rx, rs_smem, bars.at[0])
-            offs = [offs_ref[j] for j in range(stack + 1)]
-            aligned = offs[0] == 0
-            for o in offs[1:]:
-                aligned = aligned & (lax.rem(o, BN) == 0)
-            j0 = jnp.int32(0)
-            for o in offs[1:-1]:
-                j0 = j0 + (n0 >= o).astype(jnp.int32)
-            # Register values are created where they are used (inside the pipeline step), never
-            # carried into or out of a loop or branch: see _matmul_into in shrink_kernel.
-
-            def prep_x(xs, r):
-                """The x window as the operand dtype, columns >= r zeroed (NaN tails included)."""
-                xf = plgpu.load(xs, layout=plgpu.Layout.WGMMA, optimized=False).astype(jnp.float32)
-                xf = jnp.where(C.col_iota(BM, kr) < r, xf, 0.0)
-                hi = xf.astype(op)
-                if cfg.x_part == 0:
-                    return hi
-                return (xf - hi.astype(jnp.float32)).astype(op)
-
-            def x_into_xop(xs, r, j):
-                """xop = the operand of slice j: x columns [j*r, j*r + kr) of the window.
-
-                With ``cfg.x_shift`` (stacked slices: j*r is a device value) the window starts at
-                j*r rounded down to 16 bytes (a TMA start must be aligned), d columns early, and is
-                kw wide; its kr columns at offset d are moved to an aligned scratch tile with
-                one-element accesses (a vector access at an odd offset would be misaligned, and a
-                WGMMA-layout load of a column slice needs a tile-aligned row stride). So no layout
-                of x ever changes: no repack of the shrink output, whatever the ranks."""
-                if not cfg.x_shift:
-                    xop[...] = prep_x(xs, r)
-                    return
-                d = lax.rem(j * r, q)
-                strided = plgpu.Layout.WG_STRIDED((BM, kr), vec_size=1)
-                xsh[...] = plgpu.load(xs.at[:, pl.ds(d, kr)], layout=strided, optimized=False)
-                plgpu.commit_smem()  # written and read by different threads
-                xop[...] = prep_x(xsh, r)
-
-            def product_into(xs, bs, r, j, merge):
-                x_into_xop(xs, r, j)
-                plgpu.commit_smem()
-
-                def acc_scope(acc_ref):
-                    plgpu.wgmma(acc_ref, xop, bs.T)
-                    merge(acc_ref[...])  # consumed in place: accumulators never leave their region
-
-                pl.run_scoped(acc_scope, plgpu.ACC((BM, BN)))
-
-            def mask_b(bs, r):
-                bs[...] = jnp.where(C.col_iota(BN, kr) < r, plgpu.load(bs, layout=plgpu.Layout.WGMMA), 0).astype(op)
-                plgpu.commit_smem()
+            C.issue_box_slots(R.meta, lay, rx, R.rs, R.bars.at[0])
+            j0 = slice_of(n0)
 
             def slot_of(i):
-                return C.block_slot(meta_ref, lay, bi, i)
-
-            def update_base(w, jj, acc, scale):
-                """base rows of slot w (and columns of slice jj, if given) += scale * acc.
-
-                Each element belongs to one slot and one slice, so it is rounded once.
-                """
-                rs = plgpu.load(rs_smem, layout=plgpu.Layout.WGMMA.reduce(1))
-                keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) == w
-                if jj is not None:
-                    cols = C.col_iota(BM, BN) + n0
-                    keep = keep & (cols >= offs[jj]) & (cols < offs[jj + 1])
-                old = plgpu.load(base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
-                new = (old.astype(jnp.float32) + acc * scale).astype(base_smem.dtype)
-                base_smem[...] = jnp.where(keep, new, old)
-
-            def slice_start(j, r):
-                """First x column of the window of slice j: j*r (the contract's packed layout)
-                rounded down to 16 bytes (a misaligned TMA start is an illegal instruction)."""
-                start = j * r
-                return start - lax.rem(start, q)
+                return C.block_slot(R.meta, lay, bi, i)
 
             def run(src_ref, row0, slices):
                 def step(idx, *refs):
                     *xss, bs = refs
                     (i,) = idx
                     w = slot_of(i)
-                    r = ranks_ref[w]
-                    scale = scal_ref[w]
+                    r = R.ranks[w]
+                    scale = R.scal[w]
 
                     @pl.when(i == 0)
                     def _():  # the row slots and base rows were loaded while the first tiles came in
-                        plgpu.barrier_wait(bars.at[0])
+                        plgpu.barrier_wait(R.bars.at[0])
                         if not cfg.reduce_add:
                             C.ladder(nrows_b, wait_base)
 
@@ -179,33 +191,32 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
                     for jj, xs in enumerate(xss):
                         slice_j = None if slices is None else jj  # general path: column mask of slice jj
                         j = j0 if slices is None else jnp.int32(jj)
-                        product_into(xs, bs, r, j, functools.partial(update_base, w, slice_j, scale=scale))
+                        product_into(xs, bs, r, j, functools.partial(update, R.rs, R.base_smem, w, scale=scale,
+                                                                     n0=n0, jj=slice_j))
 
                 def x_index(jj):
                     def index(i):
                         j = j0 if slices is None else jnp.int32(jj)
-                        return (row0, slice_start(j, ranks_ref[slot_of(i)]))
+                        return (row0, slice_start(j, R.ranks[slot_of(i)]))
 
                     return index
 
                 nx = 1 if slices is None else stack
                 x_specs = [plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index(jj)) for jj in range(nx)]
-                b_spec = plgpu.BlockSpec(
-                    (None, BN, kr), lambda i: (slot_of(i), n, 0), transforms=C.tiled(op, kr)
-                )
+                b_spec = plgpu.BlockSpec((None, BN, kr), lambda i: (slot_of(i), n, 0), transforms=C.tiled(op, kr))
                 plgpu.emit_pipeline(
                     step,
                     grid=(count,),
                     in_specs=[*x_specs, b_spec],
                     max_concurrent_steps=cfg.stages,
-                )(*([src_ref] * nx), b_ref)
+                )(*([src_ref] * nx), R.b)
 
             def path(slices):
                 if cfg.tail:
-                    pl.when(is_tail)(lambda: run(x_tail_ref, 0, slices))
-                    pl.when(jnp.logical_not(is_tail))(lambda: run(x_ref, rx, slices))
+                    pl.when(is_tail)(lambda: run(R.x_tail, 0, slices))
+                    pl.when(jnp.logical_not(is_tail))(lambda: run(R.x, rx, slices))
                 else:
-                    run(x_ref, rx, slices)
+                    run(R.x, rx, slices)
 
             pl.when(aligned)(lambda: path(None))
             pl.when(jnp.logical_not(aligned))(lambda: path(True))
@@ -213,8 +224,8 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
 
             def store_base(off, size, k):
                 plgpu.copy_smem_to_gmem(
-                    base_smem.at[pl.ds(sm_off + off, size)],
-                    base_ref.at[pl.ds(row_lo + off, size), pl.ds(n0, BN)],
+                    R.base_smem.at[pl.ds(sm_off + off, size)],
+                    R.base.at[pl.ds(row_lo + off, size), pl.ds(n0, BN)],
                     commit_group=False,
                     reduction_op="add" if cfg.reduce_add else None,
                 )
@@ -223,15 +234,135 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
             plgpu.commit_smem_to_gmem_group()
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
+    return SimpleNamespace(one_tile=one_tile, aligned=aligned, slice_of=slice_of, slice_start=slice_start,
+                           mask_b=mask_b, product_into=product_into, update=update)
+
+
+def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, rest):
+    if not cfg.tail:
+        rest = (None, *rest)
+    if not cfg.x_shift:
+        rest = (*rest, None)
+    x_tail_ref, b_ref, base_ref, out_ref, rs_smem, base_smem, xop, bars, xsh = rest
+    del out_ref  # aliased with base_ref
+    return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_ref, scal=scal_ref, offs=offs_ref, x=x_ref,
+                           x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem, base_smem=base_smem, xop=xop,
+                           bars=bars, xsh=xsh)
+
+
+def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
+    """The persistent kernel: this CTA's tiles of the full row blocks as one pipeline, then its
+    tiles of the partial last block (module docstring)."""
+    lay = MetaLayout(cfg.num_lora)
+    BN, kr, kw, nsm, ntn = cfg.block_n, cfg.kr, cfg.kw, cfg.ctas, cfg.ntn
+    op = jnp.dtype(cfg.op_dtype)
+    sm = lax.axis_index("sm")
+    s = R.nrows[0]
+    nfull = lax.div(s, BM)
+    ntiles = nfull * ntn
+    steps = lax.div(jnp.maximum(ntiles - sm + nsm - 1, 0), nsm)
+
+    def tile(i):
+        t = sm + i * nsm
+        return lax.div(t, ntn), lax.rem(t, ntn)
+
+    def first_slot(b):  # (any slot id when the block has no adapter: only fetched, never used)
+        return C.block_slot(R.meta, lay, b, 0)
+
+    def x_index(i):
+        b, n = tile(i)
+        return (b * BM, prog.slice_start(prog.slice_of(n * BN), R.ranks[first_slot(b)]))
+
+    def b_index(i):
+        b, n = tile(i)
+        return (first_slot(b), n, 0)
+
+    def base_index(i):
+        return tile(i)
+
+    def rs_index(i):
+        b, _ = tile(i)
+        return (b * lay.record + lay.head,)  # the row slots of box 64b: shifted copy 0
+
+    base_tf = C.tiled(jnp.dtype(cfg.base_dtype), BN) if cfg.base_swizzle else ()
+
+    def step(idx, xs, bs, base_s, rs_s):
+        (i,) = idx
+        b, n = tile(i)
+        count = C.block_count(R.meta, lay, b)
+        simple = prog.aligned & (count == 1)
+
+        @pl.when(simple)
+        def _():
+            w = first_slot(b)
+            r = R.ranks[w]
+            n0 = n * BN
+            prog.mask_b(bs, r)
+            prog.product_into(
+                xs, bs, r, prog.slice_of(n0),
+                functools.partial(prog.update, rs_s, base_s, w, scale=R.scal[w], n0=n0, optimized=cfg.base_swizzle),
+            )
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(base_s, R.base.at[pl.ds(b * BM, BM), pl.ds(n0, BN)])
+            # the store of the step before has read its slot, which the pipeline refills after this step
+            plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+
+        @pl.when(jnp.logical_not(simple))
+        def _():
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            prog.one_tile(b, n)
+
+    plgpu.emit_pipeline(
+        step,
+        grid=(steps,),
+        in_specs=[
+            plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index),
+            plgpu.BlockSpec((None, BN, kr), b_index, transforms=C.tiled(op, kr)),
+            # released one step late: this step's TMA store reads the slot until the next step
+            plgpu.BlockSpec((BM, BN), base_index, transforms=base_tf, delay_release=1),
+            plgpu.BlockSpec((pl.Element(BM),), rs_index),
+        ],
+        max_concurrent_steps=cfg.stream_stages,
+    )(R.x, R.b, R.base, R.meta)
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    # The partial last block (s not a multiple of 64): tile t = ntiles + n continues the round robin.
+    first = lax.rem(sm - lax.rem(ntiles, nsm) + nsm, nsm)
+    ntail = jnp.where(lax.rem(s, BM) != 0, lax.div(jnp.maximum(ntn - first + nsm - 1, 0), nsm), 0)
+
+    @pl.loop(0, ntail)
+    def _(k):
+        prog.one_tile(nfull, first + k * nsm)
+
+
+def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandConfig):
+    """Returns ``base`` with the LoRA update added (aliased: in place on the GPU)."""
+    C.TRACE_COUNT["expand"] += 1
+    BN, kr = cfg.block_n, cfg.kr
+    op = jnp.dtype(cfg.op_dtype)
+    rungs = C.ladder_rungs()
+
+    def body(meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, *rest):
+        R = _refs(cfg, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, rest)
+        prog = _tile_program(cfg, R)
+        if cfg.ctas:
+            _persistent_body(cfg, R, prog)
+        else:
+            prog.one_tile(lax.axis_index("b"), lax.axis_index("n"))
+
     args = [meta, nrows, ranks, scalings, offsets, x] + ([x_tail] if cfg.tail else []) + [b_w, base]
+    if cfg.ctas:
+        grid, names = (cfg.ctas,), ("sm",)
+    else:
+        # The last grid axis varies fastest (CUDA's x): consecutive CTAs take consecutive row blocks
+        # of one column tile, so each adapter's B tile is read from DRAM once and then hits L2.
+        grid, names = (cfg.ntn, cfg.nb), ("n", "b")
     return C.mgpu_call(
         body,
         args,
         out_type=jax.ShapeDtypeStruct(base.shape, base.dtype),
-        # The last grid axis varies fastest (CUDA's x): consecutive CTAs take consecutive row blocks
-        # of one column tile, so each adapter's B tile is read from DRAM once and then hits L2.
-        grid=(cfg.ntn, cfg.nb),
-        grid_names=("n", "b"),
+        grid=grid,
+        grid_names=names,
         scratch=[
             plgpu.SMEM((BM,), jnp.int32),
             plgpu.SMEM((BM, BN), base.dtype),

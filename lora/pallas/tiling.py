@@ -193,6 +193,9 @@ class ExpandConfig:
     tail: bool
     x_shift: bool = False  # slices start at any column j*r: windows are kw wide and shifted in SMEM
     reduce_add: bool = False  # base += the update tile by TMA reduce-add (no base load; rounds twice)
+    ctas: int = 0  # persistent kernel on this many CTAs (0: one CTA per tile), see expand_kernel
+    stream_stages: int = 0  # tiles in flight in the persistent kernel's pipeline
+    base_swizzle: bool = False  # persistent: base tiles in SMEM tiled and swizzled (no bank conflicts)
 
     @property
     def nb(self) -> int:
@@ -239,6 +242,11 @@ class Tuning:
     shrink_ksplit: int | None = None  # split-K factor of the split variant
     expand_block_n: int | None = None  # 64, 128 or 256
     expand_stages: int | None = None  # 1..4
+    #: the persistent expand (one CTA per SM, a pipeline over tiles) for batches of more than
+    #: SPLIT_MAX_BLOCKS blocks (True / False: for every batch / none)
+    expand_persistent: bool | None = None
+    expand_stream_stages: int | None = None  # 2..6: tiles in flight in the persistent expand
+    expand_base_swizzle: bool | None = None  # persistent expand: swizzled base tiles in SMEM
     #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
@@ -247,9 +255,12 @@ class Tuning:
     def __post_init__(self):
         if not isinstance(self.expand_reduce_add, bool):
             raise ValueError(f"Tuning.expand_reduce_add={self.expand_reduce_add!r} must be a bool")
+        for name in ("expand_persistent", "expand_base_swizzle"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool or None")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "expand_reduce_add":
+            if f.name in ("expand_reduce_add", "expand_persistent", "expand_base_swizzle"):
                 continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"Tuning.{f.name}={v!r} must be a non-negative int or None")
@@ -257,10 +268,10 @@ class Tuning:
             raise ValueError(f"Tuning.shrink_block_k={self.shrink_block_k} must be 64 or 128")
         if self.expand_block_n not in (None, 64, 128, 256):
             raise ValueError(f"Tuning.expand_block_n={self.expand_block_n} must be 64, 128 or 256")
-        for name, hi in (("shrink_stages", 8), ("expand_stages", 4)):
+        for name, lo, hi in (("shrink_stages", 1, 8), ("expand_stages", 1, 4), ("expand_stream_stages", 2, 6)):
             v = getattr(self, name)
-            if v is not None and not 1 <= v <= hi:
-                raise ValueError(f"Tuning.{name}={v} must lie in [1, {hi}]")
+            if v is not None and not lo <= v <= hi:
+                raise ValueError(f"Tuning.{name}={v} must lie in [{lo}, {hi}]")
         if self.shrink_ksplit is not None and self.shrink_ksplit < 1:
             raise ValueError(f"Tuning.shrink_ksplit={self.shrink_ksplit} must be >= 1")
 
@@ -339,52 +350,79 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
     return cfg
 
 
-def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False) -> int:
+def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
+                      stream_stages=0) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
     Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile, the barriers and
-    (x_shift) the shifted x tile. Pipelined, per stage: the x windows and the B tile. Both paths of
-    the kernel (one window for slice-aligned column tiles, ``stack`` windows otherwise) are scoped
-    separately, so the larger, the general one, is what counts.
+    (x_shift) the shifted x tile. Pipelined over a block's adapters, per stage: the x windows and
+    the B tile. Both paths of that pipeline (one window for slice-aligned column tiles, ``stack``
+    windows otherwise) are scoped separately, so the larger, the general one, is what counts. The
+    persistent kernel (``stream_stages`` > 0) runs that pipeline inside a step of its pipeline over
+    tiles, whose stages each hold a base tile, one x window, a B tile and the row slots.
     """
     kw = kr + (shift_pad(kr) if x_shift else 0)
     fixed = BM * 4 + BM * block_n * base_itemsize + BM * kr * op_itemsize + 8 * 16
     fixed += BM * kr * x_itemsize if x_shift else 0
     per_stage = stack * BM * kw * x_itemsize + block_n * kr * op_itemsize
-    return fixed + stages * per_stage
+    per_tile = BM * block_n * base_itemsize + BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16
+    return fixed + stages * per_stage + stream_stages * per_tile
+
+
+#: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
+#: extra CTAs wait for a free SM (correct, a little slower); with more, some SMs stay idle.
+PERSISTENT_CTAS = 132
+#: Tiles in flight in the persistent expand's pipeline (fewer when they do not fit).
+STREAM_STAGES = 4
 
 
 def expand_config(
     bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, *, x_part=0, tail, x_shift=False,
     tuning: Tuning = DEFAULT_TUNING,
 ) -> ExpandConfig:
-    """Block and pipeline sizes of an expand: 128 output columns (64 for N < 128); two pipeline
-    stages for decode-sized batches, one for prefill; then fewer stages, then narrower column tiles,
-    until the kernel fits in shared memory (wide ranks with three slices need it). ``tuning``
-    fixes the column tile and/or the stages (ValueError when they do not fit)."""
+    """Block and pipeline sizes of an expand.
+
+    Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): one CTA per tile of 128 output columns (64
+    for N < 128), two pipeline stages over the block's adapters. Larger batches: the persistent
+    kernel, STREAM_STAGES tiles in flight, one stage for the multi-adapter blocks it runs per tile.
+    Then fewer stages, then (wide ranks) one CTA per tile again, then narrower column tiles, until
+    the kernel fits in shared memory. ``tuning`` fixes any of these (ValueError when they do not fit)."""
     nb = bpad // BM
+    decode = nb <= SPLIT_MAX_BLOCKS
+    persistent = not decode if tuning.expand_persistent is None else tuning.expand_persistent
+    persistent = persistent and not tuning.expand_reduce_add
     block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
-    # Prefill blocks hold one or two adapters: one stage keeps the SMEM small (more CTAs per SM).
-    # Decode blocks hold many: two stages prefetch the next adapter's tiles.
-    stages = tuning.expand_stages or (2 if nb <= SPLIT_MAX_BLOCKS else 1)
+    # Decode blocks hold many adapters: two stages prefetch the next adapter's tiles.
+    stages = tuning.expand_stages or (2 if decode else 1)
+    stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
+    swizzle = persistent and (tuning.expand_base_swizzle if tuning.expand_base_swizzle is not None else True)
     kr = round_up(max_r, 16)
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]
-    while expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift) > SMEM_LIMIT:
-        if tuning.expand_stages is None and stages > 1:
+
+    def need():
+        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream)
+
+    while need() > SMEM_LIMIT:
+        if tuning.expand_stream_stages is None and stream > 2:
+            stream -= 1
+        elif tuning.expand_stages is None and stages > 1:
             stages -= 1
+        elif persistent and tuning.expand_persistent is None:  # wide ranks: one CTA per tile
+            persistent, stream, swizzle = False, 0, False
+            block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
         elif tuning.expand_block_n is None and block_n > 64:
             block_n //= 2
         else:
-            what = "with the Tuning given" if (tuning.expand_stages or tuning.expand_block_n) else ""
+            given = tuning.expand_stages or tuning.expand_block_n or tuning.expand_stream_stages
+            what = "with the Tuning given " if given else ""
             raise ValueError(
-                f"an expand of rank {max_r} with {stack} slices needs "
-                f"{expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift)} bytes of shared memory {what}"
+                f"an expand of rank {max_r} with {stack} slices needs {need()} bytes of shared memory {what}"
                 f"(limit {SMEM_LIMIT}): the pallas backend takes ranks up to 128 with three slices (QKV), 192 "
                 f"with two (gate-up), 256 with one"
             )
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
-        tuning.expand_reduce_add,
+        tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, swizzle,
     )
 
 

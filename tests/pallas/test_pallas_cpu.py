@@ -39,7 +39,7 @@ def batch_of(comp: C.Composition):
     return lp.make_batch(comp.seg_indptr, comp.weight_indices, comp.lora_ranks, comp.scalings, num_tokens=comp.tokens)
 
 
-def run_op(op, comp, rng, dtype_name):
+def run_op(op, comp, rng, dtype_name, tuning=None):
     t = lambda a: jnp.asarray(a, DT[dtype_name])  # noqa: E731
     batch = batch_of(comp)
     if op.startswith("shrink"):
@@ -59,7 +59,7 @@ def run_op(op, comp, rng, dtype_name):
     assert op == "gate_up"
     x, a = t(C.activations(rng, comp, K)), t(C.shrink_weights(rng, comp, 2, K))
     b, base = t(C.expand_weights(rng, comp, 2 * N)), t(C.base_output(rng, comp, 2 * N))
-    out = lp.gate_up_lora(x, a, b, batch, base=base)
+    out = lp.gate_up_lora(x, a, b, batch, base=base, tuning=tuning)
     return out, C.ref_stacked(comp, f64(x), f64(a), f64(b), [0, N, 2 * N], f64(base))
 
 
@@ -82,14 +82,19 @@ def test_contract_interpret(op, dtype_name, rng, interpret):
     assert check.ok, f"{op} {dtype_name} {comp}: {check.detail} {check.problems}"
 
 
-@pytest.mark.parametrize("op", ["shrink2", "qkv"])
+@pytest.mark.parametrize("op", ["shrink2", "qkv", "expand", "gate_up"])
 def test_block_variant_interpret(op, rng, interpret):
-    """More than 4 row blocks: one CTA per block, adapters merged per row; a partial last block."""
-    lens = [int(v) for v in rng.integers(0, 90, 6)]
-    comp = C.Composition(lens, [int(v) for v in rng.integers(0, 4, 6)], [16, 0, 7, 12], [0.5, 1.0, 2.0, 1.5], 16, sum(lens) + 3)
-    if comp.tokens <= 4 * T.BM:
-        comp = C.Composition(lens + [300], comp.weight_indices + [0], comp.lora_ranks, comp.scalings, 16, sum(lens) + 303)
-    out, ref = run_op(op, comp, rng, "bfloat16")
+    """More than 4 row blocks: the block shrink (one CTA per block, adapters merged per row) and the
+    persistent expand (its pipeline over single-adapter tiles, multi-adapter tiles run one by one,
+    a partial last block; qkv's slice at 96 is not a multiple of the 64-wide tiles: every tile one
+    by one)."""
+    lens = [int(v) for v in rng.integers(0, 90, 6)] + [200]  # the last: full blocks of one adapter
+    slots = [int(v) for v in rng.integers(0, 4, 6)] + [3]
+    comp = C.Composition(lens, slots, [16, 0, 7, 12], [0.5, 1.0, 2.0, 1.5], 16, sum(lens) + 3)
+    assert comp.tokens > 4 * T.BM
+    # gate_up's slice boundary (64) is a multiple of 64-wide tiles: the pipeline's stacked path
+    tuning = T.Tuning(expand_block_n=64) if op == "gate_up" else None
+    out, ref = run_op(op, comp, rng, "bfloat16", tuning)
     check = C.compare(f64(out), ref, "bfloat16")
     assert check.ok, f"{op} {comp}: {check.detail}"
 
