@@ -16,8 +16,8 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Tw
   needs no padding), then pipelines over the adapters present in the block (``emit_pipeline``
   with a dynamic grid: the next adapter's tiles are in flight while the current one computes).
   Decode blocks hold many adapters, so that pipeline is what hides the loads.
-* **persistent** (prefill, mixed): ``cfg.ctas`` CTAs, one per SM, each walking the tiles
-  ``sm, sm + ctas, ...`` of the full row blocks through one ``emit_pipeline`` whose steps are
+* **persistent** (prefill, mixed): ``cfg.ctas`` CTAs, one per SM, each walking a contiguous run
+  of the full row blocks' tiles (row block major) through one ``emit_pipeline`` whose steps are
   tiles: while one tile computes, the base tiles, x windows, B tiles and row slots of the next
   ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
@@ -260,10 +260,15 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     s = R.nrows[0]
     nfull = lax.div(s, BM)
     ntiles = nfull * ntn
-    steps = lax.div(jnp.maximum(ntiles - sm + nsm - 1, 0), nsm)
+    # CTA sm walks a contiguous run of tiles, row block major: consecutive steps share a block, so
+    # its metadata (adapter count, slot, rank, scaling: scalar loads the TMA coordinates depend on)
+    # is read from L1, and the base tiles of a step and the next are neighbours in memory.
+    per, extra = lax.div(ntiles, nsm), lax.rem(ntiles, nsm)
+    first_tile = sm * per + jnp.minimum(sm, extra)
+    steps = per + (sm < extra).astype(jnp.int32)
 
     def tile(i):
-        t = sm + i * nsm
+        t = first_tile + i
         return lax.div(t, ntn), lax.rem(t, ntn)
 
     def first_slot(b):  # (any slot id when the block has no adapter: only fetched, never used)
@@ -326,13 +331,12 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     )(R.x, R.b, R.base, R.meta)
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    # The partial last block (s not a multiple of 64): tile t = ntiles + n continues the round robin.
-    first = lax.rem(sm - lax.rem(ntiles, nsm) + nsm, nsm)
-    ntail = jnp.where(lax.rem(s, BM) != 0, lax.div(jnp.maximum(ntn - first + nsm - 1, 0), nsm), 0)
+    # The partial last block (s not a multiple of 64): column tile n on CTA n % nsm.
+    ntail = jnp.where(lax.rem(s, BM) != 0, lax.div(jnp.maximum(ntn - sm + nsm - 1, 0), nsm), 0)
 
     @pl.loop(0, ntail)
     def _(k):
-        prog.one_tile(nfull, first + k * nsm)
+        prog.one_tile(nfull, sm + k * nsm)
 
 
 def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandConfig):

@@ -32,8 +32,7 @@ def _two_launches(backend, op, t, pdl: bool):
     s, n = t["x"].shape[0], t["a"].shape[1]
     xa = torch.empty((s, n), dtype=t["x"].dtype, device=DEV)
     lora_shrink(t["x"], t["a"], op.stack, backend.batch_info, out=xa, meta=backend.meta, pdl_trigger=pdl)
-    offsets = torch.tensor(op.offsets, dtype=torch.int32, device=DEV)
-    return lora_expand(xa, t["b"], offsets, op.max_slice, t["base"], backend.batch_info,
+    return lora_expand(xa, t["b"], t["offsets"], op.max_slice, t["base"], backend.batch_info,
                        meta=backend.meta, pdl=pdl)
 
 
@@ -52,6 +51,8 @@ def test_pdl_same_bits_eager_and_graph(op_name, r, segs):
     backend = backend_or_skip("triton", bi)
     t = I.make_inputs(op, comp, torch.bfloat16, DEV, seed=3)
     ref = I.oracle(op, comp, t)
+    # a device tensor made before any capture (a host-to-device copy cannot be captured)
+    t.setdefault("offsets", torch.tensor(op.offsets, dtype=torch.int32, device=DEV))
     u = {k: v.clone() for k, v in t.items()}
     via_backend = I.call_op(backend, op, u)  # the backend's own path (PDL), adding into u["base"] in place
     chk = I.check(via_backend, ref, "bfloat16", expect_dtype=torch.bfloat16, base=u["base"])
