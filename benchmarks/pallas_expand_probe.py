@@ -8,6 +8,8 @@ base, 128-wide tiles, 8 adapters of 1024 rows):
   the expand's per-tile work: nothing (``copy``), a register round trip of the tile (``regs``),
   plus the scalar metadata reads the TMA coordinates depend on (``meta``); walked as a contiguous
   run of tiles per CTA or round robin (``rr``). This is the ceiling of the kernel's structure.
+* ``shrink-stream-*``: the block shrink's structure (CTA per 64-row block and K split, a pipeline of
+  x and A tiles into one wgmma accumulator) with and without its wgmma: the shrink's ceiling.
 * ``expand-*``: the backend's expand kernels (``lora.pallas.api.expand`` / ``gate_up_lora``'s expand)
   under Tunings: the persistent kernel and one CTA per tile.
 
@@ -89,6 +91,38 @@ def stream_kernel(base, meta, ranks, scal, *, bn, stages, walk, swizzle, regs, m
                        grid=(nsm,), grid_names=("sm",), aliases={0: 0})
 
 
+def shrink_stream(x, a, *, bk, stages, wgmma, ksplit=1, na=16):
+    """The block shrink's structure without its merge: CTA (64-row block, K split), a pipeline of
+    (64, bk) x tiles and (na, bk) A tiles into one (64, na) wgmma accumulator (or no wgmma)."""
+    rows, k = x.shape
+    nb, nk = rows // BM, k // bk // ksplit
+
+    def body(x_ref, a_ref, o_ref, o_smem):
+        b, ks = lax.axis_index("b"), lax.axis_index("ks")
+        tf = C.tiled(jnp.bfloat16, bk)
+
+        def acc_scope(acc_ref):
+            def step(_, xs, as_):
+                if wgmma:
+                    plgpu.wgmma(acc_ref, xs, as_.T)
+
+            plgpu.emit_pipeline(
+                step, grid=(nk,),
+                in_specs=[plgpu.BlockSpec((BM, bk), lambda i: (b, i + ks * nk), transforms=tf, delay_release=1),
+                          plgpu.BlockSpec((na, bk), lambda i: (0, i + ks * nk), transforms=tf, delay_release=1)],
+                max_concurrent_steps=stages,
+            )(x_ref, a_ref)
+            o_smem[...] = acc_ref[...]
+
+        pl.run_scoped(acc_scope, plgpu.ACC((BM, na)))
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, o_ref.at[ks, pl.ds(b * BM, BM)])
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    return C.mgpu_call(body, [x, a], out_type=jax.ShapeDtypeStruct((ksplit, rows, na), jnp.float32),
+                       grid=(nb, ksplit), grid_names=("b", "ks"), scratch=[plgpu.SMEM((BM, na), jnp.float32)])
+
+
 def timed(fn, *args, iters=20):
     """Median CUPTI time (us) of each kernel fn launches, by launch position."""
     _, runs = profiler.measure(fn, aggregate=False, iterations=iters)(*args)
@@ -116,6 +150,25 @@ def main(argv=None) -> int:
         print(f"{name:34s} {big:8.1f} us {row['pct_copy']:5.1f}%   {times}", flush=True)
 
     base = jnp.asarray(rng.standard_normal((ROWS, N)), jnp.bfloat16)
+    xs = jnp.asarray(rng.standard_normal((ROWS, 4096)), jnp.bfloat16)
+    for na in (16, 48):
+        a0 = jnp.asarray(rng.standard_normal((na, 4096)), jnp.bfloat16)
+        for name, kw in (("nowgmma-bk128-s8", dict(bk=128, stages=8, wgmma=False)),
+                         ("bk128-s8", dict(bk=128, stages=8, wgmma=True)),
+                         ("bk128-s4", dict(bk=128, stages=4, wgmma=True)),
+                         ("bk64-s8", dict(bk=64, stages=8, wgmma=True)),
+                         ("bk128-s4-ks2", dict(bk=128, stages=4, wgmma=True, ksplit=2)),
+                         ("bk128-s6-ks2", dict(bk=128, stages=6, wgmma=True, ksplit=2)),
+                         ("nowgmma-bk128-s4-ks2", dict(bk=128, stages=4, wgmma=False, ksplit=2))):
+            if na == 48 and name.startswith("bk64"):
+                continue
+            if na == 48:  # eight stages of 176 rows do not fit shared memory
+                kw = {**kw, "stages": min(kw["stages"], 6)}
+            try:
+                f = jax.jit(functools.partial(shrink_stream, na=na, **kw))
+                report(f"shrink-stream-na{na}-{name}", timed(f, xs, a0), xs.nbytes + ROWS * na * 2)
+            except Exception as exc:  # noqa: BLE001
+                print(f"shrink {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
     for r in (16, 64):
         ranks = jnp.full((L,), r, jnp.int32)
         scal = jnp.full((L,), 0.5, jnp.float32)
@@ -143,9 +196,9 @@ def main(argv=None) -> int:
         a2 = jnp.asarray(rng.standard_normal((L, 2 * r, 4)), jnp.bfloat16)
         bg = jnp.asarray(rng.standard_normal((L, 2 * 14336, r)) * 0.05, jnp.bfloat16)
         baseg = jnp.asarray(rng.standard_normal((ROWS, 2 * 14336)), jnp.bfloat16)
-        for tname, tun in (("persistent", Tuning()), ("grid", Tuning(expand_persistent=False)),
-                           ("persistent-bn256", Tuning(expand_block_n=256)),
-                           ("persistent-noswz", Tuning(expand_base_swizzle=False))):
+        for tname, tun in (("default", Tuning()), ("grid", Tuning(expand_persistent=False)),
+                           ("persistent-bn128", Tuning(expand_block_n=128, expand_persistent=True)),
+                           ("persistent-bn256", Tuning(expand_block_n=256, expand_persistent=True))):
             try:
                 f = jax.jit(functools.partial(lp.expand, batch=batch, tuning=tun))
                 report(f"expand-r{r}-{tname}", timed(lambda x, b, base: f(x, b, base=base), x, b, base),

@@ -104,19 +104,35 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         plgpu.commit_smem()  # written and read by different threads
         R.xop[...] = prep_x(R.xsh, r)
 
-    def product_into(xs, bs, r, j, merge):
-        x_into_xop(xs, r, j)
-        plgpu.commit_smem()
+    def product_into(xs, bs, r, j, merge, direct=False):
+        """merge(x window @ B tile^T). ``direct``: xs is already a wgmma operand (the operand dtype,
+        tiled and swizzled, at column 0), used as it is when the rank fills it (r == kr)."""
 
-        def acc_scope(acc_ref):
-            plgpu.wgmma(acc_ref, R.xop, bs.T)
-            merge(acc_ref[...])  # consumed in place: accumulators never leave their region
+        def product(a_ref):
+            def acc_scope(acc_ref):
+                plgpu.wgmma(acc_ref, a_ref, bs.T)
+                merge(acc_ref[...])  # consumed in place: accumulators never leave their region
 
-        pl.run_scoped(acc_scope, plgpu.ACC((BM, BN)))
+            pl.run_scoped(acc_scope, plgpu.ACC((BM, BN)))
+
+        def via_xop():
+            x_into_xop(xs, r, j)
+            plgpu.commit_smem()
+            product(R.xop)
+
+        if direct:
+            pl.when(r == kr)(lambda: product(xs))
+            pl.when(r != kr)(via_xop)
+        else:
+            via_xop()
 
     def mask_b(bs, r):
-        bs[...] = jnp.where(C.col_iota(BN, kr) < r, plgpu.load(bs, layout=plgpu.Layout.WGMMA), 0).astype(op)
-        plgpu.commit_smem()
+        """B columns >= r zeroed (NaN / garbage tails): nothing to do when the rank fills the tile."""
+
+        @pl.when(r != kr)
+        def _():
+            bs[...] = jnp.where(C.col_iota(BN, kr) < r, plgpu.load(bs, layout=plgpu.Layout.WGMMA), 0).astype(op)
+            plgpu.commit_smem()
 
     def update(rs_ref, tile_ref, w, acc, scale, n0, jj=None, optimized=False):
         """tile rows of slot w (and columns of slice jj, if given) += scale * acc."""
@@ -274,9 +290,18 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     def first_slot(b):  # (any slot id when the block has no adapter: only fetched, never used)
         return C.block_slot(R.meta, lay, b, 0)
 
+    # A plain expand of activation-dtype x (one slice at column 0) fetches its x window as a wgmma
+    # operand (tiled, swizzled): used as it is when the rank fills it.
+    direct = not cfg.x_shift and cfg.x_dtype == cfg.op_dtype and cfg.x_part == 0
+
     def x_index(i):
         b, n = tile(i)
+        if direct:
+            return (b, 0)
         return (b * BM, prog.slice_start(prog.slice_of(n * BN), R.ranks[first_slot(b)]))
+
+    x_spec = (plgpu.BlockSpec((BM, kr), x_index, transforms=C.tiled(op, kr)) if direct
+              else plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index))
 
     def b_index(i):
         b, n = tile(i)
@@ -306,6 +331,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
             prog.product_into(
                 xs, bs, r, prog.slice_of(n0),
                 functools.partial(prog.update, rs_s, base_s, w, scale=R.scal[w], n0=n0, optimized=cfg.base_swizzle),
+                direct=direct,
             )
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(base_s, R.base.at[pl.ds(b * BM, BM), pl.ds(n0, BN)])
@@ -321,7 +347,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         step,
         grid=(steps,),
         in_specs=[
-            plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index),
+            x_spec,
             plgpu.BlockSpec((None, BN, kr), b_index, transforms=C.tiled(op, kr)),
             # released one step late: this step's TMA store reads the slot until the next step
             plgpu.BlockSpec((BM, BN), base_index, transforms=base_tf, delay_release=1),

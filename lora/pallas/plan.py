@@ -140,7 +140,10 @@ def plan_expand(bpad: int, n: int, max_r: int, stack: int, num_lora: int, x_dtyp
     # Slice j of a row starts at column j*r, r a device value: its window may start off a 16-byte
     # boundary, which the kernel then shifts in shared memory (no repack of x, no rank read).
     x_shift = stack > 1
-    x_cols = x_columns(stack * rp + (shift_pad(rp) if x_shift else 0), 4 if x_dtype == "float32" else 2)
+    if x_shift or x_dtype == "float32":
+        x_cols = x_columns(stack * rp + (shift_pad(rp) if x_shift else 0), 4 if x_dtype == "float32" else 2)
+    else:  # one slice at column 0: windows of kr columns (rows of a multiple of 32 bytes), no copy of x
+        x_cols = rp
     x_tail = tail and not internal  # the shrink output has bpad rows
     op = _op_dtype(w_dtype)
     b_parts, x_parts = ((0, 1, 0), (0, 0, 1)) if w_dtype == "float32" else ((0,), (0,))

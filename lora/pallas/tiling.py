@@ -384,7 +384,8 @@ def expand_config(
 
     Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): one CTA per tile of 128 output columns (64
     for N < 128), two pipeline stages over the block's adapters. Larger batches: the persistent
-    kernel, STREAM_STAGES tiles in flight, one stage for the multi-adapter blocks it runs per tile.
+    kernel, STREAM_STAGES tiles in flight (256 columns wide where three such tiles fit, else 128),
+    one stage for the multi-adapter blocks it runs per tile.
     Then fewer stages, then (wide ranks) one CTA per tile again, then narrower column tiles, until
     the kernel fits in shared memory. ``tuning`` fixes any of these (ValueError when they do not fit)."""
     nb = bpad // BM
@@ -402,8 +403,19 @@ def expand_config(
     def need():
         return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream)
 
+    if persistent and tuning.expand_block_n is None and n >= 256:
+        # A tile's fixed cost (metadata, masks, one wgmma, fences) is paid per tile: 256-wide tiles
+        # halve it where three of them fit in flight (ranks up to 32; session 5, call 2 on the H200:
+        # rank-16 expand 48.5 -> 40.8 us, gate-up expand 341 -> 272 us; rank 64 slower, 66 -> 77 us).
+        block_n = 256
+        if expand_smem_bytes(kr, stack, *sizes, 256, stages, x_shift, min(stream, 3)) > SMEM_LIMIT:
+            block_n = 128
+
+    # Fewer than three tiles in flight leave the persistent kernel latency-bound (two: 1.45x slower
+    # than one CTA per tile, session 5 call 1): wide ranks with stacked slices run one CTA per tile.
+    min_stream = 2 if tuning.expand_persistent else 3
     while need() > SMEM_LIMIT:
-        if tuning.expand_stream_stages is None and stream > 2:
+        if tuning.expand_stream_stages is None and stream > min_stream:
             stream -= 1
         elif tuning.expand_stages is None and stages > 1:
             stages -= 1

@@ -88,8 +88,10 @@ def test_block_variant_interpret(op, rng, interpret):
     persistent expand (its pipeline over single-adapter tiles, multi-adapter tiles run one by one,
     a partial last block; qkv's slice at 96 is not a multiple of the 64-wide tiles: every tile one
     by one)."""
-    lens = [int(v) for v in rng.integers(0, 90, 6)] + [200]  # the last: full blocks of one adapter
-    slots = [int(v) for v in rng.integers(0, 4, 6)] + [3]
+    # the last two: full blocks of one adapter, of full rank (16: x used as the wgmma operand as
+    # it is) and of a lower one (12: masked)
+    lens = [int(v) for v in rng.integers(0, 90, 6)] + [200, 150]
+    slots = [int(v) for v in rng.integers(0, 4, 6)] + [0, 3]
     comp = C.Composition(lens, slots, [16, 0, 7, 12], [0.5, 1.0, 2.0, 1.5], 16, sum(lens) + 3)
     assert comp.tokens > 4 * T.BM
     # gate_up's slice boundary (64) is a multiple of 64-wide tiles: the pipeline's stacked path
