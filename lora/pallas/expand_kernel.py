@@ -21,10 +21,10 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Tw
   tiles: while one tile computes, the base tiles, x windows, B tiles and row slots of the next
   ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
-  one adapter: such a tile is one wgmma. A tile whose block holds several adapters (a segment
-  boundary), or any tile when a slice boundary is not a multiple of ``block_n``, is run by
-  ``one_tile`` inside its step; the partial last block's tiles are run by ``one_tile`` after the
-  pipeline. Each tile is written by one CTA, so no two CTAs ever touch the same base element.
+  one adapter: such a tile is one wgmma. A block that holds several adapters (a segment boundary)
+  fetches the others' x windows and B tiles in its step (from L2) and adds them to the same slot.
+  Any tile when a slice boundary is not a multiple of ``block_n`` is run by ``one_tile`` inside its
+  step, and the partial last block's tiles by ``one_tile`` after the pipeline. Each tile is written by one CTA, so no two CTAs ever touch the same base element.
 
 Per adapter: the x window of its slice (columns ``j*r .. j*r+kr``, fetched by TMA at that column)
 and its B tile are masked to the real rank in registers (which also clears the NaN/garbage tails
@@ -276,16 +276,18 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     s = R.nrows[0]
     nfull = lax.div(s, BM)
     ntiles = nfull * ntn
-    # CTA sm walks a contiguous run of tiles, row block major: consecutive steps share a block, so
-    # its metadata (adapter count, slot, rank, scaling: scalar loads the TMA coordinates depend on)
-    # is read from L1, and the base tiles of a step and the next are neighbours in memory.
+    # CTA sm walks a contiguous run of tiles, column tile major: a run covers consecutive row blocks
+    # of one or two column tiles, so the (slower) tiles of the blocks that hold several adapters are
+    # spread over the CTAs. (Row block major runs were faster on metadata reads, but put all the
+    # column tiles of a segment boundary on one CTA: 3.6x slower on uneven prefill segments.)
     per, extra = lax.div(ntiles, nsm), lax.rem(ntiles, nsm)
     first_tile = sm * per + jnp.minimum(sm, extra)
     steps = per + (sm < extra).astype(jnp.int32)
+    rows_of = jnp.maximum(nfull, 1)
 
     def tile(i):
         t = first_tile + i
-        return lax.div(t, ntn), lax.rem(t, ntn)
+        return lax.rem(t, rows_of), lax.div(t, rows_of)
 
     def first_slot(b):  # (any slot id when the block has no adapter: only fetched, never used)
         return C.block_slot(R.meta, lay, b, 0)
@@ -316,45 +318,70 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
 
     base_tf = C.tiled(jnp.dtype(cfg.base_dtype), BN) if cfg.base_swizzle else ()
 
-    def step(idx, xs, bs, base_s, rs_s):
+    def step(xs2, bs2, bar2, idx, xs, bs, base_s, rs_s):
         (i,) = idx
         b, n = tile(i)
         count = C.block_count(R.meta, lay, b)
-        simple = prog.aligned & (count == 1)
+        n0 = n * BN
+        j = prog.slice_of(n0)
 
-        @pl.when(simple)
-        def _():
-            w = first_slot(b)
+        def add_adapter(w, xs_ref, bs_ref):
             r = R.ranks[w]
-            n0 = n * BN
-            prog.mask_b(bs, r)
+            prog.mask_b(bs_ref, r)
             prog.product_into(
-                xs, bs, r, prog.slice_of(n0),
+                xs_ref, bs_ref, r, j,
                 functools.partial(prog.update, rs_s, base_s, w, scale=R.scal[w], n0=n0, optimized=cfg.base_swizzle),
                 direct=direct,
             )
+
+        @pl.when(prog.aligned & (count > 0))
+        def _():
+            add_adapter(first_slot(b), xs, bs)  # its tiles came with the pipeline
+
+            @pl.loop(1, count)
+            def _(k):  # a segment boundary: the block's other adapters, fetched now (from L2)
+                w = C.block_slot(R.meta, lay, b, k)
+                if direct:
+                    x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(0, kr)]
+                else:
+                    x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(prog.slice_start(j, R.ranks[w]), kw)]
+                plgpu.copy_gmem_to_smem(x_src, xs2, bar2.at[0])
+                plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n0, BN), pl.ds(0, kr)], bs2, bar2.at[1])
+                plgpu.barrier_wait(bar2.at[0])
+                plgpu.barrier_wait(bar2.at[1])
+                add_adapter(w, xs2, bs2)
+
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(base_s, R.base.at[pl.ds(b * BM, BM), pl.ds(n0, BN)])
             # the store of the step before has read its slot, which the pipeline refills after this step
             plgpu.wait_smem_to_gmem(1, wait_read_only=True)
 
-        @pl.when(jnp.logical_not(simple))
+        @pl.when(jnp.logical_not(prog.aligned & (count > 0)))
         def _():
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            prog.one_tile(b, n)
+            pl.when(jnp.logical_not(prog.aligned))(lambda: prog.one_tile(b, n))
 
-    plgpu.emit_pipeline(
-        step,
-        grid=(steps,),
-        in_specs=[
-            x_spec,
-            plgpu.BlockSpec((None, BN, kr), b_index, transforms=C.tiled(op, kr)),
-            # released one step late: this step's TMA store reads the slot until the next step
-            plgpu.BlockSpec((BM, BN), base_index, transforms=base_tf, delay_release=1),
-            plgpu.BlockSpec((pl.Element(BM),), rs_index),
-        ],
-        max_concurrent_steps=cfg.stream_stages,
-    )(R.x, R.b, R.base, R.meta)
+    def pipeline(xs2, bs2, bar2):
+        plgpu.emit_pipeline(
+            functools.partial(step, xs2, bs2, bar2),
+            grid=(steps,),
+            in_specs=[
+                x_spec,
+                plgpu.BlockSpec((None, BN, kr), b_index, transforms=C.tiled(op, kr)),
+                # released one step late: this step's TMA store reads the slot until the next step
+                plgpu.BlockSpec((BM, BN), base_index, transforms=base_tf, delay_release=1),
+                plgpu.BlockSpec((pl.Element(BM),), rs_index),
+            ],
+            max_concurrent_steps=cfg.stream_stages,
+        )(R.x, R.b, R.base, R.meta)
+
+    x_dt = jnp.dtype(cfg.x_dtype)
+    pl.run_scoped(
+        pipeline,
+        plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)) if direct else plgpu.SMEM((BM, kw), x_dt),
+        plgpu.SMEM((BN, kr), op, transforms=C.tiled(op, kr)),
+        plgpu.Barrier(num_barriers=2),
+    )
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     # The partial last block (s not a multiple of 64): column tile n on CTA n % nsm.

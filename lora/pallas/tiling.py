@@ -359,14 +359,17 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     the B tile. Both paths of that pipeline (one window for slice-aligned column tiles, ``stack``
     windows otherwise) are scoped separately, so the larger, the general one, is what counts. The
     persistent kernel (``stream_stages`` > 0) runs that pipeline inside a step of its pipeline over
-    tiles, whose stages each hold a base tile, one x window, a B tile and the row slots.
+    tiles, whose stages each hold a base tile, one x window, a B tile and the row slots, and keeps
+    one more x window and B tile for the further adapters of a block.
     """
     kw = kr + (shift_pad(kr) if x_shift else 0)
     fixed = BM * 4 + BM * block_n * base_itemsize + BM * kr * op_itemsize + 8 * 16
     fixed += BM * kr * x_itemsize if x_shift else 0
     per_stage = stack * BM * kw * x_itemsize + block_n * kr * op_itemsize
     per_tile = BM * block_n * base_itemsize + BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16
-    return fixed + stages * per_stage + stream_stages * per_tile
+    # the persistent kernel's x window and B tile of a block's further adapters, and their barriers
+    extra = BM * kw * x_itemsize + block_n * kr * op_itemsize + 2 * 16 if stream_stages else 0
+    return fixed + stages * per_stage + stream_stages * per_tile + extra
 
 
 #: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
