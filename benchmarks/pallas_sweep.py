@@ -47,14 +47,13 @@ SWEEP = {
     "reduceAddBn256": (dict(expand_reduce_add=True, expand_block_n=256, expand_stages=1), EXPAND_OPS),
     # session 5: the persistent expand (default for prefill) against one CTA per tile, and its knobs
     "grid": (dict(expand_persistent=False), EXPAND_OPS + ("qkv", "gate_up")),
-    "noSwizzle": (dict(expand_base_swizzle=False), EXPAND_OPS),
     "ss2": (dict(expand_stream_stages=2), EXPAND_OPS),
     "ss3": (dict(expand_stream_stages=3), EXPAND_OPS),
     "ss6": (dict(expand_stream_stages=6), EXPAND_OPS),
     "pBn256": (dict(expand_block_n=256), EXPAND_OPS),
     "pBn64": (dict(expand_block_n=64), EXPAND_OPS),
 }
-S5_EXPAND = "default,grid,noSwizzle,ss2,ss3,ss6,pBn256,pBn64"
+S5_EXPAND = "default,grid,ss2,ss3,ss6,pBn256,pBn64"  # (call 1 also ran noSwizzle, an option since removed)
 DEFAULT_CASES = "llama3-8b-r16-prefill-8k,llama3-8b-r64-prefill-8k"
 DEV = torch.device("cuda")
 T0 = time.perf_counter()

@@ -195,7 +195,6 @@ class ExpandConfig:
     reduce_add: bool = False  # base += the update tile by TMA reduce-add (no base load; rounds twice)
     ctas: int = 0  # persistent kernel on this many CTAs (0: one CTA per tile), see expand_kernel
     stream_stages: int = 0  # tiles in flight in the persistent kernel's pipeline
-    base_swizzle: bool = False  # persistent: base tiles in SMEM tiled and swizzled (no bank conflicts)
 
     @property
     def nb(self) -> int:
@@ -246,7 +245,6 @@ class Tuning:
     #: SPLIT_MAX_BLOCKS blocks (True / False: for every batch / none)
     expand_persistent: bool | None = None
     expand_stream_stages: int | None = None  # 2..6: tiles in flight in the persistent expand
-    expand_base_swizzle: bool | None = None  # persistent expand: swizzled base tiles in SMEM
     #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
@@ -255,12 +253,11 @@ class Tuning:
     def __post_init__(self):
         if not isinstance(self.expand_reduce_add, bool):
             raise ValueError(f"Tuning.expand_reduce_add={self.expand_reduce_add!r} must be a bool")
-        for name in ("expand_persistent", "expand_base_swizzle"):
-            if getattr(self, name) not in (None, True, False):
-                raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool or None")
+        if not (self.expand_persistent is None or isinstance(self.expand_persistent, bool)):
+            raise ValueError(f"Tuning.expand_persistent={self.expand_persistent!r} must be a bool or None")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("expand_reduce_add", "expand_persistent", "expand_base_swizzle"):
+            if f.name in ("expand_reduce_add", "expand_persistent"):
                 continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"Tuning.{f.name}={v!r} must be a non-negative int or None")
@@ -399,7 +396,6 @@ def expand_config(
     # Decode blocks hold many adapters: two stages prefetch the next adapter's tiles.
     stages = tuning.expand_stages or (2 if decode else 1)
     stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
-    swizzle = persistent and (tuning.expand_base_swizzle if tuning.expand_base_swizzle is not None else True)
     kr = round_up(max_r, 16)
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]
 
@@ -423,7 +419,7 @@ def expand_config(
         elif tuning.expand_stages is None and stages > 1:
             stages -= 1
         elif persistent and tuning.expand_persistent is None:  # wide ranks: one CTA per tile
-            persistent, stream, swizzle = False, 0, False
+            persistent, stream = False, 0
             block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
         elif tuning.expand_block_n is None and block_n > 64:
             block_n //= 2
@@ -437,7 +433,7 @@ def expand_config(
             )
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
-        tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, swizzle,
+        tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream,
     )
 
 

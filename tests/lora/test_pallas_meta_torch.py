@@ -477,3 +477,38 @@ def test_row_counts_are_views_of_one_table(rng, model):
     assert be._nrows(300).untyped_storage().data_ptr() == table and int(be._nrows(300)[0]) == 300
     be.reserve(max_tokens=500, max_segments=256)  # new buffers: the table is written again
     assert [int(be._nrows(s)[0]) for s in range(501)] == list(range(501))
+
+
+def test_expand_kernel_choice():
+    """Decode-sized batches: one CTA per tile. Larger: the persistent kernel (132 CTAs, >= 3 tiles
+    in flight, 256-wide where three such tiles fit), one CTA per tile again where fewer than three
+    fit (rank 64 with stacked float32 slices), unless a Tuning asks for it; always within SMEM."""
+    def cfg(bpad, n, r, stack, tuning=T.DEFAULT_TUNING):
+        internal = stack > 1
+        ep = P.plan_expand(bpad, n, r, stack, 8, "float32" if internal else "bfloat16", "bfloat16", "bfloat16",
+                           internal=internal, tail=True, tuning=tuning)
+        c = ep.cfgs[0]
+        used = T.expand_smem_bytes(c.kr, stack, 4 if internal else 2, 2, 2, c.block_n, c.stages, c.x_shift,
+                                   c.stream_stages)
+        assert used <= T.SMEM_LIMIT, c
+        return c
+
+    assert cfg(256, 4096, 16, 1).ctas == 0
+    c = cfg(8192, 4096, 16, 1)
+    assert (c.ctas, c.block_n, c.stream_stages) == (T.PERSISTENT_CTAS, 256, 4)
+    c = cfg(8192, 28672, 16, 2)
+    assert (c.ctas, c.block_n) == (T.PERSISTENT_CTAS, 256) and c.stream_stages >= 3
+    c = cfg(8192, 4096, 64, 1)
+    assert (c.ctas, c.block_n) == (T.PERSISTENT_CTAS, 128) and c.stream_stages >= 3
+    assert cfg(8192, 28672, 64, 2).ctas == 0 and cfg(8192, 6144, 128, 3).ctas == 0
+    forced = cfg(8192, 28672, 64, 2, T.Tuning(expand_persistent=True))
+    assert forced.ctas == T.PERSISTENT_CTAS and forced.stream_stages == 2
+    assert cfg(8192, 4096, 16, 1, T.Tuning(expand_persistent=False)).ctas == 0
+    assert cfg(256, 4096, 16, 1, T.Tuning(expand_persistent=True)).ctas == T.PERSISTENT_CTAS
+    assert cfg(8192, 4096, 16, 1, T.Tuning(expand_reduce_add=True)).ctas == 0  # reduce-add: grid only
+    with pytest.raises(ValueError, match="expand_stream_stages"):
+        T.Tuning(expand_stream_stages=1)
+    with pytest.raises(ValueError, match="expand_persistent"):
+        T.Tuning(expand_persistent=1)
+    # one slice of activation-dtype x: no copy of x (its windows are the rank wide)
+    assert P.plan_expand(8192, 4096, 16, 1, 8, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True).x_cols == 16
