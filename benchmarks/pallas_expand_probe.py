@@ -9,7 +9,8 @@ base, 128-wide tiles, 8 adapters of 1024 rows):
   plus the scalar metadata reads the TMA coordinates depend on (``meta``); walked as a contiguous
   run of tiles per CTA or round robin (``rr``). This is the ceiling of the kernel's structure.
 * ``shrink-stream-*``: the block shrink's structure (CTA per 64-row block and K split, a pipeline of
-  x and A tiles into one wgmma accumulator) with and without its wgmma: the shrink's ceiling.
+  x and A tiles into one wgmma accumulator) with and without its wgmma: the shrink's ceiling; and
+  ``shrink-backend-*``, the backend's shrink (``lora.pallas.api.shrink``) on the same rows.
 * ``expand-*``: the backend's expand kernels (``lora.pallas.api.expand`` / ``gate_up_lora``'s expand)
   under Tunings: the persistent kernel and one CTA per tile.
 
@@ -169,6 +170,17 @@ def main(argv=None) -> int:
                 report(f"shrink-stream-na{na}-{name}", timed(f, xs, a0), xs.nbytes + ROWS * na * 2)
             except Exception as exc:  # noqa: BLE001
                 print(f"shrink {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        # the backend's shrink on the same rows (8 adapters of 1024 rows, rank 16, na / 16 slices):
+        # what the kernel's metadata, merge and output add to the structure above
+        stack = na // 16
+        a8 = jnp.asarray(rng.standard_normal((L, na, 4096)) * 0.02, jnp.bfloat16)
+        b16 = lp.make_batch(indptr, slots, jnp.full((L,), 16, jnp.int32), jnp.ones((L,), jnp.float32),
+                            num_tokens=ROWS)
+        try:
+            f = jax.jit(functools.partial(lp.shrink, batch=b16, stack=stack))
+            report(f"shrink-backend-stack{stack}", timed(lambda x, a: f(x, a), xs, a8), xs.nbytes + ROWS * na * 2)
+        except Exception as exc:  # noqa: BLE001
+            print(f"shrink backend stack {stack}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
     for r in (16, 64):
         ranks = jnp.full((L,), r, jnp.int32)
         scal = jnp.full((L,), 0.5, jnp.float32)
