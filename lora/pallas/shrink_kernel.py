@@ -9,12 +9,13 @@
 Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
 
 * **block** (prefill, mixed): one CTA per 64-row block. It runs one pipelined K loop (TMA ->
-  wgmma, ``cfg.stages`` deep) per adapter present in the block's rows and merges the results with
-  the per-row slot mask, then stores its box with one TMA copy. The clamped box of a partial last
+  wgmma, ``cfg.stages`` deep) per two adapters present in the block's rows (each x tile feeds one
+  wgmma per adapter; ``cfg.pair_stages`` deep) and merges the results with the per-row slot mask,
+  then stores its box with one TMA copy. The clamped box of a partial last
   block overlaps the block before: that block also runs the adapters of the block before (an
   adapter of both runs twice; the merge is idempotent), so the overlapping rows get the values the
-  block before writes. Each row of x is read once per adapter of its block (once, except at
-  segment boundaries).
+  block before writes. Each row of x is read once per two adapters of its block (once, except
+  where three or more segments meet in one block).
 * **split** (decode-sized batches, <= 4 blocks): CTA (block, adapter index, K split, column chunk).
   Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
   blocks to fill the GPU, so the K loop is split across CTAs. Each CTA stores its float32 tile,
@@ -59,8 +60,10 @@ def _box(nrows_ref, b, cfg: ShrinkConfig):
     return s, row_lo, rx, is_tail
 
 
-def _matmul_into(cfg: ShrinkConfig, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, k_first, nk, merge):
-    """merge(acc) with acc (BM, CW) = box rows of x @ A[w, chunk c].T over k-blocks [k_first, k_first+nk).
+def _matmul_into(cfg: ShrinkConfig, x_ref, x_tail_ref, a_ref, b, products, c, is_tail, k_first, nk):
+    """For each (w, merge) of ``products`` (one or two): merge(acc) with acc (BM, CW) = box rows of
+    x @ A[w, chunk c].T over k-blocks [k_first, k_first+nk). One pass over x: each x tile feeds one
+    wgmma per adapter, so a block with two adapters reads its rows once.
 
     ``merge`` consumes the accumulator inside the control flow that produced it (it writes SMEM):
     wgmma accumulators must not flow out of a branch or loop as values (that miscompiles to an
@@ -69,21 +72,30 @@ def _matmul_into(cfg: ShrinkConfig, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, 
     cw = column_chunk(cfg.na)
     dt = x_ref.dtype
     x_tf = C.tiled(dt, cfg.block_k)
+    stages = max(2, cfg.stages if len(products) == 1 else cfg.pair_stages)
 
     def run(src_ref, blk):
-        def acc_scope(acc_ref):
+        def acc_scope(*accs):
+            def step(_, xs, *as_):
+                for acc_ref, a_s in zip(accs, as_):
+                    plgpu.wgmma(acc_ref, xs, a_s.T)
+                # the step before's products are done: its slots are refilled after this step
+                plgpu.wgmma_wait(len(accs))
+
+            a_spec = plgpu.BlockSpec((cw, cfg.block_k), lambda k: (c, k + k_first), transforms=x_tf, delay_release=1)
             plgpu.emit_pipeline(
-                lambda _, xs, as_: plgpu.wgmma(acc_ref, xs, as_.T),
+                step,
                 grid=(nk,),
                 in_specs=[
                     plgpu.BlockSpec((BM, cfg.block_k), lambda k: (blk, k + k_first), transforms=x_tf, delay_release=1),
-                    plgpu.BlockSpec((cw, cfg.block_k), lambda k: (c, k + k_first), transforms=x_tf, delay_release=1),
+                    *[a_spec] * len(accs),
                 ],
-                max_concurrent_steps=max(2, cfg.stages),
-            )(src_ref, a_ref.at[w])
-            merge(acc_ref[...])
+                max_concurrent_steps=stages,
+            )(src_ref, *[a_ref.at[w] for w, _ in products])
+            for acc_ref, (_, merge) in zip(accs, products):
+                merge(acc_ref[...])
 
-        pl.run_scoped(acc_scope, plgpu.ACC((BM, cw)))
+        pl.run_scoped(acc_scope, *[plgpu.ACC((BM, cw)) for _ in products])
 
     if cfg.tail:
         pl.when(is_tail)(lambda: run(x_tail_ref, 0))
@@ -141,18 +153,33 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
             C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
             o_smem[...] = C.wgmma_zeros(BM, cw)
 
-            @pl.loop(0, count + n_prev)
-            def _(i):
-                # this block's adapters, then (clamped box) those of the block before
+            total = count + n_prev
+
+            def slot(i):  # this block's adapters, then (clamped box) those of the block before
                 own = C.block_slot(meta_ref, lay, b, jnp.minimum(i, count - 1))
                 before = C.block_slot(meta_ref, lay, prev, jnp.maximum(i - count, 0))
-                w = jnp.where(i < count, own, before)
+                return jnp.where(i < count, own, before)
 
-                def merge(acc):
-                    keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
-                    o_smem[...] = jnp.where(keep, acc, plgpu.load(o_smem, layout=plgpu.Layout.WGMMA, optimized=False))
+            def merge(w, acc):
+                keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
+                o_smem[...] = jnp.where(keep, acc, plgpu.load(o_smem, layout=plgpu.Layout.WGMMA, optimized=False))
 
-                _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, ks * nk_split, nk_split, merge)
+            def products(ws):
+                prods = [(w, functools.partial(merge, w)) for w in ws]
+                _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, prods, c, is_tail, ks * nk_split, nk_split)
+
+            # Adapters two at a time, one pass over the block's rows each (a segment boundary's block
+            # would otherwise read its rows once per adapter: twice the time of the other CTAs).
+            step = 2 if cfg.pair_stages else 1
+
+            @pl.loop(0, lax.div(total + step - 1, step))
+            def _(p):
+                i = p * step
+                if step == 1:
+                    products([slot(i)])
+                    return
+                pl.when(i + 1 < total)(lambda: products([slot(i), slot(i + 1)]))
+                pl.when(i + 1 >= total)(lambda: products([slot(i)]))
 
             plgpu.commit_smem()
             if KS > 1:
@@ -210,7 +237,7 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                 keep = keep & (C.row_iota(BM, cw) + rx >= row_lo)  # the box may overlap the block before
                 o_smem[...] = jnp.where(keep, acc, 0.0)
 
-            _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, w, c, is_tail, ks * nk_split, nk_split, merge)
+            _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, [(w, merge)], c, is_tail, ks * nk_split, nk_split)
 
         @pl.when(jnp.logical_not(active))
         def _():

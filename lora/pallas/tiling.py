@@ -154,6 +154,9 @@ class ShrinkConfig:
     block_k: int
     stages: int
     tail: bool  # x has only s rows (torch): the last partial block reads a second (64, K) view
+    #: block variant: stages of the K loop that serves two adapters at once (a second A tile per
+    #: stage); 0: one adapter per K loop (the split variant, or when two stages do not fit)
+    pair_stages: int = 0
 
     @property
     def nb(self) -> int:
@@ -298,7 +301,8 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
     """Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): the split variant, 64-deep K steps, up to 4
     stages, split-K to about SPLIT_TARGET_CTAS CTAs. Larger batches: the block variant with 128-deep K
     steps while four stages of them fit SMEM_BUDGET (else 64), as many stages as fit (up to 8), and
-    long K (>= 8192: the down projection) split over 2 CTAs per block (4 for outputs <= 32 wide).
+    long K (>= 8192: the down projection) split over 2 CTAs per block (4 for outputs <= 32 wide);
+    blocks with two adapters run both in one K loop (``pair_stages`` deep, as many as fit).
     Measured on the H200, Llama-3-8B prefill-8k (``benchmarks/pallas_sweep.py``, session 4): rank 16
     shrink 40.7 -> 27.9 us, down-projection shrink 131.7 -> 73.2 us against 64-deep, 4-stage, unsplit."""
     nb = bpad // BM
@@ -337,7 +341,11 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
     else:
         stages = max(2, min(4 if split else 8, (SMEM_BUDGET - out_bytes) // step))
     stages = min(stages, max(1, nk // ksplit))
-    cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail)
+    pair_stages = 0
+    if not split:  # a block with two adapters (a segment boundary) reads its rows once for both
+        fit = (SMEM_LIMIT - out_bytes) // ((BM + 2 * na) * block_k * itemsize)
+        pair_stages = min(stages, fit, max(1, nk // ksplit)) if fit >= 2 else 0
+    cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages)
     tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0
     if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
         raise ValueError(

@@ -512,3 +512,16 @@ def test_expand_kernel_choice():
         T.Tuning(expand_persistent=1)
     # one slice of activation-dtype x: no copy of x (its windows are the rank wide)
     assert P.plan_expand(8192, 4096, 16, 1, 8, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True).x_cols == 16
+
+
+def test_shrink_pairs_adapters_where_two_fit():
+    """The block shrink runs a block's adapters two per K loop (one read of its rows) where two A tiles
+    per stage fit in shared memory; the split (decode) variant never does."""
+    cfg = lambda bpad, k, r, stack: P.plan_shrink(bpad, k, r, stack, 8, "bfloat16", tail=True).cfg  # noqa: E731
+    c = cfg(8192, 4096, 16, 1)
+    assert not c.split and c.pair_stages >= 2
+    need = T.BM * c.na * 4 + c.pair_stages * (T.BM + 2 * c.na) * c.block_k * 2
+    assert need <= T.SMEM_LIMIT, need
+    assert cfg(8192, 4096, 64, 3).pair_stages >= 2
+    assert cfg(64, 4096, 16, 3).pair_stages == 0  # split variant
+    assert cfg(8192, 4096, 128, 3).pair_stages == 0  # two 384-row A tiles per stage do not fit twice
