@@ -99,10 +99,23 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             R.xop[...] = prep_x(xs, r)
             return
         d = lax.rem(j * r, q)
-        strided = plgpu.Layout.WG_STRIDED((BM, kr), vec_size=1)
-        R.xsh[...] = plgpu.load(xs.at[:, pl.ds(d, kr)], layout=strided, optimized=False)
-        plgpu.commit_smem()  # written and read by different threads
-        R.xop[...] = prep_x(R.xsh, r)
+
+        def shifted():
+            strided = plgpu.Layout.WG_STRIDED((BM, kr), vec_size=1)
+            R.xsh[...] = plgpu.load(xs.at[:, pl.ds(d, kr)], layout=strided, optimized=False)
+            plgpu.commit_smem()  # written and read by different threads
+            R.xop[...] = prep_x(R.xsh, r)
+
+        def in_place():
+            R.xop[...] = prep_x(xs.at[:, pl.ds(0, kr)], r)
+
+        if kw % kr == 0:
+            # max_r <= 16: the window's row stride is a multiple of the slice width, so a slice that
+            # starts the window (d == 0: j*r a multiple of 16 bytes) is loaded where it is
+            pl.when(d == 0)(in_place)
+            pl.when(d != 0)(shifted)
+        else:
+            shifted()
 
     def product_into(xs, bs, r, j, merge, direct=False):
         """merge(x window @ B tile^T). ``direct``: xs is already a wgmma operand (the operand dtype,
