@@ -17,14 +17,15 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Tw
   with a dynamic grid: the next adapter's tiles are in flight while the current one computes).
   Decode blocks hold many adapters, so that pipeline is what hides the loads.
 * **persistent** (prefill, mixed): ``cfg.ctas`` CTAs, one per SM, each walking a contiguous run
-  of the full row blocks' tiles (row block major) through one ``emit_pipeline`` whose steps are
+  of the full row blocks' tiles (column tile major) through one ``emit_pipeline`` whose steps are
   tiles: while one tile computes, the base tiles, x windows, B tiles and row slots of the next
   ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
   one adapter: such a tile is one wgmma. A block that holds several adapters (a segment boundary)
   fetches the others' x windows and B tiles in its step (from L2) and adds them to the same slot.
   Any tile when a slice boundary is not a multiple of ``block_n`` is run by ``one_tile`` inside its
-  step, and the partial last block's tiles by ``one_tile`` after the pipeline. Each tile is written by one CTA, so no two CTAs ever touch the same base element.
+  step, and the partial last block's tiles by ``one_tile`` after the pipeline. Each tile is written
+  by one CTA, so no two CTAs ever touch the same base element.
 
 Per adapter: the x window of its slice (columns ``j*r .. j*r+kr``, fetched by TMA at that column)
 and its B tile are masked to the real rank in registers (which also clears the NaN/garbage tails
@@ -372,9 +373,9 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
             plgpu.wait_smem_to_gmem(1, wait_read_only=True)
 
         @pl.when(jnp.logical_not(prog.aligned & (count > 0)))
-        def _():
+        def _():  # no store of this step: the slot of the step before is refilled once its store has read it
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            pl.when(jnp.logical_not(prog.aligned))(lambda: prog.one_tile(b, n))
+            prog.one_tile(b, n)  # (nothing when the block has no adapter)
 
     def pipeline(xs2, bs2, bar2):
         plgpu.emit_pipeline(

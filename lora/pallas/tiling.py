@@ -393,7 +393,7 @@ def expand_config(
     Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): one CTA per tile of 128 output columns (64
     for N < 128), two pipeline stages over the block's adapters. Larger batches: the persistent
     kernel, STREAM_STAGES tiles in flight (256 columns wide where three such tiles fit, else 128),
-    one stage for the multi-adapter blocks it runs per tile.
+    one stage for the tiles it runs one by one (partial last block, unaligned slice boundaries).
     Then fewer stages, then (wide ranks) one CTA per tile again, then narrower column tiles, until
     the kernel fits in shared memory. ``tuning`` fixes any of these (ValueError when they do not fit)."""
     nb = bpad // BM
