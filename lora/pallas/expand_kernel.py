@@ -78,17 +78,25 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
     # Register values are created where they are used (inside a pipeline step), never carried into
     # or out of a loop or branch: see _matmul_into in shrink_kernel.
 
-    def prep_x(xs, r):
-        """The x window as the operand dtype, columns >= r zeroed (NaN tails included)."""
+    def prep_x(xs, r, rows=None):
+        """The x window as the operand dtype, columns >= r zeroed (NaN tails included). ``rows``:
+        (w, scale): only the rows of slot w are kept, multiplied by scale (the others zeroed)."""
         xf = plgpu.load(xs, layout=plgpu.Layout.WGMMA, optimized=False).astype(jnp.float32)
-        xf = jnp.where(C.col_iota(BM, kr) < r, xf, 0.0)
+        keep = C.col_iota(BM, kr) < r
+        if rows is not None:
+            w, scale = rows
+            rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
+            keep = keep & (lax.broadcast_in_dim(rs, (BM, kr), [0]) == w)
+            xf = xf * scale
+        xf = jnp.where(keep, xf, 0.0)
         hi = xf.astype(op)
         if cfg.x_part == 0:
             return hi
         return (xf - hi.astype(jnp.float32)).astype(op)
 
-    def x_into_xop(xs, r, j):
-        """xop = the operand of slice j: x columns [j*r, j*r + kr) of the window.
+    def x_into_xop(xs, r, j, dst=None, rows=None):
+        """dst (default: xop) = the operand of slice j: x columns [j*r, j*r + kr) of the window
+        (``rows``: see prep_x).
 
         With ``cfg.x_shift`` (stacked slices: j*r is a device value) the window starts at
         j*r rounded down to 16 bytes (a TMA start must be aligned), d columns early, and is
@@ -96,8 +104,9 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         one-element accesses (a vector access at an odd offset would be misaligned, and a
         WGMMA-layout load of a column slice needs a tile-aligned row stride). So no layout
         of x ever changes: no repack of the shrink output, whatever the ranks."""
+        dst = R.xop if dst is None else dst
         if not cfg.x_shift:
-            R.xop[...] = prep_x(xs, r)
+            dst[...] = prep_x(xs, r, rows)
             return
         d = lax.rem(j * r, q)
 
@@ -105,10 +114,10 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             strided = plgpu.Layout.WG_STRIDED((BM, kr), vec_size=1)
             R.xsh[...] = plgpu.load(xs.at[:, pl.ds(d, kr)], layout=strided, optimized=False)
             plgpu.commit_smem()  # written and read by different threads
-            R.xop[...] = prep_x(R.xsh, r)
+            dst[...] = prep_x(R.xsh, r, rows)
 
         def in_place():
-            R.xop[...] = prep_x(xs.at[:, pl.ds(0, kr)], r)
+            dst[...] = prep_x(xs.at[:, pl.ds(0, kr)], r, rows)
 
         if kw % kr == 0:
             # max_r <= 16: the window's row stride is a multiple of the slice width, so a slice that
@@ -241,12 +250,57 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                     max_concurrent_steps=cfg.stages,
                 )(*([src_ref] * nx), R.b)
 
+            def run_accumulate(src_ref, row0, _slices):
+                """Aligned offsets: every adapter's product accumulates into one wgmma accumulator
+                (x rows of other slots zeroed and the adapter's scale folded into x), added to the
+                base tile once: one merge per tile instead of one per adapter, and the next
+                adapter's x is prepared while the wgmma before runs."""
+                delay = 1 if cfg.stages > 1 else 0  # the slot of a step is refilled once its wgmma is done
+
+                def scope(xops, acc_ref):
+                    def step(idx, xs, bs):
+                        (i,) = idx
+                        w = slot_of(i)
+                        r = R.ranks[w]
+
+                        @pl.when(i == 0)
+                        def _():  # the row slots were loaded while the first tiles came in
+                            plgpu.barrier_wait(R.bars.at[0])
+
+                        mask_b(bs, r)
+                        dst = xops.at[lax.rem(i, 2)]  # the wgmma of the step before may still read the other
+                        x_into_xop(xs, r, j0, dst=dst, rows=(w, R.scal[w]))
+                        plgpu.commit_smem()
+                        plgpu.wgmma(acc_ref, dst, bs.T)
+                        plgpu.wgmma_wait(delay)
+
+                    x_spec = plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)),
+                                             lambda i: (row0, slice_start(j0, R.ranks[slot_of(i)])), delay_release=delay)
+                    b_spec = plgpu.BlockSpec((None, BN, kr), lambda i: (slot_of(i), n, 0), transforms=C.tiled(op, kr),
+                                             delay_release=delay)
+                    plgpu.emit_pipeline(step, grid=(count,), in_specs=[x_spec, b_spec],
+                                        max_concurrent_steps=cfg.stages)(src_ref, R.b)
+                    plgpu.wgmma_wait(0)
+                    if not cfg.reduce_add:
+                        C.ladder(nrows_b, wait_base)
+                    rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
+                    keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) >= 0  # rows of a slot (rank > 0)
+                    old = plgpu.load(R.base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
+                    new = (old.astype(jnp.float32) + acc_ref[...]).astype(R.base_smem.dtype)
+                    R.base_smem[...] = jnp.where(keep, new, old)
+
+                def with_xops(xops):  # (register and shared memory scopes are allocated apart)
+                    pl.run_scoped(functools.partial(scope, xops), plgpu.ACC((BM, BN)))
+
+                pl.run_scoped(with_xops, plgpu.SMEM((2, BM, kr), op, transforms=C.tiled(op, kr)))
+
             def path(slices):
+                go = run_accumulate if (slices is None and cfg.accumulate) else run
                 if cfg.tail:
-                    pl.when(is_tail)(lambda: run(R.x_tail, 0, slices))
-                    pl.when(jnp.logical_not(is_tail))(lambda: run(R.x, rx, slices))
+                    pl.when(is_tail)(lambda: go(R.x_tail, 0, slices))
+                    pl.when(jnp.logical_not(is_tail))(lambda: go(R.x, rx, slices))
                 else:
-                    run(R.x, rx, slices)
+                    go(R.x, rx, slices)
 
             pl.when(aligned)(lambda: path(None))
             pl.when(jnp.logical_not(aligned))(lambda: path(True))

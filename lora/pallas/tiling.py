@@ -198,6 +198,9 @@ class ExpandConfig:
     reduce_add: bool = False  # base += the update tile by TMA reduce-add (no base load; rounds twice)
     ctas: int = 0  # persistent kernel on this many CTAs (0: one CTA per tile), see expand_kernel
     stream_stages: int = 0  # tiles in flight in the persistent kernel's pipeline
+    #: one_tile, aligned slices: the adapters' products accumulate in one wgmma accumulator, added
+    #: to the base tile once (x rows masked to each adapter, its scale folded into x)
+    accumulate: bool = False
 
     @property
     def nb(self) -> int:
@@ -248,19 +251,23 @@ class Tuning:
     #: SPLIT_MAX_BLOCKS blocks (True / False: for every batch / none)
     expand_persistent: bool | None = None
     expand_stream_stages: int | None = None  # 2..6: tiles in flight in the persistent expand
+    #: one CTA per tile: every adapter's product in one accumulator, one merge per tile (False: a
+    #: merge into the base tile per adapter, the earlier kernel)
+    expand_accumulate: bool = True
     #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
     expand_reduce_add: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.expand_reduce_add, bool):
-            raise ValueError(f"Tuning.expand_reduce_add={self.expand_reduce_add!r} must be a bool")
+        for name in ("expand_reduce_add", "expand_accumulate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
         if not (self.expand_persistent is None or isinstance(self.expand_persistent, bool)):
             raise ValueError(f"Tuning.expand_persistent={self.expand_persistent!r} must be a bool or None")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("expand_reduce_add", "expand_persistent"):
+            if f.name in ("expand_reduce_add", "expand_persistent", "expand_accumulate"):
                 continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"Tuning.{f.name}={v!r} must be a non-negative int or None")
@@ -356,7 +363,7 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0) -> int:
+                      stream_stages=0, accumulate=False) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
     Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile, the barriers and
@@ -374,6 +381,8 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     per_tile = BM * block_n * base_itemsize + BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16
     # the persistent kernel's x window and B tile of a block's further adapters, and their barriers
     extra = BM * kw * x_itemsize + block_n * kr * op_itemsize + 2 * 16 if stream_stages else 0
+    # the accumulating tile's two operand-dtype x tiles (one per wgmma in flight)
+    extra += 2 * BM * kr * op_itemsize if accumulate else 0
     return fixed + stages * per_stage + stream_stages * per_tile + extra
 
 
@@ -391,7 +400,8 @@ def expand_config(
     """Block and pipeline sizes of an expand.
 
     Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): one CTA per tile of 128 output columns (64
-    for N < 128), two pipeline stages over the block's adapters. Larger batches: the persistent
+    for N < 128), four pipeline stages over the block's adapters, whose products accumulate in one
+    wgmma accumulator (``accumulate``). Larger batches: the persistent
     kernel, STREAM_STAGES tiles in flight (256 columns wide where three such tiles fit, else 128),
     one stage for the tiles it runs one by one (partial last block, unaligned slice boundaries).
     Then fewer stages, then (wide ranks) one CTA per tile again, then narrower column tiles, until
@@ -401,14 +411,17 @@ def expand_config(
     persistent = not decode if tuning.expand_persistent is None else tuning.expand_persistent
     persistent = persistent and not tuning.expand_reduce_add
     block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
-    # Decode blocks hold many adapters: two stages prefetch the next adapter's tiles.
-    stages = tuning.expand_stages or (2 if decode else 1)
+    # Decode blocks hold many adapters: four stages keep the next three adapters' tiles in flight.
+    stages = tuning.expand_stages or (4 if decode else 1)
     stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
     kr = round_up(max_r, 16)
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]
 
+    accumulate = tuning.expand_accumulate  # (the one CTA per tile kernel only)
+
     def need():
-        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream)
+        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream,
+                                 accumulate=accumulate and not persistent)
 
     if persistent and tuning.expand_block_n is None and n >= 256:
         # A tile's fixed cost (metadata, masks, one wgmma, fences) is paid per tile: 256-wide tiles
@@ -429,6 +442,8 @@ def expand_config(
         elif persistent and tuning.expand_persistent is None:  # wide ranks: one CTA per tile
             persistent, stream = False, 0
             block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
+        elif accumulate and not persistent:  # wide ranks: a merge per adapter (no second x tile)
+            accumulate = False
         elif tuning.expand_block_n is None and block_n > 64:
             block_n //= 2
         else:
@@ -442,6 +457,7 @@ def expand_config(
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream,
+        accumulate=accumulate and not persistent,
     )
 
 

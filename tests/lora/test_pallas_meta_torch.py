@@ -489,11 +489,13 @@ def test_expand_kernel_choice():
                            internal=internal, tail=True, tuning=tuning)
         c = ep.cfgs[0]
         used = T.expand_smem_bytes(c.kr, stack, 4 if internal else 2, 2, 2, c.block_n, c.stages, c.x_shift,
-                                   c.stream_stages)
+                                   c.stream_stages, c.accumulate)
         assert used <= T.SMEM_LIMIT, c
         return c
 
-    assert cfg(256, 4096, 16, 1).ctas == 0
+    assert cfg(256, 4096, 16, 1).ctas == 0 and cfg(256, 4096, 16, 1).accumulate
+    assert not cfg(256, 4096, 16, 1, T.Tuning(expand_accumulate=False)).accumulate
+    assert not cfg(8192, 4096, 16, 1).accumulate  # the persistent kernel merges per tile in its own step
     c = cfg(8192, 4096, 16, 1)
     assert (c.ctas, c.block_n, c.stream_stages) == (T.PERSISTENT_CTAS, 256, 4)
     c = cfg(8192, 28672, 16, 2)

@@ -217,10 +217,12 @@ def test_expand_config_fits_shared_memory():
             for bpad in (64, 8192):
                 cfg = T.expand_config(bpad, 4096, stack * r, r, 8, stack, "float32", "bfloat16", "bfloat16", tail=True,
                                       x_shift=stack > 1)
-                used = T.expand_smem_bytes(cfg.kr, stack, 4, 2, 2, cfg.block_n, cfg.stages, stack > 1)
+                used = T.expand_smem_bytes(cfg.kr, stack, 4, 2, 2, cfg.block_n, cfg.stages, stack > 1,
+                                           cfg.stream_stages, cfg.accumulate)
                 assert used <= T.SMEM_LIMIT, (r, stack, bpad, cfg)
-    # decode keeps its two stages where they fit, and gives them up where they do not (r128 x 3 slices)
-    assert T.expand_config(64, 4096, 48, 16, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True).stages == 2
+    # decode keeps its four stages where they fit, and gives them up where they do not (r128 x 3 slices)
+    c16 = T.expand_config(64, 4096, 48, 16, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True)
+    assert c16.stages == 4 and c16.accumulate and c16.ctas == 0
     assert T.expand_config(64, 6144, 384, 128, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True).stages == 1
     with pytest.raises(ValueError, match="shared memory"):
         T.expand_config(64, 28672, 512, 256, 8, 2, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True)
