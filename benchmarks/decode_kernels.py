@@ -1,0 +1,145 @@
+"""Issue 16 (decode): where a decode op's time goes, kernel by kernel, for triton and pallas tunings.
+
+For each (case, op, backend[:tuning]) the op is checked against the float64 oracle, timed the way
+``python -m lora compare`` headlines decode (one call among many in one CUDA graph), and profiled
+eagerly with torch.profiler (CUPTI): every kernel an op call launches, with its device time. The
+gap between the graph-batched time and the sum of kernel times is what launches and kernel
+boundaries cost inside a graph.
+
+    PYTHONPATH=. python benchmarks/decode_kernels.py --json $OUT/decode_kernels.json
+    PYTHONPATH=. python benchmarks/decode_kernels.py --cases llama3-8b-r16-decode-64 --backends pallas,pallas:es4
+
+Backends: ``triton``, ``pallas`` and ``pallas:<name>`` for a :data:`TUNINGS` entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+import traceback
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import torch  # noqa: E402
+
+import lora  # noqa: E402
+from lora import testing as T  # noqa: E402
+from lora.compare import cases as CS  # noqa: E402
+from lora.compare import timing as TM  # noqa: E402
+
+#: pallas Tuning keyword arguments by name (decode knobs)
+TUNINGS = {
+    "s5": dict(expand_accumulate=False, expand_stages=2),  # session 5's decode expand (a merge per adapter)
+    "noacc": dict(expand_accumulate=False),
+    "es2": dict(expand_stages=2),
+    "es1": dict(expand_stages=1),
+    "es4": dict(expand_stages=4),
+    "bn64": dict(expand_block_n=64),
+    "bn64es4": dict(expand_block_n=64, expand_stages=4),
+    "ks4": dict(shrink_ksplit=4),
+    "ks8": dict(shrink_ksplit=8),
+    "ks32": dict(shrink_ksplit=32),
+    "bk128": dict(shrink_block_k=128),
+    "st2": dict(shrink_stages=2),
+}
+OPS = "shrink1,shrink3,shrink_down,expand,expand_qkv,expand_gate_up,qkv,gate_up"
+CASES = "llama3-8b-r16-decode-64,llama3-8b-r16-decode-256,llama3-8b-r64-decode-64,llama3-8b-r64-decode-256"
+DEV = torch.device("cuda")
+T0 = time.perf_counter()
+
+
+def kernels_of(fn, calls: int = 20) -> list[dict]:
+    """Kernels one call of fn launches (name, mean device us), from ``calls`` profiled eager calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    acc = collections.OrderedDict()
+    for ev in prof.events():
+        if ev.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = getattr(ev, "device_time", None)
+        if us is None:
+            us = ev.cuda_time
+        name = ev.name[:90]
+        n, tot = acc.get(name, (0, 0.0))
+        acc[name] = (n + 1, tot + us)
+    return [{"kernel": k, "per_call": n / calls, "us": tot / n} for k, (n, tot) in acc.items()]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--cases", default=CASES)
+    p.add_argument("--ops", default=OPS)
+    p.add_argument("--backends", default="triton,pallas")
+    p.add_argument("--json")
+    p.add_argument("--budget-s", type=float, default=200.0, help="start no new job after this many seconds")
+    p.add_argument("--no-profile", action="store_true")
+    args = p.parse_args(argv)
+    from lora.pallas.tiling import Tuning
+
+    copy = TM.copy_bandwidth(DEV, quick=True)["gbps"]
+    print(f"device {torch.cuda.get_device_name()}  copy bandwidth {copy:.0f} GB/s", flush=True)
+    budget = TM.Budget(5.0, 20.0, 5, 200)
+    rows = []
+    for case in CS.select_cases(args.cases.split(",")):
+        comp = case.composition(0)
+        bi = lora.LoRABatchInfo.from_segments(comp.seg_lens, comp.weight_indices, comp.lora_ranks, comp.scalings,
+                                              device=DEV)
+        backends = {}
+        for oname in args.ops.split(","):
+            op = CS.OPS[oname].resolve(case.shape)
+            seed = CS.case_seed(0, case.name, op.name)
+            sets = [T.make_inputs(op, comp, torch.bfloat16, DEV, seed + i) for i in range(8)]
+            ref = T.oracle(op, comp, {k: v.clone() for k, v in sets[0].items()})
+            base0 = sets[0].get("base")
+            for bname in args.backends.split(","):
+                if time.perf_counter() - T0 > args.budget_s:
+                    print(f"budget: skipped {case.name} {oname} {bname}", flush=True)
+                    continue
+                row = {"case": case.name, "op": oname, "backend": bname}
+                try:
+                    if bname not in backends:
+                        kind, _, tname = bname.partition(":")
+                        cls = lora.get_backend_from_name(kind)
+                        backends[bname] = cls(kind, bi, tuning=Tuning(**TUNINGS[tname])) if tname else cls(kind, bi)
+                    be = backends[bname]
+                    chk_in = {k: v.clone() for k, v in sets[0].items()}
+                    out = T.call_op(be, op, chk_in)
+                    chk = T.check(out, ref, "bfloat16", expect_dtype=torch.bfloat16,
+                                  base=base0 if op.kind != "shrink" else None)
+                    fns = [lambda t=t: T.call_op(be, op, t) for t in sets]
+                    _, together = TM.time_cuda_graph(fns, DEV, budget, batched=True)
+                    row.update(ok=chk.ok, rel_error=chk.rel_error, us=together.median_us)
+                    if not args.no_profile:
+                        ks = kernels_of(fns[0])
+                        row["kernels"] = ks
+                        row["kernel_us"] = sum(k["us"] * k["per_call"] for k in ks)
+                except Exception as exc:  # noqa: BLE001
+                    row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:400], where=traceback.format_exc()[-600:])
+                rows.append(row)
+                ks = " + ".join(f"{k['us']:.1f}" + (f"x{k['per_call']:.0f}" if k["per_call"] != 1 else "")
+                                for k in row.get("kernels", []))
+                print(f"[{time.perf_counter() - T0:6.1f}s] {case.name:26s} {oname:14s} {bname:14s} "
+                      f"{row.get('us', float('nan')):7.1f} us  kernels {row.get('kernel_us', float('nan')):6.1f} "
+                      f"= {ks}  {'ok' if row.get('ok') else 'FAIL ' + row.get('error', '')[:160]}", flush=True)
+        del backends
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "copy_gbps": copy, "rows": rows,
+                       "command": " ".join(sys.argv)}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
