@@ -39,6 +39,7 @@ TUNINGS = {
     "es1": dict(expand_stages=1),
     "es4": dict(expand_stages=4),
     "bn64": dict(expand_block_n=64),
+    "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),
     "ks4": dict(shrink_ksplit=4),
     "ks8": dict(shrink_ksplit=8),

@@ -10,8 +10,10 @@ trap pack EXIT
 timeout 170 python3 benchmarks/decode_kernels.py --budget-s 150 --json $R/decode_kernels.json > $R/decode_kernels.txt 2>&1
 timeout 100 python3 benchmarks/decode_kernels.py --budget-s 85 --backends pallas:s5 \
     --ops expand,expand_qkv,expand_gate_up,qkv,gate_up --json $R/decode_s5.json > $R/decode_s5.txt 2>&1
-timeout 80 python3 benchmarks/decode_kernels.py --budget-s 65 --cases llama3-8b-r16-decode-64 --no-profile \
-    --ops shrink1,expand,qkv --backends pallas:es2,pallas:noacc,pallas:bn64,pallas:ks8,pallas:ks32,pallas:bk128 \
+timeout 75 python3 benchmarks/decode_kernels.py --budget-s 60 --cases llama3-8b-r16-decode-64 --no-profile \
+    --ops expand,expand_gate_up,qkv --backends pallas:bn64,pallas:bn256,pallas:noacc,pallas:es2 \
     --json $R/decode_knobs.json > $R/decode_knobs.txt 2>&1
+timeout 40 python3 benchmarks/decode_kernels.py --budget-s 30 --cases llama3-8b-r16-decode-64 --no-profile \
+    --ops shrink1 --backends pallas:ks8,pallas:ks32,pallas:bk128 --json $R/decode_knobs_shrink.json > $R/decode_knobs_shrink.txt 2>&1
 timeout 120 python3 benchmarks/pallas_sweep.py --cases llama3-8b-r16-prefill-8k,llama3-8b-r16-mixed --tunings default \
     --budget-s 100 --json $R/prefill_sweep.json > $R/prefill_sweep.txt 2>&1
