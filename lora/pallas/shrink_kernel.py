@@ -226,13 +226,16 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         s, row_lo, rx, is_tail = _box(nrows_ref, b, cfg)
         count = C.block_count(meta_ref, lay, b)
         active = (row_lo < s) & (i < count)
+        # read with the count, not after it (an entry past the count is padding, never used)
+        w = C.block_slot(meta_ref, lay, b, i)
 
         @pl.when(active)
         def _():
-            w = C.block_slot(meta_ref, lay, b, i)
-            C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
+            # the row slots come in while the K loop runs: waited for by the merge
+            C.issue_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
 
             def merge(acc):
+                plgpu.barrier_wait(bar.at[0])
                 keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
                 keep = keep & (C.row_iota(BM, cw) + rx >= row_lo)  # the box may overlap the block before
                 o_smem[...] = jnp.where(keep, acc, 0.0)
