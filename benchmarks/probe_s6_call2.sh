@@ -14,7 +14,7 @@ timeout 110 python3 benchmarks/decode_kernels.py --budget-s 95 --no-profile \
 timeout 50 python3 benchmarks/decode_kernels.py --budget-s 40 --no-profile --cases llama3-8b-r64-decode-64 \
     --ops expand_gate_up,expand_qkv --backends pallas,pallas:es2,pallas:noacc,pallas:s5 \
     --json $R/decode_r64_knobs.json > $R/decode_r64_knobs.txt 2>&1
-timeout 100 python3 -m pytest tests/gpu/test_contract_gpu.py tests/gpu/test_graphs.py tests/gpu/test_graph_safety.py \
+timeout 100 python3 -m pytest tests/gpu/test_contract_gpu.py tests/gpu/test_graphs.py tests/gpu/test_graph_safety.py tests/gpu/test_pallas_gpu.py \
     -q -n 8 -rfE -p no:cacheprovider -k pallas > $R/gpu_tests.txt 2>&1
 timeout 120 python3 -m lora compare --step --quick --backends triton,pallas --no-progress --json $R/step.json \
     > $R/step.txt 2>&1
