@@ -223,8 +223,14 @@ class ExpandConfig:
 
 #: Shrink uses the slot-parallel split-K variant up to this many row blocks (decode-sized batches).
 SPLIT_MAX_BLOCKS = 4
-#: Target number of CTAs of the split variant (132 SMs on an H100/H200).
-SPLIT_TARGET_CTAS = 128
+#: The split variant splits K until a CTA has SPLIT_MIN_STEPS K steps, at most SPLIT_MAX_KSPLIT ways
+#: and SPLIT_MAX_CTAS CTAs: every split adds a partial tile per adapter that the caller adds up
+#: (session 6, call 2 on the H200, rank 16: 8 ways for K=4096 beat 16 at 64 tokens (8.8 vs 9.5 us)
+#: and 4 at 256 (10.3 vs 12.1 us); the down projection (K=14336) at 256 tokens 15.8 us at 8 ways
+#: against 22.9 at 4, at 64 tokens 12.8 at 16 ways against 14.6 at 8)
+SPLIT_MIN_STEPS = 8
+SPLIT_MAX_KSPLIT = 16
+SPLIT_MAX_CTAS = 256
 SMEM_BUDGET = 200 * 1024
 #: Shared memory a Mosaic GPU kernel may take on Hopper (227 KB, what Mosaic checks at lowering).
 SMEM_LIMIT = 227 * 1024
@@ -306,7 +312,7 @@ SPLIT_PARTS_LIMIT = 64 << 20
 
 def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
     """Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): the split variant, 64-deep K steps, up to 4
-    stages, split-K to about SPLIT_TARGET_CTAS CTAs. Larger batches: the block variant with 128-deep K
+    stages, split-K as SPLIT_MIN_STEPS / SPLIT_MAX_KSPLIT / SPLIT_MAX_CTAS allow. Larger batches: the block variant with 128-deep K
     steps while four stages of them fit SMEM_BUDGET (else 64), as many stages as fit (up to 8), and
     long K (>= 8192: the down projection) split over 2 CTAs per block (4 for outputs <= 32 wide);
     blocks with two adapters run both in one K loop (``pair_stages`` deep, as many as fit).
@@ -332,7 +338,7 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
         if nk % ksplit:
             raise ValueError(f"Tuning.shrink_ksplit={ksplit} does not divide the {nk} K steps of K={k}")
     elif split:
-        ksplit = max(1, min(nk // 2 or 1, SPLIT_TARGET_CTAS // max(1, nb * num_lora)))
+        ksplit = max(1, min(SPLIT_MAX_KSPLIT, nk // SPLIT_MIN_STEPS, SPLIT_MAX_CTAS // max(1, nb * num_lora)))
         while nk % ksplit:  # every split gets the same number of k-steps
             ksplit -= 1
     elif k >= 8192:
@@ -400,8 +406,8 @@ def expand_config(
     """Block and pipeline sizes of an expand.
 
     Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): one CTA per tile of 128 output columns (64
-    for N < 128), four pipeline stages over the block's adapters, whose products accumulate in one
-    wgmma accumulator (``accumulate``). Larger batches: the persistent
+    for N < 128), four pipeline stages over the block's adapters (two for ranks > 32), whose
+    products accumulate in one wgmma accumulator (``accumulate``). Larger batches: the persistent
     kernel, STREAM_STAGES tiles in flight (256 columns wide where three such tiles fit, else 128),
     one stage for the tiles it runs one by one (partial last block, unaligned slice boundaries).
     Then fewer stages, then (wide ranks) one CTA per tile again, then narrower column tiles, until
@@ -411,8 +417,10 @@ def expand_config(
     persistent = not decode if tuning.expand_persistent is None else tuning.expand_persistent
     persistent = persistent and not tuning.expand_reduce_add
     block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
-    # Decode blocks hold many adapters: four stages keep the next three adapters' tiles in flight.
-    stages = tuning.expand_stages or (4 if decode else 1)
+    # Decode blocks hold many adapters: the next adapters' tiles are in flight while one computes;
+    # four stages at ranks <= 32, two at wider ranks (session 6, call 2 on the H200, 64 tokens: rank-16
+    # expand 6.3 us at four stages, 7.5 at two; rank-64 gate-up expand 28.3 us at two, 33.7 at three)
+    stages = tuning.expand_stages or ((4 if round_up(max_r, 16) <= 32 else 2) if decode else 1)
     stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
     kr = round_up(max_r, 16)
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]

@@ -527,3 +527,22 @@ def test_shrink_pairs_adapters_where_two_fit():
     assert cfg(8192, 4096, 64, 3).pair_stages >= 2
     assert cfg(64, 4096, 16, 3).pair_stages == 0  # split variant
     assert cfg(8192, 4096, 128, 3).pair_stages == 0  # two 384-row A tiles per stage do not fit twice
+
+
+def test_decode_split_and_stage_choice():
+    """Decode-sized shrinks split K down to 8 steps a CTA, at most 16 ways and 256 CTAs; decode
+    expands keep four adapters' tiles in flight up to rank 32, two above (session 6, call 2)."""
+    def ks(bpad, k, r=16, stack=1):
+        c = P.plan_shrink(bpad, k, r, stack, 8, "bfloat16", tail=True).cfg
+        assert c.split and c.nk % c.ksplit == 0
+        return c.ksplit
+
+    assert ks(64, 4096) == 8 and ks(256, 4096) == 8 and ks(64, 4096, 64, 3) == 8
+    assert ks(64, 14336) == 16 and ks(256, 14336) == 8  # (256 tokens: 4 blocks x 8 adapters x 8 = 256 CTAs)
+    assert ks(64, 256) == 1  # four K steps: no split
+    def stages(r, stack):
+        return P.plan_expand(64, 4096 * stack, r, stack, 8, "float32" if stack > 1 else "bfloat16", "bfloat16",
+                             "bfloat16", internal=stack > 1, tail=True).cfgs[0].stages
+
+    assert stages(16, 1) == 4 and stages(16, 3) == 4 and stages(32, 2) == 4
+    assert stages(64, 1) == 2 and stages(64, 2) == 2
