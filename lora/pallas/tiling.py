@@ -406,7 +406,7 @@ def expand_config(
     """Block and pipeline sizes of an expand.
 
     Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): one CTA per tile of 128 output columns (64
-    for N < 128), four pipeline stages over the block's adapters (two for ranks > 32), whose
+    for N < 128), four pipeline stages over the block's adapters (two for stacked ranks > 32), whose
     products accumulate in one wgmma accumulator (``accumulate``). Larger batches: the persistent
     kernel, STREAM_STAGES tiles in flight (256 columns wide where three such tiles fit, else 128),
     one stage for the tiles it runs one by one (partial last block, unaligned slice boundaries).
@@ -418,9 +418,11 @@ def expand_config(
     persistent = persistent and not tuning.expand_reduce_add
     block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
     # Decode blocks hold many adapters: the next adapters' tiles are in flight while one computes;
-    # four stages at ranks <= 32, two at wider ranks (session 6, call 2 on the H200, 64 tokens: rank-16
-    # expand 6.3 us at four stages, 7.5 at two; rank-64 gate-up expand 28.3 us at two, 33.7 at three)
-    stages = tuning.expand_stages or ((4 if round_up(max_r, 16) <= 32 else 2) if decode else 1)
+    # four stages, two for stacked slices of ranks > 32 (session 6 on the H200, 64 tokens: rank-16
+    # expand 6.3 us at four stages, 7.5 at two; rank-64 gate-up expand 28.3 us at two, 33.7 at three;
+    # rank-64 expand 9.0 us at four, 13.2 at two)
+    wide_stacked = stack > 1 and round_up(max_r, 16) > 32
+    stages = tuning.expand_stages or ((2 if wide_stacked else 4) if decode else 1)
     stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
     kr = round_up(max_r, 16)
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]

@@ -531,7 +531,7 @@ def test_shrink_pairs_adapters_where_two_fit():
 
 def test_decode_split_and_stage_choice():
     """Decode-sized shrinks split K down to 8 steps a CTA, at most 16 ways and 256 CTAs; decode
-    expands keep four adapters' tiles in flight up to rank 32, two above (session 6, call 2)."""
+    expands keep four adapters' tiles in flight, two for stacked slices above rank 32 (session 6)."""
     def ks(bpad, k, r=16, stack=1):
         c = P.plan_shrink(bpad, k, r, stack, 8, "bfloat16", tail=True).cfg
         assert c.split and c.nk % c.ksplit == 0
@@ -545,4 +545,4 @@ def test_decode_split_and_stage_choice():
                              "bfloat16", internal=stack > 1, tail=True).cfgs[0].stages
 
     assert stages(16, 1) == 4 and stages(16, 3) == 4 and stages(32, 2) == 4
-    assert stages(64, 1) == 2 and stages(64, 2) == 2
+    assert stages(64, 1) == 4 and stages(64, 2) == 2
