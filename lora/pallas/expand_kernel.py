@@ -14,8 +14,11 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Tw
 * **grid** (decode-sized batches): one CTA per tile, :func:`_tile_program` ``.one_tile``. It loads
   the block's base rows (a ladder of power-of-two TMA boxes: row-exact, so the caller's tensor
   needs no padding), then pipelines over the adapters present in the block (``emit_pipeline``
-  with a dynamic grid: the next adapter's tiles are in flight while the current one computes).
-  Decode blocks hold many adapters, so that pipeline is what hides the loads.
+  with a dynamic grid: the next adapters' tiles are in flight while the current one computes).
+  Decode blocks hold many adapters, so that pipeline is what hides the loads. With
+  ``cfg.accumulate`` (aligned slices) every adapter's product goes into one wgmma accumulator: its
+  x operand keeps only the adapter's rows, already multiplied by its scale, and the tile is added
+  to the base rows once at the end (session 6 on the H200: rank-16 64-token expand 10.1 -> 6.3 us).
 * **persistent** (prefill, mixed): ``cfg.ctas`` CTAs, one per SM, each walking a contiguous run
   of the full row blocks' tiles (column tile major) through one ``emit_pipeline`` whose steps are
   tiles: while one tile computes, the base tiles, x windows, B tiles and row slots of the next
@@ -30,7 +33,8 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Tw
 Per adapter: the x window of its slice (columns ``j*r .. j*r+kr``, fetched by TMA at that column)
 and its B tile are masked to the real rank in registers (which also clears the NaN/garbage tails
 of the buffers), cast to the operand dtype, multiplied with one wgmma (K = max_r rounded up to 16),
-scaled in float32 and merged into the tile with the per-row slot mask: each element is rounded once.
+scaled in float32 and merged into the tile with the per-row slot mask: each element is rounded once
+(``accumulate``: the scale is applied to x in float32 before its rounding to the operand dtype).
 
 When every slice boundary is a multiple of ``block_n`` (all real model shapes), a column tile lies
 in one slice and one x window per adapter is fetched; otherwise (checked at run time) every
