@@ -312,9 +312,10 @@ SPLIT_PARTS_LIMIT = 64 << 20
 
 def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
     """Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): the split variant, 64-deep K steps, up to 4
-    stages, split-K as SPLIT_MIN_STEPS / SPLIT_MAX_KSPLIT / SPLIT_MAX_CTAS allow. Larger batches: the block variant with 128-deep K
-    steps while four stages of them fit SMEM_BUDGET (else 64), as many stages as fit (up to 8), and
-    long K (>= 8192: the down projection) split over 2 CTAs per block (4 for outputs <= 32 wide);
+    stages, split-K as SPLIT_MIN_STEPS / SPLIT_MAX_KSPLIT / SPLIT_MAX_CTAS allow. Larger batches: the
+    block variant with 128-deep K steps while four stages of them fit SMEM_BUDGET (else 64), as many
+    stages as fit (up to 8), and long K (>= 8192: the down projection) split over 2 CTAs per block (4
+    for outputs <= 32 wide);
     blocks with two adapters run both in one K loop (``pair_stages`` deep, as many as fit).
     Measured on the H200, Llama-3-8B prefill-8k (``benchmarks/pallas_sweep.py``, session 4): rank 16
     shrink 40.7 -> 27.9 us, down-projection shrink 131.7 -> 73.2 us against 64-deep, 4-stage, unsplit."""
