@@ -216,6 +216,24 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             def slot_of(i):
                 return C.block_slot(R.meta, lay, bi, i)
 
+            def adapter_specs(row0, slices, delay=0):
+                """The specs of a pipeline over the block's adapters: the x window of the tile's slice
+                (``slices`` None) or one per slice, and the adapter's B tile."""
+
+                def x_index(jj):
+                    def index(i):
+                        j = j0 if slices is None else jnp.int32(jj)
+                        return (row0, slice_start(j, R.ranks[slot_of(i)]))
+
+                    return index
+
+                nx = 1 if slices is None else stack
+                x_specs = [plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index(jj), delay_release=delay)
+                           for jj in range(nx)]
+                b_spec = plgpu.BlockSpec((None, BN, kr), lambda i: (slot_of(i), n, 0), transforms=C.tiled(op, kr),
+                                         delay_release=delay)
+                return [*x_specs, b_spec]
+
             def run(src_ref, row0, slices):
                 def step(idx, *refs):
                     *xss, bs = refs
@@ -237,20 +255,11 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                         product_into(xs, bs, r, j, functools.partial(update, R.rs, R.base_smem, w, scale=scale,
                                                                      n0=n0, jj=slice_j))
 
-                def x_index(jj):
-                    def index(i):
-                        j = j0 if slices is None else jnp.int32(jj)
-                        return (row0, slice_start(j, R.ranks[slot_of(i)]))
-
-                    return index
-
                 nx = 1 if slices is None else stack
-                x_specs = [plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index(jj)) for jj in range(nx)]
-                b_spec = plgpu.BlockSpec((None, BN, kr), lambda i: (slot_of(i), n, 0), transforms=C.tiled(op, kr))
                 plgpu.emit_pipeline(
                     step,
                     grid=(count,),
-                    in_specs=[*x_specs, b_spec],
+                    in_specs=adapter_specs(row0, slices),
                     max_concurrent_steps=cfg.stages,
                 )(*([src_ref] * nx), R.b)
 
@@ -278,11 +287,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                         plgpu.wgmma(acc_ref, dst, bs.T)
                         plgpu.wgmma_wait(delay)
 
-                    x_spec = plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)),
-                                             lambda i: (row0, slice_start(j0, R.ranks[slot_of(i)])), delay_release=delay)
-                    b_spec = plgpu.BlockSpec((None, BN, kr), lambda i: (slot_of(i), n, 0), transforms=C.tiled(op, kr),
-                                             delay_release=delay)
-                    plgpu.emit_pipeline(step, grid=(count,), in_specs=[x_spec, b_spec],
+                    plgpu.emit_pipeline(step, grid=(count,), in_specs=adapter_specs(row0, None, delay),
                                         max_concurrent_steps=cfg.stages)(src_ref, R.b)
                     plgpu.wgmma_wait(0)
                     if not cfg.reduce_add:

@@ -422,17 +422,14 @@ def expand_config(
     # four stages, two for stacked slices of ranks > 32 (session 6 on the H200, 64 tokens: rank-16
     # expand 6.3 us at four stages, 7.5 at two; rank-64 gate-up expand 28.3 us at two, 33.7 at three;
     # rank-64 expand 9.0 us at four, 13.2 at two)
-    wide_stacked = stack > 1 and round_up(max_r, 16) > 32
-    stages = tuning.expand_stages or ((2 if wide_stacked else 4) if decode else 1)
-    stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
     kr = round_up(max_r, 16)
+    stages = tuning.expand_stages or ((2 if stack > 1 and kr > 32 else 4) if decode else 1)
+    stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]
-
-    accumulate = tuning.expand_accumulate  # (the one CTA per tile kernel only)
+    accumulate = tuning.expand_accumulate and not persistent  # (the one CTA per tile kernel only)
 
     def need():
-        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream,
-                                 accumulate=accumulate and not persistent)
+        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate=accumulate)
 
     if persistent and tuning.expand_block_n is None and n >= 256:
         # A tile's fixed cost (metadata, masks, one wgmma, fences) is paid per tile: 256-wide tiles
@@ -453,7 +450,8 @@ def expand_config(
         elif persistent and tuning.expand_persistent is None:  # wide ranks: one CTA per tile
             persistent, stream = False, 0
             block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
-        elif accumulate and not persistent:  # wide ranks: a merge per adapter (no second x tile)
+            accumulate = tuning.expand_accumulate
+        elif accumulate:  # wide ranks: a merge per adapter (no second x tile)
             accumulate = False
         elif tuning.expand_block_n is None and block_n > 64:
             block_n //= 2
@@ -467,8 +465,7 @@ def expand_config(
             )
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
-        tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream,
-        accumulate=accumulate and not persistent,
+        tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, accumulate=accumulate,
     )
 
 
