@@ -540,6 +540,7 @@ def test_decode_split_and_stage_choice():
     assert ks(64, 4096) == 8 and ks(256, 4096) == 8 and ks(64, 4096, 64, 3) == 8
     assert ks(64, 14336) == 16 and ks(256, 14336) == 8  # (256 tokens: 4 blocks x 8 adapters x 8 = 256 CTAs)
     assert ks(64, 256) == 1  # four K steps: no split
+
     def stages(r, stack):
         return P.plan_expand(64, 4096 * stack, r, stack, 8, "float32" if stack > 1 else "bfloat16", "bfloat16",
                              "bfloat16", internal=stack > 1, tail=True).cfgs[0].stages
