@@ -152,7 +152,7 @@ class _JaxExecutor:
         return jnp.take_along_axis(a, idx, axis=axis)
 
     @staticmethod
-    def pad(a, shape, role=None):
+    def pad(a, shape, role=None, zero=True):
         pads = [(0, t - s) for s, t in zip(a.shape, shape)]
         if all(p == (0, 0) for p in pads):
             return a
@@ -186,11 +186,8 @@ class _JaxExecutor:
         return S.shrink_split(batch.meta, batch.nrows, batch.lora_ranks, x, x_tail, a, cfg=cfg)
 
     @staticmethod
-    def sum_parts(parts, slot=0):
-        out = parts[:, 0]
-        for k in range(1, parts.shape[1]):  # index order, whatever XLA would pick for a reduce
-            out = out + parts[:, k]
-        return out
+    def add_parts(cfg, parts, slot=0, dest=None):
+        return S.add_parts(parts.reshape(cfg.nb * cfg.tiles, *parts.shape[2:]), cfg=cfg)
 
     @staticmethod
     def set_rows(t, i, v):
@@ -263,7 +260,7 @@ def shrink(x, a, batch: Batch, *, stack: int = 1, tuning: Tuning | None = None):
     if sr == 0:
         return jnp.zeros((x.shape[0], 0), x.dtype)
     plan = _shrink_plan(x, a, batch, stack, tuning)
-    out = P.run_shrink(XP, plan, batch, x, a)
+    out = P.run_shrink(XP, plan, batch, x, a, result=True)
     # A slot's columns are [0, stack*r), independent of max_r: padding max_r only appends zeros.
     return out[: x.shape[0], :sr].astype(x.dtype)
 

@@ -188,12 +188,13 @@ class TorchExecutor:
             numel *= d
         return scratch_for(self.device).named(f"pallas.{name}", numel, dtype)[:numel].view(shape)
 
-    def pad(self, t, shape, role="pad"):
+    def pad(self, t, shape, role="pad", zero=True):
         shape = tuple(shape)
         if tuple(t.shape) == shape:
             return t
         out = self.scratch(f"{role}.pad", shape, t.dtype)
-        out.zero_()
+        if zero:
+            out.zero_()
         out[tuple(slice(0, d) for d in t.shape)] = t
         return out
 
@@ -238,9 +239,14 @@ class TorchExecutor:
         self.launcher("shrink", cfg, ins, [parts], self.device)
         return parts
 
-    def sum_parts(self, parts, slot=0):
-        out = self.scratch(f"shrink.out{slot}", (parts.shape[0],) + tuple(parts.shape[2:]), torch.float32)
-        return torch.sum(parts, dim=1, out=out)  # a fixed reduction order (no atomics): the same bits every run
+    def add_parts(self, cfg, parts, slot=0, dest=None):
+        out = dest
+        if out is None:
+            dtype = getattr(torch, cfg.out_dtype)
+            role = f"shrink.out{slot}" if dtype == torch.float32 else "shrink.result"
+            out = self.scratch(role, (cfg.bpad, cfg.out_cols), dtype)
+        self.launcher("parts", cfg, [parts], [out], self.device)
+        return out
 
     def set_rows(self, t, i, v):
         moved = self.scratch("shrink.rows", v.shape, v.dtype)
@@ -361,8 +367,12 @@ class PallasLoRABackend(BaseLoRABackend):
             return out.zero_()
         plan = P.plan_shrink(T.padded_tokens(s), x.shape[1], sr // stack_num, stack_num, weights.shape[0],
                              _DTYPE_NAME[x.dtype], tail=True, tuning=self.tuning)
-        out32 = P.run_shrink(self._executor(x.device), plan, self._launch_args(x), x, weights)
-        out.copy_(out32[:s, :sr])
+        # a split shrink's partial tiles are added straight into `out` when it is the kernel's shape
+        direct = plan.sum_result is not None and (s, sr) == (plan.cfg.bpad, plan.cfg.na) and out.data_ptr() % 16 == 0
+        res = P.run_shrink(self._executor(x.device), plan, self._launch_args(x), x, weights, result=True,
+                           dest=out if direct else None)
+        if res is not out:
+            out.copy_(res[:s, :sr])
         return out
 
     def expand(self, x, weights, output_offset, max_slice_width, base_output):

@@ -13,7 +13,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from .tiling import BM, BOX_SPAN, SHIFTS
 
 #: Python-side counter of kernel traces (lowerings); the no-recompile tests read it.
-TRACE_COUNT = {"shrink": 0, "expand": 0}
+TRACE_COUNT = {"shrink": 0, "expand": 0, "parts": 0}
 
 
 def interpret_mode_active() -> bool:

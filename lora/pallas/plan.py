@@ -7,7 +7,9 @@ the shrink of a fused op launches). The functions :func:`run_shrink`, :func:`run
 :func:`run_fused` are the order of the steps, written once; an *executor* supplies the primitives:
 
 =======================  =======================================================================
-``pad(t, shape, role)``  t zero-padded at the end of each dim to ``shape`` (t itself if equal)
+``pad(t, shape, role,``  t zero-padded at the end of each dim to ``shape`` (t itself if equal);
+``zero)``                ``zero=False``: the padding may hold anything (the torch executor skips
+                         the fill where every kernel that reads the padding masks it)
 ``split_f32(t, role)``   (hi, lo) bfloat16 parts of a float32 tensor, ``hi + lo ~= t``
 ``add(a, b)``            a + b (the torch executor adds in place into a)
 ``aligned(t, role)``     t with a 16-byte aligned base address (TMA); JAX arrays always are
@@ -15,7 +17,8 @@ the shrink of a fused op launches). The functions :func:`run_shrink`, :func:`run
 ``shrink_block``,        launch a kernel of :mod:`~lora.pallas.shrink_kernel` /
 ``shrink_split``,        :mod:`~lora.pallas.expand_kernel` with the batch's device arrays
 ``expand``               (a shrink's ``slot``: 0 for the first product, 1 for those added to it)
-``sum_parts(p, slot)``   the split shrink's partial tiles added over axis 1 in index order
+``add_parts(cfg, p,``    launch :func:`~lora.pallas.shrink_kernel.add_parts` on a split shrink's
+``slot, dest)``          partial tiles (into ``dest`` when given: the torch executor's result tensor)
 ``set_rows(t, i, v)``    t with rows [i, i + len(v)) replaced by v (the torch executor: in place)
 ``arange``, ``where``..  the array namespace :mod:`lora.pallas.meta` is written against
 ``writeback(t, base)``   the padded result back into the caller's base
@@ -48,9 +51,11 @@ from .tiling import (
     K_MULTIPLE,
     N_MULTIPLE,
     R_MULTIPLE,
+    PartsConfig,
     ShrinkConfig,
     Tuning,
     expand_config,
+    parts_config,
     round_up,
     shift_pad,
     shrink_config,
@@ -77,6 +82,11 @@ class ShrinkPlan:
     rp: int  # max_r padded (multiple of 16)
     min_rows: int  # x is padded (copied) to this many rows when it has fewer
     parts: tuple  # ((x part, A part), ...): one launch each, results added
+    #: split (or K-split) shrinks: the sum of the partial tiles into float32 (bpad, na_out) (the
+    #: fused ops' expand input), and (one product: not float32) straight into the op's result, the
+    #: op dtype (bpad, na); None without partial tiles
+    sum_f32: PartsConfig | None = None
+    sum_result: PartsConfig | None = None
 
     @property
     def na(self) -> int:
@@ -121,7 +131,12 @@ def plan_shrink(bpad: int, k: int, max_r: int, stack: int, num_lora: int, dtype:
     kp, rp = round_up(k, K_MULTIPLE), round_up(max_r, R_MULTIPLE)
     cfg = shrink_config(bpad, kp, stack * rp, num_lora, stack, _op_dtype(dtype), tail=tail, tuning=tuning)
     parts = F32_SHRINK_PARTS if dtype == "float32" else ((0, 0),)
-    return ShrinkPlan(cfg, kp, rp, BM if tail else bpad, parts)
+    sum_f32 = sum_result = None
+    if cfg.split or cfg.ksplit > 1:
+        sum_f32 = parts_config(cfg, cfg.na_out, "float32")
+        if len(parts) == 1:
+            sum_result = parts_config(cfg, cfg.na, dtype)
+    return ShrinkPlan(cfg, kp, rp, BM if tail else bpad, parts, sum_f32, sum_result)
 
 
 @lru_cache(maxsize=4096)
@@ -158,9 +173,16 @@ def plan_expand(bpad: int, n: int, max_r: int, stack: int, num_lora: int, x_dtyp
 # ---- the steps, written once ---------------------------------------------------------------------
 
 
-def run_shrink(ex, plan: ShrinkPlan, batch, x, a):
-    """float32 (bpad, na_out) shrink output; rows < s hold the result (zeros without an adapter)."""
+def run_shrink(ex, plan: ShrinkPlan, batch, x, a, *, result: bool = False, dest=None):
+    """float32 (bpad, na_out) shrink output; rows < s hold the result (zeros without an adapter).
+
+    ``result``: the op's own result is wanted (not an expand's input): a plan with ``sum_result``
+    returns it in the op dtype, (bpad, na), written into ``dest`` when given (a torch tensor of
+    exactly that shape: no copy after the kernel)."""
     cfg = plan.cfg
+    direct = result and plan.sum_result is not None
+    sum_cfg = plan.sum_result if direct else plan.sum_f32
+    dest = dest if direct else None
     s = x.shape[0]
     rows = max(s, plan.min_rows)
     x = ex.aligned(ex.pad(x, (rows, plan.kp), "shrink.x"), "shrink.x")
@@ -171,30 +193,29 @@ def run_shrink(ex, plan: ShrinkPlan, batch, x, a):
         xs, as_ = (x,), (a,)
     out = None
     for xi, ai in plan.parts:
-        o = _shrink_once(ex, cfg, batch, xs[xi], as_[ai], s, 0 if out is None else 1)
+        o = _shrink_once(ex, cfg, sum_cfg, batch, xs[xi], as_[ai], s, 0 if out is None else 1, dest)
         out = o if out is None else ex.add(out, o)
     return out
 
 
-def _shrink_once(ex, cfg: ShrinkConfig, batch, x, a, s: int, slot: int = 0):
+def _shrink_once(ex, cfg: ShrinkConfig, sum_cfg, batch, x, a, s: int, slot: int = 0, dest=None):
     x_tail = ex.tail(x) if cfg.tail else None
     if not cfg.split:
         out = ex.shrink_block(cfg, batch, x, x_tail, a, slot)
-        return out if cfg.ksplit == 1 else finish_split(ex, cfg, out, s, slot)
-    return finish_split(ex, cfg, ex.shrink_split(cfg, batch, x, x_tail, a, slot), s, slot)
+        return out if cfg.ksplit == 1 else finish_split(ex, cfg, sum_cfg, out, s, slot, dest)
+    return finish_split(ex, cfg, sum_cfg, ex.shrink_split(cfg, batch, x, x_tail, a, slot), s, slot, dest)
 
 
-def finish_split(ex, cfg: ShrinkConfig, parts, s: int, slot: int = 0):
-    """(bpad, na_out) from a shrink's partial tiles (nb, tiles, 64, na_out): added in
-    index order (the same bits every run), each block's tile at its rows. A partial last block's
-    tile holds its clamped box (rows s-64..s, those of the block before zero): its own rows are
-    moved in place (s is static: a shape)."""
-    tiles = ex.sum_parts(parts, slot)  # (nb, 64, na_out)
-    out = ex.reshape(tiles, (cfg.bpad, cfg.na_out))
+def finish_split(ex, cfg: ShrinkConfig, sum_cfg: PartsConfig, parts, s: int, slot: int = 0, dest=None):
+    """(bpad, sum_cfg.out_cols) from a shrink's partial tiles (nb, tiles, 64, na_out): added in
+    index order by one kernel (the same bits every run), each block's tile at its block's rows. A
+    partial last block's tile holds its clamped box (rows s-64..s, those of the block before
+    zero): its own rows are moved in place (s is static: a shape)."""
+    out = ex.add_parts(sum_cfg, parts, slot, dest)
     if cfg.tail and s > BM and s % BM:
         tb = s // BM
         row_lo, rx = tb * BM, s - BM
-        out = ex.set_rows(out, row_lo, tiles[tb][row_lo - rx : s - rx])
+        out = ex.set_rows(out, row_lo, out[row_lo + row_lo - rx : row_lo + s - rx])
     return out
 
 
@@ -205,7 +226,10 @@ def run_expand(ex, plan: ExpandPlan, batch, x, b, offsets, base):
     cfg0 = plan.cfgs[0]
     b = ex.aligned(ex.pad(b, (b.shape[0], plan.np_, plan.rp), "expand.b"), "expand.b")
     rows = max(x.shape[0], plan.min_rows)
-    x = ex.aligned(ex.pad(x, (rows, max(x.shape[1], plan.x_cols)), "expand.x"), "expand.x")
+    # x's padding is never used: every expand masks x columns >= the rank and rows of other slots
+    # (jnp.where, so NaN padding too) before its product, except where x is the wgmma operand as it
+    # is (the persistent kernel's full-rank windows), which lie in x's own columns and rows
+    x = ex.aligned(ex.pad(x, (rows, max(x.shape[1], plan.x_cols)), "expand.x", zero=False), "expand.x")
     target = ex.aligned(ex.pad(base, (max(base.shape[0], plan.min_rows), plan.np_), "expand.base"), "expand.base")
     bs = ex.split_f32(b, "expand.b") if len(plan.b_parts) > 1 else (b,)
     x_tail = ex.tail(x) if cfg0.tail else None

@@ -105,10 +105,22 @@ class KernelModel:
 
     def __init__(self):
         self.launches = []
+        self.outputs = []  # the output tensors of each launch
 
     def __call__(self, kind, cfg, inputs, outputs, device):
         self.launches.append((kind, cfg))
-        (self._shrink if kind == "shrink" else self._expand)(cfg, inputs, outputs)
+        self.outputs.append(outputs)
+        {"shrink": self._shrink, "expand": self._expand, "parts": self._parts}[kind](cfg, inputs, outputs)
+
+    @staticmethod
+    def _parts(cfg, inputs, outputs):
+        (parts,), (out,) = inputs, outputs
+        assert tuple(parts.shape) == (cfg.nb, cfg.tiles, T.BM, cfg.in_cols) and parts.dtype == torch.float32
+        assert tuple(out.shape) == (cfg.bpad, cfg.out_cols) and out.dtype == getattr(torch, cfg.out_dtype)
+        total = parts[:, 0, :, : cfg.na].clone()
+        for t in range(1, cfg.tiles):  # index order, as the kernel adds them
+            total += parts[:, t, :, : cfg.na]
+        out[:, : cfg.na] = total.reshape(cfg.bpad, cfg.na).to(out.dtype)
 
     @staticmethod
     def _blocks(cfg, meta, s):
@@ -334,8 +346,13 @@ def test_a_call_plans_nothing_twice(rng, model, monkeypatch):
         real = getattr(P, name)
         monkeypatch.setattr(P, name, lambda *args, _r=real, _n=name, **kw: calls.append(_n) or _r(*args, **kw))
     be.run_qkv_lora(x, a, b, off, 64)
+    for name in ("parts_config",):
+        real = getattr(P, name)
+        monkeypatch.setattr(P, name, lambda *args, _r=real, _n=name, **kw: calls.append(_n) or _r(*args, **kw))
+    be.run_qkv_lora(x, a, b, off, 64)
     assert calls == []
-    assert len(model.launches) == 4  # shrink + expand, twice
+    # split shrink, sum of its partial tiles, expand: three times
+    assert [k for k, _ in model.launches] == ["shrink", "parts", "expand"] * 3
 
 
 @pytest.mark.parametrize("tokens", [130, 100, 64, 20])
@@ -547,3 +564,23 @@ def test_decode_split_and_stage_choice():
 
     assert stages(16, 1) == 4 and stages(16, 3) == 4 and stages(32, 2) == 4
     assert stages(64, 1) == 4 and stages(64, 2) == 2
+
+
+@pytest.mark.parametrize("tokens,r,stack,direct", [(64, 16, 1, True), (128, 16, 3, True), (64, 8, 1, False),
+                                                   (100, 16, 1, False)])
+def test_decode_shrink_sums_its_partials_into_its_result(tokens, r, stack, direct, rng, model):
+    """A decode (split) shrink's partial tiles are added by one kernel straight into the op's result
+    in its dtype when the result is the kernel's shape (no float32 buffer, no cast), else into a
+    buffer of the op dtype the result is copied from; either way the result is right."""
+    comp = C.Composition([tokens // 2, tokens - tokens // 2], [0, 1], [r, r // 2], [1.0, 1.0], r, tokens)
+    be = backend(batch_info(comp, "cpu"))
+    x = torch.randn(tokens, 64, dtype=torch.float16)
+    a = torch.randn(2, stack * r, 64, dtype=torch.float16) / 8
+    out = be.run_lora_a_sgemm(x, a, stack_num=stack)
+    kinds = [k for k, _ in model.launches]
+    assert kinds == ["shrink", "parts"], kinds
+    pcfg = model.launches[1][1]
+    assert pcfg.out_dtype == "float16"
+    assert (model.outputs[1][0] is out) == direct
+    ref = C.ref_shrink(comp, x.double().numpy(), a.double().numpy(), stack)
+    assert C.compare(out.double().numpy(), ref, "float16").ok

@@ -118,6 +118,33 @@ def test_decode_composition_interpret(rng, interpret):
     assert C.compare(f64(out), ref, "bfloat16").ok
 
 
+@pytest.mark.parametrize("op", ["expand", "qkv"])
+def test_decode_expand_adapter_groups_interpret(op, rng, interpret):
+    """A decode block's adapters spread over CTAs (Tuning.expand_group 1: a CTA per adapter, 3:
+    groups of three and a shorter last one) against all of them in one CTA per tile (0): each CTA
+    stores only its adapters' rows, so every row gets its own adapter's update once, the same
+    bits (the same product per row); rows of the partial last block and a rank-0 slot included."""
+    comp = C.decode_composition(rng, 100, 7, 16)
+    comp = C.Composition(comp.seg_lens, comp.weight_indices, [16, 16, 0, 16, 9, 16, 16], comp.scalings, 16, 100)
+    t = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
+    batch = batch_of(comp)
+    if op == "expand":
+        x, b = t(C.expand_input(rng, comp, 1)), t(C.expand_weights(rng, comp, N))
+        base = t(C.base_output(rng, comp, N))
+        run = lambda g: lp.expand(x, b, batch, base=base, tuning=T.Tuning(expand_group=g))  # noqa: E731
+        ref = C.ref_expand(comp, f64(x), f64(b), [0, N], f64(base))
+    else:
+        offs = [0, N, N + KV, N + 2 * KV]
+        x, a = t(C.activations(rng, comp, K)), t(C.shrink_weights(rng, comp, 3, K))
+        b, base = t(C.expand_weights(rng, comp, offs[-1])), t(C.base_output(rng, comp, offs[-1]))
+        run = lambda g: lp.qkv_lora(x, a, b, batch, q=N, kv=KV, base=base, tuning=T.Tuning(expand_group=g))  # noqa: E731
+        ref = C.ref_stacked(comp, f64(x), f64(a), f64(b), offs, f64(base))
+    outs = {g: np.asarray(run(g).view(jnp.uint16)) for g in (0, 1, 3)}
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[3])
+    check = C.compare(f64(run(1)), ref, "bfloat16")
+    assert check.ok, check.detail
+
+
 def test_jit_and_no_recompile_for_new_compositions(rng, interpret):
     """Under jit, a new composition (same shapes, padded segment arrays) reuses the kernels."""
     seg_slots = 8
@@ -156,6 +183,14 @@ def lower(kind, cfg):
         jax.jit(fn).trace(*specs).lower(lowering_platforms=("cuda",))
 
 
+def shrink_configs(seen, sp):
+    """A shrink plan's kernels: the shrink, and the sums of its partial tiles (split shrinks)."""
+    seen.setdefault(("shrink", sp.cfg), None)
+    for pc in (sp.sum_f32, sp.sum_result):
+        if pc is not None:
+            seen.setdefault(("parts", pc), None)
+
+
 def plan_configs():
     """Every kernel configuration the plans pick for the shapes that matter: decode and prefill
     buckets, Llama-3-8B widths, ranks 16..128 (192 with two slices), the three dtypes, the torch
@@ -171,7 +206,7 @@ def plan_configs():
                     if dtype != "bfloat16" and (r > 16 or tokens == 256):
                         continue  # float16 / float32 plans differ from bf16 ones in dtype only
                     sp = P.plan_shrink(tokens, 4096, r, stack, L, dtype, tail=tail)
-                    seen.setdefault(("shrink", sp.cfg), None)
+                    shrink_configs(seen, sp)
                     for internal in (True, False):
                         if internal and stack == 1 or not internal and stack > 1:
                             continue
@@ -185,7 +220,7 @@ def plan_configs():
         for tokens in (64, 8192):
             if kw.get("shrink_ksplit") == 8 and tokens > 256:
                 continue
-            seen.setdefault(("shrink", P.plan_shrink(tokens, 4096, 16, 3, L, "bfloat16", tail=True, tuning=t).cfg), None)
+            shrink_configs(seen, P.plan_shrink(tokens, 4096, 16, 3, L, "bfloat16", tail=True, tuning=t))
             for cfg in P.plan_expand(tokens, 6144, 16, 3, L, "float32", "bfloat16", "bfloat16", internal=True, tail=True,
                                      tuning=t).cfgs:
                 seen.setdefault(("expand", cfg), None)
@@ -193,8 +228,7 @@ def plan_configs():
                                      tuning=t).cfgs:
                 seen.setdefault(("expand", cfg), None)
     # odd widths (padded copies): K=200, N=72, rank 7
-    sp = P.plan_shrink(64, 200, 7, 2, 3, "bfloat16", tail=True)
-    seen.setdefault(("shrink", sp.cfg), None)
+    shrink_configs(seen, P.plan_shrink(64, 200, 7, 2, 3, "bfloat16", tail=True))
     for cfg in P.plan_expand(64, 72, 7, 2, 3, "float32", "bfloat16", "bfloat16", internal=True, tail=True).cfgs:
         seen.setdefault(("expand", cfg), None)
     return list(seen)
@@ -301,14 +335,42 @@ def test_float32_path_precision(rng, interpret):
     assert 2.0**-22 < err < 2.0**-13, f"relative error {err:.3g} is not the documented ~2**-16"
 
 
-def test_split_partials_are_added_in_index_order():
-    """The split variant's partial tiles are added in index order (so every run rounds alike)."""
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
+def test_split_partials_are_added_in_index_order(interpret, out_dtype):
+    """The partial-tile sum adds a split shrink's tiles in index order (so every run rounds alike),
+    one rounding to the output dtype, every block's rows and columns [0, na) at their place, the
+    columns beyond left alone."""
     from lora.pallas.api import XP
 
-    parts = jnp.asarray(np.array([1e8, 1.0, -1e8, 1.0], np.float32).reshape(1, 4, 1, 1))
-    got = float(XP.sum_parts(parts)[0, 0, 0])
+    nb, tiles, na, na_out = 2, 12, 48, 96
+    cfg = T.PartsConfig(nb, tiles, na, na_out, na_out, out_dtype, 4, 3)
+    rng = np.random.default_rng(5)
+    parts = rng.standard_normal((nb, tiles, 64, na_out)).astype(np.float32)
+    parts[1, :4, 7, 33] = [1e8, 1.0, -1e8, 1.0]  # a sum whose value depends on the order
+    parts[1, 4:, 7, 33] = 0.0
+    got = np.asarray(XP.add_parts(cfg, jnp.asarray(parts)).astype(jnp.float32))
+    assert got.shape == (nb * 64, na_out)
     want = np.float32(np.float32(np.float32(1e8) + np.float32(1.0)) + np.float32(-1e8)) + np.float32(1.0)
-    assert got == float(want)
+    assert got[64 + 7, 33] == want == 1.0  # (a pairwise or reordered sum gives 0 or 2)
+    ref = parts.astype(np.float64).sum(axis=1).reshape(nb * 64, na_out)
+    ref[64 + 7, 33] = 1.0
+    tol = 1e-6 if out_dtype == "float32" else 2.0**-8
+    assert np.abs(got[:, :na] - ref[:, :na]).max() <= tol * np.abs(ref[:, :na]).max()
+
+
+def test_split_shrink_results_are_the_same_bits_every_run(interpret):
+    """A decode shrink (split over K, partial tiles added by the sum kernel) twice: the same bits."""
+    comp = C.Composition([1] * 40 + [24], [i % 3 for i in range(40)] + [1], [16, 16, 8], [1.0, 0.5, 2.0], 16, 64)
+    from lora.pallas import plan as P
+
+    batch = batch_of(comp)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((64, 1024)), jnp.bfloat16)
+    a = jnp.asarray(np.random.default_rng(2).standard_normal((3, 32, 1024)) / 32, jnp.bfloat16)
+    assert P.plan_shrink(64, 1024, 16, 2, 3, "bfloat16", tail=False).sum_result is not None
+    one, two = lp.shrink(x, a, batch, stack=2), lp.shrink(x, a, batch, stack=2)
+    assert np.array_equal(np.asarray(one.view(jnp.uint16)), np.asarray(two.view(jnp.uint16)))
+    ref = C.ref_shrink(comp, np.asarray(x, np.float64), np.asarray(a, np.float64), 2)
+    assert C.compare(np.asarray(one, np.float64), ref, "bfloat16").ok
 
 
 def test_lora_pallas_imports_without_jax_or_torch():
