@@ -41,10 +41,6 @@ TUNINGS = {
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),
-    "grp0": dict(expand_group=0),  # one CTA per decode tile, all its adapters (session 6)
-    "grp1": dict(expand_group=1),
-    "grp2": dict(expand_group=2),
-    "grp4": dict(expand_group=4),
     "ks4": dict(shrink_ksplit=4),
     "ks8": dict(shrink_ksplit=8),
     "ks32": dict(shrink_ksplit=32),

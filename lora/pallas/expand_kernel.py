@@ -178,18 +178,12 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         start = j * r
         return start - lax.rem(start, q)
 
-    def one_tile(bi, n, g=None):
+    def one_tile(bi, n):
         """Tile (row block bi, column tile n), if it has rows < s with an adapter: base rows loaded
-        and stored row-exact, a pipeline over the block's adapters. Waits for its own stores.
-
-        ``g``: only the g-th group of ``cfg.group`` adapters of the block (one CTA per group, see
-        :func:`expand`); the rows of the group's adapters are then stored one by one, unless the
-        group holds all of the block's adapters (the other groups' CTAs store the other rows)."""
+        and stored row-exact, a pipeline over the block's adapters. Waits for its own stores."""
         s = R.nrows[0]
         row_lo = bi * BM
-        total = C.block_count(R.meta, lay, bi)
-        first = 0 if g is None else g * cfg.group
-        count = total if g is None else jnp.minimum(total - first, cfg.group)
+        count = C.block_count(R.meta, lay, bi)
 
         @pl.when((row_lo < s) & (count > 0))
         def _():
@@ -220,7 +214,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             j0 = slice_of(n0)
 
             def slot_of(i):
-                return C.block_slot(R.meta, lay, bi, first + i)
+                return C.block_slot(R.meta, lay, bi, i)
 
             def adapter_specs(row0, slices, delay=0):
                 """The specs of a pipeline over the block's adapters: the x window of the tile's slice
@@ -329,30 +323,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                     reduction_op="add" if cfg.reduce_add else None,
                 )
 
-            if g is None:
-                C.ladder(nrows_b, store_base)
-            else:
-                # the block's slot list is ascending: the group's rows are those with a slot in [lo, hi]
-                lo, hi = slot_of(0), slot_of(count - 1)
-                pl.when(count == total)(lambda: C.ladder(nrows_b, store_base))
-
-                @pl.when(count != total)
-                def _():
-                    for t in range(BM):  # unrolled: the slot reads need not wait for each other
-
-                        @pl.when(t < nrows_b)
-                        def _():
-                            w = R.rs[sm_off + t]
-
-                            @pl.when((w >= lo) & (w <= hi))
-                            def _():
-                                plgpu.copy_smem_to_gmem(
-                                    R.base_smem.at[pl.ds(sm_off + t, 1)],
-                                    R.base.at[pl.ds(row_lo + t, 1), pl.ds(n0, BN)],
-                                    commit_group=False,
-                                    reduction_op="add" if cfg.reduce_add else None,
-                                )
-
+            C.ladder(nrows_b, store_base)
             plgpu.commit_smem_to_gmem_group()
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -513,7 +484,7 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         if cfg.ctas:
             _persistent_body(cfg, R, prog)
         else:
-            prog.one_tile(lax.axis_index("b"), lax.axis_index("n"), lax.axis_index("g") if cfg.group else None)
+            prog.one_tile(lax.axis_index("b"), lax.axis_index("n"))
 
     args = [meta, nrows, ranks, scalings, offsets, x] + ([x_tail] if cfg.tail else []) + [b_w, base]
     if cfg.ctas:
@@ -522,8 +493,6 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         # The last grid axis varies fastest (CUDA's x): consecutive CTAs take consecutive row blocks
         # of one column tile, so each adapter's B tile is read from DRAM once and then hits L2.
         grid, names = (cfg.ntn, cfg.nb), ("n", "b")
-        if cfg.group:  # a CTA per group of cfg.group adapters of a block (those past its count exit)
-            grid, names = (cfg.ntn, -(-cfg.num_lora // cfg.group), cfg.nb), ("n", "g", "b")
     return C.mgpu_call(
         body,
         args,

@@ -201,10 +201,6 @@ class ExpandConfig:
     #: one_tile, aligned slices: the adapters' products accumulate in one wgmma accumulator, added
     #: to the base tile once (x rows masked to each adapter, its scale folded into x)
     accumulate: bool = False
-    #: one CTA per tile (``ctas == 0``): adapters of a block per CTA (0: all of them, one CTA per
-    #: tile); a CTA per group of ``group`` adapters of each block spreads a decode tile's adapters over
-    #: several SMs, each storing its adapters' rows
-    group: int = 0
 
     @property
     def nb(self) -> int:
@@ -293,8 +289,6 @@ class Tuning:
     shrink_ksplit: int | None = None  # split-K factor of the split variant
     expand_block_n: int | None = None  # 64, 128 or 256
     expand_stages: int | None = None  # 1..4
-    #: decode (one CTA per tile): adapters per CTA (0: all of a block's; None: the heuristic's)
-    expand_group: int | None = None
     #: the persistent expand (one CTA per SM, a pipeline over tiles) for batches of more than
     #: SPLIT_MAX_BLOCKS blocks (True / False: for every batch / none)
     expand_persistent: bool | None = None
@@ -505,27 +499,11 @@ def expand_config(
                 f"(limit {SMEM_LIMIT}): the pallas backend takes ranks up to 128 with three slices (QKV), 192 "
                 f"with two (gate-up), 256 with one"
             )
-    group = 0
-    if not persistent:
-        group = expand_group(nb * -(-n // block_n), num_lora) if tuning.expand_group is None else tuning.expand_group
-        group = 0 if group >= num_lora else group
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
-        tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, accumulate=accumulate, group=group,
+        tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, accumulate=accumulate,
     )
 
-
-#: CTAs a decode expand aims for (two per SM of an H200): its tiles' adapters are split into groups,
-#: one CTA each, until there are about this many.
-GROUP_TARGET_CTAS = 264
-
-
-def expand_group(tiles: int, num_lora: int) -> int:
-    """Adapters per CTA of a decode expand with ``tiles`` tiles: a decode block holds up to
-    ``num_lora`` adapters, run one after the other by a tile's CTA; with few tiles (a 4096-wide
-    projection: 32 tiles of 128 columns) the tile's adapters are spread over more CTAs."""
-    groups = max(1, GROUP_TARGET_CTAS // max(tiles, 1))
-    return -(-num_lora // groups)
 
 
 def _itemsize(dtype_name: str) -> int:

@@ -118,33 +118,6 @@ def test_decode_composition_interpret(rng, interpret):
     assert C.compare(f64(out), ref, "bfloat16").ok
 
 
-@pytest.mark.parametrize("op", ["expand", "qkv"])
-def test_decode_expand_adapter_groups_interpret(op, rng, interpret):
-    """A decode block's adapters spread over CTAs (Tuning.expand_group 1: a CTA per adapter, 3:
-    groups of three and a shorter last one) against all of them in one CTA per tile (0): each CTA
-    stores only its adapters' rows, so every row gets its own adapter's update once, the same
-    bits (the same product per row); rows of the partial last block and a rank-0 slot included."""
-    comp = C.decode_composition(rng, 100, 7, 16)
-    comp = C.Composition(comp.seg_lens, comp.weight_indices, [16, 16, 0, 16, 9, 16, 16], comp.scalings, 16, 100)
-    t = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
-    batch = batch_of(comp)
-    if op == "expand":
-        x, b = t(C.expand_input(rng, comp, 1)), t(C.expand_weights(rng, comp, N))
-        base = t(C.base_output(rng, comp, N))
-        run = lambda g: lp.expand(x, b, batch, base=base, tuning=T.Tuning(expand_group=g))  # noqa: E731
-        ref = C.ref_expand(comp, f64(x), f64(b), [0, N], f64(base))
-    else:
-        offs = [0, N, N + KV, N + 2 * KV]
-        x, a = t(C.activations(rng, comp, K)), t(C.shrink_weights(rng, comp, 3, K))
-        b, base = t(C.expand_weights(rng, comp, offs[-1])), t(C.base_output(rng, comp, offs[-1]))
-        run = lambda g: lp.qkv_lora(x, a, b, batch, q=N, kv=KV, base=base, tuning=T.Tuning(expand_group=g))  # noqa: E731
-        ref = C.ref_stacked(comp, f64(x), f64(a), f64(b), offs, f64(base))
-    outs = {g: np.asarray(run(g).view(jnp.uint16)) for g in (0, 1, 3)}
-    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[3])
-    check = C.compare(f64(run(1)), ref, "bfloat16")
-    assert check.ok, check.detail
-
-
 def test_jit_and_no_recompile_for_new_compositions(rng, interpret):
     """Under jit, a new composition (same shapes, padded segment arrays) reuses the kernels."""
     seg_slots = 8
