@@ -188,8 +188,10 @@ class KernelModel:
                     start = j * r  # the kernel reads it through an aligned window, shifted (x_shift)
                     if not cfg.x_shift:
                         assert start % q == 0, "a slice off a 16-byte boundary without x_shift"
-                    assert start - start % q + cfg.kw <= xb.shape[1], "x window past the buffer's columns"
-                    xw = xb[:, start : start + kr].float()
+                    if not cfg.tail:  # (the torch executor's windows may run past x's last column: TMA reads 0)
+                        assert start - start % q + cfg.kw <= xb.shape[1], "x window past the buffer's columns"
+                    xw = torch.zeros(xb.shape[0], kr)
+                    xw[:, : xb.shape[1] - start] = xb[:, start : start + kr].float()
                     xw = torch.where(torch.arange(kr)[None, :] < r, xw, 0.0)
                     hi = xw.to(op)
                     xop = hi if cfg.x_part == 0 else (xw - hi.float()).to(op)
@@ -584,3 +586,17 @@ def test_decode_shrink_sums_its_partials_into_its_result(tokens, r, stack, direc
     assert (model.outputs[1][0] is out) == direct
     ref = C.ref_shrink(comp, x.double().numpy(), a.double().numpy(), stack)
     assert C.compare(out.double().numpy(), ref, "float16").ok
+
+
+def test_stacked_expand_reads_the_callers_x_as_it_is():
+    """The torch executor's plain stacked expand (QKV / gate-up expand of a packed x) reads the
+    caller's x without a padded copy when its rows are 16-byte multiples; the JAX executor and odd
+    widths pad."""
+    def plan(r, stack, tail):
+        return P.plan_expand(64, 6144, r, stack, 8, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=tail)
+
+    assert plan(16, 3, True).x_cols == 48 and plan(16, 3, True).cfgs[0].na == 48
+    assert plan(64, 2, True).x_cols == 128
+    assert plan(16, 3, False).x_cols == 64  # JAX: padded (interpret mode has no out-of-bounds fill)
+    assert plan(12, 3, True).x_cols == 64  # 36 columns: 72-byte rows, not a TMA row pitch
+    assert plan(8, 3, True).x_cols == 64  # 24 columns: narrower than one 32-column window

@@ -200,6 +200,15 @@ def plan_configs():
             for cfg in P.plan_expand(tokens, 4096, 16, 1, L, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True,
                                      tuning=t).cfgs:
                 seen.setdefault(("expand", cfg), None)
+    # the plain stacked expands (the caller's packed x; torch: as it is, windows past its last column)
+    for tokens in (64, 256, 8192):
+        for tail in (True, False):
+            for r, stack, n in ((16, 3, 6144), (64, 3, 6144), (16, 2, 28672), (12, 3, 6144)):
+                if tokens == 8192 and (r != 16 or not tail):  # (persistent kernels: a minute each to lower)
+                    continue
+                for cfg in P.plan_expand(tokens, n, r, stack, L, "bfloat16", "bfloat16", "bfloat16", internal=False,
+                                         tail=tail).cfgs:
+                    seen.setdefault(("expand", cfg), None)
     # odd widths (padded copies): K=200, N=72, rank 7
     shrink_configs(seen, P.plan_shrink(64, 200, 7, 2, 3, "bfloat16", tail=True))
     for cfg in P.plan_expand(64, 72, 7, 2, 3, "float32", "bfloat16", "bfloat16", internal=True, tail=True).cfgs:
