@@ -17,7 +17,7 @@ from lora.compare.cases import OPS as WIDTHS
 from .conftest import backend_or_skip, gpu_backends, needs_cuda
 
 pytestmark = needs_cuda
-OPS = ("shrink1", "shrink2", "shrink3", "shrink_down", "expand", "qkv", "gate_up")
+OPS = ("shrink1", "shrink2", "shrink3", "shrink_down", "expand", "expand_qkv", "expand_gate_up", "qkv", "gate_up")
 
 
 def _case(name: str, rng) -> C.Composition:
