@@ -81,6 +81,14 @@ def block_slot(meta_ref, lay, b, i):
     return meta_ref[b * lay.record + 1 + i]
 
 
+def copy_scalars(src_ref, start, dst_smem, n: int):
+    """dst_smem[k] = src_ref[start + k] for k < n: n independent scalar loads (unrolled), so they
+    wait for global memory once, not once per dependent read later. Every thread stores the same
+    values and reads back its own stores: no fence is needed before the reads."""
+    for k in range(n):
+        dst_smem[k] = src_ref[start + k]
+
+
 def issue_box_slots(meta_ref, lay, rx, rs_smem, barrier):
     """Start copying the adapter slots of the 64 rows starting at row ``rx`` (a block's box) into
     ``rs_smem``; wait on ``barrier`` (once) before they are read.

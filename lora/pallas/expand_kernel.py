@@ -213,8 +213,11 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             C.issue_box_slots(R.meta, lay, rx, R.rs, R.bars.at[0])
             j0 = slice_of(n0)
 
+            # the block's slot list, in shared memory: read by every pipeline step
+            C.copy_scalars(R.meta, bi * lay.record + 1, R.slots, cfg.num_lora)
+
             def slot_of(i):
-                return C.block_slot(R.meta, lay, bi, i)
+                return R.slots[i]
 
             def adapter_specs(row0, slices, delay=0):
                 """The specs of a pipeline over the block's adapters: the x window of the tile's slice
@@ -332,15 +335,24 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
 
 
 def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, rest):
+    """The kernel's refs by name. ``ranks`` and ``scal`` are shared-memory copies of the slots' ranks
+    and scalings, made when the kernel starts (:func:`lora.pallas.common.copy_scalars`): the
+    pipeline steps read them (and ``slots``, a tile's slot list) from shared memory, not from global
+    memory, where each read would wait a round trip to L2 after the read it depends on."""
     if not cfg.tail:
         rest = (None, *rest)
     if not cfg.x_shift:
         rest = (*rest, None)
-    x_tail_ref, b_ref, base_ref, out_ref, rs_smem, base_smem, xop, bars, xsh = rest
+    x_tail_ref, b_ref, base_ref, out_ref, table, base_smem, xop, bars, scal_s, xsh = rest
     del out_ref  # aliased with base_ref
-    return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_ref, scal=scal_ref, offs=offs_ref, x=x_ref,
-                           x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem, base_smem=base_smem, xop=xop,
-                           bars=bars, xsh=xsh)
+    # One int32 scratch (each scratch takes a multiple of 1 KB): a box's row slots, then two tables.
+    L = cfg.num_lora
+    rs_smem, ranks_s, slots_s = (table.at[pl.ds(off, n)] for off, n in ((0, BM), (BM, L), (BM + L, L)))
+    C.copy_scalars(ranks_ref, 0, ranks_s, L)
+    C.copy_scalars(scal_ref, 0, scal_s, L)
+    return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_s, scal=scal_s, slots=slots_s,
+                           offs=offs_ref, x=x_ref, x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem,
+                           base_smem=base_smem, xop=xop, bars=bars, xsh=xsh)
 
 
 def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
@@ -500,10 +512,11 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         grid=grid,
         grid_names=names,
         scratch=[
-            plgpu.SMEM((BM,), jnp.int32),
+            plgpu.SMEM((BM + 2 * cfg.num_lora,), jnp.int32),
             plgpu.SMEM((BM, BN), base.dtype),
             plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)),
             plgpu.Barrier(num_barriers=1 + rungs),
+            plgpu.SMEM((cfg.num_lora,), jnp.float32),
         ]
         + ([plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype))] if cfg.x_shift else []),
         aliases={len(args) - 1: 0},

@@ -406,11 +406,12 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False) -> int:
+                      stream_stages=0, accumulate=False, num_lora=0) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
-    Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile, the barriers and
-    (x_shift) the shifted x tile. Pipelined over a block's adapters, per stage: the x windows and
+    Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile, the barriers,
+    (x_shift) the shifted x tile and three ``num_lora``-entry tables (the scalings' its own scratch:
+    Mosaic rounds each scratch allocation up to 1 KB, which this counts for that one only). Pipelined over a block's adapters, per stage: the x windows and
     the B tile. Both paths of that pipeline (one window for slice-aligned column tiles, ``stack``
     windows otherwise) are scoped separately, so the larger, the general one, is what counts. The
     persistent kernel (``stream_stages`` > 0) runs that pipeline inside a step of its pipeline over
@@ -420,6 +421,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     kw = kr + (shift_pad(kr) if x_shift else 0)
     fixed = BM * 4 + BM * block_n * base_itemsize + BM * kr * op_itemsize + 8 * 16
     fixed += BM * kr * x_itemsize if x_shift else 0
+    fixed += 3 * 4 * num_lora + (1024 if num_lora else 0)  # the slots' ranks and scalings, a tile's slot list
     per_stage = stack * BM * kw * x_itemsize + block_n * kr * op_itemsize
     per_tile = BM * block_n * base_itemsize + BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16
     # the persistent kernel's x window and B tile of a block's further adapters, and their barriers
@@ -465,14 +467,14 @@ def expand_config(
     accumulate = tuning.expand_accumulate and not persistent  # (the one CTA per tile kernel only)
 
     def need():
-        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate=accumulate)
+        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora)
 
     if persistent and tuning.expand_block_n is None and n >= 256:
         # A tile's fixed cost (metadata, masks, one wgmma, fences) is paid per tile: 256-wide tiles
         # halve it where three of them fit in flight (ranks up to 32; session 5, call 2 on the H200:
         # rank-16 expand 48.5 -> 40.8 us, gate-up expand 341 -> 272 us; rank 64 slower, 66 -> 77 us).
         block_n = 256
-        if expand_smem_bytes(kr, stack, *sizes, 256, stages, x_shift, min(stream, 3)) > SMEM_LIMIT:
+        if expand_smem_bytes(kr, stack, *sizes, 256, stages, x_shift, min(stream, 3), num_lora=num_lora) > SMEM_LIMIT:
             block_n = 128
 
     # Fewer than three tiles in flight leave the persistent kernel latency-bound (two: 1.45x slower

@@ -508,7 +508,7 @@ def test_expand_kernel_choice():
                            internal=internal, tail=True, tuning=tuning)
         c = ep.cfgs[0]
         used = T.expand_smem_bytes(c.kr, stack, 4 if internal else 2, 2, 2, c.block_n, c.stages, c.x_shift,
-                                   c.stream_stages, c.accumulate)
+                                   c.stream_stages, c.accumulate, 8)
         assert used <= T.SMEM_LIMIT, c
         return c
 

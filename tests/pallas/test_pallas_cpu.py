@@ -234,7 +234,7 @@ def test_expand_config_fits_shared_memory():
                 cfg = T.expand_config(bpad, 4096, stack * r, r, 8, stack, "float32", "bfloat16", "bfloat16", tail=True,
                                       x_shift=stack > 1)
                 used = T.expand_smem_bytes(cfg.kr, stack, 4, 2, 2, cfg.block_n, cfg.stages, stack > 1,
-                                           cfg.stream_stages, cfg.accumulate)
+                                           cfg.stream_stages, cfg.accumulate, 8)
                 assert used <= T.SMEM_LIMIT, (r, stack, bpad, cfg)
     # decode keeps its four stages where they fit, and gives them up where they do not (r128 x 3 slices)
     c16 = T.expand_config(64, 4096, 48, 16, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True)
