@@ -2,7 +2,8 @@
 # Session 7, H200 call 2: the GPU contract tests of the plain stacked expands (the pallas torch executor now reads
 # the caller's packed x as it is) and the pallas GPU/graph tests; the issue's compare on the Llama decode cases
 # (both ranks, triton and pallas); the prefill ops the change touches (the down-projection shrink's partial tiles
-# are now added by the sum kernel; the stacked expands' x); the decode step.
+# are now added by the sum kernel; the stacked expands' x); the decode step. (Also the first GPU run of the expand
+# reading its slots' ranks and scalings from shared memory.)
 set -u
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 W=$(mktemp -d); R=$W/r; mkdir -p $R
