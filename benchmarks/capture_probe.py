@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     comp = case.composition(0)
     bi = lora.LoRABatchInfo.from_segments(comp.seg_lens, comp.weight_indices, comp.lora_ranks, comp.scalings,
                                           device=dev)
-    be = lora.get_backend_from_name(args.backend, bi)
+    be = lora.get_backend_from_name(args.backend)(args.backend, bi)
     op = CS.OPS[args.op].resolve(case.shape)
     t = T.make_inputs(op, comp, torch.bfloat16, dev, 1)
     T.call_op(be, op, t)
