@@ -106,7 +106,8 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         j*r rounded down to 16 bytes (a TMA start must be aligned), d columns early, and is
         kw wide; its kr columns at offset d are moved to an aligned scratch tile with
         one-element accesses (a vector access at an odd offset would be misaligned, and a
-        WGMMA-layout load of a column slice needs a tile-aligned row stride). So no layout
+        WGMMA-layout load of a column slice needs a tile-aligned row stride), 16-byte ones when
+        d == 0. So no layout
         of x ever changes: no repack of the shrink output, whatever the ranks."""
         dst = R.xop if dst is None else dst
         if not cfg.x_shift:
@@ -114,22 +115,23 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             return
         d = lax.rem(j * r, q)
 
-        def shifted():
-            strided = plgpu.Layout.WG_STRIDED((BM, kr), vec_size=1)
-            R.xsh[...] = plgpu.load(xs.at[:, pl.ds(d, kr)], layout=strided, optimized=False)
+        def moved(start, vec):
+            strided = plgpu.Layout.WG_STRIDED((BM, kr), vec_size=vec)
+            R.xsh[...] = plgpu.load(xs.at[:, pl.ds(start, kr)], layout=strided, optimized=False)
             plgpu.commit_smem()  # written and read by different threads
             dst[...] = prep_x(R.xsh, r, rows)
+
+        def shifted():
+            moved(d, 1)
 
         def in_place():
             dst[...] = prep_x(xs.at[:, pl.ds(0, kr)], r, rows)
 
-        if kw % kr == 0:
-            # max_r <= 16: the window's row stride is a multiple of the slice width, so a slice that
-            # starts the window (d == 0: j*r a multiple of 16 bytes) is loaded where it is
-            pl.when(d == 0)(in_place)
-            pl.when(d != 0)(shifted)
-        else:
-            shifted()
+        # A slice that starts the window (d == 0: j*r a multiple of 16 bytes, e.g. every full-rank
+        # slice) is loaded where it is when the window's row stride is a multiple of the slice width
+        # (max_r <= 16), else moved with 16-byte accesses.
+        pl.when(d == 0)(in_place if kw % kr == 0 else functools.partial(moved, 0, q))
+        pl.when(d != 0)(shifted)
 
     def product_into(xs, bs, r, j, merge, direct=False):
         """merge(x window @ B tile^T). ``direct``: xs is already a wgmma operand (the operand dtype,

@@ -118,6 +118,28 @@ def test_decode_composition_interpret(rng, interpret):
     assert C.compare(f64(out), ref, "bfloat16").ok
 
 
+@pytest.mark.parametrize("op", ["qkv", "expand_qkv"])
+def test_stacked_slices_of_wide_ranks_interpret(op, rng, interpret):
+    """Stacked slices of max_r 32 (a window wider than the slice, not a multiple of it): full-rank
+    and 16-byte aligned slice starts take the 16-byte moves, the others (rank 13, and rank 20 in
+    bf16 x) the one-element shift; rank 0 adds nothing."""
+    comp = C.Composition([9, 30, 5, 20], [0, 1, 2, 3], [32, 20, 0, 13], [0.5, 1.0, 2.0, 1.5], 32, 70)
+    t = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
+    batch = batch_of(comp)
+    offs = [0, N, N + KV, N + 2 * KV]
+    b, base = t(C.expand_weights(rng, comp, offs[-1])), t(C.base_output(rng, comp, offs[-1]))
+    if op == "qkv":
+        x, a = t(C.activations(rng, comp, K)), t(C.shrink_weights(rng, comp, 3, K))
+        out = lp.qkv_lora(x, a, b, batch, q=N, kv=KV, base=base)
+        ref = C.ref_stacked(comp, f64(x), f64(a), f64(b), offs, f64(base))
+    else:
+        x = t(C.expand_input(rng, comp, 3))
+        out = lp.expand(x, b, batch, offsets=offs, base=base)
+        ref = C.ref_expand(comp, f64(x), f64(b), offs, f64(base))
+    check = C.compare(f64(out), ref, "bfloat16")
+    assert check.ok, check.detail
+
+
 def test_jit_and_no_recompile_for_new_compositions(rng, interpret):
     """Under jit, a new composition (same shapes, padded segment arrays) reuses the kernels."""
     seg_slots = 8
