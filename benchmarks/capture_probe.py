@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--op", default="qkv")
     p.add_argument("--backend", default="pallas")
     p.add_argument("--captures", type=int, default=100)
+    p.add_argument("--modes", default="global,global+gc,thread_local,thread_local+gc")
     p.add_argument("--json")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
@@ -60,35 +61,34 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001
         out["jax_backends_initialised"] = repr(e)
     results = {}
-    for mode in ("global", "thread_local"):
-        for collect in (False, True):
-            fails, errors = 0, []
-            t0 = time.perf_counter()
-            for i in range(args.captures):
-                side = torch.cuda.Stream(dev)
-                side.wait_stream(torch.cuda.current_stream(dev))
-                with torch.cuda.stream(side):
+    for key in args.modes.split(","):
+        mode, collect = key.split("+")[0], key.endswith("+gc")
+        fails, errors = 0, []
+        t0 = time.perf_counter()
+        for i in range(args.captures):
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                T.call_op(be, op, t)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            torch.cuda.synchronize(dev)
+            g = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(g, capture_error_mode=mode):
                     T.call_op(be, op, t)
-                torch.cuda.current_stream(dev).wait_stream(side)
+                    if collect:
+                        gc.collect()
+                g.replay()
                 torch.cuda.synchronize(dev)
-                g = torch.cuda.CUDAGraph()
-                try:
-                    with torch.cuda.graph(g, capture_error_mode=mode):
-                        T.call_op(be, op, t)
-                        if collect:
-                            gc.collect()
-                    g.replay()
-                    torch.cuda.synchronize(dev)
-                except Exception as e:  # noqa: BLE001
-                    fails += 1
-                    if len(errors) < 3:
-                        errors.append(f"capture {i}: {type(e).__name__}: {str(e)[:300]}")
-                    torch.cuda.synchronize(dev)
-                del g
-            key = f"{mode}{'+gc' if collect else ''}"
-            results[key] = {"captures": args.captures, "failed": fails, "errors": errors,
-                            "seconds": round(time.perf_counter() - t0, 1)}
-            print(key, results[key], flush=True)
+            except Exception as e:  # noqa: BLE001
+                fails += 1
+                if len(errors) < 3:
+                    errors.append(f"capture {i}: {type(e).__name__}: {str(e)[:300]}")
+                torch.cuda.synchronize(dev)
+            del g
+        results[key] = {"captures": args.captures, "failed": fails, "errors": errors,
+                        "seconds": round(time.perf_counter() - t0, 1)}
+        print(key, results[key], flush=True)
     out["results"] = results
     out["threads_end"] = threads()
     print(json.dumps({k: v for k, v in out.items() if k != "results"}), flush=True)

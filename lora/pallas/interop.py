@@ -191,8 +191,19 @@ _KERNELS: dict = {}
 
 
 def _import_jax():
+    """Import jax for lowering. The torch path needs no JAX device: it lowers with
+    ``lowering_platforms=("cuda",)`` and compiles in the CUDA plugin. So, unless this process has
+    started JAX's backends already or names its platforms (``JAX_PLATFORMS`` / ``jax_platforms``),
+    JAX is kept to its CPU backend: its GPU client, once started by lowering, runs threads whose
+    calls (when Python's garbage collector frees JAX objects inside a CUDA-graph capture) invalidate
+    captures made in torch's default (global) capture mode (session 7, ``benchmarks/capture_probe.py``
+    on the H200: 4 of 300 captures with a collection inside, none in thread-local mode)."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    import jax  # noqa: F401
+    import jax
+    from jax._src import xla_bridge
+
+    if not (xla_bridge.backends_are_initialized() or os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms):
+        jax.config.update("jax_platforms", "cpu")
 
 
 def kernel_signature(kind: str, cfg):
