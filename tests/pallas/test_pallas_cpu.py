@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 
@@ -375,6 +376,20 @@ def test_split_shrink_results_are_the_same_bits_every_run(interpret):
     assert np.array_equal(np.asarray(one.view(jnp.uint16)), np.asarray(two.view(jnp.uint16)))
     ref = C.ref_shrink(comp, np.asarray(x, np.float64), np.asarray(a, np.float64), 2)
     assert C.compare(np.asarray(one, np.float64), ref, "bfloat16").ok
+
+
+def test_torch_path_keeps_jax_off_the_gpu():
+    """The torch executor's lowering keeps JAX to its CPU backend (JAX's GPU client invalidated
+    global-mode CUDA-graph captures), unless the process named its platforms or started JAX first."""
+    code = ("import os, jax; from jax._src import xla_bridge; {pre}from lora.pallas import interop; interop._import_jax(); "
+            "print(jax.config.jax_platforms)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    for pre, extra, want in (("", {}, "cpu"), ("", {"JAX_PLATFORMS": "cpu,cuda"}, "cpu,cuda"),
+                             ("jax.devices(); ", {}, "None")):
+        out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], capture_output=True, text=True,
+                             env={**env, **extra})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == want, (pre, extra, out.stdout)
 
 
 def test_lora_pallas_imports_without_jax_or_torch():
