@@ -101,8 +101,7 @@ def main(argv=None) -> int:
     rows = []
     for case in CS.select_cases(args.cases.split(",")):
         comp = case.composition(0)
-        bi = lora.LoRABatchInfo.from_segments(comp.seg_lens, comp.weight_indices, comp.lora_ranks, comp.scalings,
-                                              device=DEV)
+        bi = T.batch_info(comp, DEV)
         backends = {}
         for oname in args.ops.split(","):
             op = CS.OPS[oname].resolve(case.shape)

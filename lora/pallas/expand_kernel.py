@@ -121,9 +121,6 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             plgpu.commit_smem()  # written and read by different threads
             dst[...] = prep_x(R.xsh, r, rows)
 
-        def shifted():
-            moved(d, 1)
-
         def in_place():
             dst[...] = prep_x(xs.at[:, pl.ds(0, kr)], r, rows)
 
@@ -131,7 +128,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         # slice) is loaded where it is when the window's row stride is a multiple of the slice width
         # (max_r <= 16), else moved with 16-byte accesses.
         pl.when(d == 0)(in_place if kw % kr == 0 else functools.partial(moved, 0, q))
-        pl.when(d != 0)(shifted)
+        pl.when(d != 0)(functools.partial(moved, d, 1))
 
     def product_into(xs, bs, r, j, merge, direct=False):
         """merge(x window @ B tile^T). ``direct``: xs is already a wgmma operand (the operand dtype,

@@ -266,9 +266,6 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     )
 
 
-
-
-
 def add_parts(parts, *, cfg: PartsConfig):
     """(bpad, out_cols) ``out_dtype``: columns [0, na) of the partial tiles ``parts`` ((nb * tiles,
     64, in_cols) float32) added over the tile index, in index order (the same bits every run: no

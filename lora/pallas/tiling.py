@@ -410,9 +410,9 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
     Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile, the barriers,
-    (x_shift) the shifted x tile and three ``num_lora``-entry tables (the scalings' its own scratch:
-    Mosaic rounds each scratch allocation up to 1 KB, which this counts for that one only). Pipelined over a block's adapters, per stage: the x windows and
-    the B tile. Both paths of that pipeline (one window for slice-aligned column tiles, ``stack``
+    (x_shift) the shifted x tile and three ``num_lora``-entry tables (the scalings' in a scratch of
+    their own: Mosaic rounds each scratch allocation up to 1 KB, counted here for that one only).
+    Pipelined over a block's adapters, per stage: the x windows and the B tile. Both paths of that pipeline (one window for slice-aligned column tiles, ``stack``
     windows otherwise) are scoped separately, so the larger, the general one, is what counts. The
     persistent kernel (``stream_stages`` > 0) runs that pipeline inside a step of its pipeline over
     tiles, whose stages each hold a base tile, one x window, a B tile and the row slots, and keeps
