@@ -33,11 +33,12 @@ from lora.compare import timing as TM  # noqa: E402
 
 #: pallas Tuning keyword arguments by name (decode knobs)
 TUNINGS = {
-    "s5": dict(expand_accumulate=False, expand_stages=2),  # session 5's decode expand (a merge per adapter)
+    "nogather": dict(expand_gather=False),  # session 7's decode expand (one CTA per tile, all its adapters)
+    "s5": dict(expand_gather=False, expand_accumulate=False, expand_stages=2),  # session 5's (a merge per adapter)
     "noacc": dict(expand_accumulate=False),
-    "es2": dict(expand_stages=2),
-    "es1": dict(expand_stages=1),
-    "es4": dict(expand_stages=4),
+    "es2": dict(expand_gather=False, expand_stages=2),
+    "es1": dict(expand_gather=False, expand_stages=1),
+    "es4": dict(expand_gather=False, expand_stages=4),
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),

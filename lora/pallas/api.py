@@ -140,6 +140,10 @@ class _JaxExecutor:
         return a.sum(axis=axis).astype(jnp.int32)
 
     @staticmethod
+    def cumsum(a):
+        return jnp.cumsum(a).astype(jnp.int32)
+
+    @staticmethod
     def sort(a, axis):
         return jnp.sort(a, axis=axis)
 

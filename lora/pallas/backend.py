@@ -165,6 +165,10 @@ class TorchExecutor:
         return a.sum(dim=axis, dtype=torch.int32)
 
     @staticmethod
+    def cumsum(a):
+        return torch.cumsum(a, 0, dtype=torch.int32)
+
+    @staticmethod
     def sort(a, axis):
         return torch.sort(a, dim=axis).values
 

@@ -73,12 +73,12 @@ def wgmma_zeros(rows: int, cols: int, dtype=jnp.float32):
 
 def block_count(meta_ref, lay, b):
     """Number of adapters present in block b's own rows."""
-    return meta_ref[b * lay.record]
+    return meta_ref[lay.group(b)]
 
 
 def block_slot(meta_ref, lay, b, i):
     """The i-th adapter present in block b's own rows (i < block_count)."""
-    return meta_ref[b * lay.record + 1 + i]
+    return meta_ref[lay.group(b) + 1 + i]
 
 
 def copy_scalars(src_ref, start, dst_smem, n: int):
@@ -99,7 +99,7 @@ def issue_box_slots(meta_ref, lay, rx, rs_smem, barrier):
     g = lax.div(rx, BM)
     m = rx - g * BM
     k = lax.rem(m, SHIFTS)
-    start = g * lay.record + lay.head + k * BOX_SPAN + (m - k)
+    start = lay.group(g) + lay.head + k * BOX_SPAN + (m - k)
     plgpu.copy_gmem_to_smem(meta_ref.at[pl.ds(start, BM)], rs_smem, barrier)
 
 

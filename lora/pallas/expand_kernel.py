@@ -53,7 +53,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import common as C
-from .tiling import BM, ExpandConfig, MetaLayout
+from .tiling import BM, CHUNK, ExpandConfig, MetaLayout
 
 __all__ = ["expand"]
 
@@ -82,15 +82,24 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
     # Register values are created where they are used (inside a pipeline step), never carried into
     # or out of a loop or branch: see _matmul_into in shrink_kernel.
 
+    def slot_rows(w):
+        """A (BM, kr) mask of the rows of slot w in the box (the row slots in ``R.rs``)."""
+
+        def keep():
+            rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
+            return lax.broadcast_in_dim(rs, (BM, kr), [0]) == w
+
+        return keep
+
     def prep_x(xs, r, rows=None):
         """The x window as the operand dtype, columns >= r zeroed (NaN tails included). ``rows``:
-        (w, scale): only the rows of slot w are kept, multiplied by scale (the others zeroed)."""
+        (keep, scale): only the rows where keep() (a (BM, kr) mask) holds are kept, multiplied by
+        scale (the others zeroed)."""
         xf = plgpu.load(xs, layout=plgpu.Layout.WGMMA, optimized=False).astype(jnp.float32)
         keep = C.col_iota(BM, kr) < r
         if rows is not None:
-            w, scale = rows
-            rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
-            keep = keep & (lax.broadcast_in_dim(rs, (BM, kr), [0]) == w)
+            row_keep, scale = rows
+            keep = keep & row_keep()
             xf = xf * scale
         xf = jnp.where(keep, xf, 0.0)
         hi = xf.astype(op)
@@ -98,9 +107,9 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             return hi
         return (xf - hi.astype(jnp.float32)).astype(op)
 
-    def x_into_xop(xs, r, j, dst=None, rows=None):
+    def x_into_xop(xs, r, j, dst=None, rows=None, width=kw):
         """dst (default: xop) = the operand of slice j: x columns [j*r, j*r + kr) of the window
-        (``rows``: see prep_x).
+        (``width`` columns; ``rows``: see prep_x).
 
         With ``cfg.x_shift`` (stacked slices: j*r is a device value) the window starts at
         j*r rounded down to 16 bytes (a TMA start must be aligned), d columns early, and is
@@ -110,10 +119,10 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         d == 0. So no layout
         of x ever changes: no repack of the shrink output, whatever the ranks."""
         dst = R.xop if dst is None else dst
-        if not cfg.x_shift:
+        if not cfg.x_shift and width == kr:
             dst[...] = prep_x(xs, r, rows)
             return
-        d = lax.rem(j * r, q)
+        d = lax.rem(j * r, q) if cfg.x_shift else 0  # (one slice: the window starts at column 0)
 
         def moved(start, vec):
             strided = plgpu.Layout.WG_STRIDED((BM, kr), vec_size=vec)
@@ -127,7 +136,10 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         # A slice that starts the window (d == 0: j*r a multiple of 16 bytes, e.g. every full-rank
         # slice) is loaded where it is when the window's row stride is a multiple of the slice width
         # (max_r <= 16), else moved with 16-byte accesses.
-        pl.when(d == 0)(in_place if kw % kr == 0 else functools.partial(moved, 0, q))
+        if not cfg.x_shift:
+            (in_place if width % kr == 0 else functools.partial(moved, 0, q))()
+            return
+        pl.when(d == 0)(in_place if width % kr == 0 else functools.partial(moved, 0, q))
         pl.when(d != 0)(functools.partial(moved, d, 1))
 
     def product_into(xs, bs, r, j, merge, direct=False):
@@ -213,7 +225,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             j0 = slice_of(n0)
 
             # the block's slot list, in shared memory: read by every pipeline step
-            C.copy_scalars(R.meta, bi * lay.record + 1, R.slots, cfg.num_lora)
+            C.copy_scalars(R.meta, lay.group(bi) + 1, R.slots, cfg.num_lora)
 
             def slot_of(i):
                 return R.slots[i]
@@ -284,7 +296,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
 
                         mask_b(bs, r)
                         dst = xops.at[lax.rem(i, 2)]  # the wgmma of the step before may still read the other
-                        x_into_xop(xs, r, j0, dst=dst, rows=(w, R.scal[w]))
+                        x_into_xop(xs, r, j0, dst=dst, rows=(slot_rows(w), R.scal[w]))
                         plgpu.commit_smem()
                         plgpu.wgmma(acc_ref, dst, bs.T)
                         plgpu.wgmma_wait(delay)
@@ -330,7 +342,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     return SimpleNamespace(one_tile=one_tile, aligned=aligned, slice_of=slice_of, slice_start=slice_start,
-                           mask_b=mask_b, product_into=product_into, update=update)
+                           mask_b=mask_b, product_into=product_into, update=update, x_into_xop=x_into_xop)
 
 
 def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, rest):
@@ -340,18 +352,121 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     memory, where each read would wait a round trip to L2 after the read it depends on."""
     if not cfg.tail:
         rest = (None, *rest)
-    if not cfg.x_shift:
+    if not (cfg.x_shift or cfg.gather):
         rest = (*rest, None)
     x_tail_ref, b_ref, base_ref, out_ref, table, base_smem, xop, bars, scal_s, xsh = rest
     del out_ref  # aliased with base_ref
     # One int32 scratch (each scratch takes a multiple of 1 KB): a box's row slots, then two tables.
     L = cfg.num_lora
     rs_smem, ranks_s, slots_s = (table.at[pl.ds(off, n)] for off, n in ((0, BM), (BM, L), (BM + L, L)))
-    C.copy_scalars(ranks_ref, 0, ranks_s, L)
-    C.copy_scalars(scal_ref, 0, scal_s, L)
+
+    def load_tables():
+        C.copy_scalars(ranks_ref, 0, ranks_s, L)
+        C.copy_scalars(scal_ref, 0, scal_s, L)
+
     return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_s, scal=scal_s, slots=slots_s,
                            offs=offs_ref, x=x_ref, x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem,
-                           base_smem=base_smem, xop=xop, bars=bars, xsh=xsh)
+                           base_smem=base_smem, xop=xop, bars=bars, xsh=xsh, load_tables=load_tables,
+                           ranks_gmem=ranks_ref, scal_gmem=scal_ref)
+
+
+#: Barriers per group (Mosaic's limit): a gathered chunk's 64 rows wait on two groups.
+ROW_BARS = 32
+
+
+def _gather_tile(cfg: ExpandConfig, R: SimpleNamespace, prog, n, c):
+    """Column tile n of chunk c of the chunk table (decode: one adapter's rows, at most 64): the
+    chunk's x rows and base rows gathered row by row (one TMA copy each, all in flight at once),
+    one wgmma with the adapter's B tile, the rows stored back one by one. A chunk's rows are its
+    adapter's only, and every row of a segment is in one chunk: no two CTAs touch one element."""
+    lay = MetaLayout(cfg.num_lora)
+    BN, kr, kg = cfg.block_n, cfg.kr, cfg.gather_cols
+    kx = min(kg, cfg.na)  # columns of one x row copy (past x's last column: TMA's zero fill)
+    op, x_dt = jnp.dtype(cfg.op_dtype), jnp.dtype(cfg.x_dtype)
+    rec = lay.chunk(c)
+    w = R.meta[rec]
+    rows = R.meta[rec + 1]
+
+    @pl.when(rows > 0)
+    def _():
+        r = R.ranks_gmem[w]
+        n0 = n * BN
+        j = prog.slice_of(n0)
+
+        def scope(win, bt, lst, bars_lo, bars_hi, bars):
+            def with_row_bar(k, fn):  # row k's barrier (Mosaic allows 32 barriers per group)
+                pl.when(k < ROW_BARS)(lambda: fn(bars_lo.at[k]))
+                pl.when(k >= ROW_BARS)(lambda: fn(bars_hi.at[k - ROW_BARS]))
+
+            plgpu.copy_gmem_to_smem(R.meta.at[pl.ds(rec + CHUNK - BM, BM)], lst, bars.at[0])
+            plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n0, BN), pl.ds(0, kr)], bt, bars.at[1])
+            start = prog.slice_start(j, r)
+            plgpu.barrier_wait(bars.at[0])
+
+            @pl.loop(0, rows)
+            def _(k):
+                row = lst[k]
+
+                def fetch(bar):
+                    plgpu.copy_gmem_to_smem(R.x.at[pl.ds(row, 1), pl.ds(start, kx)],
+                                            win.at[pl.ds(k, 1), pl.ds(0, kx)], bar)
+                    plgpu.copy_gmem_to_smem(R.base.at[pl.ds(row, 1), pl.ds(n0, BN)], R.base_smem.at[pl.ds(k, 1)],
+                                            bar)
+
+                with_row_bar(k, fetch)
+
+            plgpu.barrier_wait(bars.at[1])
+            prog.mask_b(bt, r)
+
+            @pl.loop(0, rows)
+            def _(k):
+                with_row_bar(k, plgpu.barrier_wait)
+
+            def chunk_rows():
+                return C.row_iota(BM, kr) < rows
+
+            # rows >= rows hold anything (NaN too): zeroed in x, never stored
+            prog.x_into_xop(win, r, j, rows=(chunk_rows, R.scal_gmem[w]), width=kg)
+            plgpu.commit_smem()
+
+            def acc_scope(acc_ref):
+                plgpu.wgmma(acc_ref, R.xop, bt.T)
+                old = plgpu.load(R.base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
+                R.base_smem[...] = (old.astype(jnp.float32) + acc_ref[...]).astype(R.base_smem.dtype)
+
+            pl.run_scoped(acc_scope, plgpu.ACC((BM, BN)))
+            plgpu.commit_smem()
+
+            @pl.loop(0, rows)
+            def _(k):
+                plgpu.copy_smem_to_gmem(R.base_smem.at[pl.ds(k, 1)], R.base.at[pl.ds(lst[k], 1), pl.ds(n0, BN)],
+                                        commit_group=False)
+
+            plgpu.commit_smem_to_gmem_group()
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+        pl.run_scoped(
+            scope,
+            plgpu.SMEM((BM, kg), x_dt),
+            plgpu.SMEM((BN, kr), op, transforms=C.tiled(op, kr)),
+            plgpu.SMEM((BM,), jnp.int32),
+            plgpu.Barrier(num_arrivals=2, num_barriers=ROW_BARS),
+            plgpu.Barrier(num_arrivals=2, num_barriers=BM - ROW_BARS),
+            plgpu.Barrier(num_barriers=2),
+        )
+
+
+def _gather_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
+    """The decode expand: CTA (n, c) runs column tile n of chunk c (:func:`_gather_tile`). When a
+    slice boundary is not a multiple of ``block_n`` (checked at run time), CTA (n, b) for b < nb
+    runs ``one_tile`` instead (every slice's window, column masks)."""
+    n, c = lax.axis_index("n"), lax.axis_index("c")
+    pl.when(prog.aligned)(lambda: _gather_tile(cfg, R, prog, n, c))
+
+    @pl.when(jnp.logical_not(prog.aligned) & (c < cfg.nb))
+    def _():
+        R.load_tables()
+        prog.one_tile(c, n)
 
 
 def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
@@ -402,7 +517,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
 
     def rs_index(i):
         b, _ = tile(i)
-        return (b * lay.record + lay.head,)  # the row slots of box 64b: shifted copy 0
+        return (lay.group(b) + lay.head,)  # the row slots of box 64b: shifted copy 0
 
     # Base tiles tiled and swizzled in SMEM, the layout the optimized WGMMA-layout load needs (an
     # unswizzled tile with the generic load measured the same on the H200, session 5 calls 1-2).
@@ -492,6 +607,10 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
     def body(meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, *rest):
         R = _refs(cfg, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, rest)
         prog = _tile_program(cfg, R)
+        if cfg.gather:
+            _gather_body(cfg, R, prog)
+            return
+        R.load_tables()
         if cfg.ctas:
             _persistent_body(cfg, R, prog)
         else:
@@ -500,6 +619,8 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
     args = [meta, nrows, ranks, scalings, offsets, x] + ([x_tail] if cfg.tail else []) + [b_w, base]
     if cfg.ctas:
         grid, names = (cfg.ctas,), ("sm",)
+    elif cfg.gather:  # a CTA per (column tile, chunk); those past the batch's chunks exit at once
+        grid, names = (cfg.ntn, cfg.nb + cfg.num_lora), ("n", "c")
     else:
         # The last grid axis varies fastest (CUDA's x): consecutive CTAs take consecutive row blocks
         # of one column tile, so each adapter's B tile is read from DRAM once and then hits L2.
@@ -517,6 +638,6 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
             plgpu.Barrier(num_barriers=1 + rungs),
             plgpu.SMEM((cfg.num_lora,), jnp.float32),
         ]
-        + ([plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype))] if cfg.x_shift else []),
+        + ([plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype))] if cfg.x_shift or cfg.gather else []),
         aliases={len(args) - 1: 0},
     )

@@ -1,7 +1,8 @@
 """The kernels' int32 metadata, derived from a batch's segments: written once, run by both executors.
 
 :func:`build` is written against a small array namespace (``xp``: ``arange``, ``full``, ``take``,
-``where``, ``minimum``, ``searchsorted``, ``any``, ``sum``, ``sort``, ``concat``, ``reshape``),
+``where``, ``minimum``, ``clip``, ``searchsorted``, ``any``, ``sum``, ``cumsum``, ``sort``,
+``concat``, ``reshape``),
 which the JAX executor (:mod:`lora.pallas.api`) implements with ``jax.numpy`` and the torch
 executor (:mod:`lora.pallas.backend`) with torch ops, so the layout in :mod:`lora.pallas.tiling`
 is derived by one piece of code. Everything it does is a device op on the batch's tensors: no host
@@ -14,7 +15,10 @@ groups the buffer holds: never on the token count of an op call.
 
 from __future__ import annotations
 
-from .tiling import BM, BOX_SPAN, SHIFTS, MetaLayout
+from .tiling import BM, BOX_SPAN, CHUNK, SHIFTS, SPLIT_MAX_BLOCKS, MetaLayout
+
+#: Rows the chunk table covers (decode-sized batches).
+GATHER_ROWS = SPLIT_MAX_BLOCKS * BM
 
 __all__ = ["build", "rows_covered"]
 
@@ -26,9 +30,9 @@ def rows_covered(groups: int) -> int:
 
 
 def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int, groups: int):
-    """(groups * MetaLayout(num_lora).record,) int32 metadata of a batch of ``bs`` segments."""
+    """(MetaLayout(num_lora).length(64 * groups),) int32 metadata of a batch of ``bs`` segments."""
     lay = MetaLayout(num_lora)
-    n = rows_covered(groups)
+    n = max(rows_covered(groups), GATHER_ROWS)
     rows = xp.arange(n)
     if bs == 0 or num_lora == 0:
         row_slot = xp.full((n,), -1)
@@ -53,4 +57,30 @@ def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int,
         order = order % num_lora
     pad = xp.full((groups, lay.head - 1 - num_lora), 0)
     record = xp.concat([xp.reshape(count, (groups, 1)), order, pad, shifted], 1)
-    return xp.reshape(record, (groups * lay.record,))
+    chunks = _chunk_table(xp, row_slot[:GATHER_ROWS], lay)
+    return xp.concat([xp.reshape(chunks, (lay.start,)), xp.reshape(record, (groups * lay.record,))], 0)
+
+
+def _chunk_table(xp, row_slot, lay: MetaLayout):
+    """(lay.chunks, CHUNK) chunk table of the first GATHER_ROWS rows (layout in :mod:`.tiling`):
+    each slot's rows in ascending order, cut into chunks of at most 64; unused chunks count 0 rows."""
+    L, nc = lay.num_lora, lay.chunks
+    n = GATHER_ROWS
+    key = xp.where(row_slot >= 0, row_slot, L)  # rows without an adapter sort last
+    if L == 0:
+        return xp.full((nc, CHUNK), 0)
+    ids = xp.reshape(xp.arange(L), (1, L))
+    cnt = xp.sum(xp.reshape(key, (n, 1)) == ids, 0)  # rows per slot
+    nch = (cnt + BM - 1) // BM  # chunks per slot
+    ch_end = xp.cumsum(nch)  # chunk index after slot w's last
+    row_start = xp.cumsum(cnt) - cnt  # slot w's first row in the sorted order
+    c = xp.reshape(xp.arange(nc), (nc, 1))
+    w = xp.minimum(xp.sum(xp.reshape(ch_end, (1, L)) <= c, 1), L - 1)  # the slot chunk c belongs to
+    i = xp.reshape(c, (nc,)) - (xp.take(ch_end, w) - xp.take(nch, w))  # chunk c is slot w's i-th
+    rows = xp.clip(xp.take(cnt, w) - BM * i, 0, BM)
+    rows = xp.where(xp.reshape(c, (nc,)) < xp.sum(nch, 0), rows, 0)
+    ordered = xp.sort(key * n + xp.arange(n), 0) % n  # row indices, by slot then row
+    first = xp.reshape(xp.take(row_start, w) + BM * i, (nc, 1))
+    members = xp.take(ordered, xp.clip(first + xp.reshape(xp.arange(BM), (1, BM)), 0, n - 1))
+    head = xp.concat([xp.reshape(w, (nc, 1)), xp.reshape(rows, (nc, 1)), xp.full((nc, CHUNK - BM - 2), 0)], 1)
+    return xp.concat([head, members], 1)

@@ -169,11 +169,22 @@ def plan_expand(bpad: int, n: int, max_r: int, stack: int, num_lora: int, x_dtyp
         x_cols = width
     op = _op_dtype(w_dtype)
     b_parts, x_parts = ((0, 1, 0), (0, 0, 1)) if w_dtype == "float32" else ((0,), (0,))
-    cfgs = tuple(
-        expand_config(bpad, np_, x_cols, rp, num_lora, stack, x_dtype, op, base_dtype, x_part=xp, tail=x_tail,
-                      x_shift=x_shift, tuning=tuning)
-        for xp in x_parts
-    )
+
+    def configs(x_cols):
+        return tuple(
+            expand_config(bpad, np_, x_cols, rp, num_lora, stack, x_dtype, op, base_dtype, x_part=xp, tail=x_tail,
+                          x_shift=x_shift, tuning=tuning)
+            for xp in x_parts
+        )
+
+    cfgs = configs(x_cols)
+    if cfgs[0].gather and not tail and not internal:
+        # The JAX executor pads x so that every gathered row copy lies inside it (interpret mode has
+        # no out-of-bounds fill; the torch executor's tensors rely on TMA's zero fill instead).
+        reach = (stack - 1) * rp + cfgs[0].gather_cols
+        if x_cols < reach:
+            x_cols = reach
+            cfgs = configs(x_cols)
     return ExpandPlan(cfgs, b_parts, np_, rp, x_cols, min_rows, False)
 
 

@@ -21,14 +21,24 @@ A block's *box* is the 64 rows its tile is computed on: ``[64b, 64b+64)``, excep
 when ``s`` is not a multiple of 64, whose box is ``[s-64, s)`` (or ``[0, 64)`` when s < 64). A block
 computes (and stores) only its own rows, so it needs only the adapters of its own rows.
 
-Metadata (int32): one record of ``MetaLayout(L).record`` entries per 64-row group g, so that the
-offset of a group's record does not depend on how many groups the buffer holds (one buffer, sized
-once for the largest batch, serves every token bucket)::
+Metadata (int32): the *chunk table* of decode-sized batches, then one record of
+``MetaLayout(L).record`` entries per 64-row group g, so that no offset depends on how many groups
+the buffer holds (one buffer, sized once for the largest batch, serves every token bucket)::
 
-    [rec*g + 0]                  number of adapters present in rows [64g, 64g+64)
-    [rec*g + 1 + i]              the i-th of them (ascending slot ids), i < count
-    [rec*g + head + 128*k + t]   adapter slot of row 64g + k + t (t < 128, k < 4), or -1 (rank-0
+    [CHUNK*c + 0]                chunk c's adapter slot
+    [CHUNK*c + 1]                its row count (0: no chunk c), at most 64
+    [CHUNK*c + 16 + i]           its i-th row, i < count
+    [start + rec*g + 0]          number of adapters present in rows [64g, 64g+64)
+    [start + rec*g + 1 + i]      the i-th of them (ascending slot ids), i < count
+    [start + rec*g + head + 128*k + t]
+                                 adapter slot of row 64g + k + t (t < 128, k < 4), or -1 (rank-0
                                  slot, no segment); four shifted copies of the row slots
+
+The chunk table groups the rows of the first ``SPLIT_MAX_BLOCKS * 64`` by adapter: each slot's rows
+(ascending), cut into chunks of at most 64, the slots in ascending order; ``MetaLayout.chunks``
+entries (the most a decode-sized batch can need: its blocks plus one per slot). The decode expand
+runs one CTA per (column tile, chunk): one adapter's B tile and that adapter's rows, gathered row by
+row (see :mod:`lora.pallas.expand_kernel`).
 
 A box starting at any row p is then one contiguous, 16-byte aligned run of 64 entries: group
 ``p // 64``, copy ``k = p % 4``, entries from ``p % 64 - k``. (A TMA copy's start in the innermost
@@ -84,9 +94,25 @@ def box_start(b: int, s: int) -> int:
 # ---- metadata layout -----------------------------------------------------------------------------
 
 
+#: Entries of one chunk of the chunk table: slot, row count, padding to 16 (a 16-byte aligned TMA
+#: start for the rows), then 64 rows.
+CHUNK = 16 + BM
+
+
 @dataclass(frozen=True)
 class MetaLayout:
     num_lora: int
+
+    @property
+    def chunks(self) -> int:
+        """Chunks in the chunk table: a batch of at most SPLIT_MAX_BLOCKS blocks has at most one
+        per full block plus one per slot."""
+        return SPLIT_MAX_BLOCKS + self.num_lora
+
+    @property
+    def start(self) -> int:
+        """Offset of group 0's record (after the chunk table)."""
+        return self.chunks * CHUNK
 
     @property
     def head(self) -> int:
@@ -97,15 +123,23 @@ class MetaLayout:
     def record(self) -> int:
         return self.head + SHIFTS * BOX_SPAN
 
+    def chunk(self, c):
+        """Offset of chunk c's entry in the chunk table (c may be a traced value)."""
+        return c * CHUNK
+
+    def group(self, g):
+        """Offset of group g's record (g may be a traced value)."""
+        return self.start + g * self.record
+
     def length(self, bpad: int) -> int:
         """Entries a kernel compiled for ``bpad`` rows reads (a longer buffer is fine)."""
-        return (bpad // BM) * self.record
+        return self.start + (bpad // BM) * self.record
 
     def box_offset(self, p: int) -> int:
         """Host mirror of the kernels' rule: where the 64 row slots of the box at row p start."""
         g, m = divmod(p, BM)
         k = m % SHIFTS
-        return g * self.record + self.head + k * BOX_SPAN + (m - k)
+        return self.group(g) + self.head + k * BOX_SPAN + (m - k)
 
 
 # ---- shape requirements and kernel configuration ------------------------------------------------
@@ -201,10 +235,19 @@ class ExpandConfig:
     #: one_tile, aligned slices: the adapters' products accumulate in one wgmma accumulator, added
     #: to the base tile once (x rows masked to each adapter, its scale folded into x)
     accumulate: bool = False
+    #: decode: one CTA per (column tile, chunk of the chunk table): one adapter's rows gathered row
+    #: by row (see expand_kernel); ``stages`` then applies to the unaligned-slices fallback only
+    gather: bool = False
 
     @property
     def nb(self) -> int:
         return self.bpad // BM
+
+    @property
+    def gather_cols(self) -> int:
+        """Columns of the gathered x rows in shared memory: kw rounded up to 128 bytes (a TMA
+        copy's shared-memory start must be 128-byte aligned, and each row is one copy)."""
+        return gather_cols(self.kr, self.x_shift, _itemsize(self.x_dtype))
 
     @property
     def kr(self) -> int:
@@ -296,20 +339,23 @@ class Tuning:
     #: one CTA per tile: every adapter's product in one accumulator, one merge per tile (False: a
     #: merge into the base tile per adapter, the earlier kernel)
     expand_accumulate: bool = True
+    #: decode-sized batches: a CTA per (column tile, adapter chunk), rows gathered (False: one CTA
+    #: per tile running all of the block's adapters, the earlier kernel)
+    expand_gather: bool = True
     #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
     expand_reduce_add: bool = False
 
     def __post_init__(self):
-        for name in ("expand_reduce_add", "expand_accumulate"):
+        for name in ("expand_reduce_add", "expand_accumulate", "expand_gather"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
         if not (self.expand_persistent is None or isinstance(self.expand_persistent, bool)):
             raise ValueError(f"Tuning.expand_persistent={self.expand_persistent!r} must be a bool or None")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("expand_reduce_add", "expand_persistent", "expand_accumulate"):
+            if f.name in ("expand_reduce_add", "expand_persistent", "expand_accumulate", "expand_gather"):
                 continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"Tuning.{f.name}={v!r} must be a non-negative int or None")
@@ -405,8 +451,13 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
     return cfg
 
 
+def gather_cols(kr: int, x_shift: bool, x_itemsize: int) -> int:
+    """:attr:`ExpandConfig.gather_cols`."""
+    return round_up(kr + (shift_pad(kr) if x_shift else 0), 128 // x_itemsize)
+
+
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False, num_lora=0) -> int:
+                      stream_stages=0, accumulate=False, num_lora=0, gather=False) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
     Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile, the barriers,
@@ -416,11 +467,13 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     windows otherwise) are scoped separately, so the larger, the general one, is what counts. The
     persistent kernel (``stream_stages`` > 0) runs that pipeline inside a step of its pipeline over
     tiles, whose stages each hold a base tile, one x window, a B tile and the row slots, and keeps
-    one more x window and B tile for the further adapters of a block.
+    one more x window and B tile for the further adapters of a block. The gathering decode kernel
+    (``gather``) scopes its gathered x rows, B tile, row list and barriers beside that pipeline (the
+    fallback for unaligned slices): the larger of the two counts.
     """
     kw = kr + (shift_pad(kr) if x_shift else 0)
     fixed = BM * 4 + BM * block_n * base_itemsize + BM * kr * op_itemsize + 8 * 16
-    fixed += BM * kr * x_itemsize if x_shift else 0
+    fixed += BM * kr * x_itemsize if x_shift or gather else 0
     fixed += 3 * 4 * num_lora + (1024 if num_lora else 0)  # the slots' ranks and scalings, a tile's slot list
     per_stage = stack * BM * kw * x_itemsize + block_n * kr * op_itemsize
     per_tile = BM * block_n * base_itemsize + BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16
@@ -428,7 +481,11 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     extra = BM * kw * x_itemsize + block_n * kr * op_itemsize + 2 * 16 if stream_stages else 0
     # the accumulating tile's two operand-dtype x tiles (one per wgmma in flight)
     extra += 2 * BM * kr * op_itemsize if accumulate else 0
-    return fixed + stages * per_stage + stream_stages * per_tile + extra
+    pipeline = stages * per_stage
+    if gather:
+        rows = BM * gather_cols(kr, x_shift, x_itemsize) * x_itemsize + block_n * kr * op_itemsize
+        pipeline = max(pipeline, rows + 1024 + (BM + 2) * 8)
+    return fixed + pipeline + stream_stages * per_tile + extra
 
 
 #: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
@@ -464,10 +521,13 @@ def expand_config(
     stages = tuning.expand_stages or ((2 if stack > 1 and kr > 32 else 4) if decode else 1)
     stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]
-    accumulate = tuning.expand_accumulate and not persistent  # (the one CTA per tile kernel only)
+    gather = decode and not persistent and tuning.expand_gather and not tuning.expand_reduce_add
+    if gather:  # the one CTA per tile kernel is only the fallback for unaligned slices
+        stages = tuning.expand_stages or 1
+    accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
     def need():
-        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora)
+        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora, gather)
 
     if persistent and tuning.expand_block_n is None and n >= 256:
         # A tile's fixed cost (metadata, masks, one wgmma, fences) is paid per tile: 256-wide tiles
@@ -488,7 +548,7 @@ def expand_config(
         elif persistent and tuning.expand_persistent is None:  # wide ranks: one CTA per tile
             persistent, stream = False, 0
             block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
-            accumulate = tuning.expand_accumulate
+            accumulate = tuning.expand_accumulate and not gather
         elif accumulate:  # wide ranks: a merge per adapter (no second x tile)
             accumulate = False
         elif tuning.expand_block_n is None and block_n > 64:
@@ -504,6 +564,7 @@ def expand_config(
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, accumulate=accumulate,
+        gather=gather,
     )
 
 

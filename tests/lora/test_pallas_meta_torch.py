@@ -42,7 +42,7 @@ def model_meta(lens, slots, ranks, groups):
                 row_slot[r] = w
         r0 += length
     lay = T.MetaLayout(L)
-    meta = []
+    meta = model_chunks(row_slot, lay)
     for g in range(groups):
         present = sorted(set(v for v in row_slot[g * BM : (g + 1) * BM] if v >= 0))
         rec = [len(present)] + present + sorted(set(range(L)) - set(present))
@@ -52,6 +52,22 @@ def model_meta(lens, slots, ranks, groups):
         assert len(rec) == lay.record
         meta += rec
     return meta
+
+
+def model_chunks(row_slot, lay):
+    """The chunk table: each slot's rows among the first 256, ascending, in chunks of <= 64."""
+    rows = row_slot[: T.SPLIT_MAX_BLOCKS * T.BM]
+    rows += [-1] * (T.SPLIT_MAX_BLOCKS * T.BM - len(rows))
+    table = []
+    for w in range(lay.num_lora):
+        mine = [i for i, v in enumerate(rows) if v == w]
+        table += [(w, mine[i : i + T.BM]) for i in range(0, len(mine), T.BM)]
+    assert len(table) <= lay.chunks
+    out = []
+    for c in range(lay.chunks):
+        w, members = table[c] if c < len(table) else (None, [])  # None: unspecified
+        out += [w, len(members)] + [0] * (T.CHUNK - T.BM - 2) + members + [None] * (T.BM - len(members))
+    return out
 
 
 CASES = [
@@ -73,7 +89,9 @@ def test_meta_matches_the_layout(lens, slots, ranks, s):
                              bi.lora_ranks, bs=bi.bs, num_lora=bi.num_lora, groups=groups)
     want_meta = model_meta(lens, slots, ranks, groups)
     assert meta.dtype == torch.int32 and meta.shape == (T.MetaLayout(len(ranks)).length(groups * T.BM),)
-    assert meta.tolist() == want_meta
+    got = meta.tolist()
+    # entries past a chunk's rows (and an unused chunk's slot) are unspecified (None in the model)
+    assert [g if w is not None else None for g, w in zip(got, want_meta)] == want_meta
     # a box starting at any row reads that row and the next 63 (what the kernels rely on)
     lay = T.MetaLayout(len(ranks))
     slot_of = model_row_slots(lens, slots, ranks, groups * T.BM)
@@ -131,10 +149,10 @@ class KernelModel:
                 continue
             tail = cfg.tail and row_lo + T.BM > s
             rx = max(s - T.BM, 0) if tail else row_lo
-            count = int(meta[b * lay.record])
-            slots = [int(v) for v in meta[b * lay.record + 1 : b * lay.record + 1 + count]]
+            count = int(meta[lay.group(b)])
+            slots = [int(v) for v in meta[lay.group(b) + 1 : lay.group(b) + 1 + count]]
             if tail and b > 0 and cfg_is_block_shrink(cfg):  # the block shrink also runs the block before's
-                prev = (b - 1) * lay.record
+                prev = lay.group(b - 1)
                 slots += [int(v) for v in meta[prev + 1 : prev + 1 + int(meta[prev])]]
             off = lay.box_offset(rx)
             rs = meta[off : off + T.BM].long()
@@ -178,6 +196,8 @@ class KernelModel:
         kr = cfg.kr
         q = 16 // x.element_size()
         offs = [int(v) for v in offs]
+        if cfg.gather and all(o % cfg.block_n == 0 for o in offs):
+            return self._expand_gather(cfg, meta, ranks, scal, offs, x, b, base)
         for row_lo, rx, tail, slots, rs in self._blocks(cfg, meta, s):
             xb = x_tail if tail else x[rx : rx + T.BM]
             rows = slice(row_lo, min(row_lo + T.BM, s))
@@ -202,6 +222,35 @@ class KernelModel:
                     old = base[rows, offs[j] : offs[j + 1]]
                     new = (old.float() + (acc[own] * float(scal[w])).float()).to(base.dtype)
                     base[rows, offs[j] : offs[j + 1]] = torch.where(keep[:, None], new, old)
+
+    @staticmethod
+    def _expand_gather(cfg, meta, ranks, scal, offs, x, b, base):
+        """The decode kernel: a chunk's rows, its adapter's product per slice, x scaled before its
+        rounding to the operand dtype, the tile added to the base rows once."""
+        lay = T.MetaLayout(cfg.num_lora)
+        op = getattr(torch, cfg.op_dtype)
+        kr, q = cfg.kr, 16 // x.element_size()
+        kx = min(cfg.gather_cols, cfg.na)
+        for c in range(cfg.nb + cfg.num_lora):
+            w, n = int(meta[lay.chunk(c)]), int(meta[lay.chunk(c) + 1])
+            if n == 0:
+                continue
+            rows = meta[lay.chunk(c) + T.CHUNK - T.BM : lay.chunk(c) + T.CHUNK - T.BM + n].long()
+            r = int(ranks[w])
+            for j in range(cfg.stack):
+                start = j * r if cfg.x_shift else 0
+                if not cfg.tail:
+                    assert start - start % q + kx <= x.shape[1], "gathered x rows past the buffer's columns"
+                xw = torch.zeros(n, kr)
+                width = min(kr, x.shape[1] - start)
+                xw[:, :width] = x[rows, start : start + width].float()
+                xw = torch.where(torch.arange(kr)[None, :] < r, xw * float(scal[w]), 0.0)
+                hi = xw.to(op)
+                xop = hi if cfg.x_part == 0 else (xw - hi.float()).to(op)
+                bw = b[w, offs[j] : offs[j + 1], :kr].float()
+                bw = torch.where(torch.arange(kr)[None, :] < r, bw, 0.0).to(op)
+                acc = (xop.double() @ bw.double().T).float()
+                base[rows, offs[j] : offs[j + 1]] = (base[rows, offs[j] : offs[j + 1]].float() + acc).to(base.dtype)
 
 
 @pytest.fixture
@@ -499,7 +548,8 @@ def test_row_counts_are_views_of_one_table(rng, model):
 
 
 def test_expand_kernel_choice():
-    """Decode-sized batches: one CTA per tile. Larger: the persistent kernel (132 CTAs, >= 3 tiles
+    """Decode-sized batches: a CTA per (column tile, adapter chunk), rows gathered (or, without
+    gather, one CTA per tile accumulating all of the block's adapters). Larger: the persistent kernel (132 CTAs, >= 3 tiles
     in flight, 256-wide where three such tiles fit), one CTA per tile again where fewer than three
     fit (rank 64 with stacked float32 slices), unless a Tuning asks for it; always within SMEM."""
     def cfg(bpad, n, r, stack, tuning=T.DEFAULT_TUNING):
@@ -508,13 +558,18 @@ def test_expand_kernel_choice():
                            internal=internal, tail=True, tuning=tuning)
         c = ep.cfgs[0]
         used = T.expand_smem_bytes(c.kr, stack, 4 if internal else 2, 2, 2, c.block_n, c.stages, c.x_shift,
-                                   c.stream_stages, c.accumulate, 8)
+                                   c.stream_stages, c.accumulate, 8, c.gather)
         assert used <= T.SMEM_LIMIT, c
         return c
 
-    assert cfg(256, 4096, 16, 1).ctas == 0 and cfg(256, 4096, 16, 1).accumulate
-    assert not cfg(256, 4096, 16, 1, T.Tuning(expand_accumulate=False)).accumulate
+    c = cfg(256, 4096, 16, 1)
+    assert c.ctas == 0 and c.gather and not c.accumulate and c.stages == 1
+    assert cfg(256, 28672, 64, 2).gather and cfg(64, 6144, 128, 3).gather
+    no_gather = T.Tuning(expand_gather=False)
+    assert not cfg(256, 4096, 16, 1, no_gather).gather and cfg(256, 4096, 16, 1, no_gather).accumulate
+    assert not cfg(256, 4096, 16, 1, T.Tuning(expand_gather=False, expand_accumulate=False)).accumulate
     assert not cfg(8192, 4096, 16, 1).accumulate  # the persistent kernel merges per tile in its own step
+    assert not cfg(8192, 4096, 16, 1).gather
     c = cfg(8192, 4096, 16, 1)
     assert (c.ctas, c.block_n, c.stream_stages) == (T.PERSISTENT_CTAS, 256, 4)
     c = cfg(8192, 28672, 16, 2)
@@ -550,7 +605,8 @@ def test_shrink_pairs_adapters_where_two_fit():
 
 def test_decode_split_and_stage_choice():
     """Decode-sized shrinks split K down to 8 steps a CTA, at most 16 ways and 256 CTAs; decode
-    expands keep four adapters' tiles in flight, two for stacked slices above rank 32 (session 6)."""
+    expands without gathering keep four adapters' tiles in flight, two for stacked slices above rank
+    32 (session 6)."""
     def ks(bpad, k, r=16, stack=1):
         c = P.plan_shrink(bpad, k, r, stack, 8, "bfloat16", tail=True).cfg
         assert c.split and c.nk % c.ksplit == 0
@@ -561,8 +617,9 @@ def test_decode_split_and_stage_choice():
     assert ks(64, 256) == 1  # four K steps: no split
 
     def stages(r, stack):
+        tuning = T.Tuning(expand_gather=False)  # (the gathering kernel pipelines nothing: one stage)
         return P.plan_expand(64, 4096 * stack, r, stack, 8, "float32" if stack > 1 else "bfloat16", "bfloat16",
-                             "bfloat16", internal=stack > 1, tail=True).cfgs[0].stages
+                             "bfloat16", internal=stack > 1, tail=True, tuning=tuning).cfgs[0].stages
 
     assert stages(16, 1) == 4 and stages(16, 3) == 4 and stages(32, 2) == 4
     assert stages(64, 1) == 4 and stages(64, 2) == 2
@@ -597,6 +654,10 @@ def test_stacked_expand_reads_the_callers_x_as_it_is():
 
     assert plan(16, 3, True).x_cols == 48 and plan(16, 3, True).cfgs[0].na == 48
     assert plan(64, 2, True).x_cols == 128
-    assert plan(16, 3, False).x_cols == 64  # JAX: padded (interpret mode has no out-of-bounds fill)
+    # JAX: padded (interpret mode has no out-of-bounds fill), so that the decode kernel's gathered
+    # rows (64 columns: 128 bytes) of the last slice (column 32) lie inside
+    assert plan(16, 3, False).x_cols == 96
+    assert P.plan_expand(8192, 6144, 16, 3, 8, "bfloat16", "bfloat16", "bfloat16", internal=False,
+                         tail=False).x_cols == 64
     assert plan(12, 3, True).x_cols == 64  # 36 columns: 72-byte rows, not a TMA row pitch
     assert plan(8, 3, True).x_cols == 64  # 24 columns: narrower than one 32-column window

@@ -292,7 +292,7 @@ def test_meta_contents(rng):
     assert meta.shape == (lay.length(bpad),)
     rows = np.concatenate([meta[lay.box_offset(64 * g) : lay.box_offset(64 * g) + 64] for g in range(3)])
     assert (rows[:70] == 2).all() and (rows[70:80] == -1).all() and (rows[80:130] == 2).all() and (rows[130:] == -1).all()
-    counts = [meta[g * lay.record] for g in range(3)]
+    counts = [meta[lay.group(g)] for g in range(3)]
     assert counts == [1, 1, 1]  # slot 0 (rows 70..79) has rank 0: only slot 2 is present
     # the box of a partial last block (rows 69..132): one contiguous aligned run
     assert (meta[lay.box_offset(69) : lay.box_offset(69) + 64] == rows[69:133]).all()
