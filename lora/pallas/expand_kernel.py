@@ -374,99 +374,134 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
 ROW_BARS = 32
 
 
-def _gather_tile(cfg: ExpandConfig, R: SimpleNamespace, prog, n, c):
-    """Column tile n of chunk c of the chunk table (decode: one adapter's rows, at most 64): the
-    chunk's x rows and base rows gathered row by row (one TMA copy each, all in flight at once),
-    one wgmma with the adapter's B tile, the rows stored back one by one. A chunk's rows are its
-    adapter's only, and every row of a segment is in one chunk: no two CTAs touch one element."""
+def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c):
+    """Column tiles g*T .. g*T+T-1 (T = ``cfg.gather_tiles``) of chunk c of the chunk table (decode:
+    one adapter's rows, at most 64).
+
+    The chunk's x rows are gathered row by row (one TMA copy each, all in flight at once) and made
+    the wgmma operand once (rows of the chunk only, the adapter's scale folded in); then a pipeline
+    over the group's column tiles brings the adapter's B tiles, and each tile's product is added to
+    the chunk's base rows by one TMA reduce-add per row, in flight while the next tile computes.
+    A chunk's rows are its adapter's only and every row of a segment is in one chunk, so each
+    element of base gets exactly one addend: the same bits every run (the update is rounded to the
+    base dtype, then added: two roundings). Interpret mode (no TMA reductions) loads the rows of
+    base and stores base + update instead (one rounding). A group that crosses a slice boundary
+    (never with real model shapes) gathers x again for each tile past it."""
     lay = MetaLayout(cfg.num_lora)
-    BN, kr, kg = cfg.block_n, cfg.kr, cfg.gather_cols
+    BN, kr, kg, T, ntn = cfg.block_n, cfg.kr, cfg.gather_cols, cfg.gather_tiles, cfg.ntn
     kx = min(kg, cfg.na)  # columns of one x row copy (past x's last column: TMA's zero fill)
     op, x_dt = jnp.dtype(cfg.op_dtype), jnp.dtype(cfg.x_dtype)
+    base_dt = jnp.dtype(cfg.base_dtype)
+    reduce = not C.interpret_mode_active()
     rec = lay.chunk(c)
     w = R.meta[rec]
     rows = R.meta[rec + 1]
+    n_first = g * T
 
     @pl.when(rows > 0)
     def _():
         r = R.ranks_gmem[w]
-        n0 = n * BN
-        j = prog.slice_of(n0)
+        scale = R.scal_gmem[w]
 
-        def scope(win, bt, lst, bars_lo, bars_hi, bars):
+        def scope(win, lst, outs, bars, bars_lo, bars_hi):
             def with_row_bar(k, fn):  # row k's barrier (Mosaic allows 32 barriers per group)
                 pl.when(k < ROW_BARS)(lambda: fn(bars_lo.at[k]))
                 pl.when(k >= ROW_BARS)(lambda: fn(bars_hi.at[k - ROW_BARS]))
 
+            def each_row(fn):
+                pl.loop(0, rows)(fn)
+
             plgpu.copy_gmem_to_smem(R.meta.at[pl.ds(rec + CHUNK - BM, BM)], lst, bars.at[0])
-            plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n0, BN), pl.ds(0, kr)], bt, bars.at[1])
-            start = prog.slice_start(j, r)
             plgpu.barrier_wait(bars.at[0])
 
-            @pl.loop(0, rows)
-            def _(k):
-                row = lst[k]
+            def x_operand(j):
+                """R.xop = the chunk's rows of slice j (gathered), scaled, masked to the rank."""
+                start = prog.slice_start(j, r)
 
-                def fetch(bar):
-                    plgpu.copy_gmem_to_smem(R.x.at[pl.ds(row, 1), pl.ds(start, kx)],
-                                            win.at[pl.ds(k, 1), pl.ds(0, kx)], bar)
-                    plgpu.copy_gmem_to_smem(R.base.at[pl.ds(row, 1), pl.ds(n0, BN)], R.base_smem.at[pl.ds(k, 1)],
-                                            bar)
+                def fetch(k):
+                    with_row_bar(k, lambda bar: plgpu.copy_gmem_to_smem(
+                        R.x.at[pl.ds(lst[k], 1), pl.ds(start, kx)], win.at[pl.ds(k, 1), pl.ds(0, kx)], bar))
 
-                with_row_bar(k, fetch)
+                each_row(fetch)
+                each_row(lambda k: with_row_bar(k, plgpu.barrier_wait))
+                prog.x_into_xop(win, r, j, rows=(lambda: C.row_iota(BM, kr) < rows, scale), width=kg)
+                plgpu.commit_smem()
 
-            plgpu.barrier_wait(bars.at[1])
-            prog.mask_b(bt, r)
+            j_first = prog.slice_of(n_first * BN)
+            x_operand(j_first)
 
-            @pl.loop(0, rows)
-            def _(k):
-                with_row_bar(k, plgpu.barrier_wait)
+            def step(idx, bs):
+                (t,) = idx
+                n = n_first + t
+                n0 = n * BN
+                out = outs.at[lax.rem(t, 2)]
 
-            def chunk_rows():
-                return C.row_iota(BM, kr) < rows
+                @pl.when(n < ntn)
+                def _():
+                    j = prog.slice_of(n0)
+                    pl.when(j != j_first)(lambda: x_operand(j))
+                    prog.mask_b(bs, r)
+                    # the row stores of two tiles before have read this buffer
+                    plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+                    if not reduce:
+                        each_row(lambda k: with_row_bar(k, lambda bar: plgpu.copy_gmem_to_smem(
+                            R.base.at[pl.ds(lst[k], 1), pl.ds(n0, BN)], out.at[pl.ds(k, 1)], bar)))
+                        each_row(lambda k: with_row_bar(k, plgpu.barrier_wait))
 
-            # rows >= rows hold anything (NaN too): zeroed in x, never stored
-            prog.x_into_xop(win, r, j, rows=(chunk_rows, R.scal_gmem[w]), width=kg)
-            plgpu.commit_smem()
+                    def acc_scope(acc_ref):
+                        plgpu.wgmma(acc_ref, R.xop, bs.T)
+                        if reduce:
+                            out[...] = acc_ref[...].astype(base_dt)
+                        else:
+                            old = plgpu.load(out, layout=plgpu.Layout.WGMMA, optimized=False)
+                            out[...] = (old.astype(jnp.float32) + acc_ref[...]).astype(base_dt)
 
-            def acc_scope(acc_ref):
-                plgpu.wgmma(acc_ref, R.xop, bt.T)
-                old = plgpu.load(R.base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
-                R.base_smem[...] = (old.astype(jnp.float32) + acc_ref[...]).astype(R.base_smem.dtype)
+                    pl.run_scoped(acc_scope, plgpu.ACC((BM, BN)))
+                    plgpu.commit_smem()
 
-            pl.run_scoped(acc_scope, plgpu.ACC((BM, BN)))
-            plgpu.commit_smem()
+                    def store(k):
+                        plgpu.copy_smem_to_gmem(out.at[pl.ds(k, 1)], R.base.at[pl.ds(lst[k], 1), pl.ds(n0, BN)],
+                                                commit_group=False, reduction_op="add" if reduce else None)
 
-            @pl.loop(0, rows)
-            def _(k):
-                plgpu.copy_smem_to_gmem(R.base_smem.at[pl.ds(k, 1)], R.base.at[pl.ds(lst[k], 1), pl.ds(n0, BN)],
-                                        commit_group=False)
+                    each_row(store)
+                    plgpu.commit_smem_to_gmem_group()
 
-            plgpu.commit_smem_to_gmem_group()
+            plgpu.emit_pipeline(
+                step,
+                grid=(T,),
+                in_specs=[plgpu.BlockSpec((None, BN, kr), lambda t: (w, jnp.minimum(n_first + t, ntn - 1), 0),
+                                          transforms=C.tiled(op, kr))],
+                max_concurrent_steps=min(T, max(cfg.stages, 2)) if T > 1 else 1,
+            )(R.b)
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
         pl.run_scoped(
             scope,
             plgpu.SMEM((BM, kg), x_dt),
-            plgpu.SMEM((BN, kr), op, transforms=C.tiled(op, kr)),
             plgpu.SMEM((BM,), jnp.int32),
-            plgpu.Barrier(num_arrivals=2, num_barriers=ROW_BARS),
-            plgpu.Barrier(num_arrivals=2, num_barriers=BM - ROW_BARS),
-            plgpu.Barrier(num_barriers=2),
+            plgpu.SMEM((2, BM, BN), base_dt),
+            plgpu.Barrier(num_barriers=1),
+            plgpu.Barrier(num_barriers=ROW_BARS),
+            plgpu.Barrier(num_barriers=BM - ROW_BARS),
         )
 
 
 def _gather_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
-    """The decode expand: CTA (n, c) runs column tile n of chunk c (:func:`_gather_tile`). When a
-    slice boundary is not a multiple of ``block_n`` (checked at run time), CTA (n, b) for b < nb
-    runs ``one_tile`` instead (every slice's window, column masks)."""
-    n, c = lax.axis_index("n"), lax.axis_index("c")
-    pl.when(prog.aligned)(lambda: _gather_tile(cfg, R, prog, n, c))
+    """The decode expand: CTA (g, c) runs column tile group g of chunk c (:func:`_gather_group`).
+    When a slice boundary is not a multiple of ``block_n`` (checked at run time), CTA (g, b) for
+    b < nb runs ``one_tile`` on the group's tiles of block b instead (every slice's window, column
+    masks)."""
+    g, c = lax.axis_index("g"), lax.axis_index("c")
+    pl.when(prog.aligned)(lambda: _gather_group(cfg, R, prog, g, c))
 
     @pl.when(jnp.logical_not(prog.aligned) & (c < cfg.nb))
     def _():
         R.load_tables()
-        prog.one_tile(c, n)
+
+        @pl.loop(0, cfg.gather_tiles)
+        def _(t):
+            n = g * cfg.gather_tiles + t
+            pl.when(n < cfg.ntn)(lambda: prog.one_tile(c, n))
 
 
 def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
@@ -619,8 +654,8 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
     args = [meta, nrows, ranks, scalings, offsets, x] + ([x_tail] if cfg.tail else []) + [b_w, base]
     if cfg.ctas:
         grid, names = (cfg.ctas,), ("sm",)
-    elif cfg.gather:  # a CTA per (column tile, chunk); those past the batch's chunks exit at once
-        grid, names = (cfg.ntn, cfg.nb + cfg.num_lora), ("n", "c")
+    elif cfg.gather:  # a CTA per (group of column tiles, chunk); those past the batch's chunks exit at once
+        grid, names = (-(-cfg.ntn // cfg.gather_tiles), cfg.nb + cfg.num_lora), ("g", "c")
     else:
         # The last grid axis varies fastest (CUDA's x): consecutive CTAs take consecutive row blocks
         # of one column tile, so each adapter's B tile is read from DRAM once and then hits L2.

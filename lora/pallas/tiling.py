@@ -238,6 +238,7 @@ class ExpandConfig:
     #: decode: one CTA per (column tile, chunk of the chunk table): one adapter's rows gathered row
     #: by row (see expand_kernel); ``stages`` then applies to the unaligned-slices fallback only
     gather: bool = False
+    gather_tiles: int = 1  # column tiles a gathering CTA walks (its x rows gathered once)
 
     @property
     def nb(self) -> int:
@@ -342,6 +343,7 @@ class Tuning:
     #: decode-sized batches: a CTA per (column tile, adapter chunk), rows gathered (False: one CTA
     #: per tile running all of the block's adapters, the earlier kernel)
     expand_gather: bool = True
+    expand_gather_tiles: int | None = None  # 1..16: column tiles per gathering CTA
     #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
@@ -363,7 +365,8 @@ class Tuning:
             raise ValueError(f"Tuning.shrink_block_k={self.shrink_block_k} must be 64 or 128")
         if self.expand_block_n not in (None, 64, 128, 256):
             raise ValueError(f"Tuning.expand_block_n={self.expand_block_n} must be 64, 128 or 256")
-        for name, lo, hi in (("shrink_stages", 1, 8), ("expand_stages", 1, 4), ("expand_stream_stages", 2, 6)):
+        for name, lo, hi in (("shrink_stages", 1, 8), ("expand_stages", 1, 4), ("expand_stream_stages", 2, 6),
+                             ("expand_gather_tiles", 1, 16)):
             v = getattr(self, name)
             if v is not None and not lo <= v <= hi:
                 raise ValueError(f"Tuning.{name}={v} must lie in [{lo}, {hi}]")
@@ -457,7 +460,7 @@ def gather_cols(kr: int, x_shift: bool, x_itemsize: int) -> int:
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False, num_lora=0, gather=False) -> int:
+                      stream_stages=0, accumulate=False, num_lora=0, gather=0) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
     Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile, the barriers,
@@ -468,8 +471,8 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     persistent kernel (``stream_stages`` > 0) runs that pipeline inside a step of its pipeline over
     tiles, whose stages each hold a base tile, one x window, a B tile and the row slots, and keeps
     one more x window and B tile for the further adapters of a block. The gathering decode kernel
-    (``gather``) scopes its gathered x rows, B tile, row list and barriers beside that pipeline (the
-    fallback for unaligned slices): the larger of the two counts.
+    (``gather``: its column tiles per CTA) scopes its gathered x rows, row list, output tiles, B
+    tiles and barriers beside that pipeline (the fallback for unaligned slices): the larger counts.
     """
     kw = kr + (shift_pad(kr) if x_shift else 0)
     fixed = BM * 4 + BM * block_n * base_itemsize + BM * kr * op_itemsize + 8 * 16
@@ -482,15 +485,18 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     # the accumulating tile's two operand-dtype x tiles (one per wgmma in flight)
     extra += 2 * BM * kr * op_itemsize if accumulate else 0
     pipeline = stages * per_stage
-    if gather:
-        rows = BM * gather_cols(kr, x_shift, x_itemsize) * x_itemsize + block_n * kr * op_itemsize
-        pipeline = max(pipeline, rows + 1024 + (BM + 2) * 8)
+    if gather:  # the gathered x rows, the row list, two output tiles, the B tiles in flight
+        b_stages = min(gather, max(stages, 2)) if gather > 1 else 1
+        rows = BM * gather_cols(kr, x_shift, x_itemsize) * x_itemsize + 1024 + 2 * BM * block_n * base_itemsize
+        pipeline = max(pipeline, rows + b_stages * (block_n * kr * op_itemsize + 16) + (BM + 1) * 8)
     return fixed + pipeline + stream_stages * per_tile + extra
 
 
 #: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
 #: extra CTAs wait for a free SM (correct, a little slower); with more, some SMs stay idle.
 PERSISTENT_CTAS = 132
+#: The decode expand's CTAs (column tile groups x adapter chunks) the heuristic aims at: two per SM.
+GATHER_CTAS = 2 * 132
 #: Tiles in flight in the persistent expand's pipeline (fewer when they do not fit).
 STREAM_STAGES = 4
 
@@ -522,12 +528,16 @@ def expand_config(
     stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]
     gather = decode and not persistent and tuning.expand_gather and not tuning.expand_reduce_add
+    tiles = 0
     if gather:  # the one CTA per tile kernel is only the fallback for unaligned slices
         stages = tuning.expand_stages or 1
+        # about GATHER_CTAS CTAs of num_lora chunks each walking `tiles` column tiles
+        ntn = -(-n // block_n)
+        tiles = tuning.expand_gather_tiles or min(8, 1 << max(0, (ntn * num_lora // GATHER_CTAS).bit_length() - 1))
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
     def need():
-        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora, gather)
+        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora, tiles)
 
     if persistent and tuning.expand_block_n is None and n >= 256:
         # A tile's fixed cost (metadata, masks, one wgmma, fences) is paid per tile: 256-wide tiles
@@ -564,7 +574,7 @@ def expand_config(
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, accumulate=accumulate,
-        gather=gather,
+        gather=gather, gather_tiles=max(tiles, 1),
     )
 
 

@@ -226,7 +226,7 @@ class KernelModel:
     @staticmethod
     def _expand_gather(cfg, meta, ranks, scal, offs, x, b, base):
         """The decode kernel: a chunk's rows, its adapter's product per slice, x scaled before its
-        rounding to the operand dtype, the tile added to the base rows once."""
+        rounding to the operand dtype, each row's update added to base by a TMA reduce-add."""
         lay = T.MetaLayout(cfg.num_lora)
         op = getattr(torch, cfg.op_dtype)
         kr, q = cfg.kr, 16 // x.element_size()
@@ -249,8 +249,9 @@ class KernelModel:
                 xop = hi if cfg.x_part == 0 else (xw - hi.float()).to(op)
                 bw = b[w, offs[j] : offs[j + 1], :kr].float()
                 bw = torch.where(torch.arange(kr)[None, :] < r, bw, 0.0).to(op)
-                acc = (xop.double() @ bw.double().T).float()
-                base[rows, offs[j] : offs[j + 1]] = (base[rows, offs[j] : offs[j + 1]].float() + acc).to(base.dtype)
+                # the update rounded to base's dtype, then added by the TMA reduce-add (two roundings)
+                acc = (xop.double() @ bw.double().T).to(base.dtype)
+                base[rows, offs[j] : offs[j + 1]] = (base[rows, offs[j] : offs[j + 1]].float() + acc.float()).to(base.dtype)
 
 
 @pytest.fixture
@@ -558,7 +559,7 @@ def test_expand_kernel_choice():
                            internal=internal, tail=True, tuning=tuning)
         c = ep.cfgs[0]
         used = T.expand_smem_bytes(c.kr, stack, 4 if internal else 2, 2, 2, c.block_n, c.stages, c.x_shift,
-                                   c.stream_stages, c.accumulate, 8, c.gather)
+                                   c.stream_stages, c.accumulate, 8, c.gather_tiles if c.gather else 0)
         assert used <= T.SMEM_LIMIT, c
         return c
 

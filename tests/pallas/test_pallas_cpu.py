@@ -55,7 +55,7 @@ def run_op(op, comp, rng, dtype_name, tuning=None):
         offs = [0, N, N + KV, N + 2 * KV]
         x, a = t(C.activations(rng, comp, K)), t(C.shrink_weights(rng, comp, 3, K))
         b, base = t(C.expand_weights(rng, comp, offs[-1])), t(C.base_output(rng, comp, offs[-1]))
-        out = lp.qkv_lora(x, a, b, batch, q=N, kv=KV, base=base)
+        out = lp.qkv_lora(x, a, b, batch, q=N, kv=KV, base=base, tuning=tuning)
         return out, C.ref_stacked(comp, f64(x), f64(a), f64(b), offs, f64(base))
     assert op == "gate_up"
     x, a = t(C.activations(rng, comp, K)), t(C.shrink_weights(rng, comp, 2, K))
@@ -117,6 +117,17 @@ def test_decode_composition_interpret(rng, interpret):
     comp = C.decode_composition(rng, 17, 5, 16)
     out, ref = run_op("qkv", comp, rng, "bfloat16")
     assert C.compare(f64(out), ref, "bfloat16").ok
+
+
+@pytest.mark.parametrize("op", ["gate_up", "qkv"])
+def test_decode_expand_tile_groups_interpret(op, rng, interpret):
+    """The decode expand with two column tiles per CTA: gate-up's group crosses its slice boundary
+    (x gathered again for the second tile), qkv's unaligned slices run the per-tile fallback over
+    the group's tiles."""
+    comp = C.decode_composition(rng, 40, 5, 16)
+    out, ref = run_op(op, comp, rng, "bfloat16", T.Tuning(expand_gather_tiles=2))
+    check = C.compare(f64(out), ref, "bfloat16")
+    assert check.ok, f"{op} {comp}: {check.detail}"
 
 
 @pytest.mark.parametrize("op", ["qkv", "expand_qkv"])
