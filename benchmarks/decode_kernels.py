@@ -36,7 +36,9 @@ TUNINGS = {
     "nogather": dict(expand_gather=False),  # session 7's decode expand (one CTA per tile, all its adapters)
     "gt1": dict(expand_gather_tiles=1),
     "gt2": dict(expand_gather_tiles=2),
+    "gt4": dict(expand_gather_tiles=4),
     "gt8": dict(expand_gather_tiles=8),
+    "gt16": dict(expand_gather_tiles=16),
     "s5": dict(expand_gather=False, expand_accumulate=False, expand_stages=2),  # session 5's (a merge per adapter)
     "noacc": dict(expand_accumulate=False),
     "es2": dict(expand_gather=False, expand_stages=2),

@@ -53,7 +53,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import common as C
-from .tiling import BM, CHUNK, ExpandConfig, MetaLayout
+from .tiling import BM, CHUNK, GATHER_B_STAGES, ExpandConfig, MetaLayout
 
 __all__ = ["expand"]
 
@@ -471,7 +471,7 @@ def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c):
                 grid=(T,),
                 in_specs=[plgpu.BlockSpec((None, BN, kr), lambda t: (w, jnp.minimum(n_first + t, ntn - 1), 0),
                                           transforms=C.tiled(op, kr))],
-                max_concurrent_steps=min(T, max(cfg.stages, 2)) if T > 1 else 1,
+                max_concurrent_steps=min(T, GATHER_B_STAGES),
             )(R.b)
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 

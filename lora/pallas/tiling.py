@@ -486,7 +486,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     extra += 2 * BM * kr * op_itemsize if accumulate else 0
     pipeline = stages * per_stage
     if gather:  # the gathered x rows, the row list, two output tiles, the B tiles in flight
-        b_stages = min(gather, max(stages, 2)) if gather > 1 else 1
+        b_stages = min(gather, GATHER_B_STAGES)
         rows = BM * gather_cols(kr, x_shift, x_itemsize) * x_itemsize + 1024 + 2 * BM * block_n * base_itemsize
         pipeline = max(pipeline, rows + b_stages * (block_n * kr * op_itemsize + 16) + (BM + 1) * 8)
     return fixed + pipeline + stream_stages * per_tile + extra
@@ -495,8 +495,11 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
 #: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
 #: extra CTAs wait for a free SM (correct, a little slower); with more, some SMs stay idle.
 PERSISTENT_CTAS = 132
-#: The decode expand's CTAs (column tile groups x adapter chunks) the heuristic aims at: two per SM.
-GATHER_CTAS = 2 * 132
+#: Column tiles a gathering decode-expand CTA walks, and its B tiles in flight (session 8, call 2 on
+#: the H200: rank-16 64-token gate-up expand 34.5 us at one tile per CTA, 22.8 at two, 16.9 at
+#: four, 13.3 at eight; rank-64 256-token 70.8, 74.5, -, 36.8)
+GATHER_TILES = 8
+GATHER_B_STAGES = 4
 #: Tiles in flight in the persistent expand's pipeline (fewer when they do not fit).
 STREAM_STAGES = 4
 
@@ -533,7 +536,7 @@ def expand_config(
         stages = tuning.expand_stages or 1
         # about GATHER_CTAS CTAs of num_lora chunks each walking `tiles` column tiles
         ntn = -(-n // block_n)
-        tiles = tuning.expand_gather_tiles or min(8, 1 << max(0, (ntn * num_lora // GATHER_CTAS).bit_length() - 1))
+        tiles = tuning.expand_gather_tiles or min(GATHER_TILES, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
     def need():
@@ -555,6 +558,8 @@ def expand_config(
             stream -= 1
         elif tuning.expand_stages is None and stages > 1:
             stages -= 1
+        elif gather and tiles > 1 and tuning.expand_gather_tiles is None:  # fewer B tiles in flight
+            tiles //= 2
         elif persistent and tuning.expand_persistent is None:  # wide ranks: one CTA per tile
             persistent, stream = False, 0
             block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
