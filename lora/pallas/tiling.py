@@ -340,9 +340,9 @@ class Tuning:
     #: one CTA per tile: every adapter's product in one accumulator, one merge per tile (False: a
     #: merge into the base tile per adapter, the earlier kernel)
     expand_accumulate: bool = True
-    #: decode-sized batches: a CTA per (column tile, adapter chunk), rows gathered (False: one CTA
-    #: per tile running all of the block's adapters, the earlier kernel)
-    expand_gather: bool = True
+    #: decode-sized batches: a CTA per (column tile group, adapter chunk), rows gathered; False: one
+    #: CTA per tile running all of the block's adapters (None: the heuristic, see expand_config)
+    expand_gather: bool | None = None
     expand_gather_tiles: int | None = None  # 1..16: column tiles per gathering CTA
     #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
@@ -350,11 +350,12 @@ class Tuning:
     expand_reduce_add: bool = False
 
     def __post_init__(self):
-        for name in ("expand_reduce_add", "expand_accumulate", "expand_gather"):
+        for name in ("expand_reduce_add", "expand_accumulate"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
-        if not (self.expand_persistent is None or isinstance(self.expand_persistent, bool)):
-            raise ValueError(f"Tuning.expand_persistent={self.expand_persistent!r} must be a bool or None")
+        for name in ("expand_persistent", "expand_gather"):
+            if not (getattr(self, name) is None or isinstance(getattr(self, name), bool)):
+                raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool or None")
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name in ("expand_reduce_add", "expand_persistent", "expand_accumulate", "expand_gather"):
@@ -495,9 +496,10 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
 #: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
 #: extra CTAs wait for a free SM (correct, a little slower); with more, some SMs stay idle.
 PERSISTENT_CTAS = 132
-#: Column tiles a gathering decode-expand CTA walks, and its B tiles in flight (session 8, call 2 on
-#: the H200: rank-16 64-token gate-up expand 34.5 us at one tile per CTA, 22.8 at two, 16.9 at
-#: four, 13.3 at eight; rank-64 256-token 70.8, 74.5, -, 36.8)
+#: Column tiles a gathering decode-expand CTA walks (half as many below 64 tiles or one block), and
+#: its B tiles in flight (session 8 on the H200, call 2: rank-16 64-token gate-up expand 34.5 us
+#: at one tile per CTA, 22.8 at two, 16.9 at four, 13.3 at eight; rank-64 256-token 70.8, 74.5, -,
+#: 36.8; call 3: rank-64 64-token QKV expand 12.6 us at eight, 8.8 at four)
 GATHER_TILES = 8
 GATHER_B_STAGES = 4
 #: Tiles in flight in the persistent expand's pipeline (fewer when they do not fit).
@@ -530,13 +532,23 @@ def expand_config(
     stages = tuning.expand_stages or ((2 if stack > 1 and kr > 32 else 4) if decode else 1)
     stream = (tuning.expand_stream_stages or STREAM_STAGES) if persistent else 0
     sizes = [_itemsize(d) for d in (x_dtype, op_dtype, base_dtype)]
-    gather = decode and not persistent and tuning.expand_gather and not tuning.expand_reduce_add
+    ntn = -(-n // block_n)
+    # The gathering kernel reads each adapter's B tile once per chunk, where one CTA per tile reads
+    # it once per row block and runs the block's adapters one after another: it wins where blocks
+    # are several and tiles many (gate-up at 256 tokens), and for stacked slices of rank >= 64
+    # (whose one-CTA-per-tile pipeline fits only two stages); else it loses to its longer chain of
+    # dependent loads (session 8, calls 2-3 on the H200: rank-16 256-token gate-up expand 21.4 us
+    # against 30.6, rank-64 64-token QKV expand 8.8 against 13.8; rank-16 64-token expand 7.0 against
+    # 5.6, rank-64 64-token gate-up expand 23.0 against 17.9)
+    wide = nb > 1 and ntn >= 64
+    gather = tuning.expand_gather
+    if gather is None:
+        gather = wide or (x_shift and kr >= 64 and ntn < 64)
+    gather = gather and decode and not persistent and not tuning.expand_reduce_add
     tiles = 0
     if gather:  # the one CTA per tile kernel is only the fallback for unaligned slices
         stages = tuning.expand_stages or 1
-        # about GATHER_CTAS CTAs of num_lora chunks each walking `tiles` column tiles
-        ntn = -(-n // block_n)
-        tiles = tuning.expand_gather_tiles or min(GATHER_TILES, ntn)
+        tiles = tuning.expand_gather_tiles or min(GATHER_TILES if wide else GATHER_TILES // 2, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
     def need():

@@ -563,12 +563,17 @@ def test_expand_kernel_choice():
         assert used <= T.SMEM_LIMIT, c
         return c
 
-    c = cfg(256, 4096, 16, 1)
-    assert c.ctas == 0 and c.gather and not c.accumulate and c.stages == 1
-    assert cfg(256, 28672, 64, 2).gather and cfg(64, 6144, 128, 3).gather
-    no_gather = T.Tuning(expand_gather=False)
-    assert not cfg(256, 4096, 16, 1, no_gather).gather and cfg(256, 4096, 16, 1, no_gather).accumulate
-    assert not cfg(256, 4096, 16, 1, T.Tuning(expand_gather=False, expand_accumulate=False)).accumulate
+    c = cfg(256, 4096, 16, 1)  # one CTA per tile: all of a block's adapters, one accumulator
+    assert c.ctas == 0 and not c.gather and c.accumulate
+    assert not cfg(256, 4096, 16, 1, T.Tuning(expand_accumulate=False)).accumulate
+    c = cfg(256, 28672, 64, 2)  # several blocks, many tiles: gathering CTAs, eight tiles each
+    assert c.gather and c.gather_tiles == 8 and not c.accumulate and c.stages == 1
+    assert cfg(64, 6144, 64, 3).gather and cfg(64, 6144, 64, 3).gather_tiles == 4  # stacked, rank 64
+    assert not cfg(64, 28672, 64, 2).gather and not cfg(64, 28672, 16, 2).gather  # one block
+    assert cfg(64, 4096, 16, 1, T.Tuning(expand_gather=True)).gather
+    assert not cfg(256, 28672, 64, 2, T.Tuning(expand_gather=False)).gather
+    with pytest.raises(ValueError, match="expand_gather"):
+        T.Tuning(expand_gather=1)
     assert not cfg(8192, 4096, 16, 1).accumulate  # the persistent kernel merges per tile in its own step
     assert not cfg(8192, 4096, 16, 1).gather
     c = cfg(8192, 4096, 16, 1)
@@ -655,9 +660,11 @@ def test_stacked_expand_reads_the_callers_x_as_it_is():
 
     assert plan(16, 3, True).x_cols == 48 and plan(16, 3, True).cfgs[0].na == 48
     assert plan(64, 2, True).x_cols == 128
-    # JAX: padded (interpret mode has no out-of-bounds fill), so that the decode kernel's gathered
-    # rows (64 columns: 128 bytes) of the last slice (column 32) lie inside
-    assert plan(16, 3, False).x_cols == 96
+    assert plan(16, 3, False).x_cols == 64  # JAX: padded (interpret mode has no out-of-bounds fill)
+    # ... so that the gathering decode kernel's rows (64 columns: 128 bytes) of the last slice
+    # (column 32) lie inside
+    assert P.plan_expand(64, 6144, 16, 3, 8, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=False,
+                         tuning=T.Tuning(expand_gather=True)).x_cols == 96
     assert P.plan_expand(8192, 6144, 16, 3, 8, "bfloat16", "bfloat16", "bfloat16", internal=False,
                          tail=False).x_cols == 64
     assert plan(12, 3, True).x_cols == 64  # 36 columns: 72-byte rows, not a TMA row pitch

@@ -50,7 +50,7 @@ def run_op(op, comp, rng, dtype_name, tuning=None):
     if op == "expand":
         x, b = t(C.expand_input(rng, comp, 1)), t(C.expand_weights(rng, comp, N))
         base = t(C.base_output(rng, comp, N))
-        return lp.expand(x, b, batch, base=base), C.ref_expand(comp, f64(x), f64(b), [0, N], f64(base))
+        return lp.expand(x, b, batch, base=base, tuning=tuning), C.ref_expand(comp, f64(x), f64(b), [0, N], f64(base))
     if op == "qkv":
         offs = [0, N, N + KV, N + 2 * KV]
         x, a = t(C.activations(rng, comp, K)), t(C.shrink_weights(rng, comp, 3, K))
@@ -119,15 +119,19 @@ def test_decode_composition_interpret(rng, interpret):
     assert C.compare(f64(out), ref, "bfloat16").ok
 
 
-@pytest.mark.parametrize("op", ["gate_up", "qkv"])
-def test_decode_expand_tile_groups_interpret(op, rng, interpret):
-    """The decode expand with two column tiles per CTA: gate-up's group crosses its slice boundary
-    (x gathered again for the second tile), qkv's unaligned slices run the per-tile fallback over
-    the group's tiles."""
-    comp = C.decode_composition(rng, 40, 5, 16)
-    out, ref = run_op(op, comp, rng, "bfloat16", T.Tuning(expand_gather_tiles=2))
-    check = C.compare(f64(out), ref, "bfloat16")
-    assert check.ok, f"{op} {comp}: {check.detail}"
+@pytest.mark.parametrize("op,dtype_name,tiles", [("expand", "bfloat16", 1), ("expand", "float32", 1),
+                                                  ("gate_up", "bfloat16", 2), ("qkv", "bfloat16", 2),
+                                                  ("qkv", "float16", 1)])
+def test_decode_gather_interpret(op, dtype_name, tiles, rng, interpret):
+    """The gathering decode expand (forced: the heuristic picks it for wider shapes than these),
+    on uneven segments with rank-0 and odd ranks: two column tiles per CTA make gate-up's group
+    cross its slice boundary (x gathered again for the second tile), and qkv's unaligned slices
+    run the per-tile fallback over the group's tiles; float32 weights add three products."""
+    comp = C.random_composition(rng)
+    tuning = T.Tuning(expand_gather=True, expand_gather_tiles=tiles)
+    out, ref = run_op(op, comp, rng, dtype_name, tuning)
+    check = C.compare(f64(out), ref, dtype_name, comp=comp, op=C.contract_op(op, K, N, KV))
+    assert check.ok, f"{op} {dtype_name} {comp}: {check.detail}"
 
 
 @pytest.mark.parametrize("op", ["qkv", "expand_qkv"])
