@@ -8,8 +8,14 @@
                              nonzero-rank slot are written (row-exact TMA stores)
     offsets (stack+1,) int32 slice boundaries [0, ..., N], read at run time
 
-The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Two kernels run tiles
+The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Three kernels run tiles
 (chosen in :func:`lora.pallas.tiling.expand_config`):
+
+* **gather** (decode-sized batches with several row blocks and many column tiles, or stacked slices
+  of rank >= 64): one CTA per (group of column tiles, chunk of the metadata's chunk table: one
+  adapter's rows, at most 64), :func:`_gather_group`. Its rows are gathered by one TMA copy each, so
+  each adapter's B tile is read once per chunk instead of once per row block, and each tile is
+  added to base by per-row TMA reduce-adds.
 
 * **grid** (decode-sized batches): one CTA per tile, :func:`_tile_program` ``.one_tile``. It loads
   the block's base rows (a ladder of power-of-two TMA boxes: row-exact, so the caller's tensor

@@ -514,7 +514,9 @@ def expand_config(
 
     Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): one CTA per tile of 128 output columns (64
     for N < 128), four pipeline stages over the block's adapters (two for stacked ranks > 32), whose
-    products accumulate in one wgmma accumulator (``accumulate``). Larger batches: the persistent
+    products accumulate in one wgmma accumulator (``accumulate``); or, with several blocks and >= 64
+    column tiles, or stacked slices of rank >= 64, the gathering kernel (``gather``: GATHER_TILES
+    column tiles a CTA, half as many for the latter). Larger batches: the persistent
     kernel, STREAM_STAGES tiles in flight (256 columns wide where three such tiles fit, else 128),
     one stage for the tiles it runs one by one (partial last block, unaligned slice boundaries).
     Then fewer stages, then (wide ranks) one CTA per tile again, then narrower column tiles, until
