@@ -29,13 +29,13 @@ def run_op(backend, op: str, comp, rng, dtype_name: str, device, *, k: int, n: i
     return C.run_op(backend, C.contract_op(op, k, n, kv), comp, dtype_name, device=device, seed=int(rng.integers(2**31)))
 
 
-def pallas(bi=None):
+def pallas(bi=None, **kw):
     import lora
 
     status = {s.name: s for s in lora.available_backends()}["pallas"]
     if not status.available:
         pytest.skip(f"pallas cannot run here: {status.reason}")
-    return lora.get_backend_from_name("pallas")("pallas", bi)
+    return lora.get_backend_from_name("pallas")("pallas", bi, **kw)
 
 
 def mixed(rng, tokens=1500, segs=12, num_lora=8, max_r=64, odd_rank=True):
@@ -59,6 +59,30 @@ def test_contract_real_widths(op, kind, dtype_name, rng):
     comp = C.decode_composition(rng, 64, 8, 16) if kind == "decode" else mixed(rng)
     check, _ = run_op(be, op, comp, rng, dtype_name, DEV, k=HIDDEN, n=Q if op != "gate_up" else INTER, kv=KV)
     assert check.ok, f"{op} {kind} {dtype_name}: {check.detail}"
+
+
+@pytest.mark.parametrize("tokens", [64, 256])
+@pytest.mark.parametrize("op", ["expand", "qkv", "gate_up"])
+def test_gathering_decode_expand(op, tokens, rng):
+    """The gathering decode expand on every decode op (forced: the heuristic picks it for gate-up at
+    256 tokens and stacked rank-64 slices only), a rank-0 slot and a lower rank among full ones;
+    then 20 repeats give the same bits (each element of base gets one reduce-add)."""
+    from lora.pallas.tiling import Tuning
+
+    comp = C.decode_composition(rng, tokens, 8, 64)
+    comp = C.Composition(comp.seg_lens, comp.weight_indices, (64, 0, 40) + (64,) * 5, comp.scalings, 64, tokens)
+    be = pallas(tuning=Tuning(expand_gather=True))
+    check, _ = run_op(be, op, comp, rng, "bfloat16", DEV, k=HIDDEN, n=Q if op != "gate_up" else INTER, kv=KV)
+    assert check.ok, f"{op} {tokens}: {check.detail}"
+    be.set_batch_info(batch_info(comp, DEV))
+    dt = torch.bfloat16
+    x = to_torch(C.expand_input(rng, comp, 1), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, INTER), dt, DEV)
+    base = to_torch(C.base_output(rng, comp, INTER), dt, DEV)
+    first = be.run_lora_b_sgemm(x, b, base_output=base.clone())
+    diffs = sum(int(not torch.equal(be.run_lora_b_sgemm(x, b, base_output=base.clone()).view(torch.int16),
+                                    first.view(torch.int16))) for _ in range(20))
+    assert diffs == 0, f"{diffs}/20 results differ bitwise"
 
 
 def test_float32_and_odd_shapes(rng):

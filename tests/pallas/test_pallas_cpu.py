@@ -134,6 +134,18 @@ def test_decode_gather_interpret(op, dtype_name, tiles, rng, interpret):
     assert check.ok, f"{op} {dtype_name} {comp}: {check.detail}"
 
 
+@pytest.mark.parametrize("op", ["expand", "gate_up"])
+def test_decode_gather_chunks_of_one_slot_interpret(op, rng, interpret):
+    """A decode-sized batch (four blocks, the last partial) where one slot holds 200 rows in two
+    segments around another slot's: its rows are gathered in chunks of 64, 64, 64 and 8, the last
+    crossing into the partial block; the other slot's 30 rows are one chunk."""
+    comp = C.Composition([120, 30, 80, 1], [1, 0, 1, 2], [16, 12, 0], [0.5, 2.0, 1.0], 16, 233)
+    tuning = T.Tuning(expand_gather=True, expand_gather_tiles=2)
+    out, ref = run_op(op, comp, rng, "bfloat16", tuning)
+    check = C.compare(f64(out), ref, "bfloat16")
+    assert check.ok, f"{op}: {check.detail}"
+
+
 @pytest.mark.parametrize("op", ["qkv", "expand_qkv"])
 def test_stacked_slices_of_wide_ranks_interpret(op, rng, interpret):
     """Stacked slices of max_r 32 (a window wider than the slice, not a multiple of it): full-rank
