@@ -66,9 +66,9 @@ def _chunk_table(xp, row_slot, lay: MetaLayout):
     each slot's rows in ascending order, cut into chunks of at most 64; unused chunks count 0 rows."""
     L, nc = lay.num_lora, lay.chunks
     n = GATHER_ROWS
-    key = xp.where(row_slot >= 0, row_slot, L)  # rows without an adapter sort last
     if L == 0:
         return xp.full((nc, CHUNK), 0)
+    key = xp.where(row_slot >= 0, row_slot, L)  # rows without an adapter sort last
     ids = xp.reshape(xp.arange(L), (1, L))
     cnt = xp.sum(xp.reshape(key, (n, 1)) == ids, 0)  # rows per slot
     nch = (cnt + BM - 1) // BM  # chunks per slot

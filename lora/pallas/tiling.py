@@ -36,9 +36,9 @@ the buffer holds (one buffer, sized once for the largest batch, serves every tok
 
 The chunk table groups the rows of the first ``SPLIT_MAX_BLOCKS * 64`` by adapter: each slot's rows
 (ascending), cut into chunks of at most 64, the slots in ascending order; ``MetaLayout.chunks``
-entries (the most a decode-sized batch can need: its blocks plus one per slot). The decode expand
-runs one CTA per (column tile, chunk): one adapter's B tile and that adapter's rows, gathered row by
-row (see :mod:`lora.pallas.expand_kernel`).
+entries (the most a decode-sized batch can need: its blocks plus one per slot). The gathering decode
+expand runs one CTA per (group of column tiles, chunk): one adapter's B tiles and that adapter's rows,
+gathered row by row (see :mod:`lora.pallas.expand_kernel`).
 
 A box starting at any row p is then one contiguous, 16-byte aligned run of 64 entries: group
 ``p // 64``, copy ``k = p % 4``, entries from ``p % 64 - k``. (A TMA copy's start in the innermost
@@ -235,8 +235,9 @@ class ExpandConfig:
     #: one_tile, aligned slices: the adapters' products accumulate in one wgmma accumulator, added
     #: to the base tile once (x rows masked to each adapter, its scale folded into x)
     accumulate: bool = False
-    #: decode: one CTA per (column tile, chunk of the chunk table): one adapter's rows gathered row
-    #: by row (see expand_kernel); ``stages`` then applies to the unaligned-slices fallback only
+    #: decode: one CTA per (group of column tiles, chunk of the chunk table): one adapter's rows
+    #: gathered row by row (see expand_kernel); ``stages`` then applies to the unaligned-slices
+    #: fallback only
     gather: bool = False
     gather_tiles: int = 1  # column tiles a gathering CTA walks (its x rows gathered once)
 
@@ -248,7 +249,7 @@ class ExpandConfig:
     def gather_cols(self) -> int:
         """Columns of the gathered x rows in shared memory: kw rounded up to 128 bytes (a TMA
         copy's shared-memory start must be 128-byte aligned, and each row is one copy)."""
-        return gather_cols(self.kr, self.x_shift, _itemsize(self.x_dtype))
+        return gather_cols(self.kw, _itemsize(self.x_dtype))
 
     @property
     def kr(self) -> int:
@@ -350,15 +351,16 @@ class Tuning:
     expand_reduce_add: bool = False
 
     def __post_init__(self):
-        for name in ("expand_reduce_add", "expand_accumulate"):
+        flags, optional_flags = ("expand_reduce_add", "expand_accumulate"), ("expand_persistent", "expand_gather")
+        for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
-        for name in ("expand_persistent", "expand_gather"):
+        for name in optional_flags:
             if not (getattr(self, name) is None or isinstance(getattr(self, name), bool)):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool or None")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("expand_reduce_add", "expand_persistent", "expand_accumulate", "expand_gather"):
+            if f.name in flags + optional_flags:
                 continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"Tuning.{f.name}={v!r} must be a non-negative int or None")
@@ -455,9 +457,9 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
     return cfg
 
 
-def gather_cols(kr: int, x_shift: bool, x_itemsize: int) -> int:
-    """:attr:`ExpandConfig.gather_cols`."""
-    return round_up(kr + (shift_pad(kr) if x_shift else 0), 128 // x_itemsize)
+def gather_cols(kw: int, x_itemsize: int) -> int:
+    """:attr:`ExpandConfig.gather_cols` of an x window ``kw`` columns wide."""
+    return round_up(kw, 128 // x_itemsize)
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
@@ -488,7 +490,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     pipeline = stages * per_stage
     if gather:  # the gathered x rows, the row list, two output tiles, the B tiles in flight
         b_stages = min(gather, GATHER_B_STAGES)
-        rows = BM * gather_cols(kr, x_shift, x_itemsize) * x_itemsize + 1024 + 2 * BM * block_n * base_itemsize
+        rows = BM * gather_cols(kw, x_itemsize) * x_itemsize + 1024 + 2 * BM * block_n * base_itemsize
         pipeline = max(pipeline, rows + b_stages * (block_n * kr * op_itemsize + 16) + (BM + 1) * 8)
     return fixed + pipeline + stream_stages * per_tile + extra
 
