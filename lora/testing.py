@@ -480,6 +480,7 @@ def call_op(backend, op: ResolvedOp, t: dict):
     if op.kind == "expand" and op.stack == 1:
         return backend.run_lora_b_sgemm(t["x"], t["b"], base_output=base)
     if op.kind == "expand":  # the primitive alone (no public op has 2-3 slices without the shrink)
+        backend._before_launch(t["x"])  # what a public op does first: metadata sized for x's rows
         return backend.expand(t["x"], t["b"], t["offsets"], op.max_slice, base)
     if op.stack == 3:
         return backend.run_qkv_lora(t["x"], t["a"], t["b"], t["offsets"], op.max_slice, base_output=base)

@@ -306,3 +306,13 @@ def test_two_launch_fused_ops_use_pdl_on_decode_batches_only(monkeypatch, seg_le
     assert calls == [("shrink", pdl), ("expand", pdl)]
     if DEVICE == "cpu":
         assert not tiling.pdl_supported("cpu") and tiling.pdl_launch(True, "cpu") == {}
+
+
+def test_multi_slice_expand_primitive_on_a_fresh_backend():
+    """The harness calls the 2-3 slice expand primitive directly: on a fresh backend, a batch with rows past
+    its segments must get metadata sized for x's rows, as a public op would (it raised before)."""
+    comp = C.Composition([7], [0], [8], [0.5], 8, 12)
+    be = lora.get_backend_from_name("triton")("triton")
+    op = C.ResolvedOp("expand_qkv", "expand", 0, (0, 32, 48, 64), 3)
+    check, _ = C.run_op(be, op, comp, "float16", device=DEVICE, seed=3)
+    assert check.ok, check.detail
