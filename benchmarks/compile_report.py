@@ -22,12 +22,12 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lora.triton import tiling  # noqa: E402
-from lora.triton.expand import _expand_all_slots_kernel, _expand_kernel  # noqa: E402
+from lora.triton.expand import _expand_kernel  # noqa: E402
 from lora.triton.grouping import _derive_kernel, derive_blocks  # noqa: E402
 from lora.triton.shrink import _shrink_kernel  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-DIV16 = {"x_ptr", "w_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "group_rows", "group_start", "row_order", "row_slot",
+DIV16 = {"x_ptr", "w_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "group_rows", "group_start", "row_order",
          "lora_ranks", "scalings", "offsets_ptr", "K", "stride_xm", "stride_wl", "stride_wn", "stride_om"}
 
 
@@ -72,13 +72,11 @@ def shrink_report(dtype: str, stack: int, n_out: int, plan: tiling.ShrinkPlan, n
 def expand_report(dtype: str, max_r: int, plan: tiling.ExpandPlan, num_lora=8, bs=8):
     t = "*" + dtype
     types = dict(x_ptr=t, w_ptr=t, out_ptr=t, offsets_ptr="*i32", group_rows="*i32", group_start="*i32",
-                 row_order="*i32", row_slot="*i32", lora_ranks="*i32", scalings="*fp32")
+                 row_order="*i32", lora_ranks="*i32", scalings="*fp32")
     consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_R=tiling.rank_block(max_r), N_ITERS=plan.n_iters,
-                  L_BLOCK=tiling.group_block(num_lora), PRECISION="tf32x3" if dtype == "fp32" else "ieee", ALIGN=16,
+                  GROUP_GRID=plan.group_grid, L_BLOCK=tiling.group_block(num_lora),
+                  PRECISION="tf32x3" if dtype == "fp32" else "ieee", ALIGN=16,
                   RAGGED_N=max(16, plan.block_n // 4))
-    if plan.all_slots:
-        return resources(compile_kernel(_expand_all_slots_kernel, types, consts, plan.num_warps, plan.num_stages))
-    consts["GROUP_GRID"] = plan.group_grid
     return resources(compile_kernel(_expand_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 
@@ -86,7 +84,7 @@ def derive_report(bs: int, num_lora: int):
     """The once-per-batch grouping kernel (lora.triton.grouping)."""
     l_block, seg_block, row_block = derive_blocks(bs, num_lora)
     types = dict(seg_lens="*i32", seg_indptr="*i32", weight_indices="*i32", group_rows="*i32", group_start="*i32",
-                 row_order="*i32", row_slot="*i32")
+                 row_order="*i32")
     consts = dict(L_BLOCK=l_block, SEG_BLOCK=seg_block, ROW_BLOCK=row_block)
     return resources(compile_kernel(_derive_kernel, types, consts, 4, 1, div16=set(types)))
 

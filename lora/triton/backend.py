@@ -3,8 +3,8 @@
 Public ops come from :class:`~lora.backend.BaseLoRABackend` (validation, then shrink -> expand).
 
 ``prepare`` (run by ``set_batch_info``) derives the batch's grouping by adapter once, with one
-kernel launch, into four persistent int32 buffers (:class:`~lora.triton.grouping.GroupMeta`: rows
-per slot, where each slot's rows start, the covered rows ordered by slot, each row's slot); every shrink and expand
+kernel launch, into three persistent int32 buffers (:class:`~lora.triton.grouping.GroupMeta`: rows
+per slot, where each slot's rows start, the covered rows ordered by slot); every shrink and expand
 launch of the batch reads them instead of scanning the segments. The launch reads only shapes on the
 host and the buffers never move once reserved (or captured), so a CUDA graph captured once replays
 correctly after the engine writes a new batch into the same batch-info tensors and calls
@@ -51,7 +51,6 @@ class TritonLoRABackend(BaseLoRABackend):
             self.buffer("group_rows", slots, torch.int32, dev),
             self.buffer("group_start", slots, torch.int32, dev),
             self.buffer("row_order", tokens, torch.int32, dev),
-            self.buffer("row_slot", tokens, torch.int32, dev),
         ))
 
     def shrink(self, x: torch.Tensor, weights: torch.Tensor, stack_num: int) -> torch.Tensor:

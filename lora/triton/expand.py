@@ -184,143 +184,13 @@ def _add_block(x, w, base, o_ptrs, om, scale, PRECISION: tl.constexpr):
     tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
 
 
-# ---- the all-slots layout (decode, few slots of small rank) ---------------------------------------------
-#
-# One program per (block of BLOCK_M rows in token order, slice, column group), no grouping by adapter: the
-# dot runs over every slot at once. Its K axis holds slot l's rank columns at [l * BLOCK_R, (l + 1) * BLOCK_R);
-# row t's x is placed in its own slot's columns (zeros elsewhere), and B is every slot's tile stacked along K:
-#
-#     out[t, n] += scaling[w_t] * sum_l sum_c X[t, l, c] * B[l, n, c],   X[t, l, c] = x[t, c] if l == w_t else 0
-#
-# The adapter's extra terms are exact zeros, so this is the grouped product with more (free) MMA work. What
-# it saves: the chunk lookup and row gather of a by-group program (two dependent round trips), one
-# program per adapter and column tile (each reading a few rows), and base_output rows read scattered: a
-# program reads and writes whole row blocks. What it costs: every slot's B tile per row block, from L2
-# (``tiling.all_slots_depth`` bounds where the heuristic uses it).
-
-
-@triton.jit(do_not_specialize=["num_tokens", "num_lora"])
-def _expand_all_slots_kernel(
-    x_ptr,
-    w_ptr,
-    out_ptr,
-    offsets_ptr,
-    group_start,
-    row_slot,
-    lora_ranks,
-    scalings,
-    num_tokens,
-    num_lora,
-    stride_xm,
-    stride_wl,
-    stride_wn,
-    stride_om,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    L_BLOCK: tl.constexpr,
-    N_ITERS: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ALIGN: tl.constexpr,
-    RAGGED_N: tl.constexpr,
-    PDL: tl.constexpr = False,
-):
-    pid_m = tl.program_id(0)
-    pid_j = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    lo = tl.load(offsets_ptr + pid_j).to(tl.int64)
-    hi = tl.load(offsets_ptr + pid_j + 1).to(tl.int64)
-    n_start = (lo // ALIGN) * ALIGN + pid_n * (BLOCK_N * N_ITERS)
-    n_start = tl.multiple_of(n_start, ALIGN)
-    if n_start >= hi:
-        return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    covered = tl.load(group_start + num_lora)  # rows past the segments have no slot
-    slot = tl.load(row_slot + rows, mask=(rows < num_tokens) & (rows < covered), other=-1)
-    slot_ok = (slot >= 0) & (slot < num_lora)
-    rank = tl.load(lora_ranks + slot, mask=slot_ok, other=0)
-    scale = tl.load(scalings + slot, mask=slot_ok, other=0.0)
-    row_ok = slot_ok & (rank > 0)  # other rows are left as they are
-    # the dot's K axis: (slot, rank column) pairs
-    c = tl.arange(0, L_BLOCK * BLOCK_R)
-    c_slot = c // BLOCK_R
-    c_r = c % BLOCK_R
-    c_rank = tl.load(lora_ranks + c_slot, mask=c_slot < num_lora, other=0)
-    w_rows = (w_ptr + c_slot.to(tl.int64) * stride_wl + c_r)[:, None]
-    kr = tl.arange(0, BLOCK_R)
-    x_ptrs = x_ptr + rows.to(tl.int64)[:, None] * stride_xm + (pid_j * rank)[:, None] + kr[None, :]
-    x_mask = row_ok[:, None] & (kr[None, :] < rank[:, None])
-    out_rows = out_ptr + rows.to(tl.int64) * stride_om
-    if (lo % ALIGN == 0) & (hi % ALIGN == 0):
-        # bounds visibly aligned for the compiler: 16-byte base_output accesses (see _expand_chunk)
-        _all_slots_columns(x_ptrs, x_mask, slot, w_rows, c_slot < num_lora, c_r < c_rank, out_rows, row_ok,
-                           scale[:, None], (lo // ALIGN) * ALIGN, (hi // ALIGN) * ALIGN, n_start, stride_wn,
-                           BLOCK_M, BLOCK_N, BLOCK_R, L_BLOCK, N_ITERS, PRECISION, PDL)
-    else:
-        _all_slots_columns(x_ptrs, x_mask, slot, w_rows, c_slot < num_lora, c_r < c_rank, out_rows, row_ok,
-                           scale[:, None], lo, hi, n_start, stride_wn,
-                           BLOCK_M, RAGGED_N, BLOCK_R, L_BLOCK, N_ITERS * (BLOCK_N // RAGGED_N), PRECISION, PDL)
-
-
-@triton.jit
-def _all_slots_x(x_ptrs, x_mask, slot, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, L_BLOCK: tl.constexpr):
-    """The dot's A operand: each row's x (BLOCK_R columns) placed in its slot's columns, zeros elsewhere."""
-    x = tl.load(x_ptrs, mask=x_mask, other=0.0)
-    spread = tl.broadcast_to(x[:, None, :], (BLOCK_M, L_BLOCK, BLOCK_R))
-    spread = tl.where(tl.arange(0, L_BLOCK)[None, :, None] == slot[:, None, None], spread, 0.0)
-    return tl.reshape(spread, (BLOCK_M, L_BLOCK * BLOCK_R))
-
-
-@triton.jit
-def _all_slots_columns(
-    x_ptrs, x_mask, slot, w_rows, w_in, w_real, out_rows, row_ok, scale, lo, hi, n_start, stride_wn,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, L_BLOCK: tl.constexpr,
-    N_ITERS: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
-):
-    """The ``N_ITERS`` column blocks from ``n_start``: every slot's B tile, the row block's base_output tile,
-    one dot, scale per row, add, store. ``PDL``: the first block's tiles are loaded before waiting for the
-    kernel that writes x."""
-    if PDL:
-        w, base, o_ptrs, om = _all_slots_block(w_rows, w_in, w_real, out_rows, row_ok, lo, hi, n_start, stride_wn,
-                                               BLOCK_N)
-        tl.extra.cuda.gdc_wait()
-        x = _all_slots_x(x_ptrs, x_mask, slot, BLOCK_M, BLOCK_R, L_BLOCK)
-        for it in range(N_ITERS):
-            if it > 0:
-                w, base, o_ptrs, om = _all_slots_block(w_rows, w_in, w_real, out_rows, row_ok, lo, hi,
-                                                       n_start + it * BLOCK_N, stride_wn, BLOCK_N)
-            _add_block(x, w, base, o_ptrs, om, scale, PRECISION)
-    else:
-        x = _all_slots_x(x_ptrs, x_mask, slot, BLOCK_M, BLOCK_R, L_BLOCK)
-        for it in range(N_ITERS):
-            w, base, o_ptrs, om = _all_slots_block(w_rows, w_in, w_real, out_rows, row_ok, lo, hi,
-                                                   n_start + it * BLOCK_N, stride_wn, BLOCK_N)
-            _add_block(x, w, base, o_ptrs, om, scale, PRECISION)
-
-
-@triton.jit
-def _all_slots_block(w_rows, w_in, w_real, out_rows, row_ok, lo, hi, n0, stride_wn, BLOCK_N: tl.constexpr):
-    """Every slot's B tile ((slots x rank) x BLOCK_N) and the row block's base_output tile from column ``n0``."""
-    n = n0 + tl.arange(0, BLOCK_N)
-    nm = (n >= lo) & (n < hi)
-    # loaded whole per slot (16-byte vectors along the rank), then the columns past each slot's real rank
-    # zeroed: a stale buffer tail may hold anything, and 0 * inf is not 0
-    w = tl.load(w_rows + n[None, :] * stride_wn, mask=w_in[:, None] & nm[None, :], other=0.0,
-                eviction_policy="evict_last")
-    w = tl.where(w_real[:, None], w, 0.0)
-    o_ptrs = out_rows[:, None] + n[None, :]
-    om = row_ok[:, None] & nm[None, :]
-    base = tl.load(o_ptrs, mask=om, other=0.0, eviction_policy="evict_first")
-    return w, base, o_ptrs, om
-
-
 def expand_grid(num_tokens: int, num_lora: int, stack: int, max_slice_width: int, plan: tiling.ExpandPlan):
-    """Launch grid from shapes: (groups, chunk slots or row blocks; slices; column groups of the widest slice)."""
-    if plan.all_slots:
-        rows = triton.cdiv(num_tokens, plan.block_m)
-    else:
-        rows = num_lora if plan.group_grid else triton.cdiv(num_tokens, plan.block_m) + num_lora
-    return rows, stack, triton.cdiv(max_slice_width + ALIGN - 1, plan.block_n * plan.n_iters)
+    """Launch grid from shapes: (groups or chunk slots, slices, column groups of the widest slice)."""
+    return (
+        num_lora if plan.group_grid else triton.cdiv(num_tokens, plan.block_m) + num_lora,
+        stack,
+        triton.cdiv(max_slice_width + ALIGN - 1, plan.block_n * plan.n_iters),
+    )
 
 
 def lora_expand(
@@ -351,25 +221,6 @@ def lora_expand(
     if plan is None:
         plan = tiling.plan_expand(s, max_r, n_total, max_slice_width, stack, num_lora, batch_info.bs, x.dtype, x.device)
     grid = expand_grid(s, num_lora, stack, max_slice_width, plan)
-    if plan.all_slots:
-        _expand_all_slots_kernel[grid](
-            x, weights, base_output, output_offset,
-            meta.group_start, meta.row_slot, batch_info.lora_ranks, batch_info.scalings,
-            s, num_lora,
-            x.stride(0), weights.stride(0), weights.stride(1), base_output.stride(0),
-            BLOCK_M=plan.block_m,
-            BLOCK_N=plan.block_n,
-            BLOCK_R=tiling.rank_block(max_r),
-            L_BLOCK=tiling.group_block(num_lora),
-            N_ITERS=plan.n_iters,
-            PRECISION=tiling.dot_precision(x.dtype, x.device),
-            ALIGN=ALIGN,
-            RAGGED_N=max(16, plan.block_n // 4),
-            num_warps=plan.num_warps,
-            num_stages=plan.num_stages,
-            **tiling.pdl_launch(pdl, x.device),
-        )
-        return base_output
     _expand_kernel[grid](
         x, weights, base_output, output_offset,
         meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks, batch_info.scalings,

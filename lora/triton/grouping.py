@@ -13,10 +13,7 @@ batch metadata becomes :class:`GroupMeta`:
 * ``group_start[w]``: where group ``w`` begins in ``row_order`` (exclusive prefix sum of
   ``group_rows``); ``group_start[num_lora]`` is the number of rows the segments cover;
 * ``row_order``: the covered row indices grouped by slot (segment order within a group): rows
-  ``row_order[group_start[w] : group_start[w] + group_rows[w]]`` are the rows of slot ``w``;
-* ``row_slot``: the other direction, in token order: ``row_slot[t]`` is the slot of row ``t`` (-1 for a
-  segment whose slot is out of range), for the rows the segments cover (``t < group_start[num_lora]``;
-  entries past that are stale). The all-slots decode expand reads it (:mod:`.expand`).
+  ``row_order[group_start[w] : group_start[w] + group_rows[w]]`` are the rows of slot ``w``.
 
 The launch reads only device values and writes into buffers the backend keeps (no host read, no
 allocation), so it can run eagerly before a CUDA-graph replay or be captured inside the graph.
@@ -57,19 +54,16 @@ class GroupMeta:
     group_rows: torch.Tensor  # int32, >= num_lora entries
     group_start: torch.Tensor  # int32, >= num_lora + 1 entries
     row_order: torch.Tensor  # int32, capacity entries
-    row_slot: torch.Tensor  # int32, capacity entries
 
     @property
     def capacity(self) -> int:
-        return int(min(self.row_order.numel(), self.row_slot.numel()))
+        return int(self.row_order.numel())
 
 
 def new_meta(num_lora: int, capacity: int, device) -> GroupMeta:
     """Fresh buffers for ``num_lora`` slots and ``capacity`` covered rows."""
     i32 = dict(dtype=torch.int32, device=device)
-    rows = max(capacity, 1)
-    return GroupMeta(torch.empty(num_lora + 1, **i32), torch.empty(num_lora + 1, **i32), torch.empty(rows, **i32),
-                     torch.empty(rows, **i32))
+    return GroupMeta(torch.empty(num_lora + 1, **i32), torch.empty(num_lora + 1, **i32), torch.empty(max(capacity, 1), **i32))
 
 
 def meta_for(batch_info, meta: GroupMeta | None, num_lora: int, rows: int, device) -> GroupMeta:
@@ -100,7 +94,7 @@ def derive(batch_info, meta: GroupMeta) -> GroupMeta:
     l_block, seg_block, row_block = derive_blocks(batch_info.bs, num_lora)
     _derive_kernel[(1,)](
         batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices,
-        meta.group_rows, meta.group_start, meta.row_order, meta.row_slot,
+        meta.group_rows, meta.group_start, meta.row_order,
         batch_info.bs, num_lora, meta.capacity,
         L_BLOCK=l_block, SEG_BLOCK=seg_block, ROW_BLOCK=row_block,
         num_warps=4,
@@ -116,7 +110,6 @@ def _derive_kernel(
     group_rows,
     group_start,
     row_order,
-    row_slot,
     bs,
     num_lora,
     capacity,
@@ -124,8 +117,7 @@ def _derive_kernel(
     SEG_BLOCK: tl.constexpr,
     ROW_BLOCK: tl.constexpr,
 ):
-    """One program: group sizes and starts, then every covered row scattered to its group's place (and its
-    slot written at its own place)."""
+    """One program: group sizes and starts, then every covered row scattered to its group's place."""
     gids = tl.arange(0, L_BLOCK)
     rows = tl.zeros([L_BLOCK], dtype=tl.int32)
     for s0 in range(0, bs, SEG_BLOCK):
@@ -151,16 +143,13 @@ def _derive_kernel(
         before = tl.cumsum(lens, 1) - lens  # rows of the same slot earlier in this block
         dest = tl.sum(tl.where(hit, fill[:, None] + before, 0), axis=0)  # each segment's first place
         fill += tl.sum(lens, axis=1)
-        valid = tl.sum(hit.to(tl.int32), axis=0) > 0  # a slot out of range: no rows in any group
-        slot = tl.where(valid, wi, -1)
+        ln = tl.where(tl.sum(hit.to(tl.int32), axis=0) > 0, ln, 0)  # a slot out of range: no rows
         longest = tl.max(ln, 0)
         for k0 in range(0, longest, ROW_BLOCK):
             k = k0 + tl.arange(0, ROW_BLOCK)
-            inside = k[None, :] < ln[:, None]
             dst = dest[:, None] + k[None, :]
-            row = first[:, None] + k[None, :]
-            tl.store(row_order + dst, row, mask=inside & valid[:, None] & (dst < capacity))
-            tl.store(row_slot + row, slot[:, None] + 0 * k[None, :], mask=inside & (row < capacity))
+            ok = (k[None, :] < ln[:, None]) & (dst < capacity)
+            tl.store(row_order + dst, first[:, None] + k[None, :], mask=ok)
 
 
 @triton.jit

@@ -95,9 +95,6 @@ class ExpandPlan:
     num_warps: int = 4
     num_stages: int = 2
     group_grid: bool = False  # grid axis 0 = adapter group (decode) instead of chunk slots (prefill)
-    # grid axis 0 = row blocks in token order, each row block multiplied by every slot's B in one dot
-    # (decode with few slots of small rank: no grouping, no per-adapter loop; see expand.py)
-    all_slots: bool = False
 
     def __post_init__(self):
         for f in ("block_m", "block_n"):
@@ -106,8 +103,6 @@ class ExpandPlan:
                 raise ValueError(f"ExpandPlan.{f}={v} must be a power of two >= 16")
         if self.n_iters < 1:
             raise ValueError(f"ExpandPlan.n_iters={self.n_iters} must be >= 1")
-        if self.all_slots and self.group_grid:
-            raise ValueError("ExpandPlan: all_slots and group_grid are two different grids; set one")
 
 
 @dataclass(frozen=True)
@@ -191,17 +186,6 @@ def rank_block(max_r: int) -> int:
     return max(16, next_pow2(max_r))
 
 
-#: The all-slots expand's dot is ``group_block(num_lora) * rank_block(max_r)`` deep; past this the B tiles
-#: of every slot cost more L2 traffic per row block than the base_output tile they update (the heuristic's
-#: bound; the tuner also tries twice this).
-ALL_SLOTS_DEPTH = 128
-
-
-def all_slots_depth(num_lora: int, max_r: int) -> int:
-    """K depth of the all-slots expand's dot: every slot's rank columns side by side."""
-    return group_block(num_lora) * rank_block(max_r)
-
-
 def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
     """float32 inputs: three-pass TF32 on a GPU (about float32 accuracy on tensor cores)."""
     if dtype == torch.float32 and torch.device(device).type == "cuda":
@@ -236,8 +220,8 @@ def shrink_smem(plan: ShrinkPlan, itemsize: int) -> int:
     return int(tiles * (2.0 if itemsize == 4 else 1.15))
 
 
-def expand_smem(plan: ExpandPlan, max_r: int, itemsize: int, *, num_lora: int) -> int:
-    r = all_slots_depth(num_lora, max_r) if plan.all_slots else rank_block(max_r)
+def expand_smem(plan: ExpandPlan, max_r: int, itemsize: int) -> int:
+    r = rank_block(max_r)
     tiles = (plan.block_m * r + r * plan.block_n) * itemsize * max(plan.num_stages, 1)
     return int(tiles * (2.0 if itemsize == 4 else 1.15) + plan.block_m * plan.block_n * 4)
 
@@ -257,8 +241,8 @@ def fit_shrink(plan: ShrinkPlan, itemsize: int, limit: int) -> ShrinkPlan:
     return plan
 
 
-def fit_expand(plan: ExpandPlan, max_r: int, itemsize: int, limit: int, *, num_lora: int) -> ExpandPlan:
-    while expand_smem(plan, max_r, itemsize, num_lora=num_lora) > limit:
+def fit_expand(plan: ExpandPlan, max_r: int, itemsize: int, limit: int) -> ExpandPlan:
+    while expand_smem(plan, max_r, itemsize) > limit:
         if plan.num_stages > 1:
             plan = replace(plan, num_stages=plan.num_stages - 1)
         elif plan.block_n > 16:
@@ -384,7 +368,7 @@ def _plan_from_dict(key: str, d) -> "ShrinkPlan | ExpandPlan":
         raise ValueError(f"plan of {key} is not an object")
     cls = {"shrink": ShrinkPlan, "expand": ExpandPlan, "fused": FusedPlan}[key.split(":", 1)[0]]
     for f, v in d.items():
-        flag = f in ("group_grid", "fuse", "all_slots")
+        flag = f in ("group_grid", "fuse")
         if f in cls.__dataclass_fields__ and type(v) is not (bool if flag else int):
             raise ValueError(f"plan of {key}: {f}={v!r} must be {'true/false' if flag else 'an integer'}")
     try:
@@ -590,26 +574,11 @@ def heuristic_expand(s: int, max_r: int, max_slice: int, num_lora: int, stack: i
         # Rank 16: 32 x 128 tiles (more programs in flight); rank 64: 128-row chunks, so each B tile
         # (64 columns x 64 of rank) read from L2 serves twice the rows of base_output.
         return ExpandPlan(32, 128, 4, num_warps=4, num_stages=2) if max_r <= 32 else ExpandPlan(128, 64, 4, 4, 2)
-    if all_slots_depth(num_lora, max_r) <= ALL_SLOTS_DEPTH:
-        # Few slots of small rank: row blocks in token order, one dot over every slot's B.
-        block_m = min(64, max(16, next_pow2(s)))
-        return ExpandPlan(block_m, 64, _column_iters(max_slice * stack * math.ceil(s / block_m), 64, num_sms),
-                          num_warps=4, num_stages=2, all_slots=True)
-    return grouped_expand(s, max_r, max_slice, num_lora, stack, num_sms)
-
-
-def _column_iters(columns: int, block_n: int, num_sms: int) -> int:
-    """Column blocks per program for about four waves of programs (1..16); ``columns``: output columns
-    summed over the grid's row groups."""
-    per_program = columns / (block_n * 4 * num_sms)
-    return 1 << max(0, min(4, int(math.log2(max(per_program, 1)))))
-
-
-def grouped_expand(s: int, max_r: int, max_slice: int, num_lora: int, stack: int, num_sms: int) -> ExpandPlan:
-    """The decode expand by adapter group: one program per (group, slice, column group)."""
-    block_m = min(64, max(16, next_pow2(math.ceil(1.5 * math.ceil(s / max(num_lora, 1))))))
-    return ExpandPlan(block_m, 64, _column_iters(max_slice * stack * min(num_lora, s), 64, num_sms),
-                      num_warps=4, num_stages=2, group_grid=True)
+    block_m = min(64, max(16, next_pow2(math.ceil(1.5 * g))))
+    block_n = 64
+    per_program = max_slice * stack * min(num_lora, s) / (block_n * 4 * num_sms)  # column blocks for ~4 waves
+    n_iters = 1 << max(0, min(4, int(math.log2(max(per_program, 1)))))
+    return ExpandPlan(block_m, block_n, n_iters, num_warps=4, num_stages=2, group_grid=True)
 
 
 _FORCED: dict = {}  # plan type -> the plan every launch of that kind uses (python -m lora tune); see forced_plan
@@ -648,7 +617,7 @@ def plan_expand(
 ) -> ExpandPlan:
     """As :func:`plan_shrink`, for an expand."""
     if _FORCED and ExpandPlan in _FORCED:
-        return fit_expand(_FORCED[ExpandPlan], max_r, dtype.itemsize, smem_limit(device), num_lora=num_lora)
+        return fit_expand(_FORCED[ExpandPlan], max_r, dtype.itemsize, smem_limit(device))
     device = device if isinstance(device, torch.device) else torch.device(device)
     return _plan_expand(_STATE[0] if _STATE else _env_state(), s, max_r, n_total, max_slice, stack, num_lora, dtype, device)
 
@@ -666,7 +635,7 @@ def _plan_expand(state, s: int, max_r: int, n_total: int, max_slice: int, stack:
     name, sms = device_info(device)
     hit = _merged(state, name).get(expand_key(s, max_r, n_total, max_slice, stack, num_lora))
     plan = hit[0] if hit is not None else heuristic_expand(s, max_r, max_slice, num_lora, stack, sms)
-    return fit_expand(plan, max_r, dtype.itemsize, smem_limit(device), num_lora=num_lora)
+    return fit_expand(plan, max_r, dtype.itemsize, smem_limit(device))
 
 
 def fused_eligible(s: int, stack: int, num_lora: int, bs: int) -> bool:
@@ -677,7 +646,7 @@ def fused_eligible(s: int, stack: int, num_lora: int, bs: int) -> bool:
 def heuristic_fused(s: int, k: int, stack: int, max_r: int, max_slice: int, num_lora: int, num_sms: int) -> FusedPlan:
     """The tuner's first fused candidate: the decode shrink's row block, split-K until the shrink items
     fill about the multiprocessors, the decode expand's column tiles."""
-    e = grouped_expand(s, max_r, max_slice, num_lora, stack, num_sms)
+    e = heuristic_expand(s, max_r, max_slice, num_lora, stack, num_sms)
     block_m = e.block_m
     block_k = 128
     split = 1

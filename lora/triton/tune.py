@@ -229,26 +229,13 @@ def expand_candidates(s: int, max_r: int, max_slice: int, num_lora: int, stack: 
 
     h = tiling.heuristic_expand(s, max_r, max_slice, num_lora, stack, sms)
     grid = []
-    if h.group_grid or h.all_slots:  # decode
-        # one program per adapter group, columns spread over the multiprocessors
-        g = tiling.grouped_expand(s, max_r, max_slice, num_lora, stack, sms)
-        for bm in (g.block_m, max(16, g.block_m // 2)):
+    if h.group_grid:  # decode: one program per adapter group, columns spread over the multiprocessors
+        for bm in (h.block_m, max(16, h.block_m // 2)):
             for bn in (32, 64, 128, 256):
                 for iters in (1, 2, 4, 8):
                     if bn * iters > 4 * max_slice:
                         continue
                     grid.append(tiling.ExpandPlan(bm, bn, iters, 8 if bm * bn >= 16384 else 4, 1 if iters == 1 else 2, True))
-        # row blocks over every slot at once, where the dot stays shallow enough
-        if tiling.all_slots_depth(num_lora, max_r) <= 2 * tiling.ALL_SLOTS_DEPTH:
-            for bm in (16, 32, 64, 128):
-                if bm > max(16, tiling.next_pow2(s)):
-                    continue
-                for bn in (32, 64, 128):
-                    for iters in (1, 2, 4, 8):
-                        if bn * iters > 4 * max_slice:
-                            continue
-                        grid.append(tiling.ExpandPlan(bm, bn, iters, 8 if bm >= 128 else 4, 1 if iters == 1 else 2,
-                                                      all_slots=True))
     else:
         for bm, bn in ((32, 128), (64, 64), (64, 128), (128, 64), (128, 128), (32, 256), (16, 256)):
             for iters in (1, 2, 4, 8, 16):
@@ -304,7 +291,7 @@ def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
         fit = lambda p: tiling.fit_shrink(p, itemsize, limit)  # noqa: E731
     else:
         grid = expand_candidates(comp.tokens, comp.max_r, op.max_slice, comp.num_lora, op.stack, sms)
-        fit = lambda p: tiling.fit_expand(p, comp.max_r, itemsize, limit, num_lora=comp.num_lora)  # noqa: E731
+        fit = lambda p: tiling.fit_expand(p, comp.max_r, itemsize, limit)  # noqa: E731
     out = list(dict.fromkeys(fit(p) for p in [grid[0], *seeds, *grid[1:]]))
     return out[: max(1, max_candidates)]
 

@@ -313,21 +313,6 @@ def test_triton_derive_matches_a_host_grouping(rng):
         assert meta.group_start[: comp.num_lora + 1].tolist() == starts, comp
         order = sum((rows[w] for w in range(comp.num_lora)), [])
         assert meta.row_order[: len(order)].tolist() == order, comp
-        slot_of = [w for start, end, w, _, _ in comp.segments() for _ in range(start, end)]
-        assert meta.row_slot[: len(slot_of)].tolist() == slot_of, comp
-
-
-def test_triton_row_slot_marks_out_of_range_slots(rng):
-    """A segment whose slot index is past the loaded slots has no group, and its rows no slot (-1)."""
-    triton_or_skip()
-    from lora.triton.grouping import derive, new_meta
-
-    comp = C.Composition([3, 2, 4], [1, 0, 1], [8, 4], [1.0, 0.5], 8, 9)
-    bi = batch_info(comp, DEVICE)
-    bi.weight_indices[1] = 7  # the second segment names a slot that is not loaded
-    meta = derive(bi, new_meta(comp.num_lora, comp.tokens, DEVICE))
-    assert meta.row_slot[:9].tolist() == [1, 1, 1, -1, -1, 1, 1, 1, 1]
-    assert meta.group_rows[:2].tolist() == [0, 7]
 
 
 # ---- interop: max_r = 0, stack_num 4, dtype messages ------------------------------------------------

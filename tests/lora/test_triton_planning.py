@@ -75,19 +75,6 @@ def test_decode_and_prefill_get_different_layouts():
     assert wide.group_grid and wide.n_iters > 1, "wide decode expand: several column blocks per program"
 
 
-@pytest.mark.parametrize("tokens", [8, 64, 256])
-def test_decode_expand_runs_over_every_slot_where_the_dot_stays_shallow(tokens):
-    """8 slots of rank 16: one dot 8 x 16 deep per row block; rank 64 (512 deep) or 32 slots of rank 16 keep
-    the by-adapter grid, and prefill batches keep chunk slots."""
-    small = tiling.heuristic_expand(tokens, 16, 14336, 8, stack=2)
-    assert small.all_slots and not small.group_grid and small.block_m == min(64, max(16, tokens))
-    assert expand_grid(tokens, 8, 2, 14336, small)[0] == -(-tokens // small.block_m), "row blocks, not groups"
-    for max_r, num_lora in ((64, 8), (16, 32)):
-        assert tiling.all_slots_depth(num_lora, max_r) > tiling.ALL_SLOTS_DEPTH
-        assert tiling.heuristic_expand(tokens, max_r, 14336, num_lora, stack=2).group_grid
-    assert not tiling.heuristic_expand(8192, 16, 14336, 8, stack=2).all_slots
-
-
 def test_plans_are_valid_over_many_shapes():
     for s in (1, 7, 64, 300, 4096, 100_000):
         for k in (16, 72, 4096, 14336):
@@ -107,8 +94,6 @@ def test_plan_rejects_bad_tiles():
         tiling.ShrinkPlan(64, 64, 5, 64, 1)
     with pytest.raises(ValueError, match="n_iters"):
         tiling.ExpandPlan(64, 64, 0)
-    with pytest.raises(ValueError, match="all_slots and group_grid"):
-        tiling.ExpandPlan(64, 64, 1, group_grid=True, all_slots=True)
 
 
 def test_grid_depends_on_shapes_only():
@@ -120,7 +105,7 @@ def test_grid_depends_on_shapes_only():
         bi = batch_info(comp, "cpu")
         p = tiling.plan_shrink(comp.tokens, 40, 24, len(comp.lora_ranks), bi.bs, torch.float32, "cpu")
         e = tiling.plan_expand(comp.tokens, 8, 40, 20, 2, len(comp.lora_ranks), bi.bs, torch.float32, "cpu")
-        assert p.group_grid and e.all_slots, "decode layouts (few slots of small rank: the all-slots expand)"
+        assert p.group_grid and e.group_grid
         grids.append((p, e, shrink_grid(comp.tokens, 2, 24, p), expand_grid(comp.tokens, 2, 2, 20, e)))
     assert grids[0] == grids[1]
 
@@ -204,8 +189,6 @@ EXPAND_PLANS = [
     tiling.ExpandPlan(32, 16, 3),
     tiling.ExpandPlan(64, 32, 2),
     tiling.ExpandPlan(16, 16, 2, group_grid=True),
-    tiling.ExpandPlan(16, 16, 3, all_slots=True),  # several row blocks, column blocks past the slice ends
-    tiling.ExpandPlan(64, 32, 1, all_slots=True, num_stages=1),
 ]
 
 
@@ -277,10 +260,7 @@ def test_float32_plans_fit_shared_memory():
         assert tiling.shrink_smem(fitted, 4) <= limit and fitted.split_k == plan.split_k
         assert tiling.fit_shrink(plan, 2, limit) == plan, "16-bit plans within the limit are kept as tuned"
     wide = tiling.ExpandPlan(128, 64, 16, 4, 2)
-    assert tiling.expand_smem(tiling.fit_expand(wide, 128, 4, limit, num_lora=8), 128, 4, num_lora=8) <= limit
-    every_slot = tiling.ExpandPlan(64, 128, 4, 4, 3, all_slots=True)
-    fitted = tiling.fit_expand(every_slot, 16, 4, limit, num_lora=16)
-    assert tiling.expand_smem(fitted, 16, 4, num_lora=16) <= limit and fitted.all_slots
+    assert tiling.expand_smem(tiling.fit_expand(wide, 128, 4, limit), 128, 4) <= limit
 
 
 # ---- programmatic dependent launch (the two-launch decode qkv / gate-up) ---------------------------------
