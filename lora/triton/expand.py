@@ -55,11 +55,16 @@ def _expand_kernel(
     PRECISION: tl.constexpr,
     ALIGN: tl.constexpr,
     RAGGED_N: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = 0,
 ):
     pid_m = tl.program_id(0)
     pid_j = tl.program_id(1)
     pid_n = tl.program_id(2)
+    if PDL == 1:
+        # tiling.PDL_ANY: the kernel before may have written anything this one reads. Once it is complete,
+        # the next kernel may launch (it waits for this grid before it touches what this grid writes).
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     lo = tl.load(offsets_ptr + pid_j).to(tl.int64)
     hi = tl.load(offsets_ptr + pid_j + 1).to(tl.int64)
     # Column blocks start on a multiple of ALIGN so base_output is read and written in 16-byte
@@ -135,14 +140,15 @@ def _expand_columns(
     """``out[rows, lo:hi] += scale * x[rows, x_col:x_col+rank] @ w_slot[lo:hi, :rank].T`` for the
     ``N_ITERS`` column blocks from ``n_start``.
 
-    ``PDL`` (launched as a programmatic dependent of the shrink that writes x): the first column
+    ``PDL == 2`` (tiling.PDL_SHRINK: a programmatic dependent of the shrink that writes x): the first column
     block's B and ``base_output`` tiles are loaded while the shrink may still run, then the program
     waits for it (``gdc_wait``) before it reads x."""
     kr = tl.arange(0, BLOCK_R)
     km = kr < rank
-    if PDL:
+    if PDL == 2:
         w, base, o_ptrs, om = _column_block(w_slot, out_rows, row_ok, lo, hi, n_start, kr, km, stride_wn, BLOCK_N)
         tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
         x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :],
                     other=0.0)
         for it in range(N_ITERS):
@@ -202,15 +208,16 @@ def lora_expand(
     batch_info,
     plan: tiling.ExpandPlan | None = None,
     meta: GroupMeta | None = None,
-    pdl: bool = False,
+    pdl: int = 0,
 ) -> torch.Tensor:
     """``base_output (s, N) += `` the slice-wise scaled ``x @ B.T``; returns ``base_output``.
 
     ``x (s, stack*max_r)``, ``weights (num_lora, N, max_r)``, ``output_offset (stack+1,)`` on the
     device. ``meta`` as for :func:`.shrink.lora_shrink` (derived here when None). Inputs are assumed
-    validated; nothing here reads device values. ``pdl``: x is written by the kernel launched just
-    before on this stream (the shrink of a fused op): launch as its programmatic dependent
-    (:func:`.tiling.pdl_supported` devices), overlapping this kernel's start with that one's end.
+    validated; nothing here reads device values. ``pdl``: launched as a programmatic dependent
+    (:func:`.tiling.pdl_supported` devices) of the kernel before it on the stream, overlapping this kernel's
+    start with that one's end: :data:`.tiling.PDL_SHRINK` when that kernel is the shrink writing x (the first
+    B and base_output tiles load before waiting for it), :data:`.tiling.PDL_ANY` for any kernel.
     """
     s = x.shape[0]
     num_lora, n_total, max_r = weights.shape

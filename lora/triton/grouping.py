@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tiling
 from .tiling import group_block, next_pow2
 
 __all__ = ["GroupMeta", "derive", "meta_for", "new_meta"]
@@ -92,12 +93,15 @@ def derive(batch_info, meta: GroupMeta) -> GroupMeta:
     if meta.group_rows.numel() < num_lora or meta.group_start.numel() < num_lora + 1:
         raise ValueError(f"group buffers hold {meta.group_rows.numel()} slots, the batch has {num_lora}")
     l_block, seg_block, row_block = derive_blocks(batch_info.bs, num_lora)
+    # one program: launched as a programmatic dependent (waiting for the kernel before it first), so its launch
+    # overlaps that kernel's end and the batch's first op can launch as soon as it starts
     _derive_kernel[(1,)](
         batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices,
         meta.group_rows, meta.group_start, meta.row_order,
         batch_info.bs, num_lora, meta.capacity,
         L_BLOCK=l_block, SEG_BLOCK=seg_block, ROW_BLOCK=row_block,
         num_warps=4,
+        **tiling.pdl_launch(tiling.PDL_ANY, batch_info.seg_lens.device),
     )
     return meta
 
@@ -116,8 +120,12 @@ def _derive_kernel(
     L_BLOCK: tl.constexpr,
     SEG_BLOCK: tl.constexpr,
     ROW_BLOCK: tl.constexpr,
+    PDL: tl.constexpr = 0,
 ):
     """One program: group sizes and starts, then every covered row scattered to its group's place."""
+    if PDL:  # tiling.PDL_ANY
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     gids = tl.arange(0, L_BLOCK)
     rows = tl.zeros([L_BLOCK], dtype=tl.int32)
     for s0 in range(0, bs, SEG_BLOCK):

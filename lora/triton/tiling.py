@@ -152,10 +152,28 @@ def pdl_supported(device) -> bool:
     return _pdl_supported(device.type, device.index)
 
 
-def pdl_launch(pdl: bool, device) -> dict:
-    """Launch keywords of a kernel that reads its predecessor's output after ``gdc_wait`` (its ``PDL``
-    constexpr), launched as that kernel's programmatic dependent where the device supports it."""
-    return {"PDL": True, "launch_pdl": True} if pdl and pdl_supported(device) else {}
+#: How a kernel launched as a programmatic dependent treats the kernel before it on the stream (its ``PDL``
+#: constexpr). In every mode a program lets the next kernel launch (``gdc_launch_dependents``) right after
+#: its own ``gdc_wait`` returns, i.e. once every kernel before it is complete; a dependent then waits
+#: (``gdc_wait``) for this grid before it touches what this grid writes.
+PDL_OFF = 0  # a plain launch
+PDL_ANY = 1  # the predecessor may be any kernel: wait for it before the first memory access
+PDL_SHRINK = 2  # the predecessor is this op's shrink, which writes only x: B and base_output tiles load first
+
+
+def pdl_launch(mode: int, device) -> dict:
+    """Launch keywords for PDL mode ``mode`` (:data:`PDL_ANY`, :data:`PDL_SHRINK`; falsy: plain) where the
+    device supports programmatic dependent launch, else a plain launch."""
+    return {"PDL": int(mode), "launch_pdl": True} if mode and pdl_supported(device) else {}
+
+
+def pdl_chain(s: int, num_lora: int, device) -> bool:
+    """Whether the launches of a decode-sized op are chained by PDL: each is a programmatic dependent of
+    whatever kernel ran before it and waits for it before its first memory access (:data:`PDL_ANY`; the expand
+    of a fused op: :data:`PDL_SHRINK`), so its launch and start overlap that kernel's tail. Prefill batches
+    launch plainly (they run several waves of programs, and early dependents would hold multiprocessors; PDL
+    was measured 5-14% slower there). ``LORA_TRITON_NO_PDL=1`` turns PDL off."""
+    return decode_sized(s, num_lora) and pdl_supported(device)
 
 
 # ---- kernel constants derived from shapes -----------------------------------------------------------

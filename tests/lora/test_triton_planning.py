@@ -267,25 +267,33 @@ def test_float32_plans_fit_shared_memory():
 
 
 @pytest.mark.parametrize("seg_lens, pdl", [([1] * 12, True), ([300, 200], False)], ids=["decode", "prefill"])
-def test_two_launch_fused_ops_use_pdl_on_decode_batches_only(monkeypatch, seg_lens, pdl):
-    """The backend asks for PDL on decode-sized batches only (on prefill it was measured 5-14% slower on the
-    H200), both sides of the pair; on a device without it (the CPU interpreter) the launch is a plain one
-    and the result is still right."""
+def test_decode_launches_are_chained_by_pdl(monkeypatch, seg_lens, pdl):
+    """On decode-sized batches every launch is a programmatic dependent of the kernel before it: the fused op's
+    shrink waits for whatever ran before (PDL_ANY) and its expand loads early after its shrink (PDL_SHRINK);
+    the single ops wait first (PDL_ANY). Prefill batches launch plainly (PDL was measured 5-14% slower there on
+    the H200). Where the device has no PDL (the CPU interpreter) the launch is a plain one and the result right."""
     from lora.triton import backend as tb
 
     calls = []
     real_shrink, real_expand = tb.lora_shrink, tb.lora_expand
-    monkeypatch.setattr(tb, "lora_shrink", lambda *a, **k: calls.append(("shrink", k.get("pdl_trigger"))) or real_shrink(*a, **k))
+    monkeypatch.setattr(tb, "lora_shrink", lambda *a, **k: calls.append(("shrink", k.get("pdl"))) or real_shrink(*a, **k))
     monkeypatch.setattr(tb, "lora_expand", lambda *a, **k: calls.append(("expand", k.get("pdl"))) or real_expand(*a, **k))
     monkeypatch.setattr(tb.tiling, "plan_fused", lambda *a, **k: None)  # the two-launch path
+    monkeypatch.setattr(tb.tiling, "pdl_supported", lambda device: True)  # what pdl_chain sees on a Hopper GPU
+    monkeypatch.setattr(tb.tiling, "pdl_launch", lambda mode, device: {})  # ... while the interpreter launches plainly
     n = len(seg_lens)
     comp = C.Composition(seg_lens, [i % 3 for i in range(n)], [16, 8, 16], [0.5, 1.0, 2.0], 16, sum(seg_lens))
     be = lora.get_backend_from_name("triton")("triton", batch_info(comp, DEVICE))
-    check, _ = C.run_op(be, C.contract_op("gate_up", 64, 48), comp, "float16", device=DEVICE, seed=5)
-    assert check.ok, check.detail
-    assert calls == [("shrink", pdl), ("expand", pdl)]
+    for op in ("gate_up", "shrink2", "expand"):
+        check, _ = C.run_op(be, C.contract_op(op, 64, 48), comp, "float16", device=DEVICE, seed=5)
+        assert check.ok, check.detail
+    any_, shrink_ = (tiling.PDL_ANY, tiling.PDL_SHRINK) if pdl else (0, 0)
+    assert calls == [("shrink", any_), ("expand", shrink_), ("shrink", any_), ("expand", any_)]
+    assert tiling.pdl_chain(comp.tokens, 3, DEVICE) == pdl
+    monkeypatch.undo()
     if DEVICE == "cpu":
-        assert not tiling.pdl_supported("cpu") and tiling.pdl_launch(True, "cpu") == {}
+        assert not tiling.pdl_supported("cpu") and tiling.pdl_launch(tiling.PDL_ANY, "cpu") == {}
+        assert not tiling.pdl_chain(12, 3, "cpu")
 
 
 def test_multi_slice_expand_primitive_on_a_fresh_backend():
