@@ -54,8 +54,8 @@ class TritonLoRABackend(BaseLoRABackend):
         ))
 
     def shrink(self, x: torch.Tensor, weights: torch.Tensor, stack_num: int) -> torch.Tensor:
-        pdl = tiling.PDL_ANY if tiling.pdl_chain(x.shape[0], weights.shape[0], x.device) else tiling.PDL_OFF
-        return lora_shrink(x, weights, stack_num, self.batch_info, meta=self.meta, pdl=pdl)
+        chain = tiling.pdl_chain(x.shape[0], weights.shape[0], x.device)
+        return lora_shrink(x, weights, stack_num, self.batch_info, meta=self.meta, pdl_trigger=chain)
 
     def expand(self, x, weights, output_offset, max_slice_width, base_output):
         pdl = tiling.PDL_ANY if tiling.pdl_chain(x.shape[0], weights.shape[0], x.device) else tiling.PDL_OFF
@@ -72,10 +72,10 @@ class TritonLoRABackend(BaseLoRABackend):
         # The intermediate lives in this stream's scratch: no allocation per call.
         s, n = x.shape[0], a.shape[1]
         xa = scratch_for(x.device).intermediate(s * n, x.dtype)[: s * n].view(s, n)
-        # Decode-sized batches (Hopper+): both launches are programmatic dependents of the kernel before them
-        # (tiling.pdl_chain). The expand loads its first B and base_output tiles while the shrink finishes and
-        # reads xa once the shrink's grid is complete (measured on the H200: qkv 10.5 -> 8.1 us at 64 tokens).
+        # Decode-sized batches (Hopper+, tiling.pdl_chain): the expand is the shrink's programmatic dependent. It
+        # loads its first B and base_output tiles while the shrink finishes and reads xa once the shrink's grid
+        # is complete (measured on the H200: qkv 10.5 -> 8.1 us at 64 tokens).
         chain = tiling.pdl_chain(s, a.shape[0], x.device)
-        lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta, pdl=tiling.PDL_ANY if chain else 0)
+        lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta, pdl_trigger=chain)
         return lora_expand(xa, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta,
                            pdl=tiling.PDL_SHRINK if chain else 0)

@@ -60,16 +60,15 @@ def _shrink_kernel(
     GROUP_GRID: tl.constexpr,
     L_BLOCK: tl.constexpr,
     PRECISION: tl.constexpr,
-    PDL: tl.constexpr = 0,
+    PDL_TRIGGER: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    if PDL:
-        # Launched as a programmatic dependent (tiling.PDL_ANY): wait for the kernel before it, then let the
-        # next kernel launch. Triggering only after the wait keeps the chain safe for a dependent that
-        # loads before its own wait (the expand of a fused op, tiling.PDL_SHRINK): when it launches, every
-        # kernel before this one is complete.
-        tl.extra.cuda.gdc_wait()
+    if PDL_TRIGGER:
+        # The next kernel, launched as this one's programmatic dependent (a decode expand), may launch now:
+        # it waits for this grid to finish before it reads what this grid writes. This kernel itself is
+        # launched plainly (so everything before it is complete when it starts): chaining the shrinks as
+        # dependents too was measured slower on the H200 (tiling.pdl_chain).
         tl.extra.cuda.gdc_launch_dependents()
     if GROUP_GRID:
         # Decode layout: program = (group, column group, K split), walking the group's chunks.
@@ -227,16 +226,15 @@ def lora_shrink(
     plan: tiling.ShrinkPlan | None = None,
     out: torch.Tensor | None = None,
     meta: GroupMeta | None = None,
-    pdl: int = 0,
+    pdl_trigger: bool = False,
 ) -> torch.Tensor:
     """``x (s, K)``, ``weights (num_lora, stack*max_r, K)`` -> ``(s, stack*max_r)`` in x's dtype.
 
     ``meta``: the batch's grouping (:func:`.grouping.derive`), which must hold at least ``s`` rows;
     the backend derives it once per batch. Without it, it is derived here (an allocation and one
     more launch: for direct calls and tests). Inputs are assumed validated (:mod:`lora.validation`);
-    nothing here reads device values. ``pdl``: :data:`.tiling.PDL_ANY` launches this kernel as a
-    programmatic dependent of the kernel before it (waited for before any memory access), which also lets
-    the next kernel launch early (:func:`.tiling.pdl_chain`; the expand of a fused op).
+    nothing here reads device values. ``pdl_trigger``: the next kernel on the stream may be launched as a
+    programmatic dependent (``lora_expand(..., pdl=...)``): let it launch at this kernel's start.
     """
     s, k = x.shape
     num_lora, n_out, _ = weights.shape
@@ -270,8 +268,8 @@ def lora_shrink(
         GROUP_GRID=plan.group_grid,
         L_BLOCK=tiling.group_block(num_lora + 1),
         PRECISION=tiling.dot_precision(x.dtype, x.device),
+        PDL_TRIGGER=pdl_trigger and tiling.pdl_supported(x.device),
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
-        **tiling.pdl_launch(pdl, x.device),
     )
     return out

@@ -152,10 +152,10 @@ def pdl_supported(device) -> bool:
     return _pdl_supported(device.type, device.index)
 
 
-#: How a kernel launched as a programmatic dependent treats the kernel before it on the stream (its ``PDL``
-#: constexpr). In every mode a program lets the next kernel launch (``gdc_launch_dependents``) right after
-#: its own ``gdc_wait`` returns, i.e. once every kernel before it is complete; a dependent then waits
-#: (``gdc_wait``) for this grid before it touches what this grid writes.
+#: How a kernel launched as a programmatic dependent treats the kernel before it on the stream (the expand's and
+#: the metadata kernel's ``PDL`` constexpr). A program lets the next kernel launch (``gdc_launch_dependents``)
+#: right after its own ``gdc_wait`` returns; a dependent waits (``gdc_wait``) for this grid before it touches
+#: what this grid writes.
 PDL_OFF = 0  # a plain launch
 PDL_ANY = 1  # the predecessor may be any kernel: wait for it before the first memory access
 PDL_SHRINK = 2  # the predecessor is this op's shrink, which writes only x: B and base_output tiles load first
@@ -168,11 +168,13 @@ def pdl_launch(mode: int, device) -> dict:
 
 
 def pdl_chain(s: int, num_lora: int, device) -> bool:
-    """Whether the launches of a decode-sized op are chained by PDL: each is a programmatic dependent of
-    whatever kernel ran before it and waits for it before its first memory access (:data:`PDL_ANY`; the expand
-    of a fused op: :data:`PDL_SHRINK`), so its launch and start overlap that kernel's tail. Prefill batches
-    launch plainly (they run several waves of programs, and early dependents would hold multiprocessors; PDL
-    was measured 5-14% slower there). ``LORA_TRITON_NO_PDL=1`` turns PDL off."""
+    """Whether a decode-sized op's launches overlap by PDL: every shrink is launched plainly and lets the next
+    kernel launch at its start (``lora_shrink(pdl_trigger=True)``); every expand is a programmatic dependent
+    of the kernel before it (:data:`PDL_SHRINK` after its own shrink, else :data:`PDL_ANY`: it waits before its
+    first memory access). Measured on the H200 (benchmarks/results/h200, session 9), the Llama-3-8B decode step
+    against PDL between a fused op's shrink and expand only: 2-7% faster on all four cases; making the shrinks
+    dependents too was 6% slower on the rank-16 64-token step. Prefill batches launch plainly (several waves of
+    programs; PDL was 5-14% slower there). ``LORA_TRITON_NO_PDL=1`` turns PDL off."""
     return decode_sized(s, num_lora) and pdl_supported(device)
 
 

@@ -1,9 +1,9 @@
-"""Decode-sized launches chained by programmatic dependent launch (PDL, Hopper and later; tiling.pdl_chain).
+"""Decode-sized launches overlapped by programmatic dependent launch (PDL, Hopper and later; tiling.pdl_chain).
 
 The two-launch QKV / gate-up (the expand a dependent of the shrink, loading its first tiles early): the same
 bits as without PDL, run to run, and from a CUDA graph replayed back to back (the expand reads the shrink's
 output only after ``gdc_wait``; a missing wait shows up as stale or partial rows). And a chain of ops where
-each reads what the op before it wrote, in one graph: every launch waits for the kernel before it."""
+each reads what the op before it wrote, in one graph: every expand waits for the kernel before it."""
 
 from __future__ import annotations
 
@@ -35,8 +35,7 @@ def _two_launches(backend, op, t, pdl: bool):
     xa = torch.empty((s, n), dtype=t["x"].dtype, device=DEV)
     from lora.triton import tiling
 
-    lora_shrink(t["x"], t["a"], op.stack, backend.batch_info, out=xa, meta=backend.meta,
-                pdl=tiling.PDL_ANY if pdl else tiling.PDL_OFF)
+    lora_shrink(t["x"], t["a"], op.stack, backend.batch_info, out=xa, meta=backend.meta, pdl_trigger=pdl)
     return lora_expand(xa, t["b"], t["offsets"], op.max_slice, t["base"], backend.batch_info,
                        meta=backend.meta, pdl=tiling.PDL_SHRINK if pdl else tiling.PDL_OFF)
 
@@ -91,8 +90,8 @@ def test_pdl_same_bits_eager_and_graph(op_name, r, segs):
 
 @pytest.mark.parametrize("r", [16, 64])
 def test_chained_ops_read_what_the_op_before_wrote(r, monkeypatch):
-    """expand -> shrink of its output -> expand of that -> qkv of that, in one graph with every launch a PDL
-    dependent of the one before: the same bits as the chain run eagerly with plain launches."""
+    """expand -> shrink of its output -> expand of that -> qkv of that, in one graph with every expand a PDL
+    dependent of the kernel before it: the same bits as the chain run eagerly with plain launches."""
     from lora.triton import backend as tb
     from lora.triton import tiling
 

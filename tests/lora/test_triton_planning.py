@@ -268,15 +268,16 @@ def test_float32_plans_fit_shared_memory():
 
 @pytest.mark.parametrize("seg_lens, pdl", [([1] * 12, True), ([300, 200], False)], ids=["decode", "prefill"])
 def test_decode_launches_are_chained_by_pdl(monkeypatch, seg_lens, pdl):
-    """On decode-sized batches every launch is a programmatic dependent of the kernel before it: the fused op's
-    shrink waits for whatever ran before (PDL_ANY) and its expand loads early after its shrink (PDL_SHRINK);
-    the single ops wait first (PDL_ANY). Prefill batches launch plainly (PDL was measured 5-14% slower there on
-    the H200). Where the device has no PDL (the CPU interpreter) the launch is a plain one and the result right."""
+    """On decode-sized batches every shrink lets the next kernel launch at its start, and every expand is a
+    programmatic dependent of the kernel before it: after its own shrink it loads early (PDL_SHRINK), alone it
+    waits first (PDL_ANY). Prefill batches launch plainly (PDL was measured 5-14% slower there on the H200).
+    Where the device has no PDL (the CPU interpreter) the launch is a plain one and the result right."""
     from lora.triton import backend as tb
 
     calls = []
     real_shrink, real_expand = tb.lora_shrink, tb.lora_expand
-    monkeypatch.setattr(tb, "lora_shrink", lambda *a, **k: calls.append(("shrink", k.get("pdl"))) or real_shrink(*a, **k))
+    monkeypatch.setattr(tb, "lora_shrink", lambda *a, **k: calls.append(("shrink", k.get("pdl_trigger")))
+                        or real_shrink(*a, **{**k, "pdl_trigger": False}))  # the interpreter has no PDL
     monkeypatch.setattr(tb, "lora_expand", lambda *a, **k: calls.append(("expand", k.get("pdl"))) or real_expand(*a, **k))
     monkeypatch.setattr(tb.tiling, "plan_fused", lambda *a, **k: None)  # the two-launch path
     monkeypatch.setattr(tb.tiling, "pdl_supported", lambda device: True)  # what pdl_chain sees on a Hopper GPU
@@ -288,7 +289,7 @@ def test_decode_launches_are_chained_by_pdl(monkeypatch, seg_lens, pdl):
         check, _ = C.run_op(be, C.contract_op(op, 64, 48), comp, "float16", device=DEVICE, seed=5)
         assert check.ok, check.detail
     any_, shrink_ = (tiling.PDL_ANY, tiling.PDL_SHRINK) if pdl else (0, 0)
-    assert calls == [("shrink", any_), ("expand", shrink_), ("shrink", any_), ("expand", any_)]
+    assert calls == [("shrink", pdl), ("expand", shrink_), ("shrink", pdl), ("expand", any_)]
     assert tiling.pdl_chain(comp.tokens, 3, DEVICE) == pdl
     monkeypatch.undo()
     if DEVICE == "cpu":

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Session 9, H200 call 5 (issue 17): the PDL layout chosen from calls 3-4 (shrinks launched plainly and letting
+# the next kernel launch at their start; expands programmatic dependents; metadata kernel a dependent).
+# GPU tests of the triton backend; the decode step with it and with LORA_TRITON_NO_PDL=1; the decode compare
+# without PDL (per-op reference); the issue's compare on every default case, both ranks (triton).
+set -u
+export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false LORA_GPU_BACKENDS=triton
+W=$(mktemp -d); R=$W/r; mkdir -p $R
+pack() { tar -C $W -czf $OUT/call5.tar.gz r; }
+trap pack EXIT
+timeout 100 python3 -m pytest tests/gpu -q -n 8 -rfE -p no:cacheprovider -k triton > $R/gpu_tests.txt 2>&1
+timeout 60 python3 -m lora compare --step --quick --backends triton --no-progress --json $R/step_pdl.json \
+    > $R/step_pdl.txt 2>&1
+LORA_TRITON_NO_PDL=1 timeout 60 python3 -m lora compare --step --quick --backends triton --no-progress \
+    --json $R/step_nopdl.json > $R/step_nopdl.txt 2>&1
+LORA_TRITON_NO_PDL=1 timeout 60 python3 -m lora compare --quick --backends triton --case 'llama3-8b-r*-decode-*' \
+    --no-progress --json $R/compare_decode_nopdl.json > $R/compare_decode_nopdl.txt 2>&1
+timeout 240 python3 -m lora compare --quick --backends triton --no-progress --json $R/compare.json \
+    > $R/compare.txt 2>&1
