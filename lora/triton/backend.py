@@ -75,7 +75,9 @@ class TritonLoRABackend(BaseLoRABackend):
         # Decode-sized batches (Hopper+, tiling.pdl_chain): the expand is the shrink's programmatic dependent. It
         # loads its first B and base_output tiles while the shrink finishes and reads xa once the shrink's grid
         # is complete (measured on the H200: qkv 10.5 -> 8.1 us at 64 tokens).
-        chain = tiling.pdl_chain(s, a.shape[0], x.device)
-        lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta, pdl_trigger=chain)
+        # Where the device's table measured the pair faster without PDL (tiling.pair_pdl), both launch plainly.
+        pair = tiling.pair_pdl(s, x.shape[1], stack_num, a.shape[1] // stack_num, b.shape[1], max_slice_width,
+                               a.shape[0], self.batch_info.bs, x.device)
+        lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta, pdl_trigger=pair)
         return lora_expand(xa, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta,
-                           pdl=tiling.PDL_SHRINK if chain else 0)
+                           pdl=tiling.PDL_SHRINK if pair else tiling.PDL_OFF)

@@ -118,6 +118,9 @@ class FusedPlan:
     num_warps: int = 4
     num_stages: int = 2
     fuse: bool = True
+    # two launches (fuse=False): the expand is the shrink's programmatic dependent on decode batches (see
+    # pdl_chain); measured per shape, since it is slower on some (the H200's rank-16 256-token gate-up: 17%)
+    pdl: bool = True
 
     def __post_init__(self):
         for f in ("block_m", "block_k", "block_n"):
@@ -388,7 +391,7 @@ def _plan_from_dict(key: str, d) -> "ShrinkPlan | ExpandPlan":
         raise ValueError(f"plan of {key} is not an object")
     cls = {"shrink": ShrinkPlan, "expand": ExpandPlan, "fused": FusedPlan}[key.split(":", 1)[0]]
     for f, v in d.items():
-        flag = f in ("group_grid", "fuse")
+        flag = f in ("group_grid", "fuse", "pdl")
         if f in cls.__dataclass_fields__ and type(v) is not (bool if flag else int):
             raise ValueError(f"plan of {key}: {f}={v!r} must be {'true/false' if flag else 'an integer'}")
     try:
@@ -521,7 +524,7 @@ def reload_tables() -> None:
     ``LORA_TRITON_NO_TUNED``, ``KERNELSTACK_TUNE_DIR`` / ``XDG_CACHE_HOME`` and the table files again."""
     _GENERATION[0] += 1
     _STATE.clear()
-    for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand, _plan_fused):
+    for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand, _plan_fused, _pair_pdl):
         f.cache_clear()
 
 
@@ -713,11 +716,37 @@ def plan_fused(
 
 @lru_cache(maxsize=8192)
 def _plan_fused(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, dtype, device) -> "FusedPlan | None":
+    hit = _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device)
+    if hit is None or not hit.fuse:
+        return None
+    return fit_fused(hit, max_r, dtype.itemsize, smem_limit(device))
+
+
+def _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> "FusedPlan | None":
+    """This device's table entry for a decode-sized QKV / gate-up (one launch or two), if any."""
     if not fused_eligible(s, stack, num_lora, bs):
         return None
     name, _ = device_info(device)
     hit = _merged(state, name).get(fused_key(s, k, stack, max_r, n_total, max_slice, num_lora))
-    if hit is None or not hit[0].fuse:
-        return None
-    return fit_fused(hit[0], max_r, dtype.itemsize, smem_limit(device))
+    return None if hit is None else hit[0]
+
+
+def pair_pdl(s: int, k: int, stack: int, max_r: int, n_total: int, max_slice: int, num_lora: int, bs: int,
+             device) -> bool:
+    """For a QKV / gate-up run as two launches: whether the expand is the shrink's programmatic dependent. Where
+    :func:`pdl_chain` holds, unless this device's table (or :func:`forced_plan`) recorded two launches without
+    it (``FusedPlan(fuse=False, pdl=False)``, measured faster by ``python -m lora tune``). Memoised."""
+    if not pdl_chain(s, num_lora, device):
+        return False
+    if _FORCED and FusedPlan in _FORCED:
+        return _FORCED[FusedPlan].pdl
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    return _pair_pdl(_STATE[0] if _STATE else _env_state(), s, k, stack, max_r, n_total, max_slice, num_lora, bs,
+                     device)
+
+
+@lru_cache(maxsize=8192)
+def _pair_pdl(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> bool:
+    hit = _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device)
+    return hit is None or hit.fuse or hit.pdl
 

@@ -248,7 +248,8 @@ def expand_candidates(s: int, max_r: int, max_slice: int, num_lora: int, stack: 
 
 
 def fused_candidates(s: int, k: int, stack: int, max_r: int, max_slice: int, num_lora: int, sms: int) -> list:
-    """Two launches first (``fuse=False``), then one-launch plans around the heuristic's, nearest first."""
+    """Two launches first (``fuse=False``), the heuristic's one-launch plan, two launches without PDL between
+    them (``pdl=False``), then one-launch plans around the heuristic's, nearest first."""
     from . import tiling
 
     h = tiling.heuristic_fused(s, k, stack, max_r, max_slice, num_lora, sms)
@@ -260,7 +261,7 @@ def fused_candidates(s: int, k: int, stack: int, max_r: int, max_slice: int, num
             for bn, iters in ((64, 1), (64, 2), (128, 1), (128, 2), (64, 4), (128, 4), (32, 2)):
                 grid.append(tiling.FusedPlan(h.block_m, bk, split, bn, iters, h.num_warps, 2))
     grid.sort(key=lambda p: _distance(p, h))
-    return list(dict.fromkeys([replace(h, fuse=False), h, *grid]))
+    return list(dict.fromkeys([replace(h, fuse=False), h, replace(h, fuse=False, pdl=False), *grid]))
 
 
 def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
@@ -284,8 +285,8 @@ def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
             seeds.append(table.plans[bucket.key])
     if bucket.kind == "fused":
         grid = fused_candidates(comp.tokens, op.k, op.stack, comp.max_r, op.max_slice, comp.num_lora, sms)
-        # every two-launch entry is the same candidate (its tile fields mean nothing)
-        fit = lambda p: tiling.fit_fused(p, comp.max_r, itemsize, limit) if p.fuse else grid[0]  # noqa: E731
+        # two-launch entries differ only in pdl (their tile fields mean nothing)
+        fit = lambda p: tiling.fit_fused(p, comp.max_r, itemsize, limit) if p.fuse else replace(grid[0], pdl=p.pdl)  # noqa: E731
     elif bucket.kind == "shrink":
         grid = shrink_candidates(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora, sms)
         fit = lambda p: tiling.fit_shrink(p, itemsize, limit)  # noqa: E731
@@ -828,7 +829,7 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
             cases[tc.name] = {"op": op_name, "us": round(us, 3), "heuristic_us": None if h_us is None else round(h_us, 3),
                               "best_us": round(f, 3), "plans_timed": len(times), "min_bytes": bench.min_bytes,
                               "gbps": round(bench.min_bytes / us / 1e3, 1) if device.type == "cuda" else None}
-            if b.kind == "fused":  # candidates[0] is two launches
+            if b.kind == "fused":  # candidates[0] is two launches (with PDL where the device has it)
                 gain = " (two launches)" if plan == heuristic else (f", two launches {h_us:.2f} us" if h_us else "")
             else:
                 gain = f", heuristic {h_us:.2f} us" if h_us is not None and plan != heuristic else " (the heuristic's)"

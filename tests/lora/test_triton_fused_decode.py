@@ -111,6 +111,44 @@ def _decision(comp, op):
                              torch.float16, DEV)
 
 
+def test_two_launches_keep_pdl_unless_a_table_measured_it_slower(tables, monkeypatch):
+    """tiling.pair_pdl: on a PDL device, a decode pair is shrink + dependent expand unless this device's table
+    holds two launches without PDL for the shape (or a forced plan says so); prefill pairs never use PDL; and
+    the backend then launches both plainly."""
+    case, comp, bi = _setup()
+    op = OPS["gate_up"].resolve(case.shape)
+    args = (comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora, comp.bs, DEV)
+    assert not tiling.pair_pdl(*args) or DEV == "cuda", "no PDL on the CPU interpreter"
+    monkeypatch.setattr(tiling, "pdl_supported", lambda device: True)  # what a Hopper GPU says
+    tiling.reload_tables()
+    assert tiling.pair_pdl(*args), "not measured on this device: PDL"
+    key = tiling.fused_key(comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora)
+    name = tiling.device_info(DEV)[0]
+    tiling.write_table(tiling.user_table_path(name), {"name": name},
+                       {key: tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False, pdl=False)})
+    tiling.reload_tables()
+    assert not tiling.pair_pdl(*args), "measured faster without PDL"
+    assert tiling.read_table(tiling.user_table_path(name)).plans[key].pdl is False, "the flag round-trips"
+    with tiling.forced_plan(tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False)):
+        assert tiling.pair_pdl(*args), "a forced plan wins over the table (the tuner's candidates)"
+    assert not tiling.pair_pdl(8192, *args[1:7], 8, DEV), "prefill-sized: no PDL"
+
+    from lora.triton import backend as tb
+
+    monkeypatch.setattr(tiling, "pdl_launch", lambda mode, device: {})  # the interpreter launches plainly
+    calls = []
+    real_shrink, real_expand = tb.lora_shrink, tb.lora_expand
+    monkeypatch.setattr(tb, "lora_shrink", lambda *a, **k: calls.append(k.get("pdl_trigger"))
+                        or real_shrink(*a, **{**k, "pdl_trigger": False}))
+    monkeypatch.setattr(tb, "lora_expand", lambda *a, **k: calls.append(k.get("pdl")) or real_expand(*a, **{**k, "pdl": 0}))
+    backend = lora.get_backend_from_name("triton")("triton", bi)
+    t = I.make_inputs(op, comp, torch.float16, DEV, seed=1)
+    ref = I.oracle(op, comp, t)
+    out = I.call_op(backend, op, t)
+    assert I.check(out, ref, "float16", expect_dtype=torch.float16, base=t["base"]).ok
+    assert calls == [False, tiling.PDL_OFF], "the table's choice: both launches plain"
+
+
 def test_two_launches_unless_a_table_chose_one(tables):
     case, comp, _ = _setup()
     op = OPS["qkv"].resolve(case.shape)

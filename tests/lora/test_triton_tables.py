@@ -354,8 +354,9 @@ def test_candidates_include_the_plans_tables_have(dirs):
     cands = tune.candidates_for(bucket, torch.device("cpu"), torch.float16, 5)
     assert cands[1] == seed, cands
     fused = next(b for b in tune.buckets_for(cases, ["gate_up"]))
-    cands = tune.candidates_for(fused, torch.device("cpu"), torch.float16, 4)
-    assert not cands[0].fuse and all(p.fuse for p in cands[1:]), "two launches first, then one-launch plans"
+    cands = tune.candidates_for(fused, torch.device("cpu"), torch.float16, 5)
+    assert [p.fuse for p in cands] == [False, True, False, True, True], "two launches, one, two without PDL, ..."
+    assert cands[0].pdl and not cands[2].pdl
 
 
 def test_tune_times_every_batch_on_the_plans_any_batch_timed(dirs, capsys, monkeypatch):
