@@ -93,8 +93,8 @@ def derive(batch_info, meta: GroupMeta) -> GroupMeta:
     if meta.group_rows.numel() < num_lora or meta.group_start.numel() < num_lora + 1:
         raise ValueError(f"group buffers hold {meta.group_rows.numel()} slots, the batch has {num_lora}")
     l_block, seg_block, row_block = derive_blocks(batch_info.bs, num_lora)
-    # one program: launched as a programmatic dependent (waiting for the kernel before it first), so its launch
-    # overlaps that kernel's end and the batch's first op can launch as soon as it starts
+    # one program, launched as a programmatic dependent of the kernel before it (waiting for it before reading
+    # anything): its launch overlaps that kernel's end
     _derive_kernel[(1,)](
         batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices,
         meta.group_rows, meta.group_start, meta.row_order,
