@@ -176,7 +176,7 @@ def pdl_chain(s: int, num_lora: int, device) -> bool:
     of the kernel before it (:data:`PDL_SHRINK` after its own shrink, else :data:`PDL_ANY`: it waits before its
     first memory access). Measured on the H200 (benchmarks/results/h200, session 9), the Llama-3-8B decode step
     against PDL between a fused op's shrink and expand only: 0.6-7% faster on all four cases; making the shrinks
-    dependents too was 6% slower on the rank-16 64-token step. Prefill batches launch plainly (several waves of
+    dependents too was 6-7% slower on the rank-16 64-token step. Prefill batches launch plainly (several waves of
     programs; PDL was 5-14% slower there). ``LORA_TRITON_NO_PDL=1`` turns PDL off."""
     return decode_sized(s, num_lora) and pdl_supported(device)
 

@@ -28,13 +28,12 @@ def _case(segs: str, r: int):
 
 def _two_launches(backend, op, t, pdl: bool):
     """shrink then expand into t's base, with or without PDL (what TritonLoRABackend.shrink_expand does)."""
+    from lora.triton import tiling
     from lora.triton.expand import lora_expand
     from lora.triton.shrink import lora_shrink
 
     s, n = t["x"].shape[0], t["a"].shape[1]
     xa = torch.empty((s, n), dtype=t["x"].dtype, device=DEV)
-    from lora.triton import tiling
-
     lora_shrink(t["x"], t["a"], op.stack, backend.batch_info, out=xa, meta=backend.meta, pdl_trigger=pdl)
     return lora_expand(xa, t["b"], t["offsets"], op.max_slice, t["base"], backend.batch_info,
                        meta=backend.meta, pdl=tiling.PDL_SHRINK if pdl else tiling.PDL_OFF)
