@@ -58,6 +58,14 @@ TUNINGS = {
     "blk8": dict(split_max_blocks=0, shrink_ksplit=8),
     "bk128": dict(shrink_block_k=128),
     "st2": dict(shrink_stages=2),
+    "st4": dict(shrink_stages=4),
+    # prefill (persistent) expand knobs
+    "ss2": dict(expand_stream_stages=2),
+    "ss3": dict(expand_stream_stages=3),
+    "ss6": dict(expand_stream_stages=6),
+    "pbn128": dict(expand_block_n=128),
+    "tile": dict(expand_persistent=False),  # one CTA per tile
+    "rdd": dict(expand_reduce_add=True),  # one CTA per tile, TMA reduce-add into base
 }
 OPS = "shrink1,shrink3,shrink_down,expand,expand_qkv,expand_gate_up,qkv,gate_up"
 CASES = "llama3-8b-r16-decode-64,llama3-8b-r16-decode-256,llama3-8b-r64-decode-64,llama3-8b-r64-decode-256"
