@@ -155,10 +155,14 @@ def main(argv=None) -> int:
                       f"= {ks}  {'ok' if row.get('ok') else 'FAIL ' + row.get('error', '')[:160]}", flush=True)
         del backends
         torch.cuda.empty_cache()
+    compile_stats = None
+    if "lora.pallas.interop" in sys.modules:  # kernels lowered here / read from the lowered-kernel cache
+        compile_stats = sys.modules["lora.pallas.interop"].stats()
+        print(f"pallas kernels: {compile_stats}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "copy_gbps": copy, "rows": rows,
-                       "command": " ".join(sys.argv)}, f, indent=1)
+                       "pallas_compile": compile_stats, "command": " ".join(sys.argv)}, f, indent=1)
     return 0
 
 

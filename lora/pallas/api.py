@@ -182,7 +182,7 @@ class _JaxExecutor:
         raise AssertionError("JAX plans have no tail view")
 
     @staticmethod
-    def shrink_block(cfg, batch, x, x_tail, a, slot=0):
+    def shrink_block(cfg, batch, x, x_tail, a, slot=0, dest=None):
         return S.shrink_block(batch.meta, batch.nrows, batch.lora_ranks, x, x_tail, a, cfg=cfg)
 
     @staticmethod
@@ -236,7 +236,7 @@ def _tuning(tuning) -> Tuning:
     return tuning
 
 
-def _shrink_plan(x, a, batch: Batch, stack: int, tuning):
+def _shrink_plan(x, a, batch: Batch, stack: int, tuning, *, result: bool):
     t, k = x.shape
     L, sr, k2 = a.shape
     if k2 != k:
@@ -245,7 +245,8 @@ def _shrink_plan(x, a, batch: Batch, stack: int, tuning):
         raise ValueError(f"A has {sr} rows, not a multiple of stack={stack}")
     if jnp.dtype(a.dtype) != jnp.dtype(x.dtype):
         raise TypeError(f"A has dtype {a.dtype} but x has {x.dtype}; they must match")
-    return P.plan_shrink(_bpad(t), k, sr // stack, stack, L, _dtype("x", x), tail=False, tuning=_tuning(tuning))
+    return P.plan_shrink(_bpad(t), k, sr // stack, stack, L, _dtype("x", x), tail=False, result=result,
+                         tuning=_tuning(tuning))
 
 
 def _expand_plan(x_dtype, b, base, batch, stack, tuning, *, internal):
@@ -263,10 +264,10 @@ def shrink(x, a, batch: Batch, *, stack: int = 1, tuning: Tuning | None = None):
     sr = a.shape[1]
     if sr == 0:
         return jnp.zeros((x.shape[0], 0), x.dtype)
-    plan = _shrink_plan(x, a, batch, stack, tuning)
-    out = P.run_shrink(XP, plan, batch, x, a, result=True)
+    plan = _shrink_plan(x, a, batch, stack, tuning, result=True)
+    out = P.run_shrink(XP, plan, batch, x, a)
     # A slot's columns are [0, stack*r), independent of max_r: padding max_r only appends zeros.
-    return out[: x.shape[0], :sr].astype(x.dtype)
+    return out[: x.shape[0], :sr]
 
 
 def expand(x, b, batch: Batch, *, offsets=None, base=None, tuning: Tuning | None = None):
@@ -293,10 +294,11 @@ def _fused(x, a, b, batch, offsets, base, tuning):
         base = jnp.zeros((x.shape[0], b.shape[1]), x.dtype)
     if a.shape[1] != stack * b.shape[2]:
         raise ValueError(f"A has {a.shape[1]} rows but B has max_r={b.shape[2]} and {stack} slices")
-    ep = _expand_plan("float32", b, base, batch, stack, tuning, internal=True)  # checked before any launch
+    # the shrink output (x's dtype) is the expand's x; its plan is checked before any launch
+    ep = _expand_plan(_dtype("x", x), b, base, batch, stack, tuning, internal=True)
     if ep.noop:
         return base
-    sp = _shrink_plan(x, a, batch, stack, tuning)
+    sp = _shrink_plan(x, a, batch, stack, tuning, result=False)
     return P.run_fused(XP, sp, ep, batch, x, a, b, jnp.asarray(offsets, jnp.int32), base)
 
 

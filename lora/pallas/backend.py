@@ -228,9 +228,11 @@ class TorchExecutor:
     def tail(x):
         return x[x.shape[0] - T.BM :]
 
-    def shrink_block(self, cfg, batch: Launch, x, x_tail, a, slot=0):
-        if cfg.ksplit == 1:
-            out = self.scratch(f"shrink.out{slot}", (cfg.bpad, cfg.na_out), torch.float32)
+    def shrink_block(self, cfg, batch: Launch, x, x_tail, a, slot=0, dest=None):
+        if dest is not None:
+            out = dest
+        elif cfg.ksplit == 1:
+            out = self.scratch(f"shrink.out{slot}", (cfg.bpad, cfg.out_cols), getattr(torch, cfg.out_dtype))
         else:
             out = self.scratch("shrink.parts", cfg.parts_shape, torch.float32)
         ins = [batch.meta, batch.nrows, batch.lora_ranks, x] + ([x_tail] if cfg.tail else []) + [a]
@@ -246,9 +248,7 @@ class TorchExecutor:
     def add_parts(self, cfg, parts, slot=0, dest=None):
         out = dest
         if out is None:
-            dtype = getattr(torch, cfg.out_dtype)
-            role = f"shrink.out{slot}" if dtype == torch.float32 else "shrink.result"
-            out = self.scratch(role, (cfg.bpad, cfg.out_cols), dtype)
+            out = self.scratch(f"shrink.out{slot}", (cfg.bpad, cfg.out_cols), getattr(torch, cfg.out_dtype))
         self.launcher("parts", cfg, [parts], [out], self.device)
         return out
 
@@ -370,10 +370,11 @@ class PallasLoRABackend(BaseLoRABackend):
         if s == 0 or sr == 0:
             return out.zero_()
         plan = P.plan_shrink(T.padded_tokens(s), x.shape[1], sr // stack_num, stack_num, weights.shape[0],
-                             _DTYPE_NAME[x.dtype], tail=True, tuning=self.tuning)
-        # a split shrink's partial tiles are added straight into `out` when it is the kernel's shape
-        direct = plan.sum_result is not None and (s, sr) == (plan.cfg.bpad, plan.cfg.na) and out.data_ptr() % 16 == 0
-        res = P.run_shrink(self._executor(x.device), plan, self._launch_args(x), x, weights, result=True,
+                             _DTYPE_NAME[x.dtype], tail=True, result=True, tuning=self.tuning)
+        # the kernels write straight into `out` when it has the output's columns (a rank that is a
+        # multiple of 16) and rows the plan can write into: no copy after them
+        direct = sr == plan.cfg.out_cols and out.data_ptr() % 16 == 0 and plan.writes_into(s)
+        res = P.run_shrink(self._executor(x.device), plan, self._launch_args(x), x, weights,
                            dest=out if direct else None)
         if res is not out:
             out.copy_(res[:s, :sr])
@@ -389,11 +390,11 @@ class PallasLoRABackend(BaseLoRABackend):
 
     def _expand_plan(self, x_dtype, b, base, stack, *, internal):
         num_lora, n, max_r = b.shape
-        x_name = "float32" if internal else _DTYPE_NAME[x_dtype]
+        x_name = _DTYPE_NAME[x_dtype]  # (internal: the shrink's output, in x's dtype too)
         return P.plan_expand(T.padded_tokens(base.shape[0]), n, max_r, stack, num_lora, x_name, _DTYPE_NAME[b.dtype],
                              _DTYPE_NAME[base.dtype], internal=internal, tail=True, tuning=self.tuning)
 
-    # ---- fused ops: the float32 shrink output feeds expand directly ----------------------------
+    # ---- fused ops: the shrink output (x's dtype) feeds expand directly -------------------------
 
     def shrink_expand(self, x, a, b, output_offset, max_slice_width, base_output, stack_num):
         self._check_device(x, self.launcher)
@@ -402,6 +403,6 @@ class PallasLoRABackend(BaseLoRABackend):
         if ep.noop or x.shape[0] == 0:
             return base_output
         sp = P.plan_shrink(T.padded_tokens(x.shape[0]), x.shape[1], a.shape[1] // stack_num, stack_num, a.shape[0],
-                           _DTYPE_NAME[x.dtype], tail=True, tuning=self.tuning)
+                           _DTYPE_NAME[x.dtype], tail=True, result=False, tuning=self.tuning)
         return P.run_fused(self._executor(x.device), sp, ep, self._launch_args(x), x, a, b,
                            self._offsets_i32(output_offset), base_output)

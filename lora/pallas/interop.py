@@ -13,6 +13,11 @@ instead of the legacy default stream, checks shapes/dtypes/contiguity/alignment 
 (the backend does), never recompiles for a new token count inside a bucket (the compiled kernel
 takes the real row count from device metadata), and costs one ctypes call per launch.
 
+Lowering (JAX tracing and the Mosaic passes) takes seconds per configuration, a minute or more for
+the persistent expand kernels, and needs no GPU: each lowered module is kept on disk (see
+:func:`cache_dir`), keyed by the configuration, the jax version and the source of the kernel
+modules, so a later process (or a GPU machine handed a cache lowered elsewhere) only compiles.
+
 JAX memory: lowering needs no JAX device, and the compile happens in the plugin, so JAX's CUDA
 client is not initialised by this path; ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` is still set (if
 unset) before jax is imported by :mod:`lora.pallas.backend`, so that a JAX program sharing the
@@ -23,14 +28,23 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
+import json
 import os
 import threading
 import time
+from pathlib import Path
 
-__all__ = ["MosaicKernel", "kernel", "launch", "compile_count", "lowering_count"]
+__all__ = ["MosaicKernel", "kernel", "launch", "lower", "cache_dir", "compile_count", "lowering_count"]
 
 _LOCK = threading.Lock()
-_STATS = {"lowered": 0, "compiled": 0, "lower_s": 0.0, "compile_s": 0.0}
+_STATS = {"lowered": 0, "cached": 0, "compiled": 0, "lower_s": 0.0, "compile_s": 0.0}
+
+#: Directory of the lowered-kernel cache; set to an empty string to turn the cache off.
+CACHE_DIR_ENV = "KERNELSTACK_PALLAS_CACHE_DIR"
+#: The modules whose source decides what a configuration lowers to (part of every cache key).
+_KERNEL_SOURCES = ("common.py", "shrink_kernel.py", "expand_kernel.py", "tiling.py", "interop.py")
+_SOURCE_DIGEST: list = []
 
 
 def lowering_count() -> int:
@@ -44,6 +58,71 @@ def compile_count() -> int:
 
 def stats() -> dict:
     return dict(_STATS)
+
+
+def cache_dir() -> Path | None:
+    """Where lowered kernels are kept across processes: ``$KERNELSTACK_PALLAS_CACHE_DIR`` (empty:
+    no cache), else ``$XDG_CACHE_HOME/kernelstack/lora-pallas``, else
+    ``~/.cache/kernelstack/lora-pallas``."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env is not None:
+        return Path(env).expanduser() if env else None
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path("~/.cache").expanduser()
+    return base / "kernelstack" / "lora-pallas"
+
+
+def _cache_key(kind: str, cfg) -> str:
+    import jax
+
+    if not _SOURCE_DIGEST:
+        h = hashlib.sha256()
+        for name in _KERNEL_SOURCES:
+            h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+        _SOURCE_DIGEST.append(h.hexdigest())
+    text = "\n".join([jax.__version__, _SOURCE_DIGEST[0], kind, repr(cfg)])
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _read_cached(path: Path):
+    """(asm, aliases) from a cache file, or None when it is missing or unreadable (lowered again)."""
+    try:
+        data = path.read_bytes()
+        head, asm = data.split(b"\n", 1)
+        aliases = json.loads(head)["aliases"]
+        if not asm or not all(a is None or isinstance(a, int) for a in aliases):
+            return None
+        return asm, aliases
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cached(path: Path, kind: str, cfg, asm: bytes, aliases) -> None:
+    """Written whole under a temporary name, then renamed: a reader never sees half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        head = json.dumps({"aliases": aliases, "kind": kind, "cfg": repr(cfg)}).encode()
+        tmp.write_bytes(head + b"\n" + asm)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache directory: the kernel is still used, just not kept
+        pass
+
+
+def lower(kind: str, cfg):
+    """(module bytes, aliases) of a kernel configuration: from the disk cache, else lowered (and kept)."""
+    root = cache_dir()
+    path = root / f"{kind}-{_cache_key(kind, cfg)}.mlirbc" if root is not None else None
+    if path is not None:
+        hit = _read_cached(path)
+        if hit is not None:
+            _STATS["cached"] += 1
+            return hit
+    fn, specs = kernel_signature(kind, cfg)
+    asm, aliases = lower_to_mosaic(fn, specs)
+    if path is not None:
+        _write_cached(path, kind, cfg, asm, aliases)
+    return asm, aliases
 
 
 @contextlib.contextmanager
@@ -142,10 +221,10 @@ _LAUNCH_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.POIN
 class MosaicKernel:
     """One compiled kernel; ``launch(pointers, stream)`` runs it (pointers: inputs then outputs)."""
 
-    def __init__(self, fn, arg_specs, name: str = "kernel"):
+    def __init__(self, asm: bytes, aliases: list, num_inputs: int, name: str = "kernel"):
         self.name = name
-        self.asm, self.aliases = lower_to_mosaic(fn, arg_specs)
-        self.num_inputs = len(arg_specs)
+        self.asm, self.aliases = asm, aliases
+        self.num_inputs = num_inputs
         self.num_buffers = self.num_inputs + len(self.aliases)
         self._handle = None
         self._fn = None
@@ -253,8 +332,8 @@ def kernel(kind: str, cfg) -> MosaicKernel:
     key = (kind, cfg)
     k = _KERNELS.get(key)
     if k is None:
-        fn, specs = kernel_signature(kind, cfg)
-        k = MosaicKernel(fn, specs, name=f"{kind}{cfg}")
+        asm, aliases = lower(kind, cfg)
+        k = MosaicKernel(asm, aliases, len(kernel_signature(kind, cfg)[1]), name=f"{kind}{cfg}")
         k._compile()  # now, not at a first launch that may sit inside a CUDA-graph capture
         _KERNELS[key] = k
     return k

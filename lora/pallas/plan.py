@@ -16,7 +16,8 @@ the shrink of a fused op launches). The functions :func:`run_shrink`, :func:`run
 ``tail(x)``              the (64, cols) view of x's last 64 rows (only used with ``cfg.tail``)
 ``shrink_block``,        launch a kernel of :mod:`~lora.pallas.shrink_kernel` /
 ``shrink_split``,        :mod:`~lora.pallas.expand_kernel` with the batch's device arrays
-``expand``               (a shrink's ``slot``: 0 for the first product, 1 for those added to it)
+``expand``               (a shrink's ``slot``: 0 for the first product, 1 for those added to it;
+                         ``shrink_block(..., dest)``: into the torch executor's result tensor)
 ``add_parts(cfg, p,``    launch :func:`~lora.pallas.shrink_kernel.add_parts` on a split shrink's
 ``slot, dest)``          partial tiles (into ``dest`` when given: the torch executor's result tensor)
 ``set_rows(t, i, v)``    t with rows [i, i + len(v)) replaced by v (the torch executor: in place)
@@ -75,22 +76,29 @@ F32_EXPAND_PARTS = ((0, 0), (1, 0), (0, 1))
 
 @dataclass(frozen=True)
 class ShrinkPlan:
-    """x (rows, K) @ A (L, stack*max_r, K)^T -> float32 (bpad, na_out), rows >= s unspecified."""
+    """x (rows, K) @ A (L, stack*max_r, K)^T -> (bpad, cfg.out_cols) in x's dtype, rows >= s unspecified."""
 
     cfg: ShrinkConfig
     kp: int  # K padded (multiple of 64)
     rp: int  # max_r padded (multiple of 16)
     min_rows: int  # x is padded (copied) to this many rows when it has fewer
     parts: tuple  # ((x part, A part), ...): one launch each, results added
-    #: split (or K-split) shrinks: the sum of the partial tiles into float32 (bpad, na_out) (the
-    #: fused ops' expand input), and (one product: not float32) straight into the op's result, the
-    #: op dtype (bpad, na); None without partial tiles
-    sum_f32: PartsConfig | None = None
-    sum_result: PartsConfig | None = None
+    #: split (or K-split) shrinks: the sum of the partial tiles into the output, (bpad,
+    #: cfg.out_cols) in x's dtype; None without partial tiles
+    sum: PartsConfig | None = None
 
     @property
     def na(self) -> int:
         return self.cfg.na
+
+    def writes_into(self, rows: int) -> bool:
+        """Whether the output can be written straight into a caller's tensor of ``rows`` rows (and
+        cfg.out_cols columns, 16-byte aligned): the block variant writes rows < s only (its boxes
+        are clamped to the real rows when there are at least 64), the partial-tile sum every row
+        of bpad; the float32 path adds three products."""
+        if len(self.parts) > 1 or rows < self.min_rows:
+            return False
+        return rows == self.cfg.bpad or (self.sum is None and self.cfg.tail)
 
 
 @dataclass(frozen=True)
@@ -121,22 +129,23 @@ def _op_dtype(dtype: str) -> str:
 
 @lru_cache(maxsize=4096)
 def plan_shrink(bpad: int, k: int, max_r: int, stack: int, num_lora: int, dtype: str, *, tail: bool,
-                tuning: Tuning = DEFAULT_TUNING) -> ShrinkPlan:
-    """The shrink of x (<= bpad rows, K) with A (num_lora, stack*max_r, K) (max_r >= 1).
+                result: bool = False, tuning: Tuning = DEFAULT_TUNING) -> ShrinkPlan:
+    """The shrink of x (<= bpad rows, K) with A (num_lora, stack*max_r, K) (max_r >= 1), in x's dtype.
 
-    ``tail``: x keeps its real rows (torch); else x is padded to ``bpad`` rows (JAX)."""
+    ``tail``: x keeps its real rows (torch); else x is padded to ``bpad`` rows (JAX). ``result``:
+    the op's own result, (bpad, stack*max_r padded to 16); else a fused op's expand input, with
+    room for the expand's x windows. Either way the kernels round the float32 sums once to x's
+    dtype: the expand rounds its x operand to the weights' dtype anyway (session 10: a float32
+    expand input cost the rank-16 QKV expand its 256-column tiles, 85 against 66 us on the H200)."""
     _check_dtype("x", dtype)
     if max_r < 1:
         raise ValueError(f"a shrink needs max_r >= 1, got {max_r}")
     kp, rp = round_up(k, K_MULTIPLE), round_up(max_r, R_MULTIPLE)
-    cfg = shrink_config(bpad, kp, stack * rp, num_lora, stack, _op_dtype(dtype), tail=tail, tuning=tuning)
+    cfg = shrink_config(bpad, kp, stack * rp, num_lora, stack, _op_dtype(dtype), tail=tail, out_dtype=dtype,
+                        result=result, tuning=tuning)
     parts = F32_SHRINK_PARTS if dtype == "float32" else ((0, 0),)
-    sum_f32 = sum_result = None
-    if cfg.split or cfg.ksplit > 1:
-        sum_f32 = parts_config(cfg, cfg.na_out, "float32")
-        if len(parts) == 1:
-            sum_result = parts_config(cfg, cfg.na, dtype)
-    return ShrinkPlan(cfg, kp, rp, BM if tail else bpad, parts, sum_f32, sum_result)
+    total = parts_config(cfg, cfg.out_cols, dtype) if (cfg.split or cfg.ksplit > 1) else None
+    return ShrinkPlan(cfg, kp, rp, BM if tail else bpad, parts, total)
 
 
 @lru_cache(maxsize=4096)
@@ -144,7 +153,7 @@ def plan_expand(bpad: int, n: int, max_r: int, stack: int, num_lora: int, x_dtyp
                 base_dtype: str, *, internal: bool, tail: bool, tuning: Tuning = DEFAULT_TUNING) -> ExpandPlan:
     """base (<= bpad rows, N) += expand of x over B (num_lora, N, max_r) in ``stack`` slices.
 
-    ``internal``: x is a float32 shrink output of :func:`run_shrink` (bpad rows, slices at j*r)."""
+    ``internal``: x is a shrink output of :func:`run_shrink` (bpad rows, slices at j*r)."""
     _check_dtype("x", x_dtype)
     _check_dtype("weights", w_dtype)
     _check_dtype("base_output", base_dtype)
@@ -191,16 +200,13 @@ def plan_expand(bpad: int, n: int, max_r: int, stack: int, num_lora: int, x_dtyp
 # ---- the steps, written once ---------------------------------------------------------------------
 
 
-def run_shrink(ex, plan: ShrinkPlan, batch, x, a, *, result: bool = False, dest=None):
-    """float32 (bpad, na_out) shrink output; rows < s hold the result (zeros without an adapter).
-
-    ``result``: the op's own result is wanted (not an expand's input): a plan with ``sum_result``
-    returns it in the op dtype, (bpad, na), written into ``dest`` when given (a torch tensor of
-    exactly that shape: no copy after the kernel)."""
+def run_shrink(ex, plan: ShrinkPlan, batch, x, a, *, dest=None):
+    """The (bpad, cfg.out_cols) shrink output in x's dtype; rows < s hold the result (zeros without
+    an adapter). ``dest``: a torch tensor the output is written into (no copy after the kernels),
+    where :meth:`ShrinkPlan.writes_into` allows it."""
     cfg = plan.cfg
-    direct = result and plan.sum_result is not None
-    sum_cfg = plan.sum_result if direct else plan.sum_f32
-    dest = dest if direct else None
+    sum_cfg = plan.sum
+    dest = dest if len(plan.parts) == 1 else None
     s = x.shape[0]
     rows = max(s, plan.min_rows)
     x = ex.aligned(ex.pad(x, (rows, plan.kp), "shrink.x"), "shrink.x")
@@ -219,8 +225,9 @@ def run_shrink(ex, plan: ShrinkPlan, batch, x, a, *, result: bool = False, dest=
 def _shrink_once(ex, cfg: ShrinkConfig, sum_cfg, batch, x, a, s: int, slot: int = 0, dest=None):
     x_tail = ex.tail(x) if cfg.tail else None
     if not cfg.split:
-        out = ex.shrink_block(cfg, batch, x, x_tail, a, slot)
-        return out if cfg.ksplit == 1 else finish_split(ex, cfg, sum_cfg, out, s, slot, dest)
+        if cfg.ksplit == 1:
+            return ex.shrink_block(cfg, batch, x, x_tail, a, slot, dest)
+        return finish_split(ex, cfg, sum_cfg, ex.shrink_block(cfg, batch, x, x_tail, a, slot), s, slot, dest)
     return finish_split(ex, cfg, sum_cfg, ex.shrink_split(cfg, batch, x, x_tail, a, slot), s, slot, dest)
 
 
@@ -257,7 +264,7 @@ def run_expand(ex, plan: ExpandPlan, batch, x, b, offsets, base):
 
 
 def run_fused(ex, shrink: ShrinkPlan, expand: ExpandPlan, batch, x, a, b, offsets, base):
-    """QKV / gate-up: the float32 shrink output feeds the expand directly."""
+    """QKV / gate-up: the shrink output (x's dtype) feeds the expand directly."""
     if expand.noop or x.shape[0] == 0:
         return base
     return run_expand(ex, expand, batch, run_shrink(ex, shrink, batch, x, a), b, offsets, base)

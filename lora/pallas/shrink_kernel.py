@@ -1,10 +1,11 @@
-"""Shrink kernels: xa = x @ A[slot].T per row, masked to each slot's real rank, in float32.
+"""Shrink kernels: xa = x @ A[slot].T per row, masked to each slot's real rank, accumulated in float32.
 
     x     (Bpad, K)          activations (a torch caller's tensor may have only s <= Bpad rows)
     x_tail (64, K)           rows [s-64, s) of the same memory (only with ``cfg.tail``)
     A     (L, NA, K)         NA = stack * max_r; slot w uses rows [0, stack * rank[w])
-    out   (Bpad, NA) f32     rows of slot w: columns [0, stack*rank[w]) hold x @ A[w].T, the rest 0;
-                             rows with no adapter are 0
+    out   (Bpad, cols)       rows of slot w: columns [0, stack*rank[w]) hold x @ A[w].T, the rest 0;
+                             rows with no adapter are 0; in the activations' dtype (one rounding of
+                             the float32 result: ``cfg.out_dtype``), cols = ``cfg.out_cols``
 
 Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
 
@@ -47,14 +48,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import common as C
-from .tiling import BM, PARTS_COLS, PARTS_ROWS, MetaLayout, PartsConfig, ShrinkConfig
+from .tiling import BM, PARTS_COLS, PARTS_ROWS, MetaLayout, PartsConfig, ShrinkConfig, column_chunk
 
 __all__ = ["shrink_block", "shrink_split", "add_parts", "column_chunk"]
-
-
-def column_chunk(na: int) -> int:
-    """Columns of A per wgmma (at most 256, the widest wgmma N)."""
-    return na if na <= 256 else 128
 
 
 def _box(nrows_ref, b, cfg: ShrinkConfig):
@@ -117,7 +113,8 @@ def _keep(rs_smem, w, ncols, c, cw):
 
 
 def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
-    """Block variant: returns the float32 (Bpad, na_out) shrink output (rows >= s unspecified).
+    """Block variant: returns the (Bpad, cfg.out_cols) shrink output in ``cfg.out_dtype`` (rows >= s
+    unspecified): merged in a float32 tile, rounded once to the output dtype when it is stored.
 
     With ``cfg.ksplit > 1`` (a Tuning) the K loop is split over ``ksplit`` CTAs per block, each
     storing its tile as a partial tile (nb, ksplit, 64, na_out), added like the split variant's
@@ -129,13 +126,14 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     nc = -(-cfg.na // cw)
     KS = cfg.ksplit
     nk_split = cfg.nk // KS
+    out_dt = jnp.dtype(jnp.float32 if KS > 1 else cfg.out_dtype)
+    cast = out_dt != jnp.float32  # stored from a second tile in the output dtype
 
     def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
-        if cfg.tail:
-            x_tail_ref, a_ref, o_ref, rs_smem, o_smem, bar = rest
-        else:
-            x_tail_ref = None
-            a_ref, o_ref, rs_smem, o_smem, bar = rest
+        rest = list(rest)
+        x_tail_ref = rest.pop(0) if cfg.tail else None
+        c_smem = rest.pop() if cast else None
+        a_ref, o_ref, rs_smem, o_smem, bar = rest
         b = lax.axis_index("b")
         c = lax.axis_index("c")
         ks = lax.axis_index("ks") if KS > 1 else 0
@@ -186,22 +184,27 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                 pl.when(i + 1 < total)(lambda: products([slot(i), slot(i + 1)]))
                 pl.when(i + 1 >= total)(lambda: products([slot(i)]))
 
+            if cast:
+                plgpu.commit_smem()  # (the merges' stores, read by other threads)
+                c_smem[...] = o_smem[...].astype(out_dt)
             plgpu.commit_smem()
+            src = c_smem if cast else o_smem
             if KS > 1:
-                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
+                plgpu.copy_smem_to_gmem(src, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
             else:
-                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
+                plgpu.copy_smem_to_gmem(src, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
-    out_shape = cfg.parts_shape if KS > 1 else (cfg.bpad, cfg.na_out)
+    out_shape = cfg.parts_shape if KS > 1 else (cfg.bpad, cfg.out_cols)
     return C.mgpu_call(
         body,
         args,
-        out_type=jax.ShapeDtypeStruct(out_shape, jnp.float32),
+        out_type=jax.ShapeDtypeStruct(out_shape, out_dt),
         grid=(cfg.nb, KS, nc) if KS > 1 else (cfg.nb, nc),
         grid_names=("b", "ks", "c") if KS > 1 else ("b", "c"),
-        scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
+        scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)]
+        + ([plgpu.SMEM((BM, cw), out_dt)] if cast else []),
     )
 
 

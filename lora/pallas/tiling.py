@@ -166,11 +166,17 @@ def x_columns(na: int, itemsize: int) -> int:
     return round_up(na, 128 // itemsize)
 
 
-def shrink_out_columns(na: int, stack: int) -> int:
-    """Columns of a shrink's float32 output buffer: NA + 16 rounded up to 32 (128 bytes), so that
-    expand's x windows (wider than a slice, see ``ExpandConfig.kw``) stay in the buffer's rows.
-    Columns >= NA are never written (garbage); every reader masks them."""
-    return x_columns(na + shift_pad(na // stack), 4)
+def column_chunk(na: int) -> int:
+    """Columns of A per shrink wgmma (at most 256, the widest wgmma N)."""
+    return na if na <= 256 else 128
+
+
+def shrink_out_columns(na: int, stack: int, itemsize: int = 4) -> int:
+    """Columns of a shrink output that an expand reads (``itemsize`` bytes an element): NA + 16
+    rounded up to 128 bytes, so that expand's x windows (wider than a slice, see
+    ``ExpandConfig.kw``) stay in the buffer's rows. Columns >= NA are never written (garbage);
+    every reader masks them."""
+    return x_columns(na + shift_pad(na // stack), itemsize)
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,12 @@ class ShrinkConfig:
     #: block variant: stages of the K loop that serves two adapters at once (a second A tile per
     #: stage); 0: one adapter per K loop (the split variant, or when two stages do not fit)
     pair_stages: int = 0
+    #: dtype of the output (the activations' dtype: the op's result, or a fused op's expand input);
+    #: the partial tiles of a split shrink are float32 whatever it is
+    out_dtype: str = "float32"
+    #: the output is the op's result, (bpad, na); else an expand's input, (bpad, out_cols) with room
+    #: for the expand's x windows
+    result: bool = False
 
     @property
     def nb(self) -> int:
@@ -202,7 +214,13 @@ class ShrinkConfig:
 
     @property
     def na_out(self) -> int:
+        """Columns of the float32 partial tiles."""
         return shrink_out_columns(self.na, self.stack)
+
+    @property
+    def out_cols(self) -> int:
+        """Columns of the output (the block variant's, or the partial tiles' sum)."""
+        return self.na if self.result else shrink_out_columns(self.na, self.stack, _itemsize(self.out_dtype))
 
     @property
     def parts_shape(self) -> tuple:
@@ -398,7 +416,8 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
 SPLIT_PARTS_LIMIT = 64 << 20
 
 
-def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
+def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str = "float32", result: bool = False,
+                  tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
     """Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): the split variant, 64-deep K steps, up to 4
     stages, split-K as SPLIT_MIN_STEPS / SPLIT_MAX_KSPLIT / SPLIT_MAX_CTAS allow. Larger batches: the
     block variant with 128-deep K steps while four stages of them fit SMEM_BUDGET (else 64), as many
@@ -411,7 +430,8 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
     max_blocks = SPLIT_MAX_BLOCKS if tuning.split_max_blocks is None else tuning.split_max_blocks
     split = nb <= max_blocks
     itemsize = 2
-    out_bytes = BM * na * 4
+    # the block variant's float32 tile, and its copy in the output dtype (stored from there)
+    out_bytes = BM * na * 4 + (0 if out_dtype == "float32" else BM * column_chunk(na) * _itemsize(out_dtype))
     if tuning.shrink_block_k is not None:
         block_k = tuning.shrink_block_k
     elif split:
@@ -447,7 +467,8 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, tuning: Tuning =
     if not split:  # a block with two adapters (a segment boundary) reads its rows once for both
         fit = (SMEM_LIMIT - out_bytes) // ((BM + 2 * na) * block_k * itemsize)
         pair_stages = min(stages, fit, max(1, nk // ksplit)) if fit >= 2 else 0
-    cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages)
+    cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages,
+                       out_dtype, result)
     tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0
     if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
         raise ValueError(

@@ -184,8 +184,10 @@ class KernelModel:
                 out[row_lo // T.BM, 0, :, : cfg.na] = tile.float()
             elif parts:  # the K-split block variant: its box tile (rows of the block before included)
                 out[row_lo // T.BM, 0, :, : cfg.na] = tile.float()
-            else:  # the whole box (rows of the block before: the same values it writes)
-                out[rx : rx + T.BM, : cfg.na] = tile.float()
+            else:  # the whole box (rows of the block before: the same values it writes), x's dtype
+                assert tuple(out.shape[1:]) == (cfg.out_cols,) and out.dtype == getattr(torch, cfg.out_dtype)
+                assert rx + T.BM <= out.shape[0], "a block box past the output's rows"
+                out[rx : rx + T.BM, : cfg.na] = tile.float().to(out.dtype)
 
     def _expand(self, cfg, inputs, outputs):
         meta, nrows, ranks, scal, offs, x, *rest = inputs
@@ -649,6 +651,59 @@ def test_decode_shrink_sums_its_partials_into_its_result(tokens, r, stack, direc
     assert (model.outputs[1][0] is out) == direct
     ref = C.ref_shrink(comp, x.double().numpy(), a.double().numpy(), stack)
     assert C.compare(out.double().numpy(), ref, "float16").ok
+
+
+@pytest.mark.parametrize("tokens,r,stack,direct", [(300, 16, 1, True), (300, 16, 3, True), (256 + 64, 16, 2, True),
+                                                   (300, 8, 1, False)])
+def test_block_shrink_writes_its_result_in_x_dtype(tokens, r, stack, direct, rng, model):
+    """A prefill (block) shrink writes its result in x's dtype, rounded once from its float32 tile,
+    straight into the op's result when the rank fills its 16-column tiles (one launch, no float32
+    buffer, no cast kernel: 2.2-2.4 us of a 23 us rank-16 prefill shrink on the H200, session 10
+    call 1), else into a buffer the result is copied from. A partial last block's box ends at the
+    result's last row."""
+    comp = C.Composition([tokens // 3, tokens - tokens // 3], [0, 1], [r, r // 2], [1.0, 1.0], r, tokens)
+    be = backend(batch_info(comp, "cpu"))
+    x = torch.randn(tokens, 64, dtype=torch.float16)
+    a = torch.randn(2, stack * r, 64, dtype=torch.float16) / 8
+    out = be.run_lora_a_sgemm(x, a, stack_num=stack)
+    assert [k for k, _ in model.launches] == ["shrink"]
+    cfg = model.launches[0][1]
+    assert not cfg.split and cfg.ksplit == 1 and cfg.result and cfg.out_dtype == "float16"
+    assert (model.outputs[0][0] is out) == direct
+    ref = C.ref_shrink(comp, x.double().numpy(), a.double().numpy(), stack)
+    assert C.compare(out.double().numpy(), ref, "float16").ok
+
+
+@pytest.mark.parametrize("n,r,stack", [(6144, 16, 3), (28672, 16, 2), (6144, 64, 3), (28672, 64, 2)])
+def test_fused_expand_reads_the_shrink_output_in_x_dtype(n, r, stack):
+    """QKV / gate-up (Llama-3-8B, prefill-8k): the shrink output is x's dtype with the expand's
+    window columns, so the expand reads it as it is and gets the tiles of a plain stacked expand
+    (a float32 one cost the rank-16 QKV expand its 256-column tiles: 85 against 66 us on the H200,
+    session 10 call 1; rank-64 gate-up its persistent kernel)."""
+    sp = P.plan_shrink(8192, 4096, r, stack, 8, "bfloat16", tail=True)
+    assert not sp.cfg.result and sp.cfg.out_dtype == "bfloat16"
+    fused = P.plan_expand(8192, n, r, stack, 8, "bfloat16", "bfloat16", "bfloat16", internal=True, tail=True)
+    plain = P.plan_expand(8192, n, r, stack, 8, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True)
+    assert fused.x_cols <= sp.cfg.out_cols  # no padded copy of the shrink output
+    f, p = fused.cfgs[0], plain.cfgs[0]
+    assert (f.ctas, f.block_n, f.stream_stages) == (p.ctas, p.block_n, p.stream_stages), (f, p)
+    if r == 16 or stack == 2:
+        assert f.ctas == T.PERSISTENT_CTAS
+    if r == 16:
+        assert f.block_n == 256
+
+
+def test_fused_op_runs_two_kernels_on_x_dtype(rng, model):
+    """A prefill QKV on float16: the shrink's output (float16, rows of bpad) is the expand's x."""
+    lens = [100, 150, 70]
+    comp = C.Composition(lens, [0, 1, 2], [16, 8, 16], [0.5, 1.0, 2.0], 16, sum(lens))
+    check, _ = run_op(backend(), "qkv", comp, rng, "float16", "cpu", k=64, n=128, kv=64)
+    assert check.ok, check.detail
+    assert [k for k, _ in model.launches] == ["shrink", "expand"]
+    (_, scfg), (_, ecfg) = model.launches
+    shrunk = model.outputs[0][0]
+    assert shrunk.dtype == torch.float16 and tuple(shrunk.shape) == (scfg.bpad, scfg.out_cols)
+    assert ecfg.x_dtype == "float16" and ecfg.na == scfg.out_cols
 
 
 def test_stacked_expand_reads_the_callers_x_as_it_is():

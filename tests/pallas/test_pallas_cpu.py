@@ -209,9 +209,8 @@ def lower(kind, cfg):
 def shrink_configs(seen, sp):
     """A shrink plan's kernels: the shrink, and the sums of its partial tiles (split shrinks)."""
     seen.setdefault(("shrink", sp.cfg), None)
-    for pc in (sp.sum_f32, sp.sum_result):
-        if pc is not None:
-            seen.setdefault(("parts", pc), None)
+    if sp.sum is not None:
+        seen.setdefault(("parts", sp.sum), None)
 
 
 def plan_configs():
@@ -228,13 +227,12 @@ def plan_configs():
                 for r, stack, n in ((16, 1, 4096), (16, 3, 6144), (64, 3, 6144), (16, 2, 28672), (128, 3, 6144), (192, 2, 28672), (256, 1, 4096)):
                     if dtype != "bfloat16" and (r > 16 or tokens == 256):
                         continue  # float16 / float32 plans differ from bf16 ones in dtype only
-                    sp = P.plan_shrink(tokens, 4096, r, stack, L, dtype, tail=tail)
-                    shrink_configs(seen, sp)
+                    for result in (True, False):  # the op's result; a fused op's expand input
+                        shrink_configs(seen, P.plan_shrink(tokens, 4096, r, stack, L, dtype, tail=tail, result=result))
                     for internal in (True, False):
                         if internal and stack == 1 or not internal and stack > 1:
                             continue
-                        ep = P.plan_expand(tokens, n, r, stack, L, "float32" if internal else dtype, dtype, dtype,
-                                           internal=internal, tail=tail)
+                        ep = P.plan_expand(tokens, n, r, stack, L, dtype, dtype, dtype, internal=internal, tail=tail)
                         for cfg in ep.cfgs:
                             seen.setdefault(("expand", cfg), None)
     # the Tuning variants benchmarks/pallas_gpu_check.py times (torch path, bf16, r16)
@@ -244,7 +242,7 @@ def plan_configs():
             if kw.get("shrink_ksplit") == 8 and tokens > 256:
                 continue
             shrink_configs(seen, P.plan_shrink(tokens, 4096, 16, 3, L, "bfloat16", tail=True, tuning=t))
-            for cfg in P.plan_expand(tokens, 6144, 16, 3, L, "float32", "bfloat16", "bfloat16", internal=True, tail=True,
+            for cfg in P.plan_expand(tokens, 6144, 16, 3, L, "bfloat16", "bfloat16", "bfloat16", internal=True, tail=True,
                                      tuning=t).cfgs:
                 seen.setdefault(("expand", cfg), None)
             for cfg in P.plan_expand(tokens, 4096, 16, 1, L, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True,
@@ -261,7 +259,7 @@ def plan_configs():
                     seen.setdefault(("expand", cfg), None)
     # odd widths (padded copies): K=200, N=72, rank 7
     shrink_configs(seen, P.plan_shrink(64, 200, 7, 2, 3, "bfloat16", tail=True))
-    for cfg in P.plan_expand(64, 72, 7, 2, 3, "float32", "bfloat16", "bfloat16", internal=True, tail=True).cfgs:
+    for cfg in P.plan_expand(64, 72, 7, 2, 3, "bfloat16", "bfloat16", "bfloat16", internal=True, tail=True).cfgs:
         seen.setdefault(("expand", cfg), None)
     return list(seen)
 
@@ -339,6 +337,35 @@ def test_expand_with_max_r_zero_returns_base(rng, interpret):
     assert np.array_equal(np.asarray(out, np.float32), np.ones((8, 128), np.float32))
 
 
+def test_lowered_kernels_are_cached_on_disk(tmp_path, monkeypatch):
+    """A configuration is lowered once: later processes read its module from the cache directory
+    (a GPU machine can be handed a cache lowered on a CPU one). A different configuration gets
+    its own entry; an unreadable entry is lowered again and rewritten; an empty directory setting
+    turns the cache off."""
+    from lora.pallas import interop
+
+    monkeypatch.setenv(interop.CACHE_DIR_ENV, str(tmp_path))
+    assert interop.cache_dir() == tmp_path
+    cfg = T.PartsConfig(1, 4, 16, 32, 32, "bfloat16", 4, 1)
+    before = interop.stats()
+    asm, aliases = interop.lower("parts", cfg)
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 1 and interop.stats()["lowered"] == before["lowered"] + 1
+    assert interop.lower("parts", cfg) == (asm, aliases)  # from the file
+    assert interop.stats()["lowered"] == before["lowered"] + 1 and interop.stats()["cached"] == before["cached"] + 1
+    interop.lower("parts", T.PartsConfig(1, 4, 16, 32, 32, "float32", 4, 1))
+    assert len(list(tmp_path.iterdir())) == 2 and interop.stats()["lowered"] == before["lowered"] + 2
+    files[0].write_bytes(b"not a cache entry")
+    again = interop.lower("parts", cfg)  # (lowering is not byte-for-byte repeatable: symbol counters)
+    assert again[0].startswith(b"ML\xefR") and again[1] == aliases
+    assert interop.stats()["lowered"] == before["lowered"] + 3
+    assert interop.lower("parts", cfg) == again and interop.stats()["lowered"] == before["lowered"] + 3
+    monkeypatch.setenv(interop.CACHE_DIR_ENV, "")
+    assert interop.cache_dir() is None
+    interop.lower("parts", cfg)
+    assert interop.stats()["lowered"] == before["lowered"] + 4
+
+
 def test_expand_with_max_r_zero_lowers_for_cuda():
     """What the GPU sees: compiling an expand of a max_r = 0 buffer for CUDA (was an IndexError,
     ``aligned_dim(0, 16) == 0`` slicing a zero-width weight)."""
@@ -398,7 +425,7 @@ def test_split_shrink_results_are_the_same_bits_every_run(interpret):
     batch = batch_of(comp)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((64, 1024)), jnp.bfloat16)
     a = jnp.asarray(np.random.default_rng(2).standard_normal((3, 32, 1024)) / 32, jnp.bfloat16)
-    assert P.plan_shrink(64, 1024, 16, 2, 3, "bfloat16", tail=False).sum_result is not None
+    assert P.plan_shrink(64, 1024, 16, 2, 3, "bfloat16", tail=False, result=True).sum is not None
     one, two = lp.shrink(x, a, batch, stack=2), lp.shrink(x, a, batch, stack=2)
     assert np.array_equal(np.asarray(one.view(jnp.uint16)), np.asarray(two.view(jnp.uint16)))
     ref = C.ref_shrink(comp, np.asarray(x, np.float64), np.asarray(a, np.float64), 2)

@@ -1,0 +1,77 @@
+"""Lower the pallas kernels a GPU run will launch, ahead of it, on any machine with jax (no GPU needed).
+
+Lowering a Mosaic GPU kernel (JAX tracing and the Mosaic passes) takes seconds per configuration and a
+minute or more for the persistent expand kernels; the GPU machine then only compiles. The modules land in
+the lowered-kernel cache (:func:`lora.pallas.interop.cache_dir`, ``$KERNELSTACK_PALLAS_CACHE_DIR``), which
+the GPU run reads when it is pointed at the same directory. Only plain Python and jax are imported here:
+the configurations are the torch executor's plans (``tail=True``) for the cases' compositions, bf16.
+
+    JAX_PLATFORMS=cpu KERNELSTACK_PALLAS_CACHE_DIR=.pallas-cache .venv-jax/bin/python \\
+        benchmarks/pallas_prelower.py --cases 'llama3-8b-r16-prefill-8k' --ops shrink1,qkv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def configs(case, op_name: str, dtype: str = "bfloat16") -> list:
+    """(kind, cfg) of every kernel the pallas torch executor launches for ``op_name`` on ``case``."""
+    from lora.compare import cases as CS
+    from lora.pallas import plan as P
+    from lora.pallas.tiling import padded_tokens
+
+    comp = case.composition(0)
+    op = CS.OPS[op_name].resolve(case.shape)
+    bpad, L, r = padded_tokens(comp.tokens), len(comp.lora_ranks), comp.max_r
+    out = []
+
+    def shrink(result):
+        sp = P.plan_shrink(bpad, op.k, r, op.stack, L, dtype, tail=True, result=result)
+        out.append(("shrink", sp.cfg))
+        if sp.sum is not None:
+            out.append(("parts", sp.sum))
+
+    def expand(internal):
+        ep = P.plan_expand(bpad, op.n, r, op.stack, L, dtype, dtype, dtype, internal=internal, tail=True)
+        out.extend(("expand", c) for c in ep.cfgs)
+
+    if op.kind == "shrink":
+        shrink(True)
+    elif op.kind == "expand":
+        expand(False)
+    else:
+        shrink(False)
+        expand(True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--cases", required=True, help="comma-separated case names or globs (lora.compare.cases)")
+    p.add_argument("--ops", required=True)
+    args = p.parse_args(argv)
+    from lora.compare import cases as CS
+    from lora.pallas import interop
+
+    print(f"cache: {interop.cache_dir()}", flush=True)
+    seen = {}
+    for case in CS.select_cases(args.cases.split(",")):
+        for op in args.ops.split(","):
+            for kc in configs(case, op):
+                seen.setdefault(kc, f"{case.name} {op}")
+    t0 = time.perf_counter()
+    for (kind, cfg), where in seen.items():
+        t = time.perf_counter()
+        before = interop.stats()["lowered"]
+        interop.lower(kind, cfg)
+        how = "lowered" if interop.stats()["lowered"] > before else "cached"
+        print(f"[{time.perf_counter() - t0:6.1f}s] {how} {kind:7s} {time.perf_counter() - t:5.1f}s  ({where})", flush=True)
+    print(f"{len(seen)} configurations: {interop.stats()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
