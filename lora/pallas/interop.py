@@ -62,14 +62,14 @@ def stats() -> dict:
 
 def cache_dir() -> Path | None:
     """Where lowered kernels are kept across processes: ``$KERNELSTACK_PALLAS_CACHE_DIR`` (empty:
-    no cache), else ``$XDG_CACHE_HOME/kernelstack/lora-pallas``, else
-    ``~/.cache/kernelstack/lora-pallas``."""
+    no cache), else the per-user cache directory (:func:`lora.user_cache.user_cache_dir`:
+    ``$XDG_CACHE_HOME/kernelstack/lora-pallas``, else ``~/.cache/kernelstack/lora-pallas`` on Linux)."""
     env = os.environ.get(CACHE_DIR_ENV)
     if env is not None:
         return Path(env).expanduser() if env else None
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path("~/.cache").expanduser()
-    return base / "kernelstack" / "lora-pallas"
+    from ..user_cache import user_cache_dir
+
+    return user_cache_dir("lora-pallas", os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"))
 
 
 def _cache_key(kind: str, cfg) -> str:

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import re
-import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -47,6 +46,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from ..user_cache import user_cache_dir
 
 #: Above this many rows per adapter a batch is planned as prefill (large row tiles).
 PREFILL_ROWS_PER_GROUP = 128
@@ -345,14 +346,7 @@ def device_slug(name: str) -> str:
 def _user_dir(tune_dir: str | None, xdg: str | None, home: str | None) -> Path:
     if tune_dir:
         return Path(tune_dir).expanduser()
-    if sys.platform == "darwin":
-        base = Path("~/Library/Caches").expanduser()
-    elif sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path("~/AppData/Local").expanduser()) / "kernelstack" / "Cache"
-        return base / "lora-triton"
-    else:
-        base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(home or "~").expanduser() / ".cache"
-    return base / "kernelstack" / "lora-triton"
+    return user_cache_dir("lora-triton", xdg, home)
 
 
 def _read_env_state() -> tuple | None:

@@ -362,6 +362,10 @@ def test_lowered_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     assert interop.lower("parts", cfg) == again and interop.stats()["lowered"] == before["lowered"] + 3
     monkeypatch.setenv(interop.CACHE_DIR_ENV, "")
     assert interop.cache_dir() is None
+    monkeypatch.delenv(interop.CACHE_DIR_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the per-user cache, as the triton tables'
+    assert interop.cache_dir() == tmp_path / "xdg" / "kernelstack" / "lora-pallas"
+    monkeypatch.setenv(interop.CACHE_DIR_ENV, "")
     interop.lower("parts", cfg)
     assert interop.stats()["lowered"] == before["lowered"] + 4
 
