@@ -17,11 +17,14 @@ import sys
 import time
 
 
-def configs(case, op_name: str, dtype: str = "bfloat16") -> list:
-    """(kind, cfg) of every kernel the pallas torch executor launches for ``op_name`` on ``case``."""
+def configs(case, op_name: str, dtype: str = "bfloat16", tuning=None) -> list:
+    """(kind, cfg) of every kernel the pallas torch executor launches for ``op_name`` on ``case``
+    (with ``tuning``, a :class:`lora.pallas.tiling.Tuning`, as ``pallas:<name>`` backends run)."""
     from lora.compare import cases as CS
     from lora.pallas import plan as P
-    from lora.pallas.tiling import padded_tokens
+    from lora.pallas.tiling import DEFAULT_TUNING, padded_tokens
+
+    tuning = tuning or DEFAULT_TUNING
 
     comp = case.composition(0)
     op = CS.OPS[op_name].resolve(case.shape)
@@ -29,13 +32,14 @@ def configs(case, op_name: str, dtype: str = "bfloat16") -> list:
     out = []
 
     def shrink(result):
-        sp = P.plan_shrink(bpad, op.k, r, op.stack, L, dtype, tail=True, result=result)
+        sp = P.plan_shrink(bpad, op.k, r, op.stack, L, dtype, tail=True, result=result, tuning=tuning)
         out.append(("shrink", sp.cfg))
         if sp.sum is not None:
             out.append(("parts", sp.sum))
 
     def expand(internal):
-        ep = P.plan_expand(bpad, op.n, r, op.stack, L, dtype, dtype, dtype, internal=internal, tail=True)
+        ep = P.plan_expand(bpad, op.n, r, op.stack, L, dtype, dtype, dtype, internal=internal, tail=True,
+                           tuning=tuning)
         out.extend(("expand", c) for c in ep.cfgs)
 
     if op.kind == "shrink":
@@ -52,16 +56,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--cases", required=True, help="comma-separated case names or globs (lora.compare.cases)")
     p.add_argument("--ops", required=True)
+    p.add_argument("--tunings", default="", help="comma-separated pallas_tunings.TUNINGS names (the defaults too)")
     args = p.parse_args(argv)
+    from pallas_tunings import TUNINGS
+
     from lora.compare import cases as CS
     from lora.pallas import interop
+    from lora.pallas.tiling import Tuning
+
+    tunings = [None] + [Tuning(**TUNINGS[name]) for name in args.tunings.split(",") if name]
 
     print(f"cache: {interop.cache_dir()}", flush=True)
     seen = {}
     for case in CS.select_cases(args.cases.split(",")):
         for op in args.ops.split(","):
-            for kc in configs(case, op):
-                seen.setdefault(kc, f"{case.name} {op}")
+            for tuning in tunings:
+                for kc in configs(case, op, tuning=tuning):
+                    seen.setdefault(kc, f"{case.name} {op}")
     t0 = time.perf_counter()
     for (kind, cfg), where in seen.items():
         t = time.perf_counter()

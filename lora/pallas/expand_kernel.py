@@ -32,9 +32,11 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
   one adapter: such a tile is one wgmma. A block that holds several adapters (a segment boundary)
   fetches the others' x windows and B tiles in its step (from L2) and adds them to the same slot.
-  Any tile when a slice boundary is not a multiple of ``block_n`` is run by ``one_tile`` inside its
-  step, and the partial last block's tiles by ``one_tile`` after the pipeline. Each tile is written
-  by one CTA, so no two CTAs ever touch the same base element.
+  A step's block count and first slot come from a ring in shared memory, loaded ``stream_stages``
+  steps ahead (no round trip to L2 on the steps' critical path). When a slice boundary is not a
+  multiple of ``block_n`` the steps skip their tiles, and ``one_tile`` runs them after the pipeline,
+  as it runs the partial last block's tiles (in the pipeline's shared memory, free by then). Each
+  tile is written by one CTA, so no two CTAs ever touch the same base element.
 
 Per adapter: the x window of its slice (columns ``j*r .. j*r+kr``, fetched by TMA at that column)
 and its B tile are masked to the real rank in registers (which also clears the NaN/garbage tails
@@ -59,7 +61,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import common as C
-from .tiling import BM, CHUNK, GATHER_B_STAGES, ExpandConfig, MetaLayout
+from .tiling import BM, CHUNK, GATHER_B_STAGES, RING, ExpandConfig, MetaLayout
 
 __all__ = ["expand"]
 
@@ -360,11 +362,15 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
         rest = (None, *rest)
     if not (cfg.x_shift or cfg.gather):
         rest = (*rest, None)
+    if cfg.ctas:  # the persistent kernel scopes one_tile's base tile after its pipeline
+        rest = (*rest[:5], None, *rest[5:])
     x_tail_ref, b_ref, base_ref, out_ref, table, base_smem, xop, bars, scal_s, xsh = rest
     del out_ref  # aliased with base_ref
-    # One int32 scratch (each scratch takes a multiple of 1 KB): a box's row slots, then two tables.
+    # One int32 scratch (each scratch takes a multiple of 1 KB): a box's row slots, two tables, and
+    # the persistent kernel's ring of its steps' block counts and first slots.
     L = cfg.num_lora
-    rs_smem, ranks_s, slots_s = (table.at[pl.ds(off, n)] for off, n in ((0, BM), (BM, L), (BM + L, L)))
+    rs_smem, ranks_s, slots_s, ring_count, ring_slot = (
+        table.at[pl.ds(off, n)] for off, n in ((0, BM), (BM, L), (BM + L, L), (BM + 2 * L, RING), (BM + 2 * L + RING, RING)))
 
     def load_tables():
         C.copy_scalars(ranks_ref, 0, ranks_s, L)
@@ -373,6 +379,7 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_s, scal=scal_s, slots=slots_s,
                            offs=offs_ref, x=x_ref, x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem,
                            base_smem=base_smem, xop=xop, bars=bars, xsh=xsh, load_tables=load_tables,
+                           ring_count=ring_count, ring_slot=ring_slot,
                            ranks_gmem=ranks_ref, scal_gmem=scal_ref)
 
 
@@ -529,12 +536,30 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     steps = per + (sm < extra).astype(jnp.int32)
     rows_of = jnp.maximum(nfull, 1)
 
+    S = cfg.stream_stages
+
     def tile(i):
         t = first_tile + i
         return lax.rem(t, rows_of), lax.div(t, rows_of)
 
-    def first_slot(b):  # (any slot id when the block has no adapter: only fetched, never used)
-        return C.block_slot(R.meta, lay, b, 0)
+    # Step i's block count and first slot (any slot id when the block has no adapter: only fetched,
+    # never used) are read from a ring in shared memory: step i loads those of step i + S from
+    # global memory when it starts and stores them when it ends, after its tile's work, so the
+    # load's round trip to L2 is hidden behind it; the pipeline then fetches step i + S's tiles
+    # (their index maps read the ring). The first S entries are loaded before the pipeline.
+    def block_info(j):
+        b, _ = tile(j)
+        return C.block_count(R.meta, lay, b), C.block_slot(R.meta, lay, b, 0)
+
+    def put(j, info):
+        R.ring_count[lax.rem(j, RING)], R.ring_slot[lax.rem(j, RING)] = info
+
+    def first_slot(i):
+        return R.ring_slot[lax.rem(i, RING)]
+
+    infos = [block_info(jnp.int32(j)) for j in range(S)]  # (all loads in flight, then the stores)
+    for j, info in enumerate(infos):
+        put(jnp.int32(j), info)
 
     # A plain expand of activation-dtype x (one slice at column 0) fetches its x window as a wgmma
     # operand (tiled, swizzled): used as it is when the rank fills it.
@@ -544,14 +569,14 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         b, n = tile(i)
         if direct:
             return (b, 0)
-        return (b * BM, prog.slice_start(prog.slice_of(n * BN), R.ranks[first_slot(b)]))
+        return (b * BM, prog.slice_start(prog.slice_of(n * BN), R.ranks[first_slot(i)]))
 
     x_spec = (plgpu.BlockSpec((BM, kr), x_index, transforms=C.tiled(op, kr)) if direct
               else plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index))
 
     def b_index(i):
-        b, n = tile(i)
-        return (first_slot(b), n, 0)
+        _, n = tile(i)
+        return (first_slot(i), n, 0)
 
     def base_index(i):
         return tile(i)
@@ -567,7 +592,8 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     def step(xs2, bs2, bar2, idx, xs, bs, base_s, rs_s):
         (i,) = idx
         b, n = tile(i)
-        count = C.block_count(R.meta, lay, b)
+        ahead = block_info(i + S)  # stored at the end of the step
+        count = R.ring_count[lax.rem(i, RING)]
         n0 = n * BN
         j = prog.slice_of(n0)
 
@@ -582,7 +608,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
 
         @pl.when(prog.aligned & (count > 0))
         def _():
-            add_adapter(first_slot(b), xs, bs)  # its tiles came with the pipeline
+            add_adapter(first_slot(i), xs, bs)  # its tiles came with the pipeline
 
             @pl.loop(1, count)
             def _(k):  # a segment boundary: the block's other adapters, fetched now (from L2)
@@ -605,7 +631,8 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         @pl.when(jnp.logical_not(prog.aligned & (count > 0)))
         def _():  # no store of this step: the slot of the step before is refilled once its store has read it
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            prog.one_tile(b, n)  # (nothing when the block has no adapter)
+
+        put(i + S, ahead)
 
     def pipeline(xs2, bs2, bar2):
         plgpu.emit_pipeline(
@@ -630,12 +657,25 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     )
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    # The partial last block (s not a multiple of 64): column tile n on CTA n % nsm.
-    ntail = jnp.where(lax.rem(s, BM) != 0, lax.div(jnp.maximum(ntn - sm + nsm - 1, 0), nsm), 0)
+    def tiles_one_by_one(base_smem):
+        """one_tile's work, in the pipeline's shared memory (free by now): this CTA's tiles when a
+        slice boundary is not a multiple of block_n (the pipeline's steps skipped them), then the
+        partial last block (s not a multiple of 64): column tile n on CTA n % nsm."""
+        R.base_smem = base_smem
 
-    @pl.loop(0, ntail)
-    def _(k):
-        prog.one_tile(nfull, sm + k * nsm)
+        @pl.when(jnp.logical_not(prog.aligned))
+        def _():
+            @pl.loop(0, steps)
+            def _(i):
+                prog.one_tile(*tile(i))  # (nothing when the block has no adapter)
+
+        ntail = jnp.where(lax.rem(s, BM) != 0, lax.div(jnp.maximum(ntn - sm + nsm - 1, 0), nsm), 0)
+
+        @pl.loop(0, ntail)
+        def _(k):
+            prog.one_tile(nfull, sm + k * nsm)
+
+    pl.run_scoped(tiles_one_by_one, plgpu.SMEM((BM, BN), jnp.dtype(cfg.base_dtype)))
 
 
 def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandConfig):
@@ -673,8 +713,8 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         grid=grid,
         grid_names=names,
         scratch=[
-            plgpu.SMEM((BM + 2 * cfg.num_lora,), jnp.int32),
-            plgpu.SMEM((BM, BN), base.dtype),
+            plgpu.SMEM((BM + 2 * cfg.num_lora + 2 * RING,), jnp.int32),
+            *([] if cfg.ctas else [plgpu.SMEM((BM, BN), base.dtype)]),
             plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)),
             plgpu.Barrier(num_barriers=1 + rungs),
             plgpu.SMEM((cfg.num_lora,), jnp.float32),

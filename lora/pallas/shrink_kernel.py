@@ -132,7 +132,6 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         rest = list(rest)
         x_tail_ref = rest.pop(0) if cfg.tail else None
-        c_smem = rest.pop() if cast else None
         a_ref, o_ref, rs_smem, o_smem, bar = rest
         b = lax.axis_index("b")
         c = lax.axis_index("c")
@@ -184,16 +183,23 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                 pl.when(i + 1 < total)(lambda: products([slot(i), slot(i + 1)]))
                 pl.when(i + 1 >= total)(lambda: products([slot(i)]))
 
-            if cast:
+            def store(src):
+                plgpu.commit_smem()
+                if KS > 1:
+                    plgpu.copy_smem_to_gmem(src, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
+                else:
+                    plgpu.copy_smem_to_gmem(src, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+            def cast_and_store(c_smem):
                 plgpu.commit_smem()  # (the merges' stores, read by other threads)
                 c_smem[...] = o_smem[...].astype(out_dt)
-            plgpu.commit_smem()
-            src = c_smem if cast else o_smem
-            if KS > 1:
-                plgpu.copy_smem_to_gmem(src, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
+                store(c_smem)
+
+            if cast:  # the tile in the output dtype takes the K loops' shared memory, free by now
+                pl.run_scoped(cast_and_store, plgpu.SMEM((BM, cw), out_dt))
             else:
-                plgpu.copy_smem_to_gmem(src, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                store(o_smem)
 
     args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
     out_shape = cfg.parts_shape if KS > 1 else (cfg.bpad, cfg.out_cols)
@@ -203,8 +209,7 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         out_type=jax.ShapeDtypeStruct(out_shape, out_dt),
         grid=(cfg.nb, KS, nc) if KS > 1 else (cfg.nb, nc),
         grid_names=("b", "ks", "c") if KS > 1 else ("b", "c"),
-        scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)]
-        + ([plgpu.SMEM((BM, cw), out_dt)] if cast else []),
+        scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
     )
 
 

@@ -430,8 +430,9 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
     max_blocks = SPLIT_MAX_BLOCKS if tuning.split_max_blocks is None else tuning.split_max_blocks
     split = nb <= max_blocks
     itemsize = 2
-    # the block variant's float32 tile, and its copy in the output dtype (stored from there)
-    out_bytes = BM * na * 4 + (0 if out_dtype == "float32" else BM * column_chunk(na) * _itemsize(out_dtype))
+    # the block variant's float32 tile (one column chunk); its copy in the output dtype is scoped
+    # after the K loops (in their shared memory), so it takes none of theirs
+    out_bytes = BM * column_chunk(na) * 4
     if tuning.shrink_block_k is not None:
         block_k = tuning.shrink_block_k
     elif split:
@@ -487,21 +488,25 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
                       stream_stages=0, accumulate=False, num_lora=0, gather=0) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
-    Fixed: the row-slot vector, the block's base tile, the operand-dtype x tile, the barriers,
-    (x_shift) the shifted x tile and three ``num_lora``-entry tables (the scalings' in a scratch of
-    their own: Mosaic rounds each scratch allocation up to 1 KB, counted here for that one only).
-    Pipelined over a block's adapters, per stage: the x windows and the B tile. Both paths of that pipeline (one window for slice-aligned column tiles, ``stack``
-    windows otherwise) are scoped separately, so the larger, the general one, is what counts. The
-    persistent kernel (``stream_stages`` > 0) runs that pipeline inside a step of its pipeline over
-    tiles, whose stages each hold a base tile, one x window, a B tile and the row slots, and keeps
-    one more x window and B tile for the further adapters of a block. The gathering decode kernel
+    Fixed: the row-slot vector, the operand-dtype x tile, the barriers, (x_shift) the shifted x
+    tile, three ``num_lora``-entry tables (the scalings' in a scratch of their own: Mosaic rounds
+    each scratch allocation up to 1 KB, counted here for that one only) and the persistent kernel's
+    ring (``RING`` entries, two tables). One tile's work (``one_tile``) takes a base tile and a
+    pipeline over a block's adapters, per stage: the x windows and the B tile. Both paths of that
+    pipeline (one window for slice-aligned column tiles, ``stack`` windows otherwise) are scoped
+    separately, so the larger, the general one, is what counts. The persistent kernel
+    (``stream_stages`` > 0) runs its pipeline over tiles first, whose stages each hold a base tile,
+    one x window, a B tile and the row slots, with one more x window and B tile for the further
+    adapters of a block; ``one_tile``'s work comes after it, in the same memory: the larger of the
+    two counts. The gathering decode kernel
     (``gather``: its column tiles per CTA) scopes its gathered x rows, row list, output tiles, B
     tiles and barriers beside that pipeline (the fallback for unaligned slices): the larger counts.
     """
     kw = kr + (shift_pad(kr) if x_shift else 0)
-    fixed = BM * 4 + BM * block_n * base_itemsize + BM * kr * op_itemsize + 8 * 16
+    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 2 * RING * 4
     fixed += BM * kr * x_itemsize if x_shift or gather else 0
     fixed += 3 * 4 * num_lora + (1024 if num_lora else 0)  # the slots' ranks and scalings, a tile's slot list
+    base_tile = BM * block_n * base_itemsize
     per_stage = stack * BM * kw * x_itemsize + block_n * kr * op_itemsize
     per_tile = BM * block_n * base_itemsize + BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16
     # the persistent kernel's x window and B tile of a block's further adapters, and their barriers
@@ -513,7 +518,9 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
         b_stages = min(gather, GATHER_B_STAGES)
         rows = BM * gather_cols(kw, x_itemsize) * x_itemsize + 1024 + 2 * BM * block_n * base_itemsize
         pipeline = max(pipeline, rows + b_stages * (block_n * kr * op_itemsize + 16) + (BM + 1) * 8)
-    return fixed + pipeline + stream_stages * per_tile + extra
+    if stream_stages:
+        return fixed + max(base_tile + pipeline, stream_stages * per_tile + extra)
+    return fixed + base_tile + pipeline + extra
 
 
 #: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
@@ -527,6 +534,9 @@ GATHER_TILES = 8
 GATHER_B_STAGES = 4
 #: Tiles in flight in the persistent expand's pipeline (fewer when they do not fit).
 STREAM_STAGES = 4
+#: Entries of the persistent expand's ring of its steps' block counts and first slots (more than
+#: the most stream stages a Tuning may ask for).
+RING = 8
 
 
 def expand_config(

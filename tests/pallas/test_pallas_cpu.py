@@ -102,6 +102,36 @@ def test_block_variant_interpret(op, rng, interpret):
     assert check.ok, f"{op} {comp}: {check.detail}"
 
 
+@pytest.fixture
+def two_ctas(monkeypatch):
+    """The persistent expand on two CTAs (plans made meanwhile are dropped afterwards)."""
+    from lora.pallas import plan as P
+
+    monkeypatch.setattr(T, "PERSISTENT_CTAS", 2)
+    P.plan_expand.cache_clear()
+    yield
+    P.plan_expand.cache_clear()
+
+
+@pytest.mark.parametrize("op", ["expand", "gate_up", "qkv"])
+def test_persistent_expand_walks_many_tiles_per_cta_interpret(op, rng, interpret, two_ctas):
+    """Two CTAs walk every tile, one a step more than the other: each takes more steps than the ring
+    of its steps' block counts and first slots has entries (so the ring's entries are reused), over
+    blocks of one adapter, blocks where segments meet and blocks with no adapter (rank 0, rows past
+    the segments); qkv's slice boundary at 96 is not a multiple of its 64-wide tiles: the steps skip
+    every tile and one_tile runs them after the pipeline."""
+    lens = [300, 5, 70, 0, 400, 200, 129]
+    slots = [0, 1, 2, 3, 1, 2, 0]
+    comp = C.Composition(lens, slots, [16, 12, 0, 7], [0.5, 1.0, 2.0, 1.5], 16, sum(lens) + 70)
+    tuning = T.Tuning(expand_block_n=64) if op == "gate_up" else None
+    cfg = T.expand_config(T.padded_tokens(comp.tokens), 2 * N if op == "gate_up" else N, 16, 16, 4, 1,
+                          "bfloat16", "bfloat16", "bfloat16", tail=False, tuning=tuning or T.DEFAULT_TUNING)
+    assert cfg.ctas == 2 and (comp.tokens // T.BM) * cfg.ntn // 2 > T.RING
+    out, ref = run_op(op, comp, rng, "bfloat16", tuning)
+    check = C.compare(f64(out), ref, "bfloat16")
+    assert check.ok, f"{op} {comp}: {check.detail}"
+
+
 def test_block_variant_with_k_split_interpret(rng, interpret):
     """Tuning(shrink_ksplit=2) on a prefill-sized batch: two CTAs per block over K, partial tiles
     added by the plan's finish step (the JAX path pads x, so blocks are aligned)."""
@@ -293,6 +323,19 @@ def test_expand_config_fits_shared_memory():
     with pytest.raises(ValueError, match="shared memory"):  # a Tuning that cannot fit says so
         T.expand_config(64, 6144, 384, 128, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True,
                         tuning=T.Tuning(expand_stages=4))
+
+
+def test_prefill_plans_take_the_shared_memory_that_is_free():
+    """The block shrink's cast tile (the result in x's dtype) is scoped after the K loops, so the
+    rank-64 QKV shrink keeps three stages for its pairs of adapters; the persistent expand's
+    one-by-one tiles take their base tile after its pipeline, so stacked slices keep four tiles in
+    flight and the rank-64 QKV expand runs persistent. (The Mosaic lowering of these configurations,
+    test_every_planned_kernel_lowers_for_cuda, checks that they fit.)"""
+    assert T.shrink_config(8192, 4096, 192, 8, 3, "bfloat16", tail=True, out_dtype="bfloat16").pair_stages == 3
+    for r, stack, n, bn in ((16, 3, 6144, 256), (16, 2, 28672, 256), (64, 3, 6144, 128), (64, 1, 4096, 128)):
+        cfg = T.expand_config(8192, n, stack * r, r, 8, stack, "bfloat16", "bfloat16", "bfloat16", tail=True,
+                              x_shift=stack > 1)
+        assert (cfg.ctas, cfg.stream_stages, cfg.block_n) == (T.PERSISTENT_CTAS, 4, bn), (r, stack, cfg)
 
 
 def test_token_buckets():

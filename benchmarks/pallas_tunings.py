@@ -1,0 +1,40 @@
+"""pallas Tuning keyword arguments by name: the knobs ``benchmarks/decode_kernels.py`` times as backend
+``pallas:<name>`` and ``benchmarks/pallas_prelower.py --tunings`` lowers ahead (plain Python: no jax, no torch)."""
+
+TUNINGS = {
+    "nogather": dict(expand_gather=False),  # session 7's decode expand (one CTA per tile, all its adapters)
+    "gt1": dict(expand_gather_tiles=1),
+    "gt2": dict(expand_gather_tiles=2),
+    "gt4": dict(expand_gather_tiles=4),
+    "gt8": dict(expand_gather_tiles=8),
+    "gt16": dict(expand_gather_tiles=16),
+    "s5": dict(expand_gather=False, expand_accumulate=False, expand_stages=2),  # session 5's (a merge per adapter)
+    "noacc": dict(expand_accumulate=False),
+    "es2": dict(expand_gather=False, expand_stages=2),
+    "es1": dict(expand_gather=False, expand_stages=1),
+    "es4": dict(expand_gather=False, expand_stages=4),
+    "bn64": dict(expand_block_n=64),
+    "bn256": dict(expand_block_n=256),
+    "bn64es4": dict(expand_block_n=64, expand_stages=4),
+    "ks4": dict(shrink_ksplit=4),
+    "ks8": dict(shrink_ksplit=8),
+    "ks32": dict(shrink_ksplit=32),
+    "ks2": dict(shrink_ksplit=2),
+    # the block variant with its K loop split: a CTA runs every adapter of its block (two per K loop),
+    # so there are ksplit partial tiles per block instead of adapters x ksplit
+    "blk16": dict(split_max_blocks=0, shrink_ksplit=16),
+    "blk32": dict(split_max_blocks=0, shrink_ksplit=32),
+    "blk8": dict(split_max_blocks=0, shrink_ksplit=8),
+    "bk128": dict(shrink_block_k=128),
+    "st2": dict(shrink_stages=2),
+    "st4": dict(shrink_stages=4),
+    # prefill (persistent) expand knobs
+    "ss2": dict(expand_stream_stages=2),
+    "ss3": dict(expand_stream_stages=3),
+    "ss5": dict(expand_stream_stages=5),
+    "ss6": dict(expand_stream_stages=6),
+    "pbn128ss6": dict(expand_block_n=128, expand_stream_stages=6),
+    "pbn128": dict(expand_block_n=128),
+    "tile": dict(expand_persistent=False),  # one CTA per tile
+    "rdd": dict(expand_reduce_add=True),  # one CTA per tile, TMA reduce-add into base
+}
