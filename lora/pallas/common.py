@@ -30,6 +30,12 @@ def tiled(dtype, cols: int):
     return (plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle))
 
 
+def tile_columns(dtype, cols: int) -> int:
+    """Columns of one tile of :func:`tiled` (a copy into such a buffer starts on a multiple of them)."""
+    itemsize = jnp.dtype(dtype).itemsize
+    return plgpu.find_swizzle(cols * itemsize * 8) // itemsize
+
+
 def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=None, lane=False):
     """``plgpu.kernel`` plus input/output aliasing (in-place outputs for the JAX API).
 

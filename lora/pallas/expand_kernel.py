@@ -152,7 +152,8 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
 
     def product_into(xs, bs, r, j, merge, direct=False):
         """merge(x window @ B tile^T). ``direct``: xs is already a wgmma operand (the operand dtype,
-        tiled and swizzled, at column 0), used as it is when the rank fills it (r == kr)."""
+        tiled and swizzled, kr columns from the slice's first), used as it is when the rank fills
+        it (r == kr), else masked into xop."""
 
         def product(a_ref):
             def acc_scope(acc_ref):
@@ -162,7 +163,10 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             pl.run_scoped(acc_scope, plgpu.ACC((BM, BN)))
 
         def via_xop():
-            x_into_xop(xs, r, j)
+            if direct:
+                R.xop[...] = prep_x(xs, r)
+            else:
+                x_into_xop(xs, r, j)
             plgpu.commit_smem()
             product(R.xop)
 
@@ -561,18 +565,31 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     for j, info in enumerate(infos):
         put(jnp.int32(j), info)
 
-    # A plain expand of activation-dtype x (one slice at column 0) fetches its x window as a wgmma
-    # operand (tiled, swizzled): used as it is when the rank fills it.
-    direct = not cfg.x_shift and cfg.x_dtype == cfg.op_dtype and cfg.x_part == 0
+    # x in the operand dtype: the pipeline fetches the first adapter's x window as a wgmma operand
+    # (kr columns, tiled, swizzled), used as it is when the rank fills it: at column 0 (one slice),
+    # or at the slice's first column j*r (stacked slices) when that is a multiple of the tiling's
+    # column count ``tc`` (a tiled copy starts on a tile: e.g. whenever r == kr <= 64). Else the step
+    # fetches the kw-wide window from j*r's 16-byte boundary and shifts it (x_into_xop).
+    direct = cfg.x_dtype == cfg.op_dtype and cfg.x_part == 0
+    tc = C.tile_columns(op, kr)
 
     def x_index(i):
         b, n = tile(i)
-        if direct:
+        if direct and not cfg.x_shift:
             return (b, 0)
-        return (b * BM, prog.slice_start(prog.slice_of(n * BN), R.ranks[first_slot(i)]))
+        j, r = prog.slice_of(n * BN), R.ranks[first_slot(i)]
+        if not direct:
+            return (b * BM, prog.slice_start(j, r))
+        start = j * r
+        return (b * BM, pl.multiple_of(start - lax.rem(start, tc), tc))
 
-    x_spec = (plgpu.BlockSpec((BM, kr), x_index, transforms=C.tiled(op, kr)) if direct
-              else plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index))
+    if direct:
+        x_block = (BM, kr) if not cfg.x_shift else (pl.Element(BM), pl.Element(kr))
+        x_spec = plgpu.BlockSpec(x_block, x_index, transforms=C.tiled(op, kr))
+    else:
+        x_spec = plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index)
+    # the window of a block's further adapters (and of an unaligned slice start): fetched in the step
+    plain_direct = direct and not cfg.x_shift
 
     def b_index(i):
         _, n = tile(i)
@@ -597,31 +614,46 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         n0 = n * BN
         j = prog.slice_of(n0)
 
-        def add_adapter(w, xs_ref, bs_ref):
+        def add_adapter(w, xs_ref, bs_ref, is_operand):
             r = R.ranks[w]
             prog.mask_b(bs_ref, r)
             prog.product_into(
                 xs_ref, bs_ref, r, j,
                 functools.partial(prog.update, rs_s, base_s, w, scale=R.scal[w], n0=n0, optimized=True),
-                direct=direct,
+                direct=is_operand,
             )
+
+        def fetch_x(w):
+            """xs2 = adapter w's x window (kr columns at 0, or kw from the slice's aligned start)."""
+            if plain_direct:
+                x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(0, kr)]
+            else:
+                x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(prog.slice_start(j, R.ranks[w]), kw)]
+            plgpu.copy_gmem_to_smem(x_src, xs2, bar2.at[0])
 
         @pl.when(prog.aligned & (count > 0))
         def _():
-            add_adapter(first_slot(i), xs, bs)  # its tiles came with the pipeline
+            w0 = first_slot(i)  # its tiles came with the pipeline
+            if direct and cfg.x_shift:
+                start_aligned = lax.rem(j * R.ranks[w0], tc) == 0
+                pl.when(start_aligned)(lambda: add_adapter(w0, xs, bs, True))
+
+                @pl.when(jnp.logical_not(start_aligned))
+                def _():
+                    fetch_x(w0)
+                    plgpu.barrier_wait(bar2.at[0])
+                    add_adapter(w0, xs2, bs, False)
+            else:
+                add_adapter(w0, xs, bs, direct)
 
             @pl.loop(1, count)
             def _(k):  # a segment boundary: the block's other adapters, fetched now (from L2)
                 w = C.block_slot(R.meta, lay, b, k)
-                if direct:
-                    x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(0, kr)]
-                else:
-                    x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(prog.slice_start(j, R.ranks[w]), kw)]
-                plgpu.copy_gmem_to_smem(x_src, xs2, bar2.at[0])
+                fetch_x(w)
                 plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n0, BN), pl.ds(0, kr)], bs2, bar2.at[1])
                 plgpu.barrier_wait(bar2.at[0])
                 plgpu.barrier_wait(bar2.at[1])
-                add_adapter(w, xs2, bs2)
+                add_adapter(w, xs2, bs2, plain_direct)
 
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(base_s, R.base.at[pl.ds(b * BM, BM), pl.ds(n0, BN)])
@@ -651,7 +683,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     x_dt = jnp.dtype(cfg.x_dtype)
     pl.run_scoped(
         pipeline,
-        plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)) if direct else plgpu.SMEM((BM, kw), x_dt),
+        plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)) if plain_direct else plgpu.SMEM((BM, kw), x_dt),
         plgpu.SMEM((BN, kr), op, transforms=C.tiled(op, kr)),
         plgpu.Barrier(num_barriers=2),
     )

@@ -119,10 +119,12 @@ def test_persistent_expand_walks_many_tiles_per_cta_interpret(op, rng, interpret
     of its steps' block counts and first slots has entries (so the ring's entries are reused), over
     blocks of one adapter, blocks where segments meet and blocks with no adapter (rank 0, rows past
     the segments); qkv's slice boundary at 96 is not a multiple of its 64-wide tiles: the steps skip
-    every tile and one_tile runs them after the pipeline."""
+    every tile and one_tile runs them after the pipeline. Ranks 16 and 8 start their gate-up slices on
+    16-byte boundaries (the pipeline's x window is the wgmma operand, masked for rank 8), rank 7 does
+    not (the step fetches the wider window and shifts it)."""
     lens = [300, 5, 70, 0, 400, 200, 129]
     slots = [0, 1, 2, 3, 1, 2, 0]
-    comp = C.Composition(lens, slots, [16, 12, 0, 7], [0.5, 1.0, 2.0, 1.5], 16, sum(lens) + 70)
+    comp = C.Composition(lens, slots, [16, 8, 0, 7], [0.5, 1.0, 2.0, 1.5], 16, sum(lens) + 70)
     tuning = T.Tuning(expand_block_n=64) if op == "gate_up" else None
     cfg = T.expand_config(T.padded_tokens(comp.tokens), 2 * N if op == "gate_up" else N, 16, 16, 4, 1,
                           "bfloat16", "bfloat16", "bfloat16", tail=False, tuning=tuning or T.DEFAULT_TUNING)
