@@ -692,7 +692,8 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     def tiles_one_by_one(base_smem):
         """one_tile's work, in the pipeline's shared memory (free by now): this CTA's tiles when a
         slice boundary is not a multiple of block_n (the pipeline's steps skipped them), then the
-        partial last block (s not a multiple of 64): column tile n on CTA n % nsm."""
+        partial last block (s not a multiple of 64): column tile n on CTA nsm - 1 - n % nsm, from
+        the last CTA down, whose pipelines hold a step less when the tiles do not divide evenly."""
         R.base_smem = base_smem
 
         @pl.when(jnp.logical_not(prog.aligned))
@@ -701,11 +702,12 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
             def _(i):
                 prog.one_tile(*tile(i))  # (nothing when the block has no adapter)
 
-        ntail = jnp.where(lax.rem(s, BM) != 0, lax.div(jnp.maximum(ntn - sm + nsm - 1, 0), nsm), 0)
+        rank = nsm - 1 - sm
+        ntail = jnp.where(lax.rem(s, BM) != 0, lax.div(jnp.maximum(ntn - rank + nsm - 1, 0), nsm), 0)
 
         @pl.loop(0, ntail)
         def _(k):
-            prog.one_tile(nfull, sm + k * nsm)
+            prog.one_tile(nfull, rank + k * nsm)
 
     pl.run_scoped(tiles_one_by_one, plgpu.SMEM((BM, BN), jnp.dtype(cfg.base_dtype)))
 
