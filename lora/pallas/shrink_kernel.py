@@ -10,13 +10,13 @@
 Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
 
 * **block** (prefill, mixed): one CTA per 64-row block. It runs one pipelined K loop (TMA ->
-  wgmma) per ``cfg.group`` adapters present in the block's rows (each x tile feeds one wgmma per
-  adapter; ``cfg.pass_stages(m)`` deep for m adapters) and merges the results with the per-row
-  slot mask, then stores its box with one TMA copy. The clamped box of a partial last
+  wgmma, ``cfg.stages`` deep) per two adapters present in the block's rows (each x tile feeds one
+  wgmma per adapter; ``cfg.pair_stages`` deep) and merges the results with the per-row slot mask,
+  then stores its box with one TMA copy. The clamped box of a partial last
   block overlaps the block before: that block also runs the adapters of the block before (an
   adapter of both runs twice; the merge is idempotent), so the overlapping rows get the values the
-  block before writes. Each row of x is read once per ``cfg.group`` adapters of its block (once,
-  except where more segments than that meet in one block).
+  block before writes. Each row of x is read once per two adapters of its block (once, except
+  where three or more segments meet in one block).
 * **split** (decode-sized batches, <= 4 blocks): CTA (block, adapter index, K split, column chunk).
   Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
   blocks to fill the GPU, so the K loop is split across CTAs. Each CTA stores its float32 tile,
@@ -73,7 +73,7 @@ def _matmul_into(cfg: ShrinkConfig, x_ref, x_tail_ref, a_ref, b, products, c, is
     cw = column_chunk(cfg.na)
     dt = x_ref.dtype
     x_tf = C.tiled(dt, cfg.block_k)
-    stages = max(2, cfg.pass_stages(len(products)))
+    stages = max(2, cfg.stages if len(products) == 1 else cfg.pair_stages)
 
     def run(src_ref, blk):
         def acc_scope(*accs):
@@ -170,17 +170,18 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                 prods = [(w, functools.partial(merge, w)) for w in ws]
                 _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, prods, c, is_tail, ks * nk_split, nk_split)
 
-            # Adapters up to cfg.group at a time, one pass over the block's rows each (a block where
-            # short segments meet would otherwise read its rows once per adapter: the kernel's time is
-            # its slowest block's).
-            G = cfg.group
+            # Adapters two at a time, one pass over the block's rows each (a segment boundary's block
+            # would otherwise read its rows once per adapter: twice the time of the other CTAs).
+            step = 2 if cfg.pair_stages else 1
 
-            @pl.loop(0, lax.div(total + G - 1, G))
+            @pl.loop(0, lax.div(total + step - 1, step))
             def _(p):
-                i = p * G
-                for m in range(1, G + 1):  # the last pass may serve fewer
-                    pl.when((total - i == m) if m < G else (total - i >= G))(
-                        functools.partial(lambda m: products([slot(i + t) for t in range(m)]), m))
+                i = p * step
+                if step == 1:
+                    products([slot(i)])
+                    return
+                pl.when(i + 1 < total)(lambda: products([slot(i), slot(i + 1)]))
+                pl.when(i + 1 >= total)(lambda: products([slot(i)]))
 
             def store(src):
                 plgpu.commit_smem()

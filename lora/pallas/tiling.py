@@ -194,9 +194,9 @@ class ShrinkConfig:
     block_k: int
     stages: int
     tail: bool  # x has only s rows (torch): the last partial block reads a second (64, K) view
-    #: block variant: the most adapters one K loop serves (an A tile each per stage, one read of
-    #: the block's rows for all of them); 1: one adapter per K loop (the split variant)
-    group: int = 1
+    #: block variant: stages of the K loop that serves two adapters at once (a second A tile per
+    #: stage); 0: one adapter per K loop (the split variant, or when two stages do not fit)
+    pair_stages: int = 0
     #: dtype of the output (the activations' dtype: the op's result, or a fused op's expand input);
     #: the partial tiles of a split shrink are float32 whatever it is
     out_dtype: str = "float32"
@@ -211,13 +211,6 @@ class ShrinkConfig:
     @property
     def nk(self) -> int:
         return -(-self.k // self.block_k)
-
-    def pass_stages(self, m: int) -> int:
-        """Stages of a K loop that serves ``m`` adapters: ``stages`` for one, else as many as fit
-        beside the output tile (at most ``stages``)."""
-        if m == 1:
-            return self.stages
-        return min(self.stages, shrink_pass_fit(self.na, self.block_k, m))
 
     @property
     def na_out(self) -> int:
@@ -423,17 +416,6 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
 SPLIT_PARTS_LIMIT = 64 << 20
 
 
-#: Most adapters one K loop of the block shrink serves (a block where segments of several adapters meet).
-SHRINK_GROUP_MAX = 4
-
-
-def shrink_pass_fit(na: int, block_k: int, m: int) -> int:
-    """Stages of a block-shrink K loop serving ``m`` adapters that fit beside its float32 output tile
-    (a stage: a 64-row x tile and m A tiles of one column chunk, 2-byte operands)."""
-    cw = column_chunk(na)
-    return (SMEM_LIMIT - BM * cw * 4) // ((BM + m * cw) * block_k * 2)
-
-
 def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str = "float32", result: bool = False,
                   tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
     """Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): the split variant, 64-deep K steps, up to 4
@@ -441,8 +423,7 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
     block variant with 128-deep K steps while four stages of them fit SMEM_BUDGET (else 64), as many
     stages as fit (up to 8), and long K (>= 8192: the down projection) split over 2 CTAs per block (4
     for outputs <= 32 wide);
-    a block's adapters run up to SHRINK_GROUP_MAX to one K loop (the most for which two stages fit:
-    a block where short segments meet reads its rows once, not once per adapter or pair).
+    blocks with two adapters run both in one K loop (``pair_stages`` deep, as many as fit).
     Measured on the H200, Llama-3-8B prefill-8k (``benchmarks/pallas_sweep.py``, session 4): rank 16
     shrink 40.7 -> 27.9 us, down-projection shrink 131.7 -> 73.2 us against 64-deep, 4-stage, unsplit."""
     nb = bpad // BM
@@ -483,10 +464,11 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
     else:
         stages = max(2, min(4 if split else 8, (SMEM_BUDGET - out_bytes) // step))
     stages = min(stages, max(1, nk // ksplit))
-    group = 1
-    if not split:  # a block where segments meet reads its rows once for all (up to the group) of them
-        group = max([m for m in range(2, SHRINK_GROUP_MAX + 1) if shrink_pass_fit(na, block_k, m) >= 2], default=1)
-    cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, group,
+    pair_stages = 0
+    if not split:  # a block with two adapters (a segment boundary) reads its rows once for both
+        fit = (SMEM_LIMIT - out_bytes) // ((BM + 2 * na) * block_k * itemsize)
+        pair_stages = min(stages, fit, max(1, nk // ksplit)) if fit >= 2 else 0
+    cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages,
                        out_dtype, result)
     tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0
     if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:

@@ -602,21 +602,17 @@ def test_expand_kernel_choice():
     assert P.plan_expand(8192, 4096, 16, 1, 8, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True).x_cols == 16
 
 
-def test_shrink_groups_adapters_where_they_fit():
-    """The block shrink runs up to SHRINK_GROUP_MAX of a block's adapters per K loop (one read of its
-    rows) where two stages of their A tiles fit in shared memory, with as many stages as fit for each
-    count; the split (decode) variant never groups."""
+def test_shrink_pairs_adapters_where_two_fit():
+    """The block shrink runs a block's adapters two per K loop (one read of its rows) where two A tiles
+    per stage fit in shared memory; the split (decode) variant never does."""
     cfg = lambda bpad, k, r, stack: P.plan_shrink(bpad, k, r, stack, 8, "bfloat16", tail=True).cfg  # noqa: E731
     c = cfg(8192, 4096, 16, 1)
-    assert not c.split and c.group == T.SHRINK_GROUP_MAX
-    for m in range(1, c.group + 1):
-        need = T.BM * c.na * 4 + c.pass_stages(m) * (T.BM + m * c.na) * c.block_k * 2
-        assert c.pass_stages(m) >= 2 and need <= T.SMEM_LIMIT, (m, need)
-    assert [c.pass_stages(m) for m in (1, 2, 3, 4)] == [8, 8, 7, 6]
-    c = cfg(8192, 4096, 64, 3)  # rank-64 QKV: 192-row A tiles, three to a loop
-    assert c.group == 3 and [c.pass_stages(m) for m in (1, 2, 3)] == [4, 3, 2]
-    assert cfg(64, 4096, 16, 3).group == 1  # split variant
-    assert cfg(8192, 4096, 128, 3).group == T.SHRINK_GROUP_MAX  # 384 columns: 128-column chunks, one a CTA
+    assert not c.split and c.pair_stages >= 2
+    need = T.BM * c.na * 4 + c.pair_stages * (T.BM + 2 * c.na) * c.block_k * 2
+    assert need <= T.SMEM_LIMIT, need
+    assert cfg(8192, 4096, 64, 3).pair_stages >= 2
+    assert cfg(64, 4096, 16, 3).pair_stages == 0  # split variant
+    assert cfg(8192, 4096, 128, 3).pair_stages == 0  # two 384-row A tiles per stage do not fit twice
 
 
 def test_decode_split_and_stage_choice():

@@ -135,15 +135,16 @@ def test_persistent_expand_walks_many_tiles_per_cta_interpret(op, rng, interpret
 
 
 @pytest.mark.parametrize("op", ["shrink1", "shrink3"])
-def test_block_shrink_serves_a_group_of_adapters_per_pass_interpret(op, rng, interpret):
-    """Five short segments of five adapters meet in the first block: the block shrink serves four of
-    them in one K loop and the fifth in a second (ranks 16, 12, 7, 16, 9: masked columns per
-    adapter); the partial last block's box overlaps the block before."""
+def test_block_shrink_with_five_adapters_in_a_block_interpret(op, rng, interpret):
+    """Five short segments of five adapters meet in the first block: the block shrink serves them two
+    per K loop, the last alone (ranks 16, 12, 7, 16, 9: masked columns per adapter); the partial last
+    block's box overlaps the block before."""
+    from lora.pallas import plan as P
+
     comp = C.Composition([10, 12, 20, 9, 5, 300], [0, 1, 2, 3, 4, 0], [16, 12, 7, 16, 9], [0.5, 1.0, 2.0, 1.5, 0.75],
                          16, 359)
-    sp = __import__("lora.pallas.plan", fromlist=["plan_shrink"]).plan_shrink(
-        T.padded_tokens(comp.tokens), K, 16, int(op[-1]), 5, "bfloat16", tail=False, result=True)
-    assert not sp.cfg.split and sp.cfg.group == 4
+    sp = P.plan_shrink(T.padded_tokens(comp.tokens), K, 16, int(op[-1]), 5, "bfloat16", tail=False, result=True)
+    assert not sp.cfg.split and sp.cfg.pair_stages >= 1
     out, ref = run_op(op, comp, rng, "bfloat16")
     check = C.compare(f64(out), ref, "bfloat16")
     assert check.ok, f"{op}: {check.detail}"
@@ -344,11 +345,11 @@ def test_expand_config_fits_shared_memory():
 
 def test_prefill_plans_take_the_shared_memory_that_is_free():
     """The block shrink's cast tile (the result in x's dtype) is scoped after the K loops, so the
-    rank-64 QKV shrink keeps three stages for two adapters a K loop; the persistent expand's
+    rank-64 QKV shrink keeps three stages for its pairs of adapters; the persistent expand's
     one-by-one tiles take their base tile after its pipeline, so stacked slices keep four tiles in
     flight and the rank-64 QKV expand runs persistent. (The Mosaic lowering of these configurations,
     test_every_planned_kernel_lowers_for_cuda, checks that they fit.)"""
-    assert T.shrink_config(8192, 4096, 192, 8, 3, "bfloat16", tail=True, out_dtype="bfloat16").pass_stages(2) == 3
+    assert T.shrink_config(8192, 4096, 192, 8, 3, "bfloat16", tail=True, out_dtype="bfloat16").pair_stages == 3
     for r, stack, n, bn in ((16, 3, 6144, 256), (16, 2, 28672, 256), (64, 3, 6144, 128), (64, 1, 4096, 128)):
         cfg = T.expand_config(8192, n, stack * r, r, 8, stack, "bfloat16", "bfloat16", "bfloat16", tail=True,
                               x_shift=stack > 1)
