@@ -109,8 +109,9 @@ def _write_cached(path: Path, kind: str, cfg, asm: bytes, aliases) -> None:
         pass
 
 
-def lower(kind: str, cfg):
-    """(module bytes, aliases) of a kernel configuration: from the disk cache, else lowered (and kept)."""
+def lower(kind: str, cfg, signature=None):
+    """(module bytes, aliases) of a kernel configuration: from the disk cache, else lowered (and kept).
+    ``signature``: its :func:`kernel_signature`, when the caller has it already."""
     root = cache_dir()
     path = root / f"{kind}-{_cache_key(kind, cfg)}.mlirbc" if root is not None else None
     if path is not None:
@@ -118,7 +119,7 @@ def lower(kind: str, cfg):
         if hit is not None:
             _STATS["cached"] += 1
             return hit
-    fn, specs = kernel_signature(kind, cfg)
+    fn, specs = signature or kernel_signature(kind, cfg)
     asm, aliases = lower_to_mosaic(fn, specs)
     if path is not None:
         _write_cached(path, kind, cfg, asm, aliases)
@@ -332,8 +333,9 @@ def kernel(kind: str, cfg) -> MosaicKernel:
     key = (kind, cfg)
     k = _KERNELS.get(key)
     if k is None:
-        asm, aliases = lower(kind, cfg)
-        k = MosaicKernel(asm, aliases, len(kernel_signature(kind, cfg)[1]), name=f"{kind}{cfg}")
+        signature = kernel_signature(kind, cfg)
+        asm, aliases = lower(kind, cfg, signature)
+        k = MosaicKernel(asm, aliases, len(signature[1]), name=f"{kind}{cfg}")
         k._compile()  # now, not at a first launch that may sit inside a CUDA-graph capture
         _KERNELS[key] = k
     return k

@@ -431,6 +431,25 @@ def test_lowered_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     assert interop.stats()["lowered"] == before["lowered"] + 4
 
 
+def test_kernel_lowers_once_and_counts_its_buffers(tmp_path, monkeypatch):
+    """interop.kernel (the torch executor's entry) builds a configuration's signature once, lowers it
+    once and keeps one kernel per configuration, with its buffers: the inputs, then an output per
+    result (compiling needs the GPU plugin: stubbed here, run by tests/gpu)."""
+    from lora.pallas import interop
+
+    monkeypatch.setenv(interop.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(interop.MosaicKernel, "_compile", lambda self: None)
+    built = []
+    signature = interop.kernel_signature
+    monkeypatch.setattr(interop, "kernel_signature", lambda kind, cfg: built.append(kind) or signature(kind, cfg))
+    cfg = T.PartsConfig(1, 4, 16, 32, 32, "float16", 4, 1)
+    before = interop.stats()["lowered"]
+    k = interop.kernel("parts", cfg)
+    assert built == ["parts"] and interop.stats()["lowered"] == before + 1
+    assert (k.num_inputs, k.num_buffers, k.aliases) == (1, 2, [None])
+    assert interop.kernel("parts", cfg) is k and built == ["parts"]
+
+
 def test_expand_with_max_r_zero_lowers_for_cuda():
     """What the GPU sees: compiling an expand of a max_r = 0 buffer for CUDA (was an IndexError,
     ``aligned_dim(0, 16) == 0`` slicing a zero-width weight)."""
