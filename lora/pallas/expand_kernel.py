@@ -541,6 +541,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     rows_of = jnp.maximum(nfull, 1)
 
     S = cfg.stream_stages
+    assert S < RING, (S, RING)  # the ring holds the entries of steps i .. i + S at step i
 
     def tile(i):
         t = first_tile + i
