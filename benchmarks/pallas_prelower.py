@@ -32,15 +32,11 @@ def configs(case, op_name: str, dtype: str = "bfloat16", tuning=None) -> list:
     out = []
 
     def shrink(result):
-        sp = P.plan_shrink(bpad, op.k, r, op.stack, L, dtype, tail=True, result=result, tuning=tuning)
-        out.append(("shrink", sp.cfg))
-        if sp.sum is not None:
-            out.append(("parts", sp.sum))
+        out.extend(P.plan_shrink(bpad, op.k, r, op.stack, L, dtype, tail=True, result=result, tuning=tuning).kernels)
 
     def expand(internal):
-        ep = P.plan_expand(bpad, op.n, r, op.stack, L, dtype, dtype, dtype, internal=internal, tail=True,
-                           tuning=tuning)
-        out.extend(("expand", c) for c in ep.cfgs)
+        out.extend(P.plan_expand(bpad, op.n, r, op.stack, L, dtype, dtype, dtype, internal=internal, tail=True,
+                                 tuning=tuning).kernels)
 
     if op.kind == "shrink":
         shrink(True)

@@ -100,6 +100,11 @@ class ShrinkPlan:
             return False
         return rows == self.cfg.bpad or (self.sum is None and self.cfg.tail)
 
+    @property
+    def kernels(self) -> list:
+        """(kind, configuration) of each distinct kernel the plan launches (what to lower ahead)."""
+        return [("shrink", self.cfg)] + ([("parts", self.sum)] if self.sum is not None else [])
+
 
 @dataclass(frozen=True)
 class ExpandPlan:
@@ -116,6 +121,11 @@ class ExpandPlan:
     @property
     def stack(self) -> int:
         return self.cfgs[0].stack if self.cfgs else 1
+
+    @property
+    def kernels(self) -> list:
+        """(kind, configuration) of each distinct kernel the plan launches (what to lower ahead)."""
+        return list(dict.fromkeys(("expand", c) for c in self.cfgs))
 
 
 def _check_dtype(name: str, dtype: str, allowed=DTYPES) -> None:

@@ -728,3 +728,16 @@ def test_stacked_expand_reads_the_callers_x_as_it_is():
                          tail=False).x_cols == 64
     assert plan(12, 3, True).x_cols == 64  # 36 columns: 72-byte rows, not a TMA row pitch
     assert plan(8, 3, True).x_cols == 64  # 24 columns: narrower than one 32-column window
+
+
+def test_plans_name_the_kernels_they_launch():
+    """What `benchmarks/pallas_prelower.py` lowers ahead: a block shrink is one kernel, a split shrink adds the
+    sum of its partial tiles; an expand of float32 weights launches one configuration per product (three
+    launches, two configurations: B's hi and lo parts share one), listed once each."""
+    block = P.plan_shrink(8192, 4096, 16, 1, 8, "bfloat16", tail=True, result=True)
+    assert block.kernels == [("shrink", block.cfg)]
+    split = P.plan_shrink(64, 4096, 16, 3, 8, "bfloat16", tail=True)
+    assert split.sum is not None and split.kernels == [("shrink", split.cfg), ("parts", split.sum)]
+    ep = P.plan_expand(64, 4096, 16, 1, 8, "float32", "float32", "float32", internal=False, tail=True)
+    assert len(ep.cfgs) == 3 and ep.kernels == [("expand", c) for c in dict.fromkeys(ep.cfgs)]
+    assert len(ep.kernels) < len(ep.cfgs)

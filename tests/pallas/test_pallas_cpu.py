@@ -217,7 +217,9 @@ def test_stacked_slices_of_wide_ranks_interpret(op, rng, interpret):
 
 
 def test_jit_and_no_recompile_for_new_compositions(rng, interpret):
-    """Under jit, a new composition (same shapes, padded segment arrays) reuses the kernels."""
+    """Under jit, a new composition (same shapes, padded segment arrays) reuses the kernels. (The first
+    interpret-mode run in a process makes jax import modules that register a jit-keyed config option, so
+    every jitted function retraces once after it, whatever it runs: the count starts after that run.)"""
     seg_slots = 8
 
     @jax.jit
@@ -227,7 +229,7 @@ def test_jit_and_no_recompile_for_new_compositions(rng, interpret):
         return lp.gate_up_lora(x, a, b, batch, base=base)
 
     counts = []
-    for trial in range(3):
+    for trial in range(4):
         comp = C.random_composition(rng, num_lora=3, max_r=16, max_tokens=40, trailing_rows=False)
         while sum(comp.seg_lens) > 60 or len(comp.seg_lens) > seg_slots:  # fixed shapes: x has 60 rows
             comp = C.random_composition(rng, num_lora=3, max_r=16, max_tokens=40, trailing_rows=False)
@@ -240,7 +242,7 @@ def test_jit_and_no_recompile_for_new_compositions(rng, interpret):
         ref = C.ref_stacked(comp, f64(x), f64(a), f64(b), [0, N, 2 * N], f64(base))
         assert C.compare(f64(out), ref, "bfloat16").ok
         counts.append(dict(common.TRACE_COUNT))
-    assert counts[0] == counts[1] == counts[2], f"kernels traced again for a new composition: {counts}"
+    assert counts[1] == counts[2] == counts[3], f"kernels traced again for a new composition: {counts}"
 
 
 # ---- the Mosaic lowering of every configuration the plan can pick --------------------------------
@@ -256,9 +258,8 @@ def lower(kind, cfg):
 
 def shrink_configs(seen, sp):
     """A shrink plan's kernels: the shrink, and the sums of its partial tiles (split shrinks)."""
-    seen.setdefault(("shrink", sp.cfg), None)
-    if sp.sum is not None:
-        seen.setdefault(("parts", sp.sum), None)
+    for kc in sp.kernels:
+        seen.setdefault(kc, None)
 
 
 def plan_configs():
