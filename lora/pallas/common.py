@@ -23,17 +23,16 @@ def interpret_mode_active() -> bool:
     return config.pallas_tpu_interpret_mode_context_manager.value is not None
 
 
-def tiled(dtype, cols: int):
-    """SMEM transforms that make a (rows, cols) tile a wgmma operand (8-row tiles, widest swizzle)."""
-    itemsize = jnp.dtype(dtype).itemsize
-    swizzle = plgpu.find_swizzle(cols * itemsize * 8)
-    return (plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle))
-
-
 def tile_columns(dtype, cols: int) -> int:
     """Columns of one tile of :func:`tiled` (a copy into such a buffer starts on a multiple of them)."""
     itemsize = jnp.dtype(dtype).itemsize
     return plgpu.find_swizzle(cols * itemsize * 8) // itemsize
+
+
+def tiled(dtype, cols: int):
+    """SMEM transforms that make a (rows, cols) tile a wgmma operand (8-row tiles, widest swizzle)."""
+    tc = tile_columns(dtype, cols)
+    return (plgpu.TilingTransform((8, tc)), plgpu.SwizzleTransform(tc * jnp.dtype(dtype).itemsize))
 
 
 def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=None, lane=False):
