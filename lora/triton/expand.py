@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import GroupMeta, chunk_rows, find_chunk, group_size, meta_for
+from .grouping import GroupMeta, chunk_rows, find_chunk, group_extent, meta_for
 
 #: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
 ALIGN = 16
@@ -78,23 +78,23 @@ def _expand_kernel(
         # Decode layout: program = (group, slice, column group), walking the group's chunks.
         group = pid_m
         rank = tl.load(lora_ranks + group)
-        n_rows = group_size(group, group_rows, group_start, num_tokens, num_lora)
+        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
         n_rows = tl.where(rank > 0, n_rows, 0)
         for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
             _expand_chunk(
-                x_ptr, w_ptr, out_ptr, group_start, row_order, scalings, num_tokens, num_lora, capacity,
+                x_ptr, w_ptr, out_ptr, first, row_order, scalings, num_tokens, num_lora, capacity,
                 stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
                 BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL,
             )
     else:
         # Prefill layout: program = (chunk slot, slice, column group).
-        group, chunk, n_rows, rank, total = find_chunk(
+        group, chunk, n_rows, first, rank, total = find_chunk(
             pid_m, group_rows, group_start, lora_ranks, num_tokens, num_lora, BLOCK_M, L_BLOCK, False,
         )
         if pid_m >= total:
             return
         _expand_chunk(
-            x_ptr, w_ptr, out_ptr, group_start, row_order, scalings, num_tokens, num_lora, capacity,
+            x_ptr, w_ptr, out_ptr, first, row_order, scalings, num_tokens, num_lora, capacity,
             stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
             BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL,
         )
@@ -102,13 +102,13 @@ def _expand_kernel(
 
 @triton.jit
 def _expand_chunk(
-    x_ptr, w_ptr, out_ptr, group_start, row_order, scalings, num_tokens, num_lora, capacity,
+    x_ptr, w_ptr, out_ptr, first, row_order, scalings, num_tokens, num_lora, capacity,
     stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr,
     PRECISION: tl.constexpr, ALIGN: tl.constexpr, RAGGED_N: tl.constexpr, PDL: tl.constexpr,
 ):
     pid_j = tl.program_id(1)
-    rows, row_ok = chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+    rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
     scale = tl.load(scalings + group)
     w_slot = w_ptr + group.to(tl.int64) * stride_wl
     out_rows = out_ptr + rows * stride_om

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import GroupMeta, chunk_rows, group_size, meta_for
+from .grouping import GroupMeta, chunk_rows, group_extent, meta_for
 from .scratch import scratch_for
 
 #: Column blocks start on multiples of this many elements (16-byte vectors for every dtype).
@@ -71,7 +71,7 @@ def _fused_decode_kernel(
         slice_j = gj % STACK
         group = gj // STACK
         rank = tl.load(lora_ranks + group)
-        n_rows = group_size(group, group_rows, group_start, num_tokens, num_lora)
+        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
         n_rows = tl.where(rank > 0, n_rows, 0)
         k_steps = tl.cdiv(K, BLOCK_K)
         per_split = tl.cdiv(k_steps, SPLIT_K)
@@ -82,7 +82,7 @@ def _fused_decode_kernel(
         # A rows j*r .. j*r + r - 1 of the slot, as a (BLOCK_K, BLOCK_R) tile: row n of A is column n
         a_cols = a_ptr + group.to(tl.int64) * stride_al + (slice_j * rank + kr)[None, :] * stride_an
         for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
-            rows, row_ok = chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity,
+            rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity,
                                       BLOCK_M)
             x_rows = x_ptr + rows * stride_xm
             acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
@@ -109,20 +109,20 @@ def _fused_decode_kernel(
         hi = tl.load(offsets_ptr + slice_j + 1).to(tl.int64)
         n_start = (lo // ALIGN) * ALIGN + pid_n * (BLOCK_N * N_ITERS)
         n_start = tl.multiple_of(n_start, ALIGN)
-        n_rows = group_size(group, group_rows, group_start, num_tokens, num_lora)
+        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
         n_rows = tl.where((rank > 0) & (n_start < hi), n_rows, 0)
         # Vector loads and stores need bounds the compiler knows to be aligned (slice offsets and ranks
         # are device values): branch once on their alignment, rebuilding them there as (v // a) * a.
         if (lo % ALIGN == 0) & (hi % ALIGN == 0) & (rank % 8 == 0):
             _expand_item(
-                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, group_start, row_order, num_lora, capacity,
+                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, first, row_order, num_lora, capacity,
                 num_tokens, stride_bl, stride_bn, stride_om, group, slice_j, (rank // 8) * 8, scale,
                 (lo // ALIGN) * ALIGN, (hi // ALIGN) * ALIGN, n_start, n_rows,
                 STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, PRECISION, MAX_SPINS,
             )
         else:
             _expand_item(
-                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, group_start, row_order, num_lora, capacity,
+                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, first, row_order, num_lora, capacity,
                 num_tokens, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
                 STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, PRECISION, MAX_SPINS,
             )
@@ -130,7 +130,7 @@ def _fused_decode_kernel(
 
 @triton.jit
 def _expand_item(
-    x_ptr, b_ptr, out_ptr, ws_ptr, cnt, group_start, row_order, num_lora, capacity,
+    x_ptr, b_ptr, out_ptr, ws_ptr, cnt, first, row_order, num_lora, capacity,
     num_tokens, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
     STACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
     N_ITERS: tl.constexpr, N_TILES: tl.constexpr, PRECISION: tl.constexpr, MAX_SPINS: tl.constexpr,
@@ -144,7 +144,7 @@ def _expand_item(
     offs_n = tl.arange(0, BLOCK_N)
     # Before waiting: the first chunk's rows, and its first column block of B and of base_output; none
     # depends on the shrink, so these loads overlap the shrink items still running.
-    rows, row_ok = chunk_rows(group, 0, n_rows, group_start, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+    rows, row_ok = chunk_rows(group, 0, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
     n = n_start + offs_n
     nm = (n >= lo) & (n < tl.where(n_rows > 0, hi, lo))  # nothing when the item has no rows
     w_first = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :], other=0.0,
@@ -161,7 +161,7 @@ def _expand_item(
     scale = tl.where(seen >= SPLIT_K, scale, float("nan"))
     for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
         if chunk > 0:
-            rows, row_ok = chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity,
+            rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity,
                                       BLOCK_M)
         xa = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         part = ws_ptr + rows[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]

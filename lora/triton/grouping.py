@@ -24,7 +24,7 @@ allocation), so it can run eagerly before a CUDA-graph replay or be captured ins
   (each group adds at most one partial chunk). :func:`find_chunk` reads the ``num_lora + 1`` group
   sizes and tells a program which group and chunk its slot is; programs past the last chunk exit.
 * **by group** (decode): axis 0 is the group itself and the program walks that group's chunks
-  (usually one): :func:`group_size`, one load.
+  (usually one): :func:`group_extent`, independent loads.
 
 :func:`chunk_rows` turns a chunk into row indices with one gather from ``row_order`` (``BLOCK_M``
 loads): no launch scans the segments any more. The rows after the last segment (the trailing group)
@@ -172,43 +172,50 @@ def find_chunk(
     L_BLOCK: tl.constexpr,
     WITH_IDLE: tl.constexpr,
 ):
-    """(group, chunk, rows in group, rank of group, number of chunks) for chunk slot ``pid_m``.
+    """(group, chunk, rows in group, the group's first place in ``row_order``, rank of group, number of
+    chunks) for chunk slot ``pid_m``.
 
     ``WITH_IDLE``: count rank-0 groups and the trailing-row group ``num_lora`` (shrink writes zeros
     there); otherwise only groups of rank > 0 get chunks (expand leaves the other rows untouched).
+    The group's first place is the sum of the sizes before it (what ``group_start`` holds), taken from
+    the sizes already loaded: one dependent load less before the program can gather its rows.
     """
     gids = tl.arange(0, L_BLOCK)
-    rows = tl.load(group_rows + gids, mask=gids < num_lora, other=0)
+    sizes = tl.load(group_rows + gids, mask=gids < num_lora, other=0)
     rank = tl.load(lora_ranks + gids, mask=gids < num_lora, other=0)
     if WITH_IDLE:
         covered = tl.load(group_start + num_lora)
-        rows = tl.where(gids == num_lora, num_tokens - covered, rows)
+        rows = tl.where(gids == num_lora, num_tokens - covered, sizes)
     else:
-        rows = tl.where(rank > 0, rows, 0)
+        rows = tl.where(rank > 0, sizes, 0)
     chunks = (rows + (BLOCK_M - 1)) // BLOCK_M
     ends = tl.cumsum(chunks, 0)
     group = tl.sum((ends <= pid_m).to(tl.int32), axis=0)
     sel = gids == group
     chunk = pid_m - tl.sum(tl.where(sel, ends - chunks, 0), axis=0)
     n_rows = tl.sum(tl.where(sel, rows, 0), axis=0)
+    first = tl.sum(tl.where(gids < group, sizes, 0), axis=0)
     r = tl.sum(tl.where(sel, rank, 0), axis=0)
     total = tl.sum(chunks, axis=0)
-    return group, chunk, n_rows, r, total
+    return group, chunk, n_rows, first, r, total
 
 
 @triton.jit
-def group_size(group, group_rows, group_start, num_tokens, num_lora):
-    """Rows of ``group`` (the trailing rows for ``group == num_lora``)."""
+def group_extent(group, group_rows, group_start, num_tokens, num_lora):
+    """(rows of ``group``, its first place in ``row_order``); for ``group == num_lora``, the trailing rows
+    (their first place is the number of rows the segments cover). Three independent loads."""
     n = tl.load(group_rows + group, mask=group < num_lora, other=0)
+    first = tl.load(group_start + group)
     covered = tl.load(group_start + num_lora)
-    return tl.where(group == num_lora, num_tokens - covered, n)
+    return tl.where(group == num_lora, num_tokens - covered, n), first
 
 
 @triton.jit
-def chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity, BLOCK_M: tl.constexpr):
-    """Row indices (int64) of chunk ``chunk`` of ``group`` and the mask of the ones that exist."""
+def chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M: tl.constexpr):
+    """Row indices (int64) of chunk ``chunk`` of ``group``, whose rows start at place ``first`` of
+    ``row_order``, and the mask of the ones that exist."""
     pos = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
-    idx = tl.load(group_start + group) + pos
+    idx = first + pos
     trailing = (pos * 0 + group) == num_lora  # the trailing group: the rows after the segments
     ordered = (pos * 0 + group) < num_lora
     ok = (pos < n_rows) & (trailing | (idx < capacity))

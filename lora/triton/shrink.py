@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import GroupMeta, chunk_rows, find_chunk, group_size, meta_for
+from .grouping import GroupMeta, chunk_rows, find_chunk, group_extent, meta_for
 from .scratch import scratch_for
 
 
@@ -73,24 +73,24 @@ def _shrink_kernel(
     if GROUP_GRID:
         # Decode layout: program = (group, column group, K split), walking the group's chunks.
         group = pid_m
-        n_rows = group_size(group, group_rows, group_start, num_tokens, num_lora)
+        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
         rank = tl.load(lora_ranks + group, mask=group < num_lora, other=0)
         for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
             _shrink_chunk(
-                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_start, row_order,
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
                 num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
                 group, chunk, n_rows, rank, (pid_m * tl.num_programs(1) + pid_n) * max_chunks + chunk,
                 STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
             )
     else:
         # Prefill layout: program = (chunk slot, column group, K split).
-        group, chunk, n_rows, rank, total = find_chunk(
+        group, chunk, n_rows, first, rank, total = find_chunk(
             pid_m, group_rows, group_start, lora_ranks, num_tokens, num_lora, BLOCK_M, L_BLOCK, True,
         )
         if pid_m >= total:
             return
         _shrink_chunk(
-            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_start, row_order,
+            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
             num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
             group, chunk, n_rows, rank, pid_m * tl.num_programs(1) + pid_n,
             STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
@@ -99,7 +99,7 @@ def _shrink_kernel(
 
 @triton.jit
 def _shrink_chunk(
-    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_start, row_order,
+    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
     num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
     group, chunk, n_rows, rank, tile,
     STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
@@ -108,7 +108,7 @@ def _shrink_chunk(
     """One chunk of a group: columns ``[pid_n * N_SUB * BLOCK_N, ...)``, K split ``pid_k``."""
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    rows, row_ok = chunk_rows(group, chunk, n_rows, group_start, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+    rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
     n0 = pid_n * (N_SUB * BLOCK_N)
     n_real = STACK * rank  # 0 for rank-0 slots and for the trailing-row group
     offs_n = tl.arange(0, BLOCK_N)
