@@ -15,6 +15,16 @@ GPU: each program stores its float32 partial tile to a workspace, then takes a t
 per-tile counter; the program that arrives last sums the partials in a fixed order (so the result
 is deterministic), writes the output and resets the counter to zero for the next call. Counters are
 zero when allocated and left zero by every call, so a CUDA graph replays without a memset.
+
+Stream-K (``ShrinkPlan.stream_k``, prefill): one chunk per program leaves a wave nearly empty when the
+chunk count is just over the number of programs that fit on the GPU at once (72 chunks of 128 rows
+with two K splits are 144 programs for 132 multiprocessors: a second wave as long as the first for 12
+of them). Instead a fixed grid of ``stream_k`` programs per multiprocessor takes equal shares of the
+batch's iterations, each a K step of one tile (chunk x column group), in tile order. A tile one
+program covers whole is stored directly; a tile cut between programs (at most the first and the last
+of each program's share) is finished like a split-K tile: each contributor stores its float32 partial
+in its own slot, and the last to take a ticket sums them in program order (deterministic) and writes
+it. Rows without work (rank-0 slots, the rows after the segments) are zero tiles dealt round the grid.
 """
 
 from __future__ import annotations
@@ -97,6 +107,119 @@ def _shrink_kernel(
         )
 
 
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "capacity"])
+def _shrink_stream_kernel(
+    x_ptr,
+    w_ptr,
+    out_ptr,
+    ws_ptr,
+    cnt_ptr,
+    group_rows,
+    group_start,
+    row_order,
+    lora_ranks,
+    num_tokens,
+    K,
+    num_lora,
+    capacity,
+    stride_xm,
+    stride_wl,
+    stride_wn,
+    stride_om,
+    STACK: tl.constexpr,
+    N_OUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    N_SUB: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    L_BLOCK: tl.constexpr,
+    PRECISION: tl.constexpr,
+    PDL_TRIGGER: tl.constexpr = False,
+):
+    """Stream-K prefill shrink (``ShrinkPlan.stream_k``): a fixed grid shares the batch's
+    (tile, K step) iterations equally; see the module docstring."""
+    if PDL_TRIGGER:
+        tl.extra.cuda.gdc_launch_dependents()
+    pid = tl.program_id(0)
+    progs = tl.num_programs(0)
+    N_GROUPS: tl.constexpr = (N_OUT + N_SUB * BLOCK_N - 1) // (N_SUB * BLOCK_N)
+    tile_elems: tl.constexpr = BLOCK_M * N_SUB * BLOCK_N
+    gids = tl.arange(0, L_BLOCK)
+    sizes = tl.load(group_rows + gids, mask=gids < num_lora, other=0)
+    ranks = tl.load(lora_ranks + gids, mask=gids < num_lora, other=0)
+    covered = tl.load(group_start + num_lora)
+    firsts = tl.cumsum(sizes, 0) - sizes  # group_start, from the sizes (firsts[num_lora] = covered)
+    work = tl.where(ranks > 0, sizes, 0)  # rows multiplied by their adapter
+    chunks = (work + (BLOCK_M - 1)) // BLOCK_M
+    ends = tl.cumsum(chunks, 0)
+    k_steps = tl.cdiv(K, BLOCK_K)
+    total = tl.sum(chunks, axis=0) * N_GROUPS * k_steps
+    per = tl.cdiv(total, progs)
+    offs_n = tl.arange(0, BLOCK_N)
+    loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
+    it = pid * per
+    end = tl.minimum(it + per, total)
+    while it < end:
+        # iterations [it, it + (ke - ks)) are K steps [ks, ke) of tile t = (chunk c, column group)
+        t = it // k_steps
+        ks = it - t * k_steps
+        ke = tl.minimum(k_steps, ks + (end - it))
+        c = t // N_GROUPS
+        n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
+        group = tl.sum((ends <= c).to(tl.int32), axis=0)
+        sel = gids == group
+        chunk = c - tl.sum(tl.where(sel, ends - chunks, 0), axis=0)
+        n_rows = tl.sum(tl.where(sel, work, 0), axis=0)
+        rank = tl.sum(tl.where(sel, ranks, 0), axis=0)
+        first = tl.sum(tl.where(sel, firsts, 0), axis=0)
+        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+        out_rows = out_ptr + rows * stride_om
+        acc0, acc1, acc2, acc3 = _k_range(
+            x_ptr, w_ptr, rows, row_ok, group, n_a, STACK * rank, ks * BLOCK_K, tl.minimum(K, ke * BLOCK_K), K,
+            stride_xm, stride_wl, stride_wn, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION,
+        )
+        if (ks == 0) & (ke == k_steps):
+            _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
+        else:
+            # A partial tile: the program's first (slot 0) or its last (slot 1); the tile's contributors are the
+            # programs q_lo..q_hi, and the last of them to arrive sums their partials in program order.
+            slot = 2 * pid + (it != pid * per).to(tl.int32)
+            _put_partial(ws_ptr + slot.to(tl.int64) * tile_elems + loc, row_ok, acc0, acc1, acc2, acc3, BLOCK_N,
+                         N_SUB)
+            tl.debug_barrier()  # every thread's partial is stored before the ticket is taken
+            q_lo = (t * k_steps) // per
+            q_hi = ((t + 1) * k_steps - 1) // per
+            ticket = tl.atomic_add(cnt_ptr + t, 1, sem="acq_rel", scope="gpu")
+            if ticket == q_hi - q_lo:
+                acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for q in range(q_lo, q_hi + 1):
+                    q_slot = 2 * q + ((q * per) // k_steps != t).to(tl.int32)
+                    acc0, acc1, acc2, acc3 = _add_partial(ws_ptr + q_slot.to(tl.int64) * tile_elems + loc, row_ok,
+                                                          acc0, acc1, acc2, acc3, BLOCK_N, N_SUB)
+                tl.atomic_xchg(cnt_ptr + t, 0)
+                _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
+        it += ke - ks
+    # Rows without an adapter to multiply (rank-0 slots, and the rows after the last segment) get zeros:
+    # their tiles are dealt round the programs.
+    idle = tl.where(gids == num_lora, num_tokens - covered, sizes - work)
+    idle_chunks = (idle + (BLOCK_M - 1)) // BLOCK_M
+    idle_ends = tl.cumsum(idle_chunks, 0)
+    zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(pid, tl.sum(idle_chunks, axis=0) * N_GROUPS, progs):
+        c = t // N_GROUPS
+        group = tl.sum((idle_ends <= c).to(tl.int32), axis=0)
+        sel = gids == group
+        chunk = c - tl.sum(tl.where(sel, idle_ends - idle_chunks, 0), axis=0)
+        n_rows = tl.sum(tl.where(sel, idle, 0), axis=0)
+        first = tl.sum(tl.where(sel, firsts, 0), axis=0)
+        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+        n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
+        _store_tile(out_ptr + rows * stride_om, row_ok, n_a, zero, zero, zero, zero, N_OUT, BLOCK_N, N_SUB)
+
+
 @triton.jit
 def _shrink_chunk(
     x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
@@ -128,47 +251,16 @@ def _shrink_chunk(
         per_split = tl.cdiv(k_steps, SPLIT_K)
         k_lo = pid_k * per_split * BLOCK_K
         k_hi = tl.minimum(K, k_lo + per_split * BLOCK_K)
-        x_rows = x_ptr + rows * stride_xm
-        w_slot = w_ptr + group.to(tl.int64) * stride_wl
-        offs_k = tl.arange(0, BLOCK_K)
-        n_b = n_a + BLOCK_N
-        n_c = n_b + BLOCK_N
-        n_d = n_c + BLOCK_N
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            kk = k0 + offs_k
-            km = kk < K
-            # x streams through once; the adapter's weights are read again by the group's other chunks
-            x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0,
-                        eviction_policy="evict_first")
-            # Weight sub-tiles as (BLOCK_K, BLOCK_N): row n of A is column n of the product.
-            w = tl.load(w_slot + n_a[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_a < n_real)[None, :], other=0.0,
-                        eviction_policy="evict_last")
-            acc0 = tl.dot(x, w, acc0, input_precision=PRECISION)
-            if N_SUB > 1:
-                w = tl.load(w_slot + n_b[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_b < n_real)[None, :], other=0.0,
-                        eviction_policy="evict_last")
-                acc1 = tl.dot(x, w, acc1, input_precision=PRECISION)
-            if N_SUB > 2:
-                w = tl.load(w_slot + n_c[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_c < n_real)[None, :], other=0.0,
-                        eviction_policy="evict_last")
-                acc2 = tl.dot(x, w, acc2, input_precision=PRECISION)
-            if N_SUB > 3:
-                w = tl.load(w_slot + n_d[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_d < n_real)[None, :], other=0.0,
-                        eviction_policy="evict_last")
-                acc3 = tl.dot(x, w, acc3, input_precision=PRECISION)
+        acc0, acc1, acc2, acc3 = _k_range(
+            x_ptr, w_ptr, rows, row_ok, group, n_a, n_real, k_lo, k_hi, K, stride_xm, stride_wl, stride_wn,
+            BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION,
+        )
 
         if SPLIT_K > 1:
             tile_elems: tl.constexpr = BLOCK_M * N_SUB * BLOCK_N
             ws_tile = ws_ptr + tile.to(tl.int64) * (SPLIT_K * tile_elems)
             loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
-            mine = ws_tile + pid_k * tile_elems + loc
-            tl.store(mine, acc0, mask=row_ok[:, None])
-            if N_SUB > 1:
-                tl.store(mine + BLOCK_N, acc1, mask=row_ok[:, None])
-            if N_SUB > 2:
-                tl.store(mine + 2 * BLOCK_N, acc2, mask=row_ok[:, None])
-            if N_SUB > 3:
-                tl.store(mine + 3 * BLOCK_N, acc3, mask=row_ok[:, None])
+            _put_partial(ws_tile + pid_k * tile_elems + loc, row_ok, acc0, acc1, acc2, acc3, BLOCK_N, N_SUB)
             tl.debug_barrier()  # every thread's partial is stored before the ticket is taken
             ticket = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
             if ticket == SPLIT_K - 1:
@@ -178,18 +270,79 @@ def _shrink_chunk(
                 acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 for s in tl.static_range(SPLIT_K):
-                    part = ws_tile + s * tile_elems + loc
-                    acc0 += tl.load(part, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-                    if N_SUB > 1:
-                        acc1 += tl.load(part + BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-                    if N_SUB > 2:
-                        acc2 += tl.load(part + 2 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-                    if N_SUB > 3:
-                        acc3 += tl.load(part + 3 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                    acc0, acc1, acc2, acc3 = _add_partial(ws_tile + s * tile_elems + loc, row_ok, acc0, acc1, acc2,
+                                                          acc3, BLOCK_N, N_SUB)
                 tl.atomic_xchg(cnt_ptr + tile, 0)
                 _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
         else:
             _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
+
+
+@triton.jit
+def _k_range(
+    x_ptr, w_ptr, rows, row_ok, group, n_a, n_real, k_lo, k_hi, K, stride_xm, stride_wl, stride_wn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """float32 sums over ``k in [k_lo, k_hi)`` of the chunk's rows times columns ``n_a`` (and the next
+    ``N_SUB - 1`` sub-tiles) of the slot's packed A: the four sub-tile accumulators (unused ones zero)."""
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_rows = x_ptr + rows * stride_xm
+    w_slot = w_ptr + group.to(tl.int64) * stride_wl
+    offs_k = tl.arange(0, BLOCK_K)
+    n_b = n_a + BLOCK_N
+    n_c = n_b + BLOCK_N
+    n_d = n_c + BLOCK_N
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + offs_k
+        km = kk < K
+        # x streams through once; the adapter's weights are read again by the group's other chunks
+        x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0,
+                    eviction_policy="evict_first")
+        # Weight sub-tiles as (BLOCK_K, BLOCK_N): row n of A is column n of the product.
+        w = tl.load(w_slot + n_a[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_a < n_real)[None, :], other=0.0,
+                    eviction_policy="evict_last")
+        acc0 = tl.dot(x, w, acc0, input_precision=PRECISION)
+        if N_SUB > 1:
+            w = tl.load(w_slot + n_b[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_b < n_real)[None, :], other=0.0,
+                    eviction_policy="evict_last")
+            acc1 = tl.dot(x, w, acc1, input_precision=PRECISION)
+        if N_SUB > 2:
+            w = tl.load(w_slot + n_c[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_c < n_real)[None, :], other=0.0,
+                    eviction_policy="evict_last")
+            acc2 = tl.dot(x, w, acc2, input_precision=PRECISION)
+        if N_SUB > 3:
+            w = tl.load(w_slot + n_d[None, :] * stride_wn + kk[:, None], mask=km[:, None] & (n_d < n_real)[None, :], other=0.0,
+                    eviction_policy="evict_last")
+            acc3 = tl.dot(x, w, acc3, input_precision=PRECISION)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def _put_partial(at, row_ok, acc0, acc1, acc2, acc3, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr):
+    """Store a tile's float32 partial sums at ``at`` (pointers of sub-tile 0; the others follow at BLOCK_N)."""
+    tl.store(at, acc0, mask=row_ok[:, None])
+    if N_SUB > 1:
+        tl.store(at + BLOCK_N, acc1, mask=row_ok[:, None])
+    if N_SUB > 2:
+        tl.store(at + 2 * BLOCK_N, acc2, mask=row_ok[:, None])
+    if N_SUB > 3:
+        tl.store(at + 3 * BLOCK_N, acc3, mask=row_ok[:, None])
+
+
+@triton.jit
+def _add_partial(at, row_ok, acc0, acc1, acc2, acc3, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr):
+    """The accumulators plus the partial stored at ``at`` by :func:`_put_partial` (read from L2)."""
+    acc0 += tl.load(at, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+    if N_SUB > 1:
+        acc1 += tl.load(at + BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+    if N_SUB > 2:
+        acc2 += tl.load(at + 2 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+    if N_SUB > 3:
+        acc3 += tl.load(at + 3 * BLOCK_N, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+    return acc0, acc1, acc2, acc3
 
 
 @triton.jit
@@ -208,8 +361,11 @@ def _store_tile(out_rows, row_ok, n, acc0, acc1, acc2, acc3, N_OUT: tl.constexpr
         tl.store(out_rows[:, None] + n[None, :], acc3.to(dtype), mask=row_ok[:, None] & (n < N_OUT)[None, :])
 
 
-def shrink_grid(num_tokens: int, num_lora: int, n_out: int, plan: tiling.ShrinkPlan) -> tuple[int, int, int]:
-    """Launch grid from shapes: (groups or chunk slots, column groups, K splits)."""
+def shrink_grid(num_tokens: int, num_lora: int, n_out: int, plan: tiling.ShrinkPlan, sms: int) -> tuple[int, int, int]:
+    """Launch grid from shapes: (groups or chunk slots, column groups, K splits); stream-K plans:
+    ``stream_k`` programs per multiprocessor."""
+    if plan.stream_k:
+        return (plan.stream_k * sms, 1, 1)
     groups = num_lora + 1  # + the rows after the last segment (zeros)
     return (
         groups if plan.group_grid else triton.cdiv(num_tokens, plan.block_m) + groups,
@@ -245,11 +401,33 @@ def lora_shrink(
     meta = meta_for(batch_info, meta, num_lora, s, x.device)
     if plan is None:
         plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
-    grid = shrink_grid(s, num_lora, n_out, plan)
+    grid = shrink_grid(s, num_lora, n_out, plan, tiling.device_info(x.device)[1])
+    tile_elems = plan.block_m * plan.n_sub * plan.block_n
+    if plan.stream_k:
+        # two partial tiles per program; a counter per (chunk slot, column group)
+        tiles = (triton.cdiv(s, plan.block_m) + num_lora) * triton.cdiv(n_out, plan.block_n * plan.n_sub)
+        ws, cnt = scratch_for(x.device).split_k(max(tiles, 2 * grid[0]), tile_elems)
+        _shrink_stream_kernel[grid](
+            x, weights, out, ws, cnt,
+            meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks,
+            s, k, num_lora, meta.capacity,
+            x.stride(0), weights.stride(0), weights.stride(1), out.stride(0),
+            STACK=stack_num,
+            N_OUT=n_out,
+            BLOCK_M=plan.block_m,
+            BLOCK_N=plan.block_n,
+            N_SUB=plan.n_sub,
+            BLOCK_K=plan.block_k,
+            L_BLOCK=tiling.group_block(num_lora + 1),
+            PRECISION=tiling.dot_precision(x.dtype, x.device),
+            PDL_TRIGGER=pdl_trigger and tiling.pdl_supported(x.device),
+            num_warps=plan.num_warps,
+            num_stages=plan.num_stages,
+        )
+        return out
     # A group walks up to this many chunks (by-group layout); counters and partials are per chunk.
     max_chunks = triton.cdiv(s, plan.block_m) if plan.group_grid else 1
     if plan.split_k > 1:
-        tile_elems = plan.block_m * plan.n_sub * plan.block_n
         ws, cnt = scratch_for(x.device).split_k(grid[0] * grid[1] * max_chunks, plan.split_k * tile_elems)
     else:
         ws = cnt = out  # unused

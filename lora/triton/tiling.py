@@ -76,6 +76,9 @@ class ShrinkPlan:
     num_warps: int = 4
     num_stages: int = 3
     group_grid: bool = False  # grid axis 0 = adapter group (decode) instead of chunk slots (prefill)
+    # > 0: stream-K (prefill): this many programs per multiprocessor share the (tile, K step) iterations
+    # equally, so a batch whose tile count is just over a multiple of the grid runs no near-empty second wave
+    stream_k: int = 0
 
     def __post_init__(self):
         for f in ("block_m", "block_n", "block_k"):
@@ -86,6 +89,10 @@ class ShrinkPlan:
             raise ValueError(f"ShrinkPlan.n_sub={self.n_sub} must be 1..4")
         if self.split_k < 1:
             raise ValueError(f"ShrinkPlan.split_k={self.split_k} must be >= 1")
+        if not 0 <= self.stream_k <= 4:
+            raise ValueError(f"ShrinkPlan.stream_k={self.stream_k} must be 0..4")
+        if self.stream_k and (self.split_k != 1 or self.group_grid):
+            raise ValueError("ShrinkPlan.stream_k needs split_k=1 and the prefill layout (group_grid=False)")
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,8 @@ def shrink_candidates(s: int, k: int, n_out: int, num_lora: int, sms: int) -> li
                         if split > 1 and k // (bk * split) < 4:
                             continue
                         grid.append(tiling.ShrinkPlan(bm, bn, n_sub, bk, split, warps, stages))
+                    for per_sm in (1, 2):  # stream-K: the grid shares the (tile, K step) iterations
+                        grid.append(tiling.ShrinkPlan(bm, bn, n_sub, bk, 1, warps, stages, stream_k=per_sm))
     grid.sort(key=lambda p: _distance(p, h))
     return list(dict.fromkeys([h, *grid]))
 
@@ -237,7 +239,7 @@ def expand_candidates(s: int, max_r: int, max_slice: int, num_lora: int, stack: 
                         continue
                     grid.append(tiling.ExpandPlan(bm, bn, iters, 8 if bm * bn >= 16384 else 4, 1 if iters == 1 else 2, True))
     else:
-        for bm, bn in ((32, 128), (64, 64), (64, 128), (128, 64), (128, 128), (32, 256), (16, 256)):
+        for bm, bn in ((32, 128), (64, 64), (64, 128), (128, 64), (128, 128), (32, 256), (16, 256), (64, 256), (256, 64)):
             for iters in (1, 2, 4, 8, 16):
                 for warps in (4, 8):
                     if (warps == 8) != (bm * bn >= 16384):

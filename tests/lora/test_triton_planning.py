@@ -49,7 +49,7 @@ def test_prefill_shrink_reads_x_once_and_fills_the_gpu(stack, r):
     if n_out <= 256:
         assert cols >= n_out, "one program covers the whole stacked width: x is read once"
         assert cols - n_out < plan.block_n, "no whole sub-tile of padding"
-    _, n_groups, split = shrink_grid(8192, 8, n_out, plan)
+    _, n_groups, split = shrink_grid(8192, 8, n_out, plan, 132)
     if plan.num_warps == 4:  # 8-warp tiles for wide outputs run one program per SM on half of them
         assert 8192 // plan.block_m * n_groups * split >= 0.9 * H100_SMS
 
@@ -61,7 +61,7 @@ def test_decode_shrink_spreads_the_weights(tokens, stack, r):
     assert plan.group_grid, "decode: one program per adapter group (no chunk-slot search)"
     assert 16 <= plan.block_m <= 64 and plan.n_sub == 1
     assert plan.block_m >= tokens // 8, "a typical adapter's rows fit one chunk (weights read once)"
-    groups, n_groups, split = shrink_grid(tokens, 8, stack * r, plan)
+    groups, n_groups, split = shrink_grid(tokens, 8, stack * r, plan, 132)
     assert groups == 9, "8 adapters + the trailing-row group, whatever the token count"
     assert 8 * n_groups * split >= H100_SMS or split == 16
 
@@ -94,6 +94,10 @@ def test_plan_rejects_bad_tiles():
         tiling.ShrinkPlan(64, 64, 5, 64, 1)
     with pytest.raises(ValueError, match="n_iters"):
         tiling.ExpandPlan(64, 64, 0)
+    with pytest.raises(ValueError, match="stream_k"):
+        tiling.ShrinkPlan(64, 64, 1, 64, 2, stream_k=1)
+    with pytest.raises(ValueError, match="stream_k"):
+        tiling.ShrinkPlan(64, 64, 1, 64, 1, group_grid=True, stream_k=1)
 
 
 def test_grid_depends_on_shapes_only():
@@ -106,7 +110,7 @@ def test_grid_depends_on_shapes_only():
         p = tiling.plan_shrink(comp.tokens, 40, 24, len(comp.lora_ranks), bi.bs, torch.float32, "cpu")
         e = tiling.plan_expand(comp.tokens, 8, 40, 20, 2, len(comp.lora_ranks), bi.bs, torch.float32, "cpu")
         assert p.group_grid and e.group_grid
-        grids.append((p, e, shrink_grid(comp.tokens, 2, 24, p), expand_grid(comp.tokens, 2, 2, 20, e)))
+        grids.append((p, e, shrink_grid(comp.tokens, 2, 24, p, 4), expand_grid(comp.tokens, 2, 2, 20, e)))
     assert grids[0] == grids[1]
 
 
@@ -158,6 +162,10 @@ SHRINK_PLANS = [
     tiling.ShrinkPlan(64, 32, 2, 64, 3),
     tiling.ShrinkPlan(16, 16, 2, 32, 1, group_grid=True),  # groups span several chunks
     tiling.ShrinkPlan(16, 32, 1, 16, 3, group_grid=True),  # ... with split-K counters per chunk
+    # stream-K (4 multiprocessors on the interpreter): three column groups, tiles cut across programs
+    tiling.ShrinkPlan(16, 16, 1, 16, 1, stream_k=1),
+    tiling.ShrinkPlan(16, 16, 3, 32, 1, stream_k=2),
+    tiling.ShrinkPlan(32, 16, 4, 16, 1, num_stages=2, stream_k=4),  # more programs than a tile has K steps
 ]
 
 
@@ -180,7 +188,7 @@ def test_shrink_under_forced_plans(plan, rng, seg_blocks):
     out = lora_shrink(x, a, stack, bi, plan=plan)
     check = C.compare(to_f64(out), C.ref_shrink(comp, to_f64(x), to_f64(a), stack), "float32")
     assert check.ok, check.detail
-    if plan.split_k > 1:
+    if plan.split_k > 1 or plan.stream_k:
         assert not scratch_for(torch.device(DEVICE)).counters.any(), "split-K counters must return to zero"
 
 
