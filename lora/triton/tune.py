@@ -244,7 +244,8 @@ def expand_candidates(s: int, max_r: int, max_slice: int, num_lora: int, stack: 
                 for warps in (4, 8):
                     if (warps == 8) != (bm * bn >= 16384):
                         continue
-                    grid.append(tiling.ExpandPlan(bm, bn, iters, warps, 2))
+                    for stages in (2, 3) if iters > 1 else (2,):  # a deeper pipeline over the column blocks
+                        grid.append(tiling.ExpandPlan(bm, bn, iters, warps, stages))
     grid.sort(key=lambda p: _distance(p, h))
     return list(dict.fromkeys([h, *grid]))
 
