@@ -117,7 +117,7 @@ def test_tune_writes_a_table_for_this_device_that_the_backend_uses(tune_dir, mon
 
 @pytest.mark.parametrize("op_name, segs", [("gate_up", "decode:64"), ("qkv", "decode:256"), ("shrink1", "prefill:4096/8")])
 def test_bitwise_the_same_run_to_run(op_name, segs):
-    """Split-K partials are summed in a fixed order: the same inputs give the same bits every time."""
+    """Split-K and stream-K partials are summed in a fixed order: the same inputs give the same bits every time."""
     from lora import testing as I
     from lora.compare.cases import OPS
     from lora.triton import tiling
@@ -130,6 +130,8 @@ def test_bitwise_the_same_run_to_run(op_name, segs):
     if op.kind != "expand":  # also under a deep split-K plan of the same layout as the heuristic's
         h = tiling.plan_shrink(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora, bi.bs, torch.bfloat16, DEV)
         plans.append(tiling.ShrinkPlan(h.block_m, h.block_n, h.n_sub, 64, 8, h.num_warps, 2, h.group_grid))
+        if not h.group_grid:  # stream-K: tiles cut between programs, partials summed by the last to arrive
+            plans.append(tiling.ShrinkPlan(h.block_m, h.block_n, h.n_sub, 64, 1, h.num_warps, 2, stream_k=1))
     for plan in plans:
         outs = []
         for _ in range(3):
