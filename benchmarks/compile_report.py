@@ -65,7 +65,8 @@ def shrink_report(dtype: str, stack: int, n_out: int, plan: tiling.ShrinkPlan, n
                  group_start="*i32", row_order="*i32", lora_ranks="*i32")
     consts = dict(STACK=stack, N_OUT=n_out, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, N_SUB=plan.n_sub,
                   BLOCK_K=plan.block_k, SPLIT_K=plan.split_k, GROUP_GRID=plan.group_grid,
-                  L_BLOCK=tiling.group_block(num_lora + 1), PRECISION="tf32x3" if dtype == "fp32" else "ieee")
+                  L_BLOCK=tiling.group_block(num_lora + 1), PRECISION="tf32x3" if dtype == "fp32" else "ieee",
+                  STREAM_K=plan.stream_k > 0)
     return resources(compile_kernel(_shrink_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 

@@ -71,6 +71,7 @@ def _shrink_kernel(
     L_BLOCK: tl.constexpr,
     PRECISION: tl.constexpr,
     PDL_TRIGGER: tl.constexpr = False,
+    STREAM_K: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -80,7 +81,13 @@ def _shrink_kernel(
         # launched plainly (so everything before it is complete when it starts): chaining the shrinks as
         # dependents too was measured slower on the H200 (tiling.pdl_chain).
         tl.extra.cuda.gdc_launch_dependents()
-    if GROUP_GRID:
+    if STREAM_K:
+        _stream_tiles(
+            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_rows, group_start, row_order, lora_ranks,
+            num_tokens, K, num_lora, capacity, stride_xm, stride_wl, stride_wn, stride_om,
+            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, L_BLOCK, PRECISION,
+        )
+    elif GROUP_GRID:
         # Decode layout: program = (group, column group, K split), walking the group's chunks.
         group = pid_m
         n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
@@ -107,39 +114,15 @@ def _shrink_kernel(
         )
 
 
-@triton.jit(do_not_specialize=["num_tokens", "num_lora", "capacity"])
-def _shrink_stream_kernel(
-    x_ptr,
-    w_ptr,
-    out_ptr,
-    ws_ptr,
-    cnt_ptr,
-    group_rows,
-    group_start,
-    row_order,
-    lora_ranks,
-    num_tokens,
-    K,
-    num_lora,
-    capacity,
-    stride_xm,
-    stride_wl,
-    stride_wn,
-    stride_om,
-    STACK: tl.constexpr,
-    N_OUT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    N_SUB: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    L_BLOCK: tl.constexpr,
-    PRECISION: tl.constexpr,
-    PDL_TRIGGER: tl.constexpr = False,
+@triton.jit
+def _stream_tiles(
+    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_rows, group_start, row_order, lora_ranks,
+    num_tokens, K, num_lora, capacity, stride_xm, stride_wl, stride_wn, stride_om,
+    STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
+    BLOCK_K: tl.constexpr, L_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Stream-K prefill shrink (``ShrinkPlan.stream_k``): a fixed grid shares the batch's
-    (tile, K step) iterations equally; see the module docstring."""
-    if PDL_TRIGGER:
-        tl.extra.cuda.gdc_launch_dependents()
+    """Stream-K layout (``ShrinkPlan.stream_k``): this program's equal share of the batch's (tile, K step)
+    iterations, then its share of the zero tiles; see the module docstring."""
     pid = tl.program_id(0)
     progs = tl.num_programs(0)
     N_GROUPS: tl.constexpr = (N_OUT + N_SUB * BLOCK_N - 1) // (N_SUB * BLOCK_N)
@@ -403,31 +386,13 @@ def lora_shrink(
         plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
     grid = shrink_grid(s, num_lora, n_out, plan, tiling.device_info(x.device)[1])
     tile_elems = plan.block_m * plan.n_sub * plan.block_n
-    if plan.stream_k:
-        # two partial tiles per program; a counter per (chunk slot, column group)
-        tiles = (triton.cdiv(s, plan.block_m) + num_lora) * triton.cdiv(n_out, plan.block_n * plan.n_sub)
-        ws, cnt = scratch_for(x.device).split_k(max(tiles, 2 * grid[0]), tile_elems)
-        _shrink_stream_kernel[grid](
-            x, weights, out, ws, cnt,
-            meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks,
-            s, k, num_lora, meta.capacity,
-            x.stride(0), weights.stride(0), weights.stride(1), out.stride(0),
-            STACK=stack_num,
-            N_OUT=n_out,
-            BLOCK_M=plan.block_m,
-            BLOCK_N=plan.block_n,
-            N_SUB=plan.n_sub,
-            BLOCK_K=plan.block_k,
-            L_BLOCK=tiling.group_block(num_lora + 1),
-            PRECISION=tiling.dot_precision(x.dtype, x.device),
-            PDL_TRIGGER=pdl_trigger and tiling.pdl_supported(x.device),
-            num_warps=plan.num_warps,
-            num_stages=plan.num_stages,
-        )
-        return out
     # A group walks up to this many chunks (by-group layout); counters and partials are per chunk.
     max_chunks = triton.cdiv(s, plan.block_m) if plan.group_grid else 1
-    if plan.split_k > 1:
+    if plan.stream_k:
+        # two partial tiles per program; a counter per (chunk slot, column group)
+        counters = (triton.cdiv(s, plan.block_m) + num_lora) * triton.cdiv(n_out, plan.block_n * plan.n_sub)
+        ws, cnt = scratch_for(x.device).split_k(max(counters, 2 * grid[0]), tile_elems)
+    elif plan.split_k > 1:
         ws, cnt = scratch_for(x.device).split_k(grid[0] * grid[1] * max_chunks, plan.split_k * tile_elems)
     else:
         ws = cnt = out  # unused
@@ -447,6 +412,7 @@ def lora_shrink(
         L_BLOCK=tiling.group_block(num_lora + 1),
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         PDL_TRIGGER=pdl_trigger and tiling.pdl_supported(x.device),
+        STREAM_K=plan.stream_k > 0,
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
     )
