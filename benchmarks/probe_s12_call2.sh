@@ -12,8 +12,8 @@ cp lora/triton/tables/nvidia-h200.json $R/tables/
 timeout 200 python3 -m lora tune --model llama3-8b --ranks 16,64 --regimes prefill,mixed \
     --ops shrink1,shrink2,shrink3,shrink_down --max-candidates 150 --budget-s 170 --out $R/tables/ --no-progress \
     > $R/tune_shrink.log 2>&1
-timeout 110 python3 -m lora tune --model llama3-8b --ranks 16,64 --regimes prefill,mixed \
-    --ops expand,expand_qkv,expand_gate_up --max-candidates 90 --budget-s 80 --out $R/tables/ --no-progress \
+timeout 90 python3 -m lora tune --model llama3-8b --ranks 16,64 --regimes prefill,mixed \
+    --ops expand,expand_qkv,expand_gate_up --max-candidates 90 --budget-s 60 --out $R/tables/ --no-progress \
     > $R/tune_expand.log 2>&1
 KERNELSTACK_TUNE_DIR=$R/tables timeout 80 python3 -m lora compare --quick --backends triton --no-progress \
     --json $R/tuned_all.json > $R/tuned_all.txt 2>&1
