@@ -189,15 +189,22 @@ def find_chunk(
     else:
         rows = tl.where(rank > 0, sizes, 0)
     chunks = (rows + (BLOCK_M - 1)) // BLOCK_M
-    ends = tl.cumsum(chunks, 0)
-    group = tl.sum((ends <= pid_m).to(tl.int32), axis=0)
-    sel = gids == group
-    chunk = pid_m - tl.sum(tl.where(sel, ends - chunks, 0), axis=0)
-    n_rows = tl.sum(tl.where(sel, rows, 0), axis=0)
-    first = tl.sum(tl.where(gids < group, sizes, 0), axis=0)
-    r = tl.sum(tl.where(sel, rank, 0), axis=0)
+    group, chunk, n_rows, first = locate_chunk(pid_m, gids, chunks, tl.cumsum(chunks, 0), rows,
+                                               tl.cumsum(sizes, 0) - sizes)
+    r = tl.sum(tl.where(gids == group, rank, 0), axis=0)
     total = tl.sum(chunks, axis=0)
     return group, chunk, n_rows, first, r, total
+
+
+@triton.jit
+def locate_chunk(c, gids, chunks, ends, rows, firsts):
+    """(group, chunk within the group, the group's rows, its first place in ``row_order``) of chunk ``c`` of
+    the batch, given per group (vectors over ``gids``) its chunk count, their running sum (inclusive), its
+    rows and its first place."""
+    group = tl.sum((ends <= c).to(tl.int32), axis=0)
+    sel = gids == group
+    chunk = c - tl.sum(tl.where(sel, ends - chunks, 0), axis=0)
+    return group, chunk, tl.sum(tl.where(sel, rows, 0), axis=0), tl.sum(tl.where(sel, firsts, 0), axis=0)
 
 
 @triton.jit

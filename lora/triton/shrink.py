@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import GroupMeta, chunk_rows, find_chunk, group_extent, meta_for
+from .grouping import GroupMeta, chunk_rows, find_chunk, group_extent, locate_chunk, meta_for
 from .scratch import scratch_for
 
 
@@ -149,12 +149,8 @@ def _stream_tiles(
         ke = tl.minimum(k_steps, ks + (end - it))
         c = t // N_GROUPS
         n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
-        group = tl.sum((ends <= c).to(tl.int32), axis=0)
-        sel = gids == group
-        chunk = c - tl.sum(tl.where(sel, ends - chunks, 0), axis=0)
-        n_rows = tl.sum(tl.where(sel, work, 0), axis=0)
-        rank = tl.sum(tl.where(sel, ranks, 0), axis=0)
-        first = tl.sum(tl.where(sel, firsts, 0), axis=0)
+        group, chunk, n_rows, first = locate_chunk(c, gids, chunks, ends, work, firsts)
+        rank = tl.sum(tl.where(gids == group, ranks, 0), axis=0)
         rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
         out_rows = out_ptr + rows * stride_om
         acc0, acc1, acc2, acc3 = _k_range(
@@ -193,11 +189,7 @@ def _stream_tiles(
     zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for t in range(pid, tl.sum(idle_chunks, axis=0) * N_GROUPS, progs):
         c = t // N_GROUPS
-        group = tl.sum((idle_ends <= c).to(tl.int32), axis=0)
-        sel = gids == group
-        chunk = c - tl.sum(tl.where(sel, idle_ends - idle_chunks, 0), axis=0)
-        n_rows = tl.sum(tl.where(sel, idle, 0), axis=0)
-        first = tl.sum(tl.where(sel, firsts, 0), axis=0)
+        group, chunk, n_rows, first = locate_chunk(c, gids, idle_chunks, idle_ends, idle, firsts)
         rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
         n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
         _store_tile(out_ptr + rows * stride_om, row_ok, n_a, zero, zero, zero, zero, N_OUT, BLOCK_N, N_SUB)
@@ -346,7 +338,7 @@ def _store_tile(out_rows, row_ok, n, acc0, acc1, acc2, acc3, N_OUT: tl.constexpr
 
 def shrink_grid(num_tokens: int, num_lora: int, n_out: int, plan: tiling.ShrinkPlan, sms: int) -> tuple[int, int, int]:
     """Launch grid from shapes: (groups or chunk slots, column groups, K splits); stream-K plans:
-    ``stream_k`` programs per multiprocessor."""
+    ``stream_k`` programs per multiprocessor (``sms``, read by stream-K plans only)."""
     if plan.stream_k:
         return (plan.stream_k * sms, 1, 1)
     groups = num_lora + 1  # + the rows after the last segment (zeros)
@@ -384,7 +376,7 @@ def lora_shrink(
     meta = meta_for(batch_info, meta, num_lora, s, x.device)
     if plan is None:
         plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
-    grid = shrink_grid(s, num_lora, n_out, plan, tiling.device_info(x.device)[1])
+    grid = shrink_grid(s, num_lora, n_out, plan, tiling.device_info(x.device)[1] if plan.stream_k else 0)
     tile_elems = plan.block_m * plan.n_sub * plan.block_n
     # A group walks up to this many chunks (by-group layout); counters and partials are per chunk.
     max_chunks = triton.cdiv(s, plan.block_m) if plan.group_grid else 1
