@@ -84,7 +84,7 @@ def _shrink_kernel(
     if STREAM_K:
         _stream_tiles(
             x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_rows, group_start, row_order, lora_ranks,
-            num_tokens, K, num_lora, capacity, stride_xm, stride_wl, stride_wn, stride_om,
+            num_tokens, K, num_lora, capacity, max_chunks, stride_xm, stride_wl, stride_wn, stride_om,
             STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, L_BLOCK, PRECISION,
         )
     elif GROUP_GRID:
@@ -117,7 +117,7 @@ def _shrink_kernel(
 @triton.jit
 def _stream_tiles(
     x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_rows, group_start, row_order, lora_ranks,
-    num_tokens, K, num_lora, capacity, stride_xm, stride_wl, stride_wn, stride_om,
+    num_tokens, K, num_lora, capacity, max_chunks, stride_xm, stride_wl, stride_wn, stride_om,
     STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
     BLOCK_K: tl.constexpr, L_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -135,22 +135,25 @@ def _stream_tiles(
     work = tl.where(ranks > 0, sizes, 0)  # rows multiplied by their adapter
     chunks = (work + (BLOCK_M - 1)) // BLOCK_M
     ends = tl.cumsum(chunks, 0)
+    # The shares come from an upper bound on the chunk count known from shapes (``max_chunks``: each group adds
+    # at most one partial chunk), not from the group sizes: then every loop bound below is the same for all
+    # threads as far as the compiler can tell, and the K loop's shared-memory descriptors stay in uniform
+    # registers. Bounds read from memory made both loops "divergent" to ptxas: twice the instructions per K
+    # step (descriptors built in vector registers and moved over one by one; Triton 3.6, sm_90). Iterations
+    # past the real chunks belong to tiles without rows: masked loads, nothing stored.
     k_steps = tl.cdiv(K, BLOCK_K)
-    total = tl.sum(chunks, axis=0) * N_GROUPS * k_steps
-    per = tl.cdiv(total, progs)
+    per = tl.cdiv(max_chunks * N_GROUPS * k_steps, progs)
     offs_n = tl.arange(0, BLOCK_N)
-    it = pid * per
-    end = tl.minimum(it + per, total)
+    start = pid * per
     # Tiles this program must finish after its loop (-1: none): its first and its last tile when cut between
-    # programs and this one took the last ticket. Summing partials inside the loop would keep that code's
-    # registers live across the K loop (measured: 255 registers and a stack frame, against 156 without).
+    # programs and this one took the last ticket (summing partials inside the loop would keep that code's
+    # registers live across the K loop).
     fix_first = -1
     fix_last = -1
-    while it < end:
-        # iterations [it, it + (ke - ks)) are K steps [ks, ke) of tile t = (chunk c, column group)
-        t = it // k_steps
-        ks = it - t * k_steps
-        ke = tl.minimum(k_steps, ks + (end - it))
+    # The share [start, start + per) is K steps [ks, ke) of each tile it meets.
+    for t in range(start // k_steps, (start + per + k_steps - 1) // k_steps):
+        ks = tl.maximum(start - t * k_steps, 0)
+        ke = tl.minimum(start + per - t * k_steps, k_steps)
         c = t // N_GROUPS
         n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
         group, chunk, n_rows, first = locate_chunk(c, gids, chunks, ends, work, firsts)
@@ -165,9 +168,9 @@ def _stream_tiles(
         else:
             # A partial tile: the program's first (slot 0) or its last (slot 1); the tile's contributors are the
             # programs q_lo..q_hi, and the last of them to arrive sums their partials (after its loop).
-            is_first = it == pid * per
-            slot = 2 * pid + (it != pid * per).to(tl.int32)
-            loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]  # (not kept live across the loop)
+            is_first = t * k_steps + ks == start
+            slot = 2 * pid + (t * k_steps + ks != start).to(tl.int32)
+            loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
             _put_partial(ws_ptr + slot.to(tl.int64) * tile_elems + loc, row_ok, acc0, acc1, acc2, acc3, BLOCK_N,
                          N_SUB)
             tl.debug_barrier()  # every thread's partial is stored before the ticket is taken
@@ -179,7 +182,6 @@ def _stream_tiles(
                     fix_first = t
                 else:
                     fix_last = t
-        it += ke - ks
     if fix_first >= 0:
         _finish_tile(fix_first, per, k_steps, gids, chunks, ends, work, firsts, out_ptr, ws_ptr, cnt_ptr, row_order,
                      num_tokens, num_lora, capacity, stride_om, offs_n, N_OUT, BLOCK_M, BLOCK_N, N_SUB, N_GROUPS)
@@ -415,6 +417,7 @@ def lora_shrink(
     # A group walks up to this many chunks (by-group layout); counters and partials are per chunk.
     max_chunks = triton.cdiv(s, plan.block_m) if plan.group_grid else 1
     if plan.stream_k:
+        max_chunks = triton.cdiv(s, plan.block_m) + num_lora  # the chunks of the groups with work, at most
         # two partial tiles per program; a counter per (chunk slot, column group)
         counters = (triton.cdiv(s, plan.block_m) + num_lora) * triton.cdiv(n_out, plan.block_n * plan.n_sub)
         ws, cnt = scratch_for(x.device).split_k(max(counters, 2 * grid[0]), tile_elems)
