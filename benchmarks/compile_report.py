@@ -44,6 +44,22 @@ def compile_kernel(fn, types: dict, consts: dict, num_warps: int, num_stages: in
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
+def mma_loop(sass: str) -> dict:
+    """The innermost loop holding the matrix instructions (HGMMA, else HMMA): its instruction count and how
+    many of them move registers to uniform registers (R2UR: wgmma descriptors built in vector registers,
+    which ptxas does when it cannot prove a loop's control flow uniform; seen on Triton 3.6 in session 13)."""
+    ins = [(int(m.group(1), 16), m.group(2).strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    mma = [a for a, i in ins if "HGMMA" in i] or [a for a, i in ins if "HMMA" in i]
+    best = None
+    for a, i in ins:
+        m = re.search(r"BRA\s+(?:\S+,\s*)?0x([0-9a-f]+)", i)
+        if m and int(m.group(1), 16) < a and any(int(m.group(1), 16) <= h <= a for h in mma):
+            if best is None or a - int(m.group(1), 16) < best[1] - best[0]:
+                best = (int(m.group(1), 16), a)
+    body = [i for a, i in ins if best and best[0] <= a <= best[1]]
+    return {"loop_instrs": len(body), "loop_r2ur": sum("R2UR" in i for i in body)}
+
+
 def resources(k) -> dict:
     ptx = k.asm["ptx"]
     out = {"smem": k.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"), "cp_async": ptx.count("cp.async.cg") + ptx.count("cp.async.ca")}
@@ -56,6 +72,7 @@ def resources(k) -> dict:
         for key, pat in (("regs", r"REG:(\d+)"), ("stack", r"STACK:(\d+)"), ("local", r"LOCAL:(\d+)")):
             m = re.search(pat, txt)
             out[key] = int(m.group(1)) if m else None
+        out.update(mma_loop(subprocess.run([cuobjdump, "-sass", p], capture_output=True, text=True).stdout))
     return out
 
 
@@ -103,6 +120,9 @@ def main():
                 print(f"shrink s={s} K={k} N={n_out}: {plan} -> {res}")
             plan = tiling.heuristic_expand(s, r, 4096, 8, 1, 132)
             print(f"expand s={s} r={r}: {plan} -> {expand_report('bf16', r, plan, bs=bs)}")
+    # stream-K beside the plain plan of the same tile (session 13: the K loop must compile alike)
+    for plan in (tiling.ShrinkPlan(64, 64, 3, 128, 1, 4, 3), tiling.ShrinkPlan(64, 64, 3, 128, 1, 4, 3, stream_k=1)):
+        print(f"shrink s=8192 K=4096 N=192: {plan} -> {shrink_report('bf16', 3, 192, plan)}")
 
 
 if __name__ == "__main__":

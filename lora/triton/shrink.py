@@ -20,11 +20,14 @@ Stream-K (``ShrinkPlan.stream_k``, prefill): one chunk per program leaves a wave
 chunk count is just over the number of programs that fit on the GPU at once (72 chunks of 128 rows
 with two K splits are 144 programs for 132 multiprocessors: a second wave as long as the first for 12
 of them). Instead a fixed grid of ``stream_k`` programs per multiprocessor takes equal shares of the
-batch's iterations, each a K step of one tile (chunk x column group), in tile order. A tile one
-program covers whole is stored directly; a tile cut between programs (at most the first and the last
-of each program's share) is finished like a split-K tile: each contributor stores its float32 partial
-in its own slot, and the last to take a ticket sums them in program order (deterministic) and writes
-it. Rows without work (rank-0 slots, the rows after the segments) are zero tiles dealt round the grid.
+batch's iterations, each a K step of one tile (chunk x column group), in tile order. The shares are cut
+from the chunk count's bound known from shapes (``cdiv(s, BLOCK_M) + num_lora``), so that every loop
+bound is uniform to the compiler (see ``_stream_tiles``); iterations past the real chunks fall on
+rowless tiles. A tile one program covers whole is stored directly; a tile cut between programs (at
+most the first and the last of each program's share) is finished like a split-K tile: each contributor
+stores its float32 partial in its own slot, and the last to take a ticket sums them in program order
+(deterministic) after its own loop, and writes it. Rows without work (rank-0 slots, the rows after the
+segments) are zero tiles dealt round the grid.
 """
 
 from __future__ import annotations
