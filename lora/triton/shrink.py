@@ -139,10 +139,10 @@ def _stream_tiles(
     chunks = (work + (BLOCK_M - 1)) // BLOCK_M
     ends = tl.cumsum(chunks, 0)
     # The shares come from an upper bound on the chunk count known from shapes (``max_chunks``: each group adds
-    # at most one partial chunk), not from the group sizes: then every loop bound below is the same for all
-    # threads as far as the compiler can tell, and the K loop's shared-memory descriptors stay in uniform
-    # registers. Bounds read from memory made both loops "divergent" to ptxas: twice the instructions per K
-    # step (descriptors built in vector registers and moved over one by one; Triton 3.6, sm_90). Iterations
+    # at most one partial chunk), not from the group sizes read here, so no loop bound below depends on a
+    # value loaded from memory. With bounds from the group sizes, ptxas (Triton 3.6, sm_90) built the K loop's
+    # wgmma descriptors in vector registers and moved them to uniform ones one by one: 567 instructions per K
+    # step against the plain kernel's 298 (benchmarks/compile_report.py); with these bounds, 296. Iterations
     # past the real chunks belong to tiles without rows: masked loads, nothing stored.
     k_steps = tl.cdiv(K, BLOCK_K)
     per = tl.cdiv(max_chunks * N_GROUPS * k_steps, progs)
