@@ -148,69 +148,43 @@ def _stream_tiles(
     per = tl.cdiv(max_chunks * N_GROUPS * k_steps, progs)
     offs_n = tl.arange(0, BLOCK_N)
     start = pid * per
-    # The share [start, start + per) is K steps [ks, ke) of each tile it meets, t_first..t_last. A tile cut between
-    # programs q_lo..q_hi is summed by the last of them to arrive: usually q_lo, whose share ends with the
-    # tile's first K steps while q_lo + 1.. began theirs with its last ones.
-    t_first = start // k_steps
-    t_last = (start + per - 1) // k_steps
-    fix_first = -1  # the first tile, when this program took its last ticket: summed after the loop
-    for t in range(t_first, t_last):
-        ks, ke, rows, row_ok, n_a, acc0, acc1, acc2, acc3 = _segment(
-            t, start, per, k_steps, gids, chunks, ends, work, firsts, ranks, x_ptr, w_ptr, row_order, num_tokens,
-            num_lora, capacity, K, stride_xm, stride_wl, stride_wn, offs_n,
-            STACK, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, N_GROUPS, PRECISION,
+    # Tiles this program must finish after its loop (-1: none): its first and its last tile when cut between
+    # programs and this one took the last ticket (summing partials inside the loop would keep that code's
+    # registers live across the K loop).
+    fix_first = -1
+    fix_last = -1
+    # The share [start, start + per) is K steps [ks, ke) of each tile it meets.
+    for t in range(start // k_steps, (start + per + k_steps - 1) // k_steps):
+        ks = tl.maximum(start - t * k_steps, 0)
+        ke = tl.minimum(start + per - t * k_steps, k_steps)
+        c = t // N_GROUPS
+        n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
+        group, chunk, n_rows, first = locate_chunk(c, gids, chunks, ends, work, firsts)
+        rank = tl.sum(tl.where(gids == group, ranks, 0), axis=0)
+        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+        acc0, acc1, acc2, acc3 = _k_range(
+            x_ptr, w_ptr, rows, row_ok, group, n_a, STACK * rank, ks * BLOCK_K, tl.minimum(K, ke * BLOCK_K), K,
+            stride_xm, stride_wl, stride_wn, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION,
         )
         if (ks == 0) & (ke == k_steps):
             _store_tile(out_ptr + rows * stride_om, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
-        else:  # the share's first tile, its last K steps: store the partial (slot 0), take a ticket
-            loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
-            _put_partial(ws_ptr + (2 * pid).to(tl.int64) * tile_elems + loc, row_ok, acc0, acc1, acc2, acc3, BLOCK_N,
-                         N_SUB)
-            tl.debug_barrier()  # every thread's partial is stored before the ticket is taken
-            ticket = tl.atomic_add(cnt_ptr + t, 1, sem="acq_rel", scope="gpu")
-            if ticket == ((t + 1) * k_steps - 1) // per - (t * k_steps) // per:
-                fix_first = t
-    # The share's last tile (also its first when the share lies inside one tile), outside the loop so that a
-    # program arriving last adds the others' partials to its own sums instead of storing and reloading them.
-    t = t_last
-    ks, ke, rows, row_ok, n_a, acc0, acc1, acc2, acc3 = _segment(
-        t, start, per, k_steps, gids, chunks, ends, work, firsts, ranks, x_ptr, w_ptr, row_order, num_tokens,
-        num_lora, capacity, K, stride_xm, stride_wl, stride_wn, offs_n,
-        STACK, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, N_GROUPS, PRECISION,
-    )
-    fix_last = -1
-    if (ks == 0) & (ke == k_steps):
-        _store_tile(out_ptr + rows * stride_om, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
-    else:
-        q_lo = (t * k_steps) // per
-        q_hi = ((t + 1) * k_steps - 1) // per
-        loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
-        arrived = tl.atomic_add(cnt_ptr + t, 0, sem="acquire", scope="gpu")  # (a read that sees their stores)
-        if arrived == q_hi - q_lo:
-            # Every other contributor has stored its partial: the sum in program order, this program's own
-            # term from its registers (the same additions, in the same order, as summing them all from memory).
-            s0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            s1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            s2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            s3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            s0, s1, s2, s3 = _sum_partials(s0, s1, s2, s3, q_lo, pid, t, per, k_steps, ws_ptr, loc, row_ok,
-                                           BLOCK_M, BLOCK_N, N_SUB)
-            s0 += acc0
-            s1 += acc1
-            s2 += acc2
-            s3 += acc3
-            s0, s1, s2, s3 = _sum_partials(s0, s1, s2, s3, pid + 1, q_hi + 1, t, per, k_steps, ws_ptr, loc, row_ok,
-                                           BLOCK_M, BLOCK_N, N_SUB)
-            tl.atomic_xchg(cnt_ptr + t, 0)
-            _store_tile(out_ptr + rows * stride_om, row_ok, n_a, s0, s1, s2, s3, N_OUT, BLOCK_N, N_SUB)
         else:
-            slot = 2 * pid + (t > t_first).to(tl.int32)
+            # A partial tile: the program's first (slot 0) or its last (slot 1); the tile's contributors are the
+            # programs q_lo..q_hi, and the last of them to arrive sums their partials (after its loop).
+            is_first = t * k_steps + ks == start
+            slot = 2 * pid + (t * k_steps + ks != start).to(tl.int32)
+            loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
             _put_partial(ws_ptr + slot.to(tl.int64) * tile_elems + loc, row_ok, acc0, acc1, acc2, acc3, BLOCK_N,
                          N_SUB)
             tl.debug_barrier()  # every thread's partial is stored before the ticket is taken
+            q_lo = (t * k_steps) // per
+            q_hi = ((t + 1) * k_steps - 1) // per
             ticket = tl.atomic_add(cnt_ptr + t, 1, sem="acq_rel", scope="gpu")
             if ticket == q_hi - q_lo:
-                fix_last = t
+                if is_first:
+                    fix_first = t
+                else:
+                    fix_last = t
     if fix_first >= 0:
         _finish_tile(fix_first, per, k_steps, gids, chunks, ends, work, firsts, out_ptr, ws_ptr, cnt_ptr, row_order,
                      num_tokens, num_lora, capacity, stride_om, offs_n, N_OUT, BLOCK_M, BLOCK_N, N_SUB, N_GROUPS)
@@ -232,42 +206,6 @@ def _stream_tiles(
 
 
 @triton.jit
-def _segment(
-    t, start, per, k_steps, gids, chunks, ends, work, firsts, ranks, x_ptr, w_ptr, row_order, num_tokens, num_lora,
-    capacity, K, stride_xm, stride_wl, stride_wn, offs_n,
-    STACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr, BLOCK_K: tl.constexpr,
-    N_GROUPS: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Stream-K: the K steps ``[ks, ke)`` of tile ``t`` that the share from ``start`` covers, the tile's rows and
-    columns, and their float32 sums."""
-    ks = tl.maximum(start - t * k_steps, 0)
-    ke = tl.minimum(start + per - t * k_steps, k_steps)
-    c = t // N_GROUPS
-    n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
-    group, chunk, n_rows, first = locate_chunk(c, gids, chunks, ends, work, firsts)
-    rank = tl.sum(tl.where(gids == group, ranks, 0), axis=0)
-    rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
-    acc0, acc1, acc2, acc3 = _k_range(
-        x_ptr, w_ptr, rows, row_ok, group, n_a, STACK * rank, ks * BLOCK_K, tl.minimum(K, ke * BLOCK_K), K,
-        stride_xm, stride_wl, stride_wn, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION,
-    )
-    return ks, ke, rows, row_ok, n_a, acc0, acc1, acc2, acc3
-
-
-@triton.jit
-def _sum_partials(acc0, acc1, acc2, acc3, q_from, q_to, t, per, k_steps, ws_ptr, loc, row_ok,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr):
-    """The sums plus the partials of tile ``t`` stored by programs ``q_from..q_to-1``, added in program order
-    (program q's slot 0 holds its first tile, slot 1 its last)."""
-    tile_elems: tl.constexpr = BLOCK_M * N_SUB * BLOCK_N
-    for q in range(q_from, q_to):
-        q_slot = 2 * q + ((q * per) // k_steps != t).to(tl.int32)
-        acc0, acc1, acc2, acc3 = _add_partial(ws_ptr + q_slot.to(tl.int64) * tile_elems + loc, row_ok,
-                                              acc0, acc1, acc2, acc3, BLOCK_N, N_SUB)
-    return acc0, acc1, acc2, acc3
-
-
-@triton.jit
 def _finish_tile(
     t, per, k_steps, gids, chunks, ends, work, firsts, out_ptr, ws_ptr, cnt_ptr, row_order,
     num_tokens, num_lora, capacity, stride_om, offs_n,
@@ -275,6 +213,7 @@ def _finish_tile(
 ):
     """Stream-K: sum the partials of tile ``t`` that its contributors (programs ``q_lo..q_hi``) stored, in
     program order (the same result every run), write the tile and leave its counter at zero."""
+    tile_elems: tl.constexpr = BLOCK_M * N_SUB * BLOCK_N
     loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
     c = t // N_GROUPS
     n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
@@ -286,8 +225,11 @@ def _finish_tile(
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc0, acc1, acc2, acc3 = _sum_partials(acc0, acc1, acc2, acc3, q_lo, q_hi + 1, t, per, k_steps, ws_ptr, loc,
-                                           row_ok, BLOCK_M, BLOCK_N, N_SUB)
+    for q in range(q_lo, q_hi + 1):
+        # program q's slot 0 holds its first tile, slot 1 its last
+        q_slot = 2 * q + ((q * per) // k_steps != t).to(tl.int32)
+        acc0, acc1, acc2, acc3 = _add_partial(ws_ptr + q_slot.to(tl.int64) * tile_elems + loc, row_ok,
+                                              acc0, acc1, acc2, acc3, BLOCK_N, N_SUB)
     tl.atomic_xchg(cnt_ptr + t, 0)
     _store_tile(out_ptr + rows * stride_om, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
 
