@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--op", required=True, help="comma-separated ops, each timed with every plan")
     p.add_argument("--plan", action="append", required=True, help="'table' or a plan expression")
     p.add_argument("--sets", type=int, default=4)
+    p.add_argument("--checks", type=int, default=1, help="check each plan this many times (races show as a few)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
@@ -55,18 +56,24 @@ def main(argv=None) -> int:
                 row = {"case": case.name, "op": oname, "plan": src}
                 try:
                     with tiling.forced_plan(plan) if plan else contextlib.nullcontext():
-                        t = {k: v.clone() for k, v in pristine.items()}
-                        chk = T.check(T.call_op(be, op, t), ref, "bfloat16", expect_dtype=torch.bfloat16,
-                                      base=t.get("base") if op.kind != "shrink" else None)
+                        fails, worst = 0, 0.0
+                        for _ in range(args.checks):
+                            t = {k: v.clone() for k, v in pristine.items()}
+                            chk = T.check(T.call_op(be, op, t), ref, "bfloat16", expect_dtype=torch.bfloat16,
+                                          base=t.get("base") if op.kind != "shrink" else None)
+                            fails += not chk.ok
+                            worst = max(worst, chk.rel_error)
                         fns = [lambda s=s: T.call_op(be, op, s) for s in sets]
                         _, together = TM.time_cuda_graph(fns, dev, budget, batched=True)
                     us = together.median_us
-                    row.update(ok=chk.ok, rel_error=chk.rel_error, us=us, pct_copy=100 * mbytes / (us * 1e-6) / 1e9 / copy)
+                    row.update(ok=fails == 0, checks=args.checks, failed_checks=fails, rel_error=worst, us=us,
+                               pct_copy=100 * mbytes / (us * 1e-6) / 1e9 / copy)
                 except Exception as exc:  # noqa: BLE001
                     row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:300])
                 rows.append(row)
                 print(f"{case.name:26s} {oname:9s} {row.get('us', float('nan')):7.2f} us "
                       f"{row.get('pct_copy', float('nan')):5.1f}% {'ok ' if row['ok'] else 'FAIL'} {src} "
+                      f"{'' if args.checks == 1 else str(row.get('failed_checks', '?')) + '/' + str(args.checks) + ' failed '}"
                       f"{row.get('error', '')}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
