@@ -24,7 +24,7 @@ from ..backend import BaseLoRABackend
 from . import tiling
 from .expand import lora_expand
 from .fused_decode import lora_fused_decode
-from .grouping import GroupMeta, derive, row_order_size
+from .grouping import GroupMeta, derive
 from .scratch import scratch_for
 from .shrink import lora_shrink
 
@@ -47,11 +47,10 @@ class TritonLoRABackend(BaseLoRABackend):
     def prepare(self, batch_info) -> None:
         tokens, _ = self.capacity(batch_info)
         dev, slots = batch_info.device, batch_info.num_lora + 1
-        starts = self.buffer("group_start", slots, torch.int32, dev)
         self.meta = derive(batch_info, GroupMeta(
             self.buffer("group_rows", slots, torch.int32, dev),
-            starts,
-            self.buffer("row_order", row_order_size(tokens, starts), torch.int32, dev),
+            self.buffer("group_start", slots, torch.int32, dev),
+            self.buffer("row_order", tokens, torch.int32, dev),
         ))
 
     def shrink(self, x: torch.Tensor, weights: torch.Tensor, stack_num: int) -> torch.Tensor:

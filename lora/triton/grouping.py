@@ -13,10 +13,7 @@ batch metadata becomes :class:`GroupMeta`:
 * ``group_start[w]``: where group ``w`` begins in ``row_order`` (exclusive prefix sum of
   ``group_rows``); ``group_start[num_lora]`` is the number of rows the segments cover;
 * ``row_order``: the covered row indices grouped by slot (segment order within a group): rows
-  ``row_order[group_start[w] : group_start[w] + group_rows[w]]`` are the rows of slot ``w``. After its
-  ``capacity`` entries the same buffer holds each group's first :data:`HEAD_ROWS` rows at a fixed place,
-  ``row_order[capacity + w * HEAD_ROWS + i]``: a program gathers its group's first chunk from there with
-  no load of ``group_start`` before it (decode: one dependent round trip less per kernel).
+  ``row_order[group_start[w] : group_start[w] + group_rows[w]]`` are the rows of slot ``w``.
 
 The launch reads only device values and writes into buffers the backend keeps (no host read, no
 allocation), so it can run eagerly before a CUDA-graph replay or be captured inside the graph.
@@ -48,10 +45,7 @@ import triton.language as tl
 from . import tiling
 from .tiling import group_block, next_pow2
 
-__all__ = ["GroupMeta", "HEAD_ROWS", "derive", "meta_for", "new_meta"]
-
-#: Rows of each group also kept at a fixed place after ``row_order``'s ``capacity`` entries (see above).
-HEAD_ROWS: tl.constexpr = tl.constexpr(64)
+__all__ = ["GroupMeta", "derive", "meta_for", "new_meta"]
 
 
 @dataclass
@@ -60,24 +54,17 @@ class GroupMeta:
 
     group_rows: torch.Tensor  # int32, >= num_lora entries
     group_start: torch.Tensor  # int32, >= num_lora + 1 entries
-    row_order: torch.Tensor  # int32, capacity + HEAD_ROWS per group_start entry (row_order_size)
+    row_order: torch.Tensor  # int32, capacity entries
 
     @property
     def capacity(self) -> int:
-        """Covered rows ``row_order`` holds (the group heads follow them)."""
-        return int(self.row_order.numel()) - self.group_start.numel() * HEAD_ROWS.value
-
-
-def row_order_size(capacity: int, group_start: torch.Tensor) -> int:
-    """Entries of a ``row_order`` buffer for ``capacity`` covered rows beside this ``group_start`` buffer."""
-    return max(capacity, 1) + group_start.numel() * HEAD_ROWS.value
+        return int(self.row_order.numel())
 
 
 def new_meta(num_lora: int, capacity: int, device) -> GroupMeta:
     """Fresh buffers for ``num_lora`` slots and ``capacity`` covered rows."""
     i32 = dict(dtype=torch.int32, device=device)
-    starts = torch.empty(num_lora + 1, **i32)
-    return GroupMeta(torch.empty(num_lora + 1, **i32), starts, torch.empty(row_order_size(capacity, starts), **i32))
+    return GroupMeta(torch.empty(num_lora + 1, **i32), torch.empty(num_lora + 1, **i32), torch.empty(max(capacity, 1), **i32))
 
 
 def meta_for(batch_info, meta: GroupMeta | None, num_lora: int, rows: int, device) -> GroupMeta:
@@ -163,19 +150,14 @@ def _derive_kernel(
         lens = tl.where(hit, ln[None, :], 0)
         before = tl.cumsum(lens, 1) - lens  # rows of the same slot earlier in this block
         dest = tl.sum(tl.where(hit, fill[:, None] + before, 0), axis=0)  # each segment's first place
-        # ... and its first place within its group, for the group heads after the ordered rows
-        in_group = tl.sum(tl.where(hit, before + (fill - starts)[:, None], 0), axis=0)
-        head = capacity + tl.sum(tl.where(hit, gids[:, None], 0), axis=0) * HEAD_ROWS
         fill += tl.sum(lens, axis=1)
         ln = tl.where(tl.sum(hit.to(tl.int32), axis=0) > 0, ln, 0)  # a slot out of range: no rows
         longest = tl.max(ln, 0)
         for k0 in range(0, longest, ROW_BLOCK):
             k = k0 + tl.arange(0, ROW_BLOCK)
             dst = dest[:, None] + k[None, :]
-            here = k[None, :] < ln[:, None]
-            tl.store(row_order + dst, first[:, None] + k[None, :], mask=here & (dst < capacity))
-            place = in_group[:, None] + k[None, :]
-            tl.store(row_order + head[:, None] + place, first[:, None] + k[None, :], mask=here & (place < HEAD_ROWS))
+            ok = (k[None, :] < ln[:, None]) & (dst < capacity)
+            tl.store(row_order + dst, first[:, None] + k[None, :], mask=ok)
 
 
 @triton.jit
@@ -238,18 +220,13 @@ def group_extent(group, group_rows, group_start, num_tokens, num_lora):
 @triton.jit
 def chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M: tl.constexpr):
     """Row indices (int64) of chunk ``chunk`` of ``group``, whose rows start at place ``first`` of
-    ``row_order``, and the mask of the ones that exist. A chunk within the group's first ``HEAD_ROWS`` rows
-    is read from the group's head (its address does not wait for ``first``)."""
+    ``row_order``, and the mask of the ones that exist."""
     pos = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
     idx = first + pos
     trailing = (pos * 0 + group) == num_lora  # the trailing group: the rows after the segments
     ordered = (pos * 0 + group) < num_lora
-    if (BLOCK_M <= HEAD_ROWS) & ((chunk + 1) * BLOCK_M <= HEAD_ROWS):
-        ok = pos < n_rows
-        row = tl.load(row_order + capacity + group * HEAD_ROWS + pos, mask=ok & ordered, other=0)
-    else:
-        ok = (pos < n_rows) & (trailing | (idx < capacity))
-        row = tl.load(row_order + idx, mask=ok & ordered, other=0)
+    ok = (pos < n_rows) & (trailing | (idx < capacity))
+    row = tl.load(row_order + idx, mask=ok & ordered, other=0)
     row = tl.where(trailing, idx, row)
     ok = ok & (row >= 0) & (row < num_tokens)
     return row.to(tl.int64), ok

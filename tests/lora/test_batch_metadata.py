@@ -315,30 +315,6 @@ def test_triton_derive_matches_a_host_grouping(rng):
         assert meta.row_order[: len(order)].tolist() == order, comp
 
 
-def test_triton_derive_writes_each_groups_head_at_its_fixed_place(rng):
-    """The first HEAD_ROWS rows of every group also sit at row_order[capacity + w * HEAD_ROWS:], where a decode
-    program reads its first chunk without waiting for group_start; a group longer than HEAD_ROWS has only its
-    head there (the rest stays in the ordered rows)."""
-    triton_or_skip()
-    from lora.triton.grouping import HEAD_ROWS, derive, new_meta
-
-    head = HEAD_ROWS.value
-    comps = [C.random_composition(rng, max_tokens=60, max_segments=9) for _ in range(3)]
-    comps.append(C.Composition(seg_lens=(head + 7, 3, head + 1, 5), weight_indices=(1, 0, 1, 2), lora_ranks=(4, 4, 4),
-                               scalings=(1.0, 1.0, 1.0), max_r=4, tokens=2 * head + 16))
-    for comp in comps:
-        bi = batch_info(comp, DEVICE)
-        meta = derive(bi, new_meta(comp.num_lora, comp.tokens + 3, DEVICE))
-        assert meta.capacity == comp.tokens + 3
-        rows = {w: [] for w in range(comp.num_lora)}
-        for start, end, w, _, _ in comp.segments():
-            rows[w].extend(range(start, end))
-        for w in range(comp.num_lora):
-            want = rows[w][:head]
-            at = meta.capacity + w * head
-            assert meta.row_order[at: at + len(want)].tolist() == want, (comp, w)
-
-
 # ---- interop: max_r = 0, stack_num 4, dtype messages ------------------------------------------------
 
 

@@ -222,32 +222,6 @@ def test_expand_under_forced_plans(plan, aligned, rng, seg_blocks):
     assert check.ok, check.detail
 
 
-@pytest.mark.parametrize("block_m", [16, 64, 128])
-def test_groups_longer_than_their_head(block_m, rng):
-    """Chunks inside a group's first HEAD_ROWS rows gather from the group's head, later ones from the ordered
-    rows (grouping.chunk_rows); groups of 2 * HEAD_ROWS + 7 rows take both, by group and by chunk slot."""
-    from lora.triton.grouping import HEAD_ROWS
-
-    head = HEAD_ROWS.value
-    comp = C.Composition((head + 7, 3, head, 5, 9), (1, 0, 1, 2, 0), (8, 8, 4), (0.5, 1.0, 1.5), 8, 2 * head + 27)
-    k, stack, offsets = 40, 2, [0, 24, 48]
-    x = to_torch(C.activations(rng, comp, k), torch.float32, DEVICE)
-    a = to_torch(C.shrink_weights(rng, comp, stack, k), torch.float32, DEVICE)
-    bi = batch_info(comp, DEVICE)
-    for grid in (True, False):
-        out = lora_shrink(x, a, stack, bi, plan=tiling.ShrinkPlan(block_m, 16, 1, 16, 2 if grid else 1, group_grid=grid))
-        check = C.compare(to_f64(out), C.ref_shrink(comp, to_f64(x), to_f64(a), stack), "float32")
-        assert check.ok, (grid, check.detail)
-        xe = to_torch(C.expand_input(rng, comp, stack), torch.float32, DEVICE)
-        b = to_torch(C.expand_weights(rng, comp, offsets[-1]), torch.float32, DEVICE)
-        base = to_torch(C.base_output(rng, comp, offsets[-1]), torch.float32, DEVICE)
-        ref = C.ref_expand(comp, to_f64(xe), to_f64(b), offsets, to_f64(base))
-        off_t = torch.tensor(offsets, dtype=torch.int32, device=DEVICE)
-        lora_expand(xe, b, off_t, 24, base, bi, plan=tiling.ExpandPlan(block_m, 16, 1, group_grid=grid))
-        check = C.compare(to_f64(base), ref, "float32")
-        assert check.ok, (grid, check.detail)
-
-
 def test_new_metadata_in_the_same_tensors(rng):
     """What a CUDA-graph replay does: same tensors and shapes, new values copied in, no re-planning."""
     first = C.Composition([6, 0, 10, 4], [1, 0, 1, 2], [8, 4, 0], [1.0, 0.5, 2.0], 8, 22)
