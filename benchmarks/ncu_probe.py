@@ -22,6 +22,8 @@ from lora import testing as T
 from lora.compare import cases as CS
 from lora.triton import tiling
 
+from plan_probe import check_call, parse_plan  # noqa: E402  (benchmarks/: the script's directory)
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
@@ -34,15 +36,12 @@ def main(argv=None) -> int:
     case = CS.select_cases([args.case])[0]
     comp = case.composition(0)
     op = CS.OPS[args.op].resolve(case.shape)
-    plans = [eval(src, {"ShrinkPlan": tiling.ShrinkPlan, "ExpandPlan": tiling.ExpandPlan,  # noqa: S307
-                        "FusedPlan": tiling.FusedPlan}) for src in args.plan]
+    plans = [parse_plan(src) for src in args.plan]
     be = lora.get_backend_from_name(args.backend)(args.backend, T.batch_info(comp, dev))
     pristine = T.make_inputs(op, comp, torch.bfloat16, dev, CS.case_seed(0, case.name, op.name))
     ref = T.oracle(op, comp, {k: v.clone() for k, v in pristine.items()})
     with tiling.forced_plan(*plans) if plans else contextlib.nullcontext():
-        t = {k: v.clone() for k, v in pristine.items()}
-        chk = T.check(T.call_op(be, op, t), ref, "bfloat16", expect_dtype=torch.bfloat16,
-                      base=t.get("base") if op.kind != "shrink" else None)
+        chk = check_call(be, op, pristine, ref)
         print(f"{case.name} {args.op} {args.plan}: check {'ok' if chk.ok else 'FAILED'} rel {chk.rel_error:.2e}",
               flush=True)
         if not chk.ok:

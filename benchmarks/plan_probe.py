@@ -27,6 +27,18 @@ from lora.triton import tiling
 PLANS = {"ShrinkPlan": tiling.ShrinkPlan, "ExpandPlan": tiling.ExpandPlan, "FusedPlan": tiling.FusedPlan}
 
 
+def parse_plan(src: str):
+    """A plan expression (``ShrinkPlan(...)``, ``ExpandPlan(...)``, ``FusedPlan(...)``); ``table``: None (the
+    plan the backend picks)."""
+    return None if src == "table" else eval(src, dict(PLANS))  # noqa: S307
+
+
+def check_call(be, op, pristine: dict, ref):
+    """One call of ``op`` on a fresh copy of ``pristine``, checked against the float64 ``ref``."""
+    t = {k: v.clone() for k, v in pristine.items()}
+    return T.check(T.call_op(be, op, t), ref, "bfloat16", expect_dtype=torch.bfloat16, base=t.get("base"))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--cases", required=True)
@@ -52,15 +64,13 @@ def main(argv=None) -> int:
             sets = [T.make_inputs(op, comp, torch.bfloat16, dev, seed + 1 + i) for i in range(args.sets)]
             mbytes = CS.min_bytes(op, comp, 2)
             for src in args.plan:
-                plan = None if src == "table" else eval(src, dict(PLANS))  # noqa: S307
+                plan = parse_plan(src)
                 row = {"case": case.name, "op": oname, "plan": src}
                 try:
                     with tiling.forced_plan(plan) if plan else contextlib.nullcontext():
                         fails, worst = 0, 0.0
                         for _ in range(args.checks):
-                            t = {k: v.clone() for k, v in pristine.items()}
-                            chk = T.check(T.call_op(be, op, t), ref, "bfloat16", expect_dtype=torch.bfloat16,
-                                          base=t.get("base") if op.kind != "shrink" else None)
+                            chk = check_call(be, op, pristine, ref)
                             fails += not chk.ok
                             worst = max(worst, chk.rel_error)
                         fns = [lambda s=s: T.call_op(be, op, s) for s in sets]
