@@ -172,9 +172,8 @@ def _stream_tiles(
             # A partial tile: the program's first (slot 0) or its last (slot 1); the tile's contributors are the
             # programs q_lo..q_hi, and the last of them to arrive sums their partials (after its loop).
             is_first = t * k_steps + ks == start
-            slot = 2 * pid + (t * k_steps + ks != start).to(tl.int32)
             loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
-            _put_partial(ws_ptr + slot.to(tl.int64) * tile_elems + loc, row_ok, acc0, acc1, acc2, acc3, BLOCK_N,
+            _put_partial(ws_ptr + _partial_slot(pid, t, per, k_steps) * tile_elems + loc, row_ok, acc0, acc1, acc2, acc3, BLOCK_N,
                          N_SUB)
             tl.debug_barrier()  # every thread's partial is stored before the ticket is taken
             q_lo = (t * k_steps) // per
@@ -206,6 +205,13 @@ def _stream_tiles(
 
 
 @triton.jit
+def _partial_slot(q, t, per, k_steps):
+    """Stream-K: the workspace slot (int64) of program ``q``'s partial of tile ``t``: slot 0 of the program's two
+    holds its first tile, slot 1 its last (written by the program, read by the tile's last contributor)."""
+    return (2 * q + ((q * per) // k_steps != t).to(tl.int32)).to(tl.int64)
+
+
+@triton.jit
 def _finish_tile(
     t, per, k_steps, gids, chunks, ends, work, firsts, out_ptr, ws_ptr, cnt_ptr, row_order,
     num_tokens, num_lora, capacity, stride_om, offs_n,
@@ -226,9 +232,7 @@ def _finish_tile(
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for q in range(q_lo, q_hi + 1):
-        # program q's slot 0 holds its first tile, slot 1 its last
-        q_slot = 2 * q + ((q * per) // k_steps != t).to(tl.int32)
-        acc0, acc1, acc2, acc3 = _add_partial(ws_ptr + q_slot.to(tl.int64) * tile_elems + loc, row_ok,
+        acc0, acc1, acc2, acc3 = _add_partial(ws_ptr + _partial_slot(q, t, per, k_steps) * tile_elems + loc, row_ok,
                                               acc0, acc1, acc2, acc3, BLOCK_N, N_SUB)
     tl.atomic_xchg(cnt_ptr + t, 0)
     _store_tile(out_ptr + rows * stride_om, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
@@ -422,7 +426,7 @@ def lora_shrink(
     if plan.stream_k:
         max_chunks = triton.cdiv(s, plan.block_m) + num_lora  # the chunks of the groups with work, at most
         # two partial tiles per program; a counter per (chunk slot, column group)
-        counters = (triton.cdiv(s, plan.block_m) + num_lora) * triton.cdiv(n_out, plan.block_n * plan.n_sub)
+        counters = max_chunks * triton.cdiv(n_out, plan.block_n * plan.n_sub)
         ws, cnt = scratch_for(x.device).split_k(max(counters, 2 * grid[0]), tile_elems)
     elif plan.split_k > 1:
         ws, cnt = scratch_for(x.device).split_k(grid[0] * grid[1] * max_chunks, plan.split_k * tile_elems)
