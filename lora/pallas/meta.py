@@ -15,7 +15,7 @@ groups the buffer holds: never on the token count of an op call.
 
 from __future__ import annotations
 
-from .tiling import BM, BOX_SPAN, CHUNK, SHIFTS, SPLIT_MAX_BLOCKS, MetaLayout
+from .tiling import BM, BOX_SPAN, CHUNK, SHIFTS, SPLIT_MAX_BLOCKS, UNIT_SIZES, MetaLayout
 
 #: Rows the chunk table covers (decode-sized batches).
 GATHER_ROWS = SPLIT_MAX_BLOCKS * BM
@@ -55,10 +55,26 @@ def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int,
     order = xp.sort(xp.where(present, ids2, ids2 + num_lora), 1)
     if num_lora:
         order = order % num_lora
-    pad = xp.full((groups, lay.head - 1 - num_lora), 0)
-    record = xp.concat([xp.reshape(count, (groups, 1)), order, pad, shifted], 1)
+    units = [_extra_units(xp, count, u, groups) for u in UNIT_SIZES]
+    pad = xp.full((groups, lay.head - 1 - num_lora - 3 * len(UNIT_SIZES)), 0)
+    record = xp.concat([xp.reshape(count, (groups, 1)), order, *units, pad, shifted], 1)
     chunks = _chunk_table(xp, row_slot[:GATHER_ROWS], lay)
     return xp.concat([xp.reshape(chunks, (lay.start,)), xp.reshape(record, (groups * lay.record,))], 0)
+
+
+def _extra_units(xp, count, unit: int, groups: int):
+    """(groups, 3): per group g, the number of its first extra unit of ``unit`` adapters (every unit of
+    a group after its first, numbered over the groups in order), then which group extra unit number g
+    is of (-1: there are fewer) and that unit's first adapter (layout in :mod:`.tiling`)."""
+    extra = xp.where(count > unit, (count + unit - 1) // unit - 1, 0)
+    ends = xp.cumsum(extra)
+    first = ends - extra
+    j = xp.arange(groups)
+    owner = xp.minimum(xp.searchsorted(ends, j), groups - 1)  # the groups whose units all come before j
+    valid = j < xp.take(ends, xp.full((groups,), groups - 1))
+    adapter = unit * (1 + j - xp.take(first, owner))
+    col = lambda v: xp.reshape(v, (groups, 1))  # noqa: E731
+    return xp.concat([col(first), col(xp.where(valid, owner, -1)), col(xp.where(valid, adapter, 0))], 1)
 
 
 def _chunk_table(xp, row_slot, lay: MetaLayout):

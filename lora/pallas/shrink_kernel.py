@@ -40,6 +40,7 @@ real row count s), ``ranks``, x (and its tail view), A.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +117,17 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     """Block variant: returns the (Bpad, cfg.out_cols) shrink output in ``cfg.out_dtype`` (rows >= s
     unspecified): merged in a float32 tile, rounded once to the output dtype when it is stored.
 
+    A CTA runs its block's adapters in *units* of one K loop (two adapters when ``cfg.pair_stages``,
+    else one). A block whose adapters make more than one unit (three segments meeting in its rows)
+    would take one K loop per unit: a tail the other CTAs wait for (session 14 on the H200: two such
+    blocks of 112 made the rank-16 shrink 23.5 us against 18.9 without them). The bucket's CTAs of
+    blocks past ``s`` have no rows, so the i-th of them runs the batch's i-th *extra unit* (every unit
+    of a block after its first, numbered by the metadata, :mod:`lora.pallas.tiling`); the block's own
+    CTA runs its first unit and the extra units no idle CTA is left for. Such a block's rows are then
+    written by more than one CTA, each storing only the rows of its own adapters, one TMA store per row
+    (from a staging tile of 128-byte rows): the rows are disjoint, so the result is the same whichever
+    CTA finishes first. Other blocks store their box with one copy, as before.
+
     With ``cfg.ksplit > 1`` (a Tuning) the K loop is split over ``ksplit`` CTAs per block, each
     storing its tile as a partial tile (nb, ksplit, 64, na_out), added like the split variant's
     (:func:`lora.pallas.plan.finish_split`): more CTAs (bytes in flight) for the same rows.
@@ -128,6 +140,10 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     nk_split = cfg.nk // KS
     out_dt = jnp.dtype(jnp.float32 if KS > 1 else cfg.out_dtype)
     cast = out_dt != jnp.float32  # stored from a second tile in the output dtype
+    unit = 2 if cfg.pair_stages else 1  # adapters per K loop
+    # a row stored alone is a TMA copy out of shared memory, whose address must be a multiple of 128 bytes;
+    # the tile is written into the staging rows' first cw columns (Mosaic: a row stride that cw divides)
+    staged_cols = math.lcm(cw, 128 // out_dt.itemsize)
 
     def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         rest = list(rest)
@@ -137,6 +153,76 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         c = lax.axis_index("c")
         ks = lax.axis_index("ks") if KS > 1 else 0
         s, row_lo, rx, is_tail = _box(nrows_ref, b, cfg)
+        with_rows = lax.div(s + (BM - 1), BM)  # blocks with rows; the CTAs of the others run extra units
+        idle = cfg.nb - with_rows
+
+        def extra(g, k):  # entry k of group g's extra-unit entries (tiling.MetaLayout.extra)
+            return meta_ref[lay.extra(g, unit) + k]
+
+        def products(g, box_tail, ws):
+            """The product of each adapter of ``ws`` (slot ids) over block g's box, merged into o_smem."""
+
+            def merge(w, acc):
+                keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
+                o_smem[...] = jnp.where(keep, acc, plgpu.load(o_smem, layout=plgpu.Layout.WGMMA, optimized=False))
+
+            prods = [(w, functools.partial(merge, w)) for w in ws]
+            _matmul_into(cfg, x_ref, x_tail_ref, a_ref, g, prods, c, box_tail, ks * nk_split, nk_split)
+
+        def run_unit(g, box_tail, count, first):
+            """Adapters first .. first+unit-1 of block g's list (those below its count)."""
+            slot = functools.partial(C.block_slot, meta_ref, lay, g)
+            if unit == 1:
+                products(g, box_tail, [slot(first)])
+                return
+            pl.when(first + 1 < count)(lambda: products(g, box_tail, [slot(first), slot(first + 1)]))
+            pl.when(first + 1 >= count)(lambda: products(g, box_tail, [slot(first)]))
+
+        def store_box(g, box_row):
+            def store(src):
+                plgpu.commit_smem()
+                if KS > 1:
+                    plgpu.copy_smem_to_gmem(src, o_ref.at[g, ks, :, pl.ds(c * cw, cw)])
+                else:
+                    plgpu.copy_smem_to_gmem(src, o_ref.at[pl.ds(box_row, BM), pl.ds(c * cw, cw)])
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+            def cast_and_store(c_smem):
+                plgpu.commit_smem()  # (the merges' stores, read by other threads)
+                c_smem[...] = o_smem[...].astype(out_dt)
+                store(c_smem)
+
+            if cast:  # the tile in the output dtype takes the K loops' shared memory, free by now
+                pl.run_scoped(cast_and_store, plgpu.SMEM((BM, cw), out_dt))
+            else:
+                store(o_smem)
+
+        def store_rows(g, box_row, keep_row):
+            """Row i of the tile where keep_row(token row, its slot): one TMA store per row."""
+
+            def store(src):
+                plgpu.commit_smem()
+
+                @pl.loop(0, BM)
+                def _(i):
+                    @pl.when(keep_row(box_row + i, rs_smem[i]))
+                    def _():
+                        dst = o_ref.at[g, ks, pl.ds(i, 1)] if KS > 1 else o_ref.at[pl.ds(box_row + i, 1)]
+                        plgpu.copy_smem_to_gmem(src.at[pl.ds(i, 1), pl.ds(0, cw)], dst.at[:, pl.ds(c * cw, cw)],
+                                                commit_group=False)
+
+                plgpu.commit_smem_to_gmem_group()
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+            def staged(st):
+                plgpu.commit_smem()
+                st.at[:, pl.ds(0, cw)][...] = o_smem[...].astype(out_dt)
+                store(st)
+
+            if cast or staged_cols != cw:  # in the K loops' shared memory, free by now
+                pl.run_scoped(staged, plgpu.SMEM((BM, staged_cols), out_dt))
+            else:
+                store(o_smem)
 
         if KS > 1:  # every partial tile is written (the caller adds them all)
 
@@ -150,56 +236,67 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         @pl.when(row_lo < s)
         def _():
             count = C.block_count(meta_ref, lay, b)
-            prev = jnp.maximum(b - 1, 0)
-            n_prev = 0 if is_tail is None else jnp.where(is_tail & (b > 0), C.block_count(meta_ref, lay, prev), 0)
+            units = lax.div(count + (unit - 1), unit)
+            first_extra = extra(b, 0)
+            # units 1 .. away of this block run on CTAs of their own (none when away is 0)
+            away = jnp.clip(idle - first_extra, 0, units - 1)
             C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
             o_smem[...] = C.wgmma_zeros(BM, cw)
 
-            total = count + n_prev
+            @pl.when(away == 0)
+            def _():  # every adapter here, and (clamped box) those of the block before: one box store
+                prev = jnp.maximum(b - 1, 0)
+                n_prev = 0 if is_tail is None else jnp.where(is_tail & (b > 0), C.block_count(meta_ref, lay, prev), 0)
+                total = count + n_prev
 
-            def slot(i):  # this block's adapters, then (clamped box) those of the block before
-                own = C.block_slot(meta_ref, lay, b, jnp.minimum(i, count - 1))
-                before = C.block_slot(meta_ref, lay, prev, jnp.maximum(i - count, 0))
-                return jnp.where(i < count, own, before)
+                def slot(i):  # this block's adapters, then (clamped box) those of the block before
+                    own = C.block_slot(meta_ref, lay, b, jnp.minimum(i, count - 1))
+                    before = C.block_slot(meta_ref, lay, prev, jnp.maximum(i - count, 0))
+                    return jnp.where(i < count, own, before)
 
-            def merge(w, acc):
-                keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
-                o_smem[...] = jnp.where(keep, acc, plgpu.load(o_smem, layout=plgpu.Layout.WGMMA, optimized=False))
+                @pl.loop(0, lax.div(total + unit - 1, unit))
+                def _(p):
+                    i = p * unit
+                    if unit == 1:
+                        products(b, is_tail, [slot(i)])
+                        return
+                    pl.when(i + 1 < total)(lambda: products(b, is_tail, [slot(i), slot(i + 1)]))
+                    pl.when(i + 1 >= total)(lambda: products(b, is_tail, [slot(i)]))
 
-            def products(ws):
-                prods = [(w, functools.partial(merge, w)) for w in ws]
-                _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, prods, c, is_tail, ks * nk_split, nk_split)
+                store_box(b, rx)
 
-            # Adapters two at a time, one pass over the block's rows each (a segment boundary's block
-            # would otherwise read its rows once per adapter: twice the time of the other CTAs).
-            step = 2 if cfg.pair_stages else 1
+            @pl.when(away > 0)
+            def _():  # unit 0 and units past ``away``; then the rows of every adapter but those of units 1..away
+                @pl.loop(0, units)
+                def _(u):
+                    pl.when((u == 0) | (u > away))(lambda: run_unit(b, is_tail, count, u * unit))
 
-            @pl.loop(0, lax.div(total + step - 1, step))
-            def _(p):
-                i = p * step
-                if step == 1:
-                    products([slot(i)])
-                    return
-                pl.when(i + 1 < total)(lambda: products([slot(i), slot(i + 1)]))
-                pl.when(i + 1 >= total)(lambda: products([slot(i)]))
+                lo = C.block_slot(meta_ref, lay, b, unit)  # the slots of units 1..away (ascending ids)
+                hi = C.block_slot(meta_ref, lay, b, jnp.minimum((away + 1) * unit, count) - 1)
 
-            def store(src):
-                plgpu.commit_smem()
-                if KS > 1:
-                    plgpu.copy_smem_to_gmem(src, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
-                else:
-                    plgpu.copy_smem_to_gmem(src, o_ref.at[pl.ds(rx, BM), pl.ds(c * cw, cw)])
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                def keep_row(row, w):
+                    own = (row >= row_lo) & (row < s)
+                    elsewhere = own & (w >= lo) & (w <= hi)
+                    return jnp.logical_not(elsewhere) if KS > 1 else own & jnp.logical_not(elsewhere)
 
-            def cast_and_store(c_smem):
-                plgpu.commit_smem()  # (the merges' stores, read by other threads)
-                c_smem[...] = o_smem[...].astype(out_dt)
-                store(c_smem)
+                store_rows(b, rx, keep_row)
 
-            if cast:  # the tile in the output dtype takes the K loops' shared memory, free by now
-                pl.run_scoped(cast_and_store, plgpu.SMEM((BM, cw), out_dt))
-            else:
-                store(o_smem)
+        @pl.when(b >= with_rows)
+        def _():  # a CTA with no rows of its own: the extra unit of its index, if there is one
+            j = b - with_rows
+            g = extra(j, 1)
+
+            @pl.when(g >= 0)
+            def _():
+                first = extra(j, 2)
+                count = C.block_count(meta_ref, lay, g)
+                _, g_lo, g_rx, g_tail = _box(nrows_ref, g, cfg)
+                C.load_box_slots(meta_ref, lay, g_rx, rs_smem, bar.at[0])
+                o_smem[...] = C.wgmma_zeros(BM, cw)
+                run_unit(g, g_tail, count, first)
+                lo = C.block_slot(meta_ref, lay, g, first)
+                hi = C.block_slot(meta_ref, lay, g, jnp.minimum(first + unit, count) - 1)
+                store_rows(g, g_rx, lambda row, w: (row >= g_lo) & (row < s) & (w >= lo) & (w <= hi))
 
     args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
     out_shape = cfg.parts_shape if KS > 1 else (cfg.bpad, cfg.out_cols)

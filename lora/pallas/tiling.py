@@ -30,9 +30,21 @@ the buffer holds (one buffer, sized once for the largest batch, serves every tok
     [CHUNK*c + 16 + i]           its i-th row, i < count
     [start + rec*g + 0]          number of adapters present in rows [64g, 64g+64)
     [start + rec*g + 1 + i]      the i-th of them (ascending slot ids), i < count
+    [start + rec*g + 1 + L + 3*(u-1) + 0]
+                                 (u = 1, 2: adapters per unit) index of group g's first extra unit
+    [start + rec*g + 1 + L + 3*(u-1) + 1]
+                                 the group extra unit number g belongs to, or -1 (no such unit)
+    [start + rec*g + 1 + L + 3*(u-1) + 2]
+                                 that unit's first adapter (an index into its group's list)
     [start + rec*g + head + 128*k + t]
                                  adapter slot of row 64g + k + t (t < 128, k < 4), or -1 (rank-0
                                  slot, no segment); four shifted copies of the row slots
+
+*Extra units* (the block shrink): a block whose rows hold more adapters than one K loop serves (u:
+one or two) has its adapters cut into units of u, in list order; every unit after its first is an
+extra unit, numbered over the groups in order. A CTA of a block with no rows (the bucket's blocks
+past ``s``) runs the extra unit of its index past the last block with rows, so that a block where
+three segments meet costs one K loop, not two (see :mod:`lora.pallas.shrink_kernel`).
 
 The chunk table groups the rows of the first ``SPLIT_MAX_BLOCKS * 64`` by adapter: each slot's rows
 (ascending), cut into chunks of at most 64, the slots in ascending order; ``MetaLayout.chunks``
@@ -94,6 +106,10 @@ def box_start(b: int, s: int) -> int:
 # ---- metadata layout -----------------------------------------------------------------------------
 
 
+#: Adapters per K loop of the block shrink: one, or two (``ShrinkConfig.pair_stages``); the metadata
+#: numbers the extra units of both.
+UNIT_SIZES = (1, 2)
+
 #: Entries of one chunk of the chunk table: slot, row count, padding to 16 (a 16-byte aligned TMA
 #: start for the rows), then 64 rows.
 CHUNK = 16 + BM
@@ -116,8 +132,14 @@ class MetaLayout:
 
     @property
     def head(self) -> int:
-        """Entries before a group's row slots: the count and the slot list, padded to 16."""
-        return round_up(1 + self.num_lora, 16)
+        """Entries before a group's row slots: the count, the slot list and the extra units' entries
+        (three per unit size), padded to 16."""
+        return round_up(1 + self.num_lora + 3 * len(UNIT_SIZES), 16)
+
+    def extra(self, g, unit: int):
+        """Offset of group g's three extra-unit entries for units of ``unit`` adapters: its first
+        extra unit's number, then which group extra unit number g is of, and its first adapter."""
+        return self.group(g) + 1 + self.num_lora + 3 * UNIT_SIZES.index(unit)
 
     @property
     def record(self) -> int:

@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.experimental.pallas import mosaic_gpu as plgpu  # noqa: E402
 
 from lora import pallas as lp  # noqa: E402
-from lora.pallas import common, tiling as T  # noqa: E402
+from lora.pallas import api as PA, common, tiling as T  # noqa: E402
 from lora.pallas import expand_kernel as EK  # noqa: E402
 from lora.pallas import shrink_kernel as SK  # noqa: E402
 from lora import testing as C  # noqa: E402
@@ -148,6 +148,53 @@ def test_block_shrink_with_five_adapters_in_a_block_interpret(op, rng, interpret
     out, ref = run_op(op, comp, rng, "bfloat16")
     check = C.compare(f64(out), ref, "bfloat16")
     assert check.ok, f"{op}: {check.detail}"
+
+
+class _TailViewExecutor(PA._JaxExecutor):
+    """The JAX executor with the torch executor's row handling: x keeps its s rows, the partial last
+    block reads the view of x's last 64 rows (plans made with ``tail=True``)."""
+
+    @staticmethod
+    def tail(x):
+        return x[x.shape[0] - T.BM :]
+
+
+# Five slots, a bucket of 512 rows with two CTAs of blocks without rows. Adapters per block: (a) three,
+# five, then one (378 rows); (b) one, one, one, one, two, and the partial last block four of its own
+# (and the block before's in its box; 345 rows).
+EXTRA_UNIT_COMPS = {
+    "a": ([20, 20, 24, 10, 12, 20, 9, 13, 250], [0, 1, 2, 3, 4, 0, 1, 2, 3]),
+    "b": ([300, 30, 5, 5, 5], [0, 1, 2, 3, 4]),
+}
+
+
+@pytest.mark.parametrize("comp_name", sorted(EXTRA_UNIT_COMPS))
+@pytest.mark.parametrize("stack,r,tuning", [(1, 16, T.DEFAULT_TUNING), (3, 16, T.DEFAULT_TUNING),
+                                            (3, 64, T.Tuning(shrink_block_k=128)), (2, 16, T.Tuning(shrink_ksplit=2))])
+def test_block_shrink_runs_extra_units_on_idle_ctas_interpret(comp_name, stack, r, tuning, rng, interpret):
+    """Blocks whose adapters make more than one K loop's unit (two adapters, or one where two do not fit:
+    rank 64 x 3 slices) give their extra units to the CTAs of the bucket's blocks without rows, as many as
+    there are; each CTA stores only its adapters' rows. Two adapters a unit: (a) the first block's extra unit
+    and the second's first run elsewhere, the second's last on its own CTA; (b) the partial last block's
+    extra unit runs elsewhere. One adapter a unit: (a) the first block's two; (b) the partial last block's
+    first, its other two on its own CTA. With
+    the tail view of x (the torch executor's layout) and with the K loop split in two (partial tiles); tiles of
+    16, 48 and 192 columns (rows staged 128-byte aligned for the row stores: 64, 192 and 192 wide)."""
+    from lora.pallas import plan as P
+
+    lens, slots = EXTRA_UNIT_COMPS[comp_name]
+    ranks = [r, r * 3 // 4, r // 2 - 1, r, r // 2 + 1]
+    comp = C.Composition(lens, slots, ranks, [0.5, 1.0, 2.0, 1.5, 0.75], r, sum(lens))
+    bpad = T.padded_tokens(comp.tokens)
+    sp = P.plan_shrink(bpad, 256, r, stack, 5, "bfloat16", tail=True, result=True, tuning=tuning)
+    assert not sp.cfg.split and sp.cfg.ksplit == (tuning.shrink_ksplit or 1)
+    assert (sp.cfg.pair_stages > 0) == (r == 16)  # two adapters per K loop, or one (192 columns x 128-deep)
+    t = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
+    x, a = t(C.activations(rng, comp, 256)), t(C.shrink_weights(rng, comp, stack, 256))
+    a = jnp.pad(a, ((0, 0), (0, sp.cfg.stack * sp.rp - a.shape[1]), (0, 0)))
+    out = P.run_shrink(_TailViewExecutor(), sp, batch_of(comp), x, a)[: comp.tokens, : stack * r]
+    check = C.compare(f64(out), C.ref_shrink(comp, f64(x), f64(a[:, : stack * r]), stack), "bfloat16")
+    assert check.ok, f"{comp_name} stack={stack} r={r} {tuning}: {check.detail}"
 
 
 def test_block_variant_with_k_split_interpret(rng, interpret):
@@ -383,6 +430,25 @@ def test_meta_contents(rng):
     assert counts == [1, 1, 1]  # slot 0 (rows 70..79) has rank 0: only slot 2 is present
     # the box of a partial last block (rows 69..132): one contiguous aligned run
     assert (meta[lay.box_offset(69) : lay.box_offset(69) + 64] == rows[69:133]).all()
+
+
+def test_meta_extra_units():
+    """Extra units (the block shrink's K loops past a block's first): numbered over the groups in order,
+    for units of one and of two adapters. Adapters per group: 5, 1, 1, 1, 2, 4, 1, 0."""
+    comp = C.Composition([10, 12, 20, 9, 5, 250, 20, 20, 24, 30], [0, 1, 2, 3, 4, 0, 1, 2, 3, 4], [16] * 5, [1.0] * 5,
+                         16, 400)
+    meta = np.asarray(lp.build_meta(jnp.asarray(comp.seg_indptr, jnp.int32), jnp.asarray(comp.weight_indices, jnp.int32),
+                                    jnp.asarray(comp.lora_ranks, jnp.int32), bpad=512))
+    lay = T.MetaLayout(5)
+    counts = [int(meta[lay.group(g)]) for g in range(8)]
+    assert counts == [5, 1, 1, 1, 2, 4, 1, 0]
+    for unit in T.UNIT_SIZES:
+        extra = [max(-(-n // unit) - 1, 0) for n in counts]
+        first = [int(meta[lay.extra(g, unit)]) for g in range(8)]
+        assert first == list(np.cumsum(extra) - extra)
+        owners = [(g, unit * (1 + i)) for g in range(8) for i in range(extra[g])]
+        table = [(int(meta[lay.extra(j, unit) + 1]), int(meta[lay.extra(j, unit) + 2])) for j in range(8)]
+        assert table == (owners + [(-1, 0)] * 8)[:8], (unit, table)
 
 
 def test_expand_with_max_r_zero_returns_base(rng, interpret):
