@@ -120,13 +120,14 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     A CTA runs its block's adapters in *units* of one K loop (two adapters when ``cfg.pair_stages``,
     else one). A block whose adapters make more than one unit (three segments meeting in its rows)
     would take one K loop per unit: a tail the other CTAs wait for (session 14 on the H200: two such
-    blocks of 112 made the rank-16 shrink 23.5 us against 18.9 without them). The bucket's CTAs of
-    blocks past ``s`` have no rows, so the i-th of them runs the batch's i-th *extra unit* (every unit
-    of a block after its first, numbered by the metadata, :mod:`lora.pallas.tiling`); the block's own
-    CTA runs its first unit and the extra units no idle CTA is left for. Such a block's rows are then
-    written by more than one CTA, each storing only the rows of its own adapters, one TMA store per row
-    (from a staging tile of 128-byte rows): the rows are disjoint, so the result is the same whichever
-    CTA finishes first. Other blocks store their box with one copy, as before.
+    blocks of 112 made the rank-16 shrink 23.5 us against 18.9 without them). With ``cfg.extra_units``,
+    the bucket's CTAs of blocks past ``s`` (no rows of their own) run such units: the i-th of them the
+    batch's i-th *extra unit* (every unit of a block after its first, numbered by the metadata,
+    :mod:`lora.pallas.tiling`); the block's own CTA runs its first unit and the extra units no idle CTA
+    is left for. Such a block's rows are then written by more than one CTA, each storing only the rows
+    of its own adapters, one TMA store per row (from a staging tile of 128-byte rows): the rows are
+    disjoint, so the result is the same whichever CTA finishes first. Other blocks store their box with
+    one copy.
 
     With ``cfg.ksplit > 1`` (a Tuning) the K loop is split over ``ksplit`` CTAs per block, each
     storing its tile as a partial tile (nb, ksplit, 64, na_out), added like the split variant's
@@ -236,15 +237,8 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         @pl.when(row_lo < s)
         def _():
             count = C.block_count(meta_ref, lay, b)
-            units = lax.div(count + (unit - 1), unit)
-            first_extra = extra(b, 0)
-            # units 1 .. away of this block run on CTAs of their own (none when away is 0)
-            away = jnp.clip(idle - first_extra, 0, units - 1)
-            C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
-            o_smem[...] = C.wgmma_zeros(BM, cw)
 
-            @pl.when(away == 0)
-            def _():  # every adapter here, and (clamped box) those of the block before: one box store
+            def all_here():  # every adapter here, and (clamped box) those of the block before: one box store
                 prev = jnp.maximum(b - 1, 0)
                 n_prev = 0 if is_tail is None else jnp.where(is_tail & (b > 0), C.block_count(meta_ref, lay, prev), 0)
                 total = count + n_prev
@@ -265,6 +259,19 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
 
                 store_box(b, rx)
 
+            if not cfg.extra_units:
+                C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
+                o_smem[...] = C.wgmma_zeros(BM, cw)
+                all_here()
+                return
+            units = lax.div(count + (unit - 1), unit)
+            first_extra = extra(b, 0)
+            # units 1 .. away of this block run on CTAs of their own (none when away is 0)
+            away = jnp.maximum(jnp.minimum(idle - first_extra, units - 1), 0)  # (no adapter: units is 0)
+            C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
+            o_smem[...] = C.wgmma_zeros(BM, cw)
+            pl.when(away == 0)(all_here)
+
             @pl.when(away > 0)
             def _():  # unit 0 and units past ``away``; then the rows of every adapter but those of units 1..away
                 @pl.loop(0, units)
@@ -280,6 +287,9 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                     return jnp.logical_not(elsewhere) if KS > 1 else own & jnp.logical_not(elsewhere)
 
                 store_rows(b, rx, keep_row)
+
+        if not cfg.extra_units:
+            return
 
         @pl.when(b >= with_rows)
         def _():  # a CTA with no rows of its own: the extra unit of its index, if there is one
