@@ -225,6 +225,9 @@ class ShrinkConfig:
     #: the output is the op's result, (bpad, na); else an expand's input, (bpad, out_cols) with room
     #: for the expand's x windows
     result: bool = False
+    #: block variant: a block's extra K-loop units run on the CTAs of the bucket's blocks without rows
+    #: (see shrink_kernel.shrink_block)
+    extra_units: bool = False
 
     @property
     def nb(self) -> int:
@@ -280,6 +283,8 @@ class ExpandConfig:
     #: fallback only
     gather: bool = False
     gather_tiles: int = 1  # column tiles a gathering CTA walks (its x rows gathered once)
+    #: persistent: a block's second adapter's B tile (and x window) fetched a step ahead (see expand_kernel)
+    prefetch: bool = False
 
     @property
     def nb(self) -> int:
@@ -389,9 +394,16 @@ class Tuning:
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
     expand_reduce_add: bool = False
+    #: the block shrink runs a block's extra K-loop units on the bucket's idle CTAs (None: where the
+    #: accumulators are at most 128 wide)
+    shrink_extra_units: bool | None = None
+    #: the persistent expand fetches a block's second adapter's tiles a step ahead (None: where they fit
+    #: in shared memory beside four tiles in flight)
+    expand_prefetch: bool | None = None
 
     def __post_init__(self):
-        flags, optional_flags = ("expand_reduce_add", "expand_accumulate"), ("expand_persistent", "expand_gather")
+        flags = ("expand_reduce_add", "expand_accumulate")
+        optional_flags = ("expand_persistent", "expand_gather", "shrink_extra_units", "expand_prefetch")
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
@@ -436,6 +448,10 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
 
 #: Most bytes the split variant's partial tiles may take (nb * L * ksplit tiles of 64 x na float32).
 SPLIT_PARTS_LIMIT = 64 << 20
+
+
+#: The block shrink's extra units (ShrinkConfig.extra_units) for outputs up to this many columns.
+EXTRA_UNITS_MAX_COLS = 128
 
 
 def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str = "float32", result: bool = False,
@@ -490,8 +506,14 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
     if not split:  # a block with two adapters (a segment boundary) reads its rows once for both
         fit = (SMEM_LIMIT - out_bytes) // ((BM + 2 * na) * block_k * itemsize)
         pair_stages = min(stages, fit, max(1, nk // ksplit)) if fit >= 2 else 0
+    # A block of three adapters runs its third on an idle CTA, not in a second K loop of its own (session 14
+    # on the H200: two such blocks of 112 cost the rank-16 shrink 23.5 us against 18.9 without them; 20.8 with
+    # the extra units); with accumulators 192 wide (rank-64 QKV) the kernel with that path was slower on both
+    # batches measured, which have no such block (prefill-8k 42.0 -> 48.1 us, mixed 42.5 -> 48.6; not explained).
+    extra_units = not split and (na <= EXTRA_UNITS_MAX_COLS if tuning.shrink_extra_units is None
+                                 else tuning.shrink_extra_units)
     cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages,
-                       out_dtype, result)
+                       out_dtype, result, extra_units)
     tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0
     if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
         raise ValueError(
@@ -507,7 +529,7 @@ def gather_cols(kw: int, x_itemsize: int) -> int:
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False, num_lora=0, gather=0) -> int:
+                      stream_stages=0, accumulate=False, num_lora=0, gather=0, prefetch=False) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
     Fixed: the row-slot vector, the operand-dtype x tile, the barriers, (x_shift) the shifted x
@@ -520,19 +542,20 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     (``stream_stages`` > 0) runs its pipeline over tiles first, whose stages each hold a base tile,
     one x window, a B tile and the row slots, with one more x window and B tile for the further
     adapters of a block; ``one_tile``'s work comes after it, in the same memory: the larger of the
-    two counts. The gathering decode kernel
+    two counts; with ``prefetch`` a second such x window and B tile (a block's second adapter's, fetched a
+    step ahead: two steps' in flight), and the ring's third table. The gathering decode kernel
     (``gather``: its column tiles per CTA) scopes its gathered x rows, row list, output tiles, B
     tiles and barriers beside that pipeline (the fallback for unaligned slices): the larger counts.
     """
     kw = kr + (shift_pad(kr) if x_shift else 0)
-    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 2 * RING * 4
+    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 3 * RING * 4
     fixed += BM * kr * x_itemsize if x_shift or gather else 0
     fixed += 3 * 4 * num_lora + (1024 if num_lora else 0)  # the slots' ranks and scalings, a tile's slot list
     base_tile = BM * block_n * base_itemsize
     per_stage = stack * BM * kw * x_itemsize + block_n * kr * op_itemsize
     per_tile = BM * block_n * base_itemsize + BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16
     # the persistent kernel's x window and B tile of a block's further adapters, and their barriers
-    extra = BM * kw * x_itemsize + block_n * kr * op_itemsize + 2 * 16 if stream_stages else 0
+    extra = (1 + prefetch) * (BM * kw * x_itemsize + block_n * kr * op_itemsize + 2 * 16) if stream_stages else 0
     # the accumulating tile's two operand-dtype x tiles (one per wgmma in flight)
     extra += 2 * BM * kr * op_itemsize if accumulate else 0
     pipeline = stages * per_stage
@@ -556,7 +579,7 @@ GATHER_TILES = 8
 GATHER_B_STAGES = 4
 #: Tiles in flight in the persistent expand's pipeline (fewer when they do not fit).
 STREAM_STAGES = 4
-#: Entries of the persistent expand's ring of its steps' block counts and first slots (more than
+#: Entries of the persistent expand's ring of its steps' block counts and first two slots (more than
 #: the most stream stages a Tuning may ask for).
 RING = 8
 
@@ -608,8 +631,15 @@ def expand_config(
         tiles = tuning.expand_gather_tiles or min(GATHER_TILES if wide else GATHER_TILES // 2, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
+    # The persistent kernel fetches a block's second adapter's tiles a step ahead where they fit beside four
+    # tiles in flight (else in the step that needs them, a round trip to L2 on its critical path: session 14
+    # on the H200, the rank-16 expand of 112 blocks, twenty of them two adapters', 58.3 us against 36.7
+    # with none).
+    prefetch = persistent if tuning.expand_prefetch is None else tuning.expand_prefetch and persistent
+
     def need():
-        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora, tiles)
+        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora, tiles,
+                                 prefetch)
 
     if persistent and tuning.expand_block_n is None and n >= 256:
         # A tile's fixed cost (metadata, masks, one wgmma, fences) is paid per tile: 256-wide tiles
@@ -623,7 +653,9 @@ def expand_config(
     # than one CTA per tile, session 5 call 1): wide ranks with stacked slices run one CTA per tile.
     min_stream = 2 if tuning.expand_persistent else 3
     while need() > SMEM_LIMIT:
-        if tuning.expand_stream_stages is None and stream > min_stream:
+        if prefetch and tuning.expand_prefetch is None:
+            prefetch = False
+        elif tuning.expand_stream_stages is None and stream > min_stream:
             stream -= 1
         elif tuning.expand_stages is None and stages > 1:
             stages -= 1
@@ -648,7 +680,7 @@ def expand_config(
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, accumulate=accumulate,
-        gather=gather, gather_tiles=max(tiles, 1),
+        gather=gather, gather_tiles=max(tiles, 1), prefetch=prefetch and persistent,
     )
 
 

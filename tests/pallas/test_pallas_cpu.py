@@ -160,34 +160,36 @@ class _TailViewExecutor(PA._JaxExecutor):
 
 
 # Five slots, a bucket of 512 rows with two CTAs of blocks without rows. Adapters per block: (a) three,
-# five, then one (378 rows); (b) one, one, one, one, two, and the partial last block four of its own
-# (and the block before's in its box; 345 rows).
+# five, then one (378 rows); (b) slot 4 of rank 0: none (a block of slot 4's rows), one, one, one, two,
+# and the partial last block three of its own and slot 4's rows (and the block before's in its box; 345 rows).
 EXTRA_UNIT_COMPS = {
-    "a": ([20, 20, 24, 10, 12, 20, 9, 13, 250], [0, 1, 2, 3, 4, 0, 1, 2, 3]),
-    "b": ([300, 30, 5, 5, 5], [0, 1, 2, 3, 4]),
+    "a": ([20, 20, 24, 10, 12, 20, 9, 13, 250], [0, 1, 2, 3, 4, 0, 1, 2, 3], None),
+    "b": ([64, 236, 30, 5, 5, 5], [4, 0, 1, 2, 3, 4], 4),
 }
 
 
 @pytest.mark.parametrize("comp_name", sorted(EXTRA_UNIT_COMPS))
 @pytest.mark.parametrize("stack,r,tuning", [(1, 16, T.DEFAULT_TUNING), (3, 16, T.DEFAULT_TUNING),
-                                            (3, 64, T.Tuning(shrink_block_k=128)), (2, 16, T.Tuning(shrink_ksplit=2))])
+                                            (3, 64, T.Tuning(shrink_block_k=128, shrink_extra_units=True)),
+                                            (2, 16, T.Tuning(shrink_ksplit=2))])
 def test_block_shrink_runs_extra_units_on_idle_ctas_interpret(comp_name, stack, r, tuning, rng, interpret):
     """Blocks whose adapters make more than one K loop's unit (two adapters, or one where two do not fit:
     rank 64 x 3 slices) give their extra units to the CTAs of the bucket's blocks without rows, as many as
     there are; each CTA stores only its adapters' rows. Two adapters a unit: (a) the first block's extra unit
     and the second's first run elsewhere, the second's last on its own CTA; (b) the partial last block's
-    extra unit runs elsewhere. One adapter a unit: (a) the first block's two; (b) the partial last block's
-    first, its other two on its own CTA. With
+    extra unit runs elsewhere, and a block of a rank-0 slot's rows (no adapter: its CTA writes zeros). One
+    adapter a unit (192 columns: the extra units asked for): (a) the first block's two; (b) the partial last
+    block's first, its other on its own CTA. With
     the tail view of x (the torch executor's layout) and with the K loop split in two (partial tiles); tiles of
     16, 48 and 192 columns (rows staged 128-byte aligned for the row stores: 64, 192 and 192 wide)."""
     from lora.pallas import plan as P
 
-    lens, slots = EXTRA_UNIT_COMPS[comp_name]
-    ranks = [r, r * 3 // 4, r // 2 - 1, r, r // 2 + 1]
+    lens, slots, zero_slot = EXTRA_UNIT_COMPS[comp_name]
+    ranks = [0 if w == zero_slot else rank for w, rank in enumerate([r, r * 3 // 4, r // 2 - 1, r, r // 2 + 1])]
     comp = C.Composition(lens, slots, ranks, [0.5, 1.0, 2.0, 1.5, 0.75], r, sum(lens))
     bpad = T.padded_tokens(comp.tokens)
     sp = P.plan_shrink(bpad, 256, r, stack, 5, "bfloat16", tail=True, result=True, tuning=tuning)
-    assert not sp.cfg.split and sp.cfg.ksplit == (tuning.shrink_ksplit or 1)
+    assert not sp.cfg.split and sp.cfg.ksplit == (tuning.shrink_ksplit or 1) and sp.cfg.extra_units
     assert (sp.cfg.pair_stages > 0) == (r == 16)  # two adapters per K loop, or one (192 columns x 128-deep)
     t = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
     x, a = t(C.activations(rng, comp, 256)), t(C.shrink_weights(rng, comp, stack, 256))
@@ -402,6 +404,29 @@ def test_prefill_plans_take_the_shared_memory_that_is_free():
         cfg = T.expand_config(8192, n, stack * r, r, 8, stack, "bfloat16", "bfloat16", "bfloat16", tail=True,
                               x_shift=stack > 1)
         assert (cfg.ctas, cfg.stream_stages, cfg.block_n) == (T.PERSISTENT_CTAS, 4, bn), (r, stack, cfg)
+        # the second adapter's tiles a step ahead where they fit beside the four tiles in flight
+        assert cfg.prefetch == (r == 16 or stack == 1), (r, stack, cfg)
+
+
+def test_mixed_batch_knobs_follow_the_heuristic_unless_asked():
+    """The block shrink's extra units: for outputs up to 128 columns (not the split variant); the
+    persistent expand's prefetch: where it fits. A Tuning turns either on or off."""
+    def shrink(na, bpad=8192, **kw):
+        return T.shrink_config(bpad, 4096, na, 8, na // 64 or 1, "bfloat16", tail=True, out_dtype="bfloat16",
+                               tuning=T.Tuning(**kw))
+
+    assert shrink(16).extra_units and shrink(128).extra_units and not shrink(192).extra_units
+    assert not shrink(16, bpad=128).extra_units  # decode-sized: the split variant
+    assert shrink(192, shrink_extra_units=True).extra_units and not shrink(16, shrink_extra_units=False).extra_units
+
+    def expand(r, stack, **kw):
+        return T.expand_config(8192, 6144, stack * r, r, 8, stack, "bfloat16", "bfloat16", "bfloat16", tail=True,
+                               x_shift=stack > 1, tuning=T.Tuning(**kw))
+
+    assert expand(16, 3).prefetch and not expand(16, 3, expand_prefetch=False).prefetch
+    assert not expand(16, 3, expand_persistent=False).prefetch  # one CTA per tile: no pipeline over tiles
+    big = expand(64, 3, expand_prefetch=True)  # asked for where it does not fit: fewer tiles in flight
+    assert big.prefetch and big.stream_stages == 3
 
 
 def test_token_buckets():
