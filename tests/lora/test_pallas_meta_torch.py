@@ -43,15 +43,28 @@ def model_meta(lens, slots, ranks, groups):
         r0 += length
     lay = T.MetaLayout(L)
     meta = model_chunks(row_slot, lay)
+    present = [sorted(set(v for v in row_slot[g * BM : (g + 1) * BM] if v >= 0)) for g in range(groups)]
+    units = {u: model_extra_units([len(p) for p in present], u) for u in T.UNIT_SIZES}
     for g in range(groups):
-        present = sorted(set(v for v in row_slot[g * BM : (g + 1) * BM] if v >= 0))
-        rec = [len(present)] + present + sorted(set(range(L)) - set(present))
+        rec = [len(present[g])] + present[g] + sorted(set(range(L)) - set(present[g]))
+        for u in T.UNIT_SIZES:
+            rec += units[u][g]
         rec += [0] * (lay.head - len(rec))
         for k in range(T.SHIFTS):
             rec += row_slot[g * BM + k : g * BM + k + T.BOX_SPAN]
         assert len(rec) == lay.record
         meta += rec
     return meta
+
+
+def model_extra_units(counts, unit):
+    """Per group: its first extra unit's number, then (group, first adapter) of extra unit number g
+    ((-1, 0): none). Every unit of ``unit`` adapters of a group after its first is an extra unit."""
+    extra = [max(-(-n // unit) - 1, 0) for n in counts]
+    first = [sum(extra[:g]) for g in range(len(counts))]
+    owners = [(g, unit * (1 + i)) for g in range(len(counts)) for i in range(extra[g])]
+    owners += [(-1, 0)] * len(counts)
+    return [[first[g], *owners[g]] for g in range(len(counts))]
 
 
 def model_chunks(row_slot, lay):
