@@ -31,12 +31,8 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
   ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
   one adapter: such a tile is one wgmma. A block that holds several adapters (a segment boundary)
-  adds the others' products to the same slot: with ``cfg.prefetch`` its second adapter's B tile (and
-  x window, for stacked slices) was fetched during the step before, into the other of two buffer
-  sets; further adapters' are fetched in the step (from L2). (Fetched in the step, the second
-  adapter's round trip was on the critical path: the rank-16 expand of 112 blocks, twenty of them
-  two adapters', took 58.3 us on the H200 against 36.7 with none.)
-  A step's block count and first two slots come from a ring in shared memory, loaded ``stream_stages``
+  fetches the others' x windows and B tiles in its step (from L2) and adds them to the same slot.
+  A step's block count and first slot come from a ring in shared memory, loaded ``stream_stages``
   steps ahead (no round trip to L2 on the steps' critical path). When a slice boundary is not a
   multiple of ``block_n`` the steps skip their tiles, and ``one_tile`` runs them after the pipeline,
   as it runs the partial last block's tiles (in the pipeline's shared memory, free by then). Each
@@ -375,12 +371,10 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     x_tail_ref, b_ref, base_ref, out_ref, table, base_smem, xop, bars, scal_s, xsh = rest
     del out_ref  # aliased with base_ref
     # One int32 scratch (each scratch takes a multiple of 1 KB): a box's row slots, two tables, and
-    # the persistent kernel's ring of its steps' block counts, first and second slots.
+    # the persistent kernel's ring of its steps' block counts and first slots.
     L = cfg.num_lora
-    rs_smem, ranks_s, slots_s, ring_count, ring_slot, ring_slot2 = (
-        table.at[pl.ds(off, n)]
-        for off, n in ((0, BM), (BM, L), (BM + L, L), (BM + 2 * L, RING), (BM + 2 * L + RING, RING),
-                       (BM + 2 * L + 2 * RING, RING)))
+    rs_smem, ranks_s, slots_s, ring_count, ring_slot = (
+        table.at[pl.ds(off, n)] for off, n in ((0, BM), (BM, L), (BM + L, L), (BM + 2 * L, RING), (BM + 2 * L + RING, RING)))
 
     def load_tables():
         C.copy_scalars(ranks_ref, 0, ranks_s, L)
@@ -389,7 +383,7 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_s, scal=scal_s, slots=slots_s,
                            offs=offs_ref, x=x_ref, x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem,
                            base_smem=base_smem, xop=xop, bars=bars, xsh=xsh, load_tables=load_tables,
-                           ring_count=ring_count, ring_slot=ring_slot, ring_slot2=ring_slot2,
+                           ring_count=ring_count, ring_slot=ring_slot,
                            ranks_gmem=ranks_ref, scal_gmem=scal_ref)
 
 
@@ -553,19 +547,17 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         t = first_tile + i
         return lax.rem(t, rows_of), lax.div(t, rows_of)
 
-    # Step i's block count, first and second slot (any slot id where the block has fewer adapters:
-    # only fetched, never used) are read from a ring in shared memory: step i loads those of step
-    # i + S from global memory when it starts and stores them when it ends, after its tile's work, so
-    # the load's round trip to L2 is hidden behind it; the pipeline then fetches step i + S's tiles
-    # (their index maps read the ring), and with cfg.prefetch step i - 1 fetches step i's second
-    # adapter's. The first S entries are loaded before the pipeline.
-    def block_info(j):  # (the second slot is padding, never used, when the block has fewer adapters)
+    # Step i's block count and first slot (any slot id when the block has no adapter: only fetched,
+    # never used) are read from a ring in shared memory: step i loads those of step i + S from
+    # global memory when it starts and stores them when it ends, after its tile's work, so the
+    # load's round trip to L2 is hidden behind it; the pipeline then fetches step i + S's tiles
+    # (their index maps read the ring). The first S entries are loaded before the pipeline.
+    def block_info(j):
         b, _ = tile(j)
-        return C.block_count(R.meta, lay, b), C.block_slot(R.meta, lay, b, 0), C.block_slot(R.meta, lay, b, 1)
+        return C.block_count(R.meta, lay, b), C.block_slot(R.meta, lay, b, 0)
 
     def put(j, info):
-        k = lax.rem(j, RING)
-        R.ring_count[k], R.ring_slot[k], R.ring_slot2[k] = info
+        R.ring_count[lax.rem(j, RING)], R.ring_slot[lax.rem(j, RING)] = info
 
     def first_slot(i):
         return R.ring_slot[lax.rem(i, RING)]
@@ -615,28 +607,6 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     # unswizzled tile with the generic load measured the same on the H200, session 5 calls 1-2).
     base_tf = C.tiled(jnp.dtype(cfg.base_dtype), BN)
 
-    def fetch_tiles(xs2, bs2, bar2, w, step_b, step_n0, step_j, k):
-        """Set k's buffers = adapter w's x window (kr columns at 0, or kw from the slice's aligned start;
-        none for one slice at column 0: the pipeline's window is the same) and B tile."""
-        if not plain_direct:
-            x_src = R.x.at[pl.ds(step_b * BM, BM), pl.ds(prog.slice_start(step_j, R.ranks[w]), kw)]
-            plgpu.copy_gmem_to_smem(x_src, xs2.at[k], bar2.at[2 * k])
-        plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(step_n0, BN), pl.ds(0, kr)], bs2.at[k], bar2.at[2 * k + 1])
-
-    def wait_tiles(bar2, k):
-        if not plain_direct:
-            plgpu.barrier_wait(bar2.at[2 * k])
-        plgpu.barrier_wait(bar2.at[2 * k + 1])
-
-    def prefetch(xs2, bs2, bar2, i, k):
-        """With cfg.prefetch: step i's second adapter's tiles into set k, when its block has one."""
-        e = lax.rem(i, RING)
-
-        @pl.when(prog.aligned & (i < steps) & (R.ring_count[e] > 1))
-        def _():
-            b, n = tile(i)
-            fetch_tiles(xs2, bs2, bar2, R.ring_slot2[e], b, n * BN, prog.slice_of(n * BN), k)
-
     def step(xs2, bs2, bar2, idx, xs, bs, base_s, rs_s):
         (i,) = idx
         b, n = tile(i)
@@ -644,11 +614,6 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         count = R.ring_count[lax.rem(i, RING)]
         n0 = n * BN
         j = prog.slice_of(n0)
-        # the x window / B tile buffers of this step's further adapters, and their barriers (with
-        # cfg.prefetch two sets, by step parity: the other set takes the next step's second adapter)
-        mine = lax.rem(i, 2) if cfg.prefetch else 0
-        xs_k, bs_k = xs2.at[mine], bs2.at[mine]
-        fetch, wait = functools.partial(fetch_tiles, xs2, bs2, bar2), functools.partial(wait_tiles, bar2)
 
         def add_adapter(w, xs_ref, bs_ref, is_operand):
             r = R.ranks[w]
@@ -659,12 +624,15 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
                 direct=is_operand,
             )
 
-        def add_fetched(w):  # x: the window fetched with B, or (one slice at column 0) the pipeline's
-            add_adapter(w, xs if plain_direct else xs_k, bs_k, plain_direct)
+        def fetch_x(w):
+            """xs2 = adapter w's x window (kr columns at 0, or kw from the slice's aligned start)."""
+            if plain_direct:
+                x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(0, kr)]
+            else:
+                x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(prog.slice_start(j, R.ranks[w]), kw)]
+            plgpu.copy_gmem_to_smem(x_src, xs2, bar2.at[0])
 
-        busy = prog.aligned & (count > 0)
-
-        @pl.when(busy)
+        @pl.when(prog.aligned & (count > 0))
         def _():
             w0 = first_slot(i)  # its tiles came with the pipeline
             if direct and cfg.x_shift:
@@ -672,50 +640,34 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
                 pl.when(start_aligned)(lambda: add_adapter(w0, xs, bs, True))
 
                 @pl.when(jnp.logical_not(start_aligned))
-                def _():  # (with cfg.prefetch in the other set, before the next step's tiles come into it)
-                    k = 1 - mine if cfg.prefetch else mine
-                    w_src = R.x.at[pl.ds(b * BM, BM), pl.ds(prog.slice_start(j, R.ranks[w0]), kw)]
-                    plgpu.copy_gmem_to_smem(w_src, xs2.at[k], bar2.at[2 * k])
-                    plgpu.barrier_wait(bar2.at[2 * k])
-                    add_adapter(w0, xs2.at[k], bs, False)
+                def _():
+                    fetch_x(w0)
+                    plgpu.barrier_wait(bar2.at[0])
+                    add_adapter(w0, xs2, bs, False)
             else:
                 add_adapter(w0, xs, bs, direct)
 
-        if cfg.prefetch:  # the next step's, into the other set (free: the step before used it)
-            prefetch(xs2, bs2, bar2, i + 1, 1 - mine)
-
-        @pl.when(busy)
-        def _():
-            first_fetched = 1
-            if cfg.prefetch:
-                @pl.when(count > 1)
-                def _():  # its tiles were fetched during the step before
-                    wait(mine)
-                    add_fetched(R.ring_slot2[lax.rem(i, RING)])
-
-                first_fetched = 2
-
-            @pl.loop(first_fetched, count)
+            @pl.loop(1, count)
             def _(k):  # a segment boundary: the block's other adapters, fetched now (from L2)
                 w = C.block_slot(R.meta, lay, b, k)
-                fetch(w, b, n0, j, mine)
-                wait(mine)
-                add_fetched(w)
+                fetch_x(w)
+                plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n0, BN), pl.ds(0, kr)], bs2, bar2.at[1])
+                plgpu.barrier_wait(bar2.at[0])
+                plgpu.barrier_wait(bar2.at[1])
+                add_adapter(w, xs2, bs2, plain_direct)
 
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(base_s, R.base.at[pl.ds(b * BM, BM), pl.ds(n0, BN)])
             # the store of the step before has read its slot, which the pipeline refills after this step
             plgpu.wait_smem_to_gmem(1, wait_read_only=True)
 
-        @pl.when(jnp.logical_not(busy))
+        @pl.when(jnp.logical_not(prog.aligned & (count > 0)))
         def _():  # no store of this step: the slot of the step before is refilled once its store has read it
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
         put(i + S, ahead)
 
     def pipeline(xs2, bs2, bar2):
-        if cfg.prefetch:  # step 0's (ring entries 0 .. S-1 are in place)
-            prefetch(xs2, bs2, bar2, jnp.int32(0), 0)
         plgpu.emit_pipeline(
             functools.partial(step, xs2, bs2, bar2),
             grid=(steps,),
@@ -730,13 +682,11 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         )(R.x, R.b, R.base, R.meta)
 
     x_dt = jnp.dtype(cfg.x_dtype)
-    sets = 2 if cfg.prefetch else 1
     pl.run_scoped(
         pipeline,
-        (plgpu.SMEM((sets, BM, kr), op, transforms=C.tiled(op, kr)) if plain_direct
-         else plgpu.SMEM((sets, BM, kw), x_dt)),
-        plgpu.SMEM((sets, BN, kr), op, transforms=C.tiled(op, kr)),
-        plgpu.Barrier(num_barriers=2 * sets),
+        plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)) if plain_direct else plgpu.SMEM((BM, kw), x_dt),
+        plgpu.SMEM((BN, kr), op, transforms=C.tiled(op, kr)),
+        plgpu.Barrier(num_barriers=2),
     )
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -798,7 +748,7 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         grid=grid,
         grid_names=names,
         scratch=[
-            plgpu.SMEM((BM + 2 * cfg.num_lora + 3 * RING,), jnp.int32),
+            plgpu.SMEM((BM + 2 * cfg.num_lora + 2 * RING,), jnp.int32),
             *([] if cfg.ctas else [plgpu.SMEM((BM, BN), base.dtype)]),
             plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)),
             plgpu.Barrier(num_barriers=1 + rungs),

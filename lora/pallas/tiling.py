@@ -283,8 +283,6 @@ class ExpandConfig:
     #: fallback only
     gather: bool = False
     gather_tiles: int = 1  # column tiles a gathering CTA walks (its x rows gathered once)
-    #: persistent: a block's second adapter's B tile (and x window) fetched a step ahead (see expand_kernel)
-    prefetch: bool = False
 
     @property
     def nb(self) -> int:
@@ -397,13 +395,10 @@ class Tuning:
     #: the block shrink runs a block's extra K-loop units on the bucket's idle CTAs (None: where the
     #: accumulators are at most 128 wide)
     shrink_extra_units: bool | None = None
-    #: the persistent expand fetches a block's second adapter's tiles a step ahead (None: where they fit
-    #: in shared memory beside four tiles in flight)
-    expand_prefetch: bool | None = None
 
     def __post_init__(self):
         flags = ("expand_reduce_add", "expand_accumulate")
-        optional_flags = ("expand_persistent", "expand_gather", "shrink_extra_units", "expand_prefetch")
+        optional_flags = ("expand_persistent", "expand_gather", "shrink_extra_units")
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
@@ -509,7 +504,8 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
     # A block of three adapters runs its third on an idle CTA, not in a second K loop of its own (session 14
     # on the H200: two such blocks of 112 cost the rank-16 shrink 23.5 us against 18.9 without them; 20.8 with
     # the extra units); with accumulators 192 wide (rank-64 QKV) the kernel with that path was slower on both
-    # batches measured, which have no such block (prefill-8k 42.0 -> 48.1 us, mixed 42.5 -> 48.6; not explained).
+    # batches measured, which have no such block (prefill-8k 42.0 -> 48.1 us, mixed 42.5 -> 48.6; not explained;
+    # without it 42.2 / 42.7).
     extra_units = not split and (na <= EXTRA_UNITS_MAX_COLS if tuning.shrink_extra_units is None
                                  else tuning.shrink_extra_units)
     cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages,
@@ -529,7 +525,7 @@ def gather_cols(kw: int, x_itemsize: int) -> int:
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False, num_lora=0, gather=0, prefetch=False) -> int:
+                      stream_stages=0, accumulate=False, num_lora=0, gather=0) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it.
 
     Fixed: the row-slot vector, the operand-dtype x tile, the barriers, (x_shift) the shifted x
@@ -542,20 +538,19 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     (``stream_stages`` > 0) runs its pipeline over tiles first, whose stages each hold a base tile,
     one x window, a B tile and the row slots, with one more x window and B tile for the further
     adapters of a block; ``one_tile``'s work comes after it, in the same memory: the larger of the
-    two counts; with ``prefetch`` a second such x window and B tile (a block's second adapter's, fetched a
-    step ahead: two steps' in flight), and the ring's third table. The gathering decode kernel
+    two counts. The gathering decode kernel
     (``gather``: its column tiles per CTA) scopes its gathered x rows, row list, output tiles, B
     tiles and barriers beside that pipeline (the fallback for unaligned slices): the larger counts.
     """
     kw = kr + (shift_pad(kr) if x_shift else 0)
-    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 3 * RING * 4
+    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 2 * RING * 4
     fixed += BM * kr * x_itemsize if x_shift or gather else 0
     fixed += 3 * 4 * num_lora + (1024 if num_lora else 0)  # the slots' ranks and scalings, a tile's slot list
     base_tile = BM * block_n * base_itemsize
     per_stage = stack * BM * kw * x_itemsize + block_n * kr * op_itemsize
     per_tile = BM * block_n * base_itemsize + BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16
     # the persistent kernel's x window and B tile of a block's further adapters, and their barriers
-    extra = (1 + prefetch) * (BM * kw * x_itemsize + block_n * kr * op_itemsize + 2 * 16) if stream_stages else 0
+    extra = BM * kw * x_itemsize + block_n * kr * op_itemsize + 2 * 16 if stream_stages else 0
     # the accumulating tile's two operand-dtype x tiles (one per wgmma in flight)
     extra += 2 * BM * kr * op_itemsize if accumulate else 0
     pipeline = stages * per_stage
@@ -579,7 +574,7 @@ GATHER_TILES = 8
 GATHER_B_STAGES = 4
 #: Tiles in flight in the persistent expand's pipeline (fewer when they do not fit).
 STREAM_STAGES = 4
-#: Entries of the persistent expand's ring of its steps' block counts and first two slots (more than
+#: Entries of the persistent expand's ring of its steps' block counts and first slots (more than
 #: the most stream stages a Tuning may ask for).
 RING = 8
 
@@ -631,15 +626,8 @@ def expand_config(
         tiles = tuning.expand_gather_tiles or min(GATHER_TILES if wide else GATHER_TILES // 2, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
-    # The persistent kernel fetches a block's second adapter's tiles a step ahead where they fit beside four
-    # tiles in flight (else in the step that needs them, a round trip to L2 on its critical path: session 14
-    # on the H200, the rank-16 expand of 112 blocks, twenty of them two adapters', 58.3 us against 36.7
-    # with none).
-    prefetch = persistent if tuning.expand_prefetch is None else tuning.expand_prefetch and persistent
-
     def need():
-        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora, tiles,
-                                 prefetch)
+        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora, tiles)
 
     if persistent and tuning.expand_block_n is None and n >= 256:
         # A tile's fixed cost (metadata, masks, one wgmma, fences) is paid per tile: 256-wide tiles
@@ -653,9 +641,7 @@ def expand_config(
     # than one CTA per tile, session 5 call 1): wide ranks with stacked slices run one CTA per tile.
     min_stream = 2 if tuning.expand_persistent else 3
     while need() > SMEM_LIMIT:
-        if prefetch and tuning.expand_prefetch is None:
-            prefetch = False
-        elif tuning.expand_stream_stages is None and stream > min_stream:
+        if tuning.expand_stream_stages is None and stream > min_stream:
             stream -= 1
         elif tuning.expand_stages is None and stages > 1:
             stages -= 1
@@ -680,7 +666,7 @@ def expand_config(
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, accumulate=accumulate,
-        gather=gather, gather_tiles=max(tiles, 1), prefetch=prefetch and persistent,
+        gather=gather, gather_tiles=max(tiles, 1),
     )
 
 

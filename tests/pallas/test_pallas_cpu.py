@@ -404,13 +404,11 @@ def test_prefill_plans_take_the_shared_memory_that_is_free():
         cfg = T.expand_config(8192, n, stack * r, r, 8, stack, "bfloat16", "bfloat16", "bfloat16", tail=True,
                               x_shift=stack > 1)
         assert (cfg.ctas, cfg.stream_stages, cfg.block_n) == (T.PERSISTENT_CTAS, 4, bn), (r, stack, cfg)
-        # the second adapter's tiles a step ahead where they fit beside the four tiles in flight
-        assert cfg.prefetch == (r == 16 or stack == 1), (r, stack, cfg)
 
 
-def test_mixed_batch_knobs_follow_the_heuristic_unless_asked():
-    """The block shrink's extra units: for outputs up to 128 columns (not the split variant); the
-    persistent expand's prefetch: where it fits. A Tuning turns either on or off."""
+def test_block_shrink_extra_units_follow_the_heuristic_unless_asked():
+    """The block shrink's extra units: for outputs up to 128 columns, not the split variant; a Tuning
+    turns them on or off."""
     def shrink(na, bpad=8192, **kw):
         return T.shrink_config(bpad, 4096, na, 8, na // 64 or 1, "bfloat16", tail=True, out_dtype="bfloat16",
                                tuning=T.Tuning(**kw))
@@ -418,15 +416,6 @@ def test_mixed_batch_knobs_follow_the_heuristic_unless_asked():
     assert shrink(16).extra_units and shrink(128).extra_units and not shrink(192).extra_units
     assert not shrink(16, bpad=128).extra_units  # decode-sized: the split variant
     assert shrink(192, shrink_extra_units=True).extra_units and not shrink(16, shrink_extra_units=False).extra_units
-
-    def expand(r, stack, **kw):
-        return T.expand_config(8192, 6144, stack * r, r, 8, stack, "bfloat16", "bfloat16", "bfloat16", tail=True,
-                               x_shift=stack > 1, tuning=T.Tuning(**kw))
-
-    assert expand(16, 3).prefetch and not expand(16, 3, expand_prefetch=False).prefetch
-    assert not expand(16, 3, expand_persistent=False).prefetch  # one CTA per tile: no pipeline over tiles
-    big = expand(64, 3, expand_prefetch=True)  # asked for where it does not fit: fewer tiles in flight
-    assert big.prefetch and big.stream_stages == 3
 
 
 def test_token_buckets():
