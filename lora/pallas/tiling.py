@@ -42,9 +42,10 @@ the buffer holds (one buffer, sized once for the largest batch, serves every tok
 
 *Extra units* (the block shrink): a block whose rows hold more adapters than one K loop serves (u:
 one or two) has its adapters cut into units of u, in list order; every unit after its first is an
-extra unit, numbered over the groups in order. A CTA of a block with no rows (the bucket's blocks
-past ``s``) runs the extra unit of its index past the last block with rows, so that a block where
-three segments meet costs one K loop, not two (see :mod:`lora.pallas.shrink_kernel`).
+extra unit, numbered over the groups in order. With ``ShrinkConfig.extra_units`` (outputs up to 128
+columns) a CTA of a block with no rows (the bucket's blocks past ``s``) runs the extra unit of its index
+past the last block with rows, so that a block where three segments meet costs one K loop, not two (see
+:mod:`lora.pallas.shrink_kernel`).
 
 The chunk table groups the rows of the first ``SPLIT_MAX_BLOCKS * 64`` by adapter: each slot's rows
 (ascending), cut into chunks of at most 64, the slots in ascending order; ``MetaLayout.chunks``
