@@ -26,6 +26,9 @@ TUNINGS = {
     "blk32": dict(split_max_blocks=0, shrink_ksplit=32),
     "blk8": dict(split_max_blocks=0, shrink_ksplit=8),
     "bk128": dict(shrink_block_k=128),
+    # the block shrink's extra units (session 14) at every width / at none
+    "xu": dict(shrink_extra_units=True),
+    "noxu": dict(shrink_extra_units=False),
     "st2": dict(shrink_stages=2),
     "st4": dict(shrink_stages=4),
     # prefill (persistent) expand knobs
