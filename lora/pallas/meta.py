@@ -71,7 +71,7 @@ def _extra_units(xp, count, unit: int, groups: int):
     first = ends - extra
     j = xp.arange(groups)
     owner = xp.minimum(xp.searchsorted(ends, j), groups - 1)  # the groups whose units all come before j
-    valid = j < xp.take(ends, xp.full((groups,), groups - 1))
+    valid = j < ends[groups - 1]  # (the total)
     adapter = unit * (1 + j - xp.take(first, owner))
     col = lambda v: xp.reshape(v, (groups, 1))  # noqa: E731
     return xp.concat([col(first), col(xp.where(valid, owner, -1)), col(xp.where(valid, adapter, 0))], 1)

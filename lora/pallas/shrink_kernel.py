@@ -170,14 +170,18 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
             prods = [(w, functools.partial(merge, w)) for w in ws]
             _matmul_into(cfg, x_ref, x_tail_ref, a_ref, g, prods, c, box_tail, ks * nk_split, nk_split)
 
-        def run_unit(g, box_tail, count, first):
-            """Adapters first .. first+unit-1 of block g's list (those below its count)."""
-            slot = functools.partial(C.block_slot, meta_ref, lay, g)
+        def run_unit(g, box_tail, slot, total, first):
+            """Over block g's box: adapters slot(first) .. slot(first + unit - 1), those below ``total``."""
             if unit == 1:
                 products(g, box_tail, [slot(first)])
                 return
-            pl.when(first + 1 < count)(lambda: products(g, box_tail, [slot(first), slot(first + 1)]))
-            pl.when(first + 1 >= count)(lambda: products(g, box_tail, [slot(first)]))
+            pl.when(first + 1 < total)(lambda: products(g, box_tail, [slot(first), slot(first + 1)]))
+            pl.when(first + 1 >= total)(lambda: products(g, box_tail, [slot(first)]))
+
+        def slot_range(g, count, first, n):
+            """The slot ids of adapters first .. first+n-1 of block g's list (ascending ids): (lowest, highest)."""
+            return (C.block_slot(meta_ref, lay, g, first),
+                    C.block_slot(meta_ref, lay, g, jnp.minimum(first + n, count) - 1))
 
         def store_box(g, box_row):
             def store(src):
@@ -248,15 +252,7 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                     before = C.block_slot(meta_ref, lay, prev, jnp.maximum(i - count, 0))
                     return jnp.where(i < count, own, before)
 
-                @pl.loop(0, lax.div(total + unit - 1, unit))
-                def _(p):
-                    i = p * unit
-                    if unit == 1:
-                        products(b, is_tail, [slot(i)])
-                        return
-                    pl.when(i + 1 < total)(lambda: products(b, is_tail, [slot(i), slot(i + 1)]))
-                    pl.when(i + 1 >= total)(lambda: products(b, is_tail, [slot(i)]))
-
+                pl.loop(0, lax.div(total + unit - 1, unit))(lambda p: run_unit(b, is_tail, slot, total, p * unit))
                 store_box(b, rx)
 
             if not cfg.extra_units:
@@ -274,12 +270,13 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
 
             @pl.when(away > 0)
             def _():  # unit 0 and units past ``away``; then the rows of every adapter but those of units 1..away
+                own_slot = functools.partial(C.block_slot, meta_ref, lay, b)
+
                 @pl.loop(0, units)
                 def _(u):
-                    pl.when((u == 0) | (u > away))(lambda: run_unit(b, is_tail, count, u * unit))
+                    pl.when((u == 0) | (u > away))(lambda: run_unit(b, is_tail, own_slot, count, u * unit))
 
-                lo = C.block_slot(meta_ref, lay, b, unit)  # the slots of units 1..away (ascending ids)
-                hi = C.block_slot(meta_ref, lay, b, jnp.minimum((away + 1) * unit, count) - 1)
+                lo, hi = slot_range(b, count, unit, away * unit)  # the slots of units 1..away
 
                 def keep_row(row, w):
                     own = (row >= row_lo) & (row < s)
@@ -303,9 +300,8 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                 _, g_lo, g_rx, g_tail = _box(nrows_ref, g, cfg)
                 C.load_box_slots(meta_ref, lay, g_rx, rs_smem, bar.at[0])
                 o_smem[...] = C.wgmma_zeros(BM, cw)
-                run_unit(g, g_tail, count, first)
-                lo = C.block_slot(meta_ref, lay, g, first)
-                hi = C.block_slot(meta_ref, lay, g, jnp.minimum(first + unit, count) - 1)
+                run_unit(g, g_tail, functools.partial(C.block_slot, meta_ref, lay, g), count, first)
+                lo, hi = slot_range(g, count, first, unit)
                 store_rows(g, g_rx, lambda row, w: (row >= g_lo) & (row < s) & (w >= lo) & (w <= hi))
 
     args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
