@@ -416,6 +416,8 @@ def test_block_shrink_extra_units_follow_the_heuristic_unless_asked():
     assert shrink(16).extra_units and shrink(128).extra_units and not shrink(192).extra_units
     assert not shrink(16, bpad=128).extra_units  # decode-sized: the split variant
     assert shrink(192, shrink_extra_units=True).extra_units and not shrink(16, shrink_extra_units=False).extra_units
+    with pytest.raises(ValueError, match="shrink_extra_units=1 must be a bool or None"):
+        T.Tuning(shrink_extra_units=1)
 
 
 def test_token_buckets():
