@@ -27,13 +27,13 @@ from plan_probe import check_call, parse_plan  # noqa: E402  (benchmarks/: the s
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("case")
+    p.add_argument("case", help="a compare case name, or a --shape spec (key=value,...) as compare takes")
     p.add_argument("op")
     p.add_argument("--backend", default="triton")
     p.add_argument("--plan", action="append", default=[], help="a tiling plan expression, e.g. ExpandPlan(...)")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
-    case = CS.select_cases([args.case])[0]
+    case = CS.parse_shape_spec(args.case) if "=" in args.case else CS.select_cases([args.case])[0]
     comp = case.composition(0)
     op = CS.OPS[args.op].resolve(case.shape)
     plans = [parse_plan(src) for src in args.plan]

@@ -1,0 +1,109 @@
+"""Issue 17 (decode): what the simplest kernels cost inside a CUDA graph, against the issue's decode bound.
+
+The issue asks each decode op's device time inside a graph (``cuda-graph-batched``: one call among many
+in one graph) to be at most ``2 us + min bytes / (0.8 x copy bandwidth)``. This script times, the same
+way and with the same input rotation as ``python -m lora compare``, kernels that do less than any LoRA
+op can:
+
+* ``empty``: one program that does nothing (the graph's per-kernel floor);
+* ``read``: ``P`` programs that each sum a contiguous piece of a buffer of ``B`` bytes (one streaming
+  pass, no dependent load) and store one float;
+* ``read+ticket``: the same, then the split-K finish a deterministic decode shrink needs: each program
+  stores its partial, takes a ticket from a counter, and the last one reads every partial back and
+  stores their sum (two dependent round trips after the stream).
+
+    PYTHONPATH=. python benchmarks/launch_floor.py --json $OUT/launch_floor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+from lora.compare import timing as TM
+
+
+@triton.jit
+def _empty(out_ptr):
+    pass
+
+
+@triton.jit
+def _read(src, out, n_per, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for i in range(0, n_per, BLOCK):
+        offs = pid * n_per + i + tl.arange(0, BLOCK)
+        acc += tl.load(src + offs).to(tl.float32)
+    tl.store(out + pid, tl.sum(acc, 0))
+
+
+@triton.jit
+def _read_ticket(src, parts, cnt, out, n_per, P: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for i in range(0, n_per, BLOCK):
+        offs = pid * n_per + i + tl.arange(0, BLOCK)
+        acc += tl.load(src + offs).to(tl.float32)
+    tl.store(parts + pid, tl.sum(acc, 0))
+    ticket = tl.atomic_add(cnt, 1, sem="acq_rel")
+    if ticket == P - 1:
+        total = tl.sum(tl.load(parts + tl.arange(0, P), volatile=True), 0)
+        tl.store(out, total)
+        tl.store(cnt, 0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    dev = torch.device("cuda")
+    budget = TM.Budget(warmup_ms=20, rep_ms=200, min_reps=20, max_reps=400)
+    copy = TM.copy_bandwidth(dev)["gbps"]
+    rows = []
+
+    def run(name, nbytes, make):
+        sets = TM.rotation_sets(max(nbytes, 1), dev)
+        fns = [make() for _ in range(sets)]
+        _, batched = TM.time_cuda_graph(fns, dev, budget)
+        bound = 2.0 + nbytes / (0.8 * copy * 1e3)
+        rows.append(dict(kernel=name, bytes=nbytes, us=batched.median_us, bound_us=bound))
+        print(f"{name:28s} {nbytes / 1e6:6.2f} MB  {batched.median_us:6.2f} us  (issue 17 bound {bound:5.2f} us)",
+              flush=True)
+
+    def empty():
+        o = torch.zeros(1, device=dev)
+        return lambda: _empty[(1,)](o)
+
+    run("empty", 0, empty)
+    for mb in (0.5, 1.5, 3.0):
+        for progs in (64, 128):
+            n = int(mb * 1e6 / 2) // (progs * 1024) * (progs * 1024)
+
+            def read(n=n, progs=progs):
+                src = torch.randn(n, device=dev, dtype=torch.bfloat16)
+                o = torch.empty(progs, device=dev)
+                return lambda: _read[(progs,)](src, o, n // progs, BLOCK=1024)
+
+            def ticket(n=n, progs=progs):
+                src = torch.randn(n, device=dev, dtype=torch.bfloat16)
+                parts = torch.empty(progs, device=dev)
+                cnt = torch.zeros(1, device=dev, dtype=torch.int32)
+                o = torch.empty(1, device=dev)
+                return lambda: _read_ticket[(progs,)](src, parts, cnt, o, n // progs, P=progs, BLOCK=1024)
+
+            run(f"read x{progs}", n * 2, read)
+            run(f"read+ticket x{progs}", n * 2, ticket)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(dev), copy_gbps=copy, rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
