@@ -45,10 +45,12 @@ def model_meta(lens, slots, ranks, groups):
     meta = model_chunks(row_slot, lay)
     present = [sorted(set(v for v in row_slot[g * BM : (g + 1) * BM] if v >= 0)) for g in range(groups)]
     units = {u: model_extra_units([len(p) for p in present], u) for u in T.UNIT_SIZES}
+    unit_slots = model_unit_slots(present)
     for g in range(groups):
         rec = [len(present[g])] + present[g] + sorted(set(range(L)) - set(present[g]))
         for u in T.UNIT_SIZES:
             rec += units[u][g]
+        rec += unit_slots[g]
         rec += [0] * (lay.head - len(rec))
         for k in range(T.SHIFTS):
             rec += row_slot[g * BM + k : g * BM + k + T.BOX_SPAN]
@@ -65,6 +67,16 @@ def model_extra_units(counts, unit):
     owners = [(g, unit * (1 + i)) for g in range(len(counts)) for i in range(extra[g])]
     owners += [(-1, 0)] * len(counts)
     return [[first[g], *owners[g]] for g in range(len(counts))]
+
+
+def model_unit_slots(present):
+    """Per extra unit number g of one adapter: its slot and the number after its group's last extra
+    unit ((0, 0): none)."""
+    out, end = [], 0
+    for p in present:
+        end += max(len(p) - 1, 0)
+        out += [[w, end] for w in p[1:]]
+    return (out + [[0, 0]] * len(present))[: len(present)]
 
 
 def model_chunks(row_slot, lay):

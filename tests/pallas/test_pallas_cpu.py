@@ -134,6 +134,22 @@ def test_persistent_expand_walks_many_tiles_per_cta_interpret(op, rng, interpret
     assert check.ok, f"{op} {comp}: {check.detail}"
 
 
+@pytest.mark.parametrize("op", ["expand", "gate_up"])
+def test_persistent_expand_further_adapters_past_the_table_interpret(op, rng, interpret, two_ctas):
+    """Blocks of four adapters (one-token segments cycling over four slots) in a bucket of 8 blocks:
+    the metadata lists the extra units numbered < 8 only. Blocks 1 and 2 (units 0-5) run their
+    further adapters in the second pipeline; block 3's units (6-8) straddle the end, so it runs them
+    all in its pipeline step, as do blocks 4-6; block 0 has one adapter, block 7 is partial."""
+    lens = [64] + [1] * 384 + [20]
+    slots = [0] + [k % 4 for k in range(384)] + [2]
+    comp = C.Composition(lens, slots, [16, 8, 16, 12], [0.5, 1.0, 2.0, 1.5], 16, sum(lens))
+    assert T.padded_tokens(comp.tokens) == 512
+    tuning = T.Tuning(expand_block_n=64) if op == "gate_up" else None
+    out, ref = run_op(op, comp, rng, "bfloat16", tuning)
+    check = C.compare(f64(out), ref, "bfloat16")
+    assert check.ok, f"{op}: {check.detail}"
+
+
 @pytest.mark.parametrize("op", ["shrink1", "shrink3"])
 def test_block_shrink_with_five_adapters_in_a_block_interpret(op, rng, interpret):
     """Five short segments of five adapters meet in the first block: the block shrink serves them two
@@ -465,6 +481,10 @@ def test_meta_extra_units():
         owners = [(g, unit * (1 + i)) for g in range(8) for i in range(extra[g])]
         table = [(int(meta[lay.extra(j, unit) + 1]), int(meta[lay.extra(j, unit) + 2])) for j in range(8)]
         assert table == (owners + [(-1, 0)] * 8)[:8], (unit, table)
+    # the one-adapter units' slots (the persistent expand's further adapters) and their group's end:
+    # group 0 holds slots 0-4 (units 0-3), group 4 slots 0 and 1 (unit 4), group 5 slots 1-4 (units 5-7)
+    slots = [(int(meta[lay.unit_slot(j)]), int(meta[lay.unit_slot(j) + 1])) for j in range(8)]
+    assert slots == [(1, 4), (2, 4), (3, 4), (4, 4), (1, 5), (2, 8), (3, 8), (4, 8)], slots
 
 
 def test_expand_with_max_r_zero_returns_base(rng, interpret):
