@@ -376,12 +376,12 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     del out_ref  # aliased with base_ref
     # One int32 scratch (each scratch takes a multiple of 1 KB): a box's row slots, two tables, and
     # the persistent kernel's ring of its steps' block counts, first slots and (its further
-    # adapters' steps) blocks.
+    # adapters' steps) blocks and row runs.
     L = cfg.num_lora
-    rs_smem, ranks_s, slots_s, ring_count, ring_slot, ring_block = (
+    rs_smem, ranks_s, slots_s, ring_count, ring_slot, ring_block, ring_run = (
         table.at[pl.ds(off, n)]
         for off, n in ((0, BM), (BM, L), (BM + L, L), (BM + 2 * L, RING), (BM + 2 * L + RING, RING),
-                       (BM + 2 * L + 2 * RING, RING)))
+                       (BM + 2 * L + 2 * RING, RING), (BM + 2 * L + 3 * RING, RING)))
 
     def load_tables():
         C.copy_scalars(ranks_ref, 0, ranks_s, L)
@@ -390,7 +390,7 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_s, scal=scal_s, slots=slots_s,
                            offs=offs_ref, x=x_ref, x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem,
                            base_smem=base_smem, xop=xop, bars=bars, xsh=xsh, load_tables=load_tables,
-                           ring_count=ring_count, ring_slot=ring_slot, ring_block=ring_block,
+                           ring_count=ring_count, ring_slot=ring_slot, ring_block=ring_block, ring_run=ring_run,
                            ranks_gmem=ranks_ref, scal_gmem=scal_ref)
 
 
@@ -752,29 +752,34 @@ def _further_adapters(cfg: ExpandConfig, R: SimpleNamespace, prog, item_lo, item
     pipeline added (and stored).
 
     A step is one adapter of one tile: its x window, B tile and the box's row slots come through the
-    pipeline, ``cfg.stream_stages`` steps ahead (the unit's block and slot from a ring, as in the
-    first pipeline), and its product, scaled, is added to its adapter's rows of base only, by one TMA
-    reduce-add per row from a staging tile: no base load. Each element gets one addend (a row has
-    one slot), so the result does not depend on the order; the update is rounded to the base dtype,
-    then added (two roundings, as the gathering decode kernel). Interpret mode (no TMA reductions)
-    loads the box's base rows and stores base + update instead (one rounding)."""
+    pipeline, ``cfg.stream_stages`` steps ahead (the unit's block, slot and row run from a ring, as
+    in the first pipeline), and its product, scaled, is added to its adapter's rows of base only, by
+    TMA reduce-adds from a staging tile: no base load. The rows are the run the metadata gives (a
+    segment's rows are contiguous: at most seven power-of-two boxes), or one row at a time where
+    other rows lie between. Each element gets one addend (a row has one slot), so the result does
+    not depend on the order; the update is rounded to the base dtype, then added (two roundings, as
+    the gathering decode kernel). Interpret mode (no TMA reductions) loads the box's base rows and
+    stores base + update instead (one rounding)."""
     lay = MetaLayout(cfg.num_lora)
     BN, kw, nb, S, L = cfg.block_n, cfg.kw, cfg.nb, cfg.stream_stages, cfg.num_lora
     base_dt = jnp.dtype(cfg.base_dtype)
     reduce = not C.interpret_mode_active()
     Ud = jnp.maximum(U, 1)
 
+    RUN = 128  # a row run (first, after last + 1) packed in one entry: (after last + 1) * RUN + first
+
     def unit_info(i):
-        """(runs, slot, block) of step i: its unit's entries (any valid ids when it has none)."""
+        """(runs, slot, block, row run) of step i: its unit's entries (any valid ids when it has none)."""
         item = item_lo + i
         u = lax.rem(item, Ud)
-        owner, slot, end = R.meta[lay.extra(u, 1) + 1], R.meta[lay.unit_slot(u)], R.meta[lay.unit_slot(u) + 1]
+        e = lay.unit_slot(u)
+        owner, slot, end, lo, hi = R.meta[lay.extra(u, 1) + 1], R.meta[e], R.meta[e + 1], R.meta[e + 2], R.meta[e + 3]
         runs = (item < item_hi) & (owner >= 0) & (end <= nb)  # (its block's units all readable here)
-        return jnp.where(runs, 1, 0), jnp.clip(slot, 0, L - 1), jnp.clip(owner, 0, nb - 1)
+        return jnp.where(runs, 1, 0), jnp.clip(slot, 0, L - 1), jnp.clip(owner, 0, nb - 1), (hi + 1) * RUN + lo
 
     def put(j, info):
         k = lax.rem(j, RING)
-        R.ring_count[k], R.ring_slot[k], R.ring_block[k] = info
+        R.ring_count[k], R.ring_slot[k], R.ring_block[k], R.ring_run[k] = info
 
     def ring(i):
         k = lax.rem(i, RING)
@@ -825,12 +830,19 @@ def _further_adapters(cfg: ExpandConfig, R: SimpleNamespace, prog, item_lo, item
             prog.product_into(xs, bs, r, prog.slice_of(n0), merge)
             plgpu.commit_smem()
 
-            @pl.loop(0, BM)
-            def _(k):
-                @pl.when(rs_s[k] == w)
-                def _():
-                    plgpu.copy_smem_to_gmem(out.at[pl.ds(k, 1)], R.base.at[pl.ds(b * BM + k, 1), pl.ds(n0, BN)],
-                                            commit_group=False, reduction_op="add" if reduce else None)
+            def add_rows(off, size, _k=None):
+                plgpu.copy_smem_to_gmem(out.at[pl.ds(off, size)], R.base.at[pl.ds(b * BM + off, size), pl.ds(n0, BN)],
+                                        commit_group=False, reduction_op="add" if reduce else None)
+
+            run = R.ring_run[lax.rem(i, RING)]
+            lo, hi = lax.rem(run, RUN), lax.div(run, RUN) - 1
+            pl.when(hi >= 0)(lambda: C.ladder(hi - lo, lambda off, size, _k: add_rows(lo + off, size)))
+
+            @pl.when(hi < 0)
+            def _():  # other rows between the adapter's: one row at a time
+                @pl.loop(0, BM)
+                def _(k):
+                    pl.when(rs_s[k] == w)(lambda: add_rows(k, 1))
 
         plgpu.commit_smem_to_gmem_group()  # one group a step (maybe empty): the wait above counts steps
         put(i + S, ahead)
@@ -884,7 +896,7 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         grid=grid,
         grid_names=names,
         scratch=[
-            plgpu.SMEM((BM + 2 * cfg.num_lora + 3 * RING,), jnp.int32),
+            plgpu.SMEM((BM + 2 * cfg.num_lora + 4 * RING,), jnp.int32),
             *([] if cfg.ctas else [plgpu.SMEM((BM, BN), base.dtype)]),
             plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)),
             plgpu.Barrier(num_barriers=1 + rungs),

@@ -56,8 +56,8 @@ def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int,
     if num_lora:
         order = order % num_lora
     units = [_extra_units(xp, count, u, groups) for u in UNIT_SIZES]
-    slots = _unit_slots(xp, count, order, groups, num_lora)
-    pad = xp.full((groups, lay.head - 1 - num_lora - 3 * len(UNIT_SIZES) - 2), 0)
+    slots = _unit_slots(xp, own == ids, count, order, groups, num_lora)
+    pad = xp.full((groups, lay.head - 1 - num_lora - 3 * len(UNIT_SIZES) - 4), 0)
     record = xp.concat([xp.reshape(count, (groups, 1)), order, *[v for _, v in units], slots, pad, shifted], 1)
     chunks = _chunk_table(xp, row_slot[:GATHER_ROWS], lay)
     return xp.concat([xp.reshape(chunks, (lay.start,)), xp.reshape(record, (groups * lay.record,))], 0)
@@ -84,15 +84,25 @@ def _extra_units(xp, count, unit: int, groups: int):
     return (owner, adapter, valid, ends), xp.concat(entries, 1)
 
 
-def _unit_slots(xp, count, order, groups: int, num_lora: int):
-    """(groups, 2): per extra unit number g of one adapter, its adapter's slot and the number after
-    its group's last extra unit (0, 0: there are fewer; layout in :mod:`.tiling`)."""
+def _unit_slots(xp, mine, count, order, groups: int, num_lora: int):
+    """(groups, 4): per extra unit number g of one adapter, its adapter's slot, the number after its
+    group's last extra unit, and the run of the group's rows holding the adapter's (first, after
+    last; the latter -1 when other rows lie between); zeros when there are fewer (layout in
+    :mod:`.tiling`). ``mine``: (groups, 64, num_lora), row r of group g has slot w."""
     if num_lora == 0:
-        return xp.full((groups, 2), 0)
+        return xp.full((groups, 4), 0)
     (owner, adapter, valid, ends), _ = _extra_units(xp, count, 1, groups)
-    slot = xp.take(xp.reshape(order, (groups * num_lora,)), owner * num_lora + xp.minimum(adapter, num_lora - 1))
-    return xp.concat([_col(xp, xp.where(valid, slot, 0), groups),
-                      _col(xp, xp.where(valid, xp.take(ends, owner), 0), groups)], 1)
+    at = owner * num_lora + xp.minimum(adapter, num_lora - 1)  # (group, adapter index) of each unit
+    slot = xp.take(xp.reshape(order, (groups * num_lora,)), at)
+    r = xp.reshape(xp.arange(BM), (1, BM, 1))
+    lo = xp.reshape(xp.sort(xp.where(mine, r, BM), 1)[:, 0, :], (groups * num_lora,))
+    hi = xp.reshape(xp.sort(xp.where(mine, r + 1, 0), 1)[:, BM - 1, :], (groups * num_lora,))
+    rows = xp.reshape(xp.sum(mine, 1), (groups * num_lora,))
+    at = owner * num_lora + slot
+    lo, hi = xp.take(lo, at), xp.take(hi, at)
+    hi = xp.where(hi - lo == xp.take(rows, at), hi, -1)
+    cols = [slot, xp.take(ends, owner), lo, hi]
+    return xp.concat([_col(xp, xp.where(valid, v, 0), groups) for v in cols], 1)
 
 
 def _chunk_table(xp, row_slot, lay: MetaLayout):

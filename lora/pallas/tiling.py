@@ -134,8 +134,8 @@ class MetaLayout:
     @property
     def head(self) -> int:
         """Entries before a group's row slots: the count, the slot list, the extra units' entries
-        (three per unit size) and the two of :meth:`unit_slot`, padded to 16."""
-        return round_up(1 + self.num_lora + 3 * len(UNIT_SIZES) + 2, 16)
+        (three per unit size) and the four of :meth:`unit_slot`, padded to 16."""
+        return round_up(1 + self.num_lora + 3 * len(UNIT_SIZES) + 4, 16)
 
     def extra(self, g, unit: int):
         """Offset of group g's three extra-unit entries for units of ``unit`` adapters: its first
@@ -143,9 +143,11 @@ class MetaLayout:
         return self.group(g) + 1 + self.num_lora + 3 * UNIT_SIZES.index(unit)
 
     def unit_slot(self, g):
-        """Offset of two entries of extra unit number g of one adapter (numbered as by
-        ``extra(., 1)``): its adapter's slot, then the number after its group's last extra unit
-        (0, 0: there are fewer). The persistent expand runs these units apart (see expand_kernel)."""
+        """Offset of four entries of extra unit number g of one adapter (numbered as by
+        ``extra(., 1)``): its adapter's slot, the number after its group's last extra unit, and the
+        run of the group's rows that holds the adapter's: its first row and the row after its last
+        (within the group, 0..64), the latter -1 when other rows lie between (0, 0, 0, 0: there are
+        fewer units). The persistent expand runs these units apart (see expand_kernel)."""
         return self.group(g) + 1 + self.num_lora + 3 * len(UNIT_SIZES)
 
     @property
@@ -538,7 +540,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     Fixed: the row-slot vector, the operand-dtype x tile, the barriers, (x_shift) the shifted x
     tile, three ``num_lora``-entry tables (the scalings' in a scratch of their own: Mosaic rounds
     each scratch allocation up to 1 KB, counted here for that one only) and the persistent kernel's
-    ring (``RING`` entries, three tables). One tile's work (``one_tile``) takes a base tile and a
+    ring (``RING`` entries, four tables). One tile's work (``one_tile``) takes a base tile and a
     pipeline over a block's adapters, per stage: the x windows and the B tile. Both paths of that
     pipeline (one window for slice-aligned column tiles, ``stack`` windows otherwise) are scoped
     separately, so the larger, the general one, is what counts. The persistent kernel
@@ -550,7 +552,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     tiles and barriers beside that pipeline (the fallback for unaligned slices): the larger counts.
     """
     kw = kr + (shift_pad(kr) if x_shift else 0)
-    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 3 * RING * 4
+    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 4 * RING * 4
     fixed += BM * kr * x_itemsize if x_shift or gather else 0
     fixed += 3 * 4 * num_lora + (1024 if num_lora else 0)  # the slots' ranks and scalings, a tile's slot list
     base_tile = BM * block_n * base_itemsize

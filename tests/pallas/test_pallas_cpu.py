@@ -483,8 +483,11 @@ def test_meta_extra_units():
         assert table == (owners + [(-1, 0)] * 8)[:8], (unit, table)
     # the one-adapter units' slots (the persistent expand's further adapters) and their group's end:
     # group 0 holds slots 0-4 (units 0-3), group 4 slots 0 and 1 (unit 4), group 5 slots 1-4 (units 5-7)
-    slots = [(int(meta[lay.unit_slot(j)]), int(meta[lay.unit_slot(j) + 1])) for j in range(8)]
-    assert slots == [(1, 4), (2, 4), (3, 4), (4, 4), (1, 5), (2, 8), (3, 8), (4, 8)], slots
+    slots = [tuple(int(v) for v in meta[lay.unit_slot(j) : lay.unit_slot(j) + 4]) for j in range(8)]
+    # (slot, end, first row, row after the last) with the runs: group 0 rows 10-21 (slot 1), 22-41,
+    # 42-50, 51-55; group 4 rows 50-63 (306-319); group 5 rows 6-25 (326-345), 26-49, 50-63
+    assert slots == [(1, 4, 10, 22), (2, 4, 22, 42), (3, 4, 42, 51), (4, 4, 51, 56), (1, 5, 50, 64),
+                     (2, 8, 6, 26), (3, 8, 26, 50), (4, 8, 50, 64)], slots
 
 
 def test_expand_with_max_r_zero_returns_base(rng, interpret):
