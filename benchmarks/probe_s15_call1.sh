@@ -15,14 +15,14 @@ trap pack EXIT
 ls .pallas-cache | wc -l > $R/cache_entries.txt
 L64() { printf '64%.0s+' $(seq 1 $1); }
 M1="r=16,name=m1,segs=lens:$(L64 111)64"; M20="r=16,name=m20,segs=lens:$(L64 90)$(printf '20+44+%.0s' $(seq 1 21))20+44"
-ab() {  # tree, tag, backends
+ab() {  # tree, tag, backends, time limit, ranks of the cases
     (cd $1 && PYTHONPATH=. timeout $4 python3 -m lora compare --quick --backends $3 --no-progress --json $R/$2.json \
         --ops expand,expand_qkv,expand_gate_up,qkv,gate_up --shape "$M1" --shape "$M20" \
-        --case 'llama3-8b-r*-prefill-8k' --case 'llama3-8b-r*-mixed' > $R/$2.txt 2>&1)
+        --case "llama3-8b-$5-prefill-8k" --case "llama3-8b-$5-mixed" > $R/$2.txt 2>&1)
 }
-ab .ab/old old pallas 130
-ab .ab/perrow perrow pallas 130
-ab . new pallas,triton 150
+ab .ab/old old pallas 110 r16  # (rank 64: session 14's call 5 has these kernels' figures)
+ab .ab/perrow perrow pallas 110 r16
+ab . new pallas,triton 170 'r*'
 PYTHONPATH=. timeout 130 python3 -m pytest tests/gpu/test_contract_gpu.py tests/gpu/test_pallas_gpu.py \
     tests/gpu/test_graph_safety.py tests/gpu/test_graphs.py -q -n 12 -rfE --tb=short -p no:cacheprovider \
     -k "pallas and not test_real_shapes" > $R/gpu_tests.txt 2>&1
