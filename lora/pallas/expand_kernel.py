@@ -31,11 +31,7 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
   ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
   one adapter: such a tile is one wgmma. A block that holds several adapters (a segment boundary)
-  adds its first in its step; the others run after the pipeline, on the same CTA, as the steps of
-  a second pipeline (one adapter of one tile each, its tiles in flight like the first's), each
-  adding its product to its adapter's rows of base by per-row TMA reduce-adds. (Where the
-  metadata's table of such adapters does not reach, e.g. decode-like rows in a prefill bucket, the
-  step fetches the others' x windows and B tiles itself, from L2, and adds them to the same slot.)
+  fetches the others' x windows and B tiles in its step (from L2) and adds them to the same slot.
   A step's block count and first slot come from a ring in shared memory, loaded ``stream_stages``
   steps ahead (no round trip to L2 on the steps' critical path). When a slice boundary is not a
   multiple of ``block_n`` the steps skip their tiles, and ``one_tile`` runs them after the pipeline,
@@ -375,13 +371,10 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     x_tail_ref, b_ref, base_ref, out_ref, table, base_smem, xop, bars, scal_s, xsh = rest
     del out_ref  # aliased with base_ref
     # One int32 scratch (each scratch takes a multiple of 1 KB): a box's row slots, two tables, and
-    # the persistent kernel's ring of its steps' block counts, first slots and (its further
-    # adapters' steps) blocks and row runs.
+    # the persistent kernel's ring of its steps' block counts and first slots.
     L = cfg.num_lora
-    rs_smem, ranks_s, slots_s, ring_count, ring_slot, ring_block, ring_run = (
-        table.at[pl.ds(off, n)]
-        for off, n in ((0, BM), (BM, L), (BM + L, L), (BM + 2 * L, RING), (BM + 2 * L + RING, RING),
-                       (BM + 2 * L + 2 * RING, RING), (BM + 2 * L + 3 * RING, RING)))
+    rs_smem, ranks_s, slots_s, ring_count, ring_slot = (
+        table.at[pl.ds(off, n)] for off, n in ((0, BM), (BM, L), (BM + L, L), (BM + 2 * L, RING), (BM + 2 * L + RING, RING)))
 
     def load_tables():
         C.copy_scalars(ranks_ref, 0, ranks_s, L)
@@ -390,7 +383,7 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_s, scal=scal_s, slots=slots_s,
                            offs=offs_ref, x=x_ref, x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem,
                            base_smem=base_smem, xop=xop, bars=bars, xsh=xsh, load_tables=load_tables,
-                           ring_count=ring_count, ring_slot=ring_slot, ring_block=ring_block, ring_run=ring_run,
+                           ring_count=ring_count, ring_slot=ring_slot,
                            ranks_gmem=ranks_ref, scal_gmem=scal_ref)
 
 
@@ -532,7 +525,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     """The persistent kernel: this CTA's tiles of the full row blocks as one pipeline, then its
     tiles of the partial last block (module docstring)."""
     lay = MetaLayout(cfg.num_lora)
-    BN, kr, kw, nsm, ntn, nb = cfg.block_n, cfg.kr, cfg.kw, cfg.ctas, cfg.ntn, cfg.nb
+    BN, kr, kw, nsm, ntn = cfg.block_n, cfg.kr, cfg.kw, cfg.ctas, cfg.ntn
     op = jnp.dtype(cfg.op_dtype)
     sm = lax.axis_index("sm")
     s = R.nrows[0]
@@ -550,25 +543,6 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     S = cfg.stream_stages
     assert S < RING, (S, RING)  # the ring holds the entries of steps i .. i + S at step i
 
-    # A block's further adapters (a segment boundary) are *extra units* of one adapter, numbered over
-    # the blocks in order (lay.extra(., 1)); the metadata lists unit u's slot in group u's record, so
-    # the units a kernel of nb blocks can read are those numbered < nb. A block all of whose extra
-    # units are among them adds only its first adapter in its pipeline step; its other adapters run
-    # after the pipeline, on the same CTA, as steps of a second pipeline (further_adapters).
-    def runs_apart(b, count):
-        return (count > 1) & (R.meta[lay.extra(b, 1)] + count - 1 <= nb)
-
-    # The second pipeline's steps: unit u of column tile n is item n * U + u (U: the units of the full
-    # blocks readable here), so this CTA's tiles, a run in column tile major order, have a run of items.
-    U = jnp.minimum(R.meta[lay.extra(jnp.maximum(nfull - 1, 0), 1)]
-                    + jnp.maximum(C.block_count(R.meta, lay, jnp.maximum(nfull - 1, 0)) - 1, 0), nb)
-
-    def unit_pos(t):
-        return lax.div(t, rows_of) * U + jnp.minimum(R.meta[lay.extra(lax.rem(t, rows_of), 1)], U)
-
-    item_lo, item_hi = unit_pos(first_tile), unit_pos(first_tile + steps)
-    items = jnp.where(prog.aligned & (nfull > 0), item_hi - item_lo, 0)
-
     def tile(i):
         t = first_tile + i
         return lax.rem(t, rows_of), lax.div(t, rows_of)
@@ -580,8 +554,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     # (their index maps read the ring). The first S entries are loaded before the pipeline.
     def block_info(j):
         b, _ = tile(j)
-        count = C.block_count(R.meta, lay, b)
-        return jnp.where(runs_apart(b, count), 1, count), C.block_slot(R.meta, lay, b, 0)
+        return C.block_count(R.meta, lay, b), C.block_slot(R.meta, lay, b, 0)
 
     def put(j, info):
         R.ring_count[lax.rem(j, RING)], R.ring_slot[lax.rem(j, RING)] = info
@@ -715,13 +688,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         plgpu.SMEM((BN, kr), op, transforms=C.tiled(op, kr)),
         plgpu.Barrier(num_barriers=2),
     )
-    # written, not only read: the further adapters' rows are added to these tiles next
-    plgpu.wait_smem_to_gmem(0)
-
-    @pl.when(items > 0)
-    def _():
-        pl.run_scoped(functools.partial(_further_adapters, cfg, R, prog, item_lo, item_hi, U),
-                      plgpu.SMEM((2, BM, BN), jnp.dtype(cfg.base_dtype)), plgpu.Barrier(num_barriers=1))
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     def tiles_one_by_one(base_smem):
         """one_tile's work, in the pipeline's shared memory (free by now): this CTA's tiles when a
@@ -744,121 +711,6 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
             prog.one_tile(nfull, rank + k * nsm)
 
     pl.run_scoped(tiles_one_by_one, plgpu.SMEM((BM, BN), jnp.dtype(cfg.base_dtype)))
-
-
-def _further_adapters(cfg: ExpandConfig, R: SimpleNamespace, prog, item_lo, item_hi, U, stage, bar):
-    """The persistent kernel's second pipeline: items item_lo .. item_hi - 1, the extra units of one
-    adapter (a block's adapters after its first) of this CTA's tiles, whose first adapters its first
-    pipeline added (and stored).
-
-    A step is one adapter of one tile: its x window, B tile and the box's row slots come through the
-    pipeline, ``cfg.stream_stages`` steps ahead (the unit's block, slot and row run from a ring, as
-    in the first pipeline), and its product, scaled, is added to its adapter's rows of base only, by
-    TMA reduce-adds from a staging tile: no base load. The rows are the run the metadata gives (a
-    segment's rows are contiguous: at most seven power-of-two boxes), or one row at a time where
-    other rows lie between. Each element gets one addend (a row has one slot), so the result does
-    not depend on the order; the update is rounded to the base dtype, then added (two roundings, as
-    the gathering decode kernel). Interpret mode (no TMA reductions) loads the box's base rows and
-    stores base + update instead (one rounding)."""
-    lay = MetaLayout(cfg.num_lora)
-    BN, kw, nb, S, L = cfg.block_n, cfg.kw, cfg.nb, cfg.stream_stages, cfg.num_lora
-    base_dt = jnp.dtype(cfg.base_dtype)
-    reduce = not C.interpret_mode_active()
-    Ud = jnp.maximum(U, 1)
-
-    RUN = 128  # a row run (first, after last + 1) packed in one entry: (after last + 1) * RUN + first
-
-    def unit_info(i):
-        """(runs, slot, block, row run) of step i: its unit's entries (any valid ids when it has none)."""
-        item = item_lo + i
-        u = lax.rem(item, Ud)
-        e = lay.unit_slot(u)
-        owner, slot, end, lo, hi = R.meta[lay.extra(u, 1) + 1], R.meta[e], R.meta[e + 1], R.meta[e + 2], R.meta[e + 3]
-        runs = (item < item_hi) & (owner >= 0) & (end <= nb)  # (its block's units all readable here)
-        return jnp.where(runs, 1, 0), jnp.clip(slot, 0, L - 1), jnp.clip(owner, 0, nb - 1), (hi + 1) * RUN + lo
-
-    def put(j, info):
-        k = lax.rem(j, RING)
-        R.ring_count[k], R.ring_slot[k], R.ring_block[k], R.ring_run[k] = info
-
-    def ring(i):
-        k = lax.rem(i, RING)
-        return R.ring_count[k] > 0, R.ring_slot[k], R.ring_block[k]
-
-    infos = [unit_info(jnp.int32(j)) for j in range(S)]  # (all loads in flight, then the stores)
-    for j, info in enumerate(infos):
-        put(jnp.int32(j), info)
-
-    def column_tile(i):
-        return lax.div(item_lo + i, Ud)
-
-    def x_index(i):
-        _, w, b = ring(i)
-        return (b * BM, prog.slice_start(prog.slice_of(column_tile(i) * BN), R.ranks[w]))
-
-    def b_index(i):
-        _, w, _ = ring(i)
-        return (w, column_tile(i), 0)
-
-    def rs_index(i):
-        _, _, b = ring(i)
-        return (lay.group(b) + lay.head,)
-
-    def step(idx, xs, bs, rs_s):
-        (i,) = idx
-        ahead = unit_info(i + S)  # stored at the end of the step
-        runs, w, b = ring(i)
-        out = stage.at[lax.rem(i, 2)]
-        plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # the row copies of two steps before have read out
-
-        @pl.when(runs)
-        def _():
-            n0 = column_tile(i) * BN
-            r, scale = R.ranks[w], R.scal[w]
-            if not reduce:
-                plgpu.copy_gmem_to_smem(R.base.at[pl.ds(b * BM, BM), pl.ds(n0, BN)], out, bar.at[0])
-                plgpu.barrier_wait(bar.at[0])
-            prog.mask_b(bs, r)
-
-            def merge(acc):
-                if reduce:
-                    out[...] = (acc * scale).astype(base_dt)
-                else:
-                    old = plgpu.load(out, layout=plgpu.Layout.WGMMA, optimized=False)
-                    out[...] = (old.astype(jnp.float32) + acc * scale).astype(base_dt)
-
-            prog.product_into(xs, bs, r, prog.slice_of(n0), merge)
-            plgpu.commit_smem()
-
-            def add_rows(off, size, _k=None):
-                plgpu.copy_smem_to_gmem(out.at[pl.ds(off, size)], R.base.at[pl.ds(b * BM + off, size), pl.ds(n0, BN)],
-                                        commit_group=False, reduction_op="add" if reduce else None)
-
-            run = R.ring_run[lax.rem(i, RING)]
-            lo, hi = lax.rem(run, RUN), lax.div(run, RUN) - 1
-            pl.when(hi >= 0)(lambda: C.ladder(hi - lo, lambda off, size, _k: add_rows(lo + off, size)))
-
-            @pl.when(hi < 0)
-            def _():  # other rows between the adapter's: one row at a time
-                @pl.loop(0, BM)
-                def _(k):
-                    pl.when(rs_s[k] == w)(lambda: add_rows(k, 1))
-
-        plgpu.commit_smem_to_gmem_group()  # one group a step (maybe empty): the wait above counts steps
-        put(i + S, ahead)
-
-    op = jnp.dtype(cfg.op_dtype)
-    plgpu.emit_pipeline(
-        step,
-        grid=(item_hi - item_lo,),
-        in_specs=[
-            plgpu.BlockSpec((pl.Element(BM), pl.Element(kw)), x_index),
-            plgpu.BlockSpec((None, BN, cfg.kr), b_index, transforms=C.tiled(op, cfg.kr)),
-            plgpu.BlockSpec((pl.Element(BM),), rs_index),
-        ],
-        max_concurrent_steps=S,
-    )(R.x, R.b, R.meta)
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
 def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: ExpandConfig):
@@ -896,7 +748,7 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         grid=grid,
         grid_names=names,
         scratch=[
-            plgpu.SMEM((BM + 2 * cfg.num_lora + 4 * RING,), jnp.int32),
+            plgpu.SMEM((BM + 2 * cfg.num_lora + 2 * RING,), jnp.int32),
             *([] if cfg.ctas else [plgpu.SMEM((BM, BN), base.dtype)]),
             plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)),
             plgpu.Barrier(num_barriers=1 + rungs),

@@ -56,22 +56,16 @@ def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int,
     if num_lora:
         order = order % num_lora
     units = [_extra_units(xp, count, u, groups) for u in UNIT_SIZES]
-    slots = _unit_slots(xp, own == ids, count, order, groups, num_lora)
-    pad = xp.full((groups, lay.head - 1 - num_lora - 3 * len(UNIT_SIZES) - 4), 0)
-    record = xp.concat([xp.reshape(count, (groups, 1)), order, *[v for _, v in units], slots, pad, shifted], 1)
+    pad = xp.full((groups, lay.head - 1 - num_lora - 3 * len(UNIT_SIZES)), 0)
+    record = xp.concat([xp.reshape(count, (groups, 1)), order, *units, pad, shifted], 1)
     chunks = _chunk_table(xp, row_slot[:GATHER_ROWS], lay)
     return xp.concat([xp.reshape(chunks, (lay.start,)), xp.reshape(record, (groups * lay.record,))], 0)
 
 
-def _col(xp, v, groups: int):
-    return xp.reshape(v, (groups, 1))
-
-
 def _extra_units(xp, count, unit: int, groups: int):
-    """((owner, adapter, valid, ends), (groups, 3) entries): per group g, the number of its first extra
-    unit of ``unit`` adapters (every unit of a group after its first, numbered over the groups in
-    order), then which group extra unit number g is of (-1: there are fewer) and that unit's first
-    adapter (layout in :mod:`.tiling`)."""
+    """(groups, 3): per group g, the number of its first extra unit of ``unit`` adapters (every unit of
+    a group after its first, numbered over the groups in order), then which group extra unit number g
+    is of (-1: there are fewer) and that unit's first adapter (layout in :mod:`.tiling`)."""
     extra = xp.where(count > unit, (count + unit - 1) // unit - 1, 0)
     ends = xp.cumsum(extra)
     first = ends - extra
@@ -79,30 +73,8 @@ def _extra_units(xp, count, unit: int, groups: int):
     owner = xp.minimum(xp.searchsorted(ends, j), groups - 1)  # the groups whose units all come before j
     valid = j < ends[groups - 1]  # (the total)
     adapter = unit * (1 + j - xp.take(first, owner))
-    entries = [_col(xp, first, groups), _col(xp, xp.where(valid, owner, -1), groups),
-               _col(xp, xp.where(valid, adapter, 0), groups)]
-    return (owner, adapter, valid, ends), xp.concat(entries, 1)
-
-
-def _unit_slots(xp, mine, count, order, groups: int, num_lora: int):
-    """(groups, 4): per extra unit number g of one adapter, its adapter's slot, the number after its
-    group's last extra unit, and the run of the group's rows holding the adapter's (first, after
-    last; the latter -1 when other rows lie between); zeros when there are fewer (layout in
-    :mod:`.tiling`). ``mine``: (groups, 64, num_lora), row r of group g has slot w."""
-    if num_lora == 0:
-        return xp.full((groups, 4), 0)
-    (owner, adapter, valid, ends), _ = _extra_units(xp, count, 1, groups)
-    at = owner * num_lora + xp.minimum(adapter, num_lora - 1)  # (group, adapter index) of each unit
-    slot = xp.take(xp.reshape(order, (groups * num_lora,)), at)
-    r = xp.reshape(xp.arange(BM), (1, BM, 1))
-    lo = xp.reshape(xp.sort(xp.where(mine, r, BM), 1)[:, 0, :], (groups * num_lora,))
-    hi = xp.reshape(xp.sort(xp.where(mine, r + 1, 0), 1)[:, BM - 1, :], (groups * num_lora,))
-    rows = xp.reshape(xp.sum(mine, 1), (groups * num_lora,))
-    at = owner * num_lora + slot
-    lo, hi = xp.take(lo, at), xp.take(hi, at)
-    hi = xp.where(hi - lo == xp.take(rows, at), hi, -1)
-    cols = [slot, xp.take(ends, owner), lo, hi]
-    return xp.concat([_col(xp, xp.where(valid, v, 0), groups) for v in cols], 1)
+    col = lambda v: xp.reshape(v, (groups, 1))  # noqa: E731
+    return xp.concat([col(first), col(xp.where(valid, owner, -1)), col(xp.where(valid, adapter, 0))], 1)
 
 
 def _chunk_table(xp, row_slot, lay: MetaLayout):

@@ -133,22 +133,14 @@ class MetaLayout:
 
     @property
     def head(self) -> int:
-        """Entries before a group's row slots: the count, the slot list, the extra units' entries
-        (three per unit size) and the four of :meth:`unit_slot`, padded to 16."""
-        return round_up(1 + self.num_lora + 3 * len(UNIT_SIZES) + 4, 16)
+        """Entries before a group's row slots: the count, the slot list and the extra units' entries
+        (three per unit size), padded to 16."""
+        return round_up(1 + self.num_lora + 3 * len(UNIT_SIZES), 16)
 
     def extra(self, g, unit: int):
         """Offset of group g's three extra-unit entries for units of ``unit`` adapters: its first
         extra unit's number, then which group extra unit number g is of, and its first adapter."""
         return self.group(g) + 1 + self.num_lora + 3 * UNIT_SIZES.index(unit)
-
-    def unit_slot(self, g):
-        """Offset of four entries of extra unit number g of one adapter (numbered as by
-        ``extra(., 1)``): its adapter's slot, the number after its group's last extra unit, and the
-        run of the group's rows that holds the adapter's: its first row and the row after its last
-        (within the group, 0..64), the latter -1 when other rows lie between (0, 0, 0, 0: there are
-        fewer units). The persistent expand runs these units apart (see expand_kernel)."""
-        return self.group(g) + 1 + self.num_lora + 3 * len(UNIT_SIZES)
 
     @property
     def record(self) -> int:
@@ -540,19 +532,19 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     Fixed: the row-slot vector, the operand-dtype x tile, the barriers, (x_shift) the shifted x
     tile, three ``num_lora``-entry tables (the scalings' in a scratch of their own: Mosaic rounds
     each scratch allocation up to 1 KB, counted here for that one only) and the persistent kernel's
-    ring (``RING`` entries, four tables). One tile's work (``one_tile``) takes a base tile and a
+    ring (``RING`` entries, two tables). One tile's work (``one_tile``) takes a base tile and a
     pipeline over a block's adapters, per stage: the x windows and the B tile. Both paths of that
     pipeline (one window for slice-aligned column tiles, ``stack`` windows otherwise) are scoped
     separately, so the larger, the general one, is what counts. The persistent kernel
     (``stream_stages`` > 0) runs its pipeline over tiles first, whose stages each hold a base tile,
     one x window, a B tile and the row slots, with one more x window and B tile for the further
-    adapters of a block; then its second pipeline (a block's further adapters) and ``one_tile``'s
-    work, in the same memory: the largest of the three counts. The gathering decode kernel
+    adapters of a block; ``one_tile``'s work comes after it, in the same memory: the larger of the
+    two counts. The gathering decode kernel
     (``gather``: its column tiles per CTA) scopes its gathered x rows, row list, output tiles, B
     tiles and barriers beside that pipeline (the fallback for unaligned slices): the larger counts.
     """
     kw = kr + (shift_pad(kr) if x_shift else 0)
-    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 4 * RING * 4
+    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 2 * RING * 4
     fixed += BM * kr * x_itemsize if x_shift or gather else 0
     fixed += 3 * 4 * num_lora + (1024 if num_lora else 0)  # the slots' ranks and scalings, a tile's slot list
     base_tile = BM * block_n * base_itemsize
@@ -568,11 +560,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
         rows = BM * gather_cols(kw, x_itemsize) * x_itemsize + 1024 + 2 * BM * block_n * base_itemsize
         pipeline = max(pipeline, rows + b_stages * (block_n * kr * op_itemsize + 16) + (BM + 1) * 8)
     if stream_stages:
-        # the second pipeline (a block's further adapters): two staging tiles, per stage an x
-        # window, a B tile and the row slots
-        further = 2 * BM * block_n * base_itemsize + 16 + stream_stages * (
-            BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16)
-        return fixed + max(base_tile + pipeline, stream_stages * per_tile + extra, further)
+        return fixed + max(base_tile + pipeline, stream_stages * per_tile + extra)
     return fixed + base_tile + pipeline + extra
 
 

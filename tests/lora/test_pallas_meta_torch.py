@@ -45,12 +45,10 @@ def model_meta(lens, slots, ranks, groups):
     meta = model_chunks(row_slot, lay)
     present = [sorted(set(v for v in row_slot[g * BM : (g + 1) * BM] if v >= 0)) for g in range(groups)]
     units = {u: model_extra_units([len(p) for p in present], u) for u in T.UNIT_SIZES}
-    unit_slots = model_unit_slots(present, [row_slot[g * BM : (g + 1) * BM] for g in range(groups)])
     for g in range(groups):
         rec = [len(present[g])] + present[g] + sorted(set(range(L)) - set(present[g]))
         for u in T.UNIT_SIZES:
             rec += units[u][g]
-        rec += unit_slots[g]
         rec += [0] * (lay.head - len(rec))
         for k in range(T.SHIFTS):
             rec += row_slot[g * BM + k : g * BM + k + T.BOX_SPAN]
@@ -67,20 +65,6 @@ def model_extra_units(counts, unit):
     owners = [(g, unit * (1 + i)) for g in range(len(counts)) for i in range(extra[g])]
     owners += [(-1, 0)] * len(counts)
     return [[first[g], *owners[g]] for g in range(len(counts))]
-
-
-def model_unit_slots(present, group_rows):
-    """Per extra unit number g of one adapter: its slot, the number after its group's last extra
-    unit, the first of the group's rows with the slot and the row after its last (-1 when other rows
-    lie between) ((0, 0, 0, 0): none)."""
-    out, end = [], 0
-    for p, rows in zip(present, group_rows):
-        end += max(len(p) - 1, 0)
-        for w in p[1:]:
-            mine = [i for i, v in enumerate(rows) if v == w]
-            lo, hi = mine[0], mine[-1] + 1
-            out.append([w, end, lo, hi if hi - lo == len(mine) else -1])
-    return (out + [[0, 0, 0, 0]] * len(present))[: len(present)]
 
 
 def model_chunks(row_slot, lay):
