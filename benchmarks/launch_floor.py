@@ -34,23 +34,25 @@ def _empty(out_ptr):
 
 
 @triton.jit
-def _read(src, out, n_per, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
+def _piece_sum(src, pid, n_per, BLOCK: tl.constexpr):
+    """The sum of program pid's piece of src (n_per elements), read in one streaming pass."""
     acc = tl.zeros([BLOCK], tl.float32)
     for i in range(0, n_per, BLOCK):
         offs = pid * n_per + i + tl.arange(0, BLOCK)
         acc += tl.load(src + offs).to(tl.float32)
-    tl.store(out + pid, tl.sum(acc, 0))
+    return tl.sum(acc, 0)
+
+
+@triton.jit
+def _read(src, out, n_per, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    tl.store(out + pid, _piece_sum(src, pid, n_per, BLOCK))
 
 
 @triton.jit
 def _read_ticket(src, parts, cnt, out, n_per, P: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    acc = tl.zeros([BLOCK], tl.float32)
-    for i in range(0, n_per, BLOCK):
-        offs = pid * n_per + i + tl.arange(0, BLOCK)
-        acc += tl.load(src + offs).to(tl.float32)
-    tl.store(parts + pid, tl.sum(acc, 0))
+    tl.store(parts + pid, _piece_sum(src, pid, n_per, BLOCK))
     ticket = tl.atomic_add(cnt, 1, sem="acq_rel")
     if ticket == P - 1:
         total = tl.sum(tl.load(parts + tl.arange(0, P), volatile=True), 0)
