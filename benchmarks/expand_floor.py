@@ -1,0 +1,117 @@
+"""Issue 17 (prefill): the prefill expand's tile loop on a dense batch, with two ways to add the product to base.
+
+The shipped expand (``lora/triton/expand.py``) reads the rank-64 prefill-8k batch at about 70% of copy
+bandwidth and the rank-16 one at 84%; session 13's profile of the rank-64 kernel found shared memory 75% busy
+and DRAM at 49% (x, B and the accumulator's change of layout all go through shared memory). This script
+times, as ``python -m lora compare`` does (one call among many in one CUDA graph, inputs rotating past L2),
+``base (s, N) += scale * x (s, r) @ B (N, r).T`` for one adapter, no metadata, one program per
+``BLOCK_M x (N_ITERS * BLOCK_N)`` tile, two epilogues:
+
+* ``add``: the shipped one: ``acc = x @ B``, then ``acc * scale + base`` (base loaded in its own layout);
+* ``acc``: base is the dot's accumulator (``acc = dot(x * scale, B, base)``): x scaled in float32 and
+  rounded to the operand dtype before the product.
+
+and three ways to find a block's rows: from the program id (no metadata), ``trips=1`` (the block's row
+indices read from memory first: one dependent load before x and base), ``trips=2`` (the block's adapter and
+row count read from a per-block table, then its row indices: the shipped kernel's two dependent loads).
+
+    PYTHONPATH=. python benchmarks/expand_floor.py --json $OUT/expand_floor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+from lora.compare import timing as TM
+
+
+@triton.jit
+def _expand_dense(x_ptr, w_ptr, out_ptr, tab_ptr, idx_ptr, scale, N, R: tl.constexpr, ACC: tl.constexpr,
+                  TRIPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_ITERS: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    if TRIPS == 2:
+        n_rows = tl.load(tab_ptr + 2 * pid_m + 1)
+        rows = tl.load(idx_ptr + pid_m * BLOCK_M + offs_m, mask=offs_m < n_rows, other=0)
+    elif TRIPS == 1:
+        rows = tl.load(idx_ptr + pid_m * BLOCK_M + offs_m)
+    else:
+        rows = pid_m * BLOCK_M + offs_m
+    kr = tl.arange(0, R)
+    x = tl.load(x_ptr + rows[:, None] * R + kr[None, :])
+    if ACC:
+        x = (x.to(tl.float32) * scale).to(x_ptr.dtype.element_ty)
+    for it in range(N_ITERS):
+        n = (pid_n * N_ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        w = tl.load(w_ptr + n[None, :] * R + kr[:, None], eviction_policy="evict_last")
+        o_ptrs = out_ptr + rows[:, None].to(tl.int64) * N + n[None, :]
+        base = tl.load(o_ptrs, eviction_policy="evict_first")
+        if ACC:
+            acc = tl.dot(x, w, base.to(tl.float32))
+        else:
+            acc = tl.dot(x, w) * scale + base.to(tl.float32)
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), eviction_policy="evict_first")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    dev = torch.device("cuda")
+    budget = TM.Budget(10.0, 50.0, 10, 500)
+    copy = TM.copy_bandwidth(dev)["gbps"]
+    print(f"{torch.cuda.get_device_name()}  copy {copy:.0f} GB/s", flush=True)
+    s, N, scale = 8192, 4096, 0.5
+    rows = []
+    for r in (16, 64):
+        nbytes = 2 * s * N * 2 + s * r * 2 + N * r * 2
+        sets = TM.rotation_sets(nbytes, dev)
+        xs = [torch.randn(s, r, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
+        w = torch.randn(N, r, device=dev, dtype=torch.bfloat16)
+        bases = [torch.randn(s, N, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
+        pristine = bases[0].clone()  # the timed calls update bases[0] in place
+        ref = pristine.double() + scale * (xs[0].double() @ w.double().t())
+        idx = torch.arange(s, device=dev, dtype=torch.int32)
+        variants = [(32, 128, 1, 4, 2, m, t) for m in (False, True) for t in (0, 1, 2)]
+        variants += [(64, 64, 1, 4, 2, m, t) for m in (False, True) for t in (0, 1, 2)]
+        variants += [(64, 128, 1, 4, 2, m, t) for m in (False, True) for t in (0, 1, 2)]
+        variants += [(128, 64, 1, 4, 2, m, 0) for m in (False, True)]
+        for bm, bn, iters, warps, stages, acc_mode, trips in variants:
+            if True:
+                grid = (s // bm, N // (bn * iters))
+                tab = torch.tensor([[0, bm]] * (s // bm), device=dev, dtype=torch.int32)
+
+                def make(i):
+                    return lambda: _expand_dense[grid](xs[i], w, bases[i], tab, idx, scale, N, R=r, ACC=acc_mode,
+                                                       TRIPS=trips, BLOCK_M=bm, BLOCK_N=bn, N_ITERS=iters,
+                                                       num_warps=warps, num_stages=stages)
+
+                check = pristine.clone()
+                _expand_dense[grid](xs[0], w, check, tab, idx, scale, N, R=r, ACC=acc_mode, TRIPS=trips, BLOCK_M=bm,
+                                    BLOCK_N=bn, N_ITERS=iters, num_warps=warps, num_stages=stages)
+                err = ((check.double() - ref).norm() / ref.norm()).item()
+                assert err < 1.5e-2, (r, bm, bn, acc_mode, err)
+                _, batched = TM.time_cuda_graph([make(i) for i in range(sets)], dev, budget)
+                us = batched.median_us
+                pct = 100 * nbytes / (us * 1e-6) / 1e9 / copy
+                name = f"{'acc' if acc_mode else 'add'} {bm}x{bn}x{iters} w{warps} st{stages} trips={trips}"
+                rows.append(dict(rank=r, variant=name, bytes=nbytes, us=us, pct_copy=pct, rel_error=err))
+                print(f"r={r:2d} {name:26s} {us:7.2f} us  {pct:5.1f}% of copy  (rel err {err:.1e})", flush=True)
+        del xs, bases, pristine, ref
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "copy_gbps": copy, "rows": rows,
+                       "command": " ".join(sys.argv)}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
