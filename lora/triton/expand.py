@@ -56,6 +56,7 @@ def _expand_kernel(
     ALIGN: tl.constexpr,
     RAGGED_N: tl.constexpr,
     PDL: tl.constexpr = 0,
+    ACC_BASE: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -84,7 +85,7 @@ def _expand_kernel(
             _expand_chunk(
                 x_ptr, w_ptr, out_ptr, first, row_order, scalings, num_tokens, num_lora, capacity,
                 stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL,
+                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL, ACC_BASE,
             )
     else:
         # Prefill layout: program = (chunk slot, slice, column group).
@@ -96,7 +97,7 @@ def _expand_kernel(
         _expand_chunk(
             x_ptr, w_ptr, out_ptr, first, row_order, scalings, num_tokens, num_lora, capacity,
             stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL,
+            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL, ACC_BASE,
         )
 
 
@@ -106,6 +107,7 @@ def _expand_chunk(
     stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr,
     PRECISION: tl.constexpr, ALIGN: tl.constexpr, RAGGED_N: tl.constexpr, PDL: tl.constexpr,
+    ACC_BASE: tl.constexpr,
 ):
     pid_j = tl.program_id(1)
     rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
@@ -121,14 +123,14 @@ def _expand_chunk(
         _expand_columns(
             x_ptr, w_slot, out_rows, rows, row_ok, (lo // ALIGN) * ALIGN, (hi // ALIGN) * ALIGN, n_start,
             pid_j * rank_a, rank_a, scale, stride_xm, stride_wn,
-            BLOCK_N, BLOCK_R, N_ITERS, PRECISION, PDL,
+            BLOCK_N, BLOCK_R, N_ITERS, PRECISION, PDL, ACC_BASE,
         )
     else:
         # Scalar accesses: the same columns in 4x narrower blocks, so this rarely taken branch does
         # not set the kernel's register budget (and with it the occupancy of the vector branch).
         _expand_columns(
             x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, pid_j * rank, rank, scale, stride_xm, stride_wn,
-            RAGGED_N, BLOCK_R, N_ITERS * (BLOCK_N // RAGGED_N), PRECISION, PDL,
+            RAGGED_N, BLOCK_R, N_ITERS * (BLOCK_N // RAGGED_N), PRECISION, PDL, ACC_BASE,
         )
 
 
@@ -136,6 +138,7 @@ def _expand_chunk(
 def _expand_columns(
     x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, x_col, rank, scale, stride_xm, stride_wn,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    ACC_BASE: tl.constexpr,
 ):
     """``out[rows, lo:hi] += scale * x[rows, x_col:x_col+rank] @ w_slot[lo:hi, :rank].T`` for the
     ``N_ITERS`` column blocks from ``n_start``.
@@ -151,20 +154,22 @@ def _expand_columns(
         tl.extra.cuda.gdc_launch_dependents()
         x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :],
                     other=0.0)
+        x = _scaled_operand(x, scale, ACC_BASE)
         for it in range(N_ITERS):
             if it > 0:
                 w, base, o_ptrs, om = _column_block(w_slot, out_rows, row_ok, lo, hi, n_start + it * BLOCK_N, kr, km,
                                                     stride_wn, BLOCK_N)
-            _add_block(x, w, base, o_ptrs, om, scale, PRECISION)
+            _add_block(x, w, base, o_ptrs, om, scale, PRECISION, ACC_BASE)
     else:
         # (x first: loading the first B / base tiles ahead of it, as the PDL branch must, was measured
         # 4-15% slower on prefill batches on the H200)
         x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :],
                     other=0.0)
+        x = _scaled_operand(x, scale, ACC_BASE)
         for it in range(N_ITERS):
             w, base, o_ptrs, om = _column_block(w_slot, out_rows, row_ok, lo, hi, n_start + it * BLOCK_N, kr, km,
                                                 stride_wn, BLOCK_N)
-            _add_block(x, w, base, o_ptrs, om, scale, PRECISION)
+            _add_block(x, w, base, o_ptrs, om, scale, PRECISION, ACC_BASE)
 
 
 @triton.jit
@@ -183,10 +188,22 @@ def _column_block(w_slot, out_rows, row_ok, lo, hi, n0, kr, km, stride_wn, BLOCK
 
 
 @triton.jit
-def _add_block(x, w, base, o_ptrs, om, scale, PRECISION: tl.constexpr):
-    """base tile += scale * x @ w, rounded once, stored back."""
-    acc = tl.dot(x, w, input_precision=PRECISION)
-    out = (acc * scale + base.to(tl.float32)).to(o_ptrs.dtype.element_ty)
+def _scaled_operand(x, scale, ACC_BASE: tl.constexpr):
+    """``ACC_BASE``: x times the adapter's scale, in float32, rounded to x's dtype (the dot's operand)."""
+    if ACC_BASE:
+        x = (x.to(tl.float32) * scale).to(x.dtype)
+    return x
+
+
+@triton.jit
+def _add_block(x, w, base, o_ptrs, om, scale, PRECISION: tl.constexpr, ACC_BASE: tl.constexpr):
+    """base tile += scale * x @ w, stored back: the product scaled and added to base in float32 and rounded
+    once; or (``ACC_BASE``, x already scaled by :func:`_scaled_operand`) base as the dot's accumulator."""
+    if ACC_BASE:
+        out = tl.dot(x, w, base.to(tl.float32), input_precision=PRECISION).to(o_ptrs.dtype.element_ty)
+    else:
+        acc = tl.dot(x, w, input_precision=PRECISION)
+        out = (acc * scale + base.to(tl.float32)).to(o_ptrs.dtype.element_ty)
     tl.store(o_ptrs, out, mask=om, eviction_policy="evict_first")
 
 
@@ -242,6 +259,7 @@ def lora_expand(
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         ALIGN=ALIGN,
         RAGGED_N=max(16, plan.block_n // 4),
+        ACC_BASE=plan.acc_base,
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
         **tiling.pdl_launch(pdl, x.device),

@@ -103,6 +103,9 @@ class ExpandPlan:
     num_warps: int = 4
     num_stages: int = 2
     group_grid: bool = False  # grid axis 0 = adapter group (decode) instead of chunk slots (prefill)
+    # base_output is the dot's accumulator (x scaled in float32 and rounded to the operand dtype before the
+    # product) instead of being added to the scaled product after it: no change of layout for the sum
+    acc_base: bool = False
 
     def __post_init__(self):
         for f in ("block_m", "block_n"):
@@ -392,7 +395,7 @@ def _plan_from_dict(key: str, d) -> "ShrinkPlan | ExpandPlan":
         raise ValueError(f"plan of {key} is not an object")
     cls = {"shrink": ShrinkPlan, "expand": ExpandPlan, "fused": FusedPlan}[key.split(":", 1)[0]]
     for f, v in d.items():
-        flag = f in ("group_grid", "fuse", "pdl")
+        flag = f in ("group_grid", "fuse", "pdl", "acc_base")
         if f in cls.__dataclass_fields__ and type(v) is not (bool if flag else int):
             raise ValueError(f"plan of {key}: {f}={v!r} must be {'true/false' if flag else 'an integer'}")
     try:

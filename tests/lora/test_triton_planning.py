@@ -197,6 +197,9 @@ EXPAND_PLANS = [
     tiling.ExpandPlan(32, 16, 3),
     tiling.ExpandPlan(64, 32, 2),
     tiling.ExpandPlan(16, 16, 2, group_grid=True),
+    # base_output as the dot's accumulator (x scaled first), both layouts
+    tiling.ExpandPlan(32, 16, 3, acc_base=True),
+    tiling.ExpandPlan(16, 16, 2, group_grid=True, acc_base=True),
 ]
 
 
