@@ -246,6 +246,7 @@ def expand_candidates(s: int, max_r: int, max_slice: int, num_lora: int, stack: 
                         continue
                     for stages in (2, 3) if iters > 1 else (2,):  # a deeper pipeline over the column blocks
                         grid.append(tiling.ExpandPlan(bm, bn, iters, warps, stages))
+    grid += [replace(p, acc_base=True) for p in [h, *grid]]  # base_output as the dot's accumulator
     grid.sort(key=lambda p: _distance(p, h))
     return list(dict.fromkeys([h, *grid]))
 
@@ -295,6 +296,7 @@ def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
         fit = lambda p: tiling.fit_shrink(p, itemsize, limit)  # noqa: E731
     else:
         grid = expand_candidates(comp.tokens, comp.max_r, op.max_slice, comp.num_lora, op.stack, sms)
+        seeds = [q for p in seeds for q in (p, replace(p, acc_base=True))]  # each table plan in both epilogues
         fit = lambda p: tiling.fit_expand(p, comp.max_r, itemsize, limit)  # noqa: E731
     out = list(dict.fromkeys(fit(p) for p in [grid[0], *seeds, *grid[1:]]))
     return out[: max(1, max_candidates)]
