@@ -259,7 +259,8 @@ def lora_expand(
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         ALIGN=ALIGN,
         RAGGED_N=max(16, plan.block_n // 4),
-        ACC_BASE=plan.acc_base,
+        # fp16 x times a scale above 1 can leave fp16's range before the product: the scaled-product epilogue there
+        ACC_BASE=plan.acc_base and x.dtype != torch.float16,
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
         **tiling.pdl_launch(pdl, x.device),

@@ -104,7 +104,8 @@ class ExpandPlan:
     num_stages: int = 2
     group_grid: bool = False  # grid axis 0 = adapter group (decode) instead of chunk slots (prefill)
     # base_output is the dot's accumulator (x scaled in float32 and rounded to the operand dtype before the
-    # product) instead of being added to the scaled product after it: no change of layout for the sum
+    # product) instead of being added to the scaled product after it: no change of layout for the sum. Not
+    # used for fp16 x (scaled first, it could leave fp16's range)
     acc_base: bool = False
 
     def __post_init__(self):

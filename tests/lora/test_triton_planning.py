@@ -225,6 +225,20 @@ def test_expand_under_forced_plans(plan, aligned, rng, seg_blocks):
     assert check.ok, check.detail
 
 
+def test_acc_base_keeps_fp16_products_in_range():
+    """fp16 x near the top of its range times a scale of 2 overflows fp16 if scaled before the product: the
+    plan's accumulator epilogue is not used for fp16 (the result must be finite and right)."""
+    comp = C.Composition([40, 24], [0, 1], [16, 16], [2.0, 2.0], 16, 64)
+    x = torch.full((64, 16), 40000.0, dtype=torch.float16, device=DEVICE)
+    b = torch.full((1, 32, 16), 1e-3, dtype=torch.float16, device=DEVICE).expand(2, 32, 16).contiguous()
+    base = torch.zeros((64, 32), dtype=torch.float16, device=DEVICE)
+    off_t = torch.tensor([0, 32], dtype=torch.int32, device=DEVICE)
+    out = lora_expand(x, b, off_t, 32, base, batch_info(comp, DEVICE), plan=tiling.ExpandPlan(32, 16, 2, acc_base=True))
+    expect = 2.0 * 40000.0 * 1e-3 * 16
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.double(), torch.full_like(out, expect).double(), rtol=3e-3)
+
+
 def test_new_metadata_in_the_same_tensors(rng):
     """What a CUDA-graph replay does: same tensors and shapes, new values copied in, no re-planning."""
     first = C.Composition([6, 0, 10, 4], [1, 0, 1, 2], [8, 4, 0], [1.0, 0.5, 2.0], 8, 22)
