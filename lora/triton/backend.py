@@ -24,7 +24,7 @@ from ..backend import BaseLoRABackend
 from . import tiling
 from .expand import lora_expand
 from .fused_decode import lora_fused_decode
-from .grouping import CHUNK, GroupMeta, chunk_slots, derive
+from .grouping import GroupMeta, derive
 from .scratch import scratch_for
 from .shrink import lora_shrink
 
@@ -47,14 +47,10 @@ class TritonLoRABackend(BaseLoRABackend):
     def prepare(self, batch_info) -> None:
         tokens, _ = self.capacity(batch_info)
         dev, slots = batch_info.device, batch_info.num_lora + 1
-        row_order = self.buffer("row_order", tokens, torch.int32, dev)
-        chunks = chunk_slots(row_order.numel(), batch_info.num_lora)  # for every row the (reused) buffer holds
         self.meta = derive(batch_info, GroupMeta(
             self.buffer("group_rows", slots, torch.int32, dev),
             self.buffer("group_start", slots, torch.int32, dev),
-            row_order,
-            self.buffer("chunk_rows", chunks * CHUNK, torch.int32, dev),
-            self.buffer("chunk_info", 2 * chunks, torch.int32, dev),
+            self.buffer("row_order", tokens, torch.int32, dev),
         ))
 
     def shrink(self, x: torch.Tensor, weights: torch.Tensor, stack_num: int) -> torch.Tensor:

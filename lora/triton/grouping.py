@@ -13,17 +13,7 @@ batch metadata becomes :class:`GroupMeta`:
 * ``group_start[w]``: where group ``w`` begins in ``row_order`` (exclusive prefix sum of
   ``group_rows``); ``group_start[num_lora]`` is the number of rows the segments cover;
 * ``row_order``: the covered row indices grouped by slot (segment order within a group): rows
-  ``row_order[group_start[w] : group_start[w] + group_rows[w]]`` are the rows of slot ``w``;
-* ``chunk_rows`` / ``chunk_info``, the same grouping cut into *chunk slots* of ``CHUNK = 64`` rows: each
-  group's rows (slot order, then the rows after the last segment up to the buffers' capacity) start on a
-  slot of their own, so slot ``c``'s rows are ``chunk_rows[64c : 64c + 64]`` (-1: no row) and its group
-  and that group's rank are ``chunk_info[2c]``, ``chunk_info[2c + 1]``. The rows after the segments (group
-  ``num_lora``, zeros in the shrink) follow on slots of their own, for every slot the buffers hold; they
-  are not listed (their count depends on the call): ``chunk_info[2c + 1]`` holds such a slot's first row
-  instead. A prefill program of at most 64 rows finds its rows and its adapter
-  with one round of independent loads, instead of reading the group sizes first (``find_chunk``): on the
-  H200 that dependent load is about 0.75 us of a 20 us rank-16 prefill shrink
-  (``benchmarks/shrink_floor.py``).
+  ``row_order[group_start[w] : group_start[w] + group_rows[w]]`` are the rows of slot ``w``.
 
 The launch reads only device values and writes into buffers the backend keeps (no host read, no
 allocation), so it can run eagerly before a CUDA-graph replay or be captured inside the graph.
@@ -55,7 +45,7 @@ import triton.language as tl
 from . import tiling
 from .tiling import group_block, next_pow2
 
-__all__ = ["CHUNK", "GroupMeta", "chunk_slots", "derive", "meta_for", "new_meta"]
+__all__ = ["GroupMeta", "derive", "meta_for", "new_meta"]
 
 
 @dataclass
@@ -65,35 +55,16 @@ class GroupMeta:
     group_rows: torch.Tensor  # int32, >= num_lora entries
     group_start: torch.Tensor  # int32, >= num_lora + 1 entries
     row_order: torch.Tensor  # int32, capacity entries
-    chunk_rows: torch.Tensor  # int32, CHUNK * chunk_slots(capacity, num_lora) entries at least
-    chunk_info: torch.Tensor  # int32, 2 * as many slots
 
     @property
     def capacity(self) -> int:
         return int(self.row_order.numel())
 
-    @property
-    def slots(self) -> int:
-        """Chunk slots the chunk buffers hold."""
-        return min(int(self.chunk_rows.numel()) // CHUNK, int(self.chunk_info.numel()) // 2)
-
-
-#: Rows per chunk slot of ``chunk_rows``.
-CHUNK = 64
-
-
-def chunk_slots(rows: int, num_lora: int) -> int:
-    """Chunk slots a batch of ``rows`` rows can use: each of the ``num_lora + 1`` groups (the slots' and the
-    rows after the segments) adds at most one partial slot."""
-    return triton.cdiv(max(rows, 1), CHUNK) + num_lora + 1
-
 
 def new_meta(num_lora: int, capacity: int, device) -> GroupMeta:
     """Fresh buffers for ``num_lora`` slots and ``capacity`` covered rows."""
     i32 = dict(dtype=torch.int32, device=device)
-    slots = chunk_slots(capacity, num_lora)
-    return GroupMeta(torch.empty(num_lora + 1, **i32), torch.empty(num_lora + 1, **i32), torch.empty(max(capacity, 1), **i32),
-                     torch.empty(slots * CHUNK, **i32), torch.empty(2 * slots, **i32))
+    return GroupMeta(torch.empty(num_lora + 1, **i32), torch.empty(num_lora + 1, **i32), torch.empty(max(capacity, 1), **i32))
 
 
 def meta_for(batch_info, meta: GroupMeta | None, num_lora: int, rows: int, device) -> GroupMeta:
@@ -101,7 +72,7 @@ def meta_for(batch_info, meta: GroupMeta | None, num_lora: int, rows: int, devic
     else derived here from ``batch_info`` into fresh buffers."""
     if meta is None:
         return derive(batch_info, new_meta(num_lora, rows, device))
-    if meta.capacity < rows or meta.slots < chunk_slots(rows, num_lora):
+    if meta.capacity < rows:
         raise ValueError(
             f"the batch's grouping holds {meta.capacity} rows but x has {rows}: derive it for at least {rows}"
         )
@@ -121,23 +92,21 @@ def derive(batch_info, meta: GroupMeta) -> GroupMeta:
     num_lora = batch_info.num_lora
     if meta.group_rows.numel() < num_lora or meta.group_start.numel() < num_lora + 1:
         raise ValueError(f"group buffers hold {meta.group_rows.numel()} slots, the batch has {num_lora}")
-    if meta.slots < chunk_slots(meta.capacity, num_lora):
-        raise ValueError(f"chunk buffers hold {meta.slots} slots, {chunk_slots(meta.capacity, num_lora)} needed")
     l_block, seg_block, row_block = derive_blocks(batch_info.bs, num_lora)
     # one program, launched as a programmatic dependent of the kernel before it (waiting for it before reading
     # anything): its launch overlaps that kernel's end
     _derive_kernel[(1,)](
         batch_info.seg_lens, batch_info.seg_indptr, batch_info.weight_indices,
-        meta.group_rows, meta.group_start, meta.row_order, meta.chunk_rows, meta.chunk_info, batch_info.lora_ranks,
-        batch_info.bs, num_lora, meta.capacity, meta.slots,
-        L_BLOCK=l_block, SEG_BLOCK=seg_block, ROW_BLOCK=row_block, CHUNK=CHUNK,
+        meta.group_rows, meta.group_start, meta.row_order,
+        batch_info.bs, num_lora, meta.capacity,
+        L_BLOCK=l_block, SEG_BLOCK=seg_block, ROW_BLOCK=row_block,
         num_warps=4,
         **tiling.pdl_launch(tiling.PDL_ANY, batch_info.seg_lens.device),
     )
     return meta
 
 
-@triton.jit(do_not_specialize=["bs", "num_lora", "capacity", "slots"])
+@triton.jit(do_not_specialize=["bs", "num_lora", "capacity"])
 def _derive_kernel(
     seg_lens,
     seg_indptr,
@@ -145,21 +114,15 @@ def _derive_kernel(
     group_rows,
     group_start,
     row_order,
-    chunk_rows,
-    chunk_info,
-    lora_ranks,
     bs,
     num_lora,
     capacity,
-    slots,
     L_BLOCK: tl.constexpr,
     SEG_BLOCK: tl.constexpr,
     ROW_BLOCK: tl.constexpr,
-    CHUNK: tl.constexpr,
     PDL: tl.constexpr = 0,
 ):
-    """One program: group sizes and starts, then every covered row scattered to its group's place in
-    ``row_order`` and in ``chunk_rows``; the chunk slots' groups and ranks."""
+    """One program: group sizes and starts, then every covered row scattered to its group's place."""
     if PDL:  # tiling.PDL_ANY
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -176,28 +139,7 @@ def _derive_kernel(
     tl.store(group_rows + gids, rows, mask=gids < num_lora)
     tl.store(group_start + gids, starts, mask=gids <= num_lora)
 
-    # Chunk slots: each group's rows from a slot of its own (padded to CHUNK), the trailing rows last.
-    covered = tl.sum(rows, axis=0)
-    padded = ((rows + (CHUNK - 1)) // CHUNK) * CHUNK
-    pstarts = tl.cumsum(padded, 0) - padded  # pstarts[num_lora]: the trailing rows' first place
-    pends = pstarts + padded
-    ranks = tl.load(lora_ranks + gids, mask=gids < num_lora, other=0)
-    trail = tl.sum(tl.where(gids == num_lora, pstarts, 0), axis=0)
-    # each group's padding after its rows: -1 (no row)
-    tails = (pstarts + rows)[:, None] + tl.arange(0, CHUNK)[None, :]
-    tl.store(chunk_rows + tails, tl.full([L_BLOCK, CHUNK], -1, tl.int32),
-             mask=(tails < pends[:, None]) & (gids < num_lora)[:, None] & (tails < slots * CHUNK))
-    for c0 in range(0, slots, ROW_BLOCK):
-        c = c0 + tl.arange(0, ROW_BLOCK)
-        grp = tl.sum(((pends[None, :] <= c[:, None] * CHUNK) & (gids < num_lora)[None, :]).to(tl.int32), axis=1)
-        rk = tl.sum(tl.where(gids[None, :] == grp[:, None], ranks[None, :], 0), axis=1)
-        # the trailing group's slots hold their first row instead (their rank is 0): covered + the place past trail
-        rk = tl.where(grp == num_lora, covered + c * CHUNK - trail, rk)
-        tl.store(chunk_info + 2 * c, grp, mask=c < slots)
-        tl.store(chunk_info + 2 * c + 1, rk, mask=c < slots)
-
     fill = starts  # next free place of each group in row_order
-    pfill = pstarts  # ... and in chunk_rows
     for s0 in range(0, bs, SEG_BLOCK):
         offs = s0 + tl.arange(0, SEG_BLOCK)
         m = offs < bs
@@ -208,9 +150,7 @@ def _derive_kernel(
         lens = tl.where(hit, ln[None, :], 0)
         before = tl.cumsum(lens, 1) - lens  # rows of the same slot earlier in this block
         dest = tl.sum(tl.where(hit, fill[:, None] + before, 0), axis=0)  # each segment's first place
-        pdest = tl.sum(tl.where(hit, pfill[:, None] + before, 0), axis=0)
         fill += tl.sum(lens, axis=1)
-        pfill += tl.sum(lens, axis=1)
         ln = tl.where(tl.sum(hit.to(tl.int32), axis=0) > 0, ln, 0)  # a slot out of range: no rows
         longest = tl.max(ln, 0)
         for k0 in range(0, longest, ROW_BLOCK):
@@ -218,8 +158,6 @@ def _derive_kernel(
             dst = dest[:, None] + k[None, :]
             ok = (k[None, :] < ln[:, None]) & (dst < capacity)
             tl.store(row_order + dst, first[:, None] + k[None, :], mask=ok)
-            pdst = pdest[:, None] + k[None, :]
-            tl.store(chunk_rows + pdst, first[:, None] + k[None, :], mask=ok & (pdst < slots * CHUNK))
 
 
 @triton.jit

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import CHUNK, GroupMeta, chunk_rows, chunk_slots, find_chunk, group_extent, locate_chunk, meta_for
+from .grouping import GroupMeta, chunk_rows, find_chunk, group_extent, locate_chunk, meta_for
 from .scratch import scratch_for
 
 
@@ -53,8 +53,6 @@ def _shrink_kernel(
     group_rows,
     group_start,
     row_order,
-    chunk_rows_ptr,
-    chunk_info,
     lora_ranks,
     num_tokens,
     K,
@@ -77,8 +75,6 @@ def _shrink_kernel(
     PRECISION: tl.constexpr,
     PDL_TRIGGER: tl.constexpr = False,
     STREAM_K: tl.constexpr = False,
-    BY_SLOT: tl.constexpr = False,
-    CHUNK: tl.constexpr = 64,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -100,31 +96,12 @@ def _shrink_kernel(
         n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
         rank = tl.load(lora_ranks + group, mask=group < num_lora, other=0)
         for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
-            rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
             _shrink_chunk(
-                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
-                group, rank, (pid_m * tl.num_programs(1) + pid_n) * max_chunks + chunk,
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
+                num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
+                group, chunk, n_rows, rank, (pid_m * tl.num_programs(1) + pid_n) * max_chunks + chunk,
                 STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
             )
-    elif BY_SLOT:
-        # Prefill layout, programs of at most CHUNK rows: program = (part of a chunk slot, column group, K split);
-        # the slot's rows and adapter come from one round of independent loads (grouping's chunk_rows).
-        slot = pid_m // (CHUNK // BLOCK_M)
-        group = tl.load(chunk_info + 2 * slot)
-        info = tl.load(chunk_info + 2 * slot + 1)  # the rank; for the rows after the segments, the slot's first row
-        offs = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        listed = tl.load(chunk_rows_ptr + offs)
-        trailing = group == num_lora
-        rows = tl.where(trailing, info + offs - slot * CHUNK, listed)
-        row_ok = (rows >= 0) & (rows < num_tokens)
-        rows = tl.where(row_ok, rows, 0).to(tl.int64)
-        if tl.max(row_ok.to(tl.int32), axis=0) == 0:
-            return
-        _shrink_chunk(
-            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
-            group, tl.where(trailing, 0, info), pid_m * tl.num_programs(1) + pid_n,
-            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
-        )
     else:
         # Prefill layout: program = (chunk slot, column group, K split).
         group, chunk, n_rows, first, rank, total = find_chunk(
@@ -132,10 +109,10 @@ def _shrink_kernel(
         )
         if pid_m >= total:
             return
-        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
         _shrink_chunk(
-            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
-            group, rank, pid_m * tl.num_programs(1) + pid_n,
+            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
+            num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
+            group, chunk, n_rows, rank, pid_m * tl.num_programs(1) + pid_n,
             STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
         )
 
@@ -263,15 +240,16 @@ def _finish_tile(
 
 @triton.jit
 def _shrink_chunk(
-    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
-    group, rank, tile,
+    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
+    num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
+    group, chunk, n_rows, rank, tile,
     STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """The rows ``rows`` (int64, where ``row_ok``) of one chunk of a group: columns ``[pid_n * N_SUB * BLOCK_N,
-    ...)``, K split ``pid_k``."""
+    """One chunk of a group: columns ``[pid_n * N_SUB * BLOCK_N, ...)``, K split ``pid_k``."""
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
+    rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
     n0 = pid_n * (N_SUB * BLOCK_N)
     n_real = STACK * rank  # 0 for rank-0 slots and for the trailing-row group
     offs_n = tl.arange(0, BLOCK_N)
@@ -401,23 +379,14 @@ def _store_tile(out_rows, row_ok, n, acc0, acc1, acc2, acc3, N_OUT: tl.constexpr
         tl.store(out_rows[:, None] + n[None, :], acc3.to(dtype), mask=row_ok[:, None] & (n < N_OUT)[None, :])
 
 
-def by_slot(plan: tiling.ShrinkPlan) -> bool:
-    """Whether a plan's programs take their rows from grouping's chunk slots (prefill, at most CHUNK rows)."""
-    return not plan.group_grid and not plan.stream_k and plan.block_m <= CHUNK
-
-
 def shrink_grid(num_tokens: int, num_lora: int, n_out: int, plan: tiling.ShrinkPlan, sms: int) -> tuple[int, int, int]:
-    """Launch grid from shapes: (groups, chunk slots or parts of them, column groups, K splits); stream-K
-    plans: ``stream_k`` programs per multiprocessor (``sms``, read by stream-K plans only)."""
+    """Launch grid from shapes: (groups or chunk slots, column groups, K splits); stream-K plans:
+    ``stream_k`` programs per multiprocessor (``sms``, read by stream-K plans only)."""
     if plan.stream_k:
         return (plan.stream_k * sms, 1, 1)
     groups = num_lora + 1  # + the rows after the last segment (zeros)
-    if by_slot(plan):
-        rows = chunk_slots(num_tokens, num_lora) * (CHUNK // plan.block_m)
-    else:
-        rows = groups if plan.group_grid else triton.cdiv(num_tokens, plan.block_m) + groups
     return (
-        rows,
+        groups if plan.group_grid else triton.cdiv(num_tokens, plan.block_m) + groups,
         triton.cdiv(n_out, plan.block_n * plan.n_sub),
         plan.split_k,
     )
@@ -465,7 +434,7 @@ def lora_shrink(
         ws = cnt = out  # unused
     _shrink_kernel[grid](
         x, weights, out, ws, cnt,
-        meta.group_rows, meta.group_start, meta.row_order, meta.chunk_rows, meta.chunk_info, batch_info.lora_ranks,
+        meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks,
         s, k, num_lora, meta.capacity, max_chunks,
         x.stride(0), weights.stride(0), weights.stride(1), out.stride(0),
         STACK=stack_num,
@@ -480,8 +449,6 @@ def lora_shrink(
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         PDL_TRIGGER=pdl_trigger and tiling.pdl_supported(x.device),
         STREAM_K=plan.stream_k > 0,
-        BY_SLOT=by_slot(plan),
-        CHUNK=CHUNK,
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
     )
