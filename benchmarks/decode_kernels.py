@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from lora.compare import cases as CS  # noqa: E402
 from lora.compare import timing as TM  # noqa: E402
 
 from pallas_tunings import TUNINGS  # noqa: E402  (benchmarks/: the script's directory)
+from probe_record import write_rows  # noqa: E402  (benchmarks/: the script's directory)
 OPS = "shrink1,shrink3,shrink_down,expand,expand_qkv,expand_gate_up,qkv,gate_up"
 CASES = "llama3-8b-r16-decode-64,llama3-8b-r16-decode-256,llama3-8b-r64-decode-64,llama3-8b-r64-decode-256"
 DEV = torch.device("cuda")
@@ -125,9 +125,7 @@ def main(argv=None) -> int:
         compile_stats = sys.modules["lora.pallas.interop"].stats()
         print(f"pallas kernels: {compile_stats}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_gbps": copy, "rows": rows,
-                       "pallas_compile": compile_stats, "command": " ".join(sys.argv)}, f, indent=1)
+        write_rows(args.json, copy, rows, pallas_compile=compile_stats)
     return 0
 
 

@@ -12,8 +12,8 @@ times, as ``python -m lora compare`` does (one call among many in one CUDA graph
   rounded to the operand dtype before the product.
 
 and three ways to find a block's rows: from the program id (no metadata), ``trips=1`` (the block's row
-indices read from memory first: one dependent load before x and base), ``trips=2`` (the block's adapter and
-row count read from a per-block table, then its row indices: the shipped kernel's two dependent loads).
+indices read from memory first: one dependent load before x and base), ``trips=2`` (the block's row count read
+from a per-block table, then its row indices: the shipped kernel's two dependent loads).
 
     PYTHONPATH=. python benchmarks/expand_floor.py --json $OUT/expand_floor.json
 """
@@ -21,7 +21,6 @@ row count read from a per-block table, then its row indices: the shipped kernel'
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -29,6 +28,7 @@ import triton
 import triton.language as tl
 
 from lora.compare import timing as TM
+from probe_record import pct_of_copy, write_rows  # benchmarks/: the script's directory
 
 
 @triton.jit
@@ -38,7 +38,7 @@ def _expand_dense(x_ptr, w_ptr, out_ptr, tab_ptr, idx_ptr, scale, N, R: tl.const
     pid_n = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     if TRIPS == 2:
-        n_rows = tl.load(tab_ptr + 2 * pid_m + 1)
+        n_rows = tl.load(tab_ptr + pid_m)
         rows = tl.load(idx_ptr + pid_m * BLOCK_M + offs_m, mask=offs_m < n_rows, other=0)
     elif TRIPS == 1:
         rows = tl.load(idx_ptr + pid_m * BLOCK_M + offs_m)
@@ -84,32 +84,28 @@ def main(argv=None) -> int:
         variants += [(64, 128, 1, 4, 2, m, t) for m in (False, True) for t in (0, 1, 2)]
         variants += [(128, 64, 1, 4, 2, m, 0) for m in (False, True)]
         for bm, bn, iters, warps, stages, acc_mode, trips in variants:
-            if True:
-                grid = (s // bm, N // (bn * iters))
-                tab = torch.tensor([[0, bm]] * (s // bm), device=dev, dtype=torch.int32)
+            grid = (s // bm, N // (bn * iters))
+            tab = torch.full((s // bm,), bm, device=dev, dtype=torch.int32)  # each block's row count
 
-                def make(i):
-                    return lambda: _expand_dense[grid](xs[i], w, bases[i], tab, idx, scale, N, R=r, ACC=acc_mode,
-                                                       TRIPS=trips, BLOCK_M=bm, BLOCK_N=bn, N_ITERS=iters,
-                                                       num_warps=warps, num_stages=stages)
-
-                check = pristine.clone()
-                _expand_dense[grid](xs[0], w, check, tab, idx, scale, N, R=r, ACC=acc_mode, TRIPS=trips, BLOCK_M=bm,
+            def launch(x, base):
+                _expand_dense[grid](x, w, base, tab, idx, scale, N, R=r, ACC=acc_mode, TRIPS=trips, BLOCK_M=bm,
                                     BLOCK_N=bn, N_ITERS=iters, num_warps=warps, num_stages=stages)
-                err = ((check.double() - ref).norm() / ref.norm()).item()
-                assert err < 1.5e-2, (r, bm, bn, acc_mode, err)
-                _, batched = TM.time_cuda_graph([make(i) for i in range(sets)], dev, budget)
-                us = batched.median_us
-                pct = 100 * nbytes / (us * 1e-6) / 1e9 / copy
-                name = f"{'acc' if acc_mode else 'add'} {bm}x{bn}x{iters} w{warps} st{stages} trips={trips}"
-                rows.append(dict(rank=r, variant=name, bytes=nbytes, us=us, pct_copy=pct, rel_error=err))
-                print(f"r={r:2d} {name:26s} {us:7.2f} us  {pct:5.1f}% of copy  (rel err {err:.1e})", flush=True)
+
+            check = pristine.clone()
+            launch(xs[0], check)
+            err = ((check.double() - ref).norm() / ref.norm()).item()
+            assert err < 1.5e-2, (r, bm, bn, acc_mode, err)
+            fns = [lambda i=i: launch(xs[i], bases[i]) for i in range(sets)]
+            _, batched = TM.time_cuda_graph(fns, dev, budget)
+            us = batched.median_us
+            pct = pct_of_copy(nbytes, us, copy)
+            name = f"{'acc' if acc_mode else 'add'} {bm}x{bn}x{iters} w{warps} st{stages} trips={trips}"
+            rows.append(dict(rank=r, variant=name, bytes=nbytes, us=us, pct_copy=pct, rel_error=err))
+            print(f"r={r:2d} {name:26s} {us:7.2f} us  {pct:5.1f}% of copy  (rel err {err:.1e})", flush=True)
         del xs, bases, pristine, ref
         torch.cuda.empty_cache()
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_gbps": copy, "rows": rows,
-                       "command": " ".join(sys.argv)}, f, indent=1)
+        write_rows(args.json, copy, rows)
     return 0
 
 

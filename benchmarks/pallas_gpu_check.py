@@ -31,6 +31,7 @@ from lora.compare import cases as CS  # noqa: E402
 from lora import testing as T  # noqa: E402
 from lora.compare import timing as TM  # noqa: E402
 from lora.testing import batch_info  # noqa: E402
+from probe_record import pct_of_copy  # noqa: E402  (benchmarks/: the script's directory)
 
 C = T  # the compositions and numpy inputs of the contract
 
@@ -192,7 +193,7 @@ def time_op(backend_name, case, op, comp, bi, copy_gbps, budget, tuning=None):
     else:
         m = TM.time_calls(fns, DEV, budget)
         row["method"] = "eager, cuda events"
-    row.update(us=m.median_us, min_bytes=nbytes, pct_copy=100 * nbytes / (m.median_us * 1e-6) / 1e9 / copy_gbps)
+    row.update(us=m.median_us, min_bytes=nbytes, pct_copy=pct_of_copy(nbytes, m.median_us, copy_gbps))
     return row
 
 

@@ -13,7 +13,6 @@ Prints one line per timing (flushed, so a run cut short keeps what it measured) 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ import lora  # noqa: E402
 from lora import testing as T  # noqa: E402
 from lora.compare import cases as CS  # noqa: E402
 from lora.compare import timing as TM  # noqa: E402
+from probe_record import pct_of_copy, write_rows  # noqa: E402  (benchmarks/: the script's directory)
 
 #: name -> (Tuning keyword arguments, the ops it applies to)
 SHRINK_OPS = ("shrink1", "shrink3", "shrink_down")
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                 be = backends[key] if bname == "pallas" else backends["triton"]
                 op = CS.OPS[oname].resolve(case.shape)
                 chk, us, nbytes = time_one(be, op, comp, case, budget)
-                row.update(ok=chk.ok, rel_error=chk.rel_error, us=us, pct_copy=100 * nbytes / (us * 1e-6) / 1e9 / copy)
+                row.update(ok=chk.ok, rel_error=chk.rel_error, us=us, pct_copy=pct_of_copy(nbytes, us, copy))
             except Exception as exc:  # noqa: BLE001
                 row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:400], where=traceback.format_exc()[-600:])
             rows.append(row)
@@ -117,9 +117,7 @@ def main(argv=None) -> int:
                   f"{'ok' if row.get('ok') else 'FAIL ' + row.get('error', '')[:120]}", flush=True)
             torch.cuda.empty_cache()
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_gbps": copy, "rows": rows,
-                       "command": " ".join(sys.argv)}, f, indent=1)
+        write_rows(args.json, copy, rows)
     print("\nbest pallas tuning per (case, op):")
     best = {}
     for r in rows:

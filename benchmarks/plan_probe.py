@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 
 import torch
@@ -23,6 +22,7 @@ from lora import testing as T
 from lora.compare import cases as CS
 from lora.compare import timing as TM
 from lora.triton import tiling
+from probe_record import pct_of_copy, write_rows  # benchmarks/: the script's directory
 
 PLANS = {"ShrinkPlan": tiling.ShrinkPlan, "ExpandPlan": tiling.ExpandPlan, "FusedPlan": tiling.FusedPlan}
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                         _, together = TM.time_cuda_graph(fns, dev, budget, batched=True)
                     us = together.median_us
                     row.update(ok=fails == 0, checks=args.checks, failed_checks=fails, rel_error=worst, us=us,
-                               pct_copy=100 * mbytes / (us * 1e-6) / 1e9 / copy)
+                               pct_copy=pct_of_copy(mbytes, us, copy))
                 except Exception as exc:  # noqa: BLE001
                     row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:300])
                 rows.append(row)
@@ -86,9 +86,7 @@ def main(argv=None) -> int:
                       f"{'' if args.checks == 1 else str(row.get('failed_checks', '?')) + '/' + str(args.checks) + ' failed '}"
                       f"{row.get('error', '')}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_gbps": copy, "rows": rows,
-                       "command": " ".join(sys.argv)}, f, indent=1)
+        write_rows(args.json, copy, rows)
     return 0
 
 

@@ -25,7 +25,6 @@ The shipped kernel's own times on these shapes are the compare's (``shrink1`` an
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -33,12 +32,16 @@ import triton
 import triton.language as tl
 
 from lora.compare import timing as TM
+from probe_record import pct_of_copy, write_rows  # benchmarks/: the script's directory
 
 
 @triton.jit
 def _shrink_rows(x_ptr, w_ptr, out_ptr, tab_ptr, idx_ptr, K, stride_xm, stride_wl,
-                 WEIGHTS: tl.constexpr, GATHER: tl.constexpr, TRIPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 WEIGHTS: tl.constexpr, TRIPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr):
+    """``TRIPS``: what the program reads before its K loop. 0: nothing (rows and weight from the program
+    id); 1: the weight; 2: the weight and row count, then the row indices; 3: the weight and the row indices
+    together."""
     pid = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -51,7 +54,7 @@ def _shrink_rows(x_ptr, w_ptr, out_ptr, tab_ptr, idx_ptr, K, stride_xm, stride_w
         w = tl.load(tab_ptr + 2 * pid)
         rows = tl.load(idx_ptr + pid * BLOCK_M + offs_m)
         row_ok = rows >= 0
-    elif GATHER:
+    elif TRIPS == 2:
         w = tl.load(tab_ptr + 2 * pid)
         n_rows = tl.load(tab_ptr + 2 * pid + 1)
         row_ok = offs_m < n_rows
@@ -92,18 +95,18 @@ def main(argv=None) -> int:
         tab = torch.tensor([[b * L // nb, BM] for b in range(nb)], device=dev, dtype=torch.int32)
         idx = torch.arange(s, device=dev, dtype=torch.int32)
 
-        def tri(weights, gather, stages, i, trips=0):
+        def tri(weights, trips, stages, i):
             return lambda: _shrink_rows[(nb,)](xs[i], w, outs[i], tab, idx, K, K, r * K, WEIGHTS=weights,
-                                                GATHER=gather, TRIPS=trips, BLOCK_M=BM, BLOCK_N=r, BLOCK_K=128,
+                                                TRIPS=trips, BLOCK_M=BM, BLOCK_N=r, BLOCK_K=128,
                                                 num_warps=4, num_stages=stages)
 
         variants = {
-            "plain": lambda i: tri(1, False, 4, i),
-            "plain-5st": lambda i: tri(1, False, 5, i),
-            "plain-8w": lambda i: tri(L, False, 4, i),
-            "gather": lambda i: tri(L, True, 4, i),
-            "w-trip": lambda i: tri(L, False, 4, i, 1),
-            "one-trip": lambda i: tri(L, False, 4, i, 3),
+            "plain": lambda i: tri(1, 0, 4, i),
+            "plain-5st": lambda i: tri(1, 0, 5, i),
+            "plain-8w": lambda i: tri(L, 0, 4, i),
+            "gather": lambda i: tri(L, 2, 4, i),
+            "w-trip": lambda i: tri(L, 1, 4, i),
+            "one-trip": lambda i: tri(L, 3, 4, i),
             "cublas": lambda i: (lambda: torch.matmul(xs[i], w[0].t(), out=outs[i])),
         }
         ref = (xs[0].float() @ w[0].float().t())
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
                 assert err < 1.5e-2, (name, err)
             _, batched = TM.time_cuda_graph(fns, dev, budget)
             us = batched.median_us
-            pct = 100 * nbytes / (us * 1e-6) / 1e9 / copy
+            pct = pct_of_copy(nbytes, us, copy)
             rows.append(dict(variant=name, K=K, tokens=s, bytes=nbytes, us=us, pct_copy=pct))
             print(f"K={K:5d} {name:10s} {us:7.2f} us  {pct:5.1f}% of copy", flush=True)
         del xs, outs
@@ -128,9 +131,7 @@ def main(argv=None) -> int:
         fixed = a["us"] - a["bytes"] / rate
         print(f"{name:10s} rate {rate / 1e3:6.0f} GB/s  fixed {fixed:5.2f} us", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_gbps": copy, "rows": rows,
-                       "command": " ".join(sys.argv)}, f, indent=1)
+        write_rows(args.json, copy, rows)
     return 0
 
 
