@@ -169,10 +169,15 @@ BAD_FILES = {
     "float-field": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "cpu"},
                                "plans": {K1: {**dataclasses.asdict(USER), "block_m": 16.0}}}),
     "other-device": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "NVIDIA H200"}, "plans": {}}),
+    "int-flag": json.dumps({"format": tiling.TABLE_FORMAT, "device": {"name": "cpu"},
+                            "plans": {K1: dataclasses.asdict(USER),
+                                      "expand:s64:r16:n64:w64:st1:l2": {
+                                          **dataclasses.asdict(tiling.ExpandPlan(16, 16, 1)), "acc_base": 1}}}),
 }
 REASONS = {"not-json": "not valid JSON", "wrong-format": "format is 'something/9'", "no-device": '"device"',
            "bad-key": "bad key 'gemm:x'", "bad-plan": "power of two", "unknown-field": "speed",
-           "float-field": "must be an integer", "other-device": "measured on 'NVIDIA H200'"}
+           "float-field": "must be an integer", "other-device": "measured on 'NVIDIA H200'",
+           "int-flag": "acc_base=1 must be true/false"}
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_FILES))
