@@ -38,6 +38,11 @@ TUNINGS = {
     "ss6": dict(expand_stream_stages=6),
     "pbn128ss6": dict(expand_block_n=128, expand_stream_stages=6),
     "pbn128": dict(expand_block_n=128),
+    # session 17: the persistent expand on two (three) CTAs per SM, its tiles in flight halved to fit
+    "c264": dict(expand_ctas=264, expand_block_n=128),
+    "c264ss2": dict(expand_ctas=264, expand_block_n=128, expand_stream_stages=2),
+    "c264bn64": dict(expand_ctas=264, expand_block_n=64, expand_stream_stages=3),
+    "c396ss2": dict(expand_ctas=396, expand_block_n=128, expand_stream_stages=2),
     "tile": dict(expand_persistent=False),  # one CTA per tile
     "rdd": dict(expand_reduce_add=True),  # one CTA per tile, TMA reduce-add into base
 }

@@ -359,6 +359,18 @@ SPLIT_MAX_CTAS = 256
 SMEM_BUDGET = 200 * 1024
 #: Shared memory a Mosaic GPU kernel may take on Hopper (227 KB, what Mosaic checks at lowering).
 SMEM_LIMIT = 227 * 1024
+#: Shared memory of one Hopper SM, of which each resident CTA reserves 1 KB.
+SM_SMEM = 228 * 1024
+#: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
+#: extra CTAs wait for a free SM (correct, a little slower); with more, some SMs stay idle.
+PERSISTENT_CTAS = 132
+
+
+def smem_limit(ctas: int) -> int:
+    """Shared memory one CTA of a persistent kernel on ``ctas`` CTAs may take: all of them resident
+    at once, ceil(ctas / PERSISTENT_CTAS) on each SM."""
+    per_sm = -(-ctas // PERSISTENT_CTAS)
+    return min(SMEM_LIMIT, SM_SMEM // per_sm - 1024)
 
 
 @dataclass(frozen=True)
@@ -382,6 +394,9 @@ class Tuning:
     #: SPLIT_MAX_BLOCKS blocks (True / False: for every batch / none)
     expand_persistent: bool | None = None
     expand_stream_stages: int | None = None  # 2..6: tiles in flight in the persistent expand
+    #: CTAs of the persistent expand (None: PERSISTENT_CTAS, one per SM); more than one per SM only
+    #: where the tiles in flight of each fit in the SM's shared memory together (else ValueError)
+    expand_ctas: int | None = None
     #: one CTA per tile: every adapter's product in one accumulator, one merge per tile (False: a
     #: merge into the base tile per adapter, the earlier kernel)
     expand_accumulate: bool = True
@@ -421,6 +436,8 @@ class Tuning:
             v = getattr(self, name)
             if v is not None and not lo <= v <= hi:
                 raise ValueError(f"Tuning.{name}={v} must lie in [{lo}, {hi}]")
+        if self.expand_ctas is not None and not 1 <= self.expand_ctas <= 8 * PERSISTENT_CTAS:
+            raise ValueError(f"Tuning.expand_ctas={self.expand_ctas} must lie in [1, {8 * PERSISTENT_CTAS}]")
         if self.shrink_ksplit is not None and self.shrink_ksplit < 1:
             raise ValueError(f"Tuning.shrink_ksplit={self.shrink_ksplit} must be >= 1")
 
@@ -564,9 +581,6 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     return fixed + base_tile + pipeline + extra
 
 
-#: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
-#: extra CTAs wait for a free SM (correct, a little slower); with more, some SMs stay idle.
-PERSISTENT_CTAS = 132
 #: Column tiles a gathering decode-expand CTA walks (half as many below 64 tiles or one block), and
 #: its B tiles in flight (session 8 on the H200, call 2: rank-16 64-token gate-up expand 34.5 us
 #: at one tile per CTA, 22.8 at two, 16.9 at four, 13.3 at eight; rank-64 256-token 70.8, 74.5, -,
@@ -627,6 +641,12 @@ def expand_config(
         tiles = tuning.expand_gather_tiles or min(GATHER_TILES if wide else GATHER_TILES // 2, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
+    ctas = tuning.expand_ctas or PERSISTENT_CTAS
+    persistent_limit = smem_limit(ctas)
+
+    def limit():
+        return persistent_limit if persistent else SMEM_LIMIT
+
     def need():
         return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora, tiles)
 
@@ -635,20 +655,20 @@ def expand_config(
         # halve it where three of them fit in flight (ranks up to 32; session 5, call 2 on the H200:
         # rank-16 expand 48.5 -> 40.8 us, gate-up expand 341 -> 272 us; rank 64 slower, 66 -> 77 us).
         block_n = 256
-        if expand_smem_bytes(kr, stack, *sizes, 256, stages, x_shift, min(stream, 3), num_lora=num_lora) > SMEM_LIMIT:
+        if expand_smem_bytes(kr, stack, *sizes, 256, stages, x_shift, min(stream, 3), num_lora=num_lora) > limit():
             block_n = 128
 
     # Fewer than three tiles in flight leave the persistent kernel latency-bound (two: 1.45x slower
     # than one CTA per tile, session 5 call 1): wide ranks with stacked slices run one CTA per tile.
     min_stream = 2 if tuning.expand_persistent else 3
-    while need() > SMEM_LIMIT:
+    while need() > limit():
         if tuning.expand_stream_stages is None and stream > min_stream:
             stream -= 1
         elif tuning.expand_stages is None and stages > 1:
             stages -= 1
         elif gather and tiles > 1 and tuning.expand_gather_tiles is None:  # fewer B tiles in flight
             tiles //= 2
-        elif persistent and tuning.expand_persistent is None:  # wide ranks: one CTA per tile
+        elif persistent and tuning.expand_persistent is None and tuning.expand_ctas is None:  # wide ranks: one CTA per tile
             persistent, stream = False, 0
             block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
             accumulate = tuning.expand_accumulate and not gather
@@ -657,16 +677,16 @@ def expand_config(
         elif tuning.expand_block_n is None and block_n > 64:
             block_n //= 2
         else:
-            given = tuning.expand_stages or tuning.expand_block_n or tuning.expand_stream_stages
+            given = tuning.expand_stages or tuning.expand_block_n or tuning.expand_stream_stages or tuning.expand_ctas
             what = "with the Tuning given " if given else ""
             raise ValueError(
                 f"an expand of rank {max_r} with {stack} slices needs {need()} bytes of shared memory {what}"
-                f"(limit {SMEM_LIMIT}): the pallas backend takes ranks up to 128 with three slices (QKV), 192 "
+                f"(limit {limit()}{f' with {ctas} CTAs' if persistent else ''}): the pallas backend takes ranks up to 128 with three slices (QKV), 192 "
                 f"with two (gate-up), 256 with one"
             )
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
-        tuning.expand_reduce_add, PERSISTENT_CTAS if persistent else 0, stream, accumulate=accumulate,
+        tuning.expand_reduce_add, ctas if persistent else 0, stream, accumulate=accumulate,
         gather=gather, gather_tiles=max(tiles, 1),
     )
 

@@ -567,7 +567,8 @@ def test_expand_kernel_choice():
     """Decode-sized batches: a CTA per (column tile, adapter chunk), rows gathered (or, without
     gather, one CTA per tile accumulating all of the block's adapters). Larger: the persistent kernel (132 CTAs, >= 3 tiles
     in flight, 256-wide where three such tiles fit), one CTA per tile again where fewer than three
-    fit (rank 64 with stacked float32 slices), unless a Tuning asks for it; always within SMEM."""
+    fit (rank 64 with stacked float32 slices), unless a Tuning asks for it; always within SMEM (a
+    persistent CTA's share of its SM's, where a Tuning asks for more CTAs than SMs)."""
     def cfg(bpad, n, r, stack, tuning=T.DEFAULT_TUNING):
         internal = stack > 1
         ep = P.plan_expand(bpad, n, r, stack, 8, "float32" if internal else "bfloat16", "bfloat16", "bfloat16",
@@ -575,7 +576,7 @@ def test_expand_kernel_choice():
         c = ep.cfgs[0]
         used = T.expand_smem_bytes(c.kr, stack, 4 if internal else 2, 2, 2, c.block_n, c.stages, c.x_shift,
                                    c.stream_stages, c.accumulate, 8, c.gather_tiles if c.gather else 0)
-        assert used <= T.SMEM_LIMIT, c
+        assert used <= (T.smem_limit(c.ctas) if c.ctas else T.SMEM_LIMIT), c
         return c
 
     c = cfg(256, 4096, 16, 1)  # one CTA per tile: all of a block's adapters, one accumulator
@@ -611,6 +612,18 @@ def test_expand_kernel_choice():
         T.Tuning(expand_stream_stages=1)
     with pytest.raises(ValueError, match="expand_persistent"):
         T.Tuning(expand_persistent=1)
+    # more CTAs than SMs: each CTA's tiles in flight must fit beside the others' on its SM
+    assert T.smem_limit(T.PERSISTENT_CTAS) == T.SMEM_LIMIT
+    assert T.smem_limit(2 * T.PERSISTENT_CTAS) == T.SM_SMEM // 2 - 1024
+    assert T.smem_limit(2 * T.PERSISTENT_CTAS + 1) == T.SM_SMEM // 3 - 1024
+    two = T.Tuning(expand_ctas=2 * T.PERSISTENT_CTAS, expand_block_n=128)
+    c = cfg(8192, 4096, 16, 1, two)
+    assert (c.ctas, c.block_n) == (2 * T.PERSISTENT_CTAS, 128) and c.stream_stages >= 3  # (fits: cfg checks)
+    with pytest.raises(ValueError, match=f"with {2 * T.PERSISTENT_CTAS} CTAs"):
+        cfg(8192, 4096, 16, 1, T.Tuning(expand_ctas=2 * T.PERSISTENT_CTAS, expand_block_n=256,
+                                         expand_stream_stages=4))
+    with pytest.raises(ValueError, match="expand_ctas"):
+        T.Tuning(expand_ctas=0)
     # one slice of activation-dtype x: no copy of x (its windows are the rank wide)
     assert P.plan_expand(8192, 4096, 16, 1, 8, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True).x_cols == 16
 
