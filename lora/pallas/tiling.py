@@ -605,7 +605,8 @@ def expand_config(
     products accumulate in one wgmma accumulator (``accumulate``); or, with several blocks and >= 64
     column tiles, or stacked slices of rank >= 64, the gathering kernel (``gather``: GATHER_TILES
     column tiles a CTA, half as many for the latter). Larger batches: the persistent
-    kernel, STREAM_STAGES tiles in flight (256 columns wide where three such tiles fit, else 128),
+    kernel, STREAM_STAGES tiles in flight: on two CTAs per SM where three or more such tiles fit
+    each (128 columns wide, else 64), else on one per SM (256 wide where three such tiles fit, else 128),
     one stage for the tiles it runs one by one (partial last block, unaligned slice boundaries).
     Then fewer stages, then (wide ranks) one CTA per tile again, then narrower column tiles, until
     the kernel fits in shared memory. ``tuning`` fixes any of these (ValueError when they do not fit)."""
@@ -641,16 +642,29 @@ def expand_config(
         tiles = tuning.expand_gather_tiles or min(GATHER_TILES if wide else GATHER_TILES // 2, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
+    def need(bn=None, ss=None):
+        return expand_smem_bytes(kr, stack, *sizes, bn or block_n, stages, x_shift, ss or stream, accumulate, num_lora,
+                                 tiles)
+
     ctas = tuning.expand_ctas or PERSISTENT_CTAS
+    if persistent and tuning.expand_ctas is None:
+        # Two CTAs per SM where each holds three or more tiles in flight, at the widest tile (up to
+        # 128) that allows it: while one CTA waits on its step's fetches or runs its epilogue, the
+        # other's tiles stream (session 17, call 1 on the H200: rank-16 expand 44.8 -> 42.9 us on
+        # prefill-8k, 44.7 -> 39.8 on mixed, QKV expand 66.7 -> 59.0 on mixed, rank-64 expand
+        # 63.4 -> 57.9 on mixed; the same 128-wide tiles on one CTA per SM: 48.8 / 50.0).
+        two = smem_limit(2 * PERSISTENT_CTAS)
+        for bn in [tuning.expand_block_n] if tuning.expand_block_n else [w for w in (128, 64) if w <= max(n, 64)]:
+            ss = tuning.expand_stream_stages or next((k for k in range(stream, 2, -1) if need(bn, k) <= two), 0)
+            if ss and need(bn, ss) <= two:
+                ctas, block_n, stream = 2 * PERSISTENT_CTAS, bn, ss
+                break
     persistent_limit = smem_limit(ctas)
 
     def limit():
         return persistent_limit if persistent else SMEM_LIMIT
 
-    def need():
-        return expand_smem_bytes(kr, stack, *sizes, block_n, stages, x_shift, stream, accumulate, num_lora, tiles)
-
-    if persistent and tuning.expand_block_n is None and n >= 256:
+    if persistent and ctas == PERSISTENT_CTAS and tuning.expand_block_n is None and n >= 256:
         # A tile's fixed cost (metadata, masks, one wgmma, fences) is paid per tile: 256-wide tiles
         # halve it where three of them fit in flight (ranks up to 32; session 5, call 2 on the H200:
         # rank-16 expand 48.5 -> 40.8 us, gate-up expand 341 -> 272 us; rank 64 slower, 66 -> 77 us).

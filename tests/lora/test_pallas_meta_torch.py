@@ -565,8 +565,8 @@ def test_row_counts_are_views_of_one_table(rng, model):
 
 def test_expand_kernel_choice():
     """Decode-sized batches: a CTA per (column tile, adapter chunk), rows gathered (or, without
-    gather, one CTA per tile accumulating all of the block's adapters). Larger: the persistent kernel (132 CTAs, >= 3 tiles
-    in flight, 256-wide where three such tiles fit), one CTA per tile again where fewer than three
+    gather, one CTA per tile accumulating all of the block's adapters). Larger: the persistent kernel, two CTAs per SM
+    where three tiles in flight fit each (128- or 64-wide tiles), else one per SM (256-wide where three such tiles fit), one CTA per tile again where fewer than three
     fit (rank 64 with stacked float32 slices), unless a Tuning asks for it; always within SMEM (a
     persistent CTA's share of its SM's, where a Tuning asks for more CTAs than SMs)."""
     def cfg(bpad, n, r, stack, tuning=T.DEFAULT_TUNING):
@@ -592,12 +592,18 @@ def test_expand_kernel_choice():
         T.Tuning(expand_gather=1)
     assert not cfg(8192, 4096, 16, 1).accumulate  # the persistent kernel merges per tile in its own step
     assert not cfg(8192, 4096, 16, 1).gather
+    # two CTAs per SM where three tiles in flight fit each, at the widest tile that allows it
     c = cfg(8192, 4096, 16, 1)
-    assert (c.ctas, c.block_n, c.stream_stages) == (T.PERSISTENT_CTAS, 256, 4)
+    assert (c.ctas, c.block_n, c.stream_stages) == (2 * T.PERSISTENT_CTAS, 128, 4)
     c = cfg(8192, 28672, 16, 2)
-    assert (c.ctas, c.block_n) == (T.PERSISTENT_CTAS, 256) and c.stream_stages >= 3
+    assert (c.ctas, c.block_n) == (2 * T.PERSISTENT_CTAS, 128) and c.stream_stages >= 3
     c = cfg(8192, 4096, 64, 1)
-    assert (c.ctas, c.block_n) == (T.PERSISTENT_CTAS, 128) and c.stream_stages >= 3
+    assert (c.ctas, c.block_n) == (2 * T.PERSISTENT_CTAS, 64) and c.stream_stages >= 3
+    # one per SM otherwise, 256-wide tiles where three fit (and when a Tuning asks for one per SM)
+    c = cfg(8192, 4096, 16, 1, T.Tuning(expand_ctas=T.PERSISTENT_CTAS))
+    assert (c.ctas, c.block_n, c.stream_stages) == (T.PERSISTENT_CTAS, 256, 4)
+    c = cfg(8192, 4096, 16, 1, T.Tuning(expand_block_n=256))
+    assert (c.ctas, c.block_n, c.stream_stages) == (T.PERSISTENT_CTAS, 256, 4)
     # float32 x, rank-64 gate-up: three tiles in flight fit (one-by-one tiles take their base tile after
     # the pipeline); rank-128 QKV: they do not, one CTA per tile unless forced (then two)
     c = cfg(8192, 28672, 64, 2)
@@ -606,7 +612,7 @@ def test_expand_kernel_choice():
     forced = cfg(8192, 6144, 128, 3, T.Tuning(expand_persistent=True))
     assert forced.ctas == T.PERSISTENT_CTAS and forced.stream_stages == 2
     assert cfg(8192, 4096, 16, 1, T.Tuning(expand_persistent=False)).ctas == 0
-    assert cfg(256, 4096, 16, 1, T.Tuning(expand_persistent=True)).ctas == T.PERSISTENT_CTAS
+    assert cfg(256, 4096, 16, 1, T.Tuning(expand_persistent=True)).ctas == 2 * T.PERSISTENT_CTAS
     assert cfg(8192, 4096, 16, 1, T.Tuning(expand_reduce_add=True)).ctas == 0  # reduce-add: grid only
     with pytest.raises(ValueError, match="expand_stream_stages"):
         T.Tuning(expand_stream_stages=1)
@@ -718,9 +724,9 @@ def test_fused_expand_reads_the_shrink_output_in_x_dtype(n, r, stack):
     f, p = fused.cfgs[0], plain.cfgs[0]
     assert (f.ctas, f.block_n, f.stream_stages) == (p.ctas, p.block_n, p.stream_stages), (f, p)
     if r == 16 or stack == 2:
-        assert f.ctas == T.PERSISTENT_CTAS
-    if r == 16:
-        assert f.block_n == 256
+        assert f.ctas in (T.PERSISTENT_CTAS, 2 * T.PERSISTENT_CTAS)  # the persistent kernel
+    if r == 16:  # two CTAs per SM, each with four 128-wide tiles in flight
+        assert (f.ctas, f.block_n, f.stream_stages) == (2 * T.PERSISTENT_CTAS, 128, 4)
 
 
 def test_fused_op_runs_two_kernels_on_x_dtype(rng, model):
