@@ -43,6 +43,14 @@ TUNINGS = {
     "c264ss2": dict(expand_ctas=264, expand_block_n=128, expand_stream_stages=2),
     "c264bn64": dict(expand_ctas=264, expand_block_n=64, expand_stream_stages=3),
     "c396ss2": dict(expand_ctas=396, expand_block_n=128, expand_stream_stages=2),
+    # session 17: the K-split block shrink (down projection) with more splits, and on two CTAs per SM
+    "ks4st4": dict(shrink_ksplit=4, shrink_stages=4),
+    "ks7st4": dict(shrink_ksplit=7, shrink_stages=4),
+    "ks8st4": dict(shrink_ksplit=8, shrink_stages=4),
+    "ks16st4": dict(shrink_ksplit=16, shrink_stages=4),
+    "ks2st3": dict(shrink_ksplit=2, shrink_stages=3),
+    "ks4st3": dict(shrink_ksplit=4, shrink_stages=3),
+    "ks7": dict(shrink_ksplit=7),
     "tile": dict(expand_persistent=False),  # one CTA per tile
     "rdd": dict(expand_reduce_add=True),  # one CTA per tile, TMA reduce-add into base
 }
