@@ -190,12 +190,8 @@ class _JaxExecutor:
         return S.shrink_split(batch.meta, batch.nrows, batch.lora_ranks, x, x_tail, a, cfg=cfg)
 
     @staticmethod
-    def add_parts(cfg, parts, slot=0, dest=None):
-        return S.add_parts(parts.reshape(cfg.nb * cfg.tiles, *parts.shape[2:]), cfg=cfg)
-
-    @staticmethod
-    def set_rows(t, i, v):
-        return t.at[i : i + v.shape[0]].set(v)
+    def add_parts(cfg, batch, parts, slot=0, dest=None):
+        return S.add_parts(batch.nrows, parts.reshape(cfg.nb * cfg.tiles, *parts.shape[2:]), cfg=cfg)
 
     @staticmethod
     def expand(cfg, batch, offsets, x, x_tail, b, base):

@@ -245,18 +245,12 @@ class TorchExecutor:
         self.launcher("shrink", cfg, ins, [parts], self.device)
         return parts
 
-    def add_parts(self, cfg, parts, slot=0, dest=None):
+    def add_parts(self, cfg, batch: Launch, parts, slot=0, dest=None):
         out = dest
         if out is None:
             out = self.scratch(f"shrink.out{slot}", (cfg.bpad, cfg.out_cols), getattr(torch, cfg.out_dtype))
-        self.launcher("parts", cfg, [parts], [out], self.device)
+        self.launcher("parts", cfg, [batch.nrows, parts], [out], self.device)
         return out
-
-    def set_rows(self, t, i, v):
-        moved = self.scratch("shrink.rows", v.shape, v.dtype)
-        moved.copy_(v)  # v may be a view of t's own memory (< 64 rows)
-        t[i : i + v.shape[0]].copy_(moved)
-        return t
 
     def expand(self, cfg, batch: Launch, offsets, x, x_tail, b, base):
         ins = [batch.meta, batch.nrows, batch.lora_ranks, batch.scalings, offsets, x]

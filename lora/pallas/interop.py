@@ -299,7 +299,8 @@ def kernel_signature(kind: str, cfg):
 
     sds = jax.ShapeDtypeStruct
     if kind == "parts":
-        return (lambda parts: SK.add_parts(parts, cfg=cfg)), [sds((cfg.nb * cfg.tiles, BM, cfg.in_cols), jnp.float32)]
+        fn = lambda nrows, parts: SK.add_parts(nrows, parts, cfg=cfg)  # noqa: E731
+        return fn, [sds((1,), jnp.int32), sds((cfg.nb * cfg.tiles, BM, cfg.in_cols), jnp.float32)]
     L = cfg.num_lora
     head = [sds((MetaLayout(L).length(cfg.bpad),), jnp.int32), sds((1,), jnp.int32), sds((L,), jnp.int32)]
     if kind == "shrink":

@@ -18,9 +18,9 @@ the shrink of a fused op launches). The functions :func:`run_shrink`, :func:`run
 ``shrink_split``,        :mod:`~lora.pallas.expand_kernel` with the batch's device arrays
 ``expand``               (a shrink's ``slot``: 0 for the first product, 1 for those added to it;
                          ``shrink_block(..., dest)``: into the torch executor's result tensor)
-``add_parts(cfg, p,``    launch :func:`~lora.pallas.shrink_kernel.add_parts` on a split shrink's
-``slot, dest)``          partial tiles (into ``dest`` when given: the torch executor's result tensor)
-``set_rows(t, i, v)``    t with rows [i, i + len(v)) replaced by v (the torch executor: in place)
+``add_parts(cfg,``      launch :func:`~lora.pallas.shrink_kernel.add_parts` on a split shrink's
+``batch, p, slot,``      partial tiles (into ``dest`` when given: the torch executor's result tensor)
+``dest)``
 ``arange``, ``where``..  the array namespace :mod:`lora.pallas.meta` is written against
 ``writeback(t, base)``   the padded result back into the caller's base
 =======================  =======================================================================
@@ -93,12 +93,12 @@ class ShrinkPlan:
 
     def writes_into(self, rows: int) -> bool:
         """Whether the output can be written straight into a caller's tensor of ``rows`` rows (and
-        cfg.out_cols columns, 16-byte aligned): the block variant writes rows < s only (its boxes
-        are clamped to the real rows when there are at least 64), the partial-tile sum every row
-        of bpad; the float32 path adds three products."""
+        cfg.out_cols columns, 16-byte aligned): the block variant and the partial-tile sum write
+        rows < s only (the boxes are clamped to the real rows when there are at least 64); the
+        float32 path adds three products."""
         if len(self.parts) > 1 or rows < self.min_rows:
             return False
-        return rows == self.cfg.bpad or (self.sum is None and self.cfg.tail)
+        return rows == self.cfg.bpad or self.cfg.tail
 
     @property
     def kernels(self) -> list:
@@ -227,31 +227,23 @@ def run_shrink(ex, plan: ShrinkPlan, batch, x, a, *, dest=None):
         xs, as_ = (x,), (a,)
     out = None
     for xi, ai in plan.parts:
-        o = _shrink_once(ex, cfg, sum_cfg, batch, xs[xi], as_[ai], s, 0 if out is None else 1, dest)
+        o = _shrink_once(ex, cfg, sum_cfg, batch, xs[xi], as_[ai], 0 if out is None else 1, dest)
         out = o if out is None else ex.add(out, o)
     return out
 
 
-def _shrink_once(ex, cfg: ShrinkConfig, sum_cfg, batch, x, a, s: int, slot: int = 0, dest=None):
+def _shrink_once(ex, cfg: ShrinkConfig, sum_cfg, batch, x, a, slot: int = 0, dest=None):
     x_tail = ex.tail(x) if cfg.tail else None
     if not cfg.split:
         if cfg.ksplit == 1:
             return ex.shrink_block(cfg, batch, x, x_tail, a, slot, dest)
-        return finish_split(ex, cfg, sum_cfg, ex.shrink_block(cfg, batch, x, x_tail, a, slot), s, slot, dest)
-    return finish_split(ex, cfg, sum_cfg, ex.shrink_split(cfg, batch, x, x_tail, a, slot), s, slot, dest)
-
-
-def finish_split(ex, cfg: ShrinkConfig, sum_cfg: PartsConfig, parts, s: int, slot: int = 0, dest=None):
-    """(bpad, sum_cfg.out_cols) from a shrink's partial tiles (nb, tiles, 64, na_out): added in
-    index order by one kernel (the same bits every run), each block's tile at its block's rows. A
-    partial last block's tile holds its clamped box (rows s-64..s, those of the block before
-    zero): its own rows are moved in place (s is static: a shape)."""
-    out = ex.add_parts(sum_cfg, parts, slot, dest)
-    if cfg.tail and s > BM and s % BM:
-        tb = s // BM
-        row_lo, rx = tb * BM, s - BM
-        out = ex.set_rows(out, row_lo, out[row_lo + row_lo - rx : row_lo + s - rx])
-    return out
+        parts = ex.shrink_block(cfg, batch, x, x_tail, a, slot)
+    else:
+        parts = ex.shrink_split(cfg, batch, x, x_tail, a, slot)
+    # (bpad, sum_cfg.out_cols) from the partial tiles (nb, tiles, 64, na_out): added in index order by
+    # one kernel (the same bits every run), rows < s, each block's at its rows (a partial last
+    # block's tiles hold its clamped box: the kernel reads its rows there)
+    return ex.add_parts(sum_cfg, batch, parts, slot, dest)
 
 
 def run_expand(ex, plan: ExpandPlan, batch, x, b, offsets, base):

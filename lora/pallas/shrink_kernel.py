@@ -21,7 +21,7 @@ Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
   Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
   blocks to fill the GPU, so the K loop is split across CTAs. Each CTA stores its float32 tile,
   masked to its adapter's rows of its block, as its own partial tile; the caller adds the partials
-  in index order (:func:`lora.pallas.plan.finish_split`). No two CTAs write the same memory and
+  in index order (:func:`add_parts`). No two CTAs write the same memory and
   nothing is added in completion order, so the result is bitwise the same run to run (the earlier
   TMA reduce-add of the K-split partials into one buffer was not: float addition is not
   associative, a one-ulp difference in a few percent of runs), and this is the code that CPU
@@ -131,7 +131,7 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
 
     With ``cfg.ksplit > 1`` (a Tuning) the K loop is split over ``ksplit`` CTAs per block, each
     storing its tile as a partial tile (nb, ksplit, 64, na_out), added like the split variant's
-    (:func:`lora.pallas.plan.finish_split`): more CTAs (bytes in flight) for the same rows.
+    (:func:`add_parts`): more CTAs (bytes in flight) for the same rows.
     """
     C.TRACE_COUNT["shrink"] += 1
     lay = MetaLayout(cfg.num_lora)
@@ -229,15 +229,7 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
             else:
                 store(o_smem)
 
-        if KS > 1:  # every partial tile is written (the caller adds them all)
-
-            @pl.when(row_lo >= s)
-            def _():
-                o_smem[...] = C.wgmma_zeros(BM, cw)
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, ks, :, pl.ds(c * cw, cw)])
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-
+        # (the partial tiles of blocks past s are not written: add_parts does not read them)
         @pl.when(row_lo < s)
         def _():
             count = C.block_count(meta_ref, lay, b)
@@ -320,7 +312,7 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     """Split variant: per-CTA float32 partial tiles (nb, L*ksplit, 64, na_out); tile (b, i*ksplit + ks)
     holds K split ks of the i-th adapter of block b, masked to that adapter's rows of the block (rows
     of the clamped box that belong to the block before are 0), zeros when the CTA has no adapter.
-    :func:`lora.pallas.plan.finish_split` adds them in index order and places them at their rows.
+    :func:`add_parts` adds them in index order and places them at their rows.
     """
     C.TRACE_COUNT["shrink"] += 1
     lay = MetaLayout(cfg.num_lora)
@@ -377,48 +369,80 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     )
 
 
-def add_parts(parts, *, cfg: PartsConfig):
-    """(bpad, out_cols) ``out_dtype``: columns [0, na) of the partial tiles ``parts`` ((nb * tiles,
-    64, in_cols) float32) added over the tile index, in index order (the same bits every run: no
-    atomics, no completion order), one rounding to the output dtype; the other columns untouched.
+def add_parts(nrows, parts, *, cfg: PartsConfig):
+    """(bpad, out_cols) ``out_dtype``: rows < s (``nrows[0]``) of columns [0, na) hold the partial
+    tiles ``parts`` ((nb * tiles, 64, in_cols) float32) added over the tile index, in index order
+    (the same bits every run: no atomics, no completion order), one rounding to the output dtype;
+    rows >= s and the other columns untouched (so the output may be a caller's tensor of s rows).
 
     CTA (block b, 8-row chunk, 16-column chunk): a pipeline over the block's tiles,
     ``cfg.tiles_per_step`` per step, each (8, 16) piece added to a float32 running sum (one element
-    per thread).
+    per thread). A CTA whose rows lie past s exits at once. With ``cfg.tail``, the tiles of a
+    partial last block (s > 64 and not a multiple of 64) hold its clamped box, rows s-64 .. s-1: its
+    CTAs read their rows at that offset (the rows past the box come in as zeros). The chunk that s
+    cuts is stored row by row, rows < s only (from a staging tile of 128-byte rows: a TMA copy's
+    shared-memory start must be 128-byte aligned).
     """
     C.TRACE_COUNT["parts"] += 1
     RR, CW, TC = PARTS_ROWS, PARTS_COLS, cfg.tiles_per_step
     steps = cfg.tiles // TC
     out_dtype = jnp.dtype(cfg.out_dtype)
+    staged_cols = math.lcm(CW, 128 // out_dtype.itemsize)
 
-    def body(p_ref, o_ref, acc, o_smem):
+    def body(n_ref, p_ref, o_ref, acc, o_smem, o_rows):
         b = lax.axis_index("b")
         rc = lax.axis_index("r")
         c = lax.axis_index("c")
-        acc[...] = jnp.zeros((RR, CW), jnp.float32)
+        s = n_ref[0]
+        row0 = b * BM + rc * RR
 
-        def step(_, blk):
-            total = acc[...]
-            for t in range(TC):
-                total = total + blk[t]
-            acc[...] = total
+        @pl.when(row0 < s)
+        def _():
+            shift = jnp.int32(0)
+            if cfg.tail:
+                m = lax.rem(s, BM)
+                shift = jnp.where((s > BM) & (m != 0) & (b == lax.div(s, BM)), BM - m, 0)
+            acc[...] = jnp.zeros((RR, CW), jnp.float32)
 
-        plgpu.emit_pipeline(
-            step,
-            grid=(steps,),
-            in_specs=[plgpu.BlockSpec((TC, RR, CW), lambda t: (b * steps + t, rc, c))],
-            max_concurrent_steps=cfg.stages,
-        )(p_ref)
-        o_smem[...] = acc[...].astype(out_dtype)
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(b * BM + rc * RR, RR), pl.ds(c * CW, CW)])
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            def step(_, blk):
+                total = acc[...]
+                for t in range(TC):
+                    total = total + blk[t]
+                acc[...] = total
+
+            plgpu.emit_pipeline(
+                step,
+                grid=(steps,),
+                in_specs=[plgpu.BlockSpec((TC, pl.Element(RR), CW), lambda t: (b * steps + t, rc * RR + shift, c))],
+                max_concurrent_steps=cfg.stages,
+            )(p_ref)
+
+            @pl.when(row0 + RR <= s)
+            def _():
+                o_smem[...] = acc[...].astype(out_dtype)
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[pl.ds(row0, RR), pl.ds(c * CW, CW)])
+
+            @pl.when(row0 + RR > s)
+            def _():
+                o_rows.at[:, pl.ds(0, CW)][...] = acc[...].astype(out_dtype)
+                plgpu.commit_smem()
+
+                @pl.loop(0, s - row0)
+                def _(i):
+                    plgpu.copy_smem_to_gmem(o_rows.at[pl.ds(i, 1), pl.ds(0, CW)],
+                                            o_ref.at[pl.ds(row0 + i, 1), pl.ds(c * CW, CW)], commit_group=False)
+
+                plgpu.commit_smem_to_gmem_group()
+
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     return C.mgpu_call(
         body,
-        [parts],
+        [nrows, parts],
         out_type=jax.ShapeDtypeStruct((cfg.bpad, cfg.out_cols), out_dtype),
         grid=(cfg.nb, BM // RR, cfg.na // CW),
         grid_names=("b", "r", "c"),
-        scratch=[plgpu.SMEM((RR, CW), jnp.float32), plgpu.SMEM((RR, CW), out_dtype)],
+        scratch=[plgpu.SMEM((RR, CW), jnp.float32), plgpu.SMEM((RR, CW), out_dtype),
+                 plgpu.SMEM((RR, staged_cols), out_dtype)],
     )

@@ -314,7 +314,7 @@ class ExpandConfig:
 class PartsConfig:
     """Static configuration of the kernel that adds a split shrink's partial tiles
     ((nb, tiles, 64, in_cols) float32) over ``tiles`` in index order into (bpad, out_cols) of
-    ``out_dtype``; columns [0, na) are written (the rest of the output's columns are untouched)."""
+    ``out_dtype``; columns [0, na) of rows < s are written (the rest of the output is untouched)."""
 
     nb: int
     tiles: int
@@ -324,6 +324,7 @@ class PartsConfig:
     out_dtype: str  # float32 (the fused ops' expand input) | the op dtype (a shrink's result)
     tiles_per_step: int  # partial tiles per pipeline step
     stages: int
+    tail: bool = False  # a partial last block's tiles hold its clamped box (ShrinkConfig.tail)
 
     @property
     def bpad(self) -> int:
@@ -343,7 +344,7 @@ def parts_config(cfg: "ShrinkConfig", out_cols: int, out_dtype: str) -> PartsCon
     tiles = cfg.parts_shape[1]
     per_step = max(d for d in range(1, min(tiles, PARTS_TILES_PER_STEP) + 1) if tiles % d == 0)
     return PartsConfig(cfg.nb, tiles, cfg.na, cfg.na_out, out_cols, out_dtype, per_step,
-                       min(3, tiles // per_step))
+                       min(3, tiles // per_step), cfg.tail)
 
 
 #: Shrink uses the slot-parallel split-K variant up to this many row blocks (decode-sized batches).
@@ -512,6 +513,11 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
         stages = tuning.shrink_stages
         if out_bytes + stages * step > SMEM_LIMIT:
             raise ValueError(f"Tuning.shrink_stages={stages} needs {out_bytes + stages * step} bytes of shared memory (limit {SMEM_LIMIT})")
+    elif not split and ksplit > 1 and out_bytes + 4 * step <= smem_limit(2 * PERSISTENT_CTAS):
+        # the K-split block variant (the down projection): two CTAs per SM with four stages each, where
+        # they fit (session 17, call 3 on the H200: rank-16 down-projection shrink 65.0 -> 61.2 us on
+        # prefill-8k, 66.7 -> 62.4 on mixed; rank 64, three stages: 75.0 -> 80.0, so it keeps one)
+        stages = 4
     else:
         stages = max(2, min(4 if split else 8, (SMEM_BUDGET - out_bytes) // step))
     stages = min(stages, max(1, nk // ksplit))

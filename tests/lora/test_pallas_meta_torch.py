@@ -145,13 +145,19 @@ class KernelModel:
 
     @staticmethod
     def _parts(cfg, inputs, outputs):
-        (parts,), (out,) = inputs, outputs
+        (nrows, parts), (out,) = inputs, outputs
+        s = int(nrows[0])
         assert tuple(parts.shape) == (cfg.nb, cfg.tiles, T.BM, cfg.in_cols) and parts.dtype == torch.float32
-        assert tuple(out.shape) == (cfg.bpad, cfg.out_cols) and out.dtype == getattr(torch, cfg.out_dtype)
+        assert out.shape[1] == cfg.out_cols and out.dtype == getattr(torch, cfg.out_dtype)
+        assert out.shape[0] == cfg.bpad or (cfg.tail and s <= out.shape[0] <= cfg.bpad), (out.shape, s)
         total = parts[:, 0, :, : cfg.na].clone()
         for t in range(1, cfg.tiles):  # index order, as the kernel adds them
             total += parts[:, t, :, : cfg.na]
-        out[:, : cfg.na] = total.reshape(cfg.bpad, cfg.na).to(out.dtype)
+        rows = total.reshape(cfg.bpad, cfg.na).clone()
+        m = s % T.BM
+        if cfg.tail and s > T.BM and m:  # the partial last block's tiles hold its clamped box
+            rows[s - m : s] = total[s // T.BM, T.BM - m :]
+        out[:s, : cfg.na] = rows[:s].to(out.dtype)  # rows < s only
 
     @staticmethod
     def _blocks(cfg, meta, s):
@@ -670,10 +676,11 @@ def test_decode_split_and_stage_choice():
 
 
 @pytest.mark.parametrize("tokens,r,stack,direct", [(64, 16, 1, True), (128, 16, 3, True), (64, 8, 1, False),
-                                                   (100, 16, 1, False)])
+                                                   (100, 16, 1, True), (100, 8, 1, False)])
 def test_decode_shrink_sums_its_partials_into_its_result(tokens, r, stack, direct, rng, model):
     """A decode (split) shrink's partial tiles are added by one kernel straight into the op's result
-    in its dtype when the result is the kernel's shape (no float32 buffer, no cast), else into a
+    in its dtype when the result has the kernel's columns, whatever its row count (the sum writes rows
+    < s only, a partial last block's from its clamped box: no copy after it, session 17), else into a
     buffer of the op dtype the result is copied from; either way the result is right."""
     comp = C.Composition([tokens // 2, tokens - tokens // 2], [0, 1], [r, r // 2], [1.0, 1.0], r, tokens)
     be = backend(batch_info(comp, "cpu"))
@@ -773,3 +780,17 @@ def test_plans_name_the_kernels_they_launch():
     ep = P.plan_expand(64, 4096, 16, 1, 8, "float32", "float32", "float32", internal=False, tail=True)
     assert len(ep.cfgs) == 3 and ep.kernels == [("expand", c) for c in dict.fromkeys(ep.cfgs)]
     assert len(ep.kernels) < len(ep.cfgs)
+
+
+def test_k_split_block_shrink_runs_two_ctas_per_sm_where_four_stages_fit():
+    """The down projection's K-split block shrink: four stages where two such CTAs fit on an SM (rank
+    16), else as many stages as fit one (rank 64); an unsplit shrink keeps its deep pipeline."""
+    down = lambda r, tuning=T.DEFAULT_TUNING: P.plan_shrink(8192, 14336, r, 1, 8, "bfloat16", tail=True,  # noqa: E731
+                                                            result=True, tuning=tuning).cfg
+    c = down(16)
+    assert c.ksplit > 1 and c.stages == 4
+    assert T.BM * c.na * 4 + 4 * (T.BM + c.na) * c.block_k * 2 <= T.smem_limit(2 * T.PERSISTENT_CTAS)
+    c64 = down(64)
+    assert c64.ksplit > 1 and c64.stages > 4
+    assert down(16, T.Tuning(shrink_stages=6)).stages == 6
+    assert P.plan_shrink(8192, 4096, 16, 1, 8, "bfloat16", tail=True, result=True).cfg.stages == 8

@@ -13,6 +13,7 @@ import functools
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -591,7 +592,8 @@ def test_split_partials_are_added_in_index_order(interpret, out_dtype):
     parts = rng.standard_normal((nb, tiles, 64, na_out)).astype(np.float32)
     parts[1, :4, 7, 33] = [1e8, 1.0, -1e8, 1.0]  # a sum whose value depends on the order
     parts[1, 4:, 7, 33] = 0.0
-    got = np.asarray(XP.add_parts(cfg, jnp.asarray(parts)).astype(jnp.float32))
+    rows = SimpleNamespace(nrows=jnp.asarray([nb * 64], jnp.int32))
+    got = np.asarray(XP.add_parts(cfg, rows, jnp.asarray(parts)).astype(jnp.float32))
     assert got.shape == (nb * 64, na_out)
     want = np.float32(np.float32(np.float32(1e8) + np.float32(1.0)) + np.float32(-1e8)) + np.float32(1.0)
     assert got[64 + 7, 33] == want == 1.0  # (a pairwise or reordered sum gives 0 or 2)
@@ -599,6 +601,30 @@ def test_split_partials_are_added_in_index_order(interpret, out_dtype):
     ref[64 + 7, 33] = 1.0
     tol = 1e-6 if out_dtype == "float32" else 2.0**-8
     assert np.abs(got[:, :na] - ref[:, :na]).max() <= tol * np.abs(ref[:, :na]).max()
+
+
+@pytest.mark.parametrize("s", [64 + 20, 64 + 5, 64 + 8, 2 * 64 - 1])
+def test_partial_tile_sum_places_a_clamped_last_block_and_writes_rows_below_s_only(interpret, s):
+    """With ``tail``, the tiles of a partial last block hold its clamped box (rows s-64 .. s-1): the
+    sum reads that block's rows at the box's offset and stores rows < s (the chunk that s cuts row
+    by row); NaN tiles of a block past s change nothing. Without ``tail`` the rows are where the
+    block is. (That no row from s on is written: the GPU tests, into tensors of s rows.)"""
+    from lora.pallas.api import XP
+
+    nb, tiles, na = 3, 4, 16
+    rng = np.random.default_rng(s)
+    parts = rng.standard_normal((nb, tiles, 64, na)).astype(np.float32)
+    parts[2] = np.nan  # a block past s: never read
+    rows = SimpleNamespace(nrows=jnp.asarray([s], jnp.int32))
+    sums = parts.astype(np.float64).sum(axis=1)
+    for tail in (True, False):
+        cfg = T.PartsConfig(nb, tiles, na, na, na, "float32", 2, 2, tail)
+        got = np.asarray(XP.add_parts(cfg, rows, jnp.asarray(parts)))
+        m = s - 64
+        want_last = sums[1, 64 - m:] if tail else sums[1, :m]
+        np.testing.assert_allclose(got[:64], sums[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got[64:s], want_last, rtol=1e-6, atol=1e-6)
+        assert not np.isnan(got[:s]).any()
 
 
 def test_split_shrink_results_are_the_same_bits_every_run(interpret):
