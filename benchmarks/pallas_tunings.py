@@ -43,6 +43,9 @@ TUNINGS = {
     "c264ss2": dict(expand_ctas=264, expand_block_n=128, expand_stream_stages=2),
     "c264bn64": dict(expand_ctas=264, expand_block_n=64, expand_stream_stages=3),
     "c396ss2": dict(expand_ctas=396, expand_block_n=128, expand_stream_stages=2),
+    "c396bn64ss4": dict(expand_ctas=396, expand_block_n=64, expand_stream_stages=4),
+    "c264bn64ss4": dict(expand_ctas=264, expand_block_n=64, expand_stream_stages=4),
+    "c264bn64ss6": dict(expand_ctas=264, expand_block_n=64, expand_stream_stages=6),
     # session 17: the K-split block shrink (down projection) with more splits, and on two CTAs per SM
     "ks4st4": dict(shrink_ksplit=4, shrink_stages=4),
     "ks7st4": dict(shrink_ksplit=7, shrink_stages=4),
