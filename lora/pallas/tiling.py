@@ -362,8 +362,9 @@ SMEM_BUDGET = 200 * 1024
 SMEM_LIMIT = 227 * 1024
 #: Shared memory of one Hopper SM, of which each resident CTA reserves 1 KB.
 SM_SMEM = 228 * 1024
-#: CTAs of the persistent expand: one per SM of an H100 / H200 (132). On a GPU with fewer SMs the
-#: extra CTAs wait for a free SM (correct, a little slower); with more, some SMs stay idle.
+#: SMs of an H100 / H200 (132): the persistent expand runs this many CTAs, or twice as many (two per
+#: SM, see expand_config). On a GPU with fewer SMs the extra CTAs wait for a free SM (correct, a
+#: little slower); with more, some SMs stay idle.
 PERSISTENT_CTAS = 132
 
 
@@ -391,7 +392,7 @@ class Tuning:
     shrink_ksplit: int | None = None  # split-K factor of the split variant
     expand_block_n: int | None = None  # 64, 128 or 256
     expand_stages: int | None = None  # 1..4
-    #: the persistent expand (one CTA per SM, a pipeline over tiles) for batches of more than
+    #: the persistent expand (one or two CTAs per SM, a pipeline over tiles) for batches of more than
     #: SPLIT_MAX_BLOCKS blocks (True / False: for every batch / none)
     expand_persistent: bool | None = None
     expand_stream_stages: int | None = None  # 2..6: tiles in flight in the persistent expand
