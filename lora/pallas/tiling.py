@@ -396,8 +396,9 @@ class Tuning:
     #: SPLIT_MAX_BLOCKS blocks (True / False: for every batch / none)
     expand_persistent: bool | None = None
     expand_stream_stages: int | None = None  # 2..6: tiles in flight in the persistent expand
-    #: CTAs of the persistent expand (None: PERSISTENT_CTAS, one per SM); more than one per SM only
-    #: where the tiles in flight of each fit in the SM's shared memory together (else ValueError)
+    #: CTAs of the persistent expand (None: two per SM where three or more tiles in flight fit each,
+    #: else one per SM; see expand_config); more than one per SM only where the tiles in flight of
+    #: each fit in the SM's shared memory together (else ValueError)
     expand_ctas: int | None = None
     #: one CTA per tile: every adapter's product in one accumulator, one merge per tile (False: a
     #: merge into the base tile per adapter, the earlier kernel)
