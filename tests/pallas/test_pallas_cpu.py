@@ -547,7 +547,7 @@ def test_kernel_lowers_once_and_counts_its_buffers(tmp_path, monkeypatch):
     before = interop.stats()["lowered"]
     k = interop.kernel("parts", cfg)
     assert built == ["parts"] and interop.stats()["lowered"] == before + 1
-    assert (k.num_inputs, k.num_buffers, k.aliases) == (1, 2, [None])
+    assert (k.num_inputs, k.num_buffers, k.aliases) == (2, 3, [None])  # the row count and the tiles; the sum
     assert interop.kernel("parts", cfg) is k and built == ["parts"]
 
 
