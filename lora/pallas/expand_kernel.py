@@ -26,8 +26,9 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
   x operand keeps only the adapter's rows, already multiplied by its scale, and the tile is added
   to the base rows once at the end (session 6 on the H200: rank-16 64-token expand 10.1 -> 6.3 us).
 * **persistent** (prefill, mixed): ``cfg.ctas`` CTAs, two per SM where their tiles in flight fit
-  beside each other (else one), each walking a contiguous run of the full row blocks' tiles (column tile major) through one ``emit_pipeline`` whose steps are
-  tiles: while one tile computes, the base tiles, x windows, B tiles and row slots of the next
+  beside each other (else one), each walking a contiguous run of the full row blocks' tiles
+  (column tile major) through one ``emit_pipeline`` whose steps are tiles: while one tile
+  computes, the base tiles, x windows, B tiles and row slots of the next
   ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
   one adapter: such a tile is one wgmma. A block that holds several adapters (a segment boundary)

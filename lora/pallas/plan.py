@@ -18,9 +18,9 @@ the shrink of a fused op launches). The functions :func:`run_shrink`, :func:`run
 ``shrink_split``,        :mod:`~lora.pallas.expand_kernel` with the batch's device arrays
 ``expand``               (a shrink's ``slot``: 0 for the first product, 1 for those added to it;
                          ``shrink_block(..., dest)``: into the torch executor's result tensor)
-``add_parts(cfg,``      launch :func:`~lora.pallas.shrink_kernel.add_parts` on a split shrink's
-``batch, p, slot,``      partial tiles (into ``dest`` when given: the torch executor's result tensor)
-``dest)``
+``add_parts(cfg,``       launch :func:`~lora.pallas.shrink_kernel.add_parts` on a split shrink's
+``batch, p, slot,``      partial tiles, rows < the batch's row count (into ``dest`` when given: the
+``dest)``                torch executor's result tensor)
 ``arange``, ``where``..  the array namespace :mod:`lora.pallas.meta` is written against
 ``writeback(t, base)``   the padded result back into the caller's base
 =======================  =======================================================================

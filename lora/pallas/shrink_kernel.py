@@ -54,6 +54,13 @@ from .tiling import BM, PARTS_COLS, PARTS_ROWS, MetaLayout, PartsConfig, ShrinkC
 __all__ = ["shrink_block", "shrink_split", "add_parts", "column_chunk"]
 
 
+def _staged_cols(cols: int, dtype) -> int:
+    """Columns of a staging tile whose rows are stored one TMA copy each: a copy out of shared memory
+    must start on a 128-byte multiple, and a tile of ``cols`` columns is written into the staging
+    rows' first ``cols`` (Mosaic: a row stride that ``cols`` divides)."""
+    return math.lcm(cols, 128 // jnp.dtype(dtype).itemsize)
+
+
 def _box(nrows_ref, b, cfg: ShrinkConfig):
     """(s, row_lo, rx, is_tail): the block's first row and the first row of its box."""
     s = nrows_ref[0]
@@ -142,9 +149,7 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     out_dt = jnp.dtype(jnp.float32 if KS > 1 else cfg.out_dtype)
     cast = out_dt != jnp.float32  # stored from a second tile in the output dtype
     unit = 2 if cfg.pair_stages else 1  # adapters per K loop
-    # a row stored alone is a TMA copy out of shared memory, whose address must be a multiple of 128 bytes;
-    # the tile is written into the staging rows' first cw columns (Mosaic: a row stride that cw divides)
-    staged_cols = math.lcm(cw, 128 // out_dt.itemsize)
+    staged_cols = _staged_cols(cw, out_dt)  # (rows stored alone)
 
     def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         rest = list(rest)
@@ -387,7 +392,7 @@ def add_parts(nrows, parts, *, cfg: PartsConfig):
     RR, CW, TC = PARTS_ROWS, PARTS_COLS, cfg.tiles_per_step
     steps = cfg.tiles // TC
     out_dtype = jnp.dtype(cfg.out_dtype)
-    staged_cols = math.lcm(CW, 128 // out_dtype.itemsize)
+    staged_cols = _staged_cols(CW, out_dtype)
 
     def body(n_ref, p_ref, o_ref, acc, o_smem, o_rows):
         b = lax.axis_index("b")
@@ -398,10 +403,8 @@ def add_parts(nrows, parts, *, cfg: PartsConfig):
 
         @pl.when(row0 < s)
         def _():
-            shift = jnp.int32(0)
-            if cfg.tail:
-                m = lax.rem(s, BM)
-                shift = jnp.where((s > BM) & (m != 0) & (b == lax.div(s, BM)), BM - m, 0)
+            rx, _ = C.box_start(s, b * BM, cfg.tail)  # the first row of the block's tiles
+            shift = b * BM - rx
             acc[...] = jnp.zeros((RR, CW), jnp.float32)
 
             def step(_, blk):

@@ -690,7 +690,8 @@ def expand_config(
             stages -= 1
         elif gather and tiles > 1 and tuning.expand_gather_tiles is None:  # fewer B tiles in flight
             tiles //= 2
-        elif persistent and tuning.expand_persistent is None and tuning.expand_ctas is None:  # wide ranks: one CTA per tile
+        elif persistent and tuning.expand_persistent is None and tuning.expand_ctas is None:
+            # wide ranks: one CTA per tile
             persistent, stream = False, 0
             block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
             accumulate = tuning.expand_accumulate and not gather
@@ -701,9 +702,10 @@ def expand_config(
         else:
             given = tuning.expand_stages or tuning.expand_block_n or tuning.expand_stream_stages or tuning.expand_ctas
             what = "with the Tuning given " if given else ""
+            on = f" with {ctas} CTAs" if persistent else ""
             raise ValueError(
                 f"an expand of rank {max_r} with {stack} slices needs {need()} bytes of shared memory {what}"
-                f"(limit {limit()}{f' with {ctas} CTAs' if persistent else ''}): the pallas backend takes ranks up to 128 with three slices (QKV), 192 "
+                f"(limit {limit()}{on}): the pallas backend takes ranks up to 128 with three slices (QKV), 192 "
                 f"with two (gate-up), 256 with one"
             )
     return ExpandConfig(
