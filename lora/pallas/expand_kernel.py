@@ -32,8 +32,7 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
   ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
   one adapter: such a tile is one wgmma. A block that holds several adapters (a segment boundary)
-  fetches the others' x windows and B tiles in its step (from L2; the second's while the first
-  computes) and adds them to the same slot.
+  fetches the others' x windows and B tiles in its step (from L2) and adds them to the same slot.
   A step's block count and first slot come from a ring in shared memory, loaded ``stream_stages``
   steps ahead (no round trip to L2 on the steps' critical path). When a slice boundary is not a
   multiple of ``block_n`` the steps skip their tiles, and ``one_tile`` runs them after the pipeline,
@@ -634,22 +633,11 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
                 x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(prog.slice_start(j, R.ranks[w]), kw)]
             plgpu.copy_gmem_to_smem(x_src, xs2, bar2.at[0])
 
-        def fetch_adapter(k):
-            """xs2, bs2 = the x window and B tile of the block's adapter k (from L2)."""
-            w = C.block_slot(R.meta, lay, b, k)
-            fetch_x(w)
-            plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n0, BN), pl.ds(0, kr)], bs2, bar2.at[1])
-
         @pl.when(prog.aligned & (count > 0))
         def _():
             w0 = first_slot(i)  # its tiles came with the pipeline
-            # At a segment boundary the block's second adapter's tiles come in while the first
-            # computes, unless the first needs xs2 itself (a stacked slice that starts off a tile).
-            early = count > 1
             if direct and cfg.x_shift:
                 start_aligned = lax.rem(j * R.ranks[w0], tc) == 0
-                early = early & start_aligned
-                pl.when(early)(lambda: fetch_adapter(1))
                 pl.when(start_aligned)(lambda: add_adapter(w0, xs, bs, True))
 
                 @pl.when(jnp.logical_not(start_aligned))
@@ -658,17 +646,16 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
                     plgpu.barrier_wait(bar2.at[0])
                     add_adapter(w0, xs2, bs, False)
             else:
-                pl.when(early)(lambda: fetch_adapter(1))
                 add_adapter(w0, xs, bs, direct)
-            pl.when((count > 1) & jnp.logical_not(early))(lambda: fetch_adapter(1))
 
             @pl.loop(1, count)
-            def _(k):  # the block's other adapters (the third on: fetched once the one before is done)
+            def _(k):  # a segment boundary: the block's other adapters, fetched now (from L2)
                 w = C.block_slot(R.meta, lay, b, k)
+                fetch_x(w)
+                plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n0, BN), pl.ds(0, kr)], bs2, bar2.at[1])
                 plgpu.barrier_wait(bar2.at[0])
                 plgpu.barrier_wait(bar2.at[1])
                 add_adapter(w, xs2, bs2, plain_direct)
-                pl.when(k + 1 < count)(lambda: fetch_adapter(k + 1))
 
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(base_s, R.base.at[pl.ds(b * BM, BM), pl.ds(n0, BN)])
