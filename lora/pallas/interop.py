@@ -31,11 +31,13 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
 
-__all__ = ["MosaicKernel", "kernel", "launch", "lower", "cache_dir", "compile_count", "lowering_count"]
+__all__ = ["MosaicKernel", "kernel", "launch", "lower", "cache_dir", "compile_count", "lowering_count",
+           "smem_bytes"]
 
 _LOCK = threading.Lock()
 _STATS = {"lowered": 0, "cached": 0, "compiled": 0, "lower_s": 0.0, "compile_s": 0.0}
@@ -137,6 +139,29 @@ def _hopper_target():
         yield
     finally:
         mgpu_utils._infer_arch = saved
+
+
+def smem_bytes(kind: str, cfg) -> int:
+    """Shared memory Mosaic allocates for one CTA of a kernel configuration: its own count, read from
+    the check it makes when lowering (run with a bound of 0 bytes, so that it always reports). The
+    check of :func:`lora.pallas.tiling.expand_smem_bytes`; lowers on the CPU, nothing cached."""
+    import jax
+    from jax.experimental.mosaic.gpu import core as mgpu_core
+
+    fn, specs = kernel_signature(kind, cfg)
+    saved = mgpu_core._SMEM_SIZE_BOUND
+    mgpu_core._SMEM_SIZE_BOUND = 0
+    try:
+        with _hopper_target():
+            jax.jit(fn).trace(*specs).lower(lowering_platforms=("cuda",))
+    except ValueError as e:
+        found = re.search(r"smem_bytes=(\d+)", str(e))
+        if found is None:
+            raise
+        return int(found.group(1))
+    finally:
+        mgpu_core._SMEM_SIZE_BOUND = saved
+    raise RuntimeError(f"Mosaic reported no shared memory for {kind} {cfg}")
 
 
 def lower_to_mosaic(fn, arg_specs):

@@ -309,6 +309,15 @@ class ExpandConfig:
     def ntn(self) -> int:
         return -(-self.n // self.block_n)
 
+    @property
+    def smem_bytes(self) -> int:
+        """Shared memory of one CTA (:func:`expand_smem_bytes`)."""
+        sizes = [_itemsize(d) for d in (self.x_dtype, self.op_dtype, self.base_dtype)]
+        return expand_smem_bytes(self.kr, self.stack, *sizes, self.block_n, self.stages, self.x_shift,
+                                 self.stream_stages, self.accumulate, self.num_lora,
+                                 self.gather_tiles if self.gather else 0,
+                                 self.x_dtype == self.op_dtype and self.x_part == 0)
+
 
 @dataclass(frozen=True)
 class PartsConfig:
@@ -550,43 +559,55 @@ def gather_cols(kw: int, x_itemsize: int) -> int:
     return round_up(kw, 128 // x_itemsize)
 
 
-def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False, num_lora=0, gather=0) -> int:
-    """Shared memory of one expand CTA, as Mosaic allocates it.
+def scratch_bytes(nbytes: int) -> int:
+    """Shared memory Mosaic takes for one scratch buffer: its bytes rounded up to 1 KB."""
+    return round_up(nbytes, 1024)
 
-    Fixed: the row-slot vector, the operand-dtype x tile, the barriers, (x_shift) the shifted x
-    tile, three ``num_lora``-entry tables (the scalings' in a scratch of their own: Mosaic rounds
-    each scratch allocation up to 1 KB, counted here for that one only) and the persistent kernel's
-    ring (``RING`` entries, two tables). One tile's work (``one_tile``) takes a base tile and a
-    pipeline over a block's adapters, per stage: the x windows and the B tile. Both paths of that
-    pipeline (one window for slice-aligned column tiles, ``stack`` windows otherwise) are scoped
-    separately, so the larger, the general one, is what counts. The persistent kernel
-    (``stream_stages`` > 0) runs its pipeline over tiles first, whose stages each hold a base tile,
-    one x window, a B tile and the row slots, with one more x window and B tile for the further
-    adapters of a block; ``one_tile``'s work comes after it, in the same memory: the larger of the
-    two counts. The gathering decode kernel
-    (``gather``: its column tiles per CTA) scopes its gathered x rows, row list, output tiles, B
-    tiles and barriers beside that pipeline (the fallback for unaligned slices): the larger counts.
+
+def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
+                      stream_stages=0, accumulate=False, num_lora=0, gather=0, direct=False) -> int:
+    """Shared memory of one expand CTA, as Mosaic allocates it: each scratch buffer rounded up to
+    1 KB (:func:`scratch_bytes`), and a bound on the barriers (8 bytes each): 40-64 bytes over
+    Mosaic's own count (:func:`lora.pallas.interop.smem_bytes`) on the ten persistent, one CTA per
+    tile and gathering configurations compared in session 18 (five of them in the CPU tests).
+
+    Always: the int32 table (a box's row slots, a tile's slot list, the ranks, the persistent
+    kernel's ring), the operand-dtype x tile, the scalings and (x_shift, gather) the shifted x tile.
+    One tile's work (``one_tile``) runs a pipeline over a block's adapters, per stage the x windows
+    (``kw`` columns of x) and the B tile: ``stack`` windows on the general path (unaligned slice
+    boundaries), one on the aligned path, which (``accumulate``) also holds two operand-dtype x
+    tiles; the two paths are scoped apart, so the larger counts.
+
+    * One CTA per tile: a base tile beside that pipeline; (``gather`` column tiles) the gathering
+      kernel's x rows, row list, two output tiles and B tiles in flight, scoped apart from it.
+    * Persistent (``stream_stages`` > 0): its pipeline over tiles, each stage an x window (``kr``
+      operand-dtype columns when ``direct``: x is the wgmma operand as it is; else ``kw`` of x), a B
+      tile, a base tile and the row slots, beside one window and B tile for a block's further
+      adapters; then, in the same memory, ``one_tile``'s base tile and its pipeline at ``stages``.
     """
+    a = scratch_bytes
     kw = kr + (shift_pad(kr) if x_shift else 0)
-    fixed = BM * 4 + BM * kr * op_itemsize + 8 * 16 + 2 * RING * 4
-    fixed += BM * kr * x_itemsize if x_shift or gather else 0
-    fixed += 3 * 4 * num_lora + (1024 if num_lora else 0)  # the slots' ranks and scalings, a tile's slot list
+    window = BM * kw * x_itemsize
+    operand = BM * kr * op_itemsize
+    b_tile = block_n * kr * op_itemsize
     base_tile = BM * block_n * base_itemsize
-    per_stage = stack * BM * kw * x_itemsize + block_n * kr * op_itemsize
-    per_tile = BM * block_n * base_itemsize + BM * kw * x_itemsize + block_n * kr * op_itemsize + BM * 4 + 16
-    # the persistent kernel's x window and B tile of a block's further adapters, and their barriers
-    extra = BM * kw * x_itemsize + block_n * kr * op_itemsize + 2 * 16 if stream_stages else 0
-    # the accumulating tile's two operand-dtype x tiles (one per wgmma in flight)
-    extra += 2 * BM * kr * op_itemsize if accumulate else 0
-    pipeline = stages * per_stage
-    if gather:  # the gathered x rows, the row list, two output tiles, the B tiles in flight
-        b_stages = min(gather, GATHER_B_STAGES)
-        rows = BM * gather_cols(kw, x_itemsize) * x_itemsize + 1024 + 2 * BM * block_n * base_itemsize
-        pipeline = max(pipeline, rows + b_stages * (block_n * kr * op_itemsize + 16) + (BM + 1) * 8)
+    fixed = a((BM + 2 * num_lora + 2 * RING) * 4) + a(operand) + a(4 * num_lora)
+    fixed += a(BM * kr * x_itemsize) if x_shift or gather else 0
+    steps = max(stages, stream_stages)
+    barriers = 8 * (BM.bit_length() + 8 + 2 * steps + (BM + 1 + GATHER_B_STAGES if gather else 0))
+    general = stack * a(stages * window) + a(stages * b_tile)
+    aligned = a(stages * window) + a(stages * b_tile) + (a(2 * operand) if accumulate else 0)
+    one_tile = max(general, aligned)
     if stream_stages:
-        return fixed + max(base_tile + pipeline, stream_stages * per_tile + extra)
-    return fixed + base_tile + pipeline + extra
+        ss = stream_stages
+        tiles = (a(ss * (operand if direct else window)) + a(ss * b_tile) + a(ss * base_tile) + a(ss * BM * 4)
+                 + a(operand if direct and not x_shift else window) + a(b_tile))
+        return fixed + max(tiles, a(base_tile) + one_tile) + barriers
+    if gather:
+        b_stages = min(gather, GATHER_B_STAGES)
+        rows = a(BM * gather_cols(kw, x_itemsize) * x_itemsize) + a(BM * 4) + a(2 * base_tile)
+        one_tile = max(one_tile, rows + a(b_stages * b_tile))
+    return fixed + a(base_tile) + one_tile + barriers
 
 
 #: Column tiles a gathering decode-expand CTA walks (half as many below 64 tiles or one block), and
@@ -650,9 +671,11 @@ def expand_config(
         tiles = tuning.expand_gather_tiles or min(GATHER_TILES if wide else GATHER_TILES // 2, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
+    direct = x_dtype == op_dtype and x_part == 0  # (the persistent pipeline's x windows are wgmma operands)
+
     def need(bn=None, ss=None):
         return expand_smem_bytes(kr, stack, *sizes, bn or block_n, stages, x_shift, ss or stream, accumulate, num_lora,
-                                 tiles)
+                                 tiles, direct)
 
     ctas = tuning.expand_ctas or PERSISTENT_CTAS
     if persistent and tuning.expand_ctas is None:
@@ -677,7 +700,7 @@ def expand_config(
         # halve it where three of them fit in flight (ranks up to 32; session 5, call 2 on the H200:
         # rank-16 expand 48.5 -> 40.8 us, gate-up expand 341 -> 272 us; rank 64 slower, 66 -> 77 us).
         block_n = 256
-        if expand_smem_bytes(kr, stack, *sizes, 256, stages, x_shift, min(stream, 3), num_lora=num_lora) > limit():
+        if need(256, min(stream, 3)) > limit():
             block_n = 128
 
     # Fewer than three tiles in flight leave the persistent kernel latency-bound (two: 1.45x slower

@@ -395,9 +395,7 @@ def test_expand_config_fits_shared_memory():
             for bpad in (64, 8192):
                 cfg = T.expand_config(bpad, 4096, stack * r, r, 8, stack, "float32", "bfloat16", "bfloat16", tail=True,
                                       x_shift=stack > 1)
-                used = T.expand_smem_bytes(cfg.kr, stack, 4, 2, 2, cfg.block_n, cfg.stages, stack > 1,
-                                           cfg.stream_stages, cfg.accumulate, 8)
-                assert used <= (T.smem_limit(cfg.ctas) if cfg.ctas else T.SMEM_LIMIT), (r, stack, bpad, cfg)
+                assert cfg.smem_bytes <= (T.smem_limit(cfg.ctas) if cfg.ctas else T.SMEM_LIMIT), (r, stack, bpad, cfg)
     # decode keeps its four stages where they fit, and gives them up where they do not (r128 x 3 slices)
     c16 = T.expand_config(64, 4096, 48, 16, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True)
     assert c16.stages == 4 and c16.accumulate and c16.ctas == 0
@@ -409,16 +407,40 @@ def test_expand_config_fits_shared_memory():
                         tuning=T.Tuning(expand_stages=4))
 
 
+@pytest.mark.parametrize("what,args", [
+    ("rank-64 QKV, two CTAs per SM", (8192, 6144, 64, 3, "bfloat16", True)),
+    ("rank-16 expand, two CTAs per SM", (8192, 4096, 16, 1, "bfloat16", False)),
+    ("rank-16 QKV, float32 x", (8192, 6144, 16, 3, "float32", True)),
+    ("rank-64 float32, one CTA per tile", (8192, 4096, 64, 1, "float32", False)),
+    ("decode gate-up, gathering", (256, 28672, 16, 2, "bfloat16", True)),
+])
+def test_expand_shared_memory_is_mosaics_count(what, args):
+    """The shared memory the plans count for an expand CTA (ExpandConfig.smem_bytes, what decides two
+    CTAs per SM) is Mosaic's own count or up to 1 KB over it, never under."""
+    from lora.pallas import interop
+    from lora.pallas import plan as P
+
+    tokens, n, r, stack, dtype, internal = args
+    cfg = P.plan_expand(tokens, n, r, stack, 8, dtype, "bfloat16" if dtype == "float32" else dtype, dtype,
+                        internal=internal, tail=True).cfgs[0]
+    counted, mosaic = cfg.smem_bytes, interop.smem_bytes("expand", cfg)
+    assert 0 <= counted - mosaic < 1024, (what, counted, mosaic, cfg)
+    assert counted <= (T.smem_limit(cfg.ctas) if cfg.ctas else T.SMEM_LIMIT), (what, cfg)
+
+
 def test_prefill_plans_take_the_shared_memory_that_is_free():
     """The block shrink's cast tile (the result in x's dtype) is scoped after the K loops, so the
     rank-64 QKV shrink keeps three stages for its pairs of adapters; the persistent expand's
     one-by-one tiles take their base tile after its pipeline, so stacked slices keep four tiles in
-    flight (rank 16: two CTAs per SM) and the rank-64 QKV expand runs persistent. (The Mosaic lowering of these configurations,
-    test_every_planned_kernel_lowers_for_cuda, checks that they fit.)"""
+    flight (rank 16: two CTAs per SM); the rank-64 stacked expands take x windows as wgmma operands
+    (64 columns, not the shifted 80), so three 64-wide tiles in flight fit two CTAs per SM. (The Mosaic
+    lowering of these configurations, test_every_planned_kernel_lowers_for_cuda, checks that they fit
+    a CTA; test_expand_shared_memory_is_mosaics_count that they fit the share of an SM counted here.)"""
     assert T.shrink_config(8192, 4096, 192, 8, 3, "bfloat16", tail=True, out_dtype="bfloat16").pair_stages == 3
     P = T.PERSISTENT_CTAS
     for r, stack, n, want in ((16, 3, 6144, (2 * P, 4, 128)), (16, 2, 28672, (2 * P, 4, 128)),
-                              (64, 3, 6144, (P, 4, 128)), (64, 1, 4096, (2 * P, 3, 64))):
+                              (64, 3, 6144, (2 * P, 3, 64)), (64, 2, 28672, (2 * P, 3, 64)),
+                              (64, 1, 4096, (2 * P, 3, 64))):
         cfg = T.expand_config(8192, n, stack * r, r, 8, stack, "bfloat16", "bfloat16", "bfloat16", tail=True,
                               x_shift=stack > 1)
         assert (cfg.ctas, cfg.stream_stages, cfg.block_n) == want, (r, stack, cfg)
