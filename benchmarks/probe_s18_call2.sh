@@ -10,7 +10,7 @@ timeout 150 python3 -m pytest tests/gpu/test_contract_gpu.py tests/gpu/test_pall
     tests/gpu/test_graphs.py -q -n 12 -rfE --tb=short -p no:cacheprovider -k "pallas and not test_real_shapes" \
     > $OUT/s18c2_gpu_tests.txt 2>&1
 grep -E "^(FAILED|ERROR)|passed|failed" $OUT/s18c2_gpu_tests.txt | cut -c1-200 | tail -8
-(cd benchmarks && timeout 120 python3 decode_kernels.py --cases llama3-8b-r64-prefill-8k,llama3-8b-r64-mixed \
+(cd benchmarks && PYTHONPATH=.. timeout 120 python3 decode_kernels.py --cases llama3-8b-r64-prefill-8k,llama3-8b-r64-mixed \
     --ops expand_qkv,expand_gate_up,qkv,gate_up --backends triton,pallas,pallas:c132bn128ss4 --no-profile \
     --json $OUT/s18c2_r64_stacked.json > $OUT/s18c2_r64_stacked.txt 2>&1)
 cat $OUT/s18c2_r64_stacked.txt | cut -c1-120
