@@ -56,6 +56,9 @@ TUNINGS = {
     "ks2st3": dict(shrink_ksplit=2, shrink_stages=3),
     "ks4st3": dict(shrink_ksplit=4, shrink_stages=3),
     "ks7": dict(shrink_ksplit=7),
+    # session 18: the block shrink split in K where its blocks do not fill the SMs (mixed: 112 blocks), and
+    # (noxu) the rank-64 down projection (16384-token bucket: its extra units run in a third wave) without them
+    "ks2st4": dict(shrink_ksplit=2, shrink_stages=4),
     "tile": dict(expand_persistent=False),  # one CTA per tile
     "rdd": dict(expand_reduce_add=True),  # one CTA per tile, TMA reduce-add into base
 }
