@@ -49,7 +49,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import common as C
-from .tiling import BM, PARTS_COLS, PARTS_ROWS, MetaLayout, PartsConfig, ShrinkConfig, column_chunk
+from .tiling import BM, MetaLayout, PartsConfig, ShrinkConfig, column_chunk
 
 __all__ = ["shrink_block", "shrink_split", "add_parts", "column_chunk"]
 
@@ -380,16 +380,17 @@ def add_parts(nrows, parts, *, cfg: PartsConfig):
     (the same bits every run: no atomics, no completion order), one rounding to the output dtype;
     rows >= s and the other columns untouched (so the output may be a caller's tensor of s rows).
 
-    CTA (block b, 8-row chunk, 16-column chunk): a pipeline over the block's tiles,
-    ``cfg.tiles_per_step`` per step, each (8, 16) piece added to a float32 running sum (one element
-    per thread). A CTA whose rows lie past s exits at once. With ``cfg.tail``, the tiles of a
+    CTA (block b, ``cfg.rows``-row chunk, ``cfg.cols``-column chunk: 8 x 16, one element per thread,
+    for a split shrink; a block's 64 rows for a K-split block shrink): a pipeline over the block's
+    tiles, ``cfg.tiles_per_step`` per step, each piece added to a float32 running sum. A CTA whose
+    rows lie past s exits at once. With ``cfg.tail``, the tiles of a
     partial last block (s > 64 and not a multiple of 64) hold its clamped box, rows s-64 .. s-1: its
     CTAs read their rows at that offset (the rows past the box come in as zeros). The chunk that s
     cuts is stored row by row, rows < s only (from a staging tile of 128-byte rows: a TMA copy's
     shared-memory start must be 128-byte aligned).
     """
     C.TRACE_COUNT["parts"] += 1
-    RR, CW, TC = PARTS_ROWS, PARTS_COLS, cfg.tiles_per_step
+    RR, CW, TC = cfg.rows, cfg.cols, cfg.tiles_per_step
     steps = cfg.tiles // TC
     out_dtype = jnp.dtype(cfg.out_dtype)
     staged_cols = _staged_cols(CW, out_dtype)

@@ -334,26 +334,41 @@ class PartsConfig:
     tiles_per_step: int  # partial tiles per pipeline step
     stages: int
     tail: bool = False  # a partial last block's tiles hold its clamped box (ShrinkConfig.tail)
+    rows: int = 8  # output rows of one CTA (a divisor of 64)
+    cols: int = 16  # output columns of one CTA (a divisor of na)
 
     @property
     def bpad(self) -> int:
         return self.nb * BM
 
 
-#: Output rows and columns of one CTA of the partial-tile sum: 8 x 16 float32, one per thread of its
-#: warpgroup, so that even one 64-row block's rank-16 output is spread over 8 CTAs (SMs).
+#: Output rows and columns of one CTA of a split (decode) shrink's partial-tile sum: 8 x 16 float32,
+#: one per thread of its warpgroup, so that even one 64-row block's rank-16 output is spread over 8
+#: CTAs (SMs).
 PARTS_ROWS = 8
 PARTS_COLS = 16
-#: Partial tiles per pipeline step of the partial-tile sum (8 KB of float32 per step at most).
+#: Partial tiles per pipeline step of a split shrink's sum (8 KB of float32 per step at most).
 PARTS_TILES_PER_STEP = 16
+#: A K-split block shrink's sum (prefill) takes a block's 64 rows and up to this many columns a CTA,
+#: and pipeline steps of up to PARTS_BLOCK_STEP_BYTES. (Session 18 on the H200, call 4: with 8 x 16
+#: pieces, thousands of CTAs that each wait for one small copy, the sum took 7.1 us of the rank-64
+#: down projection of 8412 tokens, and 2.2-3.7 us of the rank-16 QKV-sized shrinks split in two.)
+PARTS_BLOCK_COLS = 64
+PARTS_BLOCK_STEP_BYTES = 32 * 1024
 
 
 def parts_config(cfg: "ShrinkConfig", out_cols: int, out_dtype: str) -> PartsConfig:
     """The partial-tile sum of a split (or K-split block) shrink ``cfg`` into (bpad, out_cols)."""
     tiles = cfg.parts_shape[1]
-    per_step = max(d for d in range(1, min(tiles, PARTS_TILES_PER_STEP) + 1) if tiles % d == 0)
+    if cfg.split:
+        rows, cols, per_step_max = PARTS_ROWS, PARTS_COLS, PARTS_TILES_PER_STEP
+    else:
+        rows = BM
+        cols = cfg.na if cfg.na <= PARTS_BLOCK_COLS else next(c for c in (64, 32, 16) if cfg.na % c == 0)
+        per_step_max = max(1, PARTS_BLOCK_STEP_BYTES // (rows * cols * 4))
+    per_step = max(d for d in range(1, min(tiles, per_step_max) + 1) if tiles % d == 0)
     return PartsConfig(cfg.nb, tiles, cfg.na, cfg.na_out, out_cols, out_dtype, per_step,
-                       min(3, tiles // per_step), cfg.tail)
+                       min(3, tiles // per_step), cfg.tail, rows, cols)
 
 
 #: Shrink uses the slot-parallel split-K variant up to this many row blocks (decode-sized batches).

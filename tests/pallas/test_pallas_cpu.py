@@ -371,6 +371,13 @@ def plan_configs():
                 for cfg in P.plan_expand(tokens, n, r, stack, L, "bfloat16", "bfloat16", "bfloat16", internal=False,
                                          tail=tail).cfgs:
                     seen.setdefault(("expand", cfg), None)
+    # the K-split block shrinks (the down projection; QKV-sized ones split by a Tuning) and their sums
+    # of whole blocks (64 rows, 16 / 32 / 48 / 64 columns a CTA)
+    for r in (16, 64):
+        shrink_configs(seen, P.plan_shrink(8192, 14336, r, 1, L, "bfloat16", tail=True, result=True))
+    for stack in (2, 3):
+        shrink_configs(seen, P.plan_shrink(8192, 4096, 16, stack, L, "bfloat16", tail=True, result=True,
+                                           tuning=T.Tuning(shrink_ksplit=2)))
     # odd widths (padded copies): K=200, N=72, rank 7
     shrink_configs(seen, P.plan_shrink(64, 200, 7, 2, 3, "bfloat16", tail=True))
     for cfg in P.plan_expand(64, 72, 7, 2, 3, "bfloat16", "bfloat16", "bfloat16", internal=True, tail=True).cfgs:
@@ -602,14 +609,17 @@ def test_float32_path_precision(rng, interpret):
 
 
 @pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
-def test_split_partials_are_added_in_index_order(interpret, out_dtype):
+@pytest.mark.parametrize("piece", [(8, 16, 4), (64, 48, 2), (64, 16, 4)], ids=["8x16", "64x48", "64x16"])
+def test_split_partials_are_added_in_index_order(interpret, out_dtype, piece):
     """The partial-tile sum adds a split shrink's tiles in index order (so every run rounds alike),
     one rounding to the output dtype, every block's rows and columns [0, na) at their place, the
-    columns beyond left alone."""
+    columns beyond left alone: in a split shrink's 8 x 16 pieces and a K-split block shrink's
+    pieces of a whole block."""
     from lora.pallas.api import XP
 
+    rows, cols, per_step = piece
     nb, tiles, na, na_out = 2, 12, 48, 96
-    cfg = T.PartsConfig(nb, tiles, na, na_out, na_out, out_dtype, 4, 3)
+    cfg = T.PartsConfig(nb, tiles, na, na_out, na_out, out_dtype, per_step, 3, False, rows, cols)
     rng = np.random.default_rng(5)
     parts = rng.standard_normal((nb, tiles, 64, na_out)).astype(np.float32)
     parts[1, :4, 7, 33] = [1e8, 1.0, -1e8, 1.0]  # a sum whose value depends on the order
@@ -625,8 +635,9 @@ def test_split_partials_are_added_in_index_order(interpret, out_dtype):
     assert np.abs(got[:, :na] - ref[:, :na]).max() <= tol * np.abs(ref[:, :na]).max()
 
 
+@pytest.mark.parametrize("piece_rows", [8, 64])
 @pytest.mark.parametrize("s", [64 + 20, 64 + 5, 64 + 8, 2 * 64 - 1])
-def test_partial_tile_sum_places_a_clamped_last_block_and_writes_rows_below_s_only(interpret, s):
+def test_partial_tile_sum_places_a_clamped_last_block_and_writes_rows_below_s_only(interpret, s, piece_rows):
     """With ``tail``, the tiles of a partial last block hold its clamped box (rows s-64 .. s-1): the
     sum reads that block's rows at the box's offset and stores rows < s (the chunk that s cuts row
     by row); NaN tiles of a block past s change nothing. Without ``tail`` the rows are where the
@@ -640,7 +651,7 @@ def test_partial_tile_sum_places_a_clamped_last_block_and_writes_rows_below_s_on
     rows = SimpleNamespace(nrows=jnp.asarray([s], jnp.int32))
     sums = parts.astype(np.float64).sum(axis=1)
     for tail in (True, False):
-        cfg = T.PartsConfig(nb, tiles, na, na, na, "float32", 2, 2, tail)
+        cfg = T.PartsConfig(nb, tiles, na, na, na, "float32", 2, 2, tail, piece_rows, 16)
         got = np.asarray(XP.add_parts(cfg, rows, jnp.asarray(parts)))
         m = s - 64
         want_last = sums[1, 64 - m:] if tail else sums[1, :m]
