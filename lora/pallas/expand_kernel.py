@@ -32,10 +32,9 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
   ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
   one adapter: such a tile is one wgmma. A block that holds several adapters (a segment boundary)
-  adds the others' products to the same slot: the second adapter's x window and B tile are fetched
-  (from L2) while the step before computes, any further ones in the step. A step's block count,
-  first and second slot come from a ring in shared memory, loaded ``stream_stages`` steps ahead (no
-  round trip to L2 on the steps' critical path). When a slice boundary is not a
+  fetches the others' x windows and B tiles in its step (from L2) and adds them to the same slot.
+  A step's block count and first slot come from a ring in shared memory, loaded ``stream_stages``
+  steps ahead (no round trip to L2 on the steps' critical path). When a slice boundary is not a
   multiple of ``block_n`` the steps skip their tiles, and ``one_tile`` runs them after the pipeline,
   as it runs the partial last block's tiles (in the pipeline's shared memory, free by then). Each
   tile is written by one CTA, so no two CTAs ever touch the same base element.
@@ -373,12 +372,10 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     x_tail_ref, b_ref, base_ref, out_ref, table, base_smem, xop, bars, scal_s, xsh = rest
     del out_ref  # aliased with base_ref
     # One int32 scratch (each scratch takes a multiple of 1 KB): a box's row slots, two tables, and
-    # the persistent kernel's ring of its steps' block counts, first and second slots.
+    # the persistent kernel's ring of its steps' block counts and first slots.
     L = cfg.num_lora
-    ring = BM + 2 * L
-    rs_smem, ranks_s, slots_s, ring_count, ring_slot, ring_slot2 = (
-        table.at[pl.ds(off, n)] for off, n in ((0, BM), (BM, L), (BM + L, L), (ring, RING), (ring + RING, RING),
-                                               (ring + 2 * RING, RING)))
+    rs_smem, ranks_s, slots_s, ring_count, ring_slot = (
+        table.at[pl.ds(off, n)] for off, n in ((0, BM), (BM, L), (BM + L, L), (BM + 2 * L, RING), (BM + 2 * L + RING, RING)))
 
     def load_tables():
         C.copy_scalars(ranks_ref, 0, ranks_s, L)
@@ -387,7 +384,7 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_s, scal=scal_s, slots=slots_s,
                            offs=offs_ref, x=x_ref, x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem,
                            base_smem=base_smem, xop=xop, bars=bars, xsh=xsh, load_tables=load_tables,
-                           ring_count=ring_count, ring_slot=ring_slot, ring_slot2=ring_slot2,
+                           ring_count=ring_count, ring_slot=ring_slot,
                            ranks_gmem=ranks_ref, scal_gmem=scal_ref)
 
 
@@ -551,18 +548,17 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         t = first_tile + i
         return lax.rem(t, rows_of), lax.div(t, rows_of)
 
-    # Step i's block count, first and second slot (any slot id where the block has fewer adapters:
+    # Step i's block count and first slot (any slot id when the block has no adapter: only fetched,
     # never used) are read from a ring in shared memory: step i loads those of step i + S from
     # global memory when it starts and stores them when it ends, after its tile's work, so the
     # load's round trip to L2 is hidden behind it; the pipeline then fetches step i + S's tiles
     # (their index maps read the ring). The first S entries are loaded before the pipeline.
     def block_info(j):
         b, _ = tile(j)
-        return C.block_count(R.meta, lay, b), C.block_slot(R.meta, lay, b, 0), C.block_slot(R.meta, lay, b, 1)
+        return C.block_count(R.meta, lay, b), C.block_slot(R.meta, lay, b, 0)
 
     def put(j, info):
-        k = lax.rem(j, RING)
-        R.ring_count[k], R.ring_slot[k], R.ring_slot2[k] = info
+        R.ring_count[lax.rem(j, RING)], R.ring_slot[lax.rem(j, RING)] = info
 
     def first_slot(i):
         return R.ring_slot[lax.rem(i, RING)]
@@ -612,27 +608,6 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     # unswizzled tile with the generic load measured the same on the H200, session 5 calls 1-2).
     base_tf = C.tiled(jnp.dtype(cfg.base_dtype), BN)
 
-    def fetch_x(xs2, bar2, b, j, w):
-        """xs2 = adapter w's x window of block b, slice j (kr columns at 0, or kw from the slice's
-        aligned start)."""
-        if plain_direct:
-            x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(0, kr)]
-        else:
-            x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(prog.slice_start(j, R.ranks[w]), kw)]
-        plgpu.copy_gmem_to_smem(x_src, xs2, bar2.at[0])
-
-    def fetch_adapter(xs2, bs2, bar2, b, n, w):
-        """xs2, bs2 = adapter w's x window and B tile for tile (b, n) (from L2)."""
-        fetch_x(xs2, bar2, b, prog.slice_of(n * BN), w)
-        plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n * BN, BN), pl.ds(0, kr)], bs2, bar2.at[1])
-
-    def two_adapters(i):
-        return prog.aligned & (R.ring_count[lax.rem(i, RING)] > 1)
-
-    def fetch_second(xs2, bs2, bar2, i):
-        """Step i's second adapter's tiles (a segment boundary in its block), slot from the ring."""
-        fetch_adapter(xs2, bs2, bar2, *tile(i), R.ring_slot2[lax.rem(i, RING)])
-
     def step(xs2, bs2, bar2, idx, xs, bs, base_s, rs_s):
         (i,) = idx
         b, n = tile(i)
@@ -640,19 +615,6 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         count = R.ring_count[lax.rem(i, RING)]
         n0 = n * BN
         j = prog.slice_of(n0)
-        w0 = first_slot(i)  # its tiles came with the pipeline
-        # Does this step use xs2, bs2: for its second adapter, or for a stacked slice window that
-        # starts off a tile (any slot id where the block has no adapter: clipped to a real one)?
-        uses_xs2 = count > 1
-        if direct and cfg.x_shift:
-            start_aligned = lax.rem(j * R.ranks[jnp.clip(w0, 0, cfg.num_lora - 1)], tc) == 0
-            uses_xs2 = uses_xs2 | jnp.logical_not(start_aligned)
-        # The next step's second adapter (a segment boundary in its block): its x window and B tile
-        # are fetched while this step computes where it leaves xs2, bs2 alone, else once it is done
-        # with them. (With one stage the ring holds the next step's slots only from this step's end.)
-        prefetch = (i + 1 < steps) & two_adapters(i + 1)
-        if S > 1:
-            pl.when(prefetch & jnp.logical_not(uses_xs2))(lambda: fetch_second(xs2, bs2, bar2, i + 1))
 
         def add_adapter(w, xs_ref, bs_ref, is_operand):
             r = R.ranks[w]
@@ -663,32 +625,34 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
                 direct=is_operand,
             )
 
+        def fetch_x(w):
+            """xs2 = adapter w's x window (kr columns at 0, or kw from the slice's aligned start)."""
+            if plain_direct:
+                x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(0, kr)]
+            else:
+                x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(prog.slice_start(j, R.ranks[w]), kw)]
+            plgpu.copy_gmem_to_smem(x_src, xs2, bar2.at[0])
+
         @pl.when(prog.aligned & (count > 0))
         def _():
-            # A segment boundary: the block's second adapter, fetched while the step before computed
-            # (added first: xs2 may be needed for the first adapter's window; the adapters' rows are
-            # disjoint, so the order changes no bit).
-            @pl.when(count > 1)
-            def _():
-                plgpu.barrier_wait(bar2.at[0])
-                plgpu.barrier_wait(bar2.at[1])
-                add_adapter(R.ring_slot2[lax.rem(i, RING)], xs2, bs2, plain_direct)
-
+            w0 = first_slot(i)  # its tiles came with the pipeline
             if direct and cfg.x_shift:
+                start_aligned = lax.rem(j * R.ranks[w0], tc) == 0
                 pl.when(start_aligned)(lambda: add_adapter(w0, xs, bs, True))
 
                 @pl.when(jnp.logical_not(start_aligned))
                 def _():
-                    fetch_x(xs2, bar2, b, j, w0)
+                    fetch_x(w0)
                     plgpu.barrier_wait(bar2.at[0])
                     add_adapter(w0, xs2, bs, False)
             else:
                 add_adapter(w0, xs, bs, direct)
 
-            @pl.loop(2, count)
-            def _(k):  # three or more segments meet: the block's further adapters, fetched now
+            @pl.loop(1, count)
+            def _(k):  # a segment boundary: the block's other adapters, fetched now (from L2)
                 w = C.block_slot(R.meta, lay, b, k)
-                fetch_adapter(xs2, bs2, bar2, b, n, w)
+                fetch_x(w)
+                plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n0, BN), pl.ds(0, kr)], bs2, bar2.at[1])
                 plgpu.barrier_wait(bar2.at[0])
                 plgpu.barrier_wait(bar2.at[1])
                 add_adapter(w, xs2, bs2, plain_direct)
@@ -703,12 +667,8 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
         put(i + S, ahead)
-        plgpu.commit_smem()  # (generic writes to bs2 before the next TMA copy into it)
-        late = prefetch & uses_xs2 if S > 1 else prefetch
-        pl.when(late)(lambda: fetch_second(xs2, bs2, bar2, i + 1))
 
     def pipeline(xs2, bs2, bar2):
-        pl.when((steps > 0) & two_adapters(0))(lambda: fetch_second(xs2, bs2, bar2, 0))
         plgpu.emit_pipeline(
             functools.partial(step, xs2, bs2, bar2),
             grid=(steps,),
@@ -789,7 +749,7 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         grid=grid,
         grid_names=names,
         scratch=[
-            plgpu.SMEM((BM + 2 * cfg.num_lora + 3 * RING,), jnp.int32),
+            plgpu.SMEM((BM + 2 * cfg.num_lora + 2 * RING,), jnp.int32),
             *([] if cfg.ctas else [plgpu.SMEM((BM, BN), base.dtype)]),
             plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)),
             plgpu.Barrier(num_barriers=1 + rungs),
