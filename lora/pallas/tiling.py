@@ -350,9 +350,9 @@ PARTS_COLS = 16
 #: Partial tiles per pipeline step of a split shrink's sum (8 KB of float32 per step at most).
 PARTS_TILES_PER_STEP = 16
 #: A K-split block shrink's sum (prefill) takes a block's 64 rows and up to this many columns a CTA,
-#: and pipeline steps of up to PARTS_BLOCK_STEP_BYTES. (Session 18 on the H200, call 4: with 8 x 16
-#: pieces, thousands of CTAs that each wait for one small copy, the sum took 7.1 us of the rank-64
-#: down projection of 8412 tokens, and 2.2-3.7 us of the rank-16 QKV-sized shrinks split in two.)
+#: and pipeline steps of up to PARTS_BLOCK_STEP_BYTES. (Session 18 on the H200: with 8 x 16 pieces,
+#: thousands of CTAs that each wait for one small copy, the sum took 7.1 us of the rank-64 down
+#: projection of 8412 tokens (call 4); with whole blocks 3.5 us (call 5).)
 PARTS_BLOCK_COLS = 64
 PARTS_BLOCK_STEP_BYTES = 32 * 1024
 
@@ -364,7 +364,8 @@ def parts_config(cfg: "ShrinkConfig", out_cols: int, out_dtype: str) -> PartsCon
         rows, cols, per_step_max = PARTS_ROWS, PARTS_COLS, PARTS_TILES_PER_STEP
     else:
         rows = BM
-        cols = cfg.na if cfg.na <= PARTS_BLOCK_COLS else next(c for c in (64, 32, 16) if cfg.na % c == 0)
+        widths = (PARTS_BLOCK_COLS, 32, 16)
+        cols = cfg.na if cfg.na <= PARTS_BLOCK_COLS else next(c for c in widths if cfg.na % c == 0)
         per_step_max = max(1, PARTS_BLOCK_STEP_BYTES // (rows * cols * 4))
     per_step = max(d for d in range(1, min(tiles, per_step_max) + 1) if tiles % d == 0)
     return PartsConfig(cfg.nb, tiles, cfg.na, cfg.na_out, out_cols, out_dtype, per_step,
