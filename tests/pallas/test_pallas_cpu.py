@@ -338,7 +338,8 @@ def plan_configs():
     for tokens in (64, 256, 8192):
         for dtype in ("bfloat16", "float16", "float32"):
             for tail in (True, False):
-                for r, stack, n in ((16, 1, 4096), (16, 3, 6144), (64, 3, 6144), (16, 2, 28672), (128, 3, 6144), (192, 2, 28672), (256, 1, 4096)):
+                for r, stack, n in ((16, 1, 4096), (16, 3, 6144), (64, 3, 6144), (16, 2, 28672), (64, 2, 28672),
+                                    (128, 3, 6144), (192, 2, 28672), (256, 1, 4096)):
                     if dtype != "bfloat16" and (r > 16 or tokens == 256):
                         continue  # float16 / float32 plans differ from bf16 ones in dtype only
                     for result in (True, False):  # the op's result; a fused op's expand input
