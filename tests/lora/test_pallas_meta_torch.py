@@ -792,3 +792,18 @@ def test_k_split_block_shrink_runs_two_ctas_per_sm_where_four_stages_fit():
     assert c64.ksplit > 1 and c64.stages > 4
     assert down(16, T.Tuning(shrink_stages=6)).stages == 6
     assert P.plan_shrink(8192, 4096, 16, 1, 8, "bfloat16", tail=True, result=True).cfg.stages == 8
+
+
+def test_partial_tile_sums_take_whole_blocks_after_a_k_split_block_shrink():
+    """A K-split block shrink's partial tiles are added by CTAs of a whole block (64 rows, up to 64
+    columns that divide the output's width, steps of up to 32 KB); a decode split shrink's by 8 x 16
+    pieces that spread one block over many CTAs."""
+    def total(tokens, k, r, stack, tuning=T.DEFAULT_TUNING):
+        return P.plan_shrink(tokens, k, r, stack, 8, "bfloat16", tail=True, result=True, tuning=tuning).sum
+
+    for r, stack, cols in ((16, 1, 16), (64, 1, 64), (128, 1, 64), (16, 3, 48)):
+        s = total(8192, 14336, r, stack, T.Tuning(shrink_ksplit=2))
+        assert (s.rows, s.cols, s.na % s.cols) == (T.BM, cols, 0), (r, stack, s)
+        assert s.tiles_per_step * s.rows * s.cols * 4 <= T.PARTS_BLOCK_STEP_BYTES
+    d = total(64, 4096, 16, 3)
+    assert (d.rows, d.cols, d.tiles_per_step) == (T.PARTS_ROWS, T.PARTS_COLS, T.PARTS_TILES_PER_STEP)

@@ -642,7 +642,7 @@ def test_partial_tile_sum_places_a_clamped_last_block_and_writes_rows_below_s_on
     """With ``tail``, the tiles of a partial last block hold its clamped box (rows s-64 .. s-1): the
     sum reads that block's rows at the box's offset and stores rows < s (the chunk that s cuts row
     by row); NaN tiles of a block past s change nothing. Without ``tail`` the rows are where the
-    block is. (That no row from s on is written: the GPU tests, into tensors of s rows.)"""
+    block is. In 8-row pieces (a split shrink's) and whole blocks (a K-split block shrink's). (That no row from s on is written: the GPU tests, into tensors of s rows.)"""
     from lora.pallas.api import XP
 
     nb, tiles, na = 3, 4, 16
