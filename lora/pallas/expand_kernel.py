@@ -572,7 +572,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     # or at the slice's first column j*r (stacked slices) when that is a multiple of the tiling's
     # column count ``tc`` (a tiled copy starts on a tile: e.g. whenever r == kr <= 64). Else the step
     # fetches the kw-wide window from j*r's 16-byte boundary and shifts it (x_into_xop).
-    direct = cfg.x_dtype == cfg.op_dtype and cfg.x_part == 0
+    direct = cfg.direct
     tc = C.tile_columns(op, kr)
 
     def x_index(i):

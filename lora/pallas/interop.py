@@ -141,19 +141,25 @@ def _hopper_target():
         mgpu_utils._infer_arch = saved
 
 
+def _lower_for_cuda(fn, arg_specs):
+    """``fn`` traced and lowered for sm_90a on this machine (no GPU needed)."""
+    import jax
+
+    with _hopper_target():
+        return jax.jit(fn).trace(*arg_specs).lower(lowering_platforms=("cuda",))
+
+
 def smem_bytes(kind: str, cfg) -> int:
     """Shared memory Mosaic allocates for one CTA of a kernel configuration: its own count, read from
     the check it makes when lowering (run with a bound of 0 bytes, so that it always reports). The
     check of :func:`lora.pallas.tiling.expand_smem_bytes`; lowers on the CPU, nothing cached."""
-    import jax
     from jax.experimental.mosaic.gpu import core as mgpu_core
 
     fn, specs = kernel_signature(kind, cfg)
     saved = mgpu_core._SMEM_SIZE_BOUND
     mgpu_core._SMEM_SIZE_BOUND = 0
     try:
-        with _hopper_target():
-            jax.jit(fn).trace(*specs).lower(lowering_platforms=("cuda",))
+        _lower_for_cuda(fn, specs)
     except ValueError as e:
         found = re.search(r"smem_bytes=(\d+)", str(e))
         if found is None:
@@ -169,14 +175,11 @@ def lower_to_mosaic(fn, arg_specs):
 
     ``aliases[i]`` is the input index whose buffer output ``i`` reuses, or None.
     """
-    import jax
     import jax.experimental.mosaic.gpu as mgpu
     from jax._src.lib.mlir import passmanager
 
     t0 = time.perf_counter()
-    with _hopper_target():
-        lowered = jax.jit(fn).trace(*arg_specs).lower(lowering_platforms=("cuda",))
-    module = lowered.compiler_ir()
+    module = _lower_for_cuda(fn, arg_specs).compiler_ir()
     with module.context:
         mgpu.dialect.register_inliner_extensions(module.context)
         passmanager.PassManager.parse("builtin.module(inline{default-pipeline=})").run(module.operation)

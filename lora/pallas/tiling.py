@@ -310,13 +310,23 @@ class ExpandConfig:
         return -(-self.n // self.block_n)
 
     @property
+    def direct(self) -> bool:
+        """x is the wgmma operand as it is (:func:`x_is_operand`)."""
+        return x_is_operand(self.x_dtype, self.op_dtype, self.x_part)
+
+    @property
     def smem_bytes(self) -> int:
         """Shared memory of one CTA (:func:`expand_smem_bytes`)."""
         sizes = [_itemsize(d) for d in (self.x_dtype, self.op_dtype, self.base_dtype)]
         return expand_smem_bytes(self.kr, self.stack, *sizes, self.block_n, self.stages, self.x_shift,
                                  self.stream_stages, self.accumulate, self.num_lora,
-                                 self.gather_tiles if self.gather else 0,
-                                 self.x_dtype == self.op_dtype and self.x_part == 0)
+                                 self.gather_tiles if self.gather else 0, self.direct)
+
+
+def x_is_operand(x_dtype: str, op_dtype: str, x_part: int) -> bool:
+    """Whether an expand's x is its wgmma operand as it is (no cast, no float32 split): the persistent
+    expand's pipeline then fetches its x windows as operands (kr columns, tiled and swizzled)."""
+    return x_dtype == op_dtype and x_part == 0
 
 
 @dataclass(frozen=True)
@@ -687,7 +697,7 @@ def expand_config(
         tiles = tuning.expand_gather_tiles or min(GATHER_TILES if wide else GATHER_TILES // 2, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
-    direct = x_dtype == op_dtype and x_part == 0  # (the persistent pipeline's x windows are wgmma operands)
+    direct = x_is_operand(x_dtype, op_dtype, x_part)
 
     def need(bn=None, ss=None):
         return expand_smem_bytes(kr, stack, *sizes, bn or block_n, stages, x_shift, ss or stream, accumulate, num_lora,
