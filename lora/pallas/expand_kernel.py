@@ -152,9 +152,11 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         pl.when(d != 0)(functools.partial(moved, d, 1))
 
     def product_into(xs, bs, r, j, merge, direct=False):
-        """merge(x window @ B tile^T). ``direct``: xs is already a wgmma operand (the operand dtype,
-        tiled and swizzled, kr columns from the slice's first), used as it is when the rank fills
-        it (r == kr), else masked into xop."""
+        """merge(x window @ B tile^T), B masked to the rank by the caller (mask_b). ``direct``: xs is
+        already a wgmma operand (the operand dtype, tiled and swizzled, kr columns from the slice's
+        first; it may be xop itself), used as it is when the rank fills it (r == kr), else masked
+        into xop, B masked here. (One branch holds both masks: as two branches on the same condition,
+        the column compares of both were computed ahead of them in every step, ~40 instructions.)"""
 
         def product(a_ref):
             def acc_scope(acc_ref):
@@ -165,6 +167,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
 
         def via_xop():
             if direct:
+                mask_b_now(bs, r)
                 R.xop[...] = prep_x(xs, r)
             else:
                 x_into_xop(xs, r, j)
@@ -177,13 +180,13 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         else:
             via_xop()
 
+    def mask_b_now(bs, r):
+        bs[...] = jnp.where(C.col_iota(BN, kr) < r, plgpu.load(bs, layout=plgpu.Layout.WGMMA), 0).astype(op)
+        plgpu.commit_smem()
+
     def mask_b(bs, r):
         """B columns >= r zeroed (NaN / garbage tails): nothing to do when the rank fills the tile."""
-
-        @pl.when(r != kr)
-        def _():
-            bs[...] = jnp.where(C.col_iota(BN, kr) < r, plgpu.load(bs, layout=plgpu.Layout.WGMMA), 0).astype(op)
-            plgpu.commit_smem()
+        pl.when(r != kr)(lambda: mask_b_now(bs, r))
 
     def update(rs_ref, tile_ref, w, acc, scale, n0, jj=None, optimized=False):
         """tile rows of slot w (and columns of slice jj, if given) += scale * acc."""
@@ -372,10 +375,12 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     x_tail_ref, b_ref, base_ref, out_ref, table, base_smem, xop, bars, scal_s, xsh = rest
     del out_ref  # aliased with base_ref
     # One int32 scratch (each scratch takes a multiple of 1 KB): a box's row slots, two tables, and
-    # the persistent kernel's ring of its steps' block counts and first slots.
+    # the persistent kernel's ring of its steps' tiles (row block, column tile), block counts and
+    # first slots.
     L = cfg.num_lora
-    rs_smem, ranks_s, slots_s, ring_count, ring_slot = (
-        table.at[pl.ds(off, n)] for off, n in ((0, BM), (BM, L), (BM + L, L), (BM + 2 * L, RING), (BM + 2 * L + RING, RING)))
+    rs_smem, ranks_s, slots_s, ring_b, ring_n, ring_count, ring_slot = (
+        table.at[pl.ds(off, n)]
+        for off, n in ((0, BM), (BM, L), (BM + L, L), *((BM + 2 * L + k * RING, RING) for k in range(4))))
 
     def load_tables():
         C.copy_scalars(ranks_ref, 0, ranks_s, L)
@@ -384,7 +389,7 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_s, scal=scal_s, slots=slots_s,
                            offs=offs_ref, x=x_ref, x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem,
                            base_smem=base_smem, xop=xop, bars=bars, xsh=xsh, load_tables=load_tables,
-                           ring_count=ring_count, ring_slot=ring_slot,
+                           ring_b=ring_b, ring_n=ring_n, ring_count=ring_count, ring_slot=ring_slot,
                            ranks_gmem=ranks_ref, scal_gmem=scal_ref)
 
 
@@ -544,28 +549,43 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     S = cfg.stream_stages
     assert S < RING, (S, RING)  # the ring holds the entries of steps i .. i + S at step i
 
-    def tile(i):
-        t = first_tile + i
-        return lax.rem(t, rows_of), lax.div(t, rows_of)
+    # Step i's tile (row block b, column tile n), its block's adapter count and first slot (any slot
+    # id when the block has no adapter: only fetched, never used) are read from a ring in shared
+    # memory. Step i makes the entry of step i + S: its tile is the one after step i + S - 1's (no
+    # division: session 19 call 1 found three integer divisions, ~90 of a step's ~580 instructions);
+    # its block's count and first slot are loaded from global memory when the step starts and stored
+    # with the tile when it ends, after the tile's work, so the load's round trip to L2 is hidden
+    # behind it; the pipeline then fetches step i + S's tiles (their index maps read the ring). The
+    # first S entries are made before the pipeline.
+    def next_tile(b, n):
+        last = b == rows_of - 1
+        return jnp.where(last, 0, b + 1), jnp.where(last, n + 1, n)
 
-    # Step i's block count and first slot (any slot id when the block has no adapter: only fetched,
-    # never used) are read from a ring in shared memory: step i loads those of step i + S from
-    # global memory when it starts and stores them when it ends, after its tile's work, so the
-    # load's round trip to L2 is hidden behind it; the pipeline then fetches step i + S's tiles
-    # (their index maps read the ring). The first S entries are loaded before the pipeline.
-    def block_info(j):
-        b, _ = tile(j)
+    def block_info(b):
         return C.block_count(R.meta, lay, b), C.block_slot(R.meta, lay, b, 0)
 
-    def put(j, info):
-        R.ring_count[lax.rem(j, RING)], R.ring_slot[lax.rem(j, RING)] = info
+    def put(j, tile_bn, info):
+        k = lax.rem(j, RING)
+        R.ring_b[k], R.ring_n[k] = tile_bn
+        R.ring_count[k], R.ring_slot[k] = info
+
+    def tile(i):
+        k = lax.rem(i, RING)
+        return R.ring_b[k], R.ring_n[k]
 
     def first_slot(i):
         return R.ring_slot[lax.rem(i, RING)]
 
-    infos = [block_info(jnp.int32(j)) for j in range(S)]  # (all loads in flight, then the stores)
-    for j, info in enumerate(infos):
-        put(jnp.int32(j), info)
+    def tile_of(i):  # (by division: before and after the pipeline)
+        t = first_tile + i
+        return lax.rem(t, rows_of), lax.div(t, rows_of)
+
+    tiles = [tile_of(0)]
+    for _ in range(S - 1):
+        tiles.append(next_tile(*tiles[-1]))
+    infos = [block_info(b) for b, _ in tiles]  # (all loads in flight, then the stores)
+    for j, (tile_bn, info) in enumerate(zip(tiles, infos)):
+        put(jnp.int32(j), tile_bn, info)
 
     # x in the operand dtype: the pipeline fetches the first adapter's x window as a wgmma operand
     # (kr columns, tiled, swizzled), used as it is when the rank fills it: at column 0 (one slice),
@@ -611,14 +631,16 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     def step(xs2, bs2, bar2, idx, xs, bs, base_s, rs_s):
         (i,) = idx
         b, n = tile(i)
-        ahead = block_info(i + S)  # stored at the end of the step
+        tile_ahead = next_tile(*tile(i + S - 1))
+        ahead = block_info(tile_ahead[0])  # stored at the end of the step
         count = R.ring_count[lax.rem(i, RING)]
         n0 = n * BN
         j = prog.slice_of(n0)
 
         def add_adapter(w, xs_ref, bs_ref, is_operand):
             r = R.ranks[w]
-            prog.mask_b(bs_ref, r)
+            if not is_operand:  # (the direct product masks B in its own branch)
+                prog.mask_b(bs_ref, r)
             prog.product_into(
                 xs_ref, bs_ref, r, j,
                 functools.partial(prog.update, rs_s, base_s, w, scale=R.scal[w], n0=n0, optimized=True),
@@ -651,11 +673,31 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
             @pl.loop(1, count)
             def _(k):  # a segment boundary: the block's other adapters, fetched now (from L2)
                 w = C.block_slot(R.meta, lay, b, k)
-                fetch_x(w)
                 plgpu.copy_gmem_to_smem(R.b.at[w, pl.ds(n0, BN), pl.ds(0, kr)], bs2, bar2.at[1])
-                plgpu.barrier_wait(bar2.at[0])
-                plgpu.barrier_wait(bar2.at[1])
-                add_adapter(w, xs2, bs2, plain_direct)
+
+                def from_window():
+                    fetch_x(w)
+                    plgpu.barrier_wait(bar2.at[0])
+                    plgpu.barrier_wait(bar2.at[1])
+                    add_adapter(w, xs2, bs2, plain_direct)
+
+                if not (direct and cfg.x_shift):
+                    from_window()
+                    return
+                # A slice that starts on a tile comes as the wgmma operand itself, into xop (no
+                # shift through shared memory: session 19 call 1, r64 mixed QKV expand 95.1 -> 88.3 us).
+                start = j * R.ranks[w]
+                on_tile = lax.rem(start, tc) == 0
+
+                @pl.when(on_tile)
+                def _():
+                    x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(pl.multiple_of(start, tc), kr)]
+                    plgpu.copy_gmem_to_smem(x_src, R.xop, bar2.at[0])
+                    plgpu.barrier_wait(bar2.at[0])
+                    plgpu.barrier_wait(bar2.at[1])
+                    add_adapter(w, R.xop, bs2, True)
+
+                pl.when(jnp.logical_not(on_tile))(from_window)
 
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(base_s, R.base.at[pl.ds(b * BM, BM), pl.ds(n0, BN)])
@@ -666,7 +708,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         def _():  # no store of this step: the slot of the step before is refilled once its store has read it
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-        put(i + S, ahead)
+        put(i + S, tile_ahead, ahead)
 
     def pipeline(xs2, bs2, bar2):
         plgpu.emit_pipeline(
@@ -702,7 +744,7 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         def _():
             @pl.loop(0, steps)
             def _(i):
-                prog.one_tile(*tile(i))  # (nothing when the block has no adapter)
+                prog.one_tile(*tile_of(i))  # (nothing when the block has no adapter)
 
         rank = nsm - 1 - sm
         ntail = jnp.where(lax.rem(s, BM) != 0, lax.div(jnp.maximum(ntn - rank + nsm - 1, 0), nsm), 0)
@@ -749,7 +791,7 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         grid=grid,
         grid_names=names,
         scratch=[
-            plgpu.SMEM((BM + 2 * cfg.num_lora + 2 * RING,), jnp.int32),
+            plgpu.SMEM((BM + 2 * cfg.num_lora + 4 * RING,), jnp.int32),
             *([] if cfg.ctas else [plgpu.SMEM((BM, BN), base.dtype)]),
             plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)),
             plgpu.Barrier(num_barriers=1 + rungs),

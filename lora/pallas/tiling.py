@@ -617,7 +617,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     operand = BM * kr * op_itemsize
     b_tile = block_n * kr * op_itemsize
     base_tile = BM * block_n * base_itemsize
-    fixed = a((BM + 2 * num_lora + 2 * RING) * 4) + a(operand) + a(4 * num_lora)
+    fixed = a((BM + 2 * num_lora + 4 * RING) * 4) + a(operand) + a(4 * num_lora)
     fixed += a(BM * kr * x_itemsize) if x_shift or gather else 0
     steps = max(stages, stream_stages)
     barriers = 8 * (BM.bit_length() + 8 + 2 * steps + (BM + 1 + GATHER_B_STAGES if gather else 0))
@@ -644,8 +644,8 @@ GATHER_TILES = 8
 GATHER_B_STAGES = 4
 #: Tiles in flight in the persistent expand's pipeline (fewer when they do not fit).
 STREAM_STAGES = 4
-#: Entries of the persistent expand's ring of its steps' block counts and first slots (more than
-#: the most stream stages a Tuning may ask for).
+#: Entries of the persistent expand's ring of its steps' tiles, block counts and first slots (more
+#: than the most stream stages a Tuning may ask for).
 RING = 8
 
 
