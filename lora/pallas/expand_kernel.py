@@ -32,9 +32,10 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
   ``cfg.stream_stages - 1`` are in flight, and the finished tile is stored by TMA straight from
   its pipeline slot (released one step later, when the store has read it). Prefill blocks hold
   one adapter: such a tile is one wgmma. A block that holds several adapters (a segment boundary)
-  fetches the others' x windows and B tiles in its step (from L2) and adds them to the same slot.
-  A step's block count and first slot come from a ring in shared memory, loaded ``stream_stages``
-  steps ahead (no round trip to L2 on the steps' critical path). When a slice boundary is not a
+  fetches the others' x windows (as the wgmma operand where the slice starts on a tile) and B tiles
+  in its step (from L2) and adds them to the same slot. A step's tile, block count and first slot
+  come from a ring in shared memory, made ``stream_stages`` steps ahead (no round trip to L2 on the
+  steps' critical path, no division). When a slice boundary is not a
   multiple of ``block_n`` the steps skip their tiles, and ``one_tile`` runs them after the pipeline,
   as it runs the partial last block's tiles (in the pipeline's shared memory, free by then). Each
   tile is written by one CTA, so no two CTAs ever touch the same base element.
