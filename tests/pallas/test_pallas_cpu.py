@@ -135,11 +135,36 @@ def test_persistent_expand_walks_many_tiles_per_cta_interpret(op, rng, interpret
     assert check.ok, f"{op} {comp}: {check.detail}"
 
 
+def test_persistent_expand_runs_cross_column_tiles_interpret(rng, interpret, two_ctas):
+    """Three 64-wide column tiles over two CTAs: each CTA's run of tiles (column tile major) crosses
+    from one column tile to the next (CTA 1 also starts mid-column), so the ring's tiles, each made
+    from the one before, wrap from the last row block to the next column tile's first."""
+    lens = [300, 5, 70, 0, 400, 200, 129]
+    slots = [0, 1, 2, 3, 1, 2, 0]
+    comp = C.Composition(lens, slots, [16, 8, 0, 7], [0.5, 1.0, 2.0, 1.5], 16, sum(lens) + 70)
+    n = 3 * 64
+    tuning = T.Tuning(expand_block_n=64)
+    cfg = T.expand_config(T.padded_tokens(comp.tokens), n, 16, 16, 4, 1, "bfloat16", "bfloat16", "bfloat16",
+                          tail=False, tuning=tuning)
+    nfull = comp.tokens // T.BM
+    assert cfg.ctas == 2 and cfg.ntn == 3 and (nfull * 3 // 2) % nfull and nfull * 3 // 2 > T.RING
+    x, b = C.expand_input(rng, comp, 1), C.expand_weights(rng, comp, n)
+    base = C.base_output(rng, comp, n)
+    t = lambda a: jnp.asarray(a, jnp.bfloat16)  # noqa: E731
+    out = lp.expand(t(x), t(b), batch_of(comp), base=t(base), tuning=tuning)
+    ref = C.ref_expand(comp, f64(t(x)), f64(t(b)), [0, n], f64(t(base)))
+    check = C.compare(f64(out), ref, "bfloat16")
+    assert check.ok, check.detail
+
+
 @pytest.mark.parametrize("op", ["expand", "gate_up"])
 def test_persistent_expand_blocks_of_four_adapters_interpret(op, rng, interpret, two_ctas):
     """Decode-like rows in a prefill bucket: one-token segments cycling over four slots fill blocks 1-6
     of a bucket of 8, so each of their steps adds four adapters whose rows interleave (block 0 has one
-    adapter, block 7 is partial)."""
+    adapter, block 7 is partial). Gate-up's second slice starts at column r: the further adapters of
+    rank 16 start on a tile there (their x fetched as the wgmma operand), ranks 8 and 12 do not (the
+    shifted window); in the first slice every start is on a tile, ranks 8 and 12 below it (the operand
+    masked in place)."""
     lens = [64] + [1] * 384 + [20]
     slots = [0] + [k % 4 for k in range(384)] + [2]
     comp = C.Composition(lens, slots, [16, 8, 16, 12], [0.5, 1.0, 2.0, 1.5], 16, sum(lens))
