@@ -648,6 +648,10 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
                 direct=is_operand,
             )
 
+        def on_tile(w):
+            """Adapter w's slice starts on a tile: its x columns can come as the wgmma operand."""
+            return lax.rem(j * R.ranks[w], tc) == 0
+
         def fetch_x(w):
             """xs2 = adapter w's x window (kr columns at 0, or kw from the slice's aligned start)."""
             if plain_direct:
@@ -660,10 +664,10 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
         def _():
             w0 = first_slot(i)  # its tiles came with the pipeline
             if direct and cfg.x_shift:
-                start_aligned = lax.rem(j * R.ranks[w0], tc) == 0
-                pl.when(start_aligned)(lambda: add_adapter(w0, xs, bs, True))
+                w0_on_tile = on_tile(w0)
+                pl.when(w0_on_tile)(lambda: add_adapter(w0, xs, bs, True))
 
-                @pl.when(jnp.logical_not(start_aligned))
+                @pl.when(jnp.logical_not(w0_on_tile))
                 def _():
                     fetch_x(w0)
                     plgpu.barrier_wait(bar2.at[0])
@@ -687,18 +691,17 @@ def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
                     return
                 # A slice that starts on a tile comes as the wgmma operand itself, into xop (no
                 # shift through shared memory: session 19 call 1, r64 mixed QKV expand 95.1 -> 88.3 us).
-                start = j * R.ranks[w]
-                on_tile = lax.rem(start, tc) == 0
+                w_on_tile = on_tile(w)
 
-                @pl.when(on_tile)
+                @pl.when(w_on_tile)
                 def _():
-                    x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(pl.multiple_of(start, tc), kr)]
+                    x_src = R.x.at[pl.ds(b * BM, BM), pl.ds(pl.multiple_of(j * R.ranks[w], tc), kr)]
                     plgpu.copy_gmem_to_smem(x_src, R.xop, bar2.at[0])
                     plgpu.barrier_wait(bar2.at[0])
                     plgpu.barrier_wait(bar2.at[1])
                     add_adapter(w, R.xop, bs2, True)
 
-                pl.when(jnp.logical_not(on_tile))(from_window)
+                pl.when(jnp.logical_not(w_on_tile))(from_window)
 
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(base_s, R.base.at[pl.ds(b * BM, BM), pl.ds(n0, BN)])
