@@ -12,6 +12,15 @@ op can:
   stores its partial, takes a ticket from a counter, and the last one reads every partial back and
   stores their sum (two dependent round trips after the stream).
 
+With ``--pallas`` (issue 16's decode rows), Mosaic GPU kernels launched the way the pallas backend
+launches its own (``lora.pallas.interop``: lowered here, one ctypes call on torch's stream):
+
+* ``pallas empty``: one CTA of one warpgroup that does nothing;
+* ``pallas empty 200KB``: the same with 200 KB of shared memory and 16 barriers allocated (as the decode
+  kernels' CTAs have);
+* ``pallas tma xP``: P CTAs, each a dependent chain of one TMA load of a 64 x 128 bf16 tile, its wait, and
+  a TMA store of it (the shortest round trip a decode kernel's first load and last store make).
+
     PYTHONPATH=. python benchmarks/launch_floor.py --json $OUT/launch_floor.json
 """
 
@@ -60,9 +69,87 @@ def _read_ticket(src, parts, cnt, out, n_per, P: tl.constexpr, BLOCK: tl.constex
         tl.store(cnt, 0)
 
 
+def _pallas_kernels(dev):
+    """(name, bytes, make) of the Mosaic GPU floor kernels, each launched through lora.pallas.interop."""
+    from lora.pallas import interop
+
+    interop._import_jax()
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    from lora.pallas import common as C
+
+    sds = jax.ShapeDtypeStruct
+    flag = sds((16,), jnp.int32)
+
+    def empty_fn(buf):
+        return C.mgpu_call(lambda b_ref, o_ref: None, [buf], out_type=flag, grid=(1,), grid_names=("g",),
+                           aliases={0: 0})
+
+    def empty_smem_fn(buf):
+        def body(b_ref, o_ref, big, bars):
+            del b_ref, o_ref, big, bars
+
+        return C.mgpu_call(body, [buf], out_type=flag, grid=(1,), grid_names=("g",), aliases={0: 0},
+                           scratch=[plgpu.SMEM((200 * 1024 // 2,), jnp.bfloat16), plgpu.Barrier(num_barriers=16)])
+
+    def tma_fn(progs):
+        def fn(src):
+            def body(src_ref, out_ref, tile, bar):
+                g = lax.axis_index("g")
+                plgpu.copy_gmem_to_smem(src_ref.at[pl.ds(g * 64, 64)], tile, bar.at[0])
+                plgpu.barrier_wait(bar.at[0])
+                plgpu.copy_smem_to_gmem(tile, out_ref.at[pl.ds(g * 64, 64)])
+                plgpu.wait_smem_to_gmem(0)
+
+            return C.mgpu_call(body, [src], out_type=sds((progs * 64, 128), jnp.bfloat16), grid=(progs,),
+                               grid_names=("g",), scratch=[plgpu.SMEM((64, 128), jnp.bfloat16, transforms=C.tiled(
+                                   jnp.bfloat16, 128)), plgpu.Barrier(num_barriers=1)])
+
+        return fn, [sds((progs * 64, 128), jnp.bfloat16)]
+
+    def compiled(fn, specs):
+        asm, aliases = interop.lower_to_mosaic(fn, specs)
+        k = interop.MosaicKernel(asm, aliases, len(specs), name="floor")
+        k._compile()
+        return k
+
+    def launcher(k, ins, outs):
+        def go(keep=(ins, outs)):  # (keep: the tensors live as long as the launch that reads their pointers)
+            k.launch([t.data_ptr() for t in ins], [None if t is None else t.data_ptr() for t in outs],
+                     torch.cuda.current_stream(dev).cuda_stream)
+
+        return go
+
+    k_empty = compiled(empty_fn, [flag])
+    k_empty_smem = compiled(empty_smem_fn, [flag])
+
+    def make_empty(k):
+        def make():
+            buf = torch.zeros(16, device=dev, dtype=torch.int32)
+            return launcher(k, [buf], [None])
+        return make
+
+    out = [("pallas empty", 0, make_empty(k_empty)), ("pallas empty 200KB", 0, make_empty(k_empty_smem))]
+    for progs in (1, 64, 132):
+        k = compiled(*tma_fn(progs))
+
+        def make(k=k, progs=progs):
+            src = torch.randn(progs * 64, 128, device=dev, dtype=torch.bfloat16)
+            dst = torch.empty_like(src)
+            return launcher(k, [src], [dst])
+
+        out.append((f"pallas tma x{progs}", 2 * progs * 64 * 128 * 2, make))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
+    p.add_argument("--pallas", action="store_true", help="also time Mosaic GPU kernels (needs jax)")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     budget = TM.Budget(warmup_ms=20, rep_ms=200, min_reps=20, max_reps=400)
@@ -101,6 +188,9 @@ def main(argv=None) -> int:
 
             run(f"read x{progs}", n * 2, read)
             run(f"read+ticket x{progs}", n * 2, ticket)
+    if args.pallas:
+        for name, nbytes, make in _pallas_kernels(dev):
+            run(name, nbytes, make)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(dev), copy_gbps=copy, rows=rows), f, indent=1)

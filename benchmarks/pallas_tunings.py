@@ -20,12 +20,18 @@ TUNINGS = {
     "ks8": dict(shrink_ksplit=8),
     "ks32": dict(shrink_ksplit=32),
     "ks2": dict(shrink_ksplit=2),
+    "ks2bk64": dict(shrink_ksplit=2, shrink_block_k=64),  # session 20: the r64 QKV-sized shrinks split in K
+    # session 20, with benchmarks/probe_s20/c6_wide.patch applied (Tuning.shrink_wide; reverted): the K-split
+    # block shrink one block a CTA (as before the patch), and two blocks a CTA on the QKV-sized shrinks
+    "nowide": dict(shrink_wide=False),
+    "ks2wide": dict(shrink_ksplit=2, shrink_wide=True),
     # the block variant with its K loop split: a CTA runs every adapter of its block (two per K loop),
     # so there are ksplit partial tiles per block instead of adapters x ksplit
     "blk16": dict(split_max_blocks=0, shrink_ksplit=16),
     "blk32": dict(split_max_blocks=0, shrink_ksplit=32),
     "blk8": dict(split_max_blocks=0, shrink_ksplit=8),
     "bk128": dict(shrink_block_k=128),
+    "bk64": dict(shrink_block_k=64),  # session 20: 64-deep K steps, as many stages as fit (more bytes in flight)
     # the block shrink's extra units (session 14) at every width / at none
     "xu": dict(shrink_extra_units=True),
     "noxu": dict(shrink_extra_units=False),
