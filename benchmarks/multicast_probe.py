@@ -18,7 +18,6 @@ CPU-only check of every configuration's Mosaic lowering (no GPU): ``--lower-only
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import statistics
@@ -41,13 +40,14 @@ SMS = 132
 COPY_GBS = 4150.0  # the H200's measured copy bandwidth (benchmarks/results/h200)
 D = hm.MatmulDimension
 
-#: (K, N) of the prefill shrinks of a Llama-3-8B layer at rank 64 
+#: (K, N) of the prefill shrinks of a Llama-3-8B layer at rank 64
 SHAPES = [(4096, 192), (4096, 128), (4096, 64), (14336, 64)]
 
 
 def configs(n: int):
     """(name, TuningConfig): a CTA of 128 rows (two warpgroups along M, each 64 x N), with and without
-    the cluster of two along M; a CTA of 64 rows (two warpgroups along N) likewise, where N splits."""
+    the cluster of two along M; a CTA of 64 rows (two warpgroups along N) likewise, where each half of N
+    is whole 64-column tiles of W's shared-memory layout (the kernel slices W there: N = 128, not 64 or 192)."""
     out = []
     for tk, steps in ((64, 4), (64, 5), (128, 2), (128, 3)):
         for cl in (None, D.M):
@@ -55,7 +55,7 @@ def configs(n: int):
             out.append((f"m128_n{n}_k{tk}_s{steps}_{tag}", hm.TuningConfig(
                 tile_m=64, tile_n=n, tile_k=tk, max_concurrent_steps=steps, epi_tile_m=64, epi_tile_n=None,
                 grid_minor_dim=D.M, grid_tile_width=1, wg_dimension=D.M, cluster_dimension=cl)))
-            if n % 64 == 0:
+            if n % 128 == 0:
                 out.append((f"m64_n{n}_k{tk}_s{steps}_{tag}", hm.TuningConfig(
                     tile_m=64, tile_n=n // 2, tile_k=tk, max_concurrent_steps=steps, epi_tile_m=64,
                     epi_tile_n=None, grid_minor_dim=D.M, grid_tile_width=1, wg_dimension=D.N,
