@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -35,20 +36,23 @@ def tiled(dtype, cols: int):
     return (plgpu.TilingTransform((8, tc)), plgpu.SwizzleTransform(tc * jnp.dtype(dtype).itemsize))
 
 
-def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=None, lane=False):
+def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=None, lane=False, threads=0):
     """``plgpu.kernel`` plus input/output aliasing (in-place outputs for the JAX API).
 
     ``lane``: lower with Lane semantics (explicit register layouts, no layout inference).
+    ``threads``: warpgroups a CTA runs (axis ``"wg"``; 0: one), the scratch shared by all of them.
     """
     from jax._src import config
     from jax._src.pallas import mpmd
 
-    mesh = plgpu.Mesh(grid=grid, grid_names=grid_names)
+    interpret = config.pallas_tpu_interpret_mode_context_manager.value or False
+    if threads > 1 and interpret:
+        check_interpret_threads(threads)
+    mesh = plgpu.Mesh(grid=grid, grid_names=grid_names, **(dict(num_threads=threads, thread_name="wg") if threads else {}))
 
     def kernel_body(*refs):
-        pl.run_scoped(functools.partial(body, *refs), *scratch)
+        pl.run_scoped(functools.partial(body, *refs), *scratch, **(dict(collective_axes="wg") if threads else {}))
 
-    interpret = config.pallas_tpu_interpret_mode_context_manager.value or False
     return mpmd._mpmd_map(
         [(mesh, kernel_body)],
         out_type,
@@ -58,6 +62,20 @@ def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=Non
         ),
         interpret=interpret,
     )(*args)
+
+
+def check_interpret_threads(threads: int) -> None:
+    """Interpret mode runs each of a CTA's ``threads`` warpgroups as its own XLA computation, all at
+    once, and they wait for each other at barriers; XLA's CPU client runs max(cores, CPU devices)
+    computations at a time, so with fewer the kernel would never finish. Raises instead."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    capacity = max(cores, len(jax.devices("cpu")))
+    if capacity < threads:
+        raise RuntimeError(
+            f"interpret mode of this kernel runs {threads} warpgroups at once, and JAX's CPU client runs at most "
+            f"{capacity} computations at a time here ({cores} cores): set jax.config.update('jax_num_cpu_devices', "
+            f"{threads}) (or JAX_NUM_CPU_DEVICES={threads}) before JAX starts"
+        )
 
 
 def wgmma_layout(x):

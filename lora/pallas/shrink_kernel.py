@@ -7,7 +7,7 @@
                              rows with no adapter are 0; in the activations' dtype (one rounding of
                              the float32 result: ``cfg.out_dtype``), cols = ``cfg.out_cols``
 
-Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
+Three variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
 
 * **block** (prefill, mixed): one CTA per 64-row block. It runs one pipelined K loop (TMA ->
   wgmma, ``cfg.stages`` deep) per two adapters present in the block's rows (each x tile feeds one
@@ -17,6 +17,10 @@ Two variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
   adapter of both runs twice; the merge is idempotent), so the overlapping rows get the values the
   block before writes. Each row of x is read once per two adapters of its block (once, except
   where three or more segments meet in one block).
+* **wide** (a Tuning for prefill-sized batches, ``Tuning(shrink_wide=True)``; not measured on a GPU
+  yet, so not a default): the block variant split in K with two blocks a CTA, warp-specialized (a
+  producer warpgroup streaming x and A tiles, one consumer warpgroup per block), so an A tile is read
+  once for 128 rows; partial tiles added by :func:`add_parts` (:func:`_shrink_wide`).
 * **split** (decode-sized batches, <= 4 blocks): CTA (block, adapter index, K split, column chunk).
   Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
   blocks to fill the GPU, so the K loop is split across CTAs. Each CTA stores its float32 tile,
@@ -141,6 +145,8 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     (:func:`add_parts`): more CTAs (bytes in flight) for the same rows.
     """
     C.TRACE_COUNT["shrink"] += 1
+    if cfg.wide:
+        return _shrink_wide(meta, nrows, ranks, x, x_tail, a, cfg=cfg)
     lay = MetaLayout(cfg.num_lora)
     cw = column_chunk(cfg.na)
     nc = -(-cfg.na // cw)
@@ -310,6 +316,194 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         grid=(cfg.nb, KS, nc) if KS > 1 else (cfg.nb, nc),
         grid_names=("b", "ks", "c") if KS > 1 else ("b", "c"),
         scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
+    )
+
+
+#: Registers a thread of the two-block shrink's producer warpgroup keeps; the two consumer warpgroups
+#: share the rest (jax's Hopper matmul reserves the same for its producer).
+PRODUCER_REGISTERS = 40
+
+
+def _shrink_wide(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
+    """The K-split block variant with two blocks a CTA (``cfg.wide``), warp-specialized.
+
+    CTA (g, ks, c) runs blocks 2g and 2g+1 over K split ks with three warpgroups: a producer that
+    streams each K step's tiles into shared memory with TMA (both blocks' x tiles and one A tile per
+    adapter of the unit), and one consumer per block that multiplies its block's x tile by the A
+    tile(s). Each A tile is read once for 128 rows (half the A bytes a row of the 64-row kernel), and
+    a slot is refilled as soon as both consumers have released it (jax's Hopper matmul, session 20:
+    128-row tiles split two ways in K reached 81-102% of copy on the dense shrink shapes).
+
+    The CTA's *units* are pipelines over its K steps, one or (``cfg.pair_stages``) two adapters each:
+    the adapters of block 2g, then those of block 2g+1 but the slot of block 2g's last row (a segment
+    across the blocks' edge, already run), paired in that order. Every unit computes both blocks, each
+    consumer merging its product into its block's float32 tile with its own row-slot mask, so a block's
+    rows of an adapter get its product whichever list the adapter came from; an adapter in both lists
+    otherwise (two segments of one slot) runs twice, which the masked merge makes idempotent. Each
+    block with rows stores its tile as a partial tile (nb, ksplit, 64, na_out), added by
+    :func:`add_parts` (which reads a clamped box's tile from the block's first row on).
+
+    The units share one set of x / A slots (``max(stages, pair_stages)`` deep); each pipeline leaves
+    every slot released when it returns (its producer waits for the last release), so the next reuses
+    them. x tiles live in one buffer, block i's slots after block 0's, so that consumer i reads its own
+    tile by index.
+    """
+    lay = MetaLayout(cfg.num_lora)
+    cw = column_chunk(cfg.na)
+    nc = -(-cfg.na // cw)
+    KS = cfg.ksplit
+    nk = cfg.nk // KS
+    unit = 2 if cfg.pair_stages else 1
+    depth = max(cfg.stages, cfg.pair_stages)  # slots of the shared x / A buffers
+    dt = x.dtype
+    tf = C.tiled(dt, cfg.block_k)
+
+    def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
+        rest = list(rest)
+        x_tail_ref = rest.pop(0) if cfg.tail else None
+        a_ref, o_ref, rs, tiles, bar, xbuf, abuf, *pipe_bars = rest
+        g = lax.axis_index("b")
+        c = lax.axis_index("c")
+        ks = lax.axis_index("ks")
+        wg = lax.axis_index("wg")  # 0, 1: the consumers of blocks 2g, 2g+1; 2: the producer
+        me = jnp.minimum(wg, 1)
+        b0, b1 = 2 * g, 2 * g + 1
+        s, lo0, rx0, tail0 = _box(nrows_ref, b0, cfg)
+        _, lo1, rx1, tail1 = _box(nrows_ref, b1, cfg)
+        has1 = (lo1 < s) & (b1 < cfg.nb)
+        mine = (wg == 0) | ((wg == 1) & has1)  # a consumer whose block has rows
+        own_rs, own_tile = rs.at[me], tiles.at[me]
+        k_first = ks * nk
+
+        def merge(w, acc):  # (consumers) block ``me``'s rows of slot w, columns below its stacked rank
+            keep = _keep(own_rs, w, cfg.stack * ranks_ref[w], c, cw)
+            own_tile[...] = jnp.where(keep, acc, plgpu.load(own_tile, layout=plgpu.Layout.WGMMA, optimized=False))
+
+        def unit_pipeline(srcs, ws):
+            """One pipeline over the K steps: x @ A[w].T for each w of ``ws`` over both blocks' x tiles."""
+            n = len(ws)
+            st = cfg.stages if n == 1 else cfg.pair_stages
+            produced, consumed = pipe_bars[0:2] if n == 1 else pipe_bars[2:4]
+
+            def step(idxs, *args):
+                a_tiles, accs = args[2:2 + n], args[-1]
+                (k,) = idxs
+                xs = xbuf.at[me * depth + lax.rem(k, st)]  # this consumer's x tile (the pipeline's slot)
+                for acc, a_s in zip(accs, a_tiles):
+                    plgpu.wgmma(acc, xs, a_s.T)
+                plgpu.wgmma_wait(0)  # the slot is released when the step returns
+                return accs
+
+            def context(run):
+                def scope(*accs):
+                    run(accs)
+                    for w, acc in zip(ws, accs):
+                        merge(w, acc[...])
+
+                pl.run_scoped(scope, *[plgpu.ACC((BM, cw)) for _ in ws])
+
+            def x_spec(blk):
+                return plgpu.BlockSpec((BM, cfg.block_k), lambda k: (blk, k + k_first), transforms=tf)
+
+            a_spec = plgpu.BlockSpec((cw, cfg.block_k), lambda k: (c, k + k_first), transforms=tf)
+            (x0_ref, blk0), (x1_ref, blk1) = srcs
+            pipe = plgpu.emit_pipeline_warp_specialized(
+                step,
+                grid=(nk,),
+                memory_registers=PRODUCER_REGISTERS,
+                in_specs=[x_spec(blk0), x_spec(blk1), *[a_spec] * n],
+                wg_axis="wg",
+                num_compute_wgs=2,
+                max_concurrent_steps=st,
+                compute_context=context,
+            )
+            allocations = dict(
+                flat_in_smem_refs=[xbuf.at[pl.ds(0, st)], xbuf.at[pl.ds(depth, st)],
+                                   *[abuf.at[pl.ds(j * depth, st)] for j in range(n)]],
+                flat_out_smem_refs=[],
+                flat_produced_barrier_refs=[produced],
+                flat_consumed_barrier_refs=[consumed],
+            )
+            pipe(x0_ref, x1_ref, *[a_ref.at[w] for w in ws], allocations=allocations)
+
+        @pl.when(lo0 < s)
+        def _():
+            count0 = C.block_count(meta_ref, lay, b0)
+            # (the metadata may hold only the blocks with rows: block 2g+1's entries are read where it has some)
+            last = lax.div(s + (BM - 1), BM) - 1
+            count1 = jnp.where(has1, C.block_count(meta_ref, lay, jnp.minimum(b1, last)), 0)
+            # the slot of block 2g's last row (its own box, not clamped, where block 2g+1 has rows)
+            edge = meta_ref[lay.group(b0) + lay.head + BM - 1]
+
+            def scan(i, acc):  # block 2g+1's list is in ascending slot ids: where the edge slot is in it
+                w = C.block_slot(meta_ref, lay, jnp.minimum(b1, last), i)
+                return acc[0] + (w < edge).astype(jnp.int32), acc[1] | (w == edge)
+
+            below, present = lax.fori_loop(0, count1, scan, (jnp.int32(0), False))
+            skip = present.astype(jnp.int32)
+            total = count0 + count1 - skip
+
+            def slot(i):  # the i-th adapter of the CTA's list (block 2g's, then block 2g+1's but the edge)
+                j = jnp.maximum(i - count0, 0)
+                j = j + jnp.where(present & (j >= below), 1, 0)
+                own = C.block_slot(meta_ref, lay, b0, jnp.minimum(i, count0 - 1))
+                second = C.block_slot(meta_ref, lay, jnp.minimum(b1, last), jnp.minimum(j, jnp.maximum(count1 - 1, 0)))
+                return jnp.where(i < count0, own, second)
+
+            @pl.when(mine)
+            def _():  # each consumer: its box's row slots, and a zero tile
+                rx = jnp.where(wg == 0, rx0, rx1)
+                C.issue_box_slots(meta_ref, lay, rx, own_rs, bar.at[me])
+                own_tile[...] = C.wgmma_zeros(BM, cw)
+                plgpu.barrier_wait(bar.at[me])
+
+            def units(srcs):
+                @pl.loop(0, lax.div(total + unit - 1, unit))
+                def _(p):
+                    first = p * unit
+                    if unit == 1:
+                        unit_pipeline(srcs, [slot(first)])
+                        return
+                    pl.when(first + 1 < total)(lambda: unit_pipeline(srcs, [slot(first), slot(first + 1)]))
+                    pl.when(first + 1 >= total)(lambda: unit_pipeline(srcs, [slot(first)]))
+
+            # x tiles: block 2g's box, and block 2g+1's (block 2g's again when it has no rows: never stored)
+            if cfg.tail:
+                pl.when(tail0)(lambda: units(((x_tail_ref, 0), (x_tail_ref, 0))))
+                pl.when(has1 & tail1)(lambda: units(((x_ref, b0), (x_tail_ref, 0))))
+                pl.when(jnp.logical_not(tail0) & jnp.logical_not(has1 & tail1))(
+                    lambda: units(((x_ref, b0), (x_ref, jnp.where(has1, b1, b0)))))
+            else:
+                units(((x_ref, b0), (x_ref, jnp.where(has1, b1, b0))))
+
+            @pl.when(mine)
+            def _():
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(own_tile, o_ref.at[jnp.minimum(b0 + me, cfg.nb - 1), ks, :, pl.ds(c * cw, cw)])
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    pair = cfg.pair_stages
+    scratch = [
+        plgpu.SMEM((2, BM), jnp.int32),
+        plgpu.SMEM((2, BM, cw), jnp.float32),
+        plgpu.Barrier(num_barriers=2),
+        plgpu.SMEM((2 * depth, BM, cfg.block_k), dt, transforms=tf),
+        plgpu.SMEM(((2 if pair else 1) * depth, cw, cfg.block_k), dt, transforms=tf),
+        plgpu.Barrier(num_arrivals=3, num_barriers=cfg.stages),  # one unit's: x tiles and A tile landed
+        plgpu.Barrier(num_arrivals=2, num_barriers=cfg.stages),  # ... both consumers released the slot
+    ]
+    if pair:
+        scratch += [plgpu.Barrier(num_arrivals=4, num_barriers=pair),
+                    plgpu.Barrier(num_arrivals=2, num_barriers=pair)]
+    args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
+    return C.mgpu_call(
+        body,
+        args,
+        out_type=jax.ShapeDtypeStruct(cfg.parts_shape, jnp.float32),
+        grid=(-(-cfg.nb // 2), KS, nc),
+        grid_names=("b", "ks", "c"),
+        scratch=scratch,
+        threads=3,
     )
 
 

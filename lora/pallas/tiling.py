@@ -229,6 +229,10 @@ class ShrinkConfig:
     #: block variant: a block's extra K-loop units run on the CTAs of the bucket's blocks without rows
     #: (see shrink_kernel.shrink_block)
     extra_units: bool = False
+    #: K-split block variant with two consecutive blocks a CTA, warp-specialized (a producer warpgroup,
+    #: one consumer warpgroup per block; each A tile feeds both: half the A bytes a row); see
+    #: shrink_kernel.shrink_block
+    wide: bool = False
 
     @property
     def nb(self) -> int:
@@ -449,10 +453,13 @@ class Tuning:
     #: the block shrink runs a block's extra K-loop units on the bucket's idle CTAs (None: where the
     #: accumulators are at most 128 wide)
     shrink_extra_units: bool | None = None
+    #: prefill-sized batches: the two-block shrink (``ShrinkConfig.wide``; K split WIDE_KSPLIT ways unless
+    #: ``shrink_ksplit`` names a split > 1). Not measured on a GPU yet, so not the default (None: off)
+    shrink_wide: bool | None = None
 
     def __post_init__(self):
         flags = ("expand_reduce_add", "expand_accumulate")
-        optional_flags = ("expand_persistent", "expand_gather", "shrink_extra_units")
+        optional_flags = ("expand_persistent", "expand_gather", "shrink_extra_units", "shrink_wide")
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
@@ -494,6 +501,7 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
     "blockKs2": dict(shrink_ksplit=2),
     "blockKs4": dict(shrink_ksplit=4),
     "reduceAdd": dict(expand_reduce_add=True),
+    "wide": dict(shrink_wide=True),  # the two-block, warp-specialized shrink (session 21: not yet on a GPU)
 }
 
 
@@ -503,6 +511,66 @@ SPLIT_PARTS_LIMIT = 64 << 20
 
 #: The block shrink's extra units (ShrinkConfig.extra_units) for outputs up to this many columns.
 EXTRA_UNITS_MAX_COLS = 128
+
+
+#: The two-block shrink's K split when the caller names none (its CTAs: half the blocks, times this).
+WIDE_KSPLIT = 2
+#: Stages of a two-block shrink pipeline at most (the producer refills a slot when both consumers
+#: release it, so a few deep steps keep its reads in flight).
+WIDE_MAX_STAGES = 6
+
+
+def wide_smem_bytes(na: int, block_k: int, stages: int, pair_stages: int, itemsize: int = 2) -> int:
+    """Shared memory of one two-block shrink CTA (see shrink_kernel, ``ShrinkConfig.wide``), each
+    buffer rounded up to 1 KB as Mosaic allocates it: two float32 output tiles and row-slot lists,
+    the x tiles of both blocks and one A tile per stage (a second A tile per pair stage), and the
+    pipelines' barriers."""
+    a = scratch_bytes
+    cw = column_chunk(na)
+    x_tiles = a(2 * max(stages, pair_stages) * BM * block_k * itemsize)
+    a_tiles = a(((max(stages, pair_stages)) + pair_stages) * cw * block_k * itemsize)
+    barriers = 8 * (2 + 2 * stages + 2 * pair_stages)
+    return a(2 * BM * cw * 4) + a(2 * BM * 4) + x_tiles + a_tiles + barriers
+
+
+def _wide_plan(k: int, na: int, tuning: Tuning) -> tuple[int, int, int, int]:
+    """(block_k, ksplit, stages, pair_stages) of the two-block shrink: 128-deep K steps where three
+    stages of pairs fit (else 64), as many stages as fit up to WIDE_MAX_STAGES, pair units (two A tiles a
+    step) where two stages of them fit and the two float32 accumulators a consumer thread holds take at
+    most 128 registers (outputs of at most 128 columns); K split WIDE_KSPLIT ways unless the caller names
+    a split."""
+    if tuning.shrink_ksplit == 1:
+        raise ValueError("Tuning.shrink_wide=True needs a K split: shrink_ksplit must be > 1 (or None)")
+
+    def stages_for(bk, pairs):
+        for n in range(WIDE_MAX_STAGES, 0, -1):
+            if wide_smem_bytes(na, bk, n, n if pairs else 0) <= SMEM_LIMIT:
+                return n
+        return 0
+
+    if tuning.shrink_block_k is not None:
+        block_k = tuning.shrink_block_k
+    else:
+        block_k = 128 if stages_for(128, column_chunk(na) <= 128) >= 3 else 64
+    nk = -(-k // block_k)
+    ksplit = tuning.shrink_ksplit or WIDE_KSPLIT
+    if nk % ksplit:
+        raise ValueError(f"Tuning.shrink_ksplit={ksplit} does not divide the {nk} K steps of K={k}")
+    steps = nk // ksplit
+    pair_stages = min(stages_for(block_k, True), steps) if column_chunk(na) <= 128 else 0
+    if pair_stages < 2:
+        pair_stages = 0
+    stages = pair_stages or min(stages_for(block_k, False), steps)
+    if tuning.shrink_stages is not None:
+        stages = min(tuning.shrink_stages, steps)
+        pair_stages = min(pair_stages, stages)
+        need = wide_smem_bytes(na, block_k, stages, pair_stages)
+        if need > SMEM_LIMIT:
+            raise ValueError(f"Tuning.shrink_stages={tuning.shrink_stages} needs {need} bytes of shared memory "
+                             f"in the two-block shrink (limit {SMEM_LIMIT})")
+    if stages < 1:
+        raise ValueError(f"the two-block shrink of {na} columns does not fit shared memory at block_k={block_k}")
+    return block_k, ksplit, stages, pair_stages
 
 
 def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str = "float32", result: bool = False,
@@ -562,15 +630,18 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
     if not split:  # a block with two adapters (a segment boundary) reads its rows once for both
         fit = (SMEM_LIMIT - out_bytes) // ((BM + 2 * na) * block_k * itemsize)
         pair_stages = min(stages, fit, max(1, nk // ksplit)) if fit >= 2 else 0
+    wide = bool(tuning.shrink_wide) and not split
+    if wide:  # (the caller's block_k / ksplit / stages apply to it; its shared memory is its own)
+        block_k, ksplit, stages, pair_stages = _wide_plan(k, na, tuning)
     # A block of three adapters runs its third on an idle CTA, not in a second K loop of its own (session 14
     # on the H200: two such blocks of 112 cost the rank-16 shrink 23.5 us against 18.9 without them; 20.8 with
     # the extra units); with accumulators 192 wide (rank-64 QKV) the kernel with that path was slower on both
     # batches measured, which have no such block (prefill-8k 42.0 -> 48.1 us, mixed 42.5 -> 48.6; not explained;
     # without it 42.2 / 42.7).
-    extra_units = not split and (na <= EXTRA_UNITS_MAX_COLS if tuning.shrink_extra_units is None
-                                 else tuning.shrink_extra_units)
+    extra_units = not split and not wide and (na <= EXTRA_UNITS_MAX_COLS if tuning.shrink_extra_units is None
+                                              else tuning.shrink_extra_units)
     cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages,
-                       out_dtype, result, extra_units)
+                       out_dtype, result, extra_units, wide)
     tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0
     if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
         raise ValueError(

@@ -240,6 +240,99 @@ def test_block_shrink_runs_extra_units_on_idle_ctas_interpret(comp_name, stack, 
     assert check.ok, f"{comp_name} stack={stack} r={r} {tuning}: {check.detail}"
 
 
+# Five slots (slot 4 of rank 0), 256-deep K, buckets of 512 rows: four CTAs of two blocks each.
+# (a) 360 rows: segments across the blocks' edge within a CTA (its second block skips that adapter), a
+# boundary inside a second block (an adapter of its own), slot 0 in two segments (runs twice), and the
+# partial last block as a CTA's second (its clamped box reaches into the first's rows).
+# (b) 300 rows: a block of slot 4's rows (no adapter), a block of five adapters (units of two and one),
+# slot 0 again in two segments, and the partial last block as a CTA's first (the second has no rows).
+# (c) 356 rows: a boundary inside the first CTA's second block, whose list holds the edge slot after a
+# lower one (skipped from the middle of the list), and a second CTA whose first block holds two adapters
+# (one pair unit) and whose second block holds only the edge slot (no unit of its own).
+WIDE_COMPS = {
+    "a": ([100, 50, 70, 40, 100], [0, 1, 0, 2, 3]),
+    "b": ([64, 10, 10, 10, 150, 56], [4, 0, 1, 2, 3, 0]),
+    "c": ([96, 64, 96, 40, 60], [2, 0, 1, 3, 0]),
+}
+
+
+@pytest.mark.parametrize("comp_name", sorted(WIDE_COMPS))
+@pytest.mark.parametrize("tail", [True, False])
+@pytest.mark.parametrize("stack,r,tuning", [(1, 64, T.Tuning(shrink_wide=True, shrink_block_k=64)),
+                                            (3, 16, T.Tuning(shrink_wide=True, shrink_block_k=64)),
+                                            (2, 64, T.Tuning(shrink_wide=True)),
+                                            (3, 64, T.Tuning(shrink_wide=True, shrink_ksplit=4))])
+def test_wide_block_shrink_interpret(comp_name, tail, stack, r, tuning, rng, interpret):
+    """The two-block, warp-specialized shrink (``ShrinkConfig.wide``) against the float64 oracle: 64, 48
+    and 128 columns with two adapters a unit (two accumulators a consumer), 192 columns one adapter a unit
+    and a four-way K split (one K step a CTA); with the tail view of x (the torch executor) and padded x
+    (the JAX path). Fails with the edge adapter skipped from the wrong place of the second block's list,
+    a consumer reading the other's x tile, or any list or box mistaken."""
+    from lora.pallas import plan as P
+
+    lens, slots = WIDE_COMPS[comp_name]
+    ranks = [r, r * 3 // 4, r // 2 - 1, r, 0]
+    comp = C.Composition(lens, slots, ranks, [0.5, 1.0, 2.0, 1.5, 0.75], r, sum(lens))
+    bpad = T.padded_tokens(comp.tokens)
+    sp = P.plan_shrink(bpad, 256, r, stack, 5, "bfloat16", tail=tail, result=True, tuning=tuning)
+    assert sp.cfg.wide and sp.cfg.ksplit == (tuning.shrink_ksplit or T.WIDE_KSPLIT) and not sp.cfg.extra_units
+    assert (sp.cfg.pair_stages > 0) == (stack * r <= 128)
+    t = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
+    x, a = t(C.activations(rng, comp, 256)), t(C.shrink_weights(rng, comp, stack, 256))
+    a = jnp.pad(a, ((0, 0), (0, sp.cfg.stack * sp.rp - a.shape[1]), (0, 0)))
+    if tail:
+        out = P.run_shrink(_TailViewExecutor(), sp, batch_of(comp), x, a)
+    else:
+        out = lp.shrink(x, a[:, : stack * r], batch_of(comp), stack=stack, tuning=tuning)
+    out = out[: comp.tokens, : stack * r]
+    check = C.compare(f64(out), C.ref_shrink(comp, f64(x), f64(a[:, : stack * r]), stack), "bfloat16")
+    assert check.ok, f"{comp_name} tail={tail} stack={stack} r={r}: {check.detail}"
+
+
+@pytest.mark.parametrize("r,stack,k,ksplit", [(64, 1, 14336, None), (64, 2, 4096, None), (64, 3, 4096, 4),
+                                              (16, 3, 4096, None)])
+def test_wide_shared_memory_is_mosaics_count(r, stack, k, ksplit):
+    """The shared memory the plan counts for a two-block shrink CTA (what picks its block_k and stages)
+    is Mosaic's own count, and within its limit."""
+    from lora.pallas import interop
+    from lora.pallas import plan as P
+
+    cfg = P.plan_shrink(8192, k, r, stack, 8, "bfloat16", tail=True, result=True,
+                        tuning=T.Tuning(shrink_wide=True, shrink_ksplit=ksplit)).cfg
+    counted = T.wide_smem_bytes(cfg.na, cfg.block_k, cfg.stages, cfg.pair_stages)
+    assert counted == interop.smem_bytes("shrink", cfg) and counted <= T.SMEM_LIMIT, cfg
+
+
+def test_warpgroup_kernels_refuse_too_few_interpret_threads(monkeypatch):
+    """Interpret mode runs a CTA's warpgroups as concurrent XLA computations: where JAX's CPU client
+    runs fewer at once (two cores, one CPU device), a two-block shrink would wait forever; it raises
+    before it starts instead."""
+    from lora.pallas import common
+
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(common.jax, "devices", lambda *a: [object()])
+    with pytest.raises(RuntimeError, match="jax_num_cpu_devices"):
+        common.check_interpret_threads(3)
+    common.check_interpret_threads(2)
+
+
+def test_wide_plan():
+    """The two-block shrink is asked for, never the default (not measured on a GPU yet); it needs a K
+    split, applies to prefill-sized batches only, and fits shared memory (the lowering tests check the
+    count against Mosaic's)."""
+    from lora.pallas import plan as P
+
+    wide = T.Tuning(shrink_wide=True)
+    assert not P.plan_shrink(8192, 14336, 64, 1, 8, "bfloat16", tail=True).cfg.wide
+    cfg = P.plan_shrink(8192, 14336, 64, 1, 8, "bfloat16", tail=True, tuning=wide).cfg
+    assert cfg.wide and cfg.ksplit == T.WIDE_KSPLIT and cfg.pair_stages >= 2
+    assert T.wide_smem_bytes(cfg.na, cfg.block_k, cfg.stages, cfg.pair_stages) <= T.SMEM_LIMIT
+    assert not P.plan_shrink(128, 4096, 64, 1, 8, "bfloat16", tail=True, tuning=wide).cfg.wide  # decode-sized
+    with pytest.raises(ValueError, match="K split"):
+        P.plan_shrink(8192, 4096, 64, 1, 8, "bfloat16", tail=True, tuning=T.Tuning(shrink_wide=True, shrink_ksplit=1))
+    assert P.plan_shrink(8192, 4096, 64, 3, 8, "bfloat16", tail=True, tuning=wide).cfg.pair_stages == 0  # 192 columns
+
+
 def test_block_variant_with_k_split_interpret(rng, interpret):
     """Tuning(shrink_ksplit=2) on a prefill-sized batch: two CTAs per block over K, partial tiles
     added by the plan's finish step (the JAX path pads x, so blocks are aligned)."""
@@ -404,6 +497,12 @@ def plan_configs():
     for stack in (2, 3):
         shrink_configs(seen, P.plan_shrink(8192, 4096, 16, stack, L, "bfloat16", tail=True, result=True,
                                            tuning=T.Tuning(shrink_ksplit=2)))
+    # the two-block shrink (a Tuning, not a default yet): the Llama-3-8B prefill shrinks at ranks 16 and 64,
+    # an op's result and a fused op's expand input
+    for r, stack, k in ((16, 3, 4096), (16, 1, 14336), (64, 1, 4096), (64, 2, 4096), (64, 3, 4096), (64, 1, 14336)):
+        for result in (True, False):
+            shrink_configs(seen, P.plan_shrink(8192, k, r, stack, L, "bfloat16", tail=True, result=result,
+                                               tuning=T.Tuning(shrink_wide=True)))
     # odd widths (padded copies): K=200, N=72, rank 7
     shrink_configs(seen, P.plan_shrink(64, 200, 7, 2, 3, "bfloat16", tail=True))
     for cfg in P.plan_expand(64, 72, 7, 2, 3, "bfloat16", "bfloat16", "bfloat16", internal=True, tail=True).cfgs:
