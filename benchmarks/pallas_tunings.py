@@ -21,10 +21,16 @@ TUNINGS = {
     "ks32": dict(shrink_ksplit=32),
     "ks2": dict(shrink_ksplit=2),
     "ks2bk64": dict(shrink_ksplit=2, shrink_block_k=64),  # session 20: the r64 QKV-sized shrinks split in K
-    # session 20, with benchmarks/probe_s20/c6_wide.patch applied (Tuning.shrink_wide; reverted): the K-split
-    # block shrink one block a CTA (as before the patch), and two blocks a CTA on the QKV-sized shrinks
+    # session 20, with benchmarks/probe_s20/c6_wide.patch applied (one warpgroup; reverted): the K-split
+    # block shrink one block a CTA (as before the patch), and two blocks a CTA on the QKV-sized shrinks.
+    # Since session 21 Tuning.shrink_wide is on main (the warp-specialized two-block shrink, off by
+    # default): "nowide" is then the default, "ks2wide" the same as "wide"
     "nowide": dict(shrink_wide=False),
     "ks2wide": dict(shrink_ksplit=2, shrink_wide=True),
+    # session 21: the two-block shrink (a producer warpgroup, a consumer per block; K split 2 / 4; 64-deep steps)
+    "wide": dict(shrink_wide=True),
+    "wide4": dict(shrink_wide=True, shrink_ksplit=4),
+    "widebk64": dict(shrink_wide=True, shrink_block_k=64),
     # the block variant with its K loop split: a CTA runs every adapter of its block (two per K loop),
     # so there are ksplit partial tiles per block instead of adapters x ksplit
     "blk16": dict(split_max_blocks=0, shrink_ksplit=16),

@@ -2,10 +2,13 @@
 
 Backends under test: every built-in backend except the torch reference (each skipped with its
 reason where it cannot run; entry-point plugins are left to tests/lora), so a new GPU backend (pallas) joins by registering itself;
-``LORA_GPU_BACKENDS=triton`` limits a run to the listed names.
+``LORA_GPU_BACKENDS=triton`` limits a run to the listed names; ``LORA_PALLAS_TUNING=wide`` runs the
+pallas backend of :func:`backend_or_skip` under that entry of ``lora.pallas.tiling.TUNING_TRIALS``.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -16,8 +19,6 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (run t
 
 def gpu_backends() -> list[str]:
     """Names of the registered backends other than the torch reference (availability checked per test)."""
-    import os
-
     import lora
 
     # ours only: a plugin installed in the venv (the example) is checked by tests/lora, not here
@@ -33,4 +34,10 @@ def backend_or_skip(name: str, batch_info=None):
     status = {s.name: s for s in lora.available_backends()}[name]
     if not status.available:
         pytest.skip(f"backend {name!r} cannot run here: {status.reason}")
-    return lora.get_backend_from_name(name)(name, batch_info)
+    cls = lora.get_backend_from_name(name)
+    trial = os.environ.get("LORA_PALLAS_TUNING")
+    if name == "pallas" and trial:
+        from lora.pallas.tiling import TUNING_TRIALS, Tuning
+
+        return cls(name, batch_info, tuning=Tuning(**TUNING_TRIALS[trial]))
+    return cls(name, batch_info)
