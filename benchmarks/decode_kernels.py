@@ -8,6 +8,7 @@ boundaries cost inside a graph.
 
     PYTHONPATH=. python benchmarks/decode_kernels.py --json $OUT/decode_kernels.json
     PYTHONPATH=. python benchmarks/decode_kernels.py --cases llama3-8b-r16-decode-64 --backends pallas,pallas:es4
+    PYTHONPATH=. python benchmarks/decode_kernels.py --cases '' --shape 'r=64,segs=prefill:8448/1,name=dense' ...
 
 Backends: ``triton``, ``pallas`` and ``pallas:<name>`` for a :data:`TUNINGS` entry.
 """
@@ -66,6 +67,8 @@ def kernels_of(fn, calls: int = 20) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--cases", default=CASES)
+    p.add_argument("--shape", action="append", default=[], metavar="SPEC",
+                   help="a case from a shape spec, as `python -m lora compare --shape` (repeatable; with --cases '' alone)")
     p.add_argument("--ops", default=OPS)
     p.add_argument("--backends", default="triton,pallas")
     p.add_argument("--json")
@@ -78,7 +81,8 @@ def main(argv=None) -> int:
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {copy:.0f} GB/s", flush=True)
     budget = TM.Budget(5.0, 20.0, 5, 200)
     rows = []
-    for case in CS.select_cases(args.cases.split(",")):
+    cases = (CS.select_cases(args.cases.split(",")) if args.cases else []) + [CS.parse_shape_spec(s) for s in args.shape]
+    for case in cases:
         comp = case.composition(0)
         bi = T.batch_info(comp, DEV)
         backends = {}
