@@ -289,6 +289,28 @@ def test_wide_block_shrink_interpret(comp_name, tail, stack, r, tuning, rng, int
     assert check.ok, f"{comp_name} tail={tail} stack={stack} r={r}: {check.detail}"
 
 
+@pytest.mark.parametrize("op", ["qkv", "gate_up"])
+def test_fused_ops_with_the_wide_shrink_interpret(op, rng, interpret):
+    """The fused ops under Tuning(shrink_wide=True): the two-block shrink's partial tiles summed into the
+    expand's float32 input (not the op's result, as in the tests above), then the expand."""
+    comp = C.Composition(*WIDE_COMPS["a"], [16, 12, 7, 16, 0], [0.5, 1.0, 2.0, 1.5, 0.75], 16, 360)
+    t = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
+    tuning = T.Tuning(shrink_wide=True, shrink_block_k=64)
+    kdim = 256
+    if op == "qkv":
+        offs = [0, N, N + KV, N + 2 * KV]
+        x, a = t(C.activations(rng, comp, kdim)), t(C.shrink_weights(rng, comp, 3, kdim))
+        b, base = t(C.expand_weights(rng, comp, offs[-1])), t(C.base_output(rng, comp, offs[-1]))
+        out = lp.qkv_lora(x, a, b, batch_of(comp), q=N, kv=KV, base=base, tuning=tuning)
+    else:
+        offs = [0, N, 2 * N]
+        x, a = t(C.activations(rng, comp, kdim)), t(C.shrink_weights(rng, comp, 2, kdim))
+        b, base = t(C.expand_weights(rng, comp, 2 * N)), t(C.base_output(rng, comp, 2 * N))
+        out = lp.gate_up_lora(x, a, b, batch_of(comp), base=base, tuning=tuning)
+    check = C.compare(f64(out), C.ref_stacked(comp, f64(x), f64(a), f64(b), offs, f64(base)), "bfloat16")
+    assert check.ok, f"{op}: {check.detail}"
+
+
 @pytest.mark.parametrize("r,stack,k,ksplit", [(64, 1, 14336, None), (64, 2, 4096, None), (64, 3, 4096, 4),
                                               (16, 3, 4096, None)])
 def test_wide_shared_memory_is_mosaics_count(r, stack, k, ksplit):
