@@ -2,8 +2,9 @@
 # Issue 16: the first GPU run of the two-block, warp-specialized pallas shrink (Tuning(shrink_wide=True),
 # ShrinkConfig.wide), built in session 21 without a GPU: checked in Mosaic GPU interpret mode and by its
 # Mosaic lowering only. One device call (under 10 minutes; each step stops starting new work at its budget):
-#   1. the pallas GPU contract (every shrink and fused op, three dtypes, five compositions) and graph-safety
-#      tests under it (LORA_PALLAS_TUNING=wide: tests/gpu/conftest.py);
+#   1. the pallas GPU contract (every shrink and fused op, three dtypes, five compositions) and the CUDA-graph
+#      tests (capture once, replay with new metadata; their prefill case is 1024 rows) under it
+#      (LORA_PALLAS_TUNING=wide: tests/gpu/conftest.py; decode-sized batches never take it);
 #   2. the rank-64 shrinks on one 8448-row segment and on two segments meeting inside a block (session 20,
 #      call 3's shapes: the kernel's own speed, and what a boundary costs it) against triton and the default;
 #   3. the rank-16 / rank-64 prefill-8k and mixed shrinks and the fused ops that run them, against triton and
@@ -23,7 +24,7 @@ W=$(mktemp -d); R=$W/r; mkdir -p $R
 pack() { tar -C $W -czf $OUT/$P.tar.gz r; }
 trap pack EXIT
 LORA_GPU_BACKENDS=pallas LORA_PALLAS_TUNING=wide PYTHONPATH=. timeout 180 python3 -m pytest -q -p no:cacheprovider -n 8 \
-    tests/gpu/test_contract_gpu.py tests/gpu/test_graph_safety.py -k "pallas and (shrink or qkv or gate_up) and not expand" \
+    tests/gpu/test_contract_gpu.py tests/gpu/test_graphs.py -k "pallas and (shrink or qkv or gate_up) and not expand" \
     > $R/${P}_gpu_tests.txt 2>&1
 tail -3 $R/${P}_gpu_tests.txt
 PYTHONPATH=.:benchmarks timeout 100 python3 benchmarks/decode_kernels.py --no-profile --budget-s 90 --cases '' \

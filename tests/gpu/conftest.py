@@ -39,5 +39,7 @@ def backend_or_skip(name: str, batch_info=None):
     if name == "pallas" and trial:
         from lora.pallas.tiling import TUNING_TRIALS, Tuning
 
+        if trial not in TUNING_TRIALS:
+            raise ValueError(f"LORA_PALLAS_TUNING={trial!r} is not one of {sorted(TUNING_TRIALS)}")
         return cls(name, batch_info, tuning=Tuning(**TUNING_TRIALS[trial]))
     return cls(name, batch_info)
