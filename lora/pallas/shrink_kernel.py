@@ -488,7 +488,7 @@ def _shrink_wide(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         plgpu.SMEM((2, BM, cw), jnp.float32),
         plgpu.Barrier(num_barriers=2),
         plgpu.SMEM((2 * depth, BM, cfg.block_k), dt, transforms=tf),
-        plgpu.SMEM(((2 if pair else 1) * depth, cw, cfg.block_k), dt, transforms=tf),
+        plgpu.SMEM((depth + pair, cw, cfg.block_k), dt, transforms=tf),  # a unit's first A tile, then a pair's second
         plgpu.Barrier(num_arrivals=3, num_barriers=cfg.stages),  # one unit's: x tiles and A tile landed
         plgpu.Barrier(num_arrivals=2, num_barriers=cfg.stages),  # ... both consumers released the slot
     ]

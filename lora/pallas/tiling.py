@@ -528,7 +528,7 @@ def wide_smem_bytes(na: int, block_k: int, stages: int, pair_stages: int, itemsi
     a = scratch_bytes
     cw = column_chunk(na)
     x_tiles = a(2 * max(stages, pair_stages) * BM * block_k * itemsize)
-    a_tiles = a(((max(stages, pair_stages)) + pair_stages) * cw * block_k * itemsize)
+    a_tiles = a((max(stages, pair_stages) + pair_stages) * cw * block_k * itemsize)
     barriers = 8 * (2 + 2 * stages + 2 * pair_stages)
     return a(2 * BM * cw * 4) + a(2 * BM * 4) + x_tiles + a_tiles + barriers
 

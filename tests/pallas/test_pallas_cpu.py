@@ -311,16 +311,17 @@ def test_fused_ops_with_the_wide_shrink_interpret(op, rng, interpret):
     assert check.ok, f"{op}: {check.detail}"
 
 
-@pytest.mark.parametrize("r,stack,k,ksplit", [(64, 1, 14336, None), (64, 2, 4096, None), (64, 3, 4096, 4),
-                                              (16, 3, 4096, None)])
-def test_wide_shared_memory_is_mosaics_count(r, stack, k, ksplit):
+@pytest.mark.parametrize("r,stack,k,knobs", [(64, 1, 14336, {}), (64, 2, 4096, {}), (64, 3, 4096, dict(shrink_ksplit=4)),
+                                             (16, 3, 4096, {}), (16, 1, 4096, dict(shrink_block_k=64, shrink_stages=7))])
+def test_wide_shared_memory_is_mosaics_count(r, stack, k, knobs):
     """The shared memory the plan counts for a two-block shrink CTA (what picks its block_k and stages)
-    is Mosaic's own count, and within its limit."""
+    is Mosaic's own count, and within its limit; also where a caller's stages outnumber the pair stages
+    (the last case: 7 and 6)."""
     from lora.pallas import interop
     from lora.pallas import plan as P
 
     cfg = P.plan_shrink(8192, k, r, stack, 8, "bfloat16", tail=True, result=True,
-                        tuning=T.Tuning(shrink_wide=True, shrink_ksplit=ksplit)).cfg
+                        tuning=T.Tuning(shrink_wide=True, **knobs)).cfg
     counted = T.wide_smem_bytes(cfg.na, cfg.block_k, cfg.stages, cfg.pair_stages)
     assert counted == interop.smem_bytes("shrink", cfg) and counted <= T.SMEM_LIMIT, cfg
 
