@@ -132,9 +132,16 @@ class SpeculativeMixin:
     def role_end_generate(self, s: Any) -> None:
         """Run the speculative request of ``s``'s open assistant turn and fill its slots."""
         buf = self._spec(s)
-        if buf is None or s.cur_role != "assistant" or not any(t["slot"] for t in buf["terms"]):
+        if buf is None or s.cur_role != "assistant":
             return
         self._spec_sync(s, buf)
+        if not any(t["slot"] for t in buf["terms"]):
+            # A turn without gens: nothing to request, but SGLang's executor handed its fixed text to
+            # spec_fill instead of text_: write it there (the turn's message), and start the next turn clean.
+            if buf["terms"]:
+                s.text_ = s.text_[:s.cur_role_begin_pos] + "".join(t["text"] for t in buf["terms"])
+            buf["terms"], buf["pos"], buf["kwargs"] = [], None, None
+            return
         messages = [dict(m) for m in s.messages_]
         kwargs, options = buf["kwargs"]
         last = ""
