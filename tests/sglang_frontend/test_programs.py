@@ -239,6 +239,30 @@ def test_speculative_execution(world):
     assert state.messages()[-1] == {"role": "assistant", "content": "Name: Ann\nAge: 30"}
 
 
+@sgl.function(num_api_spec_tokens=64)
+def speculative_after_an_example(s):
+    s += sgl.user("Describe a person.")
+    s += sgl.assistant("Name: Bo\nAge: 7")  # a fixed turn: SGLang hands its text to spec_fill
+    s += sgl.user("Another one.")
+    s += sgl.assistant("Name: " + sgl.gen("name", stop="\n") + "\nAge: " + sgl.gen("age", stop="\n"))
+
+
+def test_speculative_program_with_a_fixed_assistant_turn(world):
+    # With speculation on, SGLang's executor passes every fill of an assistant turn to spec_fill, also in
+    # a turn without gens: that turn's text must still become its message, and not leak into the next
+    # turn's pattern.
+    if world.prompt_driven or not world.backend.is_chat_model:
+        pytest.skip(f"{world.name}: not a spec_fill backend")
+    world.expect("Name: Ann\nAge: 30")
+    state = run(speculative_after_an_example, world)
+    assert (state["name"], state["age"]) == ("Ann", "30")
+    sent = world.server.last.json["messages"]
+    assert {"role": "assistant", "content": "Name: Bo\nAge: 7"} in sent
+    assert state.messages()[1:] == [{"role": "assistant", "content": "Name: Bo\nAge: 7"},
+                                    {"role": "user", "content": "Another one."},
+                                    {"role": "assistant", "content": "Name: Ann\nAge: 30"}]
+
+
 def test_speculative_programs_in_a_batch_keep_their_own_buffers(world):
     # SGLang's own OpenAI backend keeps the turn's buffers on the backend, shared by every program of a
     # batch; ours keeps them on each program's state.
@@ -252,8 +276,9 @@ def test_speculative_programs_in_a_batch_keep_their_own_buffers(world):
 
 
 def test_default_backend():
-    # sgl.set_default_backend with ours: programs run without backend=.
-    from sglang.global_config import global_config
+    # sgl.set_default_backend with ours: programs run without backend=. (`sgl.global_config`: the module
+    # moved from sglang.global_config to sglang.lang.global_config in 0.5.11; the attribute stayed.)
+    global_config = sgl.global_config
 
     with make_world("sglang") as world:
         previous = global_config.default_backend
