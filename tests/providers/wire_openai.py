@@ -10,7 +10,11 @@ The fake model: each generated choice takes the next queued reply (``server.repl
 ``max_completion_tokens`` words (finish_reason ``"stop"`` / ``"length"``). Tokens are words
 (``wire_http.count_tokens``). With a positive ``logit_bias`` and ``vocab`` (token id -> text) set,
 it emits exactly one biased token: the one with the highest ``token_scores[text]`` (ties: lowest
-id), reporting log-probabilities (softmax of those scores over the biased tokens) when asked.
+id), reporting log-probabilities (softmax of those scores over the biased tokens) when asked. With a
+positive ``logit_bias`` and ``tokenizer`` set instead (``encode``/``decode``, the client's own), the
+reply is written as a model confined to the biased tokens writes it: its longest prefix of biased
+tokens (at least one: the lowest biased id when its first token is not biased), then cut at ``stop``
+and at ``max_tokens`` tokens.
 ``cached_tokens`` / ``reasoning_tokens`` set add the usage details objects.
 """
 
@@ -40,6 +44,7 @@ class OpenAIServer(WireServer):
         super().__init__(lifetime=lifetime)
         self.api_key = api_key  # when set, requests must carry it (Bearer or Azure's api-key header)
         self.vocab: dict[int, str] = {}
+        self.tokenizer = None  # encode(str) -> ids, decode(ids) -> str: logit bias on replies (see above)
         self.token_scores: dict[str, float] = {}
         self.default_reply = "Hello from OpenAI"
         self.stream_delay = 0.0
@@ -101,6 +106,8 @@ class OpenAIServer(WireServer):
             lp = None
             if bias and self.vocab:
                 text, finish, lp = self._biased(bias, body, chat)
+            elif bias and self.tokenizer is not None:
+                text, finish = self._follow_bias(self.next_reply(req, self.default_reply), bias, stops, limit)
             else:
                 text, hit_limit = cut_reply(self.next_reply(req, self.default_reply), stops, limit)
                 finish = "length" if hit_limit else "stop"
@@ -115,6 +122,17 @@ class OpenAIServer(WireServer):
             usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens or 0, "audio_tokens": 0,
                                                   "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
         return choices, usage
+
+    def _follow_bias(self, reply, bias, stops, limit):
+        ids = []
+        for t in self.tokenizer.encode(reply):
+            if t not in bias:
+                break
+            ids.append(t)
+        ids = ids or [min(bias)]
+        hit_limit = limit is not None and len(ids) > int(limit)
+        text, _ = cut_reply(self.tokenizer.decode(ids[: int(limit)] if hit_limit else ids), stops, None)
+        return text, "length" if hit_limit else "stop"
 
     def _biased(self, bias, body, chat):
         cands = sorted(t for t in bias if t in self.vocab)

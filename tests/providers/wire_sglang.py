@@ -15,10 +15,11 @@ The fake model is deterministic, so tests can compute expectations by hand:
 * **logprob** of token *t* after text *c*: ``-0.25`` when *t*'s word (lower-case, without
   punctuation) occurs as a word in *c*, else ``-0.25 - 0.5 * len(t.strip())``. The first token of
   an input has None;
-* **completion**: with a ``regex``, the first of ``True``, ``"hello"``, ``3.14``, ``42`` it fully
-  matches; with a ``json_schema``, an object with a placeholder per property; otherwise the text
-  after the last ``Repeat: `` in the prompt (up to a newline or ``<``), else ``DEFAULT_REPLY``; then
-  cut at the first ``stop`` string and at ``max_new_tokens`` tokens;
+* **completion**: with ``server.model`` set (prompt -> reply), the model's reply; otherwise the text
+  after the last ``Repeat: `` in the prompt (up to a newline or ``<``), else ``DEFAULT_REPLY``. With a
+  ``regex``, instead: the longest prefix of the model's reply the regex matches whole, else the first
+  of ``True``, ``"hello"``, ``3.14``, ``42`` it matches; with a ``json_schema``, an object with a
+  placeholder per property. Then cut at the first ``stop`` string and at ``max_new_tokens`` tokens;
 * **prefix cache**: every prompt is remembered; ``cached_tokens`` is the token count of the longest
   remembered prompt that prefixes the new one (``flush_cache`` forgets them).
 
@@ -104,6 +105,7 @@ class SGLangServer(WireServer):
         self.profiling = False
         self.concatenated: list[dict] = []
         self._cache: set[str] = set()
+        self.model = None  # prompt -> reply, in place of the "Repeat: " rule (see the module docstring)
         self._vocab: dict[str, int] = {}
         self._words: list[str] = []
 
@@ -123,8 +125,10 @@ class SGLangServer(WireServer):
             return "".join(self._words[i] for i in ids)
 
     def completion(self, prompt: str, sp: dict) -> tuple[list[str], dict]:
+        reply = self.model(prompt) if self.model is not None else None
         if sp.get("regex"):
-            matches = [c for c in REGEX_CANDIDATES if re.fullmatch(sp["regex"], c)]
+            prefixes = [reply[:n] for n in range(len(reply or ""), 0, -1)]  # longest first
+            matches = [c for c in prefixes + REGEX_CANDIDATES if re.fullmatch(sp["regex"], c)]
             if not matches:
                 raise ValueError(f"cannot satisfy regex {sp['regex']!r}")
             text = matches[0]
@@ -132,6 +136,8 @@ class SGLangServer(WireServer):
             schema = json.loads(sp["json_schema"])
             fill = {"string": "x", "integer": 1, "number": 1.5, "boolean": True}
             text = json.dumps({k: fill.get(v.get("type")) for k, v in schema.get("properties", {}).items()})
+        elif reply is not None:
+            text = reply
         else:
             found = prompt.rfind("Repeat: ")
             if found >= 0:
