@@ -82,7 +82,7 @@ $(JAX_VENV)/.installed: lock/jax.txt $(UV)
 $(SGL_VENV)/.installed: lock/sglang.txt lock/sglang-nodeps.txt $(UV)
 	test -x $(SGL_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(SGL_VENV)
 	@echo "== $(SGL_VENV): installing the locked versions of lock/sglang.txt + lock/sglang-nodeps.txt (no deps)"
-	$(UV) pip sync -q --python $(SGL_VENV)/bin/python --require-hashes lock/sglang.txt lock/sglang-nodeps.txt
+	$(UV) pip sync -q --python $(SGL_VENV)/bin/python $(SYNC_FLAGS) lock/sglang.txt lock/sglang-nodeps.txt
 	@$(UV) pip list -q --python $(SGL_VENV)/bin/python 2>/dev/null | grep -E '^(sglang|openai|litellm) ' | sed 's/^/   locked: /'
 	touch $@
 
@@ -91,7 +91,7 @@ lock: $(UV)
 	$(UV) pip compile $(LOCK_FLAGS) --python-version 3.11 --find-links $(TORCH_FIND_LINKS) \
 	  lock/main.in pyproject.toml --extra all --extra test -o lock/main.txt
 	$(UV) pip compile $(LOCK_FLAGS) --python-version 3.12 lock/jax.in -o lock/jax.txt
-	$(UV) pip compile $(LOCK_FLAGS) --python-version 3.11 lock/sglang.in -o lock/sglang.txt
+	$(UV) pip compile $(LOCK_FLAGS) --python-version 3.11 --find-links $(TORCH_FIND_LINKS) lock/sglang.in -o lock/sglang.txt
 	$(UV) pip compile $(LOCK_FLAGS) --python-version 3.11 --no-deps lock/sglang-nodeps.in -o lock/sglang-nodeps.txt
 	$(UV) pip compile $(LOCK_FLAGS) lock/tools.in -o lock/tools.txt
 
