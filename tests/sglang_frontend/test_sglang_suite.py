@@ -25,7 +25,12 @@ from .conftest import require_sglang
 require_sglang()
 
 import sglang as sgl  # noqa: E402
-from sglang.test import test_programs as suite  # noqa: E402
+
+try:
+    from sglang.test import test_programs as suite
+except ImportError as err:  # the suite imports sglang.srt.utils (torch): lock/sglang.in installs it
+    pytest.skip(f"SGLang's program suite does not import here ({err}); `make test-sglang` builds a venv where it does",
+                allow_module_level=True)
 
 from tests.providers.api_helpers import PNG_1X1  # noqa: E402
 from tests.providers.worlds import make_world  # noqa: E402
