@@ -11,7 +11,8 @@ dense shape x (M, K) @ W.T (K, N), before any of it is built into the LoRA shrin
 then have to lie inside one segment: TMA reads contiguous rows).
 
 Variants of one kernel (a tile = BM rows x all N columns x 1/SPLIT of K; SPLIT > 1 adds float32 partials
-with atomics, which the real kernel would not: this bounds what a K split can give):
+with atomics into a float32 output zeroed first, both inside the timing; the real kernel would sum them
+deterministically instead: these rows bound what a K split can give):
 
 * ``ptr``: pointer loads, a program per tile (Triton's shrink today, less its metadata);
 * ``desc``: tensor-descriptor (TMA) loads, a program per tile;
