@@ -23,7 +23,8 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pa
 W=$(mktemp -d); R=$W/r; mkdir -p $R
 pack() { tar -C $W -czf $OUT/$P.tar.gz r; }
 trap pack EXIT
-LORA_GPU_BACKENDS=pallas LORA_PALLAS_TUNING=wide PYTHONPATH=. timeout 180 python3 -m pytest -q -p no:cacheprovider -n 8 \
+XDIST=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8")  # pytest-xdist where the machine has it
+LORA_GPU_BACKENDS=pallas LORA_PALLAS_TUNING=wide PYTHONPATH=. timeout 180 python3 -m pytest -q -p no:cacheprovider $XDIST \
     tests/gpu/test_contract_gpu.py tests/gpu/test_graphs.py -k "pallas and (shrink or qkv or gate_up) and not expand" \
     > $R/${P}_gpu_tests.txt 2>&1
 tail -3 $R/${P}_gpu_tests.txt
