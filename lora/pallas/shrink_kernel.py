@@ -17,10 +17,11 @@ Three variants (chosen in :func:`lora.pallas.tiling.shrink_config`):
   adapter of both runs twice; the merge is idempotent), so the overlapping rows get the values the
   block before writes. Each row of x is read once per two adapters of its block (once, except
   where three or more segments meet in one block).
-* **wide** (a Tuning for prefill-sized batches, ``Tuning(shrink_wide=True)``; not measured on a GPU
-  yet, so not a default): the block variant split in K with two blocks a CTA, warp-specialized (a
-  producer warpgroup streaming x and A tiles, one consumer warpgroup per block), so an A tile is read
-  once for 128 rows; partial tiles added by :func:`add_parts` (:func:`_shrink_wide`).
+* **wide** (a Tuning for prefill-sized batches, ``Tuning(shrink_wide=True)``; not a default: on the
+  H200 it was slower than the block variant on every prefill-8k / mixed shrink but one, session 22):
+  the block variant split in K with two blocks a CTA, warp-specialized (a producer warpgroup streaming
+  x and A tiles, one consumer warpgroup per block), so an A tile is read once for 128 rows; partial
+  tiles added by :func:`add_parts` (:func:`_shrink_wide`).
 * **split** (decode-sized batches, <= 4 blocks): CTA (block, adapter index, K split, column chunk).
   Decode batches are weight-bound (every adapter's A must be streamed once) and have too few
   blocks to fill the GPU, so the K loop is split across CTAs. Each CTA stores its float32 tile,

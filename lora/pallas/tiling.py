@@ -454,7 +454,8 @@ class Tuning:
     #: accumulators are at most 128 wide)
     shrink_extra_units: bool | None = None
     #: prefill-sized batches: the two-block shrink (``ShrinkConfig.wide``; K split WIDE_KSPLIT ways unless
-    #: ``shrink_ksplit`` names a split > 1). Not measured on a GPU yet, so not the default (None: off)
+    #: ``shrink_ksplit`` names a split > 1). Not the default: slower than the block variant on the H200
+    #: (benchmarks/results/h200, session 22) (None: off)
     shrink_wide: bool | None = None
 
     def __post_init__(self):
@@ -501,7 +502,7 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
     "blockKs2": dict(shrink_ksplit=2),
     "blockKs4": dict(shrink_ksplit=4),
     "reduceAdd": dict(expand_reduce_add=True),
-    "wide": dict(shrink_wide=True),  # the two-block, warp-specialized shrink (session 21: not yet on a GPU)
+    "wide": dict(shrink_wide=True),  # the two-block, warp-specialized shrink (session 22 on the H200: slower)
 }
 
 

@@ -340,7 +340,7 @@ def test_warpgroup_kernels_refuse_too_few_interpret_threads(monkeypatch):
 
 
 def test_wide_plan():
-    """The two-block shrink is asked for, never the default (not measured on a GPU yet); it needs a K
+    """The two-block shrink is asked for, never the default (slower than the block variant on the H200); it needs a K
     split, applies to prefill-sized batches only, and fits shared memory (the lowering tests check the
     count against Mosaic's)."""
     from lora.pallas import plan as P
@@ -520,7 +520,7 @@ def plan_configs():
     for stack in (2, 3):
         shrink_configs(seen, P.plan_shrink(8192, 4096, 16, stack, L, "bfloat16", tail=True, result=True,
                                            tuning=T.Tuning(shrink_ksplit=2)))
-    # the two-block shrink (a Tuning, not a default yet): the Llama-3-8B prefill shrinks at ranks 16 and 64,
+    # the two-block shrink (a Tuning, not a default): the Llama-3-8B prefill shrinks at ranks 16 and 64,
     # an op's result and a fused op's expand input
     for r, stack, k in ((16, 3, 4096), (16, 1, 14336), (64, 1, 4096), (64, 2, 4096), (64, 3, 4096), (64, 1, 14336)):
         for result in (True, False):
