@@ -156,7 +156,7 @@ def lora_shrink_call(x, w):
     bi = lora.LoRABatchInfo.from_segments([x.shape[0]], [0], [64], [1.0], device=x.device)
     backend = lora.get_backend_from_name("triton")("triton", bi)
     a = w.unsqueeze(0).contiguous()
-    return lambda: backend.run_lora_a_sgemm(x, a, stack_num=stack), backend, a
+    return lambda: backend.run_lora_a_sgemm(x, a, stack_num=stack)
 
 
 def main() -> int:
@@ -201,7 +201,7 @@ def main() -> int:
         if n % 64 == 0:
             try:
                 made = [lora_shrink_call(x, w) for x in xs]
-                timed("lora-triton-one-segment", [mk[0] for mk in made], made[0][0])
+                timed("lora-triton-one-segment", made, made[0])
             except Exception as err:  # noqa: BLE001 - a probe records what fails and goes on
                 rows.append({"shape": spec, "config": "lora-triton", "error": f"{type(err).__name__}: {err}"[:300]})
         for cfg in configs(n):

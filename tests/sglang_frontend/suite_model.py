@@ -13,7 +13,9 @@ fits gets :data:`DEFAULT`.
 
 from __future__ import annotations
 
-from typing import Any
+from tests.providers.wire_anthropic import _text_of as anthropic_text
+from tests.providers.wire_gemini import _parts_text as gemini_text
+from tests.providers.wire_openai import _content_text as openai_text
 
 DEFAULT = (
     "Aloha! My week in Hawaii began with a lei greeting and a hula lesson in Honolulu. "
@@ -82,15 +84,6 @@ def answer(prompt: str) -> str:
 # ---------------------------------------------------------------------------------- request texts
 
 
-def _text(content: Any) -> str:
-    """The text of an OpenAI / Anthropic message content (a string or a list of typed parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-
-
 def prompt_of(api: str, body: dict, tokenizer=None) -> str:
     """The prompt text a request carries, the way the model reads it: message texts in order (a prompt
     of token ids, as select probes send, decoded with ``tokenizer``)."""
@@ -98,14 +91,12 @@ def prompt_of(api: str, body: dict, tokenizer=None) -> str:
         if "prompt" in body:
             prompt = body["prompt"]
             return prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
-        return "\n".join(_text(m.get("content")) for m in body.get("messages") or [])
+        return "\n".join(openai_text(m.get("content")) for m in body.get("messages") or [])
     if api == "anthropic":
-        system = body.get("system")
-        texts = [system if isinstance(system, str) else _text(system or [])]
-        return "\n".join(texts + [_text(m.get("content")) for m in body.get("messages") or []])
+        messages = body.get("messages") or []
+        return "\n".join([anthropic_text(body.get("system")), *(anthropic_text(m.get("content")) for m in messages)])
     if api == "gemini":
-        parts = [p["text"] for c in body.get("contents") or [] for p in c.get("parts") or [] if "text" in p]
-        return "\n".join(parts)
+        return "\n".join(gemini_text(c.get("parts")) for c in body.get("contents") or [])
     raise ValueError(api)
 
 
