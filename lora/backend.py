@@ -229,7 +229,8 @@ class BaseLoRABackend:
                 f"and is {why}; this batch needs {numel} {dtype} on {device}. Call reserve(max_tokens, "
                 "max_segments) for the largest batch before capturing"
             )
-        buf = self._buffers[name] = torch.empty(max(numel, 1), dtype=dtype, device=device)
+        # zeroed once: a kernel may read places of a buffer that this batch did not write (masked afterwards)
+        buf = self._buffers[name] = torch.zeros(max(numel, 1), dtype=dtype, device=device)
         return buf
 
     # ---- the two primitives a backend implements -------------------------------------------------

@@ -4,7 +4,7 @@ Public ops come from :class:`~lora.backend.BaseLoRABackend` (validation, then sh
 
 ``prepare`` (run by ``set_batch_info``) derives the batch's grouping by adapter once, with one
 kernel launch, into three persistent int32 buffers (:class:`~lora.triton.grouping.GroupMeta`: rows
-per slot, where each slot's rows start, the covered rows ordered by slot); every shrink and expand
+per slot, the covered row count, the covered rows grouped by slot); every shrink and expand
 launch of the batch reads them instead of scanning the segments. The launch reads only shapes on the
 host and the buffers never move once reserved (or captured), so a CUDA graph captured once replays
 correctly after the engine writes a new batch into the same batch-info tensors and calls
@@ -24,7 +24,7 @@ from ..backend import BaseLoRABackend
 from . import tiling
 from .expand import lora_expand
 from .fused_decode import lora_fused_decode
-from .grouping import GroupMeta, derive
+from .grouping import GroupMeta, derive, row_order_size
 from .scratch import scratch_for
 from .shrink import lora_shrink
 
@@ -50,7 +50,7 @@ class TritonLoRABackend(BaseLoRABackend):
         self.meta = derive(batch_info, GroupMeta(
             self.buffer("group_rows", slots, torch.int32, dev),
             self.buffer("group_start", slots, torch.int32, dev),
-            self.buffer("row_order", tokens, torch.int32, dev),
+            self.buffer("row_order", row_order_size(batch_info.num_lora, tokens), torch.int32, dev),
         ))
 
     def shrink(self, x: torch.Tensor, weights: torch.Tensor, stack_num: int) -> torch.Tensor:

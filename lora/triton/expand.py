@@ -28,7 +28,7 @@ ALIGN = 16
 
 
 # Batch sizes vary call to call: keep them out of the specialisation key.
-@triton.jit(do_not_specialize=["num_tokens", "num_lora", "capacity"])
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "stride"])
 def _expand_kernel(
     x_ptr,
     w_ptr,
@@ -41,7 +41,7 @@ def _expand_kernel(
     scalings,
     num_tokens,
     num_lora,
-    capacity,
+    stride,
     stride_xm,
     stride_wl,
     stride_wn,
@@ -73,45 +73,52 @@ def _expand_kernel(
     # first block that belong to the previous slice are masked off.
     n_start = (lo // ALIGN) * ALIGN + pid_n * (BLOCK_N * N_ITERS)
     n_start = tl.multiple_of(n_start, ALIGN)
-    if n_start >= hi:
-        return
     if GROUP_GRID:
-        # Decode layout: program = (group, slice, column group), walking the group's chunks.
+        # Decode layout: program = (group, slice, column group), walking the group's chunks. The slice bounds,
+        # the group's size, rank and scale and its first chunk's rows are independent loads (the rows are at
+        # a place known from the group alone: grouping.chunk_rows), so they make one round trip together.
         group = pid_m
         rank = tl.load(lora_ranks + group)
-        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
-        n_rows = tl.where(rank > 0, n_rows, 0)
-        for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
+        scale = tl.load(scalings + group)
+        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora, stride)
+        # (The first chunk is peeled off the loop, not carried into it: see the shrink's decode layout.)
+        rows, row_ok = chunk_rows(group, 0, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
+        n_rows = tl.where((rank > 0) & (n_start < hi), n_rows, 0)
+        if n_rows > 0:
             _expand_chunk(
-                x_ptr, w_ptr, out_ptr, first, row_order, scalings, num_tokens, num_lora, capacity,
-                stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-                BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL, ACC_BASE,
+                x_ptr, w_ptr, out_ptr, rows, row_ok, scale, stride_xm, stride_wl, stride_wn, stride_om,
+                group, rank, lo, hi, n_start, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL, ACC_BASE,
+            )
+        for chunk in range(1, tl.cdiv(n_rows, BLOCK_M)):
+            rows_c, ok_c = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
+            _expand_chunk(
+                x_ptr, w_ptr, out_ptr, rows_c, ok_c, scale, stride_xm, stride_wl, stride_wn, stride_om,
+                group, rank, lo, hi, n_start, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL, ACC_BASE,
             )
     else:
         # Prefill layout: program = (chunk slot, slice, column group).
+        if n_start >= hi:
+            return
         group, chunk, n_rows, first, rank, total = find_chunk(
-            pid_m, group_rows, group_start, lora_ranks, num_tokens, num_lora, BLOCK_M, L_BLOCK, False,
+            pid_m, group_rows, group_start, lora_ranks, num_tokens, num_lora, stride, BLOCK_M, L_BLOCK, False,
         )
         if pid_m >= total:
             return
+        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
         _expand_chunk(
-            x_ptr, w_ptr, out_ptr, first, row_order, scalings, num_tokens, num_lora, capacity,
-            stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-            BLOCK_M, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL, ACC_BASE,
+            x_ptr, w_ptr, out_ptr, rows, row_ok, tl.load(scalings + group), stride_xm, stride_wl, stride_wn,
+            stride_om, group, rank, lo, hi, n_start, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL,
+            ACC_BASE,
         )
 
 
 @triton.jit
 def _expand_chunk(
-    x_ptr, w_ptr, out_ptr, first, row_order, scalings, num_tokens, num_lora, capacity,
-    stride_xm, stride_wl, stride_wn, stride_om, group, chunk, n_rows, rank, lo, hi, n_start,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr,
-    PRECISION: tl.constexpr, ALIGN: tl.constexpr, RAGGED_N: tl.constexpr, PDL: tl.constexpr,
-    ACC_BASE: tl.constexpr,
+    x_ptr, w_ptr, out_ptr, rows, row_ok, scale, stride_xm, stride_wl, stride_wn, stride_om, group, rank, lo, hi,
+    n_start, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr, PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr, RAGGED_N: tl.constexpr, PDL: tl.constexpr, ACC_BASE: tl.constexpr,
 ):
     pid_j = tl.program_id(1)
-    rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
-    scale = tl.load(scalings + group)
     w_slot = w_ptr + group.to(tl.int64) * stride_wl
     out_rows = out_ptr + rows * stride_om
     # Vector loads and stores need bounds the compiler knows to be aligned; offsets and ranks are
@@ -248,7 +255,7 @@ def lora_expand(
     _expand_kernel[grid](
         x, weights, base_output, output_offset,
         meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks, batch_info.scalings,
-        s, num_lora, meta.capacity,
+        s, num_lora, meta.stride(num_lora),
         x.stride(0), weights.stride(0), weights.stride(1), base_output.stride(0),
         BLOCK_M=plan.block_m,
         BLOCK_N=plan.block_n,

@@ -48,11 +48,11 @@ ALIGN = 16
 MAX_SPINS = 1 << 20
 
 
-@triton.jit(do_not_specialize=["num_tokens", "num_lora", "capacity"])
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "stride"])
 def _fused_decode_kernel(
     x_ptr, a_ptr, b_ptr, out_ptr, offsets_ptr, ws_ptr, cnt_ptr,
     group_rows, group_start, row_order, lora_ranks, scalings,
-    num_tokens, K, num_lora, capacity,
+    num_tokens, K, num_lora, stride,
     stride_xm, stride_al, stride_an, stride_bl, stride_bn, stride_om,
     STACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, N_ITERS: tl.constexpr, N_TILES: tl.constexpr,
@@ -71,30 +71,25 @@ def _fused_decode_kernel(
         slice_j = gj % STACK
         group = gj // STACK
         rank = tl.load(lora_ranks + group)
-        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
+        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora, stride)
         n_rows = tl.where(rank > 0, n_rows, 0)
         k_steps = tl.cdiv(K, BLOCK_K)
         per_split = tl.cdiv(k_steps, SPLIT_K)
         k_lo = pid_k * per_split * BLOCK_K
         k_hi = tl.minimum(K, k_lo + per_split * BLOCK_K)
-        offs_k = tl.arange(0, BLOCK_K)
         rm = kr < rank
         # A rows j*r .. j*r + r - 1 of the slot, as a (BLOCK_K, BLOCK_R) tile: row n of A is column n
         a_cols = a_ptr + group.to(tl.int64) * stride_al + (slice_j * rank + kr)[None, :] * stride_an
-        for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
-            rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity,
-                                      BLOCK_M)
-            x_rows = x_ptr + rows * stride_xm
-            acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-            for k0 in range(k_lo, k_hi, BLOCK_K):
-                kk = k0 + offs_k
-                km = kk < K
-                x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
-                w = tl.load(a_cols + kk[:, None], mask=km[:, None] & rm[None, :], other=0.0,
-                            eviction_policy="evict_last")
-                acc = tl.dot(x, w, acc, input_precision=PRECISION)
-            part = ws_ptr + (pid_k * num_tokens + rows)[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]
-            tl.store(part, acc, mask=row_ok[:, None])
+        # The first chunk's rows load with the group's size and rank (grouping.chunk_rows); that chunk is
+        # peeled off the loop (rows carried through it made the decode shrinks slower, session 23).
+        rows, row_ok = chunk_rows(group, 0, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
+        if n_rows > 0:
+            _shrink_rows(x_ptr, a_cols, ws_ptr, rows, row_ok, rm, kr, pid_k, slice_j, num_tokens, k_lo, k_hi, K,
+                         stride_xm, ws_row, BLOCK_M, BLOCK_K, BLOCK_R, PRECISION)
+        for chunk in range(1, tl.cdiv(n_rows, BLOCK_M)):
+            rows_c, ok_c = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
+            _shrink_rows(x_ptr, a_cols, ws_ptr, rows_c, ok_c, rm, kr, pid_k, slice_j, num_tokens, k_lo, k_hi, K,
+                         stride_xm, ws_row, BLOCK_M, BLOCK_K, BLOCK_R, PRECISION)
         tl.debug_barrier()  # every thread's partial is stored before the arrival
         tl.atomic_add(cnt_ptr + 1 + gj, 1, sem="acq_rel", scope="gpu")
     else:
@@ -109,28 +104,47 @@ def _fused_decode_kernel(
         hi = tl.load(offsets_ptr + slice_j + 1).to(tl.int64)
         n_start = (lo // ALIGN) * ALIGN + pid_n * (BLOCK_N * N_ITERS)
         n_start = tl.multiple_of(n_start, ALIGN)
-        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
+        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora, stride)
         n_rows = tl.where((rank > 0) & (n_start < hi), n_rows, 0)
         # Vector loads and stores need bounds the compiler knows to be aligned (slice offsets and ranks
         # are device values): branch once on their alignment, rebuilding them there as (v // a) * a.
         if (lo % ALIGN == 0) & (hi % ALIGN == 0) & (rank % 8 == 0):
             _expand_item(
-                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, first, row_order, num_lora, capacity,
+                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, first, row_order, num_lora, stride,
                 num_tokens, stride_bl, stride_bn, stride_om, group, slice_j, (rank // 8) * 8, scale,
                 (lo // ALIGN) * ALIGN, (hi // ALIGN) * ALIGN, n_start, n_rows,
                 STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, PRECISION, MAX_SPINS,
             )
         else:
             _expand_item(
-                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, first, row_order, num_lora, capacity,
+                x_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr + 1 + gj, first, row_order, num_lora, stride,
                 num_tokens, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
                 STACK, BLOCK_M, BLOCK_R, SPLIT_K, BLOCK_N, N_ITERS, N_TILES, PRECISION, MAX_SPINS,
             )
 
 
 @triton.jit
+def _shrink_rows(
+    x_ptr, a_cols, ws_ptr, rows, row_ok, rm, kr, pid_k, slice_j, num_tokens, k_lo, k_hi, K, stride_xm,
+    ws_row: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """A shrink item's product for one chunk of rows over ``[k_lo, k_hi)``, stored as its float32 partial."""
+    x_rows = x_ptr + rows * stride_xm
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + offs_k
+        km = kk < K
+        x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & km[None, :], other=0.0)
+        w = tl.load(a_cols + kk[:, None], mask=km[:, None] & rm[None, :], other=0.0, eviction_policy="evict_last")
+        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    part = ws_ptr + (pid_k * num_tokens + rows)[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]
+    tl.store(part, acc, mask=row_ok[:, None])
+
+
+@triton.jit
 def _expand_item(
-    x_ptr, b_ptr, out_ptr, ws_ptr, cnt, first, row_order, num_lora, capacity,
+    x_ptr, b_ptr, out_ptr, ws_ptr, cnt, first, row_order, num_lora, stride,
     num_tokens, stride_bl, stride_bn, stride_om, group, slice_j, rank, scale, lo, hi, n_start, n_rows,
     STACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
     N_ITERS: tl.constexpr, N_TILES: tl.constexpr, PRECISION: tl.constexpr, MAX_SPINS: tl.constexpr,
@@ -144,7 +158,7 @@ def _expand_item(
     offs_n = tl.arange(0, BLOCK_N)
     # Before waiting: the first chunk's rows, and its first column block of B and of base_output; none
     # depends on the shrink, so these loads overlap the shrink items still running.
-    rows, row_ok = chunk_rows(group, 0, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+    rows, row_ok = chunk_rows(group, 0, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
     n = n_start + offs_n
     nm = (n >= lo) & (n < tl.where(n_rows > 0, hi, lo))  # nothing when the item has no rows
     w_first = tl.load(b_slot + n[None, :] * stride_bn + kr[:, None], mask=rm[:, None] & nm[None, :], other=0.0,
@@ -161,7 +175,7 @@ def _expand_item(
     scale = tl.where(seen >= SPLIT_K, scale, float("nan"))
     for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
         if chunk > 0:
-            rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity,
+            rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride,
                                       BLOCK_M)
         xa = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         part = ws_ptr + rows[:, None] * ws_row + (slice_j * BLOCK_R + kr)[None, :]
@@ -231,7 +245,7 @@ def lora_fused_decode(
     _fused_decode_kernel[(n_shrink + num_lora * stack * tiles,)](
         x, a, b, base_output, output_offset, ws, cnt,
         meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks, batch_info.scalings,
-        s, k, num_lora, meta.capacity,
+        s, k, num_lora, meta.stride(num_lora),
         x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1), base_output.stride(0),
         STACK=stack,
         BLOCK_M=plan.block_m,

@@ -37,13 +37,13 @@ import triton
 import triton.language as tl
 
 from . import tiling
-from .grouping import GroupMeta, chunk_rows, find_chunk, group_extent, locate_chunk, meta_for
+from .grouping import GroupMeta, chunk_rows, find_chunk, group_extent, group_places, locate_chunk, meta_for
 from .scratch import scratch_for
 
 
 # Batch sizes vary call to call: keep them out of the specialisation key (one compile, not
 # one per divisibility class of the token / segment / slot counts).
-@triton.jit(do_not_specialize=["num_tokens", "num_lora", "capacity", "max_chunks"])
+@triton.jit(do_not_specialize=["num_tokens", "num_lora", "stride", "max_chunks"])
 def _shrink_kernel(
     x_ptr,
     w_ptr,
@@ -57,7 +57,7 @@ def _shrink_kernel(
     num_tokens,
     K,
     num_lora,
-    capacity,
+    stride,
     max_chunks,
     stride_xm,
     stride_wl,
@@ -87,32 +87,42 @@ def _shrink_kernel(
     if STREAM_K:
         _stream_tiles(
             x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_rows, group_start, row_order, lora_ranks,
-            num_tokens, K, num_lora, capacity, max_chunks, stride_xm, stride_wl, stride_wn, stride_om,
+            num_tokens, K, num_lora, stride, max_chunks, stride_xm, stride_wl, stride_wn, stride_om,
             STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, L_BLOCK, PRECISION,
         )
     elif GROUP_GRID:
         # Decode layout: program = (group, column group, K split), walking the group's chunks.
+        # The group's size and rank and its first chunk's rows are independent loads (the rows are at a place
+        # known from the group alone: grouping.chunk_rows): one round trip before the first x tile.
         group = pid_m
-        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora)
+        n_rows, first = group_extent(group, group_rows, group_start, num_tokens, num_lora, stride)
         rank = tl.load(lora_ranks + group, mask=group < num_lora, other=0)
-        for chunk in range(0, tl.cdiv(n_rows, BLOCK_M)):
+        # (The first chunk is peeled off the loop, not carried into it: rows carried through the loop made the
+        # decode shrinks 1.1-3x slower on the H200, session 23.)
+        rows, row_ok = chunk_rows(group, 0, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
+        tile = (pid_m * tl.num_programs(1) + pid_n) * max_chunks
+        if n_rows > 0:
             _shrink_chunk(
-                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
-                num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
-                group, chunk, n_rows, rank, (pid_m * tl.num_programs(1) + pid_n) * max_chunks + chunk,
-                STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
+                group, rank, tile, STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
+            )
+        for chunk in range(1, tl.cdiv(n_rows, BLOCK_M)):
+            rows_c, ok_c = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
+            _shrink_chunk(
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows_c, ok_c, K, stride_xm, stride_wl, stride_wn, stride_om,
+                group, rank, tile + chunk, STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
             )
     else:
         # Prefill layout: program = (chunk slot, column group, K split).
         group, chunk, n_rows, first, rank, total = find_chunk(
-            pid_m, group_rows, group_start, lora_ranks, num_tokens, num_lora, BLOCK_M, L_BLOCK, True,
+            pid_m, group_rows, group_start, lora_ranks, num_tokens, num_lora, stride, BLOCK_M, L_BLOCK, True,
         )
         if pid_m >= total:
             return
+        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
         _shrink_chunk(
-            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
-            num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
-            group, chunk, n_rows, rank, pid_m * tl.num_programs(1) + pid_n,
+            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
+            group, rank, pid_m * tl.num_programs(1) + pid_n,
             STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
         )
 
@@ -120,7 +130,7 @@ def _shrink_kernel(
 @triton.jit
 def _stream_tiles(
     x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, group_rows, group_start, row_order, lora_ranks,
-    num_tokens, K, num_lora, capacity, max_chunks, stride_xm, stride_wl, stride_wn, stride_om,
+    num_tokens, K, num_lora, stride, max_chunks, stride_xm, stride_wl, stride_wn, stride_om,
     STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
     BLOCK_K: tl.constexpr, L_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -134,7 +144,7 @@ def _stream_tiles(
     sizes = tl.load(group_rows + gids, mask=gids < num_lora, other=0)
     ranks = tl.load(lora_ranks + gids, mask=gids < num_lora, other=0)
     covered = tl.load(group_start + num_lora)
-    firsts = tl.cumsum(sizes, 0) - sizes  # group_start, from the sizes (firsts[num_lora] = covered)
+    firsts = group_places(gids, covered, num_lora, stride)  # each group's first place in row_order
     work = tl.where(ranks > 0, sizes, 0)  # rows multiplied by their adapter
     chunks = (work + (BLOCK_M - 1)) // BLOCK_M
     ends = tl.cumsum(chunks, 0)
@@ -161,7 +171,7 @@ def _stream_tiles(
         n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
         group, chunk, n_rows, first = locate_chunk(c, gids, chunks, ends, work, firsts)
         rank = tl.sum(tl.where(gids == group, ranks, 0), axis=0)
-        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
         acc0, acc1, acc2, acc3 = _k_range(
             x_ptr, w_ptr, rows, row_ok, group, n_a, STACK * rank, ks * BLOCK_K, tl.minimum(K, ke * BLOCK_K), K,
             stride_xm, stride_wl, stride_wn, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION,
@@ -186,10 +196,10 @@ def _stream_tiles(
                     fix_last = t
     if fix_first >= 0:
         _finish_tile(fix_first, per, k_steps, gids, chunks, ends, work, firsts, out_ptr, ws_ptr, cnt_ptr, row_order,
-                     num_tokens, num_lora, capacity, stride_om, offs_n, N_OUT, BLOCK_M, BLOCK_N, N_SUB, N_GROUPS)
+                     num_tokens, num_lora, stride, stride_om, offs_n, N_OUT, BLOCK_M, BLOCK_N, N_SUB, N_GROUPS)
     if fix_last >= 0:
         _finish_tile(fix_last, per, k_steps, gids, chunks, ends, work, firsts, out_ptr, ws_ptr, cnt_ptr, row_order,
-                     num_tokens, num_lora, capacity, stride_om, offs_n, N_OUT, BLOCK_M, BLOCK_N, N_SUB, N_GROUPS)
+                     num_tokens, num_lora, stride, stride_om, offs_n, N_OUT, BLOCK_M, BLOCK_N, N_SUB, N_GROUPS)
     # Rows without an adapter to multiply (rank-0 slots, and the rows after the last segment) get zeros:
     # their tiles are dealt round the programs.
     idle = tl.where(gids == num_lora, num_tokens - covered, sizes - work)
@@ -199,7 +209,7 @@ def _stream_tiles(
     for t in range(pid, tl.sum(idle_chunks, axis=0) * N_GROUPS, progs):
         c = t // N_GROUPS
         group, chunk, n_rows, first = locate_chunk(c, gids, idle_chunks, idle_ends, idle, firsts)
-        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+        rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
         n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
         _store_tile(out_ptr + rows * stride_om, row_ok, n_a, zero, zero, zero, zero, N_OUT, BLOCK_N, N_SUB)
 
@@ -214,7 +224,7 @@ def _partial_slot(q, t, per, k_steps):
 @triton.jit
 def _finish_tile(
     t, per, k_steps, gids, chunks, ends, work, firsts, out_ptr, ws_ptr, cnt_ptr, row_order,
-    num_tokens, num_lora, capacity, stride_om, offs_n,
+    num_tokens, num_lora, stride, stride_om, offs_n,
     N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr, N_GROUPS: tl.constexpr,
 ):
     """Stream-K: sum the partials of tile ``t`` that its contributors (programs ``q_lo..q_hi``) stored, in
@@ -224,7 +234,7 @@ def _finish_tile(
     c = t // N_GROUPS
     n_a = (t - c * N_GROUPS) * (N_SUB * BLOCK_N) + offs_n
     group, chunk, n_rows, first = locate_chunk(c, gids, chunks, ends, work, firsts)
-    rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
+    rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
     q_lo = (t * k_steps) // per
     q_hi = ((t + 1) * k_steps - 1) // per
     acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -240,16 +250,15 @@ def _finish_tile(
 
 @triton.jit
 def _shrink_chunk(
-    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, first, row_order,
-    num_tokens, num_lora, capacity, K, stride_xm, stride_wl, stride_wn, stride_om,
-    group, chunk, n_rows, rank, tile,
+    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
+    group, rank, tile,
     STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One chunk of a group: columns ``[pid_n * N_SUB * BLOCK_N, ...)``, K split ``pid_k``."""
+    """One chunk of a group (its ``rows``, :func:`.grouping.chunk_rows`): columns ``[pid_n * N_SUB * BLOCK_N,
+    ...)``, K split ``pid_k``."""
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, capacity, BLOCK_M)
     n0 = pid_n * (N_SUB * BLOCK_N)
     n_real = STACK * rank  # 0 for rank-0 slots and for the trailing-row group
     offs_n = tl.arange(0, BLOCK_N)
@@ -435,7 +444,7 @@ def lora_shrink(
     _shrink_kernel[grid](
         x, weights, out, ws, cnt,
         meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks,
-        s, k, num_lora, meta.capacity, max_chunks,
+        s, k, num_lora, meta.stride(num_lora), max_chunks,
         x.stride(0), weights.stride(0), weights.stride(1), out.stride(0),
         STACK=stack_num,
         N_OUT=n_out,

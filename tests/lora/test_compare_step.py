@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 
 import lora
 from lora.compare import cli
@@ -17,6 +18,10 @@ from lora.torch_backend import TorchLoRABackend
 
 
 def _cpu_backends() -> str:
+    if torch.cuda.is_available():
+        # Triton was imported for the GPU: TRITON_INTERPRET set later in this process (by an earlier CPU compare)
+        # would not move its kernels to the interpreter
+        return "torch"
     ok = {s.name for s in lora.available_backends() if s.available}
     names = ["torch"] + (["triton"] if "triton" in ok and os.environ.get("TRITON_INTERPRET") == "1" else [])
     return ",".join(names)
