@@ -196,6 +196,9 @@ def shrink_candidates(s: int, k: int, n_out: int, num_lora: int, sms: int) -> li
 
     h = tiling.heuristic_shrink(s, k, n_out, num_lora, sms)
     grid = []
+    # Decode plans of another shape (session 24, not yet measured on a GPU): after the nearest ones, so a
+    # default run (12 candidates) times what it timed before; ``--max-candidates`` above ~30 reaches them.
+    late = []
     if h.group_grid:  # decode: one program per adapter group, split-K over the weights
         for bn in (16, 32):
             if bn > max(16, tiling.next_pow2(n_out)):
@@ -205,6 +208,16 @@ def shrink_candidates(s: int, k: int, n_out: int, num_lora: int, sms: int) -> li
                     if split > 1 and bk * split > 2 * k:
                         continue
                     grid.append(tiling.ShrinkPlan(h.block_m, bn, 1, bk, split, 4, 3 if bk == 256 else 4, True))
+            # No split-K, or two splits: no ticket and no partials read back (the ~1 us finish a split pays,
+            # session 15), the few programs kept streaming by a deep pipeline instead ...
+            for split, bk, stages in ((1, 256, 8), (1, 128, 12), (1, 512, 6), (2, 256, 8)):
+                if split > 1 and bk * split > 2 * k:
+                    continue
+                for warps in (4, 8):
+                    late.append(tiling.ShrinkPlan(h.block_m, bn, 1, bk, split, warps, stages, True))
+            # ... or the other way: one K step per program, every multiprocessor busy
+            if 32 * 128 <= k:
+                late.append(tiling.ShrinkPlan(h.block_m, bn, 1, 128, 32, 4, 2, True))
         for bm in {max(16, h.block_m // 2), min(128, h.block_m * 2)} - {h.block_m}:
             grid.append(replace(h, block_m=bm))
     else:  # prefill: chunks of an adapter's rows, the stacked width in one program
@@ -223,7 +236,7 @@ def shrink_candidates(s: int, k: int, n_out: int, num_lora: int, sms: int) -> li
                     for per_sm in (1, 2):  # stream-K: the grid shares the (tile, K step) iterations
                         grid.append(tiling.ShrinkPlan(bm, bn, n_sub, bk, 1, warps, stages, stream_k=per_sm))
     grid.sort(key=lambda p: _distance(p, h))
-    return list(dict.fromkeys([h, *grid]))
+    return list(dict.fromkeys([h, *grid, *late]))
 
 
 def expand_candidates(s: int, max_r: int, max_slice: int, num_lora: int, stack: int, sms: int) -> list:

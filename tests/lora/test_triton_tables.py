@@ -347,6 +347,21 @@ def test_candidates_start_with_the_heuristic_and_fit_shared_memory():
         assert all(p.group_grid == cands[0].group_grid for p in cands), "decode and prefill layouts do not mix"
 
 
+@pytest.mark.parametrize("s, k, n_out", [(64, 4096, 16), (64, 14336, 64), (256, 4096, 192)])
+def test_decode_shrink_candidates_end_with_plans_without_a_ticket(s, k, n_out):
+    """The decode shrinks' candidates include plans with no split-K finish (one program per group and column
+    block, a deep pipeline) and one K step per program, after the plans a default run (12) times."""
+    cands = tune.shrink_candidates(s, k, n_out, 8, 132)
+    assert cands[0].group_grid and cands[0].split_k > 1
+    first = next(i for i, p in enumerate(cands) if p.split_k == 1 or p.num_stages >= 6)
+    assert first >= 12, "a default run times the plans it timed before"
+    late = cands[first:]
+    assert {p.num_warps for p in late if p.split_k == 1 and p.num_stages >= 8} == {4, 8}
+    assert any(p.split_k == 32 and p.block_k == 128 for p in late)
+    assert all(p.group_grid and p.block_m == cands[0].block_m for p in late)
+    assert len(set(cands)) == len(cands)
+
+
 def test_candidates_include_the_plans_tables_have(dirs):
     """A table's plan for the bucket (this device's or another's) is timed right after the heuristic's."""
     from lora.compare.cases import TINY
