@@ -26,7 +26,7 @@ from .expand import lora_expand
 from .fused_decode import lora_fused_decode
 from .grouping import GroupMeta, derive, row_order_size
 from .scratch import scratch_for
-from .shrink import lora_shrink
+from .shrink import lora_shrink, partials_split
 
 __all__ = ["TritonLoRABackend"]
 
@@ -71,13 +71,26 @@ class TritonLoRABackend(BaseLoRABackend):
                                      plan, meta=self.meta)
         # The intermediate lives in this stream's scratch: no allocation per call.
         s, n = x.shape[0], a.shape[1]
-        xa = scratch_for(x.device).intermediate(s * n, x.dtype)[: s * n].view(s, n)
+        shape = (s, x.shape[1], stack_num, a.shape[1] // stack_num, b.shape[1], max_slice_width, a.shape[0],
+                 self.batch_info.bs, x.device)
         # Decode-sized batches (Hopper+, tiling.pdl_chain): the expand is the shrink's programmatic dependent. It
         # loads its first B and base_output tiles while the shrink finishes and reads xa once the shrink's grid
         # is complete (measured on the H200: qkv 10.5 -> 8.1 us at 64 tokens).
         # Where the device's table measured the pair faster without PDL (tiling.pair_pdl), both launch plainly.
-        pair = tiling.pair_pdl(s, x.shape[1], stack_num, a.shape[1] // stack_num, b.shape[1], max_slice_width,
-                               a.shape[0], self.batch_info.bs, x.device)
+        pair = tiling.pair_pdl(*shape)
+        pdl = tiling.PDL_SHRINK if pair else tiling.PDL_OFF
+        # Where the table chose it (tiling.pair_partials), a split-K shrink leaves its float32 partials in
+        # scratch and the expand sums them: no split-K finish in the shrink.
+        plan = splits = None
+        if tiling.pair_partials(*shape):
+            plan = tiling.plan_shrink(s, x.shape[1], n, a.shape[0], self.batch_info.bs, x.dtype, x.device)
+            splits = partials_split(plan)
+        if splits:
+            parts = scratch_for(x.device).named("partials", splits * s * n, torch.float32)
+            parts = lora_shrink(x, a, stack_num, self.batch_info, plan=plan, meta=self.meta, pdl_trigger=pair,
+                                partials=parts)
+            return lora_expand(parts, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta,
+                               pdl=pdl, x_splits=splits)
+        xa = scratch_for(x.device).intermediate(s * n, x.dtype)[: s * n].view(s, n)
         lora_shrink(x, a, stack_num, self.batch_info, out=xa, meta=self.meta, pdl_trigger=pair)
-        return lora_expand(xa, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta,
-                           pdl=tiling.PDL_SHRINK if pair else tiling.PDL_OFF)
+        return lora_expand(xa, b, output_offset, max_slice_width, base_output, self.batch_info, meta=self.meta, pdl=pdl)

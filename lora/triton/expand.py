@@ -12,6 +12,10 @@ evict-first hints: it streams through once, the weights stay in L2).
 The slice bounds come from ``output_offset`` on the device (GQA: q != kv), so the same launch serves
 plain expand (one slice), gate-up (two) and QKV (three). Only rows of groups with rank > 0 are
 touched; every other row of ``base_output`` is left as it was.
+
+``x_splits > 1``: x is a split-K shrink's float32 partials (:func:`.shrink.lora_shrink` with
+``partials``), added up in split order from zero as the chunk's x is loaded and rounded to the output
+dtype, the bits the shrink's own finish would have stored.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def _expand_kernel(
     num_lora,
     stride,
     stride_xm,
+    stride_xs,
     stride_wl,
     stride_wn,
     stride_om,
@@ -57,6 +62,7 @@ def _expand_kernel(
     RAGGED_N: tl.constexpr,
     PDL: tl.constexpr = 0,
     ACC_BASE: tl.constexpr = False,
+    X_SPLITS: tl.constexpr = 1,
 ):
     pid_m = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -86,14 +92,16 @@ def _expand_kernel(
         n_rows = tl.where((rank > 0) & (n_start < hi), n_rows, 0)
         if n_rows > 0:
             _expand_chunk(
-                x_ptr, w_ptr, out_ptr, rows, row_ok, scale, stride_xm, stride_wl, stride_wn, stride_om,
+                x_ptr, w_ptr, out_ptr, rows, row_ok, scale, stride_xm, stride_xs, stride_wl, stride_wn, stride_om,
                 group, rank, lo, hi, n_start, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL, ACC_BASE,
+                X_SPLITS,
             )
         for chunk in range(1, tl.cdiv(n_rows, BLOCK_M)):
             rows_c, ok_c = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
             _expand_chunk(
-                x_ptr, w_ptr, out_ptr, rows_c, ok_c, scale, stride_xm, stride_wl, stride_wn, stride_om,
+                x_ptr, w_ptr, out_ptr, rows_c, ok_c, scale, stride_xm, stride_xs, stride_wl, stride_wn, stride_om,
                 group, rank, lo, hi, n_start, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL, ACC_BASE,
+                X_SPLITS,
             )
     else:
         # Prefill layout: program = (chunk slot, slice, column group).
@@ -106,17 +114,17 @@ def _expand_kernel(
             return
         rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
         _expand_chunk(
-            x_ptr, w_ptr, out_ptr, rows, row_ok, tl.load(scalings + group), stride_xm, stride_wl, stride_wn,
+            x_ptr, w_ptr, out_ptr, rows, row_ok, tl.load(scalings + group), stride_xm, stride_xs, stride_wl, stride_wn,
             stride_om, group, rank, lo, hi, n_start, BLOCK_N, BLOCK_R, N_ITERS, PRECISION, ALIGN, RAGGED_N, PDL,
-            ACC_BASE,
+            ACC_BASE, X_SPLITS,
         )
 
 
 @triton.jit
 def _expand_chunk(
-    x_ptr, w_ptr, out_ptr, rows, row_ok, scale, stride_xm, stride_wl, stride_wn, stride_om, group, rank, lo, hi,
-    n_start, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr, PRECISION: tl.constexpr,
-    ALIGN: tl.constexpr, RAGGED_N: tl.constexpr, PDL: tl.constexpr, ACC_BASE: tl.constexpr,
+    x_ptr, w_ptr, out_ptr, rows, row_ok, scale, stride_xm, stride_xs, stride_wl, stride_wn, stride_om, group, rank,
+    lo, hi, n_start, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr, PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr, RAGGED_N: tl.constexpr, PDL: tl.constexpr, ACC_BASE: tl.constexpr, X_SPLITS: tl.constexpr,
 ):
     pid_j = tl.program_id(1)
     w_slot = w_ptr + group.to(tl.int64) * stride_wl
@@ -129,23 +137,23 @@ def _expand_chunk(
         rank_a = (rank // 8) * 8
         _expand_columns(
             x_ptr, w_slot, out_rows, rows, row_ok, (lo // ALIGN) * ALIGN, (hi // ALIGN) * ALIGN, n_start,
-            pid_j * rank_a, rank_a, scale, stride_xm, stride_wn,
-            BLOCK_N, BLOCK_R, N_ITERS, PRECISION, PDL, ACC_BASE,
+            pid_j * rank_a, rank_a, scale, stride_xm, stride_xs, stride_wn,
+            BLOCK_N, BLOCK_R, N_ITERS, PRECISION, PDL, ACC_BASE, X_SPLITS,
         )
     else:
         # Scalar accesses: the same columns in 4x narrower blocks, so this rarely taken branch does
         # not set the kernel's register budget (and with it the occupancy of the vector branch).
         _expand_columns(
-            x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, pid_j * rank, rank, scale, stride_xm, stride_wn,
-            RAGGED_N, BLOCK_R, N_ITERS * (BLOCK_N // RAGGED_N), PRECISION, PDL, ACC_BASE,
+            x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, pid_j * rank, rank, scale, stride_xm, stride_xs,
+            stride_wn, RAGGED_N, BLOCK_R, N_ITERS * (BLOCK_N // RAGGED_N), PRECISION, PDL, ACC_BASE, X_SPLITS,
         )
 
 
 @triton.jit
 def _expand_columns(
-    x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, x_col, rank, scale, stride_xm, stride_wn,
+    x_ptr, w_slot, out_rows, rows, row_ok, lo, hi, n_start, x_col, rank, scale, stride_xm, stride_xs, stride_wn,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_ITERS: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
-    ACC_BASE: tl.constexpr,
+    ACC_BASE: tl.constexpr, X_SPLITS: tl.constexpr,
 ):
     """``out[rows, lo:hi] += scale * x[rows, x_col:x_col+rank] @ w_slot[lo:hi, :rank].T`` for the
     ``N_ITERS`` column blocks from ``n_start``.
@@ -159,8 +167,7 @@ def _expand_columns(
         w, base, o_ptrs, om = _column_block(w_slot, out_rows, row_ok, lo, hi, n_start, kr, km, stride_wn, BLOCK_N)
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :],
-                    other=0.0)
+        x = _load_x(x_ptr, rows, row_ok, x_col, kr, km, stride_xm, stride_xs, X_SPLITS, out_rows.dtype.element_ty)
         x = _scaled_operand(x, scale, ACC_BASE)
         for it in range(N_ITERS):
             if it > 0:
@@ -170,13 +177,27 @@ def _expand_columns(
     else:
         # (x first: loading the first B / base tiles ahead of it, as the PDL branch must, was measured
         # 4-15% slower on prefill batches on the H200)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :], mask=row_ok[:, None] & km[None, :],
-                    other=0.0)
+        x = _load_x(x_ptr, rows, row_ok, x_col, kr, km, stride_xm, stride_xs, X_SPLITS, out_rows.dtype.element_ty)
         x = _scaled_operand(x, scale, ACC_BASE)
         for it in range(N_ITERS):
             w, base, o_ptrs, om = _column_block(w_slot, out_rows, row_ok, lo, hi, n_start + it * BLOCK_N, kr, km,
                                                 stride_wn, BLOCK_N)
             _add_block(x, w, base, o_ptrs, om, scale, PRECISION, ACC_BASE)
+
+
+@triton.jit
+def _load_x(x_ptr, rows, row_ok, x_col, kr, km, stride_xm, stride_xs, X_SPLITS: tl.constexpr, op_dtype: tl.constexpr):
+    """The chunk's x columns ``x_col .. x_col + rank``; ``X_SPLITS > 1``: x is a split-K shrink's float32
+    partials (``stride_xs`` apart), summed in split order from zero and rounded to ``op_dtype``: the bits the
+    shrink's own finish would have stored."""
+    ptrs = x_ptr + rows[:, None] * stride_xm + (x_col + kr)[None, :]
+    mask = row_ok[:, None] & km[None, :]
+    if X_SPLITS == 1:
+        return tl.load(ptrs, mask=mask, other=0.0)
+    acc = tl.zeros((rows.shape[0], kr.shape[0]), dtype=tl.float32)
+    for s in tl.static_range(X_SPLITS):
+        acc += tl.load(ptrs + s * stride_xs, mask=mask, other=0.0, cache_modifier=".cg")
+    return acc.to(op_dtype)
 
 
 @triton.jit
@@ -233,6 +254,7 @@ def lora_expand(
     plan: tiling.ExpandPlan | None = None,
     meta: GroupMeta | None = None,
     pdl: int = 0,
+    x_splits: int = 1,
 ) -> torch.Tensor:
     """``base_output (s, N) += `` the slice-wise scaled ``x @ B.T``; returns ``base_output``.
 
@@ -242,7 +264,19 @@ def lora_expand(
     (:func:`.tiling.pdl_supported` devices) of the kernel before it on the stream, overlapping this kernel's
     start with that one's end: :data:`.tiling.PDL_SHRINK` when that kernel is the shrink writing x (the first
     B and base_output tiles load before waiting for it), :data:`.tiling.PDL_ANY` for any kernel.
+
+    ``x_splits > 1``: x is ``(x_splits, s, stack*max_r)`` float32, a split-K shrink's partials
+    (``lora_shrink(..., partials=...)``): summed here in split order and rounded to base_output's dtype,
+    the same bits as the shrink's own finish.
     """
+    if x_splits > 1:
+        if x.dim() != 3 or x.shape[0] != x_splits or x.dtype != torch.float32:
+            raise ValueError(f"x_splits={x_splits} needs float32 x of shape ({x_splits}, s, n), not "
+                             f"{x.dtype} {tuple(x.shape)}")
+        parts, x = x, x[0]
+        op_dtype = base_output.dtype
+    else:
+        parts, op_dtype = None, x.dtype
     s = x.shape[0]
     num_lora, n_total, max_r = weights.shape
     stack = output_offset.shape[0] - 1
@@ -250,24 +284,27 @@ def lora_expand(
         return base_output
     meta = meta_for(batch_info, meta, num_lora, s, x.device)
     if plan is None:
-        plan = tiling.plan_expand(s, max_r, n_total, max_slice_width, stack, num_lora, batch_info.bs, x.dtype, x.device)
+        plan = tiling.plan_expand(s, max_r, n_total, max_slice_width, stack, num_lora, batch_info.bs, op_dtype,
+                                  x.device)
     grid = expand_grid(s, num_lora, stack, max_slice_width, plan)
     _expand_kernel[grid](
         x, weights, base_output, output_offset,
         meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks, batch_info.scalings,
         s, num_lora, meta.stride(num_lora),
-        x.stride(0), weights.stride(0), weights.stride(1), base_output.stride(0),
+        x.stride(0), 0 if parts is None else parts.stride(0), weights.stride(0), weights.stride(1),
+        base_output.stride(0),
         BLOCK_M=plan.block_m,
         BLOCK_N=plan.block_n,
         BLOCK_R=tiling.rank_block(max_r),
         N_ITERS=plan.n_iters,
         GROUP_GRID=plan.group_grid,
         L_BLOCK=tiling.group_block(num_lora),
-        PRECISION=tiling.dot_precision(x.dtype, x.device),
+        PRECISION=tiling.dot_precision(op_dtype, x.device),
         ALIGN=ALIGN,
         RAGGED_N=max(16, plan.block_n // 4),
         # fp16 x times a scale above 1 can leave fp16's range before the product: the scaled-product epilogue there
-        ACC_BASE=plan.acc_base and x.dtype != torch.float16,
+        ACC_BASE=plan.acc_base and op_dtype != torch.float16,
+        X_SPLITS=x_splits,
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
         **tiling.pdl_launch(pdl, x.device),

@@ -16,6 +16,12 @@ per-tile counter; the program that arrives last sums the partials in a fixed ord
 is deterministic), writes the output and resets the counter to zero for the next call. Counters are
 zero when allocated and left zero by every call, so a CUDA graph replays without a memset.
 
+Partials (``lora_shrink(..., partials=...)``, a decode plan with split-K): each split stores its float32
+sums for the expand of a QKV / gate-up pair to add up as it loads them (``lora_expand(..., x_splits=...)``),
+and takes no ticket: the finish above (a round trip for the ticket, one for the partials) leaves the
+shrink's critical path. Where the pair runs so is a plan decision (``FusedPlan.partials``, measured by
+``python -m lora tune``).
+
 Stream-K (``ShrinkPlan.stream_k``, prefill): one chunk per program leaves a wave nearly empty when the
 chunk count is just over the number of programs that fit on the GPU at once (72 chunks of 128 rows
 with two K splits are 144 programs for 132 multiprocessors: a second wave as long as the first for 12
@@ -75,6 +81,7 @@ def _shrink_kernel(
     PRECISION: tl.constexpr,
     PDL_TRIGGER: tl.constexpr = False,
     STREAM_K: tl.constexpr = False,
+    PARTIALS: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -103,14 +110,16 @@ def _shrink_kernel(
         tile = (pid_m * tl.num_programs(1) + pid_n) * max_chunks
         if n_rows > 0:
             _shrink_chunk(
-                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
-                group, rank, tile, STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, num_tokens, stride_xm, stride_wl, stride_wn,
+                stride_om, group, rank, tile, STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
+                PARTIALS,
             )
         for chunk in range(1, tl.cdiv(n_rows, BLOCK_M)):
             rows_c, ok_c = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
             _shrink_chunk(
-                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows_c, ok_c, K, stride_xm, stride_wl, stride_wn, stride_om,
-                group, rank, tile + chunk, STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows_c, ok_c, K, num_tokens, stride_xm, stride_wl, stride_wn,
+                stride_om, group, rank, tile + chunk, STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K,
+                PRECISION, PARTIALS,
             )
     else:
         # Prefill layout: program = (chunk slot, column group, K split).
@@ -121,9 +130,9 @@ def _shrink_kernel(
             return
         rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
         _shrink_chunk(
-            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
-            group, rank, pid_m * tl.num_programs(1) + pid_n,
-            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
+            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, num_tokens, stride_xm, stride_wl, stride_wn,
+            stride_om, group, rank, pid_m * tl.num_programs(1) + pid_n,
+            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION, False,
         )
 
 
@@ -250,13 +259,14 @@ def _finish_tile(
 
 @triton.jit
 def _shrink_chunk(
-    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, stride_xm, stride_wl, stride_wn, stride_om,
+    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, num_tokens, stride_xm, stride_wl, stride_wn, stride_om,
     group, rank, tile,
     STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, PARTIALS: tl.constexpr,
 ):
     """One chunk of a group (its ``rows``, :func:`.grouping.chunk_rows`): columns ``[pid_n * N_SUB * BLOCK_N,
-    ...)``, K split ``pid_k``."""
+    ...)``, K split ``pid_k``. ``PARTIALS``: this split's float32 sums are stored at ``out[pid_k, rows]`` (``out``
+    is ``(SPLIT_K, num_tokens, N_OUT)``) and nothing else is done: the expand sums them (no ticket here)."""
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     n0 = pid_n * (N_SUB * BLOCK_N)
@@ -270,9 +280,11 @@ def _shrink_chunk(
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if n_real <= n0:
-        # No real column in this tile: only zeros to write, once (by split 0).
-        if pid_k == 0:
-            _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
+        # No real column in this tile: only zeros to write, once (by split 0); with PARTIALS nothing (the
+        # expand reads no column at or past STACK * rank).
+        if not PARTIALS:
+            if pid_k == 0:
+                _store_tile(out_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
     else:
         k_steps = tl.cdiv(K, BLOCK_K)
         per_split = tl.cdiv(k_steps, SPLIT_K)
@@ -283,7 +295,10 @@ def _shrink_chunk(
             BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION,
         )
 
-        if SPLIT_K > 1:
+        if PARTIALS:
+            part_rows = out_ptr + (pid_k.to(tl.int64) * num_tokens + rows) * N_OUT
+            _store_tile(part_rows, row_ok, n_a, acc0, acc1, acc2, acc3, N_OUT, BLOCK_N, N_SUB)
+        elif SPLIT_K > 1:
             tile_elems: tl.constexpr = BLOCK_M * N_SUB * BLOCK_N
             ws_tile = ws_ptr + tile.to(tl.int64) * (SPLIT_K * tile_elems)
             loc = tl.arange(0, BLOCK_M)[:, None] * (N_SUB * BLOCK_N) + offs_n[None, :]
@@ -410,6 +425,7 @@ def lora_shrink(
     out: torch.Tensor | None = None,
     meta: GroupMeta | None = None,
     pdl_trigger: bool = False,
+    partials: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x (s, K)``, ``weights (num_lora, stack*max_r, K)`` -> ``(s, stack*max_r)`` in x's dtype.
 
@@ -418,16 +434,25 @@ def lora_shrink(
     more launch: for direct calls and tests). Inputs are assumed validated (:mod:`lora.validation`);
     nothing here reads device values. ``pdl_trigger``: the next kernel on the stream may be launched as a
     programmatic dependent (``lora_expand(..., pdl=...)``): let it launch at this kernel's start.
+
+    ``partials``: a float32 buffer of at least ``split_k * s * stack*max_r`` elements, for a decode plan with
+    split-K (:func:`partials_split`): each split's sums are stored there as ``(split_k, s, stack*max_r)``,
+    nothing is summed, and that view is returned (for ``lora_expand(..., x_splits=split_k)``; only the
+    columns below ``stack * rank`` of the rows of slots with rank > 0 are written). ``out`` is not used.
     """
     s, k = x.shape
     num_lora, n_out, _ = weights.shape
-    if out is None:
+    if plan is None:
+        plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
+    if partials is not None:
+        if not partials_split(plan):
+            raise ValueError(f"partials need a decode shrink plan with split-K, not {plan}")
+        out = partials[: plan.split_k * s * n_out].view(plan.split_k, s, n_out)
+    elif out is None:
         out = torch.empty((s, n_out), dtype=x.dtype, device=x.device)
     if s == 0:
         return out
     meta = meta_for(batch_info, meta, num_lora, s, x.device)
-    if plan is None:
-        plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
     grid = shrink_grid(s, num_lora, n_out, plan, tiling.device_info(x.device)[1] if plan.stream_k else 0)
     tile_elems = plan.block_m * plan.n_sub * plan.block_n
     # A group walks up to this many chunks (by-group layout); counters and partials are per chunk.
@@ -437,7 +462,7 @@ def lora_shrink(
         # two partial tiles per program; a counter per (chunk slot, column group)
         counters = max_chunks * triton.cdiv(n_out, plan.block_n * plan.n_sub)
         ws, cnt = scratch_for(x.device).split_k(max(counters, 2 * grid[0]), tile_elems)
-    elif plan.split_k > 1:
+    elif plan.split_k > 1 and partials is None:
         ws, cnt = scratch_for(x.device).split_k(grid[0] * grid[1] * max_chunks, plan.split_k * tile_elems)
     else:
         ws = cnt = out  # unused
@@ -445,7 +470,7 @@ def lora_shrink(
         x, weights, out, ws, cnt,
         meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks,
         s, k, num_lora, meta.stride(num_lora), max_chunks,
-        x.stride(0), weights.stride(0), weights.stride(1), out.stride(0),
+        x.stride(0), weights.stride(0), weights.stride(1), out.stride(-2),
         STACK=stack_num,
         N_OUT=n_out,
         BLOCK_M=plan.block_m,
@@ -458,7 +483,14 @@ def lora_shrink(
         PRECISION=tiling.dot_precision(x.dtype, x.device),
         PDL_TRIGGER=pdl_trigger and tiling.pdl_supported(x.device),
         STREAM_K=plan.stream_k > 0,
+        PARTIALS=partials is not None,
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
     )
     return out
+
+
+def partials_split(plan: tiling.ShrinkPlan) -> int:
+    """The splits whose partials a shrink under ``plan`` can leave to the expand (0: none, run the plain
+    pair): decode plans (the adapter-group grid) with split-K."""
+    return plan.split_k if plan.group_grid and plan.split_k > 1 and not plan.stream_k else 0

@@ -133,6 +133,11 @@ class FusedPlan:
     # two launches (fuse=False): the expand is the shrink's programmatic dependent on decode batches (see
     # pdl_chain); measured per shape, since it is slower on some (the H200's rank-16 256-token gate-up: 17%)
     pdl: bool = True
+    # two launches (fuse=False): a split-K shrink leaves its float32 partials for the expand to sum, in split
+    # order, as it loads x (no ticket, no last program reading the partials back in the shrink: ~1 us of a
+    # decode shrink, session 15); the same bits as the shrink's own finish. Shrink plans without split-K run
+    # the plain pair.
+    partials: bool = False
 
     def __post_init__(self):
         for f in ("block_m", "block_k", "block_n"):
@@ -396,7 +401,7 @@ def _plan_from_dict(key: str, d) -> "ShrinkPlan | ExpandPlan":
         raise ValueError(f"plan of {key} is not an object")
     cls = {"shrink": ShrinkPlan, "expand": ExpandPlan, "fused": FusedPlan}[key.split(":", 1)[0]]
     for f, v in d.items():
-        flag = f in ("group_grid", "fuse", "pdl", "acc_base")
+        flag = f in ("group_grid", "fuse", "pdl", "acc_base", "partials")
         if f in cls.__dataclass_fields__ and type(v) is not (bool if flag else int):
             raise ValueError(f"plan of {key}: {f}={v!r} must be {'true/false' if flag else 'an integer'}")
     try:
@@ -529,7 +534,7 @@ def reload_tables() -> None:
     ``LORA_TRITON_NO_TUNED``, ``KERNELSTACK_TUNE_DIR`` / ``XDG_CACHE_HOME`` and the table files again."""
     _GENERATION[0] += 1
     _STATE.clear()
-    for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand, _plan_fused, _pair_pdl):
+    for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand, _plan_fused, _pair_pdl, _pair_partials):
         f.cache_clear()
 
 
@@ -754,4 +759,22 @@ def pair_pdl(s: int, k: int, stack: int, max_r: int, n_total: int, max_slice: in
 def _pair_pdl(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> bool:
     hit = _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device)
     return hit is None or hit.fuse or hit.pdl
+
+
+def pair_partials(s: int, k: int, stack: int, max_r: int, n_total: int, max_slice: int, num_lora: int, bs: int,
+                  device) -> bool:
+    """For a QKV / gate-up run as two launches: whether the expand sums the shrink's split-K partials
+    (``FusedPlan(fuse=False, partials=True)`` in this device's table, or :func:`forced_plan`); decode-sized
+    batches only. Memoised."""
+    if _FORCED and FusedPlan in _FORCED:
+        return fused_eligible(s, stack, num_lora, bs) and not _FORCED[FusedPlan].fuse and _FORCED[FusedPlan].partials
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    return _pair_partials(_STATE[0] if _STATE else _env_state(), s, k, stack, max_r, n_total, max_slice, num_lora, bs,
+                          device)
+
+
+@lru_cache(maxsize=8192)
+def _pair_partials(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> bool:
+    hit = _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device)
+    return hit is not None and not hit.fuse and hit.partials
 

@@ -30,7 +30,22 @@ def _plans(comp, op):
 
     h = tiling.heuristic_fused(comp.tokens, op.k, op.stack, comp.max_r, op.max_slice, comp.num_lora,
                                tiling.device_info(DEV)[1])
-    return [h, tiling.FusedPlan(h.block_m, 64, 16, 128, 2), tiling.FusedPlan(16, 256, 1, 64, 1)]
+    return [h, tiling.FusedPlan(h.block_m, 64, 16, 128, 2), tiling.FusedPlan(16, 256, 1, 64, 1), _partials_pair()]
+
+
+def _partials_pair():
+    """Two launches, the expand summing the split-K shrink's float32 partials (FusedPlan.partials), with
+    the shrink plan that gives it 8 splits."""
+    from lora.triton import tiling
+
+    return (tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False, partials=True),
+            tiling.ShrinkPlan(16, 32, 1, 128, 8, group_grid=True))
+
+
+def _forced(plan):
+    from lora.triton import tiling
+
+    return tiling.forced_plan(*(plan if isinstance(plan, tuple) else (plan,)))
 
 
 # Llama-3-8B widths (slice bounds on 16-element boundaries: the vector branch), and GQA widths that are
@@ -44,7 +59,6 @@ RAGGED = "q=4000,kv=1000,inter=14000,ranks=16+5+16+0+9+16+16+3,"
 def test_right_and_the_same_bits_every_run(op_name, segs, r, extra):
     from lora import testing as I
     from lora.compare.cases import OPS
-    from lora.triton import tiling
     from lora.triton.scratch import scratch_for
 
     case, comp, bi = _setup(segs, r, extra=extra)
@@ -56,7 +70,7 @@ def test_right_and_the_same_bits_every_run(op_name, segs, r, extra):
         outs = []
         for _ in range(3):
             u = {k: v.clone() for k, v in t.items()}
-            with tiling.forced_plan(plan):
+            with _forced(plan):
                 outs.append(I.call_op(backend, op, u))
         torch.cuda.synchronize()
         c = I.check(outs[0], ref, "bfloat16", expect_dtype=torch.bfloat16, base=None)
@@ -66,23 +80,23 @@ def test_right_and_the_same_bits_every_run(op_name, segs, r, extra):
         assert not scratch_for(DEV).counters.any(), f"{plan}: counters not back at zero"
 
 
+@pytest.mark.parametrize("pair", [False, True], ids=["one-launch", "partials-pair"])
 @pytest.mark.parametrize("op_name", ["qkv", "gate_up"])
-def test_graph_replayed_back_to_back_with_new_metadata(op_name):
+def test_graph_replayed_back_to_back_with_new_metadata(op_name, pair):
     """One graph of 32 launches, replayed for 3 batches of the same shapes (lengths, slots, ranks changed)."""
     from lora import LoRABatchInfo
     from lora import testing as I
     from lora.compare.cases import OPS, parse_shape_spec
-    from lora.triton import tiling
     from lora.triton.scratch import scratch_for
 
     case, comp, bi = _setup("decode:128")
     op = OPS[op_name].resolve(case.shape)
     backend = backend_or_skip("triton", bi)
-    plan = _plans(comp, op)[0]
+    plan = _partials_pair() if pair else _plans(comp, op)[0]
     t = I.make_inputs(op, comp, torch.bfloat16, DEV, seed=2)
     calls = 32
     bases = [t["base"].clone() for _ in range(calls)]
-    with tiling.forced_plan(plan):
+    with _forced(plan):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

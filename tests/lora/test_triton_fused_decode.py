@@ -41,8 +41,9 @@ def _setup(spec=SPEC, seed=0):
 
 
 def _run(backend, op, t, plan):
+    """One call on a copy of ``t`` under ``plan`` (or a tuple of plans of different kinds)."""
     u = {k: v.clone() for k, v in t.items()}
-    with tiling.forced_plan(plan):
+    with tiling.forced_plan(*(plan if isinstance(plan, tuple) else (plan,))):
         return I.call_op(backend, op, u), u
 
 
@@ -182,3 +183,88 @@ def test_heuristic_fused_plan_is_valid_for_llama_decode():
                 p = tiling.heuristic_fused(s, 4096, stack, r, width, 8, 132)
                 assert 8 * stack * p.split_k <= 2 * 132 and p.block_m >= 16
                 assert tiling.fused_smem(tiling.fit_fused(p, r, 4, 232_448), r, 4) <= 232_448
+
+
+# ---- two launches, the expand summing the shrink's split-K partials (FusedPlan.partials) -------------------
+
+PAIR_PARTIALS = tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False, partials=True)
+PAIR_PLAIN = tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False)
+SPLIT_SHRINKS = [
+    tiling.ShrinkPlan(16, 16, 1, 32, 3, group_grid=True),  # 3 K steps of 32, one a split (the last ragged)
+    tiling.ShrinkPlan(16, 32, 2, 16, 2, group_grid=True),  # two column sub-tiles, a group over two chunks
+]
+
+
+def _spy_expand(monkeypatch):
+    from lora.triton import backend as tb
+
+    seen = []
+    real = tb.lora_expand
+    monkeypatch.setattr(tb, "lora_expand", lambda *a, **k: seen.append(k.get("x_splits", 1)) or real(*a, **k))
+    return seen
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("op_name", ["qkv", "gate_up"])
+@pytest.mark.parametrize("shrink", SPLIT_SHRINKS, ids=str)
+@pytest.mark.parametrize("expand", [None, tiling.ExpandPlan(16, 32, 2, group_grid=False)], ids=["decode", "prefill"])
+@pytest.mark.parametrize("spec", [SPEC, ALIGNED], ids=["ragged", "aligned"])
+def test_partials_pair_matches_the_oracle_and_the_plain_pair_bit_for_bit(spec, expand, shrink, op_name, dtype,
+                                                                         monkeypatch):
+    """The shrink leaves each split's float32 sums and the expand adds them in split order: the result is
+    the oracle's, and the same bits as the pair whose shrink sums them itself. The partials scratch is
+    poisoned first: the expand reads only what this shrink wrote (no column at or past stack * rank, no row
+    of a rank-0 slot or after the segments)."""
+    case, comp, bi = _setup(spec)
+    op = OPS[op_name].resolve(case.shape)
+    backend = lora.get_backend_from_name("triton")("triton", bi)
+    t = I.make_inputs(op, comp, I.DTYPES[dtype], DEV, seed=13)
+    ref = I.oracle(op, comp, t)
+    seen = _spy_expand(monkeypatch)
+    scratch_for(DEV).named("partials", shrink.split_k * comp.tokens * op.stack * comp.max_r, torch.float32).fill_(float("nan"))
+    plans = (shrink,) if expand is None else (shrink, expand)
+    out, u = _run(backend, op, t, (PAIR_PARTIALS, *plans))
+    assert seen == [shrink.split_k], "the expand summed the shrink's partials"
+    c = I.check(out, ref, dtype, expect_dtype=I.DTYPES[dtype], base=u["base"])
+    assert c.ok, c.detail
+    plain, _ = _run(backend, op, t, (PAIR_PLAIN, *plans))
+    assert seen == [shrink.split_k, 1]
+    assert torch.equal(out.view(torch.uint8), plain.view(torch.uint8)), "the same bits as the shrink's own finish"
+
+
+def test_partials_need_a_split_decode_shrink(monkeypatch):
+    """Without split-K (or with a prefill plan) there are no partials to leave: the plain pair runs."""
+    case, comp, bi = _setup()
+    op = OPS["gate_up"].resolve(case.shape)
+    backend = lora.get_backend_from_name("triton")("triton", bi)
+    t = I.make_inputs(op, comp, torch.float32, DEV, seed=2)
+    seen = _spy_expand(monkeypatch)
+    for shrink in (tiling.ShrinkPlan(16, 16, 1, 32, 1, group_grid=True), tiling.ShrinkPlan(16, 16, 1, 32, 2)):
+        out, u = _run(backend, op, t, (PAIR_PARTIALS, shrink))
+        assert I.check(out, I.oracle(op, comp, t), "float32", expect_dtype=torch.float32, base=u["base"]).ok
+    assert seen == [1, 1]
+    from lora.triton.shrink import lora_shrink
+
+    with pytest.raises(ValueError, match="split-K"):
+        lora_shrink(t["x"], t["a"], op.stack, bi, plan=tiling.ShrinkPlan(16, 16, 1, 32, 1, group_grid=True),
+                    partials=torch.empty(10_000, device=DEV))
+
+
+def test_partials_pair_only_where_a_table_chose_it(tables):
+    """tiling.pair_partials: a decode pair sums partials in the expand only where this device's table (or a
+    forced plan) says so; never for prefill-sized batches; the flag round-trips through the table file."""
+    case, comp, _ = _setup()
+    op = OPS["qkv"].resolve(case.shape)
+    args = (comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora, comp.bs, DEV)
+    assert not tiling.pair_partials(*args), "not measured on this device"
+    key = tiling.fused_key(comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora)
+    name = tiling.device_info(DEV)[0]
+    tiling.write_table(tiling.user_table_path(name), {"name": name}, {key: PAIR_PARTIALS})
+    tiling.reload_tables()
+    assert tiling.pair_partials(*args)
+    assert _decision(comp, op) is None, "two launches"
+    assert tiling.read_table(tiling.user_table_path(name)).plans[key].partials is True, "the flag round-trips"
+    with tiling.forced_plan(PAIR_PLAIN):
+        assert not tiling.pair_partials(*args), "a forced plan wins over the table (the tuner's candidates)"
+    with tiling.forced_plan(PAIR_PARTIALS):
+        assert not tiling.pair_partials(8192, *args[1:7], 8, DEV), "prefill-sized: never"
