@@ -374,9 +374,11 @@ def test_candidates_include_the_plans_tables_have(dirs):
     cands = tune.candidates_for(bucket, torch.device("cpu"), torch.float16, 5)
     assert cands[1] == seed, cands
     fused = next(b for b in tune.buckets_for(cases, ["gate_up"]))
-    cands = tune.candidates_for(fused, torch.device("cpu"), torch.float16, 5)
-    assert [p.fuse for p in cands] == [False, True, False, True, True], "two launches, one, two without PDL, ..."
-    assert cands[0].pdl and not cands[2].pdl
+    cands = tune.candidates_for(fused, torch.device("cpu"), torch.float16, 7)
+    assert [p.fuse for p in cands] == [False, True, False, False, False, True, True], \
+        "two launches, one, two without PDL, two summing partials in the expand (with PDL, without), ..."
+    assert [(p.pdl, p.partials) for p in cands if not p.fuse] == [(True, False), (False, False), (True, True),
+                                                                  (False, True)]
 
 
 def test_tune_times_every_batch_on_the_plans_any_batch_timed(dirs, capsys, monkeypatch):
