@@ -5,7 +5,8 @@
 # has, after its nearest candidates, decode shrink plans without that finish (one program per adapter group and
 # column block streaming all of K through an 8-12 stage pipeline; two splits, deep) and plans of one K step per
 # program (32 splits). This call times every candidate of the decode shrink buckets, and every candidate of
-# the decode expand buckets (r64-64 expand is 0.01 us over the bound, r16-256 expand 0.09 us), starting from
+# the decode expand buckets (r64-64 expand is 0.01 us over the bound, r16-256 expand 0.09 us; the gate-up
+# expand, at 40-62% of copy the most bandwidth-bound decode op, lost 10% at r16-64 in session 23), starting from
 # the shipped table (its plan is a candidate: nothing gets slower), then the decode compare and the decode step
 # with the table written.
 # Usage (device tool): bash benchmarks/probe_s24_call1.sh
@@ -18,13 +19,13 @@ trap pack EXIT
 export KERNELSTACK_TUNE_DIR=$R/tables
 cp lora/triton/tables/nvidia-h200.json $R/tables/nvidia-h200.json
 t0=$SECONDS
-PYTHONPATH=. timeout 290 python3 -m lora tune --model llama3-8b --ranks 16,64 --regimes decode \
-    --ops shrink1,shrink2,shrink3,shrink_down --max-candidates 48 --budget-s 240 --out $R/tables/ --no-progress \
+PYTHONPATH=. timeout 260 python3 -m lora tune --model llama3-8b --ranks 16,64 --regimes decode \
+    --ops shrink1,shrink2,shrink3,shrink_down --max-candidates 48 --budget-s 215 --out $R/tables/ --no-progress \
     > $R/${P}_tune_shrink.txt 2>&1
 echo "== tune shrinks rc=$? $((SECONDS - t0)) s"; grep -E "^\[" $R/${P}_tune_shrink.txt | cut -c1-220
 t0=$SECONDS
-PYTHONPATH=. timeout 160 python3 -m lora tune --model llama3-8b --ranks 16,64 --regimes decode \
-    --ops expand,expand_qkv --max-candidates 64 --budget-s 120 --out $R/tables/ --no-progress \
+PYTHONPATH=. timeout 190 python3 -m lora tune --model llama3-8b --ranks 16,64 --regimes decode \
+    --ops expand,expand_qkv,expand_gate_up --max-candidates 64 --budget-s 150 --out $R/tables/ --no-progress \
     > $R/${P}_tune_expand.txt 2>&1
 echo "== tune expands rc=$? $((SECONDS - t0)) s"; grep -E "^\[" $R/${P}_tune_expand.txt | cut -c1-220
 cp $R/tables/nvidia-h200.json $R/${P}_table.json
