@@ -207,7 +207,9 @@ def _spy_expand(monkeypatch):
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("op_name", ["qkv", "gate_up"])
 @pytest.mark.parametrize("shrink", SPLIT_SHRINKS, ids=str)
-@pytest.mark.parametrize("expand", [None, tiling.ExpandPlan(16, 32, 2, group_grid=False)], ids=["decode", "prefill"])
+@pytest.mark.parametrize("expand", [None, tiling.ExpandPlan(16, 32, 2, group_grid=False),
+                                    tiling.ExpandPlan(16, 32, 1, group_grid=True, acc_base=True)],
+                         ids=["decode", "prefill", "acc-base"])
 @pytest.mark.parametrize("spec", [SPEC, ALIGNED], ids=["ragged", "aligned"])
 def test_partials_pair_matches_the_oracle_and_the_plain_pair_bit_for_bit(spec, expand, shrink, op_name, dtype,
                                                                          monkeypatch):
