@@ -148,6 +148,8 @@ class FusedPlan:
             raise ValueError(f"FusedPlan.split_k={self.split_k} must be 1..64")
         if self.n_iters < 1:
             raise ValueError(f"FusedPlan.n_iters={self.n_iters} must be >= 1")
+        if self.fuse and self.partials:
+            raise ValueError("FusedPlan.partials is a way to run two launches: it needs fuse=False")
 
 
 # ---- programmatic dependent launch -------------------------------------------------------------------

@@ -98,6 +98,8 @@ def test_plan_rejects_bad_tiles():
         tiling.ShrinkPlan(64, 64, 1, 64, 2, stream_k=1)
     with pytest.raises(ValueError, match="stream_k"):
         tiling.ShrinkPlan(64, 64, 1, 64, 1, group_grid=True, stream_k=1)
+    with pytest.raises(ValueError, match="fuse=False"):
+        tiling.FusedPlan(16, 64, 4, 64, 1, partials=True)
 
 
 def test_grid_depends_on_shapes_only():
