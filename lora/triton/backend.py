@@ -16,6 +16,7 @@ correctly after the engine writes a new batch into the same batch-info tensors a
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 import triton  # noqa: F401  (a missing triton makes the registry report the "triton" extra)
@@ -26,7 +27,7 @@ from .expand import lora_expand
 from .fused_decode import lora_fused_decode
 from .grouping import GroupMeta, derive, row_order_size
 from .scratch import scratch_for
-from .shrink import lora_shrink, partials_split
+from .shrink import lora_shrink
 
 __all__ = ["TritonLoRABackend"]
 
@@ -79,12 +80,15 @@ class TritonLoRABackend(BaseLoRABackend):
         # Where the device's table measured the pair faster without PDL (tiling.pair_pdl), both launch plainly.
         pair = tiling.pair_pdl(*shape)
         pdl = tiling.PDL_SHRINK if pair else tiling.PDL_OFF
-        # Where the table chose it (tiling.pair_partials), a split-K shrink leaves its float32 partials in
-        # scratch and the expand sums them: no split-K finish in the shrink.
-        plan = splits = None
-        if tiling.pair_partials(*shape):
+        # Where the table chose it (tiling.pair_partials), the shrink, split that many ways in K, leaves its
+        # float32 partials in scratch and the expand sums them: no split-K finish in the shrink.
+        plan, splits = None, tiling.pair_partials(*shape)
+        if splits:
             plan = tiling.plan_shrink(s, x.shape[1], n, a.shape[0], self.batch_info.bs, x.dtype, x.device)
-            splits = partials_split(plan)
+            if plan.group_grid and not plan.stream_k:  # the decode layout, split as the pair's entry says
+                plan = replace(plan, split_k=splits)
+            else:
+                splits = 0
         if splits:
             parts = scratch_for(x.device).named("partials", splits * s * n, torch.float32)
             parts = lora_shrink(x, a, stack_num, self.batch_info, plan=plan, meta=self.meta, pdl_trigger=pair,

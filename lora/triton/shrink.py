@@ -436,16 +436,17 @@ def lora_shrink(
     programmatic dependent (``lora_expand(..., pdl=...)``): let it launch at this kernel's start.
 
     ``partials``: a float32 buffer of at least ``split_k * s * stack*max_r`` elements, for a decode plan with
-    split-K (:func:`partials_split`): each split's sums are stored there as ``(split_k, s, stack*max_r)``,
-    nothing is summed, and that view is returned (for ``lora_expand(..., x_splits=split_k)``; only the
-    columns below ``stack * rank`` of the rows of slots with rank > 0 are written). ``out`` is not used.
+    split-K (the adapter-group grid, ``split_k > 1``): each split's sums are stored there as ``(split_k, s,
+    stack*max_r)``, nothing is summed, and that view is returned (for ``lora_expand(..., x_splits=split_k)``;
+    only the columns below ``stack * rank`` of the rows of slots with rank > 0 are written). ``out`` is not
+    used.
     """
     s, k = x.shape
     num_lora, n_out, _ = weights.shape
     if plan is None:
         plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
     if partials is not None:
-        if not partials_split(plan):
+        if not (plan.group_grid and plan.split_k > 1 and not plan.stream_k):
             raise ValueError(f"partials need a decode shrink plan with split-K, not {plan}")
         out = partials[: plan.split_k * s * n_out].view(plan.split_k, s, n_out)
     elif out is None:
@@ -489,8 +490,3 @@ def lora_shrink(
     )
     return out
 
-
-def partials_split(plan: tiling.ShrinkPlan) -> int:
-    """The splits whose partials a shrink under ``plan`` can leave to the expand (0: none, run the plain
-    pair): decode plans (the adapter-group grid) with split-K."""
-    return plan.split_k if plan.group_grid and plan.split_k > 1 and not plan.stream_k else 0

@@ -133,10 +133,10 @@ class FusedPlan:
     # two launches (fuse=False): the expand is the shrink's programmatic dependent on decode batches (see
     # pdl_chain); measured per shape, since it is slower on some (the H200's rank-16 256-token gate-up: 17%)
     pdl: bool = True
-    # two launches (fuse=False): a split-K shrink leaves its float32 partials for the expand to sum, in split
-    # order, as it loads x (no ticket, no last program reading the partials back in the shrink: ~1 us of a
-    # decode shrink, session 15); the same bits as the shrink's own finish. Shrink plans without split-K run
-    # the plain pair.
+    # two launches (fuse=False): the shrink, split ``split_k`` ways in K (its other tiles from its own plan),
+    # leaves its float32 partials for the expand to sum, in split order, as it loads x (no ticket, no last
+    # program reading the partials back in the shrink: ~1 us of a decode shrink, session 15); the same bits
+    # as the shrink's own finish. The expand reads ``split_k`` times the x bytes: the split is the trade-off.
     partials: bool = False
 
     def __post_init__(self):
@@ -148,8 +148,8 @@ class FusedPlan:
             raise ValueError(f"FusedPlan.split_k={self.split_k} must be 1..64")
         if self.n_iters < 1:
             raise ValueError(f"FusedPlan.n_iters={self.n_iters} must be >= 1")
-        if self.fuse and self.partials:
-            raise ValueError("FusedPlan.partials is a way to run two launches: it needs fuse=False")
+        if self.partials and (self.fuse or self.split_k < 2):
+            raise ValueError("FusedPlan.partials is a way to run two launches: it needs fuse=False and split_k >= 2")
 
 
 # ---- programmatic dependent launch -------------------------------------------------------------------
@@ -764,19 +764,20 @@ def _pair_pdl(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, devic
 
 
 def pair_partials(s: int, k: int, stack: int, max_r: int, n_total: int, max_slice: int, num_lora: int, bs: int,
-                  device) -> bool:
-    """For a QKV / gate-up run as two launches: whether the expand sums the shrink's split-K partials
-    (``FusedPlan(fuse=False, partials=True)`` in this device's table, or :func:`forced_plan`); decode-sized
-    batches only. Memoised."""
+                  device) -> int:
+    """For a QKV / gate-up run as two launches: the K split of a shrink whose partials the expand sums
+    (``FusedPlan(fuse=False, partials=True, split_k=...)`` in this device's table, or :func:`forced_plan`),
+    or 0 for the plain pair; decode-sized batches only. Memoised."""
     if _FORCED and FusedPlan in _FORCED:
-        return fused_eligible(s, stack, num_lora, bs) and not _FORCED[FusedPlan].fuse and _FORCED[FusedPlan].partials
+        f = _FORCED[FusedPlan]
+        return f.split_k if fused_eligible(s, stack, num_lora, bs) and not f.fuse and f.partials else 0
     device = device if isinstance(device, torch.device) else torch.device(device)
     return _pair_partials(_STATE[0] if _STATE else _env_state(), s, k, stack, max_r, n_total, max_slice, num_lora, bs,
                           device)
 
 
 @lru_cache(maxsize=8192)
-def _pair_partials(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> bool:
+def _pair_partials(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> int:
     hit = _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device)
-    return hit is not None and not hit.fuse and hit.partials
+    return hit.split_k if hit is not None and not hit.fuse and hit.partials else 0
 

@@ -266,8 +266,8 @@ def expand_candidates(s: int, max_r: int, max_slice: int, num_lora: int, stack: 
 
 def fused_candidates(s: int, k: int, stack: int, max_r: int, max_slice: int, num_lora: int, sms: int) -> list:
     """Two launches first (``fuse=False``), the heuristic's one-launch plan, two launches without PDL between
-    them (``pdl=False``), two launches where the expand sums the shrink's split-K partials (``partials=True``,
-    with and without PDL), then one-launch plans around the heuristic's, nearest first."""
+    them (``pdl=False``), two launches where the expand sums the partials of a shrink split 2, 4 or 8 ways
+    (``partials=True``), then one-launch plans around the heuristic's, nearest first."""
     from . import tiling
 
     h = tiling.heuristic_fused(s, k, stack, max_r, max_slice, num_lora, sms)
@@ -280,8 +280,8 @@ def fused_candidates(s: int, k: int, stack: int, max_r: int, max_slice: int, num
                 grid.append(tiling.FusedPlan(h.block_m, bk, split, bn, iters, h.num_warps, 2))
     grid.sort(key=lambda p: _distance(p, h))
     two = replace(h, fuse=False)
-    return list(dict.fromkeys([two, h, replace(two, pdl=False), replace(two, partials=True),
-                               replace(two, pdl=False, partials=True), *grid]))
+    partials = [replace(two, partials=True, split_k=split) for split in (2, 4, 8) if k >= 32 * split]
+    return list(dict.fromkeys([two, h, replace(two, pdl=False), *partials, *grid]))
 
 
 def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
@@ -305,9 +305,10 @@ def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
             seeds.append(table.plans[bucket.key])
     if bucket.kind == "fused":
         grid = fused_candidates(comp.tokens, op.k, op.stack, comp.max_r, op.max_slice, comp.num_lora, sms)
-        # two-launch entries differ only in pdl and partials (their tile fields mean nothing)
+        # two-launch entries differ only in pdl, and in partials with their split (their tile fields mean nothing)
         fit = lambda p: (tiling.fit_fused(p, comp.max_r, itemsize, limit) if p.fuse  # noqa: E731
-                         else replace(grid[0], pdl=p.pdl, partials=p.partials))
+                         else replace(grid[0], pdl=p.pdl, partials=p.partials,
+                                      split_k=p.split_k if p.partials else grid[0].split_k))
     elif bucket.kind == "shrink":
         grid = shrink_candidates(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora, sms)
         fit = lambda p: tiling.fit_shrink(p, itemsize, limit)  # noqa: E731

@@ -38,7 +38,7 @@ def _partials_pair():
     the shrink plan that gives it 8 splits."""
     from lora.triton import tiling
 
-    return (tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False, partials=True),
+    return (tiling.FusedPlan(16, 16, 8, 32, 1, fuse=False, partials=True),
             tiling.ShrinkPlan(16, 32, 1, 128, 8, group_grid=True))
 
 

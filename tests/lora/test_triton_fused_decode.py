@@ -5,6 +5,8 @@ tensors, and when the backend takes this path (the plan decision)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -187,11 +189,15 @@ def test_heuristic_fused_plan_is_valid_for_llama_decode():
 
 # ---- two launches, the expand summing the shrink's split-K partials (FusedPlan.partials) -------------------
 
-PAIR_PARTIALS = tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False, partials=True)
-PAIR_PLAIN = tiling.FusedPlan(16, 16, 1, 32, 1, fuse=False)
-SPLIT_SHRINKS = [
-    tiling.ShrinkPlan(16, 16, 1, 32, 3, group_grid=True),  # 3 K steps of 32, one a split (the last ragged)
-    tiling.ShrinkPlan(16, 32, 2, 16, 2, group_grid=True),  # two column sub-tiles, a group over two chunks
+
+def _pair(split: int, partials: bool = True) -> tiling.FusedPlan:
+    return tiling.FusedPlan(16, 16, split, 32, 1, fuse=False, partials=partials)
+
+
+# The shrink's own tiles (its K split is the pair's: these say 5, the pair 2 or 3)
+SHRINK_TILES = [
+    tiling.ShrinkPlan(16, 16, 1, 32, 5, group_grid=True),  # 3 K steps of 32 (the last ragged): a split may be empty
+    tiling.ShrinkPlan(16, 32, 2, 16, 5, group_grid=True),  # two column sub-tiles, a group over two chunks
 ]
 
 
@@ -206,67 +212,73 @@ def _spy_expand(monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("op_name", ["qkv", "gate_up"])
-@pytest.mark.parametrize("shrink", SPLIT_SHRINKS, ids=str)
+@pytest.mark.parametrize("shrink, split", list(zip(SHRINK_TILES, [3, 2])),
+                         ids=["one-sub-tile-split3", "two-sub-tiles-split2"])
 @pytest.mark.parametrize("expand", [None, tiling.ExpandPlan(16, 32, 2, group_grid=False),
                                     tiling.ExpandPlan(16, 32, 1, group_grid=True, acc_base=True)],
                          ids=["decode", "prefill", "acc-base"])
 @pytest.mark.parametrize("spec", [SPEC, ALIGNED], ids=["ragged", "aligned"])
-def test_partials_pair_matches_the_oracle_and_the_plain_pair_bit_for_bit(spec, expand, shrink, op_name, dtype,
+def test_partials_pair_matches_the_oracle_and_the_plain_pair_bit_for_bit(spec, expand, shrink, split, op_name, dtype,
                                                                          monkeypatch):
-    """The shrink leaves each split's float32 sums and the expand adds them in split order: the result is
-    the oracle's, and the same bits as the pair whose shrink sums them itself. The partials scratch is
-    poisoned first: the expand reads only what this shrink wrote (no column at or past stack * rank, no row
-    of a rank-0 slot or after the segments)."""
+    """The shrink, split as the pair's plan says, leaves each split's float32 sums and the expand adds them
+    in split order: the result is the oracle's, and the same bits as the pair whose shrink (split the same
+    way) sums them itself. The partials scratch is poisoned first: the expand reads only what this shrink
+    wrote (no column at or past stack * rank, no row of a rank-0 slot or after the segments)."""
     case, comp, bi = _setup(spec)
     op = OPS[op_name].resolve(case.shape)
     backend = lora.get_backend_from_name("triton")("triton", bi)
     t = I.make_inputs(op, comp, I.DTYPES[dtype], DEV, seed=13)
     ref = I.oracle(op, comp, t)
     seen = _spy_expand(monkeypatch)
-    scratch_for(DEV).named("partials", shrink.split_k * comp.tokens * op.stack * comp.max_r, torch.float32).fill_(float("nan"))
-    plans = (shrink,) if expand is None else (shrink, expand)
-    out, u = _run(backend, op, t, (PAIR_PARTIALS, *plans))
-    assert seen == [shrink.split_k], "the expand summed the shrink's partials"
+    scratch_for(DEV).named("partials", split * comp.tokens * op.stack * comp.max_r, torch.float32).fill_(float("nan"))
+    extra = () if expand is None else (expand,)
+    out, u = _run(backend, op, t, (_pair(split), shrink, *extra))
+    assert seen == [split], "the expand summed the shrink's partials, split as the pair says"
     c = I.check(out, ref, dtype, expect_dtype=I.DTYPES[dtype], base=u["base"])
     assert c.ok, c.detail
-    plain, _ = _run(backend, op, t, (PAIR_PLAIN, *plans))
-    assert seen == [shrink.split_k, 1]
+    plain, _ = _run(backend, op, t, (_pair(split, partials=False), replace(shrink, split_k=split), *extra))
+    assert seen == [split, 1]
     assert torch.equal(out.view(torch.uint8), plain.view(torch.uint8)), "the same bits as the shrink's own finish"
 
 
-def test_partials_need_a_split_decode_shrink(monkeypatch):
-    """Without split-K (or with a prefill plan) there are no partials to leave: the plain pair runs."""
+def test_partials_need_the_decode_layout(monkeypatch):
+    """A prefill-layout shrink plan has no per-group splits to leave: the plain pair runs. A decode plan
+    without split-K is split as the pair says."""
     case, comp, bi = _setup()
     op = OPS["gate_up"].resolve(case.shape)
     backend = lora.get_backend_from_name("triton")("triton", bi)
     t = I.make_inputs(op, comp, torch.float32, DEV, seed=2)
     seen = _spy_expand(monkeypatch)
-    for shrink in (tiling.ShrinkPlan(16, 16, 1, 32, 1, group_grid=True), tiling.ShrinkPlan(16, 16, 1, 32, 2)):
-        out, u = _run(backend, op, t, (PAIR_PARTIALS, shrink))
+    for shrink in (tiling.ShrinkPlan(16, 16, 1, 32, 2), tiling.ShrinkPlan(16, 16, 1, 32, 1, group_grid=True)):
+        out, u = _run(backend, op, t, (_pair(2), shrink))
         assert I.check(out, I.oracle(op, comp, t), "float32", expect_dtype=torch.float32, base=u["base"]).ok
-    assert seen == [1, 1]
+    assert seen == [1, 2]
     from lora.triton.shrink import lora_shrink
 
     with pytest.raises(ValueError, match="split-K"):
         lora_shrink(t["x"], t["a"], op.stack, bi, plan=tiling.ShrinkPlan(16, 16, 1, 32, 1, group_grid=True),
                     partials=torch.empty(10_000, device=DEV))
+    with pytest.raises(ValueError, match="split_k >= 2"):
+        _pair(1)
 
 
 def test_partials_pair_only_where_a_table_chose_it(tables):
-    """tiling.pair_partials: a decode pair sums partials in the expand only where this device's table (or a
-    forced plan) says so; never for prefill-sized batches; the flag round-trips through the table file."""
+    """tiling.pair_partials: a decode pair sums partials in the expand (with the entry's split) only where this
+    device's table (or a forced plan) says so; never for prefill-sized batches; the entry round-trips through
+    the table file."""
     case, comp, _ = _setup()
     op = OPS["qkv"].resolve(case.shape)
     args = (comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora, comp.bs, DEV)
-    assert not tiling.pair_partials(*args), "not measured on this device"
+    assert tiling.pair_partials(*args) == 0, "not measured on this device"
     key = tiling.fused_key(comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora)
     name = tiling.device_info(DEV)[0]
-    tiling.write_table(tiling.user_table_path(name), {"name": name}, {key: PAIR_PARTIALS})
+    tiling.write_table(tiling.user_table_path(name), {"name": name}, {key: _pair(4)})
     tiling.reload_tables()
-    assert tiling.pair_partials(*args)
+    assert tiling.pair_partials(*args) == 4
     assert _decision(comp, op) is None, "two launches"
-    assert tiling.read_table(tiling.user_table_path(name)).plans[key].partials is True, "the flag round-trips"
-    with tiling.forced_plan(PAIR_PLAIN):
-        assert not tiling.pair_partials(*args), "a forced plan wins over the table (the tuner's candidates)"
-    with tiling.forced_plan(PAIR_PARTIALS):
-        assert not tiling.pair_partials(8192, *args[1:7], 8, DEV), "prefill-sized: never"
+    assert tiling.read_table(tiling.user_table_path(name)).plans[key] == _pair(4), "the entry round-trips"
+    with tiling.forced_plan(_pair(2, partials=False)):
+        assert tiling.pair_partials(*args) == 0, "a forced plan wins over the table (the tuner's candidates)"
+    with tiling.forced_plan(_pair(2)):
+        assert tiling.pair_partials(*args) == 2
+        assert tiling.pair_partials(8192, *args[1:7], 8, DEV) == 0, "prefill-sized: never"

@@ -375,10 +375,12 @@ def test_candidates_include_the_plans_tables_have(dirs):
     assert cands[1] == seed, cands
     fused = next(b for b in tune.buckets_for(cases, ["gate_up"]))
     cands = tune.candidates_for(fused, torch.device("cpu"), torch.float16, 7)
-    assert [p.fuse for p in cands] == [False, True, False, False, False, True, True], \
-        "two launches, one, two without PDL, two summing partials in the expand (with PDL, without), ..."
-    assert [(p.pdl, p.partials) for p in cands if not p.fuse] == [(True, False), (False, False), (True, True),
-                                                                  (False, True)]
+    assert [p.fuse for p in cands] == [False, True, False, False, True, True, True], \
+        "two launches, one, two without PDL, two summing the partials of a 2-way split (K = 72: no 4 or 8), ..."
+    assert [(p.pdl, p.partials, p.split_k) for p in cands if not p.fuse] == [(True, False, 1), (False, False, 1),
+                                                                            (True, True, 2)]
+    wide = tune.fused_candidates(64, 4096, 3, 16, 4096, 8, 132)
+    assert [p.split_k for p in wide[3:6] if p.partials] == [2, 4, 8]
 
 
 def test_tune_times_every_batch_on_the_plans_any_batch_timed(dirs, capsys, monkeypatch):
