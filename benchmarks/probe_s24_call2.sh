@@ -27,13 +27,14 @@ PYTHONPATH=. timeout 100 python3 benchmarks/plan_probe.py --cases llama3-8b-r16-
     --op shrink1,shrink3 "${PLANS[@]}" --json $R/${P}_shrink_plans.json > $R/${P}_shrink_plans.txt 2>&1
 echo "== shrink plans rc=$? $((SECONDS - t0)) s"; cut -c1-160 $R/${P}_shrink_plans.txt
 # (3) the decode qkv / gate-up as two launches whose expand sums the shrink's split-K partials (FusedPlan.partials,
-# session 24: no ticket in the shrink; not yet run on a GPU) against the plain pair, with and without PDL
+# session 24: no ticket in the shrink; not yet run on a GPU), split 2, 4 and 8 ways, against the plain pair
 t0=$SECONDS
 PYTHONPATH=. timeout 100 python3 benchmarks/plan_probe.py --cases llama3-8b-r16-decode-64,llama3-8b-r16-decode-256,llama3-8b-r64-decode-64,llama3-8b-r64-decode-256 \
     --op qkv,gate_up --checks 3 --plan table --plan 'FusedPlan(16, 16, 1, 32, 1, fuse=False)' \
-    --plan 'FusedPlan(16, 16, 1, 32, 1, fuse=False, partials=True)' \
-    --plan 'FusedPlan(16, 16, 1, 32, 1, fuse=False, pdl=False)' \
-    --plan 'FusedPlan(16, 16, 1, 32, 1, fuse=False, pdl=False, partials=True)' \
+    --plan 'FusedPlan(16, 16, 2, 32, 1, fuse=False, partials=True)' \
+    --plan 'FusedPlan(16, 16, 4, 32, 1, fuse=False, partials=True)' \
+    --plan 'FusedPlan(16, 16, 8, 32, 1, fuse=False, partials=True)' \
+    --plan 'FusedPlan(16, 16, 4, 32, 1, fuse=False, pdl=False, partials=True)' \
     --json $R/${P}_partials.json > $R/${P}_partials.txt 2>&1
 echo "== partials pair rc=$? $((SECONDS - t0)) s"; cut -c1-160 $R/${P}_partials.txt
 [ -f benchmarks/results/h200/s24c1_table.json ] || { echo "no s24c1_table.json: fused re-tune skipped"; exit 0; }
