@@ -4,7 +4,8 @@
 # (partial stored, ticket, the last program reading partials back) at ~1 us of it. `python -m lora tune` now
 # has, after its nearest candidates, decode shrink plans without that finish (one program per adapter group and
 # column block streaming all of K through an 8-12 stage pipeline; two splits, deep) and plans of one K step per
-# program (32 splits). This call times every candidate of the decode shrink buckets, and every candidate of
+# program (32 splits). This call times every candidate of the decode shrink buckets of K = 4096 (12 buckets;
+# the 14336-deep down projection, least likely to gain, is left for later), and every candidate of
 # the decode expand buckets (r64-64 expand is 0.01 us over the bound, r16-256 expand 0.09 us; the gate-up
 # expand, at 40-62% of copy the most bandwidth-bound decode op, lost 10% at r16-64 in session 23), starting from
 # the shipped table (its plan is a candidate: nothing gets slower), then the decode compare and the decode step
@@ -20,7 +21,7 @@ export KERNELSTACK_TUNE_DIR=$R/tables
 cp lora/triton/tables/nvidia-h200.json $R/tables/nvidia-h200.json
 t0=$SECONDS
 PYTHONPATH=. timeout 260 python3 -m lora tune --model llama3-8b --ranks 16,64 --regimes decode \
-    --ops shrink1,shrink2,shrink3,shrink_down --max-candidates 48 --budget-s 215 --out $R/tables/ --no-progress \
+    --ops shrink1,shrink2,shrink3 --max-candidates 48 --budget-s 215 --out $R/tables/ --no-progress \
     > $R/${P}_tune_shrink.txt 2>&1
 echo "== tune shrinks rc=$? $((SECONDS - t0)) s"; grep -E "^\[" $R/${P}_tune_shrink.txt | cut -c1-220
 t0=$SECONDS
