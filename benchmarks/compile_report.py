@@ -2,6 +2,7 @@
 shared memory) and whether the main loop was software-pipelined (cp.async) and uses wgmma.
 
     python benchmarks/compile_report.py            # the default plans of the Llama-3-8B cases
+    python benchmarks/compile_report.py --jobs < jobs.json   # given plans (see run_jobs); JSON out
 
 Arguments get the specialisation a real launch gives them (16-byte aligned pointers, strides
 divisible by 16), so the code matches what runs on the device as long as the Triton versions agree.
@@ -9,6 +10,7 @@ divisible by 16), so the code matches what runs on the device as long as the Tri
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -32,6 +34,11 @@ DIV16 = {"x_ptr", "w_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "group_rows", "group_
 
 
 def compile_kernel(fn, types: dict, consts: dict, num_warps: int, num_stages: int, div16=DIV16):
+    """``consts``: the launch's constexpr values; a constexpr parameter not given takes its default, as at a
+    launch (before session 24 such parameters were compiled as runtime int32 arguments: their branches were
+    in the code, and a constexpr loop bound among them did not compile)."""
+    consts = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.name not in consts
+                 and p.default is not inspect.Parameter.empty}, **consts}
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -76,26 +83,47 @@ def resources(k) -> dict:
     return out
 
 
-def shrink_report(dtype: str, stack: int, n_out: int, plan: tiling.ShrinkPlan, num_lora=8, bs=8):
+def shrink_report(dtype: str, stack: int, n_out: int, plan: tiling.ShrinkPlan, num_lora=8, bs=8, partials=False):
+    """``partials``: the decode shrink that leaves its splits' float32 sums to the expand (FusedPlan.partials)."""
     t = "*" + {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[dtype]
-    types = dict(x_ptr=t, w_ptr=t, out_ptr=t, ws_ptr="*fp32", cnt_ptr="*i32", group_rows="*i32",
-                 group_start="*i32", row_order="*i32", lora_ranks="*i32")
+    types = dict(x_ptr=t, w_ptr=t, out_ptr="*fp32" if partials else t, ws_ptr="*fp32", cnt_ptr="*i32",
+                 group_rows="*i32", group_start="*i32", row_order="*i32", lora_ranks="*i32")
     consts = dict(STACK=stack, N_OUT=n_out, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, N_SUB=plan.n_sub,
                   BLOCK_K=plan.block_k, SPLIT_K=plan.split_k, GROUP_GRID=plan.group_grid,
                   L_BLOCK=tiling.group_block(num_lora + 1), PRECISION="tf32x3" if dtype == "fp32" else "ieee",
-                  STREAM_K=plan.stream_k > 0)
+                  STREAM_K=plan.stream_k > 0, PARTIALS=partials, PDL_TRIGGER=plan.group_grid)
     return resources(compile_kernel(_shrink_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 
-def expand_report(dtype: str, max_r: int, plan: tiling.ExpandPlan, num_lora=8, bs=8):
+def expand_report(dtype: str, max_r: int, plan: tiling.ExpandPlan, num_lora=8, bs=8, x_splits=1):
+    """``x_splits > 1``: the expand adding up a shrink's float32 partials, as the dependent of that shrink."""
     t = "*" + dtype
-    types = dict(x_ptr=t, w_ptr=t, out_ptr=t, offsets_ptr="*i32", group_rows="*i32", group_start="*i32",
-                 row_order="*i32", lora_ranks="*i32", scalings="*fp32")
+    types = dict(x_ptr="*fp32" if x_splits > 1 else t, w_ptr=t, out_ptr=t, offsets_ptr="*i32", group_rows="*i32",
+                 group_start="*i32", row_order="*i32", lora_ranks="*i32", scalings="*fp32")
     consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_R=tiling.rank_block(max_r), N_ITERS=plan.n_iters,
                   GROUP_GRID=plan.group_grid, L_BLOCK=tiling.group_block(num_lora),
                   PRECISION="tf32x3" if dtype == "fp32" else "ieee", ALIGN=16,
-                  RAGGED_N=max(16, plan.block_n // 4))
+                  RAGGED_N=max(16, plan.block_n // 4), ACC_BASE=plan.acc_base and dtype != "fp16",
+                  X_SPLITS=x_splits, PDL=2 if x_splits > 1 else 0)
     return resources(compile_kernel(_expand_kernel, types, consts, plan.num_warps, plan.num_stages))
+
+
+def run_jobs(jobs: list[dict]) -> list[dict]:
+    """``--jobs``: each job ``{"op": "shrink", "stack", "n", "plan": {ShrinkPlan fields}, "partials"}`` or
+    ``{"op": "expand", "max_r", "plan": {ExpandPlan fields}, "x_splits"}`` (bf16); its resources, or its error."""
+    out = []
+    for job in jobs:
+        try:
+            if job["op"] == "shrink":
+                res = shrink_report("bf16", job["stack"], job["n"], tiling.ShrinkPlan(**job["plan"]),
+                                    partials=job.get("partials", False))
+            else:
+                res = expand_report("bf16", job["max_r"], tiling.ExpandPlan(**job["plan"]),
+                                    x_splits=job.get("x_splits", 1))
+        except Exception as exc:  # noqa: BLE001  (reported per job)
+            res = {"error": f"{type(exc).__name__}: {exc}"[-2000:]}
+        out.append(res)
+    return out
 
 
 def derive_report(bs: int, num_lora: int):
@@ -126,4 +154,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--jobs"]:  # jobs as JSON on stdin, their results as JSON on stdout (tests/lora/test_triton_sm90.py)
+        import json
+
+        json.dump(run_jobs(json.load(sys.stdin)), sys.stdout)
+    else:
+        main()
