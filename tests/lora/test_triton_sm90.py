@@ -1,5 +1,5 @@
-"""The Triton kernels compiled for sm_90 (Hopper) on the CPU with this Triton's ptxas: every plan the shipped H200
-table holds, the partials pair's two kernels, and the decode shrink plans the tuner reaches last. The interpreter
+"""The Triton kernels compiled for sm_90 (Hopper) on the CPU with this Triton's ptxas: every plan the shipped tables
+(H100, H200) hold, the partials pair's two kernels, and the decode shrink plans the tuner reaches last. The interpreter
 runs the kernels' semantics; this catches what only the GPU compiler sees (a construct it rejects, more shared
 memory than a block may have, spills) before a GPU run does.
 
@@ -27,7 +27,7 @@ from lora.triton import tiling, tune  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 #: Shared memory one block may use on sm_90 (227 KB)
 SM90_SMEM = 232448
-H200 = tiling.read_table(Path(tiling.__file__).parent / "tables" / "nvidia-h200.json", "shipped")
+SHIPPED = tiling.shipped_tables()  # device name -> table (both are Hopper GPUs)
 
 
 def _key_int(key: str, field: str) -> int:
@@ -35,12 +35,14 @@ def _key_int(key: str, field: str) -> int:
 
 
 def _table_jobs() -> dict:
+    """``"device key"`` -> job, for every shrink and expand plan of every shipped table."""
     jobs = {}
-    for key, plan in sorted(H200.plans.items()):
-        if key.startswith("shrink:"):
-            jobs[key] = {"op": "shrink", "stack": 1, "n": _key_int(key, "n"), "plan": asdict(plan)}
-        elif key.startswith("expand:"):
-            jobs[key] = {"op": "expand", "max_r": _key_int(key, "r"), "plan": asdict(plan)}
+    for device, table in sorted(SHIPPED.items()):
+        for key, plan in sorted(table.plans.items()):
+            if key.startswith("shrink:"):
+                jobs[f"{device} {key}"] = {"op": "shrink", "stack": 1, "n": _key_int(key, "n"), "plan": asdict(plan)}
+            elif key.startswith("expand:"):
+                jobs[f"{device} {key}"] = {"op": "expand", "max_r": _key_int(key, "r"), "plan": asdict(plan)}
     return jobs
 
 
@@ -81,8 +83,9 @@ def _fits(res: dict, what: str) -> None:
 
 
 @pytest.mark.parametrize("key", sorted(_table_jobs()))
-def test_every_plan_of_the_shipped_h200_table_compiles_and_fits(compiled, key):
-    _fits(compiled[key], f"{key} {H200.plans[key]}")
+def test_every_plan_of_the_shipped_tables_compiles_and_fits(compiled, key):
+    assert set(SHIPPED) >= {"NVIDIA H200", "NVIDIA H100 80GB HBM3"}
+    _fits(compiled[key], f"{key} {_table_jobs()[key]['plan']}")
 
 
 def test_the_partials_pair_compiles(compiled):
