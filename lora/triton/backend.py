@@ -82,14 +82,10 @@ class TritonLoRABackend(BaseLoRABackend):
         pdl = tiling.PDL_SHRINK if pair else tiling.PDL_OFF
         # Where the table chose it (tiling.pair_partials), the shrink, split that many ways in K, leaves its
         # float32 partials in scratch and the expand sums them: no split-K finish in the shrink.
-        plan, splits = None, tiling.pair_partials(*shape)
-        if splits:
-            plan = tiling.plan_shrink(s, x.shape[1], n, a.shape[0], self.batch_info.bs, x.dtype, x.device)
-            if plan.group_grid and not plan.stream_k:  # the decode layout, split as the pair's entry says
-                plan = replace(plan, split_k=splits)
-            else:
-                splits = 0
-        if splits:
+        splits = tiling.pair_partials(*shape)
+        plan = tiling.plan_shrink(s, x.shape[1], n, a.shape[0], self.batch_info.bs, x.dtype, x.device) if splits else None
+        if plan is not None and plan.group_grid:  # the decode layout, split as the pair's entry says
+            plan = replace(plan, split_k=splits)
             parts = scratch_for(x.device).named("partials", splits * s * n, torch.float32)
             parts = lora_shrink(x, a, stack_num, self.batch_info, plan=plan, meta=self.meta, pdl_trigger=pair,
                                 partials=parts)

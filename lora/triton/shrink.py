@@ -446,7 +446,7 @@ def lora_shrink(
     if plan is None:
         plan = tiling.plan_shrink(s, k, n_out, num_lora, batch_info.bs, x.dtype, x.device)
     if partials is not None:
-        if not (plan.group_grid and plan.split_k > 1 and not plan.stream_k):
+        if not (plan.group_grid and plan.split_k > 1):  # (a decode plan is never stream-K: ShrinkPlan checks)
             raise ValueError(f"partials need a decode shrink plan with split-K, not {plan}")
         out = partials[: plan.split_k * s * n_out].view(plan.split_k, s, n_out)
     elif out is None:

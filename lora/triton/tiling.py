@@ -536,7 +536,7 @@ def reload_tables() -> None:
     ``LORA_TRITON_NO_TUNED``, ``KERNELSTACK_TUNE_DIR`` / ``XDG_CACHE_HOME`` and the table files again."""
     _GENERATION[0] += 1
     _STATE.clear()
-    for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand, _plan_fused, _pair_pdl, _pair_partials):
+    for f in (_shipped, _tables, _merged, _plan_shrink, _plan_expand, _plan_fused, _fused_entry):
         f.cache_clear()
 
 
@@ -734,13 +734,22 @@ def _plan_fused(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, dty
     return fit_fused(hit, max_r, dtype.itemsize, smem_limit(device))
 
 
+@lru_cache(maxsize=8192)
 def _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> "FusedPlan | None":
-    """This device's table entry for a decode-sized QKV / gate-up (one launch or two), if any."""
+    """This device's table entry for a decode-sized QKV / gate-up (one launch or two), if any. Memoised."""
     if not fused_eligible(s, stack, num_lora, bs):
         return None
     name, _ = device_info(device)
     hit = _merged(state, name).get(fused_key(s, k, stack, max_r, n_total, max_slice, num_lora))
     return None if hit is None else hit[0]
+
+
+def _pair_entry(s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> "FusedPlan | None":
+    """The table entry of a QKV / gate-up pair run as two launches (for :func:`pair_pdl` and
+    :func:`pair_partials`; :func:`forced_plan` is theirs to check)."""
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    return _fused_entry(_STATE[0] if _STATE else _env_state(), s, k, stack, max_r, n_total, max_slice, num_lora, bs,
+                        device)
 
 
 def pair_pdl(s: int, k: int, stack: int, max_r: int, n_total: int, max_slice: int, num_lora: int, bs: int,
@@ -752,14 +761,7 @@ def pair_pdl(s: int, k: int, stack: int, max_r: int, n_total: int, max_slice: in
         return False
     if _FORCED and FusedPlan in _FORCED:
         return _FORCED[FusedPlan].pdl
-    device = device if isinstance(device, torch.device) else torch.device(device)
-    return _pair_pdl(_STATE[0] if _STATE else _env_state(), s, k, stack, max_r, n_total, max_slice, num_lora, bs,
-                     device)
-
-
-@lru_cache(maxsize=8192)
-def _pair_pdl(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> bool:
-    hit = _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device)
+    hit = _pair_entry(s, k, stack, max_r, n_total, max_slice, num_lora, bs, device)
     return hit is None or hit.fuse or hit.pdl
 
 
@@ -769,15 +771,8 @@ def pair_partials(s: int, k: int, stack: int, max_r: int, n_total: int, max_slic
     (``FusedPlan(fuse=False, partials=True, split_k=...)`` in this device's table, or :func:`forced_plan`),
     or 0 for the plain pair; decode-sized batches only. Memoised."""
     if _FORCED and FusedPlan in _FORCED:
-        f = _FORCED[FusedPlan]
-        return f.split_k if fused_eligible(s, stack, num_lora, bs) and not f.fuse and f.partials else 0
-    device = device if isinstance(device, torch.device) else torch.device(device)
-    return _pair_partials(_STATE[0] if _STATE else _env_state(), s, k, stack, max_r, n_total, max_slice, num_lora, bs,
-                          device)
-
-
-@lru_cache(maxsize=8192)
-def _pair_partials(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> int:
-    hit = _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, device)
+        hit = _FORCED[FusedPlan] if fused_eligible(s, stack, num_lora, bs) else None
+    else:
+        hit = _pair_entry(s, k, stack, max_r, n_total, max_slice, num_lora, bs, device)
     return hit.split_k if hit is not None and not hit.fuse and hit.partials else 0
 
