@@ -11,15 +11,12 @@ W=$(mktemp -d); R=$W/r; mkdir -p $R
 pack() { tar -C $W -czf $OUT/$P.tar.gz r; }
 trap pack EXIT
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-t0=$SECONDS
-PYTHONPATH=. timeout 290 python3 benchmarks/pallas_sweep.py --budget-s 260 \
-    --cases llama3-8b-r16-mixed,llama3-8b-r16-prefill-8k \
-    --tunings default,bk128,bk128s6,bk64s8,ks2bk128s4,ss2,ss3,ss6,pBn64,es2 \
-    --json $R/${P}_r16.json > $R/${P}_r16.txt 2>&1
-echo "== r16 sweep rc=$? $((SECONDS - t0)) s"; sed -n '/best pallas/,$p' $R/${P}_r16.txt | cut -c1-170
-t0=$SECONDS
-PYTHONPATH=. timeout 290 python3 benchmarks/pallas_sweep.py --budget-s 260 \
-    --cases llama3-8b-r64-mixed,llama3-8b-r64-prefill-8k \
-    --tunings default,bk128,bk64s8,ks2bk128s4,ks2bk64s6,ss2,ss3,ss6,pBn64,pBn256 \
-    --json $R/${P}_r64.json > $R/${P}_r64.txt 2>&1
-echo "== r64 sweep rc=$? $((SECONDS - t0)) s"; sed -n '/best pallas/,$p' $R/${P}_r64.txt | cut -c1-170
+sweep() {  # rank, tunings: the mixed batch and prefill-8k of that rank
+    local t0=$SECONDS
+    PYTHONPATH=. timeout 290 python3 benchmarks/pallas_sweep.py --budget-s 260 \
+        --cases llama3-8b-r$1-mixed,llama3-8b-r$1-prefill-8k --tunings $2 \
+        --json $R/${P}_r$1.json > $R/${P}_r$1.txt 2>&1
+    echo "== r$1 sweep rc=$? $((SECONDS - t0)) s"; sed -n '/best pallas/,$p' $R/${P}_r$1.txt | cut -c1-170
+}
+sweep 16 default,bk128,bk128s6,bk64s8,ks2bk128s4,ss2,ss3,ss6,pBn64,es2
+sweep 64 default,bk128,bk64s8,ks2bk128s4,ks2bk64s6,ss2,ss3,ss6,pBn64,pBn256
