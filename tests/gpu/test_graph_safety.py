@@ -2,7 +2,8 @@
 
 * A captured decode-size shrink must not write into memory that a later, larger eager call freed:
   capture 96 tokens / 3 adapters / K 2560, run 256 tokens eagerly (on the capture's stream too),
-  allocate small int32 tensors filled with 7, replay, and check that no probe changed.
+  allocate small int32 tensors filled with 7, replay, and check that no probe changed. The same for
+  triton's gate-up pair whose expand sums the shrink's partials (a scratch buffer of its own).
 * Two streams running LoRA ops at the same time must both be right (split-K scratch and the fused
   ops' intermediate are per stream).
 * After warm-up an op call allocates only the outputs the caller did not pass (memory stats), and
@@ -14,6 +15,8 @@ References are float64 on the device, computed from the same (rounded) inputs.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -63,46 +66,71 @@ def _close(out, ref, what: str):
     assert err <= TOL, f"{what}: rel error {float(err):.3g} > {TOL}"
 
 
+def _partials_pair():
+    """Triton's gate-up pair whose expand sums the split-K shrink's partials (its own scratch buffer)."""
+    from lora.triton import tiling
+
+    return tiling.forced_plan(tiling.FusedPlan(16, 16, 4, 32, 1, fuse=False, partials=True))
+
+
+@pytest.mark.parametrize("op", ["shrink", "gate_up-partials"])
 @pytest.mark.parametrize("name", gpu_backends())
-def test_replayed_shrink_never_writes_freed_memory(name):
+def test_replayed_shrink_never_writes_freed_memory(name, op):
+    """``gate_up-partials``: the same for triton's gate-up pair whose expand sums the shrink's partials."""
+    if op != "shrink" and name != "triton":
+        pytest.skip("the partials pair is the triton backend's (FusedPlan.partials)")
     gen = torch.Generator().manual_seed(15)
-    k, r, num_lora = 2560, 16, 3
+    k, r, num_lora, n = 2560, 16, 3, 512
+    stack = 1 if op == "shrink" else 2
     backend = backend_or_skip(name)
     backend.reserve(max_tokens=256, max_segments=256)
     small, big = _decode_bi(96, num_lora, r, gen), _decode_bi(256, num_lora, r, gen)
-    a = (torch.randn(num_lora, r, k, device=DEV) / k**0.5).to(DT)
+    a = (torch.randn(num_lora, stack * r, k, device=DEV) / k**0.5).to(DT)
+    b = (torch.randn(num_lora, 2 * n, r, device=DEV) / r**0.5).to(DT)
     x96, x256 = torch.randn(96, k, device=DEV).to(DT), torch.randn(256, k, device=DEV).to(DT)
+    base96, base256 = torch.randn(96, 2 * n, device=DEV).to(DT), torch.randn(256, 2 * n, device=DEV).to(DT)
 
-    stream = torch.cuda.Stream()
-    backend.set_batch_info(small)
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        backend.run_lora_a_sgemm(x96, a)  # compile and size outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        out96 = backend.run_lora_a_sgemm(x96, a)
+    def call(x, base):  # base: updated in place by the gate-up pair
+        if op == "shrink":
+            return backend.run_lora_a_sgemm(x, a)
+        return backend.run_gate_up_lora(x, a, b, base_output=base)
 
-    # A larger eager call on the capture's own stream and on the default stream: any scratch the
-    # graph holds must survive it.
-    backend.set_batch_info(big)
-    with torch.cuda.stream(stream):
-        eager_side = backend.run_lora_a_sgemm(x256, a)
-    eager = backend.run_lora_a_sgemm(x256, a)
-    torch.cuda.synchronize()
-    _close(eager, _ref_shrink(big, x256, a), "eager 256 tokens")
-    _close(eager_side, _ref_shrink(big, x256, a), "eager 256 tokens on the capture stream")
-    del eager, eager_side  # (no empty_cache: freed blocks stay in torch's cache, where the probes find them)
+    def ref(bi, x, base):
+        return _ref_shrink(bi, x, a) if op == "shrink" else _ref_fused(bi, x, a, b, [0, n, 2 * n], base)
 
-    probes = [torch.full((n,), 7, dtype=torch.int32, device=DEV) for n in range(1, 20000, 53)]
-    probes += [torch.full((n,), 7, dtype=torch.int32, device=DEV) for n in (2**14, 2**16, 2**18, 2**20)]
-    torch.cuda.synchronize()
-    backend.set_batch_info(small)  # the graph's batch (metadata derived outside the graph)
-    graph.replay()
-    torch.cuda.synchronize()
+    start96 = base96.clone()
+    with _partials_pair() if op != "shrink" else contextlib.nullcontext():
+        stream = torch.cuda.Stream()
+        backend.set_batch_info(small)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            call(x96, start96.clone())  # compile and size outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            out96 = call(x96, base96)
+
+        # A larger eager call on the capture's own stream and on the default stream: any scratch the
+        # graph holds must survive it.
+        backend.set_batch_info(big)
+        with torch.cuda.stream(stream):
+            eager_side = call(x256, base256.clone())
+        eager = call(x256, base256.clone())
+        torch.cuda.synchronize()
+        _close(eager, ref(big, x256, base256), "eager 256 tokens")
+        _close(eager_side, ref(big, x256, base256), "eager 256 tokens on the capture stream")
+        del eager, eager_side  # (no empty_cache: freed blocks stay in torch's cache, where the probes find them)
+
+        probes = [torch.full((m,), 7, dtype=torch.int32, device=DEV) for m in range(1, 20000, 53)]
+        probes += [torch.full((m,), 7, dtype=torch.int32, device=DEV) for m in (2**14, 2**16, 2**18, 2**20)]
+        base96.copy_(start96)
+        torch.cuda.synchronize()
+        backend.set_batch_info(small)  # the graph's batch (metadata derived outside the graph)
+        graph.replay()
+        torch.cuda.synchronize()
     changed = sum(int((p != 7).any()) for p in probes)
     assert changed == 0, f"{changed} of {len(probes)} unrelated tensors changed when the graph was replayed"
-    _close(out96, _ref_shrink(small, x96, a), "replayed 96 tokens")
+    _close(out96, ref(small, x96, start96), "replayed 96 tokens")
 
 
 @pytest.mark.parametrize("name", gpu_backends())
