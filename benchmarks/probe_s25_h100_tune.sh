@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Session 25, on the H100 (the H200 did not start): the decode buckets of the shipped H100 table re-tuned with the
+# session-24 candidates (the decode shrinks without the split-K finish, the qkv / gate-up pair whose expand sums
+# the shrink's partials), starting from the shipped table (its plan is a candidate); the decode compare and the
+# decode step before (shipped table) and after (the tuned table), same machine, same run.
+# Usage (device tool, kind nvidia-h100-x1): bash benchmarks/probe_s25_h100_tune.sh
+set -u
+P=s25h2
+T=nvidia-h100-80gb-hbm3.json
+W=$(mktemp -d); R=$W/r; mkdir -p $R/tables
+pack() { tar -C $W -czf $OUT/$P.tar.gz r; }
+trap pack EXIT
+dec() {  # label: decode compare + step on the table in use
+    local t0=$SECONDS
+    PYTHONPATH=. timeout 60 python3 -m lora compare --quick --backends triton --no-progress \
+        --case 'llama3-8b-r*-decode-*' --json $R/${P}_decode_$1.json > $R/${P}_decode_$1.txt 2>&1
+    echo "== decode $1 rc=$? $((SECONDS - t0)) s"; tail -n 1 $R/${P}_decode_$1.txt | cut -c1-160
+    PYTHONPATH=. timeout 30 python3 -m lora compare --step --quick --backends triton --no-progress \
+        --json $R/${P}_step_$1.json > $R/${P}_step_$1.txt 2>&1
+    echo "== step $1 rc=$?"; grep -E "step-" $R/${P}_step_$1.txt | cut -c1-130 | tail -4
+}
+dec shipped
+export KERNELSTACK_TUNE_DIR=$R/tables
+cp lora/triton/tables/$T $R/tables/$T
+tune() {  # label, ops, max candidates, budget
+    local t0=$SECONDS
+    PYTHONPATH=. timeout $(($4 + 40)) python3 -m lora tune --model llama3-8b --ranks 16,64 --regimes decode \
+        --ops $2 --max-candidates $3 --budget-s $4 --out $R/tables/ --no-progress > $R/${P}_tune_$1.txt 2>&1
+    echo "== tune $1 rc=$? $((SECONDS - t0)) s"; grep -E "^\[" $R/${P}_tune_$1.txt | cut -c1-200
+}
+tune shrink shrink1,shrink2,shrink3 48 150
+tune expand expand,expand_qkv,expand_gate_up 64 90
+tune fused qkv,gate_up 12 90
+cp $R/tables/$T $R/${P}_table.json
+dec tuned
