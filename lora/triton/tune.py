@@ -70,6 +70,8 @@ MODELS = ("llama3-8b", "llama3-70b", "mistral-7b", "qwen2.5-7b", "tiny")
 PRIMITIVES = ("shrink1", "shrink2", "shrink3", "shrink_down", "expand", "expand_qkv", "expand_gate_up")
 #: Public ops that may run as one launch for decode-sized batches: one launch or two is measured too.
 FUSED_OPS = ("qkv", "gate_up")
+#: The primitives a fused op's two launches run (under this run's plans for them).
+PAIR_OF = {"shrink3": "qkv", "expand_qkv": "qkv", "shrink2": "gate_up", "expand_gate_up": "gate_up"}
 REGIMES = ("decode", "prefill", "mixed")
 
 
@@ -157,6 +159,17 @@ def tune_cases(shape, ranks, adapters, regimes, decode_tokens, prefill_tokens) -
             else:
                 out.append(TuneCase(shape, r, adapters, "mixed", 0))
     return out
+
+
+def with_pairs(ops: list[str]) -> tuple[list[str], list[str]]:
+    """``ops`` and the fused ops whose two launches run a primitive of ``ops``, and those added.
+
+    A new plan for a pair's shrink or expand changes the pair: on the H100 (session 25), the rank-64
+    256-token decode shrinks and expands re-tuned alone (each faster alone) made the decode step 15% slower
+    (90.3 -> 103.9 us a layer; the gate-up pair under them 48.7 us against 35.2 re-tuned), until the pairs
+    were re-tuned with them (89.8). So tuning a pair's primitive re-tunes the pair."""
+    added = [f for f in FUSED_OPS if f not in ops and any(PAIR_OF.get(o) == f for o in ops)]
+    return ops + added, added
 
 
 def buckets_for(cases: list[TuneCase], ops: list[str]) -> list[Bucket]:
@@ -683,7 +696,11 @@ def run(args) -> int:
     from lora import testing as I
 
     dtype = I.DTYPES[dtype_name]
+    ops, added = with_pairs(ops)
     buckets = buckets_for(cases, ops)
+    if added and any(b.kind == "fused" for b in buckets):
+        print(f"{_PROG}: also tuning {', '.join(added)} (decode): their two launches run the plans tuned here",
+              flush=True)
     for b in buckets:
         b.candidates = candidates_for(b, device, dtype, args.max_candidates)
     dev = _device_record(device)

@@ -241,26 +241,26 @@ def test_list_says_which_table_is_in_use(dirs, capsys, monkeypatch):
 # ---- python -m lora tune (on the interpreter) ----------------------------------------------------------
 
 TINY_RUN = ["--device", "cpu", "--model", "tiny", "--ranks", "8", "--regimes", "decode", "--decode-tokens", "8",
-            "--ops", "shrink2", "--max-candidates", "2", "--no-progress"]
+            "--ops", "shrink1", "--max-candidates", "2", "--no-progress"]
 
 
 def test_tune_writes_a_table_the_backend_then_uses(dirs, capsys):
     assert lora_main(["tune", *TINY_RUN, "--budget-s", "120"]) == 0
     out = capsys.readouterr().out
     path = tiling.user_table_path("cpu")
-    assert f"-> {path}" in out and "[1/1] shrink:s8:k72:n16:l8:" in out
+    assert f"-> {path}" in out and "[1/1] shrink:s8:k72:n8:l8:" in out
     table = tiling.read_table(path)
-    key = "shrink:s8:k72:n16:l8"
+    key = "shrink:s8:k72:n8:l8"
     assert list(table.plans) == [key] and table.meta["written_by"]["complete"] is True
     cases = table.meta["measured"][key]["cases"]
     assert list(cases) == ["tiny-r8-decode-8"] and cases["tiny-r8-decode-8"]["plans_timed"] == 2
     # the backend now plans this bucket from the table (the tuner re-read it)
-    assert tiling.plan_shrink(8, 72, 16, 8, 8, torch.float16, DEV) == table.plans[key]
+    assert tiling.plan_shrink(8, 72, 8, 8, 8, torch.float16, DEV) == table.plans[key]
     assert tiling.tuned_plan(key, "cpu")[1].origin == "user"
 
 
 def test_tune_decides_one_launch_or_two_for_decode_qkv(dirs, capsys):
-    argv = [a if a != "shrink2" else "shrink3,expand_qkv,qkv" for a in TINY_RUN]
+    argv = [a if a != "shrink1" else "shrink3,expand_qkv,qkv" for a in TINY_RUN]
     assert lora_main(["tune", *argv, "--budget-s", "300"]) == 0
     out = capsys.readouterr().out
     table = tiling.read_table(tiling.user_table_path("cpu"))
@@ -279,11 +279,11 @@ def test_tune_keeps_other_entries_and_writes_to_out(dirs, tmp_path, capsys):
     tiling.write_table(out_dir / "cpu.json", {"name": "cpu"}, {K3: SHIPPED3}, {"measured": {K3: {"cases": {}}}})
     assert lora_main(["tune", *TINY_RUN, "--budget-s", "120", "--out", str(out_dir)]) == 0
     table = tiling.read_table(out_dir / "cpu.json")
-    assert set(table.plans) == {K3, "shrink:s8:k72:n16:l8"}, "buckets not in this run are kept"
-    assert set(table.meta["measured"]) == {K3, "shrink:s8:k72:n16:l8"}, "... with their measurements"
+    assert set(table.plans) == {K3, "shrink:s8:k72:n8:l8"}, "buckets not in this run are kept"
+    assert set(table.meta["measured"]) == {K3, "shrink:s8:k72:n8:l8"}, "... with their measurements"
     assert not tiling.user_table_path("cpu").exists(), "--out: the user's table is left alone"
     assert lora_main(["tune", *TINY_RUN, "--budget-s", "120", "--out", str(out_dir / "x.json"), "--fresh"]) == 0
-    assert set(tiling.read_table(out_dir / "x.json").plans) == {"shrink:s8:k72:n16:l8"}
+    assert set(tiling.read_table(out_dir / "x.json").plans) == {"shrink:s8:k72:n8:l8"}
 
 
 def test_tune_out_of_budget_still_writes_what_it_has(dirs, capsys):
@@ -292,7 +292,7 @@ def test_tune_out_of_budget_still_writes_what_it_has(dirs, capsys):
     assert "budget spent, not tuned" in out and "tuned 0 of 1 buckets" in out
     table = tiling.read_table(tiling.user_table_path("cpu"))
     assert table.plans == {} and table.meta["written_by"]["complete"] is False
-    assert table.meta["written_by"]["not_tuned"] == ["shrink:s8:k72:n16:l8"]
+    assert table.meta["written_by"]["not_tuned"] == ["shrink:s8:k72:n8:l8"]
 
 
 def test_tune_dry_run_lists_buckets_and_candidates(capsys):
@@ -416,6 +416,25 @@ def test_tune_times_every_batch_on_the_plans_any_batch_timed(dirs, capsys, monke
     argv = [a if a != "2" else "3" for a in argv]  # three candidates
     assert lora_main(["tune", *argv, "--budget-s", "120"]) == 0
     table = tiling.read_table(tiling.user_table_path("cpu"))
-    cases = table.meta["measured"]["shrink:s8:k72:n16:l8"]["cases"]
+    cases = table.meta["measured"]["shrink:s8:k72:n8:l8"]["cases"]
     assert sorted(cases) == ["tiny-r8-decode-7", "tiny-r8-decode-8"], capsys.readouterr().out
     assert [c["plans_timed"] for c in cases.values()] == [3, 3]
+
+
+def test_tuning_a_pairs_primitive_tunes_the_pair(dirs, capsys):
+    """QKV / gate-up run their shrink and expand under this run's plans: tuning one of them re-tunes the pair
+    (decode batches only; the pair's decision is made after the primitives, against their new plans)."""
+    assert tune.with_pairs(["shrink3", "expand"]) == (["shrink3", "expand", "qkv"], ["qkv"])
+    assert tune.with_pairs(["expand_gate_up", "shrink1"]) == (["expand_gate_up", "shrink1", "gate_up"], ["gate_up"])
+    assert tune.with_pairs(["shrink1", "shrink_down", "expand"]) == (["shrink1", "shrink_down", "expand"], [])
+    assert tune.with_pairs(["shrink2", "gate_up"]) == (["shrink2", "gate_up"], [])
+    assert lora_main(["tune", "--model", "tiny", "--ranks", "8", "--regimes", "decode", "--decode-tokens", "8",
+                      "--ops", "shrink2", "--device", "cpu", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "also tuning gate_up" in out
+    kinds = [line.split(":")[0].strip() for line in out.splitlines() if "plans on" in line]
+    assert kinds == ["shrink", "fused"], out
+    assert lora_main(["tune", "--model", "tiny", "--ranks", "8", "--regimes", "prefill", "--ops", "shrink2",
+                      "--device", "cpu", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "also tuning" not in out and "fused" not in out, "prefill has no pair to tune"
