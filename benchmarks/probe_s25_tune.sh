@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Session 25, on the H100 (the H200 did not start): the decode buckets of the shipped H100 table re-tuned with the
+# Session 25, on the H100 (the H200 did not start), then on whichever card comes (the table is that card's): the
+# decode buckets of the card's shipped table re-tuned with the
 # session-24 candidates (the decode shrinks without the split-K finish, the qkv / gate-up pair whose expand sums
 # the shrink's partials), starting from the shipped table (its plan is a candidate); the decode compare and the
 # decode step before (shipped table) and after (the tuned table), same machine, same run.
-# Usage (device tool, kind nvidia-h100-x1): bash benchmarks/probe_s25_h100_tune.sh
+# Usage (device tool): bash benchmarks/probe_s25_tune.sh [PREFIX]   (PREFIX: s25h2 on the H100)
 set -u
-P=s25h2
-T=nvidia-h100-80gb-hbm3.json
+P=${1:-s25h2}
+T=$(PYTHONPATH=. python3 -c "import torch; from lora.triton import tiling; print(tiling.device_slug(torch.cuda.get_device_name()) + '.json')")
+nvidia-smi --query-gpu=name --format=csv,noheader; echo "table: $T"
+[ -f lora/triton/tables/$T ] || { echo "no shipped table lora/triton/tables/$T"; exit 1; }
 W=$(mktemp -d); R=$W/r; mkdir -p $R/tables
 pack() { tar -C $W -czf $OUT/$P.tar.gz r; }
 trap pack EXIT
