@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 25, on the H100, after its decode table was re-tuned (probe_s25_h100_tune.sh): issue 16's decode ratios
+# Session 25, on the H100, after its decode table was re-tuned (probe_s25_tune.sh): issue 16's decode ratios
 # (pallas against triton, every decode case, same run).
 # Usage (device tool): bash benchmarks/probe_s25_h100_decode.sh
 set -u
