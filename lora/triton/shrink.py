@@ -489,4 +489,3 @@ def lora_shrink(
         num_stages=plan.num_stages,
     )
     return out
-
