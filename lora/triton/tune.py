@@ -664,23 +664,28 @@ def _out_path(args, device_name: str):
     return p
 
 
-def _existing(path, device_name: str, fresh: bool) -> tuple[dict, dict]:
-    """(plans, their measurements) of the table already at ``path`` for this device; kept unless retuned."""
+def _existing(path, device_name: str, fresh: bool) -> tuple[dict, dict, list]:
+    """(plans, their measurements, the runs that wrote them) of the table already at ``path`` for this device; the
+    plans are kept unless retuned, and the runs that wrote them stay on record (oldest first) under ``earlier_runs``."""
     from . import tiling
 
     if fresh or not path.exists():
-        return {}, {}
+        return {}, {}, []
     try:
         t = tiling.read_table(path)
     except tiling.TableError as exc:
         print(f"{_PROG}: warning: {exc}; it is rewritten from this run's results", file=sys.stderr)
-        return {}, {}
+        return {}, {}, []
     if t.device != device_name:
         print(f"{_PROG}: warning: {path} holds plans for {t.device!r}; it is rewritten for {device_name!r}", file=sys.stderr)
-        return {}, {}
+        return {}, {}, []
     measured = t.meta.get("measured")
     measured = {k: v for k, v in measured.items() if k in t.plans} if isinstance(measured, dict) else {}
-    return dict(t.plans), measured
+    runs = t.meta.get("earlier_runs")
+    runs = [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+    if isinstance(t.meta.get("written_by"), dict):
+        runs.append(t.meta["written_by"])
+    return dict(t.plans), measured, runs
 
 
 def _fmt_plan(p) -> str:
@@ -713,7 +718,7 @@ def run(args) -> int:
         return 0
 
     path = _out_path(args, dev["name"])
-    plans, measured = _existing(path, dev["name"], args.fresh)
+    plans, measured, earlier_runs = _existing(path, dev["name"], args.fresh)
     command = " ".join([_PROG, *map(shlex.quote, args.argv)])
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     workers = args.workers
@@ -737,6 +742,8 @@ def run(args) -> int:
                            "not_tuned": [k for k in not_done], "versions": _versions(), "python": platform.python_version()},
             "measured": measured,
         }
+        if earlier_runs:
+            meta["earlier_runs"] = earlier_runs
         tiling.write_table(path, dev, plans, meta)
 
     try:

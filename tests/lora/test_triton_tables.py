@@ -276,11 +276,15 @@ def test_tune_decides_one_launch_or_two_for_decode_qkv(dirs, capsys):
 def test_tune_keeps_other_entries_and_writes_to_out(dirs, tmp_path, capsys):
     out_dir = tmp_path / "tables"
     out_dir.mkdir()
-    tiling.write_table(out_dir / "cpu.json", {"name": "cpu"}, {K3: SHIPPED3}, {"measured": {K3: {"cases": {}}}})
+    first_run = {"command": "python -m lora tune --ops shrink3", "complete": True}
+    tiling.write_table(out_dir / "cpu.json", {"name": "cpu"}, {K3: SHIPPED3},
+                       {"measured": {K3: {"cases": {}}}, "written_by": first_run})
     assert lora_main(["tune", *TINY_RUN, "--budget-s", "120", "--out", str(out_dir)]) == 0
     table = tiling.read_table(out_dir / "cpu.json")
     assert set(table.plans) == {K3, "shrink:s8:k72:n8:l8"}, "buckets not in this run are kept"
     assert set(table.meta["measured"]) == {K3, "shrink:s8:k72:n8:l8"}, "... with their measurements"
+    assert table.meta["earlier_runs"] == [first_run], "... and the run that wrote them"
+    assert "--ops shrink1" in table.meta["written_by"]["command"]
     assert not tiling.user_table_path("cpu").exists(), "--out: the user's table is left alone"
     assert lora_main(["tune", *TINY_RUN, "--budget-s", "120", "--out", str(out_dir / "x.json"), "--fresh"]) == 0
     assert set(tiling.read_table(out_dir / "x.json").plans) == {"shrink:s8:k72:n8:l8"}
