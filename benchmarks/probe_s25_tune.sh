@@ -31,8 +31,8 @@ tune() {  # label, ops, max candidates, budget
         --ops $2 --max-candidates $3 --budget-s $4 --out $R/tables/ --no-progress > $R/${P}_tune_$1.txt 2>&1
     echo "== tune $1 rc=$? $((SECONDS - t0)) s"; grep -E "^\[" $R/${P}_tune_$1.txt | cut -c1-200
 }
-tune shrink shrink1,shrink2,shrink3 48 150
-tune expand expand,expand_qkv,expand_gate_up 64 90
-tune fused qkv,gate_up 12 90
+# one run: the tuner adds the qkv / gate-up pairs (decode) and decides them last, on this run's shrink and expand
+# plans (session 26: three runs tuned the pairs three times)
+tune all shrink1,shrink2,shrink3,expand,expand_qkv,expand_gate_up 64 240
 cp $R/tables/$T $R/${P}_table.json
 dec tuned
