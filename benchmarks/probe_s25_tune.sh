@@ -5,6 +5,8 @@
 # the shrink's partials), starting from the shipped table (its plan is a candidate); the decode compare and the
 # decode step before (shipped table) and after (the tuned table), same machine, same run.
 # Usage (device tool): bash benchmarks/probe_s25_tune.sh [PREFIX]   (PREFIX: s25h2 on the H100)
+# Session 25's s25h2 files came from its earlier form, three tuner runs (shrinks with 48 candidates, expands 64,
+# pairs 12): `git show 56a3d37:benchmarks/probe_s25_tune.sh`. Since session 26 one run tunes all of them (64).
 set -u
 P=${1:-s25h2}
 T=$(PYTHONPATH=. python3 -c "import torch; from lora.triton import tiling; print(tiling.device_slug(torch.cuda.get_device_name()) + '.json')")
