@@ -3,7 +3,12 @@
 # the current head, in one run: `python -m lora compare` on every default case (--quick), both ranks, triton and pallas,
 # then the decode step of both; issue 17's target table and issue 16's pallas/triton ratios read from the JSON.
 # With TABLE=path, that table is the user's (the tuned one under test); without, the shipped table.
-# Usage (device tool): [TABLE=benchmarks/results/h200/s26t_table.json] bash benchmarks/probe_s26_full.sh [PREFIX]
+# Usage (device tool, carry .pallas-cache): [TABLE=benchmarks/results/h200/s26t_table.json] bash benchmarks/probe_s26_full.sh [PREFIX]
+# Before the call, lower the pallas kernels of every default case on the CPU (102 configurations, about 7 minutes on
+# two cores; the persistent expands take 10-30 s each) into the cache the call carries:
+#   JAX_PLATFORMS=cpu KERNELSTACK_PALLAS_CACHE_DIR=.pallas-cache PYTHONPATH=.:benchmarks .venv-jax/bin/python \
+#     benchmarks/pallas_prelower.py --cases 'llama3-8b-*' \
+#     --ops shrink1,shrink2,shrink3,shrink_down,expand,expand_qkv,expand_gate_up,qkv,gate_up
 set -u
 P=${1:-s26f}
 W=$(mktemp -d); R=$W/r; mkdir -p $R/tables
@@ -11,6 +16,7 @@ pack() { tar -C $W -czf $OUT/$P.tar.gz r; }
 trap pack EXIT
 nvidia-smi --query-gpu=name --format=csv,noheader
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+[ -d .pallas-cache ] && export KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache && echo "pallas cache: $(ls .pallas-cache | wc -l) files"
 if [ -n "${TABLE:-}" ]; then
     export KERNELSTACK_TUNE_DIR=$R/tables
     T=$(PYTHONPATH=. python3 -c "import torch; from lora.triton import tiling; print(tiling.device_slug(torch.cuda.get_device_name()) + '.json')")
