@@ -13,6 +13,9 @@ TUNINGS = {
     "es2": dict(expand_gather=False, expand_stages=2),
     "es1": dict(expand_gather=False, expand_stages=1),
     "es4": dict(expand_gather=False, expand_stages=4),
+    # session 27: every adapter tile of an 8-adapter decode block fetched in the pipeline's prologue
+    "es6": dict(expand_gather=False, expand_stages=6),
+    "es8": dict(expand_gather=False, expand_stages=8),
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),

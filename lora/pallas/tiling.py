@@ -430,7 +430,9 @@ class Tuning:
     shrink_stages: int | None = None  # 1..8
     shrink_ksplit: int | None = None  # split-K factor of the split variant
     expand_block_n: int | None = None  # 64, 128 or 256
-    expand_stages: int | None = None  # 1..4
+    #: 1..8: adapters' tiles in flight in the one-CTA-per-tile (decode) expand; 8 fetches every tile of an
+    #: 8-adapter block in the pipeline's prologue (one round trip), 4 (the default) refetches from step 1
+    expand_stages: int | None = None
     #: the persistent expand (one or two CTAs per SM, a pipeline over tiles) for batches of more than
     #: SPLIT_MAX_BLOCKS blocks (True / False: for every batch / none)
     expand_persistent: bool | None = None
@@ -477,7 +479,7 @@ class Tuning:
             raise ValueError(f"Tuning.shrink_block_k={self.shrink_block_k} must be 64 or 128")
         if self.expand_block_n not in (None, 64, 128, 256):
             raise ValueError(f"Tuning.expand_block_n={self.expand_block_n} must be 64, 128 or 256")
-        for name, lo, hi in (("shrink_stages", 1, 8), ("expand_stages", 1, 4), ("expand_stream_stages", 2, 6),
+        for name, lo, hi in (("shrink_stages", 1, 8), ("expand_stages", 1, 8), ("expand_stream_stages", 2, 6),
                              ("expand_gather_tiles", 1, 16)):
             v = getattr(self, name)
             if v is not None and not lo <= v <= hi:
@@ -503,6 +505,7 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
     "blockKs4": dict(shrink_ksplit=4),
     "reduceAdd": dict(expand_reduce_add=True),
     "wide": dict(shrink_wide=True),  # the two-block, warp-specialized shrink (session 22 on the H200: slower)
+    "es8": dict(expand_gather=False, expand_stages=8),  # every adapter tile of a decode block in flight at once
 }
 
 

@@ -388,6 +388,26 @@ def test_decode_gather_interpret(op, dtype_name, tiles, rng, interpret):
     assert check.ok, f"{op} {dtype_name} {comp}: {check.detail}"
 
 
+@pytest.mark.parametrize("op,stages", [("expand", 8), ("expand", 6), ("gate_up", 8), ("qkv", 5)])
+def test_decode_expand_deep_stages_interpret(op, stages, rng, interpret):
+    """The one-CTA-per-tile decode expand with up to eight adapters' tiles in flight
+    (Tuning(expand_stages=...), session 27): a 64-row block holding eight adapters (ranks 16, odd, 0),
+    so with 8 stages every tile comes in the pipeline's prologue, with 5-6 some are fetched in the
+    loop; a second, partial block with fewer adapters than stages."""
+    lens = [9, 7, 8, 1, 12, 6, 11, 10, 20, 3]
+    slots = [0, 1, 2, 3, 4, 5, 6, 7, 1, 6]
+    comp = C.Composition(lens, slots, [16, 12, 16, 0, 7, 16, 16, 4], [0.5, 1.0, 2.0, 1.5, 0.25, 1.0, 3.0, 0.75],
+                         16, sum(lens) + 5)
+    tuning = T.Tuning(expand_gather=False, expand_stages=stages)
+    n = 2 * N if op == "gate_up" else N
+    cfg = T.expand_config(T.padded_tokens(comp.tokens), n, 16, 16, 8, 1, "bfloat16", "bfloat16", "bfloat16",
+                          tail=True, tuning=tuning)
+    assert cfg.stages == stages and not cfg.gather and cfg.ctas == 0
+    out, ref = run_op(op, comp, rng, "bfloat16", tuning)
+    check = C.compare(f64(out), ref, "bfloat16")
+    assert check.ok, f"{op} stages={stages}: {check.detail}"
+
+
 @pytest.mark.parametrize("op", ["expand", "gate_up"])
 def test_decode_gather_chunks_of_one_slot_interpret(op, rng, interpret):
     """A decode-sized batch (four blocks, the last partial) where one slot holds 200 rows in two
@@ -495,8 +515,8 @@ def plan_configs():
     for kw in T.TUNING_TRIALS.values():
         t = T.Tuning(**kw)
         for tokens in (64, 8192):
-            if kw.get("shrink_ksplit") == 8 and tokens > 256:
-                continue
+            if (kw.get("shrink_ksplit") == 8 or kw.get("expand_stages", 0) > 4) and tokens > 256:
+                continue  # (decode knobs: their prefill plans are persistent expands, a minute each to lower)
             shrink_configs(seen, P.plan_shrink(tokens, 4096, 16, 3, L, "bfloat16", tail=True, tuning=t))
             for cfg in P.plan_expand(tokens, 6144, 16, 3, L, "bfloat16", "bfloat16", "bfloat16", internal=True, tail=True,
                                      tuning=t).cfgs:
