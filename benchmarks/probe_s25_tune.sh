@@ -4,7 +4,7 @@
 # session-24 candidates (the decode shrinks without the split-K finish, the qkv / gate-up pair whose expand sums
 # the shrink's partials), starting from the shipped table (its plan is a candidate); the decode compare and the
 # decode step before (shipped table) and after (the tuned table), same machine, same run.
-# Usage (device tool): bash benchmarks/probe_s25_tune.sh [PREFIX]   (PREFIX: s25h2 on the H100)
+# Usage (device tool): [BUDGET=seconds] bash benchmarks/probe_s25_tune.sh [PREFIX]   (PREFIX: s25h2 on the H100; BUDGET: the tuner's, 240)
 # Session 25's s25h2 files came from its earlier form, three tuner runs (shrinks with 48 candidates, expands 64,
 # pairs 12): `git show 56a3d37:benchmarks/probe_s25_tune.sh`. Since session 26 one run tunes all of them (64).
 set -u
@@ -35,6 +35,6 @@ tune() {  # label, ops, max candidates, budget
 }
 # one run: the tuner adds the qkv / gate-up pairs (decode) and decides them last, on this run's shrink and expand
 # plans (session 26: three runs tuned the pairs three times)
-tune all shrink1,shrink2,shrink3,expand,expand_qkv,expand_gate_up 64 240
+tune all shrink1,shrink2,shrink3,expand,expand_qkv,expand_gate_up 64 ${BUDGET:-240}
 cp $R/tables/$T $R/${P}_table.json
 dec tuned

@@ -212,6 +212,10 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         s = R.nrows[0]
         row_lo = bi * BM
         count = C.block_count(R.meta, lay, bi)
+        # The block's slot list, in shared memory (read by every pipeline step): loaded with its count,
+        # before the branch on it, so both wait for global memory once (inside the branch the list's
+        # loads could only start after the count had come back: a second round trip before any tile).
+        C.copy_scalars(R.meta, lay.group(bi) + 1, R.slots, cfg.num_lora)
 
         @pl.when((row_lo < s) & (count > 0))
         def _():
@@ -240,9 +244,6 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             # In flight with the base rows and the pipeline's first tiles: waited for in the first step.
             C.issue_box_slots(R.meta, lay, rx, R.rs, R.bars.at[0])
             j0 = slice_of(n0)
-
-            # the block's slot list, in shared memory: read by every pipeline step
-            C.copy_scalars(R.meta, lay.group(bi) + 1, R.slots, cfg.num_lora)
 
             def slot_of(i):
                 return R.slots[i]
