@@ -3,10 +3,10 @@
 # list only after the block's adapter count had come back (the list's loads sat inside the branch on the count):
 # two round trips to global memory before any tile was fetched. Main loads both together
 # (benchmarks/probe_s27/c1_slot_list_with_count.patch). Base is main with that patch reversed, from a copy of lora/.
-# Same run: the decode compare (triton and pallas, every decode case) and the decode step of pallas, base and
-# main; then the decode expands at 6 and 8 adapter tiles in flight (Tuning.expand_stages; pallas:es6 / es8)
+# Same run, base and main: the decode compare (triton and pallas, every decode case) and the decode step (both); then
+# the decode expands at 6 and 8 adapter tiles in flight (Tuning.expand_stages; pallas:es6 / es8)
 # against main's default 4 (benchmarks/decode_kernels.py). Every row is checked against the float64 oracle first.
-# Before the call, lower the decode kernels of base and main into the cache the call carries (about 3 minutes):
+# Before the call, lower the decode kernels of base and main into the cache the call carries (about 4 minutes):
 #   B=$(mktemp -d); cp -r lora $B/ && patch -s -R -p1 -d $B < benchmarks/probe_s27/c1_slot_list_with_count.patch
 #   for d in $B .; do JAX_PLATFORMS=cpu KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache PYTHONPATH=$d:benchmarks \
 #     .venv-jax/bin/python benchmarks/pallas_prelower.py --cases 'llama3-8b-*-decode-*' \
