@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # Session 29, call 1 (main at the commit that adds this script): the whole GPU test suite, first run of the
 # session-27 pallas edit (expand_kernel.one_tile loads the slot list with the adapter count) under
-# tests/gpu/test_pallas_gpu.py and the contract / graph-safety tests. Carry .pallas-cache (probe_s26_full.sh's).
+# tests/gpu/test_pallas_gpu.py and the contract / graph-safety tests. Then Nsight Compute (full set,
+# per-instruction stall samples) on issue 16's worst decode rows: the pallas expand (one CTA per tile,
+# adapters accumulated in one wgmma accumulator) at rank 16 and 64, 64 tokens. Carry .pallas-cache.
 set -u
 nvidia-smi --query-gpu=name --format=csv,noheader
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=.
 [ -d .pallas-cache ] && export KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache
+W=$(mktemp -d); R=$W/r; mkdir -p $R
+pack() { tar -C $W -czf $OUT/s29c1.tar.gz r; }
+trap pack EXIT
 t0=$SECONDS
-timeout 420 python3 -m pytest tests/gpu -q -n 12 -rfE --tb=short -p no:cacheprovider --durations=15 \
-    > $OUT/s29c1_gpu_tests.txt 2>&1
+timeout 330 python3 -m pytest tests/gpu -q -n 12 -rfE --tb=short -p no:cacheprovider --durations=15 \
+    > $R/s29c1_gpu_tests.txt 2>&1
 echo "== gpu tests rc=$? $((SECONDS - t0)) s"
-grep -E "^(FAILED|ERROR)|passed|failed" $OUT/s29c1_gpu_tests.txt | cut -c1-200 | tail -12
+grep -E "^(FAILED|ERROR)|passed|failed" $R/s29c1_gpu_tests.txt | cut -c1-200 | tail -12
+for r in 16 64; do
+    c=llama3-8b-r$r-decode-64
+    timeout 100 ncu --clock-control none --profile-from-start off --set full --import-source no \
+        -o $W/ncu_r$r python3 benchmarks/ncu_probe.py $c expand --backend pallas > $R/s29c1_ncu_r$r.log 2>&1
+    ncu -i $W/ncu_r$r.ncu-rep --page details > $R/s29c1_ncu_r$r.txt 2>&1
+    ncu -i $W/ncu_r$r.ncu-rep --page source --csv --print-source sass 2>&1 | gzip > $R/s29c1_src_r$r.csv.gz
+    tail -2 $R/s29c1_ncu_r$r.log; grep -E "Duration|Registers Per|Grid Size|Issue Slots Busy|No Eligible" $R/s29c1_ncu_r$r.txt | head -8
+done
