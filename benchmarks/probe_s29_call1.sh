@@ -15,13 +15,13 @@ W=$(mktemp -d); R=$W/r; mkdir -p $R
 pack() { tar -C $W -czf $OUT/s29c1.tar.gz r; }
 trap pack EXIT
 t0=$SECONDS
-timeout 330 python3 -m pytest tests/gpu -q -n 12 -rfE --tb=short -p no:cacheprovider --durations=15 \
+timeout 280 python3 -m pytest tests/gpu -q -n 12 -rfE --tb=short -p no:cacheprovider --durations=15 \
     > $R/s29c1_gpu_tests.txt 2>&1
 echo "== gpu tests rc=$? $((SECONDS - t0)) s"
 grep -E "^(FAILED|ERROR)|passed|failed" $R/s29c1_gpu_tests.txt | cut -c1-200 | tail -12
 for r in 16 64; do
     c=llama3-8b-r$r-decode-64
-    timeout 100 ncu --clock-control none --profile-from-start off --set full --import-source no \
+    timeout 80 ncu --clock-control none --profile-from-start off --set full --import-source no \
         -o $W/ncu_r$r python3 benchmarks/ncu_probe.py $c expand --backend pallas > $R/s29c1_ncu_r$r.log 2>&1
     ncu -i $W/ncu_r$r.ncu-rep --page details > $R/s29c1_ncu_r$r.txt 2>&1
     ncu -i $W/ncu_r$r.ncu-rep --page source --csv --print-source sass 2>&1 | gzip > $R/s29c1_src_r$r.csv.gz
@@ -31,7 +31,7 @@ mkdir -p $W/xregs && cp -r lora $W/xregs/ && patch -s -p1 -d $W/xregs < benchmar
 for v in main xregs; do
     d=$PWD; b=triton,pallas; [ $v = main ] || { d=$W/$v; b=pallas; }
     t0=$SECONDS
-    (cd $d && PYTHONPATH=$d timeout 90 python3 -m lora compare --quick --backends $b --no-progress --ops expand \
+    (cd $d && PYTHONPATH=$d timeout 60 python3 -m lora compare --quick --backends $b --no-progress --ops expand \
         --case 'llama3-8b-r*-decode-*' --json $R/s29c1_xregs_$v.json > $R/s29c1_xregs_$v.txt 2>&1)
     echo "== $v rc=$? $((SECONDS - t0)) s"; grep "\] llama" $R/s29c1_xregs_$v.txt | cut -c1-120
 done
