@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("case", help="a compare case name, or a --shape spec (key=value,...) as compare takes")
     p.add_argument("op")
     p.add_argument("--backend", default="triton")
+    p.add_argument("--tuning", default="", help="pallas: a pallas_tunings.TUNINGS name (the backend's Tuning)")
     p.add_argument("--plan", action="append", default=[], help="a tiling plan expression, e.g. ExpandPlan(...)")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
@@ -37,7 +38,13 @@ def main(argv=None) -> int:
     comp = case.composition(0)
     op = CS.OPS[args.op].resolve(case.shape)
     plans = [parse_plan(src) for src in args.plan]
-    be = lora.get_backend_from_name(args.backend)(args.backend, T.batch_info(comp, dev))
+    kw = {}
+    if args.tuning:
+        from lora.pallas.tiling import Tuning
+        from pallas_tunings import TUNINGS  # noqa: E402  (benchmarks/: the script's directory)
+
+        kw["tuning"] = Tuning(**TUNINGS[args.tuning])
+    be = lora.get_backend_from_name(args.backend)(args.backend, T.batch_info(comp, dev), **kw)
     pristine = T.make_inputs(op, comp, torch.bfloat16, dev, CS.case_seed(0, case.name, op.name))
     ref = T.oracle(op, comp, {k: v.clone() for k, v in pristine.items()})
     with tiling.forced_plan(*plans) if plans else contextlib.nullcontext():
