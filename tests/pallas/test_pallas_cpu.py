@@ -412,12 +412,13 @@ def test_decode_expand_deep_stages_interpret(op, stages, rng, interpret):
                                                      ("bfloat16", 0, 64)])
 def test_decode_expand_two_warpgroups_interpret(dtype_name, extra, max_r, rng, interpret):
     """Tuning(expand_wgs=2) (a trial): a decode tile's adapters split between two warpgroups, every
-    B tile fetched at once, warpgroup 1's sum added to warpgroup 0's. A block of eight adapters
-    (full, odd and zero ranks; four each), a partial block whose box is clamped (three adapters: two
-    and one), with ``extra`` slots more than are used (their B tiles never fetched), and at rank 64;
-    float32 runs the three-product path through the same kernel."""
-    lens = [9, 7, 8, 1, 12, 6, 11, 10, 20, 3]
-    slots = [0, 1, 2, 3, 4, 5, 6, 7, 1, 6]
+    B tile fetched at once, warpgroup 1's sum added to warpgroup 0's. A block of eight slots, one of
+    rank 0 (so seven adapters: four and three), full and odd ranks; a partial block whose box is
+    clamped, with two adapters (one each) or, with ``extra`` slots more than are used (their B tiles
+    never fetched), one (warpgroup 1 adds a zero sum); rank 64; float32 runs the three-product path
+    through the same kernel."""
+    lens = [9, 7, 8, 1, 12, 6, 11, 10] + ([20, 3] if extra == 0 else [23])
+    slots = [0, 1, 2, 3, 4, 5, 6, 7] + ([1, 6] if extra == 0 else [1])
     ranks = [max_r, 12, max_r, 0, 7, max_r - 16, max_r, 4] + [max_r] * extra
     comp = C.Composition(lens, slots, ranks, [0.5, 1.0, 2.0, 1.5, 0.25, 1.0, 3.0, 0.75] + [1.0] * extra,
                          max_r, sum(lens) + 5)
