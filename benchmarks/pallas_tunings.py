@@ -16,8 +16,6 @@ TUNINGS = {
     # session 27: every adapter tile of an 8-adapter decode block fetched in the pipeline's prologue
     "es6": dict(expand_gather=False, expand_stages=6),
     "es8": dict(expand_gather=False, expand_stages=8),
-    # session 29: a decode tile's adapters on two warpgroups, every B tile fetched at once (plain expands only)
-    "wgs2": dict(expand_wgs=2),
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),

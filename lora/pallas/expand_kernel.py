@@ -360,101 +360,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     return SimpleNamespace(one_tile=one_tile, aligned=aligned, slice_of=slice_of, slice_start=slice_start,
-                           mask_b=mask_b, product_into=product_into, update=update, x_into_xop=x_into_xop,
-                           slot_rows=slot_rows)
-
-
-def _split_tile(cfg: ExpandConfig, R: SimpleNamespace, prog, bi, n, S: SimpleNamespace):
-    """Tile (row block bi, column tile n) on two warpgroups (``cfg.wgs == 2``; one slice, N a
-    multiple of the tile): warpgroup g runs the adapters at places g, g+2, ... of the block's slot
-    list into its own accumulator. Nothing is pipelined: warpgroup 0 starts the copies of the row
-    slots, the x window and the base rows, each warpgroup those of its adapters' B tiles (every B
-    tile has its own buffer and barrier), and the adapters then run back to back. Warpgroup 1 leaves
-    its sum in shared memory; warpgroup 0 adds it to its own (always in that order: the same bits
-    every run), adds the result to the base rows and stores them. ``S``: the extra scratch (xwin,
-    bbuf, bbars, xbar, part, done, xops)."""
-    lay = MetaLayout(cfg.num_lora)
-    BN, kr = cfg.block_n, cfg.kr
-    wg = lax.axis_index("wg")
-    s = R.nrows[0]
-    row_lo = bi * BM
-    count = C.block_count(R.meta, lay, bi)
-    C.copy_scalars(R.meta, lay.group(bi) + 1, R.slots, cfg.num_lora)  # (both warpgroups: the same values)
-    mine = lax.div(count - wg + 1, 2)  # adapters of this warpgroup: places wg, wg + 2, ...
-
-    @pl.when((row_lo < s) & (count > 0))
-    def _():
-        rx, is_tail = C.box_start(s, row_lo, cfg.tail)
-        nrows_b = jnp.minimum(row_lo + BM, s) - row_lo
-        sm_off = row_lo - rx
-        n0 = n * BN
-
-        @pl.loop(0, mine)
-        def _(k):
-            i = 2 * k + wg
-            plgpu.copy_gmem_to_smem(R.b.at[R.slots[i], pl.ds(n0, BN)], S.bbuf.at[i], S.bbars.at[i])
-
-        def base_rows(fn):
-            def each(off, size, k):
-                fn(R.base.at[pl.ds(row_lo + off, size), pl.ds(n0, BN)], R.base_smem.at[pl.ds(sm_off + off, size)],
-                   R.bars.at[1 + k])
-
-            C.ladder(nrows_b, each)
-
-        @pl.when(wg == 0)
-        def _():
-            C.issue_box_slots(R.meta, lay, rx, R.rs, R.bars.at[0])
-
-            def x_from(src, row0):
-                plgpu.copy_gmem_to_smem(src.at[pl.ds(row0, BM), pl.ds(0, kr)], S.xwin, S.xbar)
-
-            if cfg.tail:
-                pl.when(is_tail)(lambda: x_from(R.x_tail, 0))
-                pl.when(jnp.logical_not(is_tail))(lambda: x_from(R.x, rx))
-            else:
-                x_from(R.x, rx)
-            base_rows(lambda src, dst, bar: plgpu.copy_gmem_to_smem(src, dst, bar))
-
-        def acc_scope(acc_ref):
-            plgpu.barrier_wait(R.bars.at[0])
-            plgpu.barrier_wait(S.xbar)
-
-            @pl.loop(0, mine)
-            def _(k):
-                i = 2 * k + wg
-                w = R.slots[i]
-                r = R.ranks[w]
-                bs = S.bbuf.at[i]
-                plgpu.barrier_wait(S.bbars.at[i])
-                prog.mask_b(bs, r)
-                dst = S.xops.at[2 * wg + lax.rem(k, 2)]  # the wgmma before may still read the other
-                prog.x_into_xop(S.xwin, r, 0, dst=dst, rows=(prog.slot_rows(w), R.scal[w]))
-                plgpu.commit_smem()
-                plgpu.wgmma(acc_ref, dst, bs.T)
-                plgpu.wgmma_wait(1)
-
-            plgpu.wgmma_wait(0)
-
-            @pl.when(wg == 1)
-            def _():
-                S.part[...] = acc_ref[...]
-                plgpu.barrier_arrive(S.done)
-
-            @pl.when(wg == 0)
-            def _():
-                base_rows(lambda src, dst, bar: plgpu.barrier_wait(bar))
-                plgpu.barrier_wait(S.done)
-                rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
-                keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) >= 0  # rows of a slot (rank > 0)
-                acc = acc_ref[...] + plgpu.load(S.part, layout=plgpu.Layout.WGMMA, optimized=False)
-                old = plgpu.load(R.base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
-                R.base_smem[...] = jnp.where(keep, (old.astype(jnp.float32) + acc).astype(R.base_smem.dtype), old)
-                plgpu.commit_smem()
-                base_rows(lambda dst, src, bar: plgpu.copy_smem_to_gmem(src, dst, commit_group=False))
-                plgpu.commit_smem_to_gmem_group()
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-
-        pl.run_scoped(acc_scope, plgpu.ACC((BM, BN)))
+                           mask_b=mask_b, product_into=product_into, update=update, x_into_xop=x_into_xop)
 
 
 def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, rest):
@@ -863,16 +769,8 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
     rungs = C.ladder_rungs()
 
     def body(meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, *rest):
-        split = None
-        if cfg.wgs == 2:
-            *rest, xwin, bbuf, bbars, xbar, part, done, xops = rest
-            split = SimpleNamespace(xwin=xwin, bbuf=bbuf, bbars=bbars, xbar=xbar, part=part, done=done, xops=xops)
         R = _refs(cfg, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, rest)
         prog = _tile_program(cfg, R)
-        if split is not None:
-            R.load_tables()
-            _split_tile(cfg, R, prog, lax.axis_index("b"), lax.axis_index("n"), split)
-            return
         if cfg.gather:
             _gather_body(cfg, R, prog)
             return
@@ -904,16 +802,6 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
             plgpu.Barrier(num_barriers=1 + rungs),
             plgpu.SMEM((cfg.num_lora,), jnp.float32),
         ]
-        + ([plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype))] if cfg.x_shift or cfg.gather else [])
-        + ([
-            plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype)),  # the x window
-            plgpu.SMEM((cfg.num_lora, BN, kr), op, transforms=C.tiled(op, kr)),  # every adapter's B tile
-            plgpu.Barrier(num_barriers=cfg.num_lora),
-            plgpu.Barrier(),
-            plgpu.SMEM((BM, BN), jnp.float32),  # warpgroup 1's sum
-            plgpu.Barrier(),
-            plgpu.SMEM((4, BM, kr), op, transforms=C.tiled(op, kr)),  # two operand tiles per warpgroup
-        ] if cfg.wgs == 2 else []),
+        + ([plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype))] if cfg.x_shift or cfg.gather else []),
         aliases={len(args) - 1: 0},
-        threads=2 if cfg.wgs == 2 else 0,
     )

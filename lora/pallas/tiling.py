@@ -288,10 +288,6 @@ class ExpandConfig:
     #: fallback only
     gather: bool = False
     gather_tiles: int = 1  # column tiles a gathering CTA walks (its x rows gathered once)
-    #: one CTA per tile (decode, one slice, accumulate): 2 = the block's adapters split between two
-    #: warpgroups (even / odd places of its slot list), every B tile fetched at once, the two
-    #: accumulators added in that order (see expand_kernel._split_tile)
-    wgs: int = 1
 
     @property
     def nb(self) -> int:
@@ -463,9 +459,6 @@ class Tuning:
     #: ``shrink_ksplit`` names a split > 1). Not the default: slower than the block variant on the H200
     #: (benchmarks/results/h200, session 22) (None: off)
     shrink_wide: bool | None = None
-    #: Trial (not a default): 2 runs a decode tile's adapters on two warpgroups (one slice, ranks a
-    #: multiple of 16, N a multiple of the tile; ValueError otherwise)
-    expand_wgs: int | None = None
 
     def __post_init__(self):
         flags = ("expand_reduce_add", "expand_accumulate")
@@ -493,8 +486,6 @@ class Tuning:
                 raise ValueError(f"Tuning.{name}={v} must lie in [{lo}, {hi}]")
         if self.expand_ctas is not None and not 1 <= self.expand_ctas <= 8 * PERSISTENT_CTAS:
             raise ValueError(f"Tuning.expand_ctas={self.expand_ctas} must lie in [1, {8 * PERSISTENT_CTAS}]")
-        if self.expand_wgs not in (None, 1, 2):
-            raise ValueError(f"Tuning.expand_wgs={self.expand_wgs} must be 1 or 2")
         if self.shrink_ksplit is not None and self.shrink_ksplit < 1:
             raise ValueError(f"Tuning.shrink_ksplit={self.shrink_ksplit} must be >= 1")
 
@@ -841,34 +832,10 @@ def expand_config(
                 f"(limit {limit()}{on}): the pallas backend takes ranks up to 128 with three slices (QKV), 192 "
                 f"with two (gate-up), 256 with one"
             )
-    wgs = tuning.expand_wgs or 1
-    if wgs == 2:
-        fits = accumulate and not (persistent or gather or x_shift or tuning.expand_reduce_add)
-        fits = fits and stack == 1 and max_r % 16 == 0
-
-        def split_bytes(bn):
-            # every B tile, the second warpgroup's sum, the x window, two operand tiles per warpgroup
-            # and the kernel's own one, the base tile, the int32 tables, the scales, the barriers
-            return (sum(scratch_bytes(b) for b in (num_lora * bn * kr * sizes[1], BM * bn * 4, BM * kr * sizes[0],
-                                                    4 * BM * kr * sizes[1], BM * kr * sizes[1], BM * bn * sizes[2],
-                                                    4 * (BM + 2 * num_lora + 4 * RING), 4 * num_lora))
-                    + 8 * (num_lora + 16))
-
-        # (rank 64, bf16: eight 128-column B tiles and the rest come within 1 KB of the limit; a trial
-        # keeps 8 KB clear of it, so 64-column tiles there)
-        if split_bytes(block_n) > SMEM_LIMIT - 8192 and tuning.expand_block_n is None and block_n > 64:
-            block_n = 64
-        split = split_bytes(block_n)
-        fits = fits and n % block_n == 0
-        if not fits or split > SMEM_LIMIT:
-            raise ValueError(
-                f"Tuning(expand_wgs=2) needs a decode expand of one slice, a rank that is a multiple of 16, N a "
-                f"multiple of the {block_n}-column tile and every B tile in shared memory ({split} bytes of "
-                f"{SMEM_LIMIT}), not rank {max_r}, {stack} slices, N = {n}, {bpad} rows")
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, ctas if persistent else 0, stream, accumulate=accumulate,
-        gather=gather, gather_tiles=max(tiles, 1), wgs=wgs,
+        gather=gather, gather_tiles=max(tiles, 1),
     )
 
 

@@ -85,32 +85,6 @@ def test_gathering_decode_expand(op, tokens, rng):
     assert diffs == 0, f"{diffs}/20 results differ bitwise"
 
 
-@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16", "float32"])
-@pytest.mark.parametrize("tokens,max_r", [(64, 16), (256, 16), (64, 64), (256, 64)])
-def test_two_warpgroup_decode_expand(tokens, max_r, dtype_name, rng):
-    """Tuning(expand_wgs=2) (a trial, session 29): the decode expand's adapters split between two
-    warpgroups, at Llama-3-8B width, a rank-0 slot and a lower rank among full ones; then 20 repeats
-    give the same bits (warpgroup 1's sum is always added to warpgroup 0's)."""
-    from lora.pallas.tiling import Tuning
-
-    comp = C.decode_composition(rng, tokens, 8, max_r)
-    comp = C.Composition(comp.seg_lens, comp.weight_indices, (max_r, 0, max_r // 2 - 3) + (max_r,) * 5,
-                         comp.scalings, max_r, tokens)
-    be = pallas(tuning=Tuning(expand_wgs=2))
-    check, _ = run_op(be, "expand", comp, rng, dtype_name, DEV, k=HIDDEN, n=Q)
-    assert check.ok, f"{tokens} r{max_r} {dtype_name}: {check.detail}"
-    be.set_batch_info(batch_info(comp, DEV))
-    dt = getattr(torch, dtype_name)
-    x = to_torch(C.expand_input(rng, comp, 1), dt, DEV)
-    b = to_torch(C.expand_weights(rng, comp, Q), dt, DEV)
-    base = to_torch(C.base_output(rng, comp, Q), dt, DEV)
-    bits = lambda t: torch.nan_to_num(t.float()).view(torch.int32)  # noqa: E731
-    first = bits(be.run_lora_b_sgemm(x, b, base_output=base.clone()))
-    diffs = sum(int(not torch.equal(bits(be.run_lora_b_sgemm(x, b, base_output=base.clone())), first))
-                for _ in range(20))
-    assert diffs == 0, f"{diffs}/20 results differ bitwise"
-
-
 def test_float32_and_odd_shapes(rng):
     be = pallas()
     comp = C.random_composition(rng, max_tokens=90)

@@ -408,63 +408,6 @@ def test_decode_expand_deep_stages_interpret(op, stages, rng, interpret):
     assert check.ok, f"{op} stages={stages}: {check.detail}"
 
 
-@pytest.mark.parametrize("dtype_name,extra,max_r", [("bfloat16", 0, 16), ("float32", 0, 16), ("bfloat16", 3, 16),
-                                                     ("bfloat16", 0, 64)])
-def test_decode_expand_two_warpgroups_interpret(dtype_name, extra, max_r, rng, interpret):
-    """Tuning(expand_wgs=2) (a trial): a decode tile's adapters split between two warpgroups, every
-    B tile fetched at once, warpgroup 1's sum added to warpgroup 0's. A block of eight slots, one of
-    rank 0 (so seven adapters: four and three), full and odd ranks; a partial block whose box is
-    clamped, with two adapters (one each) or, with ``extra`` slots more than are used (their B tiles
-    never fetched), one (warpgroup 1 adds a zero sum); rank 64; float32 runs the three-product path
-    through the same kernel."""
-    lens = [9, 7, 8, 1, 12, 6, 11, 10] + ([20, 3] if extra == 0 else [23])
-    slots = [0, 1, 2, 3, 4, 5, 6, 7] + ([1, 6] if extra == 0 else [1])
-    ranks = [max_r, 12, max_r, 0, 7, max_r - 16, max_r, 4] + [max_r] * extra
-    comp = C.Composition(lens, slots, ranks, [0.5, 1.0, 2.0, 1.5, 0.25, 1.0, 3.0, 0.75] + [1.0] * extra,
-                         max_r, sum(lens) + 5)
-    tuning = T.Tuning(expand_wgs=2)
-    cfg = T.expand_config(T.padded_tokens(comp.tokens), N, max_r, max_r, len(ranks), 1, "bfloat16", "bfloat16",
-                          "bfloat16", tail=True, tuning=tuning)
-    assert cfg.wgs == 2 and cfg.accumulate and not cfg.gather and cfg.ctas == 0
-    out, ref = run_op("expand", comp, rng, dtype_name, tuning)
-    check = C.compare(f64(out), ref, dtype_name)
-    assert check.ok, f"{dtype_name} extra={extra}: {check.detail}"
-
-
-def test_two_warpgroups_refuse_what_they_do_not_run():
-    """Tuning(expand_wgs=2) is for one slice, ranks that are a multiple of 16 and N a multiple of the
-    tile, on decode-sized batches: anything else is a ValueError when the plan is made."""
-    tuning = T.Tuning(expand_wgs=2)
-    for bpad, n, na, r, stack in ((64, 6144, 48, 16, 3), (64, 4096, 8, 8, 1), (64, 4000, 16, 16, 1),
-                                  (8192, 4096, 16, 16, 1)):
-        with pytest.raises(ValueError, match="expand_wgs=2"):
-            T.expand_config(bpad, n, na, r, 8, stack, "bfloat16", "bfloat16", "bfloat16", tail=True,
-                            x_shift=stack > 1, tuning=tuning)
-    with pytest.raises(ValueError, match="expand_wgs"):
-        T.Tuning(expand_wgs=3)
-
-
-@pytest.mark.parametrize("r", [16, 64])
-def test_two_warpgroup_expand_lowers_for_cuda(r):
-    """The Mosaic lowering of every Tuning(expand_wgs=2) kernel of the decode buckets (64 and 256
-    tokens), ranks 16 and 64, bf16 and float32 activations, both executors' layouts."""
-    from lora.pallas import plan as P
-
-    tuning = T.Tuning(expand_wgs=2)
-    seen = {}
-    for tokens in (64, 256):
-        for dtype in ("bfloat16", "float32"):
-            for tail in (True, False):
-                for cfg in P.plan_expand(tokens, 4096, r, 1, 8, dtype, dtype, dtype, internal=False, tail=tail,
-                                         tuning=tuning).cfgs:
-                    seen.setdefault(cfg, None)
-    assert seen and all(cfg.wgs == 2 for cfg in seen)
-    # rank 64: eight 128-column B tiles do not fit beside the rest, so the tiles are 64 columns wide
-    assert {cfg.block_n for cfg in seen} == {128 if r == 16 else 64}
-    for cfg in seen:
-        lower("expand", cfg)
-
-
 @pytest.mark.parametrize("op", ["expand", "gate_up"])
 def test_decode_gather_chunks_of_one_slot_interpret(op, rng, interpret):
     """A decode-sized batch (four blocks, the last partial) where one slot holds 200 rows in two
