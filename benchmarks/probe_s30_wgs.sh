@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Session 30: the trial was dropped after this call (a7011bc); its code is benchmarks/probe_s30/wgs2.patch.
 # Issue 16, the next H200 call (written in session 29): Tuning(expand_wgs=2) on a GPU for the first time. Session 29's
 # profile (benchmarks/results/h200, s29c1) found the pallas decode expand latency-bound on one warp's instruction
 # stream; the trial runs a tile's adapters on two warpgroups with every B tile fetched at once.
