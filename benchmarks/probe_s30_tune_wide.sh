@@ -4,7 +4,8 @@
 # card comes (the table is that card's), starting from its shipped table, with up to 150 candidates a bucket
 # (the shipped H200 table timed 40 of them for shrink3 and kept the heuristic's plan). The rank-64 prefill /
 # mixed compare (triton) before (shipped table) and after (the tuned table), same machine, same run.
-# Usage (device tool): [BUDGET=seconds] bash benchmarks/probe_s30_tune_wide.sh [PREFIX]
+# RANKS (default 64) and OPS (default shrink2,shrink3,expand,expand_qkv,expand_gate_up) widen the run.
+# Usage (device tool): [BUDGET=seconds] [RANKS=16,64] [OPS=...] bash benchmarks/probe_s30_tune_wide.sh [PREFIX]
 set -u
 P=${1:-s30t}
 T=$(PYTHONPATH=. python3 -c "import torch; from lora.triton import tiling; print(tiling.device_slug(torch.cuda.get_device_name()) + '.json')")
@@ -13,20 +14,22 @@ nvidia-smi --query-gpu=name --format=csv,noheader; echo "table: $T"
 W=$(mktemp -d); R=$W/r; mkdir -p $R/tables
 pack() { tar -C $W -czf $OUT/$P.tar.gz r; }
 trap pack EXIT
-cmp_r64() {  # label: the rank-64 prefill / mixed compare on the table in use
+cmp_cases() {  # label: the prefill / mixed compare of RANKS on the table in use
     local t0=$SECONDS
-    PYTHONPATH=. timeout 100 python3 -m lora compare --quick --backends triton --no-progress \
-        --case 'llama3-8b-r64-prefill-8k' --case 'llama3-8b-r64-mixed' --json $R/${P}_compare_$1.json \
+    PYTHONPATH=. timeout 150 python3 -m lora compare --quick --backends triton --no-progress $CASES --json $R/${P}_compare_$1.json \
         > $R/${P}_compare_$1.txt 2>&1
-    echo "== compare $1 rc=$? $((SECONDS - t0)) s"; grep -E "triton" $R/${P}_compare_$1.txt | cut -c1-120 | tail -18
+    echo "== compare $1 rc=$? $((SECONDS - t0)) s"; grep -E "triton" $R/${P}_compare_$1.txt | cut -c1-120 | tail -36
 }
-cmp_r64 shipped
+RANKS=${RANKS:-64}
+OPS=${OPS:-shrink2,shrink3,expand,expand_qkv,expand_gate_up}
+CASES=$(for r in ${RANKS//,/ }; do printf -- "--case llama3-8b-r%s-prefill-8k --case llama3-8b-r%s-mixed " $r $r; done)
+cmp_cases shipped
 export KERNELSTACK_TUNE_DIR=$R/tables
 cp lora/triton/tables/$T $R/tables/$T
 t0=$SECONDS
-PYTHONPATH=. timeout $((${BUDGET:-300} + 60)) python3 -m lora tune --model llama3-8b --ranks 64 --regimes prefill,mixed \
-    --ops shrink2,shrink3,expand,expand_qkv,expand_gate_up --max-candidates 150 --budget-s ${BUDGET:-300} \
+PYTHONPATH=. timeout $((${BUDGET:-300} + 60)) python3 -m lora tune --model llama3-8b --ranks $RANKS --regimes prefill,mixed \
+    --ops $OPS --max-candidates 150 --budget-s ${BUDGET:-300} \
     --out $R/tables/ --no-progress > $R/${P}_tune.txt 2>&1
 echo "== tune rc=$? $((SECONDS - t0)) s"; grep -E "^\[" $R/${P}_tune.txt | cut -c1-220
 cp $R/tables/$T $R/${P}_table.json
-cmp_r64 tuned
+cmp_cases tuned
