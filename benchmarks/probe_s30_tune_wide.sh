@@ -8,10 +8,11 @@
 # Usage (device tool): [REQUIRE=H200] [BUDGET=seconds] [RANKS=16,64] [OPS=...] bash benchmarks/probe_s30_tune_wide.sh [PREFIX]
 set -u
 P=${1:-s30t}
-T=$(PYTHONPATH=. python3 -c "import torch; from lora.triton import tiling; print(tiling.device_slug(torch.cuda.get_device_name()) + '.json')")
-nvidia-smi --query-gpu=name --format=csv,noheader; echo "table: $T"
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
 # REQUIRE=H200: stop at once on another card (its table was re-tuned already)
-[ -z "${REQUIRE:-}" ] || nvidia-smi --query-gpu=name --format=csv,noheader | grep -q "$REQUIRE" || { echo "not a $REQUIRE"; exit 3; }
+[ -z "${REQUIRE:-}" ] || grep -q "$REQUIRE" <<< "$GPU" || { echo "not a $REQUIRE"; exit 3; }
+T=$(PYTHONPATH=. python3 -c "import torch; from lora.triton import tiling; print(tiling.device_slug(torch.cuda.get_device_name()) + '.json')")
+echo "table: $T"
 [ -f lora/triton/tables/$T ] || { echo "no shipped table lora/triton/tables/$T"; exit 1; }
 W=$(mktemp -d); R=$W/r; mkdir -p $R/tables
 pack() { tar -C $W -czf $OUT/$P.tar.gz r; }
