@@ -5,7 +5,8 @@
 # (the shipped H200 table timed 40 of them for shrink3 and kept the heuristic's plan). The rank-64 prefill /
 # mixed compare (triton) before (shipped table) and after (the tuned table), same machine, same run.
 # RANKS (default 64) and OPS (default shrink2,shrink3,expand,expand_qkv,expand_gate_up) widen the run.
-# Usage (device tool): [REQUIRE=H200] [BUDGET=seconds] [RANKS=16,64] [OPS=...] bash benchmarks/probe_s30_tune_wide.sh [PREFIX]
+# MAXC (default 150) caps the candidates timed per bucket (session 31).
+# Usage (device tool): [REQUIRE=H200] [BUDGET=seconds] [MAXC=n] [RANKS=16,64] [OPS=...] bash benchmarks/probe_s30_tune_wide.sh [PREFIX]
 set -u
 P=${1:-s30t}
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
@@ -31,7 +32,7 @@ export KERNELSTACK_TUNE_DIR=$R/tables
 cp lora/triton/tables/$T $R/tables/$T
 t0=$SECONDS
 PYTHONPATH=. timeout $((${BUDGET:-300} + 60)) python3 -m lora tune --model llama3-8b --ranks $RANKS --regimes prefill,mixed \
-    --ops $OPS --max-candidates 150 --budget-s ${BUDGET:-300} \
+    --ops $OPS --max-candidates ${MAXC:-150} --budget-s ${BUDGET:-300} \
     --out $R/tables/ --no-progress > $R/${P}_tune.txt 2>&1
 echo "== tune rc=$? $((SECONDS - t0)) s"; grep -E "^\[" $R/${P}_tune.txt | cut -c1-220
 cp $R/tables/$T $R/${P}_table.json

@@ -239,7 +239,9 @@ def shrink_candidates(s: int, k: int, n_out: int, num_lora: int, sms: int) -> li
             n_sub = -(-n_out // bn)
             if n_sub <= 4 and (bn >= n_out or bn * n_sub - n_out < bn) and bn <= max(16, tiling.next_pow2(n_out)):
                 tiles.add((bn, n_sub))
-        for bm, warps in ((64, 4), (128, 8), (128, 4), (32, 4), (256, 8), (128, 16)):
+        # (64, 8): two warpgroups share a 64-row tile's columns (one program per SM at 8k tokens, each with
+        # twice the wgmma issue of one warpgroup; session 31)
+        for bm, warps in ((64, 4), (128, 8), (128, 4), (32, 4), (256, 8), (128, 16), (64, 8)):
             for bn, n_sub in sorted(tiles):
                 for bk, stages in ((64, 4), (128, 3), (128, 4), (64, 3), (256, 2), (32, 5)):
                     for split in (1, 2, 4):
