@@ -162,6 +162,7 @@ SHRINK_PLANS = [
     tiling.ShrinkPlan(32, 16, 3, 32, 2),
     tiling.ShrinkPlan(16, 16, 4, 16, 4, num_stages=2),
     tiling.ShrinkPlan(64, 32, 2, 64, 3),
+    tiling.ShrinkPlan(16, 16, 1, 16, 2),  # three column groups (the tuner's column-split tiles) with split-K
     tiling.ShrinkPlan(16, 16, 2, 32, 1, group_grid=True),  # groups span several chunks
     tiling.ShrinkPlan(16, 32, 1, 16, 3, group_grid=True),  # ... with split-K counters per chunk
     # stream-K (4 multiprocessors on the interpreter): three column groups, tiles cut across programs
