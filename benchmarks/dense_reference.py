@@ -8,6 +8,12 @@ the mixed (8768) token counts, the way ``python -m lora compare`` times (one cal
 inputs rotating past L2). It prints each time, its share of the copy bandwidth for the GEMM's own bytes, and the
 dense GEMM's tensor-core rate.
 
+Beside cuBLAS, the same GEMM in Triton (``--triton``, on by default), one output tile of ``BLOCK_M x BLOCK_N``
+a program with the column groups of a row block launched next to each other, in two ways: ``cp.async`` (tiles
+loaded through pointers, as the shrink kernel does) and ``tma`` (tiles loaded through host-made tensor
+descriptors). That separates what the Triton compiler reaches on the bare shape from what the LoRA kernel adds
+(metadata, the row gather).
+
     PYTHONPATH=. python benchmarks/dense_reference.py --json $OUT/dense_reference.json
 """
 
@@ -17,12 +23,63 @@ import argparse
 import sys
 
 import torch
+import triton
+import triton.language as tl
 
 from lora.compare import timing as TM
 from probe_record import pct_of_copy, write_rows  # benchmarks/: the script's directory
 
 # (label, output columns): the shrinks of a Llama-3-8B layer at ranks 16 and 64 (shrink1..3 = 1..3 slices)
 SHAPES = [("r16 shrink1", 16), ("r16 shrink3", 48), ("r64 shrink1", 64), ("r64 shrink2", 128), ("r64 shrink3", 192)]
+# Triton tiles timed on the rank-64 shapes: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). The first two are the
+# tiling of the shipped rank-64 shrink3 plans (three column groups of 64: H200 128 rows, H100 256 rows).
+TILES = [(128, 64, 64, 4, 4), (256, 64, 64, 8, 4), (128, 64, 128, 4, 3), (64, 64, 64, 4, 4), (128, 128, 64, 8, 4),
+         (64, 192, 64, 4, 4)]
+
+
+@triton.jit
+def _dense_gemm(x_ptr, w_ptr, out_ptr, x_desc, w_desc, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, TMA: tl.constexpr):
+    """``out[m, n] = sum_k x[m, k] w[n, k]``, one ``BLOCK_M x BLOCK_N`` tile a program; the column groups of a row
+    block are consecutive programs (read x together, so all but one read it from L2)."""
+    groups = tl.cdiv(N, BLOCK_N)
+    pid = tl.program_id(0)
+    pid_m = pid // groups
+    pid_n = pid - pid_m * groups
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if TMA:
+            a = x_desc.load([pid_m * BLOCK_M, k0])
+            b = w_desc.load([pid_n * BLOCK_N, k0])
+        else:
+            a = tl.load(x_ptr + offs_m[:, None] * K + (k0 + offs_k)[None, :], mask=offs_m[:, None] < M, other=0.0)
+            b = tl.load(w_ptr + offs_n[:, None] * K + (k0 + offs_k)[None, :], mask=offs_n[:, None] < N, other=0.0)
+        acc = tl.dot(a, b.T, acc)
+    tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def triton_gemm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tile: tuple, tma: bool):
+    """A launcher for :func:`_dense_gemm` (``K`` a multiple of ``BLOCK_K``; ``BLOCK_N`` a power of two, so a
+    192-wide tile is 256 with the last 64 columns masked)."""
+    bm, bn, bk, warps, stages = tile
+    bn = triton.next_power_of_2(bn)
+    M, K = x.shape
+    N = w.shape[0]
+    assert K % bk == 0, (K, bk)
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        x_desc = TensorDescriptor.from_tensor(x, [bm, bk])
+        w_desc = TensorDescriptor.from_tensor(w, [bn, bk])
+    else:
+        x_desc = w_desc = None
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    return lambda: _dense_gemm[grid](x, w, out, x_desc, w_desc, M, N, K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                     TMA=tma, num_warps=warps, num_stages=stages)
 
 
 def main(argv=None) -> int:
@@ -30,6 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     p.add_argument("--tokens", default="8192,8768", help="token counts (prefill-8k: 8192; the mixed case: 8768)")
     p.add_argument("--k", type=int, default=4096)
+    p.add_argument("--no-triton", dest="triton", action="store_false", help="cuBLAS only")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     budget = TM.Budget(10.0, 50.0, 10, 500)
@@ -43,22 +101,35 @@ def main(argv=None) -> int:
             xs = [torch.randn(s, K, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
             w = torch.randn(n, K, device=dev, dtype=torch.bfloat16)
             outs = [torch.empty(s, n, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
-            fns = [(lambda i=i: torch.matmul(xs[i], w.t(), out=outs[i])) for i in range(sets)]
-            fns[0]()
-            torch.cuda.synchronize()
             ref = xs[0].double() @ w.double().t()
-            err = ((outs[0].double() - ref).norm() / ref.norm()).item()
-            assert err < 1.5e-2, (label, s, err)
-            _, batched = TM.time_cuda_graph(fns, dev, budget)
-            us = batched.median_us
-            pct = pct_of_copy(nbytes, us, copy)
-            tflops = 2 * s * K * n / (us * 1e-6) / 1e12
-            bound = nbytes / (0.85 * copy * 1e3)
-            rows.append(dict(shape=label, tokens=s, K=K, n=n, bytes=nbytes, us=us, pct_copy=pct, tflops=tflops,
-                             bound85_us=bound, rel_err=err))
-            print(f"{label:12s} s={s:5d} n={n:3d}  cublas {us:7.2f} us  {pct:5.1f}% of copy  {tflops:6.1f} TFLOP/s"
-                  f"  (85% of copy: {bound:6.2f} us)", flush=True)
-            del xs, outs
+            variants = {"cublas": [(lambda i=i: torch.matmul(xs[i], w.t(), out=outs[i])) for i in range(sets)]}
+            if args.triton and n >= 64:
+                for tile in TILES:
+                    for tma in (False, True):
+                        name = f"{'tma' if tma else 'cp.async'} {'x'.join(map(str, tile[:3]))} w{tile[3]} s{tile[4]}"
+                        variants[name] = [triton_gemm(xs[i], w, outs[i], tile, tma) for i in range(sets)]
+            for name, fns in variants.items():
+                try:
+                    outs[0].fill_(float("nan"))  # poisoned: a tile the kernel skips shows as an error
+                    fns[0]()
+                    torch.cuda.synchronize()
+                    err = ((outs[0].double() - ref).norm() / ref.norm()).item()
+                    if not err < 1.5e-2:
+                        raise AssertionError(f"relative error {err:.3g}")
+                    _, batched = TM.time_cuda_graph(fns, dev, budget)
+                except Exception as exc:  # noqa: BLE001  (a tile that does not compile or fit is reported, not fatal)
+                    rows.append(dict(shape=label, tokens=s, n=n, variant=name, error=f"{type(exc).__name__}: {exc}"[:300]))
+                    print(f"{label:12s} s={s:5d} n={n:3d}  {name:26s} FAIL {rows[-1]['error'][:120]}", flush=True)
+                    continue
+                us = batched.median_us
+                pct = pct_of_copy(nbytes, us, copy)
+                tflops = 2 * s * K * n / (us * 1e-6) / 1e12
+                bound = nbytes / (0.85 * copy * 1e3)
+                rows.append(dict(shape=label, tokens=s, K=K, n=n, variant=name, bytes=nbytes, us=us, pct_copy=pct,
+                                 tflops=tflops, bound85_us=bound, rel_err=err))
+                print(f"{label:12s} s={s:5d} n={n:3d}  {name:26s} {us:7.2f} us  {pct:5.1f}% of copy  "
+                      f"{tflops:6.1f} TFLOP/s  (85% of copy: {bound:6.2f} us)", flush=True)
+            del xs, outs, variants
             torch.cuda.empty_cache()
     if args.json:
         write_rows(args.json, copy, rows)
