@@ -91,7 +91,12 @@ def shrink_report(dtype: str, stack: int, n_out: int, plan: tiling.ShrinkPlan, n
     consts = dict(STACK=stack, N_OUT=n_out, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, N_SUB=plan.n_sub,
                   BLOCK_K=plan.block_k, SPLIT_K=plan.split_k, GROUP_GRID=plan.group_grid,
                   L_BLOCK=tiling.group_block(num_lora + 1), PRECISION="tf32x3" if dtype == "fp32" else "ieee",
-                  STREAM_K=plan.stream_k > 0, PARTIALS=partials, PDL_TRIGGER=plan.group_grid)
+                  STREAM_K=plan.stream_k > 0, PARTIALS=partials, PDL_TRIGGER=plan.group_grid, TMA=plan.tma)
+    if plan.tma:  # tiles through tensor descriptors (host-made, as lora_shrink makes them)
+        types.update(x_desc=f"tensordesc<{dtype}[{plan.block_m}, {plan.block_k}]>",
+                     w_desc=f"tensordesc<{dtype}[{plan.block_n}, {plan.block_k}]>")
+    else:
+        consts.update(x_desc=None, w_desc=None)
     return resources(compile_kernel(_shrink_kernel, types, consts, plan.num_warps, plan.num_stages))
 
 

@@ -38,6 +38,8 @@ segments) are zero tiles dealt round the grid.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
@@ -56,6 +58,8 @@ def _shrink_kernel(
     out_ptr,
     ws_ptr,
     cnt_ptr,
+    x_desc,
+    w_desc,
     group_rows,
     group_start,
     row_order,
@@ -82,9 +86,16 @@ def _shrink_kernel(
     PDL_TRIGGER: tl.constexpr = False,
     STREAM_K: tl.constexpr = False,
     PARTIALS: tl.constexpr = False,
+    TMA: tl.constexpr = False,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    if TMA:  # the column groups of a chunk are neighbouring programs (grid axis 0)
+        pid_m = tl.program_id(1)
+        pid_n = tl.program_id(0)
+        n_groups = tl.num_programs(0)
+    else:
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        n_groups = tl.num_programs(1)
     if PDL_TRIGGER:
         # The next kernel, launched as this one's programmatic dependent (a decode expand), may launch now:
         # it waits for this grid to finish before it reads what this grid writes. This kernel itself is
@@ -107,19 +118,19 @@ def _shrink_kernel(
         # (The first chunk is peeled off the loop, not carried into it: rows carried through the loop made the
         # decode shrinks 1.1-3x slower on the H200, session 23.)
         rows, row_ok = chunk_rows(group, 0, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
-        tile = (pid_m * tl.num_programs(1) + pid_n) * max_chunks
+        tile = (pid_m * n_groups + pid_n) * max_chunks
         if n_rows > 0:
             _shrink_chunk(
-                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, num_tokens, stride_xm, stride_wl, stride_wn,
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, x_desc, w_desc, pid_n, rows, row_ok, K, num_tokens, stride_xm, stride_wl, stride_wn,
                 stride_om, group, rank, tile, STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION,
-                PARTIALS,
+                PARTIALS, False,
             )
         for chunk in range(1, tl.cdiv(n_rows, BLOCK_M)):
             rows_c, ok_c = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
             _shrink_chunk(
-                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows_c, ok_c, K, num_tokens, stride_xm, stride_wl, stride_wn,
+                x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, x_desc, w_desc, pid_n, rows_c, ok_c, K, num_tokens, stride_xm, stride_wl, stride_wn,
                 stride_om, group, rank, tile + chunk, STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K,
-                PRECISION, PARTIALS,
+                PRECISION, PARTIALS, False,
             )
     else:
         # Prefill layout: program = (chunk slot, column group, K split).
@@ -130,9 +141,9 @@ def _shrink_kernel(
             return
         rows, row_ok = chunk_rows(group, chunk, n_rows, first, row_order, num_tokens, num_lora, stride, BLOCK_M)
         _shrink_chunk(
-            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, num_tokens, stride_xm, stride_wl, stride_wn,
-            stride_om, group, rank, pid_m * tl.num_programs(1) + pid_n,
-            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION, False,
+            x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, x_desc, w_desc, pid_n, rows, row_ok, K, num_tokens, stride_xm,
+            stride_wl, stride_wn, stride_om, group, rank, pid_m * n_groups + pid_n,
+            STACK, N_OUT, BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, SPLIT_K, PRECISION, False, TMA,
         )
 
 
@@ -259,15 +270,16 @@ def _finish_tile(
 
 @triton.jit
 def _shrink_chunk(
-    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, rows, row_ok, K, num_tokens, stride_xm, stride_wl, stride_wn, stride_om,
-    group, rank, tile,
+    x_ptr, w_ptr, out_ptr, ws_ptr, cnt_ptr, x_desc, w_desc, pid_n, rows, row_ok, K, num_tokens, stride_xm, stride_wl,
+    stride_wn, stride_om, group, rank, tile,
     STACK: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, PARTIALS: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     """One chunk of a group (its ``rows``, :func:`.grouping.chunk_rows`): columns ``[pid_n * N_SUB * BLOCK_N,
     ...)``, K split ``pid_k``. ``PARTIALS``: this split's float32 sums are stored at ``out[pid_k, rows]`` (``out``
-    is ``(SPLIT_K, num_tokens, N_OUT)``) and nothing else is done: the expand sums them (no ticket here)."""
-    pid_n = tl.program_id(1)
+    is ``(SPLIT_K, num_tokens, N_OUT)``) and nothing else is done: the expand sums them (no ticket here).
+    ``TMA``: tiles through the tensor descriptors (:func:`_k_range_tma`)."""
     pid_k = tl.program_id(2)
     n0 = pid_n * (N_SUB * BLOCK_N)
     n_real = STACK * rank  # 0 for rank-0 slots and for the trailing-row group
@@ -290,10 +302,34 @@ def _shrink_chunk(
         per_split = tl.cdiv(k_steps, SPLIT_K)
         k_lo = pid_k * per_split * BLOCK_K
         k_hi = tl.minimum(K, k_lo + per_split * BLOCK_K)
-        acc0, acc1, acc2, acc3 = _k_range(
-            x_ptr, w_ptr, rows, row_ok, group, n_a, n_real, k_lo, k_hi, K, stride_xm, stride_wl, stride_wn,
-            BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION,
-        )
+        if TMA:
+            # The chunk's rows are consecutive tokens (one segment, or segments that follow each other) when
+            # row - position is the same for every row: then the x tile is one box at that first row (its rows
+            # past the chunk belong to other tokens, or lie past x and read as zeros: never stored).
+            lag = rows - tl.arange(0, BLOCK_M)
+            lo = tl.min(tl.where(row_ok, lag, num_tokens), axis=0)
+            hi = tl.max(tl.where(row_ok, lag, -1), axis=0)
+            w_row = group * N_OUT + n0  # the slot's rows in the (num_lora * N_OUT, K) view
+            if lo == hi:
+                acc0, acc1, acc2, acc3 = _k_range_tma(
+                    x_desc, w_desc, rows, row_ok, lo.to(tl.int32), w_row, k_lo, k_hi, x_ptr, stride_xm,
+                    BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION, True,
+                )
+            else:
+                acc0, acc1, acc2, acc3 = _k_range_tma(
+                    x_desc, w_desc, rows, row_ok, lo.to(tl.int32), w_row, k_lo, k_hi, x_ptr, stride_xm,
+                    BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION, False,
+                )
+            # Columns at or past STACK * rank came from the slot's stale tail (or the next slot): zeros.
+            acc0 = tl.where((n_a < n_real)[None, :], acc0, 0.0)
+            acc1 = tl.where((n_a + BLOCK_N < n_real)[None, :], acc1, 0.0)
+            acc2 = tl.where((n_a + 2 * BLOCK_N < n_real)[None, :], acc2, 0.0)
+            acc3 = tl.where((n_a + 3 * BLOCK_N < n_real)[None, :], acc3, 0.0)
+        else:
+            acc0, acc1, acc2, acc3 = _k_range(
+                x_ptr, w_ptr, rows, row_ok, group, n_a, n_real, k_lo, k_hi, K, stride_xm, stride_wl, stride_wn,
+                BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION,
+            )
 
         if PARTIALS:
             part_rows = out_ptr + (pid_k.to(tl.int64) * num_tokens + rows) * N_OUT
@@ -363,6 +399,37 @@ def _k_range(
 
 
 @triton.jit
+def _k_range_tma(
+    x_desc, w_desc, rows, row_ok, row0, w_row, k_lo, k_hi, x_ptr, stride_xm,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    X_BOX: tl.constexpr,
+):
+    """:func:`_k_range` with the weight sub-tiles loaded through ``w_desc`` (rows ``w_row ...`` of the stacked
+    slots; all columns, the caller zeroes those past the rank) and the x tile through ``x_desc`` at row ``row0``
+    (``X_BOX``) or gathered by pointers. The K tail past ``K`` reads as zeros from both descriptors."""
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_rows = x_ptr + rows * stride_xm
+    offs_k = tl.arange(0, BLOCK_K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        if X_BOX:
+            x = x_desc.load([row0, k0])
+        else:
+            kk = k0 + offs_k
+            x = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & (kk < k_hi)[None, :], other=0.0)
+        acc0 = tl.dot(x, w_desc.load([w_row, k0]).T, acc0, input_precision=PRECISION)
+        if N_SUB > 1:
+            acc1 = tl.dot(x, w_desc.load([w_row + BLOCK_N, k0]).T, acc1, input_precision=PRECISION)
+        if N_SUB > 2:
+            acc2 = tl.dot(x, w_desc.load([w_row + 2 * BLOCK_N, k0]).T, acc2, input_precision=PRECISION)
+        if N_SUB > 3:
+            acc3 = tl.dot(x, w_desc.load([w_row + 3 * BLOCK_N, k0]).T, acc3, input_precision=PRECISION)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
 def _put_partial(at, row_ok, acc0, acc1, acc2, acc3, BLOCK_N: tl.constexpr, N_SUB: tl.constexpr):
     """Store a tile's float32 partial sums at ``at`` (pointers of sub-tile 0; the others follow at BLOCK_N)."""
     tl.store(at, acc0, mask=row_ok[:, None])
@@ -404,16 +471,14 @@ def _store_tile(out_rows, row_ok, n, acc0, acc1, acc2, acc3, N_OUT: tl.constexpr
 
 
 def shrink_grid(num_tokens: int, num_lora: int, n_out: int, plan: tiling.ShrinkPlan, sms: int) -> tuple[int, int, int]:
-    """Launch grid from shapes: (groups or chunk slots, column groups, K splits); stream-K plans:
-    ``stream_k`` programs per multiprocessor (``sms``, read by stream-K plans only)."""
+    """Launch grid from shapes: (groups or chunk slots, column groups, K splits), the first two swapped for a
+    ``tma`` plan; stream-K plans: ``stream_k`` programs per multiprocessor (``sms``, read by stream-K plans only)."""
     if plan.stream_k:
         return (plan.stream_k * sms, 1, 1)
     groups = num_lora + 1  # + the rows after the last segment (zeros)
-    return (
-        groups if plan.group_grid else triton.cdiv(num_tokens, plan.block_m) + groups,
-        triton.cdiv(n_out, plan.block_n * plan.n_sub),
-        plan.split_k,
-    )
+    rows = groups if plan.group_grid else triton.cdiv(num_tokens, plan.block_m) + groups
+    cols = triton.cdiv(n_out, plan.block_n * plan.n_sub)
+    return (cols, rows, plan.split_k) if plan.tma else (rows, cols, plan.split_k)
 
 
 def lora_shrink(
@@ -454,6 +519,15 @@ def lora_shrink(
     if s == 0:
         return out
     meta = meta_for(batch_info, meta, num_lora, s, x.device)
+    x_desc = w_desc = None
+    if plan.tma:
+        if tiling.tma_supported(x, weights) and triton.cdiv(s, plan.block_m) + num_lora + 1 < 65536:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            x_desc = TensorDescriptor(x, [s, k], [x.stride(0), 1], [plan.block_m, plan.block_k])
+            w_desc = TensorDescriptor(weights, [num_lora * n_out, k], [weights.stride(1), 1], [plan.block_n, plan.block_k])
+        else:
+            plan = replace(plan, tma=False)  # the same tiles through pointers
     grid = shrink_grid(s, num_lora, n_out, plan, tiling.device_info(x.device)[1] if plan.stream_k else 0)
     tile_elems = plan.block_m * plan.n_sub * plan.block_n
     # A group walks up to this many chunks (by-group layout); counters and partials are per chunk.
@@ -468,7 +542,7 @@ def lora_shrink(
     else:
         ws = cnt = out  # unused
     _shrink_kernel[grid](
-        x, weights, out, ws, cnt,
+        x, weights, out, ws, cnt, x_desc, w_desc,
         meta.group_rows, meta.group_start, meta.row_order, batch_info.lora_ranks,
         s, k, num_lora, meta.stride(num_lora), max_chunks,
         x.stride(0), weights.stride(0), weights.stride(1), out.stride(-2),
@@ -485,6 +559,7 @@ def lora_shrink(
         PDL_TRIGGER=pdl_trigger and tiling.pdl_supported(x.device),
         STREAM_K=plan.stream_k > 0,
         PARTIALS=partials is not None,
+        TMA=plan.tma,
         num_warps=plan.num_warps,
         num_stages=plan.num_stages,
     )

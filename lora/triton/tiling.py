@@ -79,6 +79,10 @@ class ShrinkPlan:
     # > 0: stream-K (prefill): this many programs per multiprocessor share the (tile, K step) iterations
     # equally, so a batch whose tile count is just over a multiple of the grid runs no near-empty second wave
     stream_k: int = 0
+    # Tiles loaded by the tensor memory accelerator (prefill layout; Hopper and later, 16-bit inputs: see
+    # :func:`tma_supported`): the weight tiles always, the x tile where the chunk's rows are consecutive
+    # tokens (else gathered by pointers); the column groups of a chunk are neighbouring programs
+    tma: bool = False
 
     def __post_init__(self):
         for f in ("block_m", "block_n", "block_k"):
@@ -93,6 +97,8 @@ class ShrinkPlan:
             raise ValueError(f"ShrinkPlan.stream_k={self.stream_k} must be 0..4")
         if self.stream_k and (self.split_k != 1 or self.group_grid):
             raise ValueError("ShrinkPlan.stream_k needs split_k=1 and the prefill layout (group_grid=False)")
+        if self.tma and (self.stream_k or self.group_grid):
+            raise ValueError("ShrinkPlan.tma needs the prefill layout without stream-K (group_grid=False, stream_k=0)")
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,30 @@ def pdl_supported(device) -> bool:
     Triton with ``gdc_wait``; never on the CPU interpreter). ``LORA_TRITON_NO_PDL=1`` turns it off."""
     device = torch.device(device)
     return _pdl_supported(device.type, device.index)
+
+
+@lru_cache(maxsize=None)
+def _tma_capable(device_type: str, index: int | None) -> bool:
+    if device_type != "cuda":
+        return device_type == "cpu"  # Triton's interpreter models tensor descriptors
+    major, _ = torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device())
+    return major >= 9
+
+
+def tma_supported(x: torch.Tensor, weights: torch.Tensor) -> bool:
+    """Whether a shrink of ``x (s, K)`` by ``weights (num_lora, n, K)`` can load its tiles through tensor
+    descriptors (:attr:`ShrinkPlan.tma`): a device with the tensor memory accelerator (Hopper and later; the CPU
+    interpreter), 16-bit inputs, rows contiguous in K, 16-byte aligned bases and row strides, and the weight
+    slots stacked without gaps (one 2-D descriptor of ``num_lora * n`` rows). A plan with ``tma`` on an input
+    that fails this runs its pointer form, same tiles."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or weights.dtype != x.dtype:
+        return False
+    if x.stride(1) != 1 or weights.stride(2) != 1 or weights.stride(0) != weights.shape[1] * weights.stride(1):
+        return False
+    size = x.element_size()
+    if any(v % 16 for v in (x.data_ptr(), weights.data_ptr(), x.stride(0) * size, weights.stride(1) * size)):
+        return False
+    return _tma_capable(x.device.type, x.device.index)
 
 
 #: How a kernel launched as a programmatic dependent treats the kernel before it on the stream (the expand's and
@@ -403,7 +433,7 @@ def _plan_from_dict(key: str, d) -> "ShrinkPlan | ExpandPlan":
         raise ValueError(f"plan of {key} is not an object")
     cls = {"shrink": ShrinkPlan, "expand": ExpandPlan, "fused": FusedPlan}[key.split(":", 1)[0]]
     for f, v in d.items():
-        flag = f in ("group_grid", "fuse", "pdl", "acc_base", "partials")
+        flag = f in ("group_grid", "fuse", "pdl", "acc_base", "partials", "tma")
         if f in cls.__dataclass_fields__ and type(v) is not (bool if flag else int):
             raise ValueError(f"plan of {key}: {f}={v!r} must be {'true/false' if flag else 'an integer'}")
     try:

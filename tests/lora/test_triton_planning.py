@@ -195,6 +195,67 @@ def test_shrink_under_forced_plans(plan, rng, seg_blocks):
         assert not scratch_for(torch.device(DEVICE)).counters.any(), "split-K counters must return to zero"
 
 
+TMA_PLANS = [
+    tiling.ShrinkPlan(16, 16, 1, 16, 1, tma=True),  # three column groups, neighbouring programs
+    tiling.ShrinkPlan(32, 16, 3, 32, 2, tma=True),  # the stacked width in one program, split-K, a K tail
+    tiling.ShrinkPlan(16, 32, 2, 16, 1, tma=True),  # sub-tiles past the stacked width (the next slot's rows)
+]
+
+
+@pytest.mark.parametrize("layout", ["one-segment-per-slot", "slots-shared"])
+@pytest.mark.parametrize("plan", TMA_PLANS, ids=str)
+def test_shrink_through_tensor_descriptors(plan, layout, rng):
+    """``ShrinkPlan.tma``: weight tiles through a descriptor (all columns, stale NaN tails zeroed after), x
+    through a descriptor where a chunk's rows are consecutive tokens and by pointers where a chunk spans two
+    segments of one slot (slots-shared). fp16 (descriptors are for 16-bit inputs); K = 56, not a multiple of
+    the K step: the descriptors' zero padding is the K tail."""
+    if layout == "one-segment-per-slot":
+        comp = C.Composition([37, 0, 21, 40, 9], [2, 1, 0, 3, 4], [16, 0, 5, 8, 1], [0.5, 1.0, 1.5, 2.0, 0.75], 16, 110)
+    else:
+        comp = _comp(rng)
+    k, stack = 56, 3
+    assert k % plan.block_k
+    x = to_torch(C.activations(rng, comp, k), torch.float16, DEVICE)
+    a = to_torch(C.shrink_weights(rng, comp, stack, k), torch.float16, DEVICE)
+    assert tiling.tma_supported(x, a) == (DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9)
+    out = torch.full((comp.tokens, a.shape[1]), float("nan"), dtype=torch.float16, device=DEVICE)
+    lora_shrink(x, a, stack, batch_info(comp, DEVICE), plan=plan, out=out)
+    check = C.compare(to_f64(out), C.ref_shrink(comp, to_f64(x), to_f64(a), stack), "float16")
+    assert check.ok, check.detail
+    if plan.split_k > 1:
+        assert not scratch_for(torch.device(DEVICE)).counters.any(), "split-K counters must return to zero"
+
+
+def test_tma_plan_on_inputs_descriptors_cannot_take(rng):
+    """float32, x rows 102 bytes apart (not 16-byte aligned), weight slots with gaps: the plan's tiles run
+    through pointers, same result."""
+    comp = _comp(rng)
+    k, stack = 48, 2
+    plan = tiling.ShrinkPlan(16, 16, 2, 16, 1, tma=True)
+    x32 = to_torch(C.activations(rng, comp, k), torch.float32, DEVICE)
+    a32 = to_torch(C.shrink_weights(rng, comp, stack, k), torch.float32, DEVICE)
+    wide = torch.zeros((comp.tokens, k + 3), dtype=torch.float16, device=DEVICE)
+    wide[:, :k] = x32.half()
+    gapped = torch.zeros((a32.shape[0], a32.shape[1] + 8, k), dtype=torch.float16, device=DEVICE)
+    gapped[:, : a32.shape[1]] = a32.half()
+    cases = [(x32, a32, "float32"), (wide[:, :k], a32.half(), "float16"), (x32.half(), gapped[:, : a32.shape[1]], "float16")]
+    for x, a, dtype in cases:
+        assert not tiling.tma_supported(x, a)
+        out = lora_shrink(x, a, stack, batch_info(comp, DEVICE), plan=plan)
+        check = C.compare(to_f64(out), C.ref_shrink(comp, to_f64(x), to_f64(a), stack), dtype)
+        assert check.ok, f"{dtype} {tuple(x.stride())} {tuple(a.stride())}: {check.detail}"
+
+
+def test_tma_plans_swap_the_grid_and_need_the_prefill_layout():
+    plan = tiling.ShrinkPlan(128, 64, 1, 64, 1, tma=True)
+    assert shrink_grid(8192, 8, 192, plan, 132) == (3, 64 + 9, 1), "column groups of a chunk are neighbours"
+    assert shrink_grid(8192, 8, 192, tiling.ShrinkPlan(128, 64, 1, 64, 1), 132) == (64 + 9, 3, 1)
+    with pytest.raises(ValueError, match="tma"):
+        tiling.ShrinkPlan(16, 16, 1, 64, 2, group_grid=True, tma=True)
+    with pytest.raises(ValueError, match="tma"):
+        tiling.ShrinkPlan(64, 64, 1, 64, 1, stream_k=1, tma=True)
+
+
 EXPAND_PLANS = [
     tiling.ExpandPlan(16, 16, 1),
     tiling.ExpandPlan(32, 16, 3),
