@@ -13,7 +13,10 @@ times, as ``python -m lora compare`` does (one call among many in one CUDA graph
 
 and three ways to find a block's rows: from the program id (no metadata), ``trips=1`` (the block's row
 indices read from memory first: one dependent load before x and base), ``trips=2`` (the block's row count read
-from a per-block table, then its row indices: the shipped kernel's two dependent loads).
+from a per-block table, then its row indices: the shipped kernel's two dependent loads). ``--tma`` (session 32)
+adds the metadata-free loop with x, B and base loaded, and base stored, through tensor descriptors (TMA), against
+the same tiles through pointers, and cuBLAS's ``base.addmm_(x, B.T, alpha=scale)`` as a yardstick, at ranks 16
+and 64 and at the gate-up width (N = 28672) too.
 
     PYTHONPATH=. python benchmarks/expand_floor.py --json $OUT/expand_floor.json
 """
@@ -29,6 +32,26 @@ import triton.language as tl
 
 from lora.compare import timing as TM
 from probe_record import pct_of_copy, write_rows  # benchmarks/: the script's directory
+
+
+@triton.jit
+def _expand_tma(x_desc, w_desc, o_desc, scale, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                N_ITERS: tl.constexpr):
+    """The metadata-free loop of :func:`_expand_dense` with every tile moved by the tensor memory accelerator."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    x = x_desc.load([pid_m * BLOCK_M, 0])
+    if ACC:
+        x = (x.to(tl.float32) * scale).to(x.dtype)
+    for it in range(N_ITERS):
+        n0 = (pid_n * N_ITERS + it) * BLOCK_N
+        w = w_desc.load([n0, 0])
+        base = o_desc.load([pid_m * BLOCK_M, n0])
+        if ACC:
+            acc = tl.dot(x, w.T, base.to(tl.float32))
+        else:
+            acc = tl.dot(x, w.T) * scale + base.to(tl.float32)
+        o_desc.store([pid_m * BLOCK_M, n0], acc.to(base.dtype))
 
 
 @triton.jit
@@ -63,7 +86,10 @@ def _expand_dense(x_ptr, w_ptr, out_ptr, tab_ptr, idx_ptr, scale, N, R: tl.const
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
+    p.add_argument("--tma", action="store_true", help="descriptor loads / stores against pointers, and cuBLAS")
     args = p.parse_args(argv)
+    if args.tma:
+        return tma_main(args)
     dev = torch.device("cuda")
     budget = TM.Budget(10.0, 50.0, 10, 500)
     copy = TM.copy_bandwidth(dev)["gbps"]
@@ -102,6 +128,69 @@ def main(argv=None) -> int:
             name = f"{'acc' if acc_mode else 'add'} {bm}x{bn}x{iters} w{warps} st{stages} trips={trips}"
             rows.append(dict(rank=r, variant=name, bytes=nbytes, us=us, pct_copy=pct, rel_error=err))
             print(f"r={r:2d} {name:26s} {us:7.2f} us  {pct:5.1f}% of copy  (rel err {err:.1e})", flush=True)
+        del xs, bases, pristine, ref
+        torch.cuda.empty_cache()
+    if args.json:
+        write_rows(args.json, copy, rows)
+    return 0
+
+
+def tma_main(args) -> int:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    dev = torch.device("cuda")
+    budget = TM.Budget(10.0, 50.0, 10, 500)
+    copy = TM.copy_bandwidth(dev)["gbps"]
+    print(f"{torch.cuda.get_device_name()}  copy {copy:.0f} GB/s", flush=True)
+    s, scale, rows = 8192, 0.5, []
+    tiles = [(64, 128, 1, 4, 2), (128, 128, 1, 8, 2), (128, 64, 1, 4, 2), (64, 128, 4, 4, 3), (128, 128, 2, 8, 3),
+             (64, 256, 1, 8, 2), (128, 256, 1, 8, 2)]
+    for r, N in ((16, 4096), (64, 4096), (64, 28672)):
+        nbytes = 2 * s * N * 2 + s * r * 2 + N * r * 2
+        sets = TM.rotation_sets(nbytes, dev)
+        xs = [torch.randn(s, r, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
+        w = torch.randn(N, r, device=dev, dtype=torch.bfloat16)
+        bases = [torch.randn(s, N, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
+        pristine = bases[0].clone()  # the timed calls update bases[0] in place
+        ref = pristine.double() + scale * (xs[0].double() @ w.double().t())
+        idx = torch.arange(s, device=dev, dtype=torch.int32)
+        tab = torch.zeros(1, device=dev, dtype=torch.int32)
+        variants = {"cublas addmm_": lambda x, base: base.addmm_(x, w.t(), alpha=scale)}
+        for bm, bn, iters, warps, stages in tiles:
+            if N % (bn * iters):
+                continue
+            for acc_mode in (False, True):
+                tag = f"{'acc' if acc_mode else 'add'} {bm}x{bn}x{iters} w{warps} st{stages}"
+                grid = (s // bm, N // (bn * iters))
+
+                def ptr(x, base, bm=bm, bn=bn, iters=iters, warps=warps, stages=stages, acc_mode=acc_mode, grid=grid):
+                    _expand_dense[grid](x, w, base, tab, idx, scale, N, R=r, ACC=acc_mode, TRIPS=0, BLOCK_M=bm,
+                                        BLOCK_N=bn, N_ITERS=iters, num_warps=warps, num_stages=stages)
+
+                def tma(x, base, bm=bm, bn=bn, iters=iters, warps=warps, stages=stages, acc_mode=acc_mode, grid=grid):
+                    _expand_tma[grid](TensorDescriptor.from_tensor(x, [bm, r]), TensorDescriptor.from_tensor(w, [bn, r]),
+                                      TensorDescriptor.from_tensor(base, [bm, bn]), scale, ACC=acc_mode, BLOCK_M=bm,
+                                      BLOCK_N=bn, N_ITERS=iters, num_warps=warps, num_stages=stages)
+
+                variants["pointers " + tag] = ptr
+                variants["tma " + tag] = tma
+        for name, launch in variants.items():
+            try:
+                check = pristine.clone()
+                launch(xs[0], check)
+                torch.cuda.synchronize()
+                err = ((check.double() - ref).norm() / ref.norm()).item()
+                if not err < 1.5e-2:
+                    raise AssertionError(f"relative error {err:.3g}")
+                _, batched = TM.time_cuda_graph([lambda i=i: launch(xs[i], bases[i]) for i in range(sets)], dev, budget)
+            except Exception as exc:  # noqa: BLE001  (a tile that does not compile or fit is reported, not fatal)
+                rows.append(dict(rank=r, N=N, variant=name, error=f"{type(exc).__name__}: {exc}"[:300]))
+                print(f"r={r:2d} N={N:5d} {name:34s} FAIL {rows[-1]['error'][:120]}", flush=True)
+                continue
+            us = batched.median_us
+            pct = pct_of_copy(nbytes, us, copy)
+            rows.append(dict(rank=r, N=N, variant=name, bytes=nbytes, us=us, pct_copy=pct, rel_error=err))
+            print(f"r={r:2d} N={N:5d} {name:34s} {us:7.2f} us  {pct:5.1f}% of copy  (rel err {err:.1e})", flush=True)
         del xs, bases, pristine, ref
         torch.cuda.empty_cache()
     if args.json:
