@@ -8,6 +8,7 @@ a GPU's do.
 
 from __future__ import annotations
 
+
 import dataclasses
 import json
 import warnings
@@ -352,6 +353,11 @@ def test_candidates_start_with_the_heuristic_and_fit_shared_memory():
                 for p in cands:
                     width = p.block_n * p.n_sub
                     assert width >= n_out or (n_out % width == 0 and n_out // width in (2, 3, 4) and width >= 32), p
+                # each plan that can load through tensor descriptors is followed by its twin that does (session 32)
+                assert any(p.tma for p in cands), cands
+                for i, p in enumerate(cands):
+                    if p.tma:
+                        assert i > 0 and cands[i - 1] == dataclasses.replace(p, tma=False), (i, cands)
         assert all(p.group_grid == cands[0].group_grid for p in cands), "decode and prefill layouts do not mix"
 
 
