@@ -267,3 +267,47 @@ def test_step_graph_replays_new_batches_written_in_place(name, derive):
         graph.replay()
         torch.cuda.synchronize()
         _check_step(bi, L, io, fresh, f"{derive} trial {trial}")
+
+
+def test_tma_shrink_replays_new_inputs_written_in_place():
+    """A prefill shrink plan with descriptor loads (``ShrinkPlan.tma``: the descriptors hold x's and the weights'
+    addresses, made when the graph is captured) replays right with new x values and new batches (other segment
+    lengths and slots: chunks that do and do not lie in one segment) written into the captured tensors, as an
+    engine does (``update_``, ``set_batch_info``, replay), and writes nothing outside its output."""
+    from lora.triton import tiling
+
+    gen = torch.Generator().manual_seed(32)
+    k, r, num_lora, stack, tokens = 1024, 64, 4, 3, 1000
+    backend = backend_or_skip("triton")
+    backend.reserve(max_tokens=tokens, max_segments=16)
+    bi = LoRABatchInfo.empty(16, num_lora, device=DEV)
+
+    def new_batch(lens):
+        slots = torch.randint(0, num_lora, (len(lens),), generator=gen).tolist()
+        bi.update_(lens, slots, [r] * num_lora, (torch.rand(num_lora, generator=gen) + 0.5).tolist())
+        backend.set_batch_info(bi)
+
+    a = (torch.randn(num_lora, stack * r, k, device=DEV) / k**0.5).to(DT)
+    x = torch.randn(tokens, k, device=DEV).to(DT)
+    plan = tiling.ShrinkPlan(64, 64, 1, 64, 1, 4, 4, tma=True)
+    assert tiling.tma_supported(x, a) == (torch.cuda.get_device_capability()[0] >= 9)
+    with tiling.forced_plan(plan):
+        new_batch([300, 5, 200, 495])
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            backend.run_lora_a_sgemm(x, a, stack_num=stack)  # compile outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            out = backend.run_lora_a_sgemm(x, a, stack_num=stack)
+        probes = [torch.full((m,), 7, dtype=torch.int32, device=DEV) for m in range(1, 20000, 53)]
+        for lens in ([64, 64, 128, 1, 700, 43], [1000], [13, 987]):
+            new_batch(lens)
+            x.copy_(torch.randn(tokens, k, device=DEV).to(DT))
+            out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            _close(out, _ref_shrink(bi, x, a, stack), f"replayed {lens}")
+    changed = sum(int((p != 7).any()) for p in probes)
+    assert changed == 0, f"{changed} of {len(probes)} unrelated tensors changed when the graph was replayed"
