@@ -22,6 +22,14 @@ and takes no ticket: the finish above (a round trip for the ticket, one for the 
 shrink's critical path. Where the pair runs so is a plan decision (``FusedPlan.partials``, measured by
 ``python -m lora tune``).
 
+Descriptor loads (``ShrinkPlan.tma``, prefill, Hopper and later, 16-bit inputs): the weight sub-tiles come
+through a tensor descriptor over the stacked slots (``num_lora * N_OUT`` rows; columns past the rank are
+zeroed after the dot), and the x tile through a descriptor over x where the chunk's rows are consecutive tokens
+(checked per chunk: ``row - position`` the same for every row), else by the pointer gather. Rows of the box
+past the chunk are other tokens' (never stored); rows and K past the tensors read as zeros. The column groups of
+a chunk are neighbouring programs (grid axes 0 and 1 swapped), so they read its x tile at about the same time.
+Inputs a descriptor cannot take (:func:`.tiling.tma_supported`) run the same tiles through pointers.
+
 Stream-K (``ShrinkPlan.stream_k``, prefill): one chunk per program leaves a wave nearly empty when the
 chunk count is just over the number of programs that fit on the GPU at once (72 chunks of 128 rows
 with two K splits are 144 programs for 132 multiprocessors: a second wave as long as the first for 12
