@@ -263,14 +263,15 @@ def shrink_candidates(s: int, k: int, n_out: int, num_lora: int, sms: int) -> li
 
 
 def _with_tma_twins(plans: list) -> list:
-    """Each prefill shrink plan that can load through tensor descriptors followed by its ``tma`` twin (session
-    32, H100: the rank-64 QKV shrink's 128 x 64 tiles 41.5 -> 36.8 us with descriptors; other shapes within a
-    few percent either way, so it is measured per bucket, not assumed)."""
+    """Each prefill shrink plan that can load through tensor descriptors as a pair, without then with ``tma``
+    (session 32, H100: the rank-64 QKV shrink's 128 x 64 tiles 41.5 -> 36.8 us with descriptors; other shapes
+    within a few percent either way, so it is measured per bucket, not assumed)."""
     out = []
     for p in plans:
-        out.append(p)
-        if not (p.group_grid or p.stream_k or p.tma):
-            out.append(replace(p, tma=True))
+        if p.group_grid or p.stream_k:
+            out.append(p)
+        else:  # (a tma plan, e.g. from a table, after its pointer twin)
+            out += [replace(p, tma=False), replace(p, tma=True)]
     return out
 
 
