@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Session 32, issue 17, on an H200 only (exit 3 at once on another card): (1) the prefill / mixed shrink buckets
 # re-tuned with the tuner's descriptor twins, compare before / after (probe_s32_tune_tma.sh); (2) with that
-# table in place (in this call's tree only), the full triton record: every default case, both ranks, and the
-# decode step; (3) the TMA tests (forced plans, a graph replay) and the tuned-table tests on the GPU; (4) the
-# dense yardstick (cuBLAS, Triton pointers / descriptors).
+# table in place (in this call's tree only), the full triton record: every default case, both ranks (the decode
+# step is not re-run: decode plans never load through descriptors); (3) the TMA tests (forced plans, a graph
+# replay) and the tuned-table tests on the GPU; (4) the dense yardstick (cuBLAS, Triton pointers / descriptors).
 # Usage (device tool): bash benchmarks/probe_s32_h200.sh [PREFIX]
 set -u
 P=${1:-s32h}
@@ -17,10 +17,6 @@ PYTHONPATH=. timeout 200 python3 -m lora compare --quick --backends triton --no-
     > $OUT/${P}v_compare.txt 2>&1
 echo "== compare rc=$? $((SECONDS - t0)) s"
 PYTHONPATH=. python3 benchmarks/issue17_targets.py $OUT/${P}v_compare.json | tail -1
-t0=$SECONDS
-PYTHONPATH=. timeout 100 python3 -m lora compare --step --quick --backends triton --no-progress --json $OUT/${P}v_step.json \
-    > $OUT/${P}v_step.txt 2>&1
-echo "== step rc=$? $((SECONDS - t0)) s"; grep -iE "per layer|step" $OUT/${P}v_step.txt | tail -6
 PYTHONPATH=. timeout 100 python3 -m pytest -q -p no:cacheprovider tests/lora/test_triton_planning.py tests/gpu/test_triton_tuned.py \
     "tests/gpu/test_graph_safety.py::test_tma_shrink_replays_new_inputs_written_in_place" 2>&1 | tail -3 | tee $OUT/${P}v_tests.txt
 cd benchmarks && PYTHONPATH=.. timeout 100 python3 dense_reference.py --tokens 8192 --json $OUT/${P}_dense_reference.json 2>&1 \
