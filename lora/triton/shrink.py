@@ -311,21 +311,16 @@ def _shrink_chunk(
         k_lo = pid_k * per_split * BLOCK_K
         k_hi = tl.minimum(K, k_lo + per_split * BLOCK_K)
         if TMA:
-            # The chunk's rows are consecutive tokens (one segment, or segments that follow each other) when
-            # row - position is the same for every row: then the x tile is one box at that first row (its rows
-            # past the chunk belong to other tokens, or lie past x and read as zeros: never stored).
-            lag = rows - tl.arange(0, BLOCK_M)
-            lo = tl.min(tl.where(row_ok, lag, num_tokens), axis=0)
-            hi = tl.max(tl.where(row_ok, lag, -1), axis=0)
+            row0 = _box_row(rows, row_ok, num_tokens, BLOCK_M)
             w_row = group * N_OUT + n0  # the slot's rows in the (num_lora * N_OUT, K) view
-            if lo == hi:
+            if row0 >= 0:
                 acc0, acc1, acc2, acc3 = _k_range_tma(
-                    x_desc, w_desc, rows, row_ok, lo.to(tl.int32), w_row, k_lo, k_hi, x_ptr, stride_xm,
+                    x_desc, w_desc, rows, row_ok, row0, w_row, k_lo, k_hi, x_ptr, stride_xm,
                     BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION, True,
                 )
             else:
                 acc0, acc1, acc2, acc3 = _k_range_tma(
-                    x_desc, w_desc, rows, row_ok, lo.to(tl.int32), w_row, k_lo, k_hi, x_ptr, stride_xm,
+                    x_desc, w_desc, rows, row_ok, row0, w_row, k_lo, k_hi, x_ptr, stride_xm,
                     BLOCK_M, BLOCK_N, N_SUB, BLOCK_K, PRECISION, False,
                 )
             # Columns at or past STACK * rank came from the slot's stale tail (or the next slot): zeros.
@@ -404,6 +399,18 @@ def _k_range(
                     eviction_policy="evict_last")
             acc3 = tl.dot(x, w, acc3, input_precision=PRECISION)
     return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def _box_row(rows, row_ok, num_tokens, BLOCK_M: tl.constexpr):
+    """The first row of a chunk whose rows are consecutive tokens (one segment, or segments that follow each
+    other: ``row - position`` the same for every row that exists), so that its x tile is one descriptor box at
+    that row (the box's rows past the chunk are other tokens', or past x and read as zeros: never stored);
+    -1 (int32) for a chunk of scattered rows, or of none."""
+    lag = rows - tl.arange(0, BLOCK_M)
+    lo = tl.min(tl.where(row_ok, lag, num_tokens), axis=0)
+    hi = tl.max(tl.where(row_ok, lag, -1), axis=0)
+    return tl.where(lo == hi, lo, -1).to(tl.int32)
 
 
 @triton.jit

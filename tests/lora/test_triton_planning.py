@@ -28,10 +28,13 @@ STATUS = {s.name: s for s in lora.available_backends()}
 if not STATUS["triton"].available:
     pytest.skip(f"triton backend cannot run here: {STATUS['triton'].reason}", allow_module_level=True)
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 from lora.triton import tiling  # noqa: E402
 from lora.triton.expand import expand_grid, lora_expand  # noqa: E402
 from lora.triton.scratch import scratch_for  # noqa: E402
-from lora.triton.shrink import lora_shrink, shrink_grid  # noqa: E402
+from lora.triton.shrink import _box_row, lora_shrink, shrink_grid  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 H100_SMS = 132
@@ -224,6 +227,27 @@ def test_shrink_through_tensor_descriptors(plan, layout, rng):
     assert check.ok, check.detail
     if plan.split_k > 1:
         assert not scratch_for(torch.device(DEVICE)).counters.any(), "split-K counters must return to zero"
+
+
+@triton.jit
+def _box_row_probe(rows_ptr, out_ptr, n_ok, num_tokens, BLOCK_M: tl.constexpr):
+    pos = tl.arange(0, BLOCK_M)
+    rows = tl.load(rows_ptr + pos).to(tl.int64)
+    tl.store(out_ptr, _box_row(rows, pos < n_ok, num_tokens, BLOCK_M))
+
+
+@pytest.mark.parametrize("rows, n_ok, expect", [
+    (list(range(40, 56)), 16, 40),  # one segment
+    (list(range(40, 50)) + [0] * 6, 10, 40),  # a group's last chunk: places past its rows hold stale entries
+    (list(range(3, 10)) + list(range(20, 29)), 16, -1),  # two segments of one slot, apart
+    (list(range(0, 16)), 0, -1),  # no rows
+    ([5] * 16, 16, -1),
+], ids=["segment", "last-chunk", "two-segments", "empty", "repeated"])
+def test_box_row_finds_chunks_of_consecutive_tokens(rows, n_ok, expect):
+    """The check that sends a chunk's x tile through one descriptor box (``_box_row``), in a one-program kernel."""
+    out = torch.full((1,), -7, dtype=torch.int32, device=DEVICE)
+    _box_row_probe[(1,)](torch.tensor(rows, dtype=torch.int32, device=DEVICE), out, n_ok, 100, BLOCK_M=16)
+    assert int(out.item()) == expect
 
 
 def test_tma_plan_on_inputs_descriptors_cannot_take(rng):
