@@ -188,6 +188,12 @@ def _tma_capable(device_type: str, index: int | None) -> bool:
     return major >= 9
 
 
+def tma_capable(device) -> bool:
+    """Whether ``device`` has the tensor memory accelerator (Hopper and later; the CPU interpreter models it)."""
+    device = torch.device(device)
+    return _tma_capable(device.type, device.index)
+
+
 def tma_supported(x: torch.Tensor, weights: torch.Tensor) -> bool:
     """Whether a shrink of ``x (s, K)`` by ``weights (num_lora, n, K)`` can load its tiles through tensor
     descriptors (:attr:`ShrinkPlan.tma`): a device with the tensor memory accelerator (Hopper and later; the CPU
@@ -201,7 +207,7 @@ def tma_supported(x: torch.Tensor, weights: torch.Tensor) -> bool:
     size = x.element_size()
     if any(v % 16 for v in (x.data_ptr(), weights.data_ptr(), x.stride(0) * size, weights.stride(1) * size)):
         return False
-    return _tma_capable(x.device.type, x.device.index)
+    return tma_capable(x.device)
 
 
 #: How a kernel launched as a programmatic dependent treats the kernel before it on the stream (the expand's and

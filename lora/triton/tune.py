@@ -349,6 +349,8 @@ def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
     elif bucket.kind == "shrink":
         grid = shrink_candidates(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora, sms)
         seeds = _with_tma_twins(seeds)  # each table plan with and without descriptors
+        if not tiling.tma_capable(device):  # descriptor plans would run as their pointer twins: time those once
+            grid, seeds = [replace(p, tma=False) for p in grid], [replace(p, tma=False) for p in seeds]
         lead = 2 if len(grid) > 1 and grid[1].tma and grid[1] == replace(grid[0], tma=True) else 1
         fit = lambda p: tiling.fit_shrink(p, itemsize, limit)  # noqa: E731
     else:

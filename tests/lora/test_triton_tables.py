@@ -361,6 +361,21 @@ def test_candidates_start_with_the_heuristic_and_fit_shared_memory():
         assert all(p.group_grid == cands[0].group_grid for p in cands), "decode and prefill layouts do not mix"
 
 
+def test_no_descriptor_twins_where_the_device_has_no_tma(monkeypatch):
+    """On a GPU without the tensor memory accelerator a descriptor plan runs as its pointer twin: the tuner
+    times each tile once (a table's descriptor plan becomes its pointer twin), not twice."""
+    from lora.compare.cases import LLAMA3_8B
+
+    cases = tune.tune_cases(LLAMA3_8B, [64], 8, ["prefill"], [64], 8192)
+    bucket = next(b for b in tune.buckets_for(cases, ["shrink3"]))
+    with_tma = tune.candidates_for(bucket, torch.device("cpu"), torch.bfloat16, 40)
+    monkeypatch.setattr(tiling, "tma_capable", lambda device: False)
+    without = tune.candidates_for(bucket, torch.device("cpu"), torch.bfloat16, 40)
+    assert any(p.tma for p in with_tma) and not any(p.tma for p in without)
+    assert len(set(without)) == len(without) == 40
+    assert without[:20] == list(dict.fromkeys(dataclasses.replace(p, tma=False) for p in with_tma))[:20]
+
+
 @pytest.mark.parametrize("s, k, n_out", [(64, 4096, 16), (64, 14336, 64), (256, 4096, 192)])
 def test_decode_shrink_candidates_end_with_plans_without_a_ticket(s, k, n_out):
     """The decode shrinks' candidates include plans with no split-K finish (one program per group and column
