@@ -83,6 +83,33 @@ def _expand_dense(x_ptr, w_ptr, out_ptr, tab_ptr, idx_ptr, scale, N, R: tl.const
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), eviction_policy="evict_first")
 
 
+def _inputs(s: int, N: int, r: int, scale: float, dev):
+    """Inputs rotating past L2 for ``base (s, N) += scale * x (s, r) @ w (N, r).T``: the bytes one call moves, the
+    x and base sets, w, a pristine copy of base set 0 (the timed calls update the sets in place) and the float64
+    reference for set 0."""
+    nbytes = 2 * s * N * 2 + s * r * 2 + N * r * 2
+    sets = TM.rotation_sets(nbytes, dev)
+    xs = [torch.randn(s, r, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
+    w = torch.randn(N, r, device=dev, dtype=torch.bfloat16)
+    bases = [torch.randn(s, N, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
+    pristine = bases[0].clone()
+    ref = pristine.double() + scale * (xs[0].double() @ w.double().t())
+    return nbytes, xs, w, bases, pristine, ref
+
+
+def _check_and_time(launch, xs, bases, pristine, ref, dev, budget, what: str) -> tuple[float, float]:
+    """``launch(x, base)``'s relative error on a copy of the pristine base (AssertionError past bf16's 1.5e-2,
+    before any timing), and its time (us, graph-batched)."""
+    check = pristine.clone()
+    launch(xs[0], check)
+    torch.cuda.synchronize()
+    err = ((check.double() - ref).norm() / ref.norm()).item()
+    if not err < 1.5e-2:
+        raise AssertionError(f"{what}: relative error {err:.3g}")
+    _, batched = TM.time_cuda_graph([lambda i=i: launch(xs[i], bases[i]) for i in range(len(xs))], dev, budget)
+    return err, batched.median_us
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
@@ -97,13 +124,7 @@ def main(argv=None) -> int:
     s, N, scale = 8192, 4096, 0.5
     rows = []
     for r in (16, 64):
-        nbytes = 2 * s * N * 2 + s * r * 2 + N * r * 2
-        sets = TM.rotation_sets(nbytes, dev)
-        xs = [torch.randn(s, r, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
-        w = torch.randn(N, r, device=dev, dtype=torch.bfloat16)
-        bases = [torch.randn(s, N, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
-        pristine = bases[0].clone()  # the timed calls update bases[0] in place
-        ref = pristine.double() + scale * (xs[0].double() @ w.double().t())
+        nbytes, xs, w, bases, pristine, ref = _inputs(s, N, r, scale, dev)
         idx = torch.arange(s, device=dev, dtype=torch.int32)
         variants = [(32, 128, 1, 4, 2, m, t) for m in (False, True) for t in (0, 1, 2)]
         variants += [(64, 64, 1, 4, 2, m, t) for m in (False, True) for t in (0, 1, 2)]
@@ -117,13 +138,7 @@ def main(argv=None) -> int:
                 _expand_dense[grid](x, w, base, tab, idx, scale, N, R=r, ACC=acc_mode, TRIPS=trips, BLOCK_M=bm,
                                     BLOCK_N=bn, N_ITERS=iters, num_warps=warps, num_stages=stages)
 
-            check = pristine.clone()
-            launch(xs[0], check)
-            err = ((check.double() - ref).norm() / ref.norm()).item()
-            assert err < 1.5e-2, (r, bm, bn, acc_mode, err)
-            fns = [lambda i=i: launch(xs[i], bases[i]) for i in range(sets)]
-            _, batched = TM.time_cuda_graph(fns, dev, budget)
-            us = batched.median_us
+            err, us = _check_and_time(launch, xs, bases, pristine, ref, dev, budget, f"r={r} {bm}x{bn} acc={acc_mode}")
             pct = pct_of_copy(nbytes, us, copy)
             name = f"{'acc' if acc_mode else 'add'} {bm}x{bn}x{iters} w{warps} st{stages} trips={trips}"
             rows.append(dict(rank=r, variant=name, bytes=nbytes, us=us, pct_copy=pct, rel_error=err))
@@ -146,13 +161,7 @@ def tma_main(args) -> int:
     tiles = [(64, 128, 1, 4, 2), (128, 128, 1, 8, 2), (128, 64, 1, 4, 2), (64, 128, 4, 4, 3), (128, 128, 2, 8, 3),
              (64, 256, 1, 8, 2), (128, 256, 1, 8, 2)]
     for r, N in ((16, 4096), (64, 4096), (64, 28672)):
-        nbytes = 2 * s * N * 2 + s * r * 2 + N * r * 2
-        sets = TM.rotation_sets(nbytes, dev)
-        xs = [torch.randn(s, r, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
-        w = torch.randn(N, r, device=dev, dtype=torch.bfloat16)
-        bases = [torch.randn(s, N, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
-        pristine = bases[0].clone()  # the timed calls update bases[0] in place
-        ref = pristine.double() + scale * (xs[0].double() @ w.double().t())
+        nbytes, xs, w, bases, pristine, ref = _inputs(s, N, r, scale, dev)
         idx = torch.arange(s, device=dev, dtype=torch.int32)
         tab = torch.zeros(1, device=dev, dtype=torch.int32)
         variants = {"cublas addmm_": lambda x, base: base.addmm_(x, w.t(), alpha=scale)}
@@ -176,18 +185,11 @@ def tma_main(args) -> int:
                 variants["tma " + tag] = tma
         for name, launch in variants.items():
             try:
-                check = pristine.clone()
-                launch(xs[0], check)
-                torch.cuda.synchronize()
-                err = ((check.double() - ref).norm() / ref.norm()).item()
-                if not err < 1.5e-2:
-                    raise AssertionError(f"relative error {err:.3g}")
-                _, batched = TM.time_cuda_graph([lambda i=i: launch(xs[i], bases[i]) for i in range(sets)], dev, budget)
+                err, us = _check_and_time(launch, xs, bases, pristine, ref, dev, budget, name)
             except Exception as exc:  # noqa: BLE001  (a tile that does not compile or fit is reported, not fatal)
                 rows.append(dict(rank=r, N=N, variant=name, error=f"{type(exc).__name__}: {exc}"[:300]))
                 print(f"r={r:2d} N={N:5d} {name:34s} FAIL {rows[-1]['error'][:120]}", flush=True)
                 continue
-            us = batched.median_us
             pct = pct_of_copy(nbytes, us, copy)
             rows.append(dict(rank=r, N=N, variant=name, bytes=nbytes, us=us, pct_copy=pct, rel_error=err))
             print(f"r={r:2d} N={N:5d} {name:34s} {us:7.2f} us  {pct:5.1f}% of copy  (rel err {err:.1e})", flush=True)
