@@ -536,7 +536,8 @@ def lora_shrink(
     meta = meta_for(batch_info, meta, num_lora, s, x.device)
     x_desc = w_desc = None
     if plan.tma:
-        if tiling.tma_supported(x, weights) and triton.cdiv(s, plan.block_m) + num_lora + 1 < 65536:
+        # (a tma grid has the chunk slots on axis 1, at most 65535 long)
+        if tiling.tma_supported(x, weights) and shrink_grid(s, num_lora, n_out, plan, 0)[1] < 65536:
             from triton.tools.tensor_descriptor import TensorDescriptor
 
             x_desc = TensorDescriptor(x, [s, k], [x.stride(0), 1], [plan.block_m, plan.block_k])

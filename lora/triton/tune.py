@@ -351,7 +351,7 @@ def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
         seeds = _with_tma_twins(seeds)  # each table plan with and without descriptors
         if not tiling.tma_capable(device):  # descriptor plans would run as their pointer twins: time those once
             grid, seeds = [replace(p, tma=False) for p in grid], [replace(p, tma=False) for p in seeds]
-        lead = 2 if len(grid) > 1 and grid[1].tma and grid[1] == replace(grid[0], tma=True) else 1
+        lead = 2 if len(grid) > 1 and grid[1].tma else 1  # the heuristic's twin (second, by _with_tma_twins)
         fit = lambda p: tiling.fit_shrink(p, itemsize, limit)  # noqa: E731
     else:
         grid = expand_candidates(comp.tokens, comp.max_r, op.max_slice, comp.num_lora, op.stack, sms)
