@@ -12,7 +12,10 @@ Beside cuBLAS, the same GEMM in Triton (``--triton``, on by default), one output
 a program with the column groups of a row block launched next to each other, in two ways: ``cp.async`` (tiles
 loaded through pointers, as the shrink kernel does) and ``tma`` (tiles loaded through host-made tensor
 descriptors). That separates what the Triton compiler reaches on the bare shape from what the LoRA kernel adds
-(metadata, the row gather).
+(metadata, the row gather). ``--modes`` adds two more: ``ws`` (descriptor loads, the K loop warp-specialized by
+the compiler: a producer warp issuing the loads, the kernel's warps the wgmmas), ``persist`` (one program per SM
+walking the tiles, the output stored through a descriptor) and ``persist-ws`` (the same, its tile loop
+warp-specialized).
 
     PYTHONPATH=. python benchmarks/dense_reference.py --json $OUT/dense_reference.json
 """
@@ -34,7 +37,7 @@ SHAPES = [("r16 shrink1", 16), ("r16 shrink3", 48), ("r64 shrink1", 64), ("r64 s
 # Triton tiles timed on the rank-64 shapes: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). The first two are the
 # tiling of the shipped rank-64 shrink3 plans (three column groups of 64: H200 128 rows, H100 256 rows).
 TILES = [(128, 64, 64, 4, 4), (256, 64, 64, 8, 4), (128, 64, 128, 4, 3), (64, 64, 64, 4, 4), (128, 128, 64, 8, 4),
-         (64, 192, 64, 4, 4)]
+         (64, 192, 64, 4, 4), (128, 128, 64, 4, 3)]
 
 
 @triton.jit
@@ -62,14 +65,67 @@ def _dense_gemm(x_ptr, w_ptr, out_ptr, x_desc, w_desc, M, N, K, BLOCK_M: tl.cons
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-def triton_gemm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tile: tuple, tma: bool):
-    """A launcher for :func:`_dense_gemm` (``K`` a multiple of ``BLOCK_K``; ``BLOCK_N`` a power of two, so a
-    192-wide tile is 256 with the last 64 columns masked)."""
+@triton.jit
+def _dense_gemm_ws(x_desc, w_desc, out_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """:func:`_dense_gemm` through descriptors with its K loop warp-specialized."""
+    groups = tl.cdiv(N, BLOCK_N)
+    pid = tl.program_id(0)
+    pid_m = pid // groups
+    pid_n = pid - pid_m * groups
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, warp_specialize=True):
+        a = x_desc.load([pid_m * BLOCK_M, k0])
+        b = w_desc.load([pid_n * BLOCK_N, k0])
+        acc = tl.dot(a, b.T, acc)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _dense_gemm_persistent(x_desc, w_desc, out_desc, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr, PROGRAMS: tl.constexpr, WS: tl.constexpr):
+    """One program per SM walking the tiles (column groups of a row block next to each other), the tile loop
+    warp-specialized when ``WS``; the tile is stored through a descriptor."""
+    groups = tl.cdiv(N, BLOCK_N)
+    tiles = tl.cdiv(M, BLOCK_M) * groups
+    for t in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WS):
+        pid_m = t // groups
+        pid_n = t - pid_m * groups
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            a = x_desc.load([pid_m * BLOCK_M, k0])
+            b = w_desc.load([pid_n * BLOCK_N, k0])
+            acc = tl.dot(a, b.T, acc)
+        out_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(out_desc.dtype))
+
+
+def triton_gemm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tile: tuple, mode: str):
+    """A launcher for the Triton GEMM of ``mode`` (``cp.async``, ``tma``, ``ws``, ``persist``, ``persist-ws``; ``K`` a multiple
+    of ``BLOCK_K``; ``BLOCK_N`` a power of two, so a 192-wide tile is 256 with the last 64 columns masked)."""
     bm, bn, bk, warps, stages = tile
     bn = triton.next_power_of_2(bn)
     M, K = x.shape
     N = w.shape[0]
     assert K % bk == 0, (K, bk)
+    tma = mode != "cp.async"
+    if mode in ("ws", "persist", "persist-ws"):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        x_desc = TensorDescriptor.from_tensor(x, [bm, bk])
+        w_desc = TensorDescriptor.from_tensor(w, [bn, bk])
+        if mode == "ws":
+            grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+            return lambda: _dense_gemm_ws[grid](x_desc, w_desc, out, M, N, K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                                num_warps=warps, num_stages=stages)
+        out_desc = TensorDescriptor.from_tensor(out, [bm, bn])
+        programs = min(torch.cuda.get_device_properties(x.device).multi_processor_count,
+                       triton.cdiv(M, bm) * triton.cdiv(N, bn))
+        return lambda: _dense_gemm_persistent[(programs,)](x_desc, w_desc, out_desc, M, N, K, BLOCK_M=bm, BLOCK_N=bn,
+                                                           BLOCK_K=bk, PROGRAMS=programs, WS=mode == "persist-ws",
+                                                           num_warps=warps, num_stages=stages)
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -88,14 +144,18 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", default="8192,8768", help="token counts (prefill-8k: 8192; the mixed case: 8768)")
     p.add_argument("--k", type=int, default=4096)
     p.add_argument("--no-triton", dest="triton", action="store_false", help="cuBLAS only")
+    p.add_argument("--modes", default="cp.async,tma", help="Triton load modes: cp.async, tma, ws, persist, persist-ws")
+    p.add_argument("--shapes", default="", help="only the shapes whose label contains one of these (comma list)")
     args = p.parse_args(argv)
+    modes = args.modes.split(",")
+    shapes = [sh for sh in SHAPES if not args.shapes or any(f in sh[0] for f in args.shapes.split(","))]
     dev = torch.device("cuda")
     budget = TM.Budget(10.0, 50.0, 10, 500)
     copy = TM.copy_bandwidth(dev)["gbps"]
     print(f"{torch.cuda.get_device_name()}  copy {copy:.0f} GB/s", flush=True)
     K, rows = args.k, []
     for s in (int(t) for t in args.tokens.split(",")):
-        for label, n in SHAPES:
+        for label, n in shapes:
             nbytes = (s * K + n * K + s * n) * 2
             sets = TM.rotation_sets(nbytes, dev)
             xs = [torch.randn(s, K, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
@@ -105,9 +165,9 @@ def main(argv=None) -> int:
             variants = {"cublas": [(lambda i=i: torch.matmul(xs[i], w.t(), out=outs[i])) for i in range(sets)]}
             if args.triton and n >= 64:
                 for tile in TILES:
-                    for tma in (False, True):
-                        name = f"{'tma' if tma else 'cp.async'} {'x'.join(map(str, tile[:3]))} w{tile[3]} s{tile[4]}"
-                        variants[name] = [triton_gemm(xs[i], w, outs[i], tile, tma) for i in range(sets)]
+                    for mode in modes:
+                        name = f"{mode} {'x'.join(map(str, tile[:3]))} w{tile[3]} s{tile[4]}"
+                        variants[name] = [triton_gemm(xs[i], w, outs[i], tile, mode) for i in range(sets)]
             for name, fns in variants.items():
                 try:
                     outs[0].fill_(float("nan"))  # poisoned: a tile the kernel skips shows as an error

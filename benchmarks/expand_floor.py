@@ -16,7 +16,9 @@ indices read from memory first: one dependent load before x and base), ``trips=2
 from a per-block table, then its row indices: the shipped kernel's two dependent loads). ``--tma`` (session 32)
 adds the metadata-free loop with x, B and base loaded, and base stored, through tensor descriptors (TMA), against
 the same tiles through pointers, and cuBLAS's ``base.addmm_(x, B.T, alpha=scale)`` as a yardstick, at ranks 16
-and 64 and at the gate-up width (N = 28672) too.
+and 64 and at the gate-up width (N = 28672) too. ``--persist`` (session 33) times, instead, one program per SM
+walking the tiles through descriptors, its tile loop warp-specialized by the compiler or not, against the
+pointer loop.
 
     PYTHONPATH=. python benchmarks/expand_floor.py --json $OUT/expand_floor.json
 """
@@ -52,6 +54,27 @@ def _expand_tma(x_desc, w_desc, o_desc, scale, ACC: tl.constexpr, BLOCK_M: tl.co
         else:
             acc = tl.dot(x, w.T) * scale + base.to(tl.float32)
         o_desc.store([pid_m * BLOCK_M, n0], acc.to(base.dtype))
+
+
+@triton.jit
+def _expand_persistent(x_desc, w_desc, o_desc, scale, M, N, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, PROGRAMS: tl.constexpr, WS: tl.constexpr):
+    """:func:`_expand_tma` with one program per SM walking the tiles (the row blocks of a column tile next to
+    each other, so its B tile stays in L2), the tile loop warp-specialized when ``WS``: the loads of the next
+    tiles in flight while this one is multiplied, added and stored."""
+    blocks = tl.cdiv(M, BLOCK_M)
+    tiles = blocks * tl.cdiv(N, BLOCK_N)
+    for t in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WS):
+        n0 = (t // blocks) * BLOCK_N
+        m0 = (t % blocks) * BLOCK_M
+        x = x_desc.load([m0, 0])
+        w = w_desc.load([n0, 0])
+        base = o_desc.load([m0, n0])
+        if ACC:
+            acc = tl.dot((x.to(tl.float32) * scale).to(x.dtype), w.T, base.to(tl.float32))
+        else:
+            acc = tl.dot(x, w.T) * scale + base.to(tl.float32)
+        o_desc.store([m0, n0], acc.to(base.dtype))
 
 
 @triton.jit
@@ -114,8 +137,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
     p.add_argument("--tma", action="store_true", help="descriptor loads / stores against pointers, and cuBLAS")
+    p.add_argument("--persist", action="store_true", help="persistent descriptor loops (warp-specialized or not)")
     args = p.parse_args(argv)
-    if args.tma:
+    if args.tma or args.persist:
         return tma_main(args)
     dev = torch.device("cuda")
     budget = TM.Budget(10.0, 50.0, 10, 500)
@@ -158,15 +182,16 @@ def tma_main(args) -> int:
     copy = TM.copy_bandwidth(dev)["gbps"]
     print(f"{torch.cuda.get_device_name()}  copy {copy:.0f} GB/s", flush=True)
     s, scale, rows = 8192, 0.5, []
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
     tiles = [(64, 128, 1, 4, 2), (128, 128, 1, 8, 2), (128, 64, 1, 4, 2), (64, 128, 4, 4, 3), (128, 128, 2, 8, 3),
              (64, 256, 1, 8, 2), (128, 256, 1, 8, 2)]
-    for r, N in ((16, 4096), (64, 4096), (64, 28672)):
+    for r, N in ((64, 4096), (16, 4096)) if args.persist else ((16, 4096), (64, 4096), (64, 28672)):
         nbytes, xs, w, bases, pristine, ref = _inputs(s, N, r, scale, dev)
         idx = torch.arange(s, device=dev, dtype=torch.int32)
         tab = torch.zeros(1, device=dev, dtype=torch.int32)
         variants = {"cublas addmm_": lambda x, base: base.addmm_(x, w.t(), alpha=scale)}
         for bm, bn, iters, warps, stages in tiles:
-            if N % (bn * iters):
+            if N % (bn * iters) or (args.persist and iters > 1):
                 continue
             for acc_mode in (False, True):
                 tag = f"{'acc' if acc_mode else 'add'} {bm}x{bn}x{iters} w{warps} st{stages}"
@@ -182,7 +207,18 @@ def tma_main(args) -> int:
                                       BLOCK_N=bn, N_ITERS=iters, num_warps=warps, num_stages=stages)
 
                 variants["pointers " + tag] = ptr
-                variants["tma " + tag] = tma
+                if not args.persist:
+                    variants["tma " + tag] = tma
+                elif iters == 1:
+                    for ws in (False, True):
+                        def persist(x, base, bm=bm, bn=bn, warps=warps, stages=stages, acc_mode=acc_mode, ws=ws):
+                            programs = min(sms, triton.cdiv(s, bm) * triton.cdiv(N, bn))
+                            _expand_persistent[(programs,)](
+                                TensorDescriptor.from_tensor(x, [bm, r]), TensorDescriptor.from_tensor(w, [bn, r]),
+                                TensorDescriptor.from_tensor(base, [bm, bn]), scale, s, N, ACC=acc_mode, BLOCK_M=bm,
+                                BLOCK_N=bn, PROGRAMS=programs, WS=ws, num_warps=warps, num_stages=stages)
+
+                        variants[f"persist{'-ws' if ws else ''} " + tag] = persist
         for name, launch in variants.items():
             try:
                 err, us = _check_and_time(launch, xs, bases, pristine, ref, dev, budget, name)
