@@ -15,7 +15,8 @@ descriptors). That separates what the Triton compiler reaches on the bare shape 
 (metadata, the row gather). ``--modes`` adds two more: ``ws`` (descriptor loads, the K loop warp-specialized by
 the compiler: a producer warp issuing the loads, the kernel's warps the wgmmas), ``persist`` (one program per SM
 walking the tiles, the output stored through a descriptor) and ``persist-ws`` (the same, its tile loop
-warp-specialized).
+warp-specialized). On the H100 with Triton 3.6 (session 33) ``ws`` did not finish (killed after 280 s): run it
+last, under a timeout.
 
     PYTHONPATH=. python benchmarks/dense_reference.py --json $OUT/dense_reference.json
 """
