@@ -104,39 +104,32 @@ def _dense_gemm_persistent(x_desc, w_desc, out_desc, M, N, K, BLOCK_M: tl.conste
 
 
 def triton_gemm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tile: tuple, mode: str):
-    """A launcher for the Triton GEMM of ``mode`` (``cp.async``, ``tma``, ``ws``, ``persist``, ``persist-ws``; ``K`` a multiple
-    of ``BLOCK_K``; ``BLOCK_N`` a power of two, so a 192-wide tile is 256 with the last 64 columns masked)."""
+    """A launcher for the Triton GEMM of ``mode`` (``cp.async``, ``tma``, ``ws``, ``persist``, ``persist-ws``;
+    ``K`` a multiple of ``BLOCK_K``; ``BLOCK_N`` a power of two, so a 192-wide tile is 256 with the last 64
+    columns masked)."""
     bm, bn, bk, warps, stages = tile
     bn = triton.next_power_of_2(bn)
     M, K = x.shape
     N = w.shape[0]
     assert K % bk == 0, (K, bk)
-    tma = mode != "cp.async"
-    if mode in ("ws", "persist", "persist-ws"):
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    x_desc = w_desc = None
+    if mode != "cp.async":
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         x_desc = TensorDescriptor.from_tensor(x, [bm, bk])
         w_desc = TensorDescriptor.from_tensor(w, [bn, bk])
-        if mode == "ws":
-            grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-            return lambda: _dense_gemm_ws[grid](x_desc, w_desc, out, M, N, K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+    if mode == "ws":
+        return lambda: _dense_gemm_ws[(tiles,)](x_desc, w_desc, out, M, N, K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                                                 num_warps=warps, num_stages=stages)
+    if mode in ("persist", "persist-ws"):
         out_desc = TensorDescriptor.from_tensor(out, [bm, bn])
-        programs = min(torch.cuda.get_device_properties(x.device).multi_processor_count,
-                       triton.cdiv(M, bm) * triton.cdiv(N, bn))
+        programs = min(torch.cuda.get_device_properties(x.device).multi_processor_count, tiles)
         return lambda: _dense_gemm_persistent[(programs,)](x_desc, w_desc, out_desc, M, N, K, BLOCK_M=bm, BLOCK_N=bn,
                                                            BLOCK_K=bk, PROGRAMS=programs, WS=mode == "persist-ws",
                                                            num_warps=warps, num_stages=stages)
-    if tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        x_desc = TensorDescriptor.from_tensor(x, [bm, bk])
-        w_desc = TensorDescriptor.from_tensor(w, [bn, bk])
-    else:
-        x_desc = w_desc = None
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    return lambda: _dense_gemm[grid](x, w, out, x_desc, w_desc, M, N, K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                                     TMA=tma, num_warps=warps, num_stages=stages)
+    return lambda: _dense_gemm[(tiles,)](x, w, out, x_desc, w_desc, M, N, K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                         TMA=mode == "tma", num_warps=warps, num_stages=stages)
 
 
 def main(argv=None) -> int:
