@@ -43,9 +43,10 @@ TILES = [(128, 64, 64, 4, 4), (256, 64, 64, 8, 4), (128, 64, 128, 4, 3), (64, 64
 
 @triton.jit
 def _dense_gemm(x_ptr, w_ptr, out_ptr, x_desc, w_desc, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, TMA: tl.constexpr):
+                BLOCK_K: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr = False):
     """``out[m, n] = sum_k x[m, k] w[n, k]``, one ``BLOCK_M x BLOCK_N`` tile a program; the column groups of a row
-    block are consecutive programs (read x together, so all but one read it from L2)."""
+    block are consecutive programs (read x together, so all but one read it from L2). ``WS`` (with ``TMA``): the K
+    loop warp-specialized by the compiler."""
     groups = tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
     pid_m = pid // groups
@@ -54,7 +55,7 @@ def _dense_gemm(x_ptr, w_ptr, out_ptr, x_desc, w_desc, M, N, K, BLOCK_M: tl.cons
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in tl.range(0, K, BLOCK_K, warp_specialize=WS):
         if TMA:
             a = x_desc.load([pid_m * BLOCK_M, k0])
             b = w_desc.load([pid_n * BLOCK_N, k0])
@@ -62,25 +63,6 @@ def _dense_gemm(x_ptr, w_ptr, out_ptr, x_desc, w_desc, M, N, K, BLOCK_M: tl.cons
             a = tl.load(x_ptr + offs_m[:, None] * K + (k0 + offs_k)[None, :], mask=offs_m[:, None] < M, other=0.0)
             b = tl.load(w_ptr + offs_n[:, None] * K + (k0 + offs_k)[None, :], mask=offs_n[:, None] < N, other=0.0)
         acc = tl.dot(a, b.T, acc)
-    tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
-
-
-@triton.jit
-def _dense_gemm_ws(x_desc, w_desc, out_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
-    """:func:`_dense_gemm` through descriptors with its K loop warp-specialized."""
-    groups = tl.cdiv(N, BLOCK_N)
-    pid = tl.program_id(0)
-    pid_m = pid // groups
-    pid_n = pid - pid_m * groups
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in tl.range(0, K, BLOCK_K, warp_specialize=True):
-        a = x_desc.load([pid_m * BLOCK_M, k0])
-        b = w_desc.load([pid_n * BLOCK_N, k0])
-        acc = tl.dot(a, b.T, acc)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -119,9 +101,6 @@ def triton_gemm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tile: tuple
 
         x_desc = TensorDescriptor.from_tensor(x, [bm, bk])
         w_desc = TensorDescriptor.from_tensor(w, [bn, bk])
-    if mode == "ws":
-        return lambda: _dense_gemm_ws[(tiles,)](x_desc, w_desc, out, M, N, K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                                                num_warps=warps, num_stages=stages)
     if mode in ("persist", "persist-ws"):
         out_desc = TensorDescriptor.from_tensor(out, [bm, bn])
         programs = min(torch.cuda.get_device_properties(x.device).multi_processor_count, tiles)
@@ -129,7 +108,7 @@ def triton_gemm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, tile: tuple
                                                            BLOCK_K=bk, PROGRAMS=programs, WS=mode == "persist-ws",
                                                            num_warps=warps, num_stages=stages)
     return lambda: _dense_gemm[(tiles,)](x, w, out, x_desc, w_desc, M, N, K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                                         TMA=mode == "tma", num_warps=warps, num_stages=stages)
+                                         TMA=mode != "cp.async", WS=mode == "ws", num_warps=warps, num_stages=stages)
 
 
 def main(argv=None) -> int:
