@@ -42,18 +42,31 @@ def _expand_tma(x_desc, w_desc, o_desc, scale, ACC: tl.constexpr, BLOCK_M: tl.co
     """The metadata-free loop of :func:`_expand_dense` with every tile moved by the tensor memory accelerator."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    x = x_desc.load([pid_m * BLOCK_M, 0])
+    x = _x_operand(x_desc, pid_m * BLOCK_M, scale, ACC)
+    for it in range(N_ITERS):
+        _add_tile(x, w_desc, o_desc, pid_m * BLOCK_M, (pid_n * N_ITERS + it) * BLOCK_N, scale, ACC)
+
+
+@triton.jit
+def _x_operand(x_desc, m0, scale, ACC: tl.constexpr):
+    """The x rows m0.. through the descriptor; with ``ACC`` scaled in float32 and rounded to x's dtype."""
+    x = x_desc.load([m0, 0])
     if ACC:
         x = (x.to(tl.float32) * scale).to(x.dtype)
-    for it in range(N_ITERS):
-        n0 = (pid_n * N_ITERS + it) * BLOCK_N
-        w = w_desc.load([n0, 0])
-        base = o_desc.load([pid_m * BLOCK_M, n0])
-        if ACC:
-            acc = tl.dot(x, w.T, base.to(tl.float32))
-        else:
-            acc = tl.dot(x, w.T) * scale + base.to(tl.float32)
-        o_desc.store([pid_m * BLOCK_M, n0], acc.to(base.dtype))
+    return x
+
+
+@triton.jit
+def _add_tile(x, w_desc, o_desc, m0, n0, scale, ACC: tl.constexpr):
+    """base[m0.., n0..] += x @ B[n0..].T (x from :func:`_x_operand`), loaded and stored through descriptors:
+    with ``ACC`` base is the dot's accumulator, else the product is scaled, then added."""
+    w = w_desc.load([n0, 0])
+    base = o_desc.load([m0, n0])
+    if ACC:
+        acc = tl.dot(x, w.T, base.to(tl.float32))
+    else:
+        acc = tl.dot(x, w.T) * scale + base.to(tl.float32)
+    o_desc.store([m0, n0], acc.to(base.dtype))
 
 
 @triton.jit
@@ -65,16 +78,8 @@ def _expand_persistent(x_desc, w_desc, o_desc, scale, M, N, ACC: tl.constexpr, B
     blocks = tl.cdiv(M, BLOCK_M)
     tiles = blocks * tl.cdiv(N, BLOCK_N)
     for t in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WS):
-        n0 = (t // blocks) * BLOCK_N
         m0 = (t % blocks) * BLOCK_M
-        x = x_desc.load([m0, 0])
-        w = w_desc.load([n0, 0])
-        base = o_desc.load([m0, n0])
-        if ACC:
-            acc = tl.dot((x.to(tl.float32) * scale).to(x.dtype), w.T, base.to(tl.float32))
-        else:
-            acc = tl.dot(x, w.T) * scale + base.to(tl.float32)
-        o_desc.store([m0, n0], acc.to(base.dtype))
+        _add_tile(_x_operand(x_desc, m0, scale, ACC), w_desc, o_desc, m0, (t // blocks) * BLOCK_N, scale, ACC)
 
 
 @triton.jit
@@ -210,9 +215,10 @@ def tma_main(args) -> int:
                 if not args.persist:
                     variants["tma " + tag] = tma
                 elif iters == 1:
+                    programs = min(sms, grid[0] * grid[1])
                     for ws in (False, True):
-                        def persist(x, base, bm=bm, bn=bn, warps=warps, stages=stages, acc_mode=acc_mode, ws=ws):
-                            programs = min(sms, triton.cdiv(s, bm) * triton.cdiv(N, bn))
+                        def persist(x, base, bm=bm, bn=bn, warps=warps, stages=stages, acc_mode=acc_mode, ws=ws,
+                                    programs=programs):
                             _expand_persistent[(programs,)](
                                 TensorDescriptor.from_tensor(x, [bm, r]), TensorDescriptor.from_tensor(w, [bn, r]),
                                 TensorDescriptor.from_tensor(base, [bm, bn]), scale, s, N, ACC=acc_mode, BLOCK_M=bm,
