@@ -1,44 +1,60 @@
-"""Stand-ins for the SGLang modules the LoRA kernels import but ``fetch.sh`` does not unpack.
+"""Stand-ins for the SGLang modules the LoRA code imports but ``fetch.sh`` does not unpack.
 
-Each is installed only when the real module does not import (an SGLang installed here wins), and
-holds only what the LoRA code paths the adapters run actually touch:
+Each is installed only when the real module does not import (an SGLang installed here wins; ``STUBBED``
+lists the ones installed), and holds only what the LoRA code paths of the adapters touch:
 
 * ``sglang.srt.utils``: ``cached_triton_kernel`` returns the kernel unchanged (SGLang's own fallback
   off CUDA: Triton's native kernel cache; the same device code, only the host's launch path differs,
   which the graph-batched timing does not see); ``get_device_name`` as SGLang defines it (the CUDA
   device name, which keys the csgmv kernels' tuned configs).
-* ``sglang.srt.environ.envs``: the flags the LoRA kernels read, at SGLang's defaults.
-* ``sglang.srt.model_executor.forward_batch_info.ForwardBatch``,
-  ``sglang.srt.utils.hf_transformers_utils.AutoConfig``: names imported for type hints only.
+* ``sglang.srt.utils.common``: ``empty_device_cache``; ``direct_register_custom_op`` a no-op (the op it
+  registers is MoE-only, never called here).
+* ``sglang.srt.environ.envs``: the flags the LoRA code reads, from the environment, at SGLang 0.5.23's
+  defaults (``sglang/srt/environ.py``).
+* ``sglang.kernels.jit.utils.is_arch_support_pdl``: SGLang's check (CUDA, not ROCm, major >= 9).
+* ``sglang.kernels.ops.moe.moe_align.moe_align_block_size``: the routing of 513-16383-row aligned routes
+  in the triton_v2 runner is a CUDA source compiled at run time (tvm-ffi, nvcc); the stand-in fills
+  the same buffers from SGLang's own torch fallback ``_align_block_size_torch`` (see sglang_v2_peer.py).
+* ``ForwardBatch``, ``AutoConfig``, ``LoRABatchLayout``: names imported for type hints only.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 
 import torch
+
+#: Names of the stand-ins installed (only where the real module did not import).
+STUBBED: list[str] = []
 
 
 class _Flag:
     def __init__(self, name: str, default):
         self.name, self.default = name, default
 
-    def get(self):
-        return self.default
-
     def is_set(self) -> bool:
-        return False
+        return self.name in os.environ
+
+    def get(self):
+        raw = os.environ.get(self.name)
+        if raw is None:
+            return self.default
+        if isinstance(self.default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return raw
 
 
 class _Envs:
-    """SGLang's ``envs``: only the flags the LoRA kernels read, at their defaults (``sglang/srt/environ.py``)."""
+    """SGLang's ``envs``: only the flags the LoRA code reads; another name raises (add it here)."""
 
     _DEFAULTS = {
         "SGLANG_ENABLE_LORA_CSGMV_SPLIT_K": False,
         "SGLANG_ENABLE_DETERMINISTIC_INFERENCE": False,
         "SGLANG_USE_CUSTOM_TRITON_KERNEL_CACHE": False,
+        "SGLANG_LORA_DENSE_CONFIG_DIR": None,
     }
 
     def __getattr__(self, name: str) -> _Flag:
@@ -55,33 +71,79 @@ def _get_device_name(device_id: int = 0) -> str:
     return torch.cuda.get_device_name(device_id) if torch.cuda.is_available() else "cpu"
 
 
-class _Placeholder:
-    """A name SGLang imports for type hints only."""
+def _empty_device_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
-_STUBS = {
-    "sglang.srt.utils": {"cached_triton_kernel": _cached_triton_kernel, "get_device_name": _get_device_name},
-    "sglang.srt.utils.hf_transformers_utils": {"AutoConfig": _Placeholder},
-    "sglang.srt.environ": {"envs": _Envs()},
-    "sglang.srt.model_executor": {},
-    "sglang.srt.model_executor.forward_batch_info": {"ForwardBatch": _Placeholder},
-}
+def _direct_register_custom_op(*args, **kwargs) -> None:
+    return None
+
+
+def _is_arch_support_pdl() -> bool:
+    if not torch.cuda.is_available() or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_capability()[0] >= 9
+
+
+def _moe_align_block_size_from_torch_fallback(
+    topk_ids, num_experts, block_size, sorted_token_ids, expert_ids, num_tokens_post_pad, cumsum_buffer,
+    pad_sorted_token_ids=False, *, write_inactive_prefix_count=False, map_invalid_experts_to_sentinel=False,
+    pad_expert_ids=False,
+):
+    """The CUDA-JIT ``moe_align_block_size`` replaced by SGLang's torch fallback (eager), into the caller's buffers."""
+    if write_inactive_prefix_count:
+        raise NotImplementedError("the torch fallback of moe_align does not count the inactive prefix")
+    from sglang.kernels.ops.lora.moe import virtual_experts as ve
+
+    fn = ve._align_block_size_torch
+    fn = getattr(fn, "_torchdynamo_orig_callable", None) or getattr(fn, "__wrapped__", None) or fn
+    # The JIT takes num_route_buckets + 1 (+1-offset ids, -1 -> bucket 0); the fallback takes the route
+    # buckets and puts the invalid ids in a last sentinel bucket whose blocks are labelled -1.
+    s, e, n = fn(topk_ids, block_size, num_experts - 1)
+    sorted_token_ids.copy_(s[: sorted_token_ids.numel()])
+    expert_ids.copy_(e[: expert_ids.numel()])
+    num_tokens_post_pad[:1].copy_(n)
+
+
+def _imports(name: str) -> bool:
+    if name in sys.modules:
+        return True
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:
+        return False
+
+
+def _stub(name: str, **attrs) -> types.ModuleType:
+    """``name`` as it imports, else a stand-in package with ``attrs`` (its parents stood in for if need be)."""
+    if _imports(name):
+        return sys.modules[name]
+    parent, _, child = name.rpartition(".")
+    parent_mod = _stub(parent) if parent else None
+    mod = types.ModuleType(name, f"kernelstack stand-in for {name} (benchmarks/peers/sglang_stubs.py)")
+    mod.__path__ = []  # a package, so stood-in submodules import beneath it
+    mod.__dict__.update(attrs)
+    sys.modules[name] = mod
+    if parent_mod is not None:
+        setattr(parent_mod, child, mod)
+    STUBBED.append(name)
+    return mod
+
+
+def _hint(name: str) -> type:
+    return type(name, (), {"__doc__": "a name SGLang imports for type hints only"})
 
 
 def install() -> None:
-    """Put each stand-in into ``sys.modules`` where the real module does not import."""
-    for name, attrs in _STUBS.items():
-        if name in sys.modules:
-            continue
-        try:
-            importlib.import_module(name)
-            continue
-        except Exception:
-            pass
-        mod = types.ModuleType(name)
-        mod.__path__ = []  # a package, so stubbed submodules import beneath it
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
-        parent, _, child = name.rpartition(".")
-        if parent in sys.modules:
-            setattr(sys.modules[parent], child, mod)
+    """Put each stand-in into ``sys.modules`` where the real module does not import (idempotent)."""
+    _stub("sglang.srt.utils", cached_triton_kernel=_cached_triton_kernel, get_device_name=_get_device_name)
+    _stub("sglang.srt.utils.common", empty_device_cache=_empty_device_cache,
+          direct_register_custom_op=_direct_register_custom_op)
+    _stub("sglang.srt.utils.hf_transformers_utils", AutoConfig=_hint("AutoConfig"))
+    _stub("sglang.srt.environ", envs=_Envs())
+    _stub("sglang.srt.model_executor.forward_batch_info", ForwardBatch=_hint("ForwardBatch"))
+    _stub("sglang.srt.runtime_context", LoRABatchLayout=_hint("LoRABatchLayout"))
+    _stub("sglang.kernels.jit.utils", is_arch_support_pdl=_is_arch_support_pdl)
+    _stub("sglang.kernels.ops.moe.moe_align", moe_align_block_size=_moe_align_block_size_from_torch_fallback)
