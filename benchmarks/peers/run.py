@@ -43,6 +43,17 @@ def add_peer_paths(peers: str) -> None:
         sys.path.append(site)
 
 
+def drop_unregistered(argv: list[str], known: set[str]) -> tuple[list[str], list[str]]:
+    """``argv`` with the ``peer-`` names of ``--backends`` that are not registered left out, and those names."""
+    if "--backends" not in argv or argv.index("--backends") + 1 >= len(argv):
+        return argv, []
+    i = argv.index("--backends") + 1
+    names = [n for n in argv[i].split(",") if n]
+    kept = [n for n in names if n in known or not n.startswith("peer-")]
+    dropped = [n for n in names if n not in kept]
+    return [*argv[:i], ",".join(kept), *argv[i + 1:]], dropped
+
+
 def main(argv: list[str]) -> int:
     peers = ".peers"
     if argv[:1] == ["--peers"]:
@@ -59,14 +70,9 @@ def main(argv: list[str]) -> int:
     from lora.compare.cli import main as compare_main
     from lora.registry import available_backends
 
-    if "--backends" in argv:  # a peer whose adapter did not load is dropped (said above), not fatal
-        i = argv.index("--backends") + 1
-        known = {s.name for s in available_backends()}
-        names = [n for n in argv[i].split(",") if n]
-        kept = [n for n in names if n in known or not n.startswith("peer-")]
-        for n in sorted(set(names) - set(kept)):
-            print(f"backend {n}: not registered (its adapter did not load); left out", file=sys.stderr)
-        argv = [*argv[:i], ",".join(kept), *argv[i + 1:]]
+    argv, dropped = drop_unregistered(argv, {s.name for s in available_backends()})
+    for n in dropped:
+        print(f"backend {n}: not registered (its adapter did not load); left out", file=sys.stderr)
     return compare_main(argv)
 
 
