@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Session 34: an H200 runs the waiting H200 call (probe_s32_h200.sh: the descriptor twins tuned into the H200
-# table, the full triton record with it); another card runs the peer comparison (probe_s34_peers.sh) with the
-# peer adapters that exist in this tree.
-# Usage (device tool, carry .peers/src .peers/site): bash benchmarks/probe_s34_any.sh
+# Session 34: an H200 runs the peer comparison there (probe_s34_peers.sh: triton beside SGLang 0.5.23 and vLLM
+# 0.33.0, every default Llama-3-8B case, both ranks); another card runs the triton GPU tests that read the plan
+# tables (the H100 table re-tuned this session) and the GPU contract for triton.
+# Usage (device tool, carry .peers/src .peers/site): bash benchmarks/probe_s34_any.sh [SECONDS_PER_RANK]
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader)
-if grep -q H200 <<< "$GPU"; then bash benchmarks/probe_s32_h200.sh s34h; else bash benchmarks/probe_s34_peers.sh s34q "${1:-270}"; fi
+if grep -q H200 <<< "$GPU"; then bash benchmarks/probe_s34_peers.sh s34h "${1:-270}"; exit; fi
+echo "$GPU: the triton GPU tests"
+PYTHONPATH=. timeout 300 python3 -m pytest -q -p no:cacheprovider -n 8 tests/gpu/test_triton_tuned.py \
+    tests/gpu/test_contract_gpu.py -k "triton" 2>&1 | tail -4 | tee $OUT/s34g_gpu_tests.txt
