@@ -103,10 +103,7 @@ import torch
 from lora.backend import BaseLoRABackend
 from lora.registry import register_backend
 
-try:
-    from peer_common import HostOffsets, missing_module
-except ImportError:  # imported as part of a package
-    from .peer_common import HostOffsets, missing_module
+from peer_common import HostOffsets, missing_module
 
 VLLM_VERSION = "0.33.0"
 _SHRINK = "vllm.lora.ops.triton_ops.lora_shrink_op"
