@@ -7,7 +7,8 @@ token) the tokens sorted by adapter into one segment per slot (``_build_sgemm_ro
 ``max_len`` = the token count); otherwise the request segments as they are.
 
 ``peer-sglang-csgmv`` (SGLang's default, ``--lora-backend csgmv`` with the default
-``--max-lora-chunk-size 16``): ``chunked_sgmv_lora_shrink_forward`` / ``chunked_sgmv_lora_expand_forward``
+``--max-lora-chunk-size 16``; ``peer-sglang-csgmv128``: the same with ``--max-lora-chunk-size 128``, SGLang's
+largest, whose chunk size then follows the token count: 16 below 64 tokens, 32 below 256, else 128): ``chunked_sgmv_lora_shrink_forward`` / ``chunked_sgmv_lora_expand_forward``
 with the metadata of ``ChunkedSgmvLoRABackend.prepare_lora_batch``: tokens sorted by adapter (a stable
 argsort of each row's slot), then cut into chunks of at most ``chunk_size`` rows of one adapter; the
 expand gets the host copy of the output offsets, as SGLang's layers pass it.
@@ -127,12 +128,14 @@ class SGLangCsgmvPeer(_SGLangBackend):
     description = "SGLang 0.5.23 --lora-backend csgmv (its default; chunked SGMV, chunks of <= 16 rows)"
     _modules = ("chunked_sgmv_shrink", "chunked_sgmv_expand")
 
-    @staticmethod
-    def chunk_size(num_tokens: int) -> int:
-        """ChunkedSgmvLoRABackend._determine_chunk_size_for_tokens with the default max chunk size."""
-        if MAX_CHUNK_SIZE <= MIN_CHUNK_SIZE:
+    #: SGLang's --max-lora-chunk-size.
+    max_chunk_size = MAX_CHUNK_SIZE
+
+    def chunk_size(self, num_tokens: int) -> int:
+        """ChunkedSgmvLoRABackend._determine_chunk_size_for_tokens."""
+        if self.max_chunk_size <= MIN_CHUNK_SIZE:
             return MIN_CHUNK_SIZE
-        return min(MAX_CHUNK_SIZE, 128 if num_tokens >= 256 else 32 if num_tokens >= 64 else 16)
+        return min(self.max_chunk_size, 128 if num_tokens >= 256 else 32 if num_tokens >= 64 else 16)
 
     def prepare(self, bi) -> None:
         dev = bi.seg_indptr.device
@@ -175,3 +178,9 @@ class SGLangCsgmvPeer(_SGLangBackend):
             x=x, weights=weights, batch_info=self._info, slice_offsets=output_offset, max_slice_size=max_slice_width,
             base_output=base_output, slice_offsets_cpu=host,
         )
+
+
+@register_backend("peer-sglang-csgmv128")
+class SGLangCsgmv128Peer(SGLangCsgmvPeer):
+    description = "SGLang 0.5.23 --lora-backend csgmv --max-lora-chunk-size 128 (its largest chunks)"
+    max_chunk_size = 128

@@ -65,7 +65,7 @@ def test_host_offsets_read_once_then_cached(peers_path):
 
 
 def test_peer_backends_say_what_is_missing_without_the_sources(peers_path, monkeypatch):
-    names = {"sglang_peer": ["peer-sglang", "peer-sglang-csgmv"], "sglang_v2_peer": ["peer-sglang-v2"],
+    names = {"sglang_peer": ["peer-sglang", "peer-sglang-csgmv", "peer-sglang-csgmv128"], "sglang_v2_peer": ["peer-sglang-v2"],
              "vllm_peer": ["peer-vllm"]}
     if any(importlib.util.find_spec(top) is not None for top in ("sglang", "vllm")):
         pytest.skip("an SGLang or vLLM is importable here: the peers' sources are present")
