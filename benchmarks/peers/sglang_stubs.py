@@ -1,7 +1,7 @@
 """Stand-ins for the SGLang modules the LoRA code imports but ``fetch.sh`` does not unpack.
 
-Each is installed only when the real module does not import (an SGLang installed here wins; ``STUBBED``
-lists the ones installed), and holds only what the LoRA code paths of the adapters touch:
+Each is installed only when the real module does not import (an SGLang installed here wins;
+``peer_common.stand_in``), and holds only what the LoRA code paths of the adapters touch:
 
 * ``sglang.srt.utils``: ``cached_triton_kernel`` returns the kernel unchanged (SGLang's own fallback
   off CUDA: Triton's native kernel cache; the same device code, only the host's launch path differs,
@@ -20,16 +20,11 @@ lists the ones installed), and holds only what the LoRA code paths of the adapte
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-import types
 
 import torch
 
-#: Names of the stand-ins installed (only where the real module did not import).
-STUBBED: list[str] = []
-
+from peer_common import package, stand_in
 
 class _Flag:
     def __init__(self, name: str, default):
@@ -106,44 +101,23 @@ def _moe_align_block_size_from_torch_fallback(
     num_tokens_post_pad[:1].copy_(n)
 
 
-def _imports(name: str) -> bool:
-    if name in sys.modules:
-        return True
-    try:
-        importlib.import_module(name)
-        return True
-    except Exception:
-        return False
-
-
-def _stub(name: str, **attrs) -> types.ModuleType:
-    """``name`` as it imports, else a stand-in package with ``attrs`` (its parents stood in for if need be)."""
-    if _imports(name):
-        return sys.modules[name]
-    parent, _, child = name.rpartition(".")
-    parent_mod = _stub(parent) if parent else None
-    mod = types.ModuleType(name, f"kernelstack stand-in for {name} (benchmarks/peers/sglang_stubs.py)")
-    mod.__path__ = []  # a package, so stood-in submodules import beneath it
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    if parent_mod is not None:
-        setattr(parent_mod, child, mod)
-    STUBBED.append(name)
-    return mod
-
-
 def _hint(name: str) -> type:
     return type(name, (), {"__doc__": "a name SGLang imports for type hints only"})
 
 
 def install() -> None:
     """Put each stand-in into ``sys.modules`` where the real module does not import (idempotent)."""
-    _stub("sglang.srt.utils", cached_triton_kernel=_cached_triton_kernel, get_device_name=_get_device_name)
-    _stub("sglang.srt.utils.common", empty_device_cache=_empty_device_cache,
-          direct_register_custom_op=_direct_register_custom_op)
-    _stub("sglang.srt.utils.hf_transformers_utils", AutoConfig=_hint("AutoConfig"))
-    _stub("sglang.srt.environ", envs=_Envs())
-    _stub("sglang.srt.model_executor.forward_batch_info", ForwardBatch=_hint("ForwardBatch"))
-    _stub("sglang.srt.runtime_context", LoRABatchLayout=_hint("LoRABatchLayout"))
-    _stub("sglang.kernels.jit.utils", is_arch_support_pdl=_is_arch_support_pdl)
-    _stub("sglang.kernels.ops.moe.moe_align", moe_align_block_size=_moe_align_block_size_from_torch_fallback)
+    for name, doc, attrs in (
+        ("sglang.srt.utils", "cached_triton_kernel, get_device_name",
+         {"cached_triton_kernel": _cached_triton_kernel, "get_device_name": _get_device_name}),
+        ("sglang.srt.utils.common", "empty_device_cache, direct_register_custom_op",
+         {"empty_device_cache": _empty_device_cache, "direct_register_custom_op": _direct_register_custom_op}),
+        ("sglang.srt.utils.hf_transformers_utils", "a type hint", {"AutoConfig": _hint("AutoConfig")}),
+        ("sglang.srt.environ", "envs", {"envs": _Envs()}),
+        ("sglang.srt.model_executor.forward_batch_info", "a type hint", {"ForwardBatch": _hint("ForwardBatch")}),
+        ("sglang.srt.runtime_context", "a type hint", {"LoRABatchLayout": _hint("LoRABatchLayout")}),
+        ("sglang.kernels.jit.utils", "is_arch_support_pdl", {"is_arch_support_pdl": _is_arch_support_pdl}),
+        ("sglang.kernels.ops.moe.moe_align", "moe_align_block_size from SGLang's torch fallback",
+         {"moe_align_block_size": _moe_align_block_size_from_torch_fallback}),
+    ):
+        stand_in(name, lambda name=name, doc=doc, attrs=attrs: package(name, doc, **attrs))

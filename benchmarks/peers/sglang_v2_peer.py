@@ -64,7 +64,7 @@ import torch
 from lora.backend import BaseLoRABackend
 from lora.registry import register_backend
 
-from peer_common import HostOffsets, missing_module
+from peer_common import HostOffsets, capturing, missing_module
 
 __all__ = ["SGLangV2PeerBackend"]
 
@@ -292,7 +292,7 @@ class SGLangV2PeerBackend(BaseLoRABackend):
         key = (s, max_r)
         got = self._full_rank.get(key)
         if got is None:
-            if self._tok_rank.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            if capturing(self._tok_rank.device):
                 return False
             got = self._full_rank[key] = bool((self._tok_rank[:s] == max_r).all())
         return got

@@ -103,7 +103,7 @@ import torch
 from lora.backend import BaseLoRABackend
 from lora.registry import register_backend
 
-from peer_common import HostOffsets, missing_module
+from peer_common import HostOffsets, capturing, missing_module, package, stand_in
 
 VLLM_VERSION = "0.33.0"
 _SHRINK = "vllm.lora.ops.triton_ops.lora_shrink_op"
@@ -229,12 +229,6 @@ def _stub_platforms() -> types.ModuleType:
     return m
 
 
-def _stub_package(name: str) -> types.ModuleType:
-    m = types.ModuleType(name, f"peer-vllm stub package {name}")
-    m.__path__ = []  # a package whose submodules are the stubs in sys.modules
-    return m
-
-
 def _stub_math_utils() -> types.ModuleType:
     m = types.ModuleType("vllm.utils.math_utils", "peer-vllm stub: vllm/utils/math_utils.py's helpers")
     m.cdiv = lambda a, b: -(a // -b)
@@ -311,7 +305,7 @@ _STUBS = (
     ("vllm.envs", _stub_envs),
     ("vllm.logger", _stub_logger),
     ("vllm.platforms", _stub_platforms),
-    ("vllm.utils", lambda: _stub_package("vllm.utils")),
+    ("vllm.utils", lambda: package("vllm.utils", "the parent of the vllm.utils stubs")),
     ("vllm.utils.math_utils", _stub_math_utils),
     ("vllm.utils.torch_utils", _stub_torch_utils),
     ("vllm.utils.mem_utils", _stub_mem_utils),
@@ -323,14 +317,7 @@ def _install_stubs() -> None:
     """Each module of _STUBS that does not import (and only those) becomes its stub in sys.modules."""
     importlib.import_module("vllm")  # the peer sources (a namespace package) or an installed vLLM
     for name, make in _STUBS:
-        if name in sys.modules:
-            continue
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            mod = sys.modules[name] = make()
-            parent, _, child = name.rpartition(".")
-            setattr(sys.modules[parent], child, mod)
+        stand_in(name, make)
 
 
 def _interpreting() -> bool:
@@ -385,10 +372,6 @@ def _drop_lut_keys(utils, keys: list) -> None:
     for table, key in keys:
         getattr(utils, table).pop(key, None)
     keys.clear()
-
-
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 @register_backend("peer-vllm")
@@ -566,7 +549,7 @@ class VLLMPeerBackend(BaseLoRABackend):
         return slices
 
     def _no_capture(self, what: str, device) -> None:
-        if _capturing(device):
+        if capturing(device):
             raise RuntimeError(
                 f"peer-vllm: {what} first seen inside a CUDA-graph capture; call the op eagerly first "
                 "(the adapter lays the weights out as vLLM stores them once, outside the timed calls)"
