@@ -194,10 +194,6 @@ class SGLangV2PeerBackend(BaseLoRABackend):
             self.mapping_source = "sglang" if self._map_fn is not None else "torch"
         return self._runner
 
-    @property
-    def architecture(self) -> str | None:
-        return None if self._runner is None else self._runner.architecture
-
     def prepare(self, batch_info) -> None:
         from sglang.srt.lora.utils import Phase
 
@@ -253,14 +249,6 @@ class SGLangV2PeerBackend(BaseLoRABackend):
 
         return self._runner.plan_for(DenseLoraKind.LINEAR, max_rank, in_features, out_features,
                                      num_tokens=num_tokens)
-
-    def plan_for_op(self, op: str, k: int, n: int, max_rank: int, num_tokens: int):
-        """The plan each op gets (``op``: shrink / expand / fused), for reports."""
-        if op == "shrink":
-            return self._plan(max_rank, k, k, num_tokens)
-        if op == "expand":
-            return self._plan(max_rank, n, n, num_tokens)
-        return self._plan(max_rank, k, n, num_tokens)
 
     # -- the ops
 
