@@ -86,3 +86,25 @@ def test_peer_backends_say_what_is_missing_without_the_sources(peers_path, monke
         for name in set(sys.modules) - before:  # the adapters and the stand-ins they installed
             if name.split(".")[0] in ours:
                 del sys.modules[name]
+
+
+def test_stand_in_never_shadows_a_real_module(peers_path):
+    common = importlib.import_module("peer_common")
+    import json
+
+    assert common.stand_in("json", lambda: pytest.fail("a real module was replaced")) is json
+    name = "kernelstack_absent_pkg.sub.mod"
+    try:
+        mod = common.stand_in(name, lambda: common.package(name, "test", answer=42))
+        assert sys.modules[name] is mod and mod.answer == 42
+        assert sys.modules["kernelstack_absent_pkg.sub"].mod is mod  # its missing parents stood in for
+        assert importlib.import_module(name) is mod
+        assert common.stand_in(name, lambda: pytest.fail("made twice")) is mod
+    finally:
+        for key in [k for k in sys.modules if k.split(".")[0] == "kernelstack_absent_pkg"]:
+            del sys.modules[key]
+
+
+def test_capturing_is_false_off_a_capture(peers_path):
+    common = importlib.import_module("peer_common")
+    assert common.capturing(torch.device("cpu")) is False
