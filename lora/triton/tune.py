@@ -1,10 +1,12 @@
 """``python -m lora tune``: measure the Triton backend's launch plans on this GPU and write its table.
 
 For every shape bucket a model's LoRA layers plan with (:func:`lora.triton.tiling.shrink_key` /
-``expand_key``: the token bucket, widths, rank, number of adapter slots), the tuner times a short list
-of candidate plans -- the heuristic's, the plans already in a table for that key, then neighbours of the
-heuristic's plan, nearest first -- on the batches of each regime that share the key (prefill-8k and
-mixed share the 8192-token bucket), keeps the plan with the smallest mean slowdown against each batch's
+``expand_key``: the token bucket, widths, rank, number of adapter slots and, for prefill-sized batches,
+the segments' geometry: prefill-8k's 8 prompts are "long", mixed's 32 segments of 1..512 tokens
+"short"), the tuner times a short list of candidate plans -- the heuristic's, the plans already in a
+table for that key or the key without its geometry, then neighbours of the heuristic's plan, nearest
+first -- on the batches that share the key (decode-7 and decode-8 share the 8-token bucket), keeps
+the plan with the smallest mean slowdown against each batch's
 fastest (a plan good for one batch geometry and bad for another loses to one good for both), checks
 that plan against the float64 oracle (a wrong plan never wins), and writes the table. For decode-sized
 QKV and gate-up it also times one launch (:mod:`lora.triton.fused_decode`) against two (shrink, then
@@ -181,6 +183,7 @@ def buckets_for(cases: list[TuneCase], ops: list[str]) -> list[Bucket]:
     out: dict[str, Bucket] = {}
     for tc in cases:
         comp = tc.case().composition(0)
+        segments = tiling.segment_class(comp.tokens, comp.num_lora, comp.bs)
         for name in ops:
             op = OPS[name].resolve(tc.shape)
             if op.kind == "fused":
@@ -188,9 +191,9 @@ def buckets_for(cases: list[TuneCase], ops: list[str]) -> list[Bucket]:
                     continue
                 key = tiling.fused_key(comp.tokens, op.k, op.stack, comp.max_r, op.n, op.max_slice, comp.num_lora)
             elif op.kind == "shrink":
-                key = tiling.shrink_key(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora)
+                key = tiling.shrink_key(comp.tokens, op.k, op.stack * comp.max_r, comp.num_lora, segments)
             else:
-                key = tiling.expand_key(comp.tokens, comp.max_r, op.n, op.max_slice, op.stack, comp.num_lora)
+                key = tiling.expand_key(comp.tokens, comp.max_r, op.n, op.max_slice, op.stack, comp.num_lora, segments)
             out.setdefault(key, Bucket(key, op.kind, [])).members.append((tc, name))
     # one launch or two is decided last, against the primitives' plans this run chose
     return sorted(out.values(), key=lambda b: b.kind == "fused")
@@ -338,8 +341,9 @@ def candidates_for(bucket: Bucket, device, dtype, max_candidates: int) -> list:
     itemsize = torch.empty((), dtype=dtype).element_size()
     seeds = []
     for table in (*tiling.tables_for(tiling.device_info(device)[0]), *tiling.shipped_tables().values()):
-        if bucket.key in table.plans:
-            seeds.append(table.plans[bucket.key])
+        for key in dict.fromkeys((bucket.key, tiling.general_key(bucket.key))):  # a geometry's, then the bucket's
+            if key in table.plans:
+                seeds.append(table.plans[key])
     if bucket.kind == "fused":
         grid = fused_candidates(comp.tokens, op.k, op.stack, comp.max_r, op.max_slice, comp.num_lora, sms)
         # two-launch entries differ only in pdl, and in partials with their split (their tile fields mean nothing)
@@ -405,8 +409,9 @@ class _Bench:
         op, c = self.op, self.comp
         if op.kind != "fused":
             return ()
-        keys = (tiling.shrink_key(c.tokens, op.k, op.stack * c.max_r, c.num_lora),
-                tiling.expand_key(c.tokens, c.max_r, op.n, op.max_slice, op.stack, c.num_lora))
+        segments = tiling.segment_class(c.tokens, c.num_lora, c.bs)
+        keys = (tiling.shrink_key(c.tokens, op.k, op.stack * c.max_r, c.num_lora, segments),
+                tiling.expand_key(c.tokens, c.max_r, op.n, op.max_slice, op.stack, c.num_lora, segments))
         return tuple(plans[k] for k in keys if k in plans)
 
     def check(self, plan, extra=()):
@@ -794,6 +799,7 @@ def run(args) -> int:
                 continue
             plans[b.key] = result["plan"]
             measured[b.key] = result["record"]
+            drop_superseded(plans, measured, b.key)
             not_done.remove(b.key)
             done.append(b.key)
             progress.line(f"[{i + 1}/{len(buckets)}] {result['line']}")
@@ -808,6 +814,17 @@ def run(args) -> int:
     print(f"{_PROG}: tuned {len(done)} of {len(buckets)} buckets in {time.monotonic() - t0:.0f} s -> {path}"
           + (f" (not tuned: {len(not_done)}; they keep the shipped table's plan or the heuristic)" if not_done else ""))
     return 0
+
+
+def drop_superseded(plans: dict, measured: dict, key: str) -> None:
+    """Once a table plans both segment geometries of ``key``'s bucket (``...:seglong`` and ``...:segshort``),
+    the bucket's entry without a geometry plans no batch: it is dropped with its measurement."""
+    from . import tiling
+
+    general = tiling.general_key(key)
+    if general != key and all(f"{general}:seg{c}" in plans for c in tiling.SEGMENT_CLASSES):
+        plans.pop(general, None)
+        measured.pop(general, None)
 
 
 _FUSED_STALLED: list = []  # bucket keys where a one-launch call stalled: no more one-launch candidates

@@ -124,6 +124,36 @@ def test_disabled_by_environment(dirs, monkeypatch):
     assert plan(2 * N) == tiling.heuristic_shrink(S, K, 2 * N, L, 4)
 
 
+def test_prefill_plans_by_segment_geometry(dirs):
+    """A prefill-sized batch is planned for its segments' geometry: each table's entry for "long" segments
+    (a mean of at least 512 tokens) or "short" ones first, then the bucket's entry without a geometry; the
+    user's table still wins over the shipped one; decode-sized batches have no geometry."""
+    s, k, n, lora_slots = 4096, 72, 24, 8
+    assert tiling.segment_class(s, lora_slots, 8) == "long" and tiling.segment_class(s, lora_slots, 9) == "short"
+    assert tiling.segment_class(1016, lora_slots, 1) is None, "decode-sized: planned per adapter group"
+    general = tiling.shrink_key(s, k, n, lora_slots)
+    long_key = tiling.shrink_key(s, k, n, lora_slots, "long")
+    assert long_key == general + ":seglong" and tiling.general_key(long_key) == general
+
+    def planned(bs, kind="shrink"):
+        if kind == "shrink":
+            return tiling.plan_shrink(s, k, n, lora_slots, bs, torch.float16, DEV)
+        return tiling.plan_expand(s, 16, 96, 64, 2, lora_slots, bs, torch.float16, DEV)
+
+    _ship(dirs[1], {general: SHIPPED, long_key: SHIPPED3})
+    tiling.reload_tables()
+    assert planned(8) == SHIPPED3, "8 segments of 512 tokens: the long-segment plan"
+    assert planned(32) == SHIPPED, "32 segments (a CUDA graph's padding counts): the bucket's plan"
+    _user({general: USER})
+    tiling.reload_tables()
+    assert planned(8) == USER and planned(32) == USER, "the user's table before the shipped one, whatever the key"
+    short = tiling.ExpandPlan(64, 64, 2, 4, 2)
+    _user({tiling.expand_key(s, 16, 96, 64, 2, lora_slots, "short"): short})
+    tiling.reload_tables()
+    assert planned(32, "expand") == short
+    assert planned(8, "expand") == tiling.heuristic_expand(s, 16, 64, lora_slots, 2, 4), "no entry for long"
+
+
 def test_other_devices_tables_are_not_used(dirs):
     _ship(dirs[1], {K1: SHIPPED}, device="NVIDIA H200")
     _user({K1: USER}, device="NVIDIA H100 80GB HBM3")
@@ -303,11 +333,12 @@ def test_tune_out_of_budget_still_writes_what_it_has(dirs, capsys):
 def test_tune_dry_run_lists_buckets_and_candidates(capsys):
     assert lora_main(["tune", "--dry-run", "--device", "cpu", "--ranks", "16,64", "--max-candidates", "5"]) == 0
     out = capsys.readouterr().out
-    # Llama-3-8B: 7 primitives x 2 ranks x 3 token buckets (64, 256, and 8192 shared by prefill and mixed),
-    # then one launch or two for qkv and gate_up x 2 ranks x the 2 decode buckets
-    assert out.count("plans on") == 42 + 8
-    assert out.index("fused:s64:k4096:r16:n6144:w4096:st3:l8") > out.index("expand:s8192:r64:n28672:w14336:st2:l8")
-    assert "shrink:s8192:k4096:n16:l8: 5 plans on llama3-8b-r16-prefill-8k/shrink1, llama3-8b-r16-mixed/shrink1" in out
+    # Llama-3-8B: 7 primitives x 2 ranks x 4 buckets (tokens 64, 256, and 8192 for prefill's long segments and
+    # for mixed's short ones), then one launch or two for qkv and gate_up x 2 ranks x the 2 decode buckets
+    assert out.count("plans on") == 56 + 8
+    assert out.index("fused:s64:k4096:r16:n6144:w4096:st3:l8") > out.index("expand:s8192:r64:n28672:w14336:st2:l8:segshort")
+    assert "shrink:s8192:k4096:n16:l8:seglong: 5 plans on llama3-8b-r16-prefill-8k/shrink1\n" in out
+    assert "shrink:s8192:k4096:n16:l8:segshort: 5 plans on llama3-8b-r16-mixed/shrink1\n" in out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -338,7 +369,7 @@ def test_candidates_start_with_the_heuristic_and_fit_shared_memory():
 
     cases = tune.tune_cases(LLAMA3_8B, [16, 64], 8, ["decode", "prefill", "mixed"], [64, 256], 8192)
     buckets = tune.buckets_for(cases, list(tune.PRIMITIVES))
-    assert len(buckets) == 42
+    assert len(buckets) == 56
     for b in buckets:
         tc, op_name = b.members[0]
         comp = tc.case().composition(0)
@@ -359,6 +390,30 @@ def test_candidates_start_with_the_heuristic_and_fit_shared_memory():
                     if p.tma:
                         assert i > 0 and cands[i - 1] == dataclasses.replace(p, tma=False), (i, cands)
         assert all(p.group_grid == cands[0].group_grid for p in cands), "decode and prefill layouts do not mix"
+
+
+def test_prefill_and_mixed_are_tuned_apart_and_a_bucket_s_plan_seeds_both(dirs, capsys):
+    """prefill-8k (8 prompts of 1k tokens) and mixed (32 segments of 1..512) share a token bucket but not a
+    segment geometry: each is a bucket of its own, seeded with a table's plan for the bucket without a
+    geometry; once a table has both geometries the entry without one is dropped."""
+    from lora.compare.cases import LLAMA3_8B
+
+    cases = tune.tune_cases(LLAMA3_8B, [64], 8, ["prefill", "mixed"], [64], 8192)
+    keys = [b.key for b in tune.buckets_for(cases, ["shrink2"])]
+    general = tiling.shrink_key(8192, 4096, 128, 8)
+    assert keys == [general + ":seglong", general + ":segshort"]
+    seed = tiling.ShrinkPlan(64, 32, 4, 64, 1, 4, 2)
+    _ship(dirs[1], {general: seed}, device="NVIDIA H100 80GB HBM3")
+    tiling.reload_tables()
+    for b in tune.buckets_for(cases, ["shrink2"]):
+        assert seed in tune.candidates_for(b, torch.device("cpu"), torch.bfloat16, 6)[:6], b.key
+    plans, measured = {general: seed, "shrink:s64:k8:n8:l8": seed}, {general: {}, "shrink:s64:k8:n8:l8": {}}
+    plans[keys[0]] = measured[keys[0]] = 1
+    tune.drop_superseded(plans, measured, keys[0])
+    assert general in plans and general in measured, "the short geometry still plans with it"
+    plans[keys[1]] = measured[keys[1]] = 2
+    tune.drop_superseded(plans, measured, keys[1])
+    assert set(plans) == set(measured) == {keys[0], keys[1], "shrink:s64:k8:n8:l8"}
 
 
 def test_no_descriptor_twins_where_the_device_has_no_tma(monkeypatch):
