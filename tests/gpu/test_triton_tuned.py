@@ -83,6 +83,33 @@ def test_a_plan_from_this_devices_table_is_the_one_launched(tune_dir, monkeypatc
     assert [tb.origin for tb in tiling.tables_for(name)][0] == "user"
 
 
+@pytest.mark.parametrize("segs, geometry", [("prefill:4096/8", "long"), ("mixed:16/256", "short")])
+def test_a_prefill_batch_launches_its_segment_geometrys_plan(tune_dir, monkeypatch, segs, geometry):
+    """Long prompts and short segments of one token bucket launch the plans the table keeps for their geometry."""
+    from lora import testing as I
+    from lora.compare.cases import OPS
+    from lora.triton import tiling
+
+    case, comp, bi = _case(f"hidden=512,q=512,kv=128,inter=1024,r=16,segs={segs}")
+    op = OPS["shrink2"].resolve(case.shape)
+    assert tiling.segment_class(comp.tokens, comp.num_lora, bi.bs) == geometry
+    key = tiling.shrink_key(comp.tokens, op.k, 2 * comp.max_r, comp.num_lora)
+    mine = tiling.ShrinkPlan(32, 32, 1, 32, 2, 4, 2)  # not the heuristic's (64-row chunks, no split)
+    other = tiling.ShrinkPlan(128, 32, 1, 64, 1, 4, 3)
+    other_geometry = {"long": "short", "short": "long"}[geometry]
+    tiling.write_table(tiling.user_table_path(tiling.device_info(DEV)[0]), {"name": tiling.device_info(DEV)[0]},
+                       {f"{key}:seg{geometry}": mine, f"{key}:seg{other_geometry}": other})
+    tiling.reload_tables()
+    seen = _spy(monkeypatch)
+    backend = backend_or_skip("triton", bi)
+    t = I.make_inputs(op, comp, torch.bfloat16, DEV, seed=5)
+    out = I.call_op(backend, op, t)
+    torch.cuda.synchronize()
+    assert seen == [mine], f"launched with {seen}"
+    c = I.check(out, I.oracle(op, comp, t), "bfloat16", expect_dtype=torch.bfloat16)
+    assert c.ok, c.detail
+
+
 def test_tune_writes_a_table_for_this_device_that_the_backend_uses(tune_dir, monkeypatch, capsys):
     from lora.__main__ import main
     from lora.triton import tiling
