@@ -848,7 +848,6 @@ def _tune_bucket(b: Bucket, device, dtype, compiler: _Compiler, share_end: float
 
     from . import tiling
 
-    dtype_name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
     per_case = []  # (TuneCase, op, bench, {plan: us}, plans forced beside the candidate)
     n_members = len(b.members)
     for j, (tc, op_name) in enumerate(b.members):
