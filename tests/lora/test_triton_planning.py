@@ -133,7 +133,7 @@ def test_tuned_table_is_used_and_can_be_disabled(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         tiling.reload_tables()
-    assert tiling.token_bucket(8000) == tiling.token_bucket(9000) == 8192, "prefill and mixed share entries"
+    assert tiling.token_bucket(8000) == tiling.token_bucket(9000) == 8192, "prefill and mixed share a token bucket (not a segment geometry)"
 
 
 def test_shipped_tables_parse():
