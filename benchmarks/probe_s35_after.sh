@@ -3,10 +3,10 @@
 # probe_s35_any.sh) against the shipped one, same card, same call: triton's prefill-8k and mixed rows, both ranks,
 # every op, under each table (before / after), then triton (re-tuned) beside SGLang's triton_v2 and csgmv on the
 # rows where a peer was ahead in session 34. Needs .peers/src and .peers/site carried.
-# Usage (device tool): bash benchmarks/probe_s35_after.sh [PREFIX]
+# Usage (device tool): [TABLES=dir] bash benchmarks/probe_s35_after.sh [PREFIX]
 set -u
 P=${1:-s35a}
-D=benchmarks/results/h100/s35/tables
+D=${TABLES:-benchmarks/results/h100/s35/tables}
 nvidia-smi --query-gpu=name --format=csv,noheader
 CASES="--case llama3-8b-r16-prefill-8k --case llama3-8b-r16-mixed --case llama3-8b-r64-prefill-8k --case llama3-8b-r64-mixed"
 for L in shipped tuned; do
