@@ -7,7 +7,8 @@ slots, the number of segments, the dtype and the device; never on ``max_len`` or
 Lookup order, per shape bucket: the user's tuned table for this device (written by ``python -m lora
 tune`` to the user's cache directory), the table shipped for this device (``tables/``), the heuristic
 below. A prefill-sized bucket is also keyed by its segments' geometry (a few long prompts or many short
-segments: :func:`segment_class`), each table's entry for that geometry first. Tables are keyed by the device name torch reports (see "tuned tables" below).
+segments: :func:`segment_class`), each table's entry for that geometry first. Tables are keyed by the
+device name torch reports (see "tuned tables" below).
 
 The heuristic (rows per group ``g = ceil(s / num_lora)``: what one adapter gets when every slot is
 in use, the case that sets the cost):
@@ -389,7 +390,7 @@ SEGMENT_CLASSES = ("long", "short")
 
 
 def segment_class(s: int, num_lora: int, bs: int) -> str | None:
-    """The segment geometry a prefill-sized batch is planned for: "long" (``s >= 512 * bs``) or "short";
+    """The segment geometry a prefill-sized batch is planned for: "long" (``s >= LONG_SEGMENT * bs``) or "short";
     None for decode-sized batches (their plans are per adapter group, not per row chunk).
 
     Row chunks never span two segments, so the rows a chunk wastes at a segment's end depend on the
@@ -402,21 +403,22 @@ def segment_class(s: int, num_lora: int, bs: int) -> str | None:
     return "long" if s >= LONG_SEGMENT * max(bs, 1) else "short"
 
 
-def _with_segments(key: str, segments: str | None) -> str:
+def with_segments(key: str, segments: str | None) -> str:
+    """A bucket's key for one segment geometry (``key`` itself for None); :func:`general_key` undoes it."""
     return key if segments is None else f"{key}:seg{segments}"
 
 
 def shrink_key(s: int, k: int, n_out: int, num_lora: int, segments: str | None = None) -> str:
     """The table key of a shrink; with ``segments`` (:func:`segment_class`) the key of that segment
     geometry, looked up before the key without it."""
-    return _with_segments(f"shrink:s{token_bucket(s)}:k{k}:n{n_out}:l{next_pow2(num_lora)}", segments)
+    return with_segments(f"shrink:s{token_bucket(s)}:k{k}:n{n_out}:l{next_pow2(num_lora)}", segments)
 
 
 def expand_key(s: int, max_r: int, n_total: int, max_slice: int, stack: int, num_lora: int,
                segments: str | None = None) -> str:
     """As :func:`shrink_key`, for an expand."""
     key = f"expand:s{token_bucket(s)}:r{max_r}:n{n_total}:w{max_slice}:st{stack}:l{next_pow2(num_lora)}"
-    return _with_segments(key, segments)
+    return with_segments(key, segments)
 
 
 def general_key(key: str) -> str:
@@ -735,9 +737,8 @@ def plan_expand(
 def _table_plan(state, name: str, key: str):
     """The plan of ``key`` from the first table (user's, then shipped) that has it or, failing its segment
     geometry, its general key; None when no table has either."""
-    keys = (key, general_key(key)) if ":seg" in key else (key,)
     for t in _tables(state, name):
-        for k in keys:
+        for k in dict.fromkeys((key, general_key(key))):
             if k in t.plans:
                 return t.plans[k]
     return None
@@ -828,9 +829,7 @@ def _fused_entry(state, s, k, stack, max_r, n_total, max_slice, num_lora, bs, de
     """This device's table entry for a decode-sized QKV / gate-up (one launch or two), if any. Memoised."""
     if not fused_eligible(s, stack, num_lora, bs):
         return None
-    name, _ = device_info(device)
-    hit = _merged(state, name).get(fused_key(s, k, stack, max_r, n_total, max_slice, num_lora))
-    return None if hit is None else hit[0]
+    return _table_plan(state, device_info(device)[0], fused_key(s, k, stack, max_r, n_total, max_slice, num_lora))
 
 
 def _pair_entry(s, k, stack, max_r, n_total, max_slice, num_lora, bs, device) -> "FusedPlan | None":

@@ -822,7 +822,7 @@ def drop_superseded(plans: dict, measured: dict, key: str) -> None:
     from . import tiling
 
     general = tiling.general_key(key)
-    if general != key and all(f"{general}:seg{c}" in plans for c in tiling.SEGMENT_CLASSES):
+    if general != key and all(tiling.with_segments(general, c) in plans for c in tiling.SEGMENT_CLASSES):
         plans.pop(general, None)
         measured.pop(general, None)
 
