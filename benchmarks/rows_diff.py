@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
         return 2
     backend = argv[2] if len(argv) == 3 else "triton"
     before, after = _rows(argv[0], backend), _rows(argv[1], backend)
-    print(f"| case | op | before us | after us | after / before |\n|---|---|---:|---:|---:|")
+    print("| case | op | before us | after us | after / before |\n|---|---|---:|---:|---:|")
     faster = slower = 0
     for key in sorted(before.keys() & after.keys()):
         b, a = before[key], after[key]
