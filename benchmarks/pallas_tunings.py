@@ -16,6 +16,8 @@ TUNINGS = {
     # session 27: every adapter tile of an 8-adapter decode block fetched in the pipeline's prologue
     "es6": dict(expand_gather=False, expand_stages=6),
     "es8": dict(expand_gather=False, expand_stages=8),
+    # session 36: every slot's tiles of a decode block fetched at once and the products issued back to back
+    "batched": dict(expand_gather=False, expand_batched=True),
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),

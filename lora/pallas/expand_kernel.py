@@ -335,8 +335,76 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
 
                 pl.run_scoped(with_xops, plgpu.SMEM((2, BM, kr), op, transforms=C.tiled(op, kr)))
 
+            def run_batched(src_ref, row0, _slices):
+                """Aligned offsets, ``cfg.batched``: as run_accumulate, but every slot's B tile (and x
+                window) of the block is fetched at once, then the x operands are made and the products
+                issued back to back, with one wait for all of them: no pipeline step per adapter, whose
+                barrier, fence and wgmma waits made each adapter a chain of dependent latencies
+                (session 29's profile: ~0.45 us an adapter on the H200). One slice (no ``x_shift``): one
+                x window serves every slot; stacked slices: a slot's window starts at its own rank's
+                slice column, so each slot has one."""
+                L = cfg.num_lora
+                windows = L if cfg.x_shift else 1
+
+                def scope(xwins, bts, xops, tbars, acc_ref):
+                    def win(i):
+                        return xwins.at[i if cfg.x_shift else 0]
+
+                    def fetch_x(i):
+                        start = slice_start(j0, R.ranks[slot_of(i)]) if cfg.x_shift else 0
+                        plgpu.copy_gmem_to_smem(src_ref.at[pl.ds(row0, BM), pl.ds(start, kw)], win(i), tbars.at[L + i])
+
+                    for i in range(L):  # every load in flight before the first wait
+                        @pl.when(i < count)
+                        def _():
+                            plgpu.copy_gmem_to_smem(R.b.at[slot_of(i), pl.ds(n0, BN), pl.ds(0, kr)], bts.at[i],
+                                                    tbars.at[i])
+                            if cfg.x_shift:
+                                fetch_x(i)
+
+                    if not cfg.x_shift:
+                        fetch_x(0)
+                    plgpu.barrier_wait(R.bars.at[0])  # the row slots
+                    if not cfg.x_shift:
+                        plgpu.barrier_wait(tbars.at[L])
+                    for i in range(L):
+                        @pl.when(i < count)
+                        def _():
+                            w = slot_of(i)
+                            r = R.ranks[w]
+                            plgpu.barrier_wait(tbars.at[i])
+                            if cfg.x_shift:
+                                plgpu.barrier_wait(tbars.at[L + i])
+                            mask_b(bts.at[i], r)
+                            x_into_xop(win(i), r, j0, dst=xops.at[i], rows=(slot_rows(w), R.scal[w]))
+
+                    plgpu.commit_smem()
+                    for i in range(L):
+                        pl.when(i < count)(lambda i=i: plgpu.wgmma(acc_ref, xops.at[i], bts.at[i].T))
+                    plgpu.wgmma_wait(0)
+                    if not cfg.reduce_add:
+                        C.ladder(nrows_b, wait_base)
+                    rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
+                    keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) >= 0  # rows of a slot (rank > 0)
+                    old = plgpu.load(R.base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
+                    new = (old.astype(jnp.float32) + acc_ref[...]).astype(R.base_smem.dtype)
+                    R.base_smem[...] = jnp.where(keep, new, old)
+
+                def with_smem(*refs):  # (register and shared memory scopes are allocated apart)
+                    pl.run_scoped(functools.partial(scope, *refs), plgpu.ACC((BM, BN)))
+
+                pl.run_scoped(
+                    with_smem,
+                    plgpu.SMEM((windows, BM, kw), src_ref.dtype),
+                    plgpu.SMEM((L, BN, kr), op, transforms=C.tiled(op, kr)),
+                    plgpu.SMEM((L, BM, kr), op, transforms=C.tiled(op, kr)),
+                    plgpu.Barrier(num_barriers=2 * L if cfg.x_shift else L + 1),
+                )
+
             def path(slices):
                 go = run_accumulate if (slices is None and cfg.accumulate) else run
+                if slices is None and cfg.batched:
+                    go = run_batched
                 if cfg.tail:
                     pl.when(is_tail)(lambda: go(R.x_tail, 0, slices))
                     pl.when(jnp.logical_not(is_tail))(lambda: go(R.x, rx, slices))

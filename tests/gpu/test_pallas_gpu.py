@@ -85,6 +85,36 @@ def test_gathering_decode_expand(op, tokens, rng):
     assert diffs == 0, f"{diffs}/20 results differ bitwise"
 
 
+@pytest.mark.parametrize("tokens", [64, 256])
+@pytest.mark.parametrize("op", ["expand", "qkv", "gate_up"])
+def test_batched_decode_expand(op, tokens, rng):
+    """The batched decode expand (Tuning(expand_batched=True), session 36: every slot's tiles of a block
+    fetched at once, the products issued back to back) on every decode op at real widths, a rank-0 slot
+    and a lower rank among full ones; then 20 repeats give the same bits."""
+    from lora.pallas import plan as P
+    from lora.pallas.tiling import Tuning
+
+    tuning = Tuning(expand_gather=False, expand_batched=True)
+    stack, n = {"expand": (1, Q), "qkv": (3, Q + 2 * KV), "gate_up": (2, 2 * INTER)}[op]
+    (cfg,) = P.plan_expand(tokens, n, 16, stack, 8, "float32" if stack > 1 else "bfloat16", "bfloat16", "bfloat16",
+                           internal=stack > 1, tail=True, tuning=tuning).cfgs
+    assert cfg.batched, cfg
+    comp = C.decode_composition(rng, tokens, 8, 16)
+    comp = C.Composition(comp.seg_lens, comp.weight_indices, (16, 0, 12) + (16,) * 5, comp.scalings, 16, tokens)
+    be = pallas(tuning=tuning)
+    check, _ = run_op(be, op, comp, rng, "bfloat16", DEV, k=HIDDEN, n=Q if op != "gate_up" else INTER, kv=KV)
+    assert check.ok, f"{op} {tokens}: {check.detail}"
+    be.set_batch_info(batch_info(comp, DEV))
+    dt = torch.bfloat16
+    x = to_torch(C.expand_input(rng, comp, 1), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, Q), dt, DEV)
+    base = to_torch(C.base_output(rng, comp, Q), dt, DEV)
+    first = be.run_lora_b_sgemm(x, b, base_output=base.clone())
+    diffs = sum(int(not torch.equal(be.run_lora_b_sgemm(x, b, base_output=base.clone()).view(torch.int16),
+                                    first.view(torch.int16))) for _ in range(20))
+    assert diffs == 0, f"{diffs}/20 results differ bitwise"
+
+
 def test_float32_and_odd_shapes(rng):
     be = pallas()
     comp = C.random_composition(rng, max_tokens=90)

@@ -408,6 +408,60 @@ def test_decode_expand_deep_stages_interpret(op, stages, rng, interpret):
     assert check.ok, f"{op} stages={stages}: {check.detail}"
 
 
+@pytest.mark.parametrize("op,dtype_name", [("expand", "bfloat16"), ("expand", "float32"), ("gate_up", "bfloat16"),
+                                           ("qkv", "float16"), ("expand_qkv", "bfloat16"), ("qkv_unaligned", "bfloat16")])
+def test_decode_expand_batched_interpret(op, dtype_name, rng, interpret):
+    """The batched decode expand (Tuning(expand_batched=True)): every slot's tiles of a block fetched at
+    once, the products issued back to back. A 64-row block holding eight slots (ranks 16, 12, odd, 0;
+    scalings apart), then a partial block with fewer; one slice (one x window for every slot) and
+    stacked slices of 64 columns, a multiple of the 64-column tiles (a window per slot, at its own
+    rank's slice column; float32 x in the fused ops). QKV slices of 64 and 32 columns are not tile
+    aligned: those run the per-adapter pipeline (checked at run time)."""
+    lens = [9, 7, 8, 1, 12, 6, 11, 10, 20, 3]
+    slots = [0, 1, 2, 3, 4, 5, 6, 7, 1, 6]
+    comp = C.Composition(lens, slots, [16, 12, 16, 0, 7, 16, 16, 4], [0.5, 1.0, 2.0, 1.5, 0.25, 1.0, 3.0, 0.75],
+                         16, sum(lens) + 5)
+    tuning = T.Tuning(expand_gather=False, expand_batched=True, expand_block_n=64)
+    stack = {"expand": 1, "gate_up": 2}.get(op, 3)
+    x_dtype = dtype_name if op.startswith("expand") else "float32"
+    cfg = T.expand_config(T.padded_tokens(comp.tokens), stack * N, 16 * stack, 16, 8, stack, x_dtype,
+                          "bfloat16" if dtype_name == "float32" else dtype_name, dtype_name, tail=True,
+                          x_shift=stack > 1, tuning=tuning)
+    assert cfg.batched and cfg.accumulate and not cfg.gather and cfg.ctas == 0 and N % cfg.block_n == 0
+    t = lambda v: jnp.asarray(v, DT[dtype_name])  # noqa: E731
+    if op == "expand_qkv":
+        offs = [0, N, 2 * N, 3 * N]
+        x, b, base = t(C.expand_input(rng, comp, 3)), t(C.expand_weights(rng, comp, offs[-1])), t(C.base_output(rng, comp, offs[-1]))
+        out = lp.expand(x, b, batch_of(comp), offsets=offs, base=base, tuning=tuning)
+        ref = C.ref_expand(comp, f64(x), f64(b), offs, f64(base))
+    elif op == "qkv":
+        offs = [0, N, 2 * N, 3 * N]
+        x, a = t(C.activations(rng, comp, K)), t(C.shrink_weights(rng, comp, 3, K))
+        b, base = t(C.expand_weights(rng, comp, offs[-1])), t(C.base_output(rng, comp, offs[-1]))
+        out = lp.qkv_lora(x, a, b, batch_of(comp), q=N, kv=N, base=base, tuning=tuning)
+        ref = C.ref_stacked(comp, f64(x), f64(a), f64(b), offs, f64(base))
+    else:
+        out, ref = run_op(op.replace("_unaligned", ""), comp, rng, dtype_name, tuning)
+    check = C.compare(f64(out), ref, dtype_name)
+    assert check.ok, f"{op} {dtype_name}: {check.detail}"
+
+
+def test_batched_decode_expand_falls_back_where_its_tiles_do_not_fit():
+    """Every slot's tiles at once take shared memory: 64-column tiles where the heuristic's do not fit,
+    the pipeline where neither does (rank 64 with three float32 windows a slot), and not at all past
+    BATCHED_MAX_SLOTS slots."""
+    tuning = T.Tuning(expand_gather=False, expand_batched=True)
+    small = T.expand_config(64, 4096, 16, 16, 8, 1, "bfloat16", "bfloat16", "bfloat16", tail=True, tuning=tuning)
+    assert small.batched and small.block_n == 128 and small.smem_bytes <= T.SMEM_LIMIT
+    wide = T.expand_config(64, 6144, 3 * 64 + 8, 64, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True,
+                           tuning=tuning)
+    assert not wide.batched and wide.accumulate and wide.smem_bytes <= T.SMEM_LIMIT
+    many = T.expand_config(64, 4096, 16, 16, T.BATCHED_MAX_SLOTS + 1, 1, "bfloat16", "bfloat16", "bfloat16", tail=True,
+                           tuning=tuning)
+    assert not many.batched
+    assert not T.expand_config(64, 4096, 16, 16, 8, 1, "bfloat16", "bfloat16", "bfloat16", tail=True).batched
+
+
 @pytest.mark.parametrize("op", ["expand", "gate_up"])
 def test_decode_gather_chunks_of_one_slot_interpret(op, rng, interpret):
     """A decode-sized batch (four blocks, the last partial) where one slot holds 200 rows in two
@@ -524,6 +578,14 @@ def plan_configs():
             for cfg in P.plan_expand(tokens, 4096, 16, 1, L, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True,
                                      tuning=t).cfgs:
                 seen.setdefault(("expand", cfg), None)
+    # the batched decode expand (a Tuning, not a default) on the Llama-3-8B decode shapes, ranks 16 and 64
+    batched = T.Tuning(**T.TUNING_TRIALS["batched"])
+    for tokens in (64, 256):
+        for r, stack, n in ((16, 1, 4096), (16, 3, 6144), (16, 2, 28672), (64, 1, 4096), (64, 3, 6144), (64, 2, 28672)):
+            for internal in ((False,) if stack == 1 else (True, False)):
+                for cfg in P.plan_expand(tokens, n, r, stack, L, "bfloat16", "bfloat16", "bfloat16", internal=internal,
+                                         tail=True, tuning=batched).cfgs:
+                    seen.setdefault(("expand", cfg), None)
     # the plain stacked expands (the caller's packed x; torch: as it is, windows past its last column)
     for tokens in (64, 256, 8192):
         for tail in (True, False):
