@@ -117,9 +117,10 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             return hi
         return (xf - hi.astype(jnp.float32)).astype(op)
 
-    def x_into_xop(xs, r, j, dst=None, rows=None, width=kw):
+    def x_into_xop(xs, r, j, dst=None, rows=None, width=kw, whole=False):
         """dst (default: xop) = the operand of slice j: x columns [j*r, j*r + kr) of the window
-        (``width`` columns; ``rows``: see prep_x).
+        (``width`` columns; ``rows``: see prep_x). ``whole``: xs holds the x rows whole (stacked slices),
+        not a window: the slice's columns are read at j*r.
 
         With ``cfg.x_shift`` (stacked slices: j*r is a device value) the window starts at
         j*r rounded down to 16 bytes (a TMA start must be aligned), d columns early, and is
@@ -142,6 +143,12 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
 
         def in_place():
             dst[...] = prep_x(xs.at[:, pl.ds(0, kr)], r, rows)
+
+        if whole:
+            first = j * r
+            pl.when(lax.rem(first, q) == 0)(functools.partial(moved, first, q))
+            pl.when(lax.rem(first, q) != 0)(functools.partial(moved, first, 1))
+            return
 
         # A slice that starts the window (d == 0: j*r a multiple of 16 bytes, e.g. every full-rank
         # slice) is loaded where it is when the window's row stride is a multiple of the slice width
@@ -341,42 +348,28 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                 issued back to back, with one wait for all of them: no pipeline step per adapter, whose
                 barrier, fence and wgmma waits made each adapter a chain of dependent latencies
                 (session 29's profile: ~0.45 us an adapter on the H200). One slice (no ``x_shift``): one
-                x window serves every slot; stacked slices: a slot's window starts at its own rank's
-                slice column, so each slot has one."""
+                x window serves every slot; stacked slices: the block's x rows are fetched whole (one
+                box), and each slot's slice is read from them at its own rank's column j*r."""
                 L = cfg.num_lora
-                windows = L if cfg.x_shift else 1
 
-                def scope(xwins, bts, xops, tbars, acc_ref):
-                    def win(i):
-                        return xwins.at[i if cfg.x_shift else 0]
-
-                    def fetch_x(i):
-                        start = slice_start(j0, R.ranks[slot_of(i)]) if cfg.x_shift else 0
-                        plgpu.copy_gmem_to_smem(src_ref.at[pl.ds(row0, BM), pl.ds(start, kw)], win(i), tbars.at[L + i])
-
+                def scope(xrows, bts, xops, tbars, acc_ref):
                     for i in range(L):  # every load in flight before the first wait
                         @pl.when(i < count)
                         def _():
                             plgpu.copy_gmem_to_smem(R.b.at[slot_of(i), pl.ds(n0, BN), pl.ds(0, kr)], bts.at[i],
                                                     tbars.at[i])
-                            if cfg.x_shift:
-                                fetch_x(i)
 
-                    if not cfg.x_shift:
-                        fetch_x(0)
+                    plgpu.copy_gmem_to_smem(src_ref.at[pl.ds(row0, BM), pl.ds(0, xrows.shape[1])], xrows, tbars.at[L])
                     plgpu.barrier_wait(R.bars.at[0])  # the row slots
-                    if not cfg.x_shift:
-                        plgpu.barrier_wait(tbars.at[L])
+                    plgpu.barrier_wait(tbars.at[L])
                     for i in range(L):
                         @pl.when(i < count)
                         def _():
                             w = slot_of(i)
                             r = R.ranks[w]
                             plgpu.barrier_wait(tbars.at[i])
-                            if cfg.x_shift:
-                                plgpu.barrier_wait(tbars.at[L + i])
                             mask_b(bts.at[i], r)
-                            x_into_xop(win(i), r, j0, dst=xops.at[i], rows=(slot_rows(w), R.scal[w]))
+                            x_into_xop(xrows, r, j0, dst=xops.at[i], rows=(slot_rows(w), R.scal[w]), whole=cfg.x_shift)
 
                     plgpu.commit_smem()
                     for i in range(L):
@@ -395,10 +388,10 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
 
                 pl.run_scoped(
                     with_smem,
-                    plgpu.SMEM((windows, BM, kw), src_ref.dtype),
+                    plgpu.SMEM((BM, cfg.na if cfg.x_shift else kw), src_ref.dtype),
                     plgpu.SMEM((L, BN, kr), op, transforms=C.tiled(op, kr)),
                     plgpu.SMEM((L, BM, kr), op, transforms=C.tiled(op, kr)),
-                    plgpu.Barrier(num_barriers=2 * L if cfg.x_shift else L + 1),
+                    plgpu.Barrier(num_barriers=L + 1),
                 )
 
             def path(slices):

@@ -327,7 +327,7 @@ class ExpandConfig:
         sizes = [_itemsize(d) for d in (self.x_dtype, self.op_dtype, self.base_dtype)]
         return expand_smem_bytes(self.kr, self.stack, *sizes, self.block_n, self.stages, self.x_shift,
                                  self.stream_stages, self.accumulate, self.num_lora,
-                                 self.gather_tiles if self.gather else 0, self.direct, self.batched)
+                                 self.gather_tiles if self.gather else 0, self.direct, self.batched, self.na)
 
 
 def x_is_operand(x_dtype: str, op_dtype: str, x_part: int) -> bool:
@@ -674,7 +674,8 @@ def scratch_bytes(nbytes: int) -> int:
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False, num_lora=0, gather=0, direct=False, batched=False) -> int:
+                      stream_stages=0, accumulate=False, num_lora=0, gather=0, direct=False, batched=False,
+                      na=0) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it: each scratch buffer rounded up to
     1 KB (:func:`scratch_bytes`), and a bound on the barriers (8 bytes each): 40-64 bytes over
     Mosaic's own count (:func:`lora.pallas.interop.smem_bytes`) on the ten persistent, one CTA per
@@ -686,8 +687,8 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     (``kw`` columns of x) and the B tile: ``stack`` windows on the general path (unaligned slice
     boundaries), one on the aligned path, which (``accumulate``) also holds two operand-dtype x
     tiles; the two paths are scoped apart, so the larger counts. ``batched`` (aligned path, one CTA per
-    tile): in place of its pipeline, every slot's B tile and x operand, and the x window (one per slot
-    with ``x_shift``: a slot's window starts at its own rank's slice column).
+    tile): in place of its pipeline, every slot's B tile and x operand, and the x window (with
+    ``x_shift``: the block's x rows whole, ``na`` columns).
 
     * One CTA per tile: a base tile beside that pipeline; (``gather`` column tiles) the gathering
       kernel's x rows, row list, two output tiles and B tiles in flight, scoped apart from it.
@@ -706,11 +707,11 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     fixed += a(BM * kr * x_itemsize) if x_shift or gather else 0
     steps = max(stages, stream_stages)
     barriers = 8 * (BM.bit_length() + 8 + 2 * steps + (BM + 1 + GATHER_B_STAGES if gather else 0)
-                    + ((2 * num_lora if x_shift else num_lora + 1) if batched else 0))
+                    + (num_lora + 1 if batched else 0))
     general = stack * a(stages * window) + a(stages * b_tile)
     aligned = a(stages * window) + a(stages * b_tile) + (a(2 * operand) if accumulate else 0)
     if batched:
-        aligned = a((num_lora if x_shift else 1) * window) + a(num_lora * b_tile) + a(num_lora * operand)
+        aligned = a(BM * na * x_itemsize if x_shift else window) + a(num_lora * b_tile) + a(num_lora * operand)
     one_tile = max(general, aligned)
     if stream_stages:
         ss = stream_stages
@@ -786,13 +787,16 @@ def expand_config(
         stages = tuning.expand_stages or 1
         tiles = tuning.expand_gather_tiles or min(GATHER_TILES if wide else GATHER_TILES // 2, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
-    batched = bool(tuning.expand_batched) and accumulate and num_lora <= BATCHED_MAX_SLOTS
+    # (stacked slices: the block's x rows are one TMA box, at most 256 columns, that holds the last slice's kr
+    # columns from (stack-1)*max_r)
+    batched = (bool(tuning.expand_batched) and accumulate and num_lora <= BATCHED_MAX_SLOTS
+               and (not x_shift or (stack - 1) * max_r + kr <= na <= 256))
 
     direct = x_is_operand(x_dtype, op_dtype, x_part)
 
     def need(bn=None, ss=None):
         return expand_smem_bytes(kr, stack, *sizes, bn or block_n, stages, x_shift, ss or stream, accumulate, num_lora,
-                                 tiles, direct, batched)
+                                 tiles, direct, batched, na)
 
     ctas = tuning.expand_ctas or PERSISTENT_CTAS
     if persistent and tuning.expand_ctas is None:
@@ -839,7 +843,6 @@ def expand_config(
             persistent, stream = False, 0
             block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
             accumulate = tuning.expand_accumulate and not gather
-            batched = bool(tuning.expand_batched) and accumulate and num_lora <= BATCHED_MAX_SLOTS
         elif accumulate and not batched:  # wide ranks: a merge per adapter (no second x tile)
             accumulate = False
         elif tuning.expand_block_n is None and block_n > 64:

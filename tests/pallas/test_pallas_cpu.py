@@ -409,22 +409,26 @@ def test_decode_expand_deep_stages_interpret(op, stages, rng, interpret):
 
 
 @pytest.mark.parametrize("op,dtype_name", [("expand", "bfloat16"), ("expand", "float32"), ("gate_up", "bfloat16"),
-                                           ("qkv", "float16"), ("expand_qkv", "bfloat16"), ("qkv_unaligned", "bfloat16")])
+                                           ("qkv", "float16"), ("expand_qkv", "bfloat16"), ("qkv_unaligned", "bfloat16"),
+                                           ("qkv_r32", "bfloat16")])
 def test_decode_expand_batched_interpret(op, dtype_name, rng, interpret):
     """The batched decode expand (Tuning(expand_batched=True)): every slot's tiles of a block fetched at
     once, the products issued back to back. A 64-row block holding eight slots (ranks 16, 12, odd, 0;
     scalings apart), then a partial block with fewer; one slice (one x window for every slot) and
     stacked slices of 64 columns, a multiple of the 64-column tiles (a window per slot, at its own
     rank's slice column; float32 x in the fused ops). QKV slices of 64 and 32 columns are not tile
-    aligned: those run the per-adapter pipeline (checked at run time)."""
+    aligned: those run the per-adapter pipeline (checked at run time). ``qkv_r32``: max_r 32, slices
+    starting at 16-byte boundaries and off them (ranks 20, 13)."""
     lens = [9, 7, 8, 1, 12, 6, 11, 10, 20, 3]
     slots = [0, 1, 2, 3, 4, 5, 6, 7, 1, 6]
-    comp = C.Composition(lens, slots, [16, 12, 16, 0, 7, 16, 16, 4], [0.5, 1.0, 2.0, 1.5, 0.25, 1.0, 3.0, 0.75],
-                         16, sum(lens) + 5)
+    max_r = 32 if op == "qkv_r32" else 16
+    ranks = [32, 20, 16, 0, 13, 32, 8, 4] if max_r == 32 else [16, 12, 16, 0, 7, 16, 16, 4]
+    comp = C.Composition(lens, slots, ranks, [0.5, 1.0, 2.0, 1.5, 0.25, 1.0, 3.0, 0.75], max_r, sum(lens) + 5)
+    op = op.replace("_r32", "")
     tuning = T.Tuning(expand_gather=False, expand_batched=True, expand_block_n=64)
     stack = {"expand": 1, "gate_up": 2}.get(op, 3)
     x_dtype = dtype_name if op.startswith("expand") else "float32"
-    cfg = T.expand_config(T.padded_tokens(comp.tokens), stack * N, 16 * stack, 16, 8, stack, x_dtype,
+    cfg = T.expand_config(T.padded_tokens(comp.tokens), stack * N, max_r * stack, max_r, 8, stack, x_dtype,
                           "bfloat16" if dtype_name == "float32" else dtype_name, dtype_name, tail=True,
                           x_shift=stack > 1, tuning=tuning)
     assert cfg.batched and cfg.accumulate and not cfg.gather and cfg.ctas == 0 and N % cfg.block_n == 0
@@ -447,15 +451,18 @@ def test_decode_expand_batched_interpret(op, dtype_name, rng, interpret):
 
 
 def test_batched_decode_expand_falls_back_where_its_tiles_do_not_fit():
-    """Every slot's tiles at once take shared memory: 64-column tiles where the heuristic's do not fit,
-    the pipeline where neither does (rank 64 with three float32 windows a slot), and not at all past
-    BATCHED_MAX_SLOTS slots."""
+    """Every slot's tiles at once take shared memory: 64-column tiles where the heuristic's do not fit
+    (rank-64 QKV, float32 x: the block's x rows whole, 224 columns), the pipeline where the x rows are
+    more than one TMA box (rank 128: 416 columns), and not at all past BATCHED_MAX_SLOTS slots."""
     tuning = T.Tuning(expand_gather=False, expand_batched=True)
     small = T.expand_config(64, 4096, 16, 16, 8, 1, "bfloat16", "bfloat16", "bfloat16", tail=True, tuning=tuning)
     assert small.batched and small.block_n == 128 and small.smem_bytes <= T.SMEM_LIMIT
-    wide = T.expand_config(64, 6144, 3 * 64 + 8, 64, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True,
+    r64 = T.expand_config(64, 6144, 224, 64, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True,
+                          tuning=tuning)
+    assert r64.batched and r64.block_n == 64 and r64.smem_bytes <= T.SMEM_LIMIT
+    r128 = T.expand_config(64, 6144, 416, 128, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True,
                            tuning=tuning)
-    assert not wide.batched and wide.accumulate and wide.smem_bytes <= T.SMEM_LIMIT
+    assert not r128.batched and r128.accumulate and r128.smem_bytes <= T.SMEM_LIMIT
     many = T.expand_config(64, 4096, 16, 16, T.BATCHED_MAX_SLOTS + 1, 1, "bfloat16", "bfloat16", "bfloat16", tail=True,
                            tuning=tuning)
     assert not many.batched
