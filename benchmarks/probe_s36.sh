@@ -3,7 +3,7 @@
 # backend pallas:batched: every slot's tiles of a block fetched at once, the products issued back to back) beside
 # the default pallas (a pipeline step per adapter) and triton, on every decode case: each row checked against the
 # float64 oracle, then timed graph-batched (benchmarks/decode_kernels.py); its GPU tests first. On an H200, issue 17's
-# H200 table tuned per segment geometry runs before it (probe_s35_h200.sh).
+# H200 table tuned per segment geometry runs after it (probe_s35_h200.sh).
 # Before the call, lower the decode kernels into the cache the call carries (about 5 minutes on 2 cores):
 #   for t in "" "--tunings batched"; do JAX_PLATFORMS=cpu KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache \
 #     PYTHONPATH=.:benchmarks .venv-jax/bin/python benchmarks/pallas_prelower.py --cases 'llama3-8b-*-decode-*' \
@@ -14,7 +14,6 @@ P=${1:-s36}
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 [ -d .pallas-cache ] && export KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache && echo "pallas cache: $(ls .pallas-cache | wc -l) files"
-if grep -q H200 <<< "$GPU" && [ -d .peers/site ]; then bash benchmarks/probe_s35_h200.sh; fi
 t0=$SECONDS
 PYTHONPATH=. timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_pallas_gpu.py -k batched_decode_expand \
     > $OUT/${P}_gpu_tests.txt 2>&1
@@ -24,3 +23,4 @@ PYTHONPATH=.:benchmarks timeout ${BATCHED_S:-200} python3 benchmarks/decode_kern
     --ops expand,expand_qkv,expand_gate_up,qkv,gate_up --backends triton,pallas,pallas:batched \
     --json $OUT/${P}_batched.json > $OUT/${P}_batched.txt 2>&1
 echo "== batched rc=$? $((SECONDS - t0)) s"; tail -n 70 $OUT/${P}_batched.txt | cut -c1-160
+if grep -q H200 <<< "$GPU" && [ -d .peers/site ]; then bash benchmarks/probe_s35_h200.sh; fi
