@@ -657,6 +657,8 @@ def test_expand_config_fits_shared_memory():
     ("rank-16 QKV, float32 x", (8192, 6144, 16, 3, "float32", True)),
     ("rank-64 float32, one CTA per tile", (8192, 4096, 64, 1, "float32", False)),
     ("decode gate-up, gathering", (256, 28672, 16, 2, "bfloat16", True)),
+    ("decode expand, batched", (64, 4096, 16, 1, "bfloat16", False, "batched")),
+    ("decode rank-64 QKV, batched, x rows whole", (64, 6144, 64, 3, "float32", True, "batched")),
 ])
 def test_expand_shared_memory_is_mosaics_count(what, args):
     """The shared memory the plans count for an expand CTA (ExpandConfig.smem_bytes, what decides two
@@ -664,9 +666,11 @@ def test_expand_shared_memory_is_mosaics_count(what, args):
     from lora.pallas import interop
     from lora.pallas import plan as P
 
-    tokens, n, r, stack, dtype, internal = args
+    tokens, n, r, stack, dtype, internal, *trial = args
+    tuning = T.Tuning(**T.TUNING_TRIALS[trial[0]]) if trial else T.DEFAULT_TUNING
     cfg = P.plan_expand(tokens, n, r, stack, 8, dtype, "bfloat16" if dtype == "float32" else dtype, dtype,
-                        internal=internal, tail=True).cfgs[0]
+                        internal=internal, tail=True, tuning=tuning).cfgs[0]
+    assert cfg.batched == bool(trial), (what, cfg)
     counted, mosaic = cfg.smem_bytes, interop.smem_bytes("expand", cfg)
     assert 0 <= counted - mosaic < 1024, (what, counted, mosaic, cfg)
     assert counted <= (T.smem_limit(cfg.ctas) if cfg.ctas else T.SMEM_LIMIT), (what, cfg)
