@@ -302,6 +302,18 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                     max_concurrent_steps=cfg.stages,
                 )(*([src_ref] * nx), R.b)
 
+            def merge_accumulator(acc_ref):
+                """Once every adapter's wgmma is issued (run_accumulate, run_batched): wait for them and the
+                base rows, then add the accumulator to the rows of the base tile that belong to a slot."""
+                plgpu.wgmma_wait(0)
+                if not cfg.reduce_add:
+                    C.ladder(nrows_b, wait_base)
+                rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
+                keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) >= 0  # rows of a slot (rank > 0)
+                old = plgpu.load(R.base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
+                new = (old.astype(jnp.float32) + acc_ref[...]).astype(R.base_smem.dtype)
+                R.base_smem[...] = jnp.where(keep, new, old)
+
             def run_accumulate(src_ref, row0, _slices):
                 """Aligned offsets: every adapter's product accumulates into one wgmma accumulator
                 (x rows of other slots zeroed and the adapter's scale folded into x), added to the
@@ -328,14 +340,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
 
                     plgpu.emit_pipeline(step, grid=(count,), in_specs=adapter_specs(row0, None, delay),
                                         max_concurrent_steps=cfg.stages)(src_ref, R.b)
-                    plgpu.wgmma_wait(0)
-                    if not cfg.reduce_add:
-                        C.ladder(nrows_b, wait_base)
-                    rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
-                    keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) >= 0  # rows of a slot (rank > 0)
-                    old = plgpu.load(R.base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
-                    new = (old.astype(jnp.float32) + acc_ref[...]).astype(R.base_smem.dtype)
-                    R.base_smem[...] = jnp.where(keep, new, old)
+                    merge_accumulator(acc_ref)
 
                 def with_xops(xops):  # (register and shared memory scopes are allocated apart)
                     pl.run_scoped(functools.partial(scope, xops), plgpu.ACC((BM, BN)))
@@ -374,14 +379,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                     plgpu.commit_smem()
                     for i in range(L):
                         pl.when(i < count)(lambda i=i: plgpu.wgmma(acc_ref, xops.at[i], bts.at[i].T))
-                    plgpu.wgmma_wait(0)
-                    if not cfg.reduce_add:
-                        C.ladder(nrows_b, wait_base)
-                    rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
-                    keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) >= 0  # rows of a slot (rank > 0)
-                    old = plgpu.load(R.base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
-                    new = (old.astype(jnp.float32) + acc_ref[...]).astype(R.base_smem.dtype)
-                    R.base_smem[...] = jnp.where(keep, new, old)
+                    merge_accumulator(acc_ref)
 
                 def with_smem(*refs):  # (register and shared memory scopes are allocated apart)
                     pl.run_scoped(functools.partial(scope, *refs), plgpu.ACC((BM, BN)))
