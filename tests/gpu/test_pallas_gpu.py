@@ -61,6 +61,22 @@ def test_contract_real_widths(op, kind, dtype_name, rng):
     assert check.ok, f"{op} {kind} {dtype_name}: {check.detail}"
 
 
+def _check_decode_op_then_repeats(be, op, comp, rng, n):
+    """``op`` on ``comp`` at real widths against the float64 oracle, then 20 plain expands of n columns
+    on the same inputs give the same bits as the first."""
+    check, _ = run_op(be, op, comp, rng, "bfloat16", DEV, k=HIDDEN, n=Q if op != "gate_up" else INTER, kv=KV)
+    assert check.ok, f"{op} {comp.tokens}: {check.detail}"
+    be.set_batch_info(batch_info(comp, DEV))
+    dt = torch.bfloat16
+    x = to_torch(C.expand_input(rng, comp, 1), dt, DEV)
+    b = to_torch(C.expand_weights(rng, comp, n), dt, DEV)
+    base = to_torch(C.base_output(rng, comp, n), dt, DEV)
+    first = be.run_lora_b_sgemm(x, b, base_output=base.clone())
+    diffs = sum(int(not torch.equal(be.run_lora_b_sgemm(x, b, base_output=base.clone()).view(torch.int16),
+                                    first.view(torch.int16))) for _ in range(20))
+    assert diffs == 0, f"{diffs}/20 results differ bitwise"
+
+
 @pytest.mark.parametrize("tokens", [64, 256])
 @pytest.mark.parametrize("op", ["expand", "qkv", "gate_up"])
 def test_gathering_decode_expand(op, tokens, rng):
@@ -72,17 +88,7 @@ def test_gathering_decode_expand(op, tokens, rng):
     comp = C.decode_composition(rng, tokens, 8, 64)
     comp = C.Composition(comp.seg_lens, comp.weight_indices, (64, 0, 40) + (64,) * 5, comp.scalings, 64, tokens)
     be = pallas(tuning=Tuning(expand_gather=True))
-    check, _ = run_op(be, op, comp, rng, "bfloat16", DEV, k=HIDDEN, n=Q if op != "gate_up" else INTER, kv=KV)
-    assert check.ok, f"{op} {tokens}: {check.detail}"
-    be.set_batch_info(batch_info(comp, DEV))
-    dt = torch.bfloat16
-    x = to_torch(C.expand_input(rng, comp, 1), dt, DEV)
-    b = to_torch(C.expand_weights(rng, comp, INTER), dt, DEV)
-    base = to_torch(C.base_output(rng, comp, INTER), dt, DEV)
-    first = be.run_lora_b_sgemm(x, b, base_output=base.clone())
-    diffs = sum(int(not torch.equal(be.run_lora_b_sgemm(x, b, base_output=base.clone()).view(torch.int16),
-                                    first.view(torch.int16))) for _ in range(20))
-    assert diffs == 0, f"{diffs}/20 results differ bitwise"
+    _check_decode_op_then_repeats(be, op, comp, rng, INTER)
 
 
 @pytest.mark.parametrize("tokens", [64, 256])
@@ -102,17 +108,7 @@ def test_batched_decode_expand(op, tokens, rng):
     comp = C.decode_composition(rng, tokens, 8, 16)
     comp = C.Composition(comp.seg_lens, comp.weight_indices, (16, 0, 12) + (16,) * 5, comp.scalings, 16, tokens)
     be = pallas(tuning=tuning)
-    check, _ = run_op(be, op, comp, rng, "bfloat16", DEV, k=HIDDEN, n=Q if op != "gate_up" else INTER, kv=KV)
-    assert check.ok, f"{op} {tokens}: {check.detail}"
-    be.set_batch_info(batch_info(comp, DEV))
-    dt = torch.bfloat16
-    x = to_torch(C.expand_input(rng, comp, 1), dt, DEV)
-    b = to_torch(C.expand_weights(rng, comp, Q), dt, DEV)
-    base = to_torch(C.base_output(rng, comp, Q), dt, DEV)
-    first = be.run_lora_b_sgemm(x, b, base_output=base.clone())
-    diffs = sum(int(not torch.equal(be.run_lora_b_sgemm(x, b, base_output=base.clone()).view(torch.int16),
-                                    first.view(torch.int16))) for _ in range(20))
-    assert diffs == 0, f"{diffs}/20 results differ bitwise"
+    _check_decode_op_then_repeats(be, op, comp, rng, Q)
 
 
 def test_float32_and_odd_shapes(rng):
