@@ -23,4 +23,12 @@ PYTHONPATH=.:benchmarks timeout ${BATCHED_S:-200} python3 benchmarks/decode_kern
     --ops expand,expand_qkv,expand_gate_up,qkv,gate_up --backends triton,pallas,pallas:batched \
     --json $OUT/${P}_batched.json > $OUT/${P}_batched.txt 2>&1
 echo "== batched rc=$? $((SECONDS - t0)) s"; tail -n 70 $OUT/${P}_batched.txt | cut -c1-160
+# Where the rank-64 decode-256 fused ops' time goes (pallas's split shrink, its partial-tile sum, the expand),
+# kernel by kernel under the profiler, beside the 64-token batch: the split shrink's stacked rows are 1.8-2.0x
+# triton's at 256 tokens (session 29) and 1.26-1.32x at 64.
+t0=$SECONDS
+PYTHONPATH=.:benchmarks timeout 150 python3 benchmarks/decode_kernels.py --budget-s 110 \
+    --cases llama3-8b-r64-decode-256,llama3-8b-r64-decode-64 --ops qkv,gate_up --backends triton,pallas \
+    --json $OUT/${P}_shrink_kernels.json > $OUT/${P}_shrink_kernels.txt 2>&1
+echo "== shrink kernels rc=$? $((SECONDS - t0)) s"; grep -E "us  kernels|budget" $OUT/${P}_shrink_kernels.txt | cut -c1-160
 if grep -q H200 <<< "$GPU" && [ -d .peers/site ]; then bash benchmarks/probe_s35_h200.sh; fi
