@@ -18,9 +18,6 @@ TUNINGS = {
     "es8": dict(expand_gather=False, expand_stages=8),
     # session 36: every slot's tiles of a decode block fetched at once and the products issued back to back
     "batched": dict(expand_gather=False, expand_batched=True),
-    # session 37: the split (decode) shrink's adapters store their rows into one partial tile per block and K
-    # split (L times fewer partial tiles written and added)
-    "rp": dict(shrink_row_parts=True),
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),

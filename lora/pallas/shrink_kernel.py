@@ -513,12 +513,6 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     holds K split ks of the i-th adapter of block b, masked to that adapter's rows of the block (rows
     of the clamped box that belong to the block before are 0), zeros when the CTA has no adapter.
     :func:`add_parts` adds them in index order and places them at their rows.
-
-    With ``cfg.row_parts`` the tiles are (nb, ksplit, 64, na_out): tile (b, ks) is shared by the CTAs of
-    block b's adapters, each storing only its adapter's rows of the block (one TMA copy a row); CTA i = 0
-    also stores the block's rows without an adapter (zeros), and does so alone where the block has no
-    adapter. Each row of the block is stored by one CTA, so the result is the same bits every run; the
-    rows of a clamped box that belong to the block before are not stored (the sum does not read them).
     """
     C.TRACE_COUNT["shrink"] += 1
     lay = MetaLayout(cfg.num_lora)
@@ -526,8 +520,6 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     nc = -(-cfg.na // cw)
     L, KS = cfg.num_lora, cfg.ksplit
     nk_split = cfg.nk // KS
-    # row stores copy out of shared memory rows that start on 128-byte multiples
-    tile_cols = _staged_cols(cw, jnp.float32) if cfg.row_parts else cw
 
     def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
         if cfg.tail:
@@ -544,9 +536,9 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         active = (row_lo < s) & (i < count)
         # read with the count, not after it (an entry past the count is padding, never used)
         w = C.block_slot(meta_ref, lay, b, i)
-        tile = o_smem.at[:, pl.ds(0, cw)] if cfg.row_parts else o_smem
 
-        def compute():
+        @pl.when(active)
+        def _():
             # the row slots come in while the K loop runs: waited for by the merge
             C.issue_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
 
@@ -554,45 +546,17 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
                 plgpu.barrier_wait(bar.at[0])
                 keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
                 keep = keep & (C.row_iota(BM, cw) + rx >= row_lo)  # the box may overlap the block before
-                tile[...] = jnp.where(keep, acc, 0.0)
+                o_smem[...] = jnp.where(keep, acc, 0.0)
 
             _matmul_into(cfg, x_ref, x_tail_ref, a_ref, b, [(w, merge)], c, is_tail, ks * nk_split, nk_split)
 
-        if not cfg.row_parts:
-            pl.when(active)(compute)
-
-            @pl.when(jnp.logical_not(active))
-            def _():
-                o_smem[...] = C.wgmma_zeros(BM, cw)
-
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, i * KS + ks, :, pl.ds(c * cw, cw)])
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            return
-
-        @pl.when((row_lo < s) & ((i < count) | (i == 0)))
+        @pl.when(jnp.logical_not(active))
         def _():
-            pl.when(active)(compute)
+            o_smem[...] = C.wgmma_zeros(BM, cw)
 
-            @pl.when(jnp.logical_not(active))
-            def _():  # CTA 0 of a block without adapters: its rows are zeros
-                C.load_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
-                tile[...] = C.wgmma_zeros(BM, cw)
-
-            plgpu.commit_smem()
-
-            @pl.loop(0, BM)
-            def _(r):
-                slot = rs_smem[r]
-                mine = ((active & (slot == w)) | ((i == 0) & (slot < 0))) & (rx + r >= row_lo)
-
-                @pl.when(mine)
-                def _():
-                    plgpu.copy_smem_to_gmem(o_smem.at[pl.ds(r, 1), pl.ds(0, cw)],
-                                            o_ref.at[b, ks, pl.ds(r, 1), pl.ds(c * cw, cw)], commit_group=False)
-
-            plgpu.commit_smem_to_gmem_group()
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, i * KS + ks, :, pl.ds(c * cw, cw)])
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     args = [meta, nrows, ranks, x] + ([x_tail] if cfg.tail else []) + [a]
     return C.mgpu_call(
@@ -601,8 +565,7 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         out_type=jax.ShapeDtypeStruct(cfg.parts_shape, jnp.float32),
         grid=(cfg.nb, L, KS, nc),
         grid_names=("b", "i", "ks", "c"),
-        scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, tile_cols), jnp.float32),
-                 plgpu.Barrier(num_barriers=1)],
+        scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
     )
 
 

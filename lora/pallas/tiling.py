@@ -233,9 +233,6 @@ class ShrinkConfig:
     #: one consumer warpgroup per block; each A tile feeds both: half the A bytes a row); see
     #: shrink_kernel.shrink_block
     wide: bool = False
-    #: split variant: the CTAs of a block's adapters store their rows (row by row) into one partial tile
-    #: per K split, instead of a tile each masked to their rows: num_lora times fewer tiles to write and add
-    row_parts: bool = False
 
     @property
     def nb(self) -> int:
@@ -258,7 +255,7 @@ class ShrinkConfig:
     @property
     def parts_shape(self) -> tuple:
         """Partial tiles of a split (or K-split block) shrink: (nb, tiles per block, 64, na_out)."""
-        tiles = self.ksplit * (self.num_lora if self.split and not self.row_parts else 1)
+        tiles = self.ksplit * (self.num_lora if self.split else 1)
         return (self.nb, tiles, BM, self.na_out)
 
 
@@ -462,9 +459,6 @@ class Tuning:
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
     expand_reduce_add: bool = False
-    #: decode-sized batches (the split shrink): one partial tile per block and K split, into which each
-    #: adapter's CTA stores its own rows, instead of one tile per adapter and K split (None: off)
-    shrink_row_parts: bool | None = None
     #: the block shrink runs a block's extra K-loop units on the bucket's idle CTAs (None: where the
     #: accumulators are at most 128 wide)
     shrink_extra_units: bool | None = None
@@ -475,8 +469,7 @@ class Tuning:
 
     def __post_init__(self):
         flags = ("expand_reduce_add", "expand_accumulate")
-        optional_flags = ("expand_persistent", "expand_gather", "expand_batched", "shrink_row_parts", "shrink_extra_units",
-                          "shrink_wide")
+        optional_flags = ("expand_persistent", "expand_gather", "expand_batched", "shrink_extra_units", "shrink_wide")
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
@@ -521,7 +514,6 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
     "wide": dict(shrink_wide=True),  # the two-block, warp-specialized shrink (session 22 on the H200: slower)
     "es8": dict(expand_gather=False, expand_stages=8),  # every adapter tile of a decode block in flight at once
     "batched": dict(expand_gather=False, expand_batched=True),  # ... and their products issued back to back
-    "rowParts": dict(shrink_row_parts=True),  # the split shrink's adapters store their rows into one tile per split
 }
 
 
@@ -660,10 +652,9 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
     # without it 42.2 / 42.7).
     extra_units = not split and not wide and (na <= EXTRA_UNITS_MAX_COLS if tuning.shrink_extra_units is None
                                               else tuning.shrink_extra_units)
-    row_parts = split and bool(tuning.shrink_row_parts)
     cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages,
-                       out_dtype, result, extra_units, wide, row_parts)
-    tiles = nb * cfg.parts_shape[1] if (split or ksplit > 1) else 0
+                       out_dtype, result, extra_units, wide)
+    tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0
     if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
         raise ValueError(
             f"the split shrink of {bpad} rows, {num_lora} slots and ksplit={ksplit} needs more than "

@@ -111,33 +111,6 @@ def test_batched_decode_expand(op, tokens, rng):
     _check_decode_op_then_repeats(be, op, comp, rng, Q)
 
 
-@pytest.mark.parametrize("tokens", [64, 256])
-@pytest.mark.parametrize("op", ["shrink1", "shrink3", "qkv", "gate_up"])
-def test_row_parts_decode_shrink(op, tokens, rng):
-    """The split shrink storing each adapter's rows into one partial tile per K split
-    (Tuning(shrink_row_parts=True), session 37) on the decode shrinks and fused ops at real widths, a
-    rank-0 slot (rows without an adapter) and a lower rank among full ones; then 20 repeats of the
-    QKV-sized shrink give the same bits as the first."""
-    from lora.pallas import plan as P
-    from lora.pallas.tiling import Tuning
-
-    tuning = Tuning(shrink_row_parts=True)
-    sp = P.plan_shrink(tokens, HIDDEN, 16, 3, 8, "bfloat16", tail=True, result=True, tuning=tuning)
-    assert sp.cfg.row_parts and sp.cfg.parts_shape[1] == sp.cfg.ksplit, sp.cfg
-    comp = C.decode_composition(rng, tokens, 8, 16)
-    comp = C.Composition(comp.seg_lens, comp.weight_indices, (16, 0, 12) + (16,) * 5, comp.scalings, 16, tokens)
-    be = pallas(tuning=tuning)
-    check, _ = run_op(be, op, comp, rng, "bfloat16", DEV, k=HIDDEN, n=Q if op != "gate_up" else INTER, kv=KV)
-    assert check.ok, f"{op} {tokens}: {check.detail}"
-    be.set_batch_info(batch_info(comp, DEV))
-    x = to_torch(C.activations(rng, comp, HIDDEN), torch.bfloat16, DEV)
-    a = to_torch(C.shrink_weights(rng, comp, 3, HIDDEN), torch.bfloat16, DEV)
-    first = be.run_lora_a_sgemm(x, a, stack_num=3).clone()
-    diffs = sum(int(not torch.equal(be.run_lora_a_sgemm(x, a, stack_num=3).view(torch.int16), first.view(torch.int16)))
-                for _ in range(20))
-    assert diffs == 0, f"{diffs}/20 results differ bitwise"
-
-
 def test_float32_and_odd_shapes(rng):
     be = pallas()
     comp = C.random_composition(rng, max_tokens=90)

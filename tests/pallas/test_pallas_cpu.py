@@ -593,13 +593,6 @@ def plan_configs():
                 for cfg in P.plan_expand(tokens, n, r, stack, L, "bfloat16", "bfloat16", "bfloat16", internal=internal,
                                          tail=True, tuning=batched).cfgs:
                     seen.setdefault(("expand", cfg), None)
-    # the split shrink's shared partial tiles (a Tuning, not a default) on the Llama-3-8B decode shrinks
-    row_parts = T.Tuning(**T.TUNING_TRIALS["rowParts"])
-    for tokens in (64, 256):
-        for r in (16, 64):
-            for stack, k in ((1, 4096), (2, 4096), (3, 4096), (1, 14336)):
-                shrink_configs(seen, P.plan_shrink(tokens, k, r, stack, L, "bfloat16", tail=True, result=True,
-                                                   tuning=row_parts))
     # the plain stacked expands (the caller's packed x; torch: as it is, windows past its last column)
     for tokens in (64, 256, 8192):
         for tail in (True, False):
@@ -906,59 +899,6 @@ def test_partial_tile_sum_places_a_clamped_last_block_and_writes_rows_below_s_on
         np.testing.assert_allclose(got[:64], sums[0], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(got[64:s], want_last, rtol=1e-6, atol=1e-6)
         assert not np.isnan(got[:s]).any()
-
-
-# Decode-sized compositions for the split shrink's shared partial tiles (Tuning(shrink_row_parts=True)), five
-# slots, slot 4 of rank 0: (a) 150 rows over three blocks, one-token segments cycling over the slots (slot 4's rows
-# have no adapter), the partial last block's box reaching into the block before; (b) 200 rows: a first block of
-# slot 4's rows only (no adapter: CTA 0 stores its zeros alone), a block where three segments meet, then one
-# adapter, and 8 rows after the last segment; (c) 64 one-token rows over four slots in one full block.
-ROW_PARTS_COMPS = {
-    "a": ([1] * 150, [k % 5 for k in range(150)], 0),
-    "b": ([64, 20, 30, 40, 38], [4, 1, 0, 3, 2], 8),
-    "c": ([1] * 64, [(7 * k) % 4 for k in range(64)], 0),
-}
-
-
-@pytest.mark.parametrize("comp_name", sorted(ROW_PARTS_COMPS))
-@pytest.mark.parametrize("tail", [True, False])
-@pytest.mark.parametrize("stack,r", [(1, 16), (3, 16), (2, 24)])
-def test_split_shrink_row_parts_interpret(comp_name, tail, stack, r, rng, interpret):
-    """The split shrink with one partial tile per block and K split (``shrink_row_parts``): each adapter's CTA
-    stores its rows of the tile, CTA 0 the rows without an adapter; the sum then adds ksplit tiles, not
-    L * ksplit (K split in two here). Interpret mode starts the tiles as NaN, so a row no CTA stores fails the check. With the tail
-    view of x (the torch executor's layout) and padded x; tiles of 16, 48 and 72 columns (rows staged 128-byte
-    aligned for the row stores where 16 and 72 are not)."""
-    from lora.pallas import plan as P
-
-    lens, slots, trailing = ROW_PARTS_COMPS[comp_name]
-    ranks = [r, r * 3 // 4, r // 2 - 1, r, 0]
-    comp = C.Composition(lens, slots, ranks, [0.5, 1.0, 2.0, 1.5, 0.75], r, sum(lens) + trailing)
-    bpad = PA._bpad(comp.tokens)  # the row groups of the JAX batch's metadata
-    tuning = T.Tuning(shrink_row_parts=True, shrink_ksplit=2)
-    sp = P.plan_shrink(bpad, 256, r, stack, 5, "bfloat16", tail=tail, result=True, tuning=tuning)
-    assert sp.cfg.split and sp.cfg.row_parts and sp.cfg.ksplit == 2
-    assert sp.cfg.parts_shape == (bpad // T.BM, sp.cfg.ksplit, T.BM, sp.cfg.na_out) and sp.sum.tiles == sp.cfg.ksplit
-    t = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
-    x, a = t(C.activations(rng, comp, 256)), t(C.shrink_weights(rng, comp, stack, 256))
-    a = jnp.pad(a, ((0, 0), (0, sp.cfg.stack * sp.rp - a.shape[1]), (0, 0)))
-    if tail:
-        out = P.run_shrink(_TailViewExecutor(), sp, batch_of(comp), x, a)
-    else:
-        out = lp.shrink(x, a[:, : stack * r], batch_of(comp), stack=stack, tuning=tuning)
-    out = out[: comp.tokens, : stack * r]
-    check = C.compare(f64(out), C.ref_shrink(comp, f64(x), f64(a[:, : stack * r]), stack), "bfloat16")
-    assert check.ok, f"{comp_name} tail={tail} stack={stack} r={r}: {check.detail}"
-
-
-@pytest.mark.parametrize("op", ["qkv", "gate_up"])
-def test_fused_ops_with_row_parts_interpret(op, rng, interpret):
-    """The fused decode ops with the shared partial tiles: the sum writes the expand's float32 input."""
-    comp = C.Composition([1] * 100, [k % 5 for k in range(100)], [16, 12, 7, 16, 0], [0.5, 1.0, 2.0, 1.5, 0.75],
-                         16, 100)
-    out, ref = run_op(op, comp, rng, "bfloat16", T.Tuning(shrink_row_parts=True))
-    check = C.compare(f64(out), ref, "bfloat16")
-    assert check.ok, f"{op}: {check.detail}"
 
 
 def test_split_shrink_results_are_the_same_bits_every_run(interpret):
