@@ -399,6 +399,10 @@ SPLIT_MAX_BLOCKS = 4
 SPLIT_MIN_STEPS = 8
 SPLIT_MAX_KSPLIT = 16
 SPLIT_MAX_CTAS = 256
+#: ... and fewer splits where their partial tiles would take more than this (session 37 on the H200, 256
+#: tokens, rank 64: QKV-sized shrink 20.1 -> 14.4 us and gate-up-sized 15.5 -> 11.6 at 4 ways (7 and 5 MB of
+#: tiles) against 8 (14 and 10 MB); rank 16's 4 MB at 8 ways stays faster than 4: 8.6 against 9.2 us)
+SPLIT_PARTS_TARGET = 8 << 20
 SMEM_BUDGET = 200 * 1024
 #: Shared memory a Mosaic GPU kernel may take on Hopper (227 KB, what Mosaic checks at lowering).
 SMEM_LIMIT = 227 * 1024
@@ -588,7 +592,8 @@ def _wide_plan(k: int, na: int, tuning: Tuning) -> tuple[int, int, int, int]:
 def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str = "float32", result: bool = False,
                   tuning: Tuning = DEFAULT_TUNING) -> ShrinkConfig:
     """Decode-sized batches (<= SPLIT_MAX_BLOCKS blocks): the split variant, 64-deep K steps, up to 4
-    stages, split-K as SPLIT_MIN_STEPS / SPLIT_MAX_KSPLIT / SPLIT_MAX_CTAS allow. Larger batches: the
+    stages, split-K as SPLIT_MIN_STEPS / SPLIT_MAX_KSPLIT / SPLIT_MAX_CTAS /
+    SPLIT_PARTS_TARGET allow. Larger batches: the
     block variant with 128-deep K steps while four stages of them fit SMEM_BUDGET (else 64), as many
     stages as fit (up to 8), and long K (>= 8192: the down projection) split over 2 CTAs per block (4
     for outputs <= 32 wide);
@@ -618,7 +623,10 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
             raise ValueError(f"Tuning.shrink_ksplit={ksplit} does not divide the {nk} K steps of K={k}")
     elif split:
         ksplit = max(1, min(SPLIT_MAX_KSPLIT, nk // SPLIT_MIN_STEPS, SPLIT_MAX_CTAS // max(1, nb * num_lora)))
-        while nk % ksplit:  # every split gets the same number of k-steps
+        per_split = nb * num_lora * BM * shrink_out_columns(na, stack) * 4  # bytes of partial tiles a split adds
+        # every split gets the same number of k-steps; no more splits than keep the partial tiles (written, then
+        # read back by the sum) within SPLIT_PARTS_TARGET
+        while ksplit > 1 and (nk % ksplit or ksplit * per_split > SPLIT_PARTS_TARGET):
             ksplit -= 1
     elif k >= 8192:
         ksplit = 4 if na <= 32 else 2

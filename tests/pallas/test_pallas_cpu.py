@@ -694,6 +694,24 @@ def test_prefill_plans_take_the_shared_memory_that_is_free():
         assert (cfg.ctas, cfg.stream_stages, cfg.block_n) == want, (r, stack, cfg)
 
 
+def test_split_shrink_splits_k_within_the_partial_tile_target():
+    """The split (decode) shrink splits K 8 ways on the Llama-3-8B decode shapes, but 4 ways for the rank-64
+    gate-up and QKV shrinks at 256 tokens, whose 8-way partial tiles (10 and 14 MB) are over
+    SPLIT_PARTS_TARGET (session 37 on the H200: 15.5 -> 11.6 and 20.1 -> 14.4 us); a Tuning's split stays."""
+    for r, stack, k, want in ((16, 1, 4096, (8, 8)), (16, 2, 4096, (8, 8)), (16, 3, 4096, (8, 8)),
+                              (64, 1, 4096, (8, 8)), (64, 2, 4096, (8, 4)), (64, 3, 4096, (8, 4)),
+                              (16, 1, 14336, (16, 8)), (64, 1, 14336, (16, 8))):
+        got = []
+        for bpad in (64, 256):
+            cfg = T.shrink_config(bpad, k, stack * r, 8, stack, "bfloat16", tail=True, out_dtype="bfloat16", result=True)
+            assert cfg.split and cfg.nk % cfg.ksplit == 0, cfg
+            assert cfg.nb * cfg.parts_shape[1] * T.BM * cfg.na_out * 4 <= T.SPLIT_PARTS_TARGET, cfg
+            got.append(cfg.ksplit)
+        assert tuple(got) == want, (r, stack, k, got)
+    asked = T.shrink_config(256, 4096, 192, 8, 3, "bfloat16", tail=True, tuning=T.Tuning(shrink_ksplit=8))
+    assert asked.ksplit == 8
+
+
 def test_block_shrink_extra_units_follow_the_heuristic_unless_asked():
     """The block shrink's extra units: for outputs up to 128 columns, not the split variant; a Tuning
     turns them on or off."""
