@@ -616,23 +616,25 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
         if tuning.shrink_ksplit and -(-k // block_k) % tuning.shrink_ksplit:
             block_k = 64  # the caller's split must divide the K steps
     nk = -(-k // block_k)
+    tile_bytes = nb * BM * shrink_out_columns(na, stack) * 4  # a float32 partial tile per block
+
+    def within(ksplit, per_split, limit):
+        """The largest split <= ksplit that divides the K steps (every split gets the same number) and keeps
+        the partial tiles (written, then read back by the sum; ``per_split`` bytes a split) within ``limit``."""
+        while ksplit > 1 and (nk % ksplit or ksplit * per_split > limit):
+            ksplit -= 1
+        return ksplit
+
     ksplit = 1
     if tuning.shrink_ksplit is not None:  # also splits the block variant's K loop (partial tiles)
         ksplit = tuning.shrink_ksplit
         if nk % ksplit:
             raise ValueError(f"Tuning.shrink_ksplit={ksplit} does not divide the {nk} K steps of K={k}")
     elif split:
-        ksplit = max(1, min(SPLIT_MAX_KSPLIT, nk // SPLIT_MIN_STEPS, SPLIT_MAX_CTAS // max(1, nb * num_lora)))
-        per_split = nb * num_lora * BM * shrink_out_columns(na, stack) * 4  # bytes of partial tiles a split adds
-        # every split gets the same number of k-steps; no more splits than keep the partial tiles (written, then
-        # read back by the sum) within SPLIT_PARTS_TARGET
-        while ksplit > 1 and (nk % ksplit or ksplit * per_split > SPLIT_PARTS_TARGET):
-            ksplit -= 1
+        most = max(1, min(SPLIT_MAX_KSPLIT, nk // SPLIT_MIN_STEPS, SPLIT_MAX_CTAS // max(1, nb * num_lora)))
+        ksplit = within(most, num_lora * tile_bytes, SPLIT_PARTS_TARGET)  # a tile per block and slot
     elif k >= 8192:
-        ksplit = 4 if na <= 32 else 2
-        parts_per_split = nb * BM * shrink_out_columns(na, stack) * 4
-        while ksplit > 1 and (nk % ksplit or ksplit * parts_per_split > SPLIT_PARTS_LIMIT):
-            ksplit -= 1
+        ksplit = within(4 if na <= 32 else 2, tile_bytes, SPLIT_PARTS_LIMIT)
     step = (BM + na) * block_k * itemsize
     if tuning.shrink_stages is not None:
         stages = tuning.shrink_stages
