@@ -288,9 +288,9 @@ class ExpandConfig:
     #: fallback only
     gather: bool = False
     gather_tiles: int = 1  # column tiles a gathering CTA walks (its x rows gathered once)
-    #: one_tile, aligned slices, ``accumulate``: every adapter tile of the block fetched at once and its
-    #: products issued back to back (no pipeline over the block's adapters; see expand_kernel)
-    batched: bool = False
+    #: one_tile, aligned slices, ``accumulate``: a CTA per (tile, adapter of its block), each adding its
+    #: adapter's update to the tile by TMA reduce-add, instead of one CTA running the block's adapters
+    per_adapter: bool = False
 
     @property
     def nb(self) -> int:
@@ -327,7 +327,7 @@ class ExpandConfig:
         sizes = [_itemsize(d) for d in (self.x_dtype, self.op_dtype, self.base_dtype)]
         return expand_smem_bytes(self.kr, self.stack, *sizes, self.block_n, self.stages, self.x_shift,
                                  self.stream_stages, self.accumulate, self.num_lora,
-                                 self.gather_tiles if self.gather else 0, self.direct, self.batched, self.na)
+                                 self.gather_tiles if self.gather else 0, self.direct, self.per_adapter)
 
 
 def x_is_operand(x_dtype: str, op_dtype: str, x_part: int) -> bool:
@@ -455,10 +455,10 @@ class Tuning:
     #: CTA per tile running all of the block's adapters (None: the heuristic, see expand_config)
     expand_gather: bool | None = None
     expand_gather_tiles: int | None = None  # 1..16: column tiles per gathering CTA
-    #: decode-sized batches, one CTA per tile: every adapter tile of a block fetched at once, its products
-    #: issued back to back into one accumulator, instead of a pipeline over the adapters (None: off; at
-    #: most BATCHED_MAX_SLOTS slots)
-    expand_batched: bool | None = None
+    #: decode-sized batches, one CTA per tile: a CTA per (tile, adapter of its block), each adding its
+    #: adapter's update (rounded to the base dtype) by TMA reduce-add, instead of one CTA running the
+    #: block's adapters one after another (None: off)
+    expand_per_adapter: bool | None = None
     #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
@@ -473,7 +473,7 @@ class Tuning:
 
     def __post_init__(self):
         flags = ("expand_reduce_add", "expand_accumulate")
-        optional_flags = ("expand_persistent", "expand_gather", "expand_batched", "shrink_extra_units", "shrink_wide")
+        optional_flags = ("expand_persistent", "expand_gather", "expand_per_adapter", "shrink_extra_units", "shrink_wide")
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
@@ -517,7 +517,7 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
     "reduceAdd": dict(expand_reduce_add=True),
     "wide": dict(shrink_wide=True),  # the two-block, warp-specialized shrink (session 22 on the H200: slower)
     "es8": dict(expand_gather=False, expand_stages=8),  # every adapter tile of a decode block in flight at once
-    "batched": dict(expand_gather=False, expand_batched=True),  # ... and their products issued back to back
+    "perAdapter": dict(expand_gather=False, expand_per_adapter=True),  # a CTA per tile and adapter of its block
 }
 
 
@@ -684,8 +684,7 @@ def scratch_bytes(nbytes: int) -> int:
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False, num_lora=0, gather=0, direct=False, batched=False,
-                      na=0) -> int:
+                      stream_stages=0, accumulate=False, num_lora=0, gather=0, direct=False, per_adapter=False) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it: each scratch buffer rounded up to
     1 KB (:func:`scratch_bytes`), and a bound on the barriers (8 bytes each): 40-64 bytes over
     Mosaic's own count (:func:`lora.pallas.interop.smem_bytes`) on the ten persistent, one CTA per
@@ -696,9 +695,8 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     One tile's work (``one_tile``) runs a pipeline over a block's adapters, per stage the x windows
     (``kw`` columns of x) and the B tile: ``stack`` windows on the general path (unaligned slice
     boundaries), one on the aligned path, which (``accumulate``) also holds two operand-dtype x
-    tiles; the two paths are scoped apart, so the larger counts. ``batched`` (aligned path, one CTA per
-    tile): in place of its pipeline, every slot's B tile and x operand, and the x window (with
-    ``x_shift``: the block's x rows whole, ``na`` columns).
+    tiles; the two paths are scoped apart, so the larger counts. ``per_adapter``: the aligned path's
+    pipeline takes one step (a CTA per adapter), so one window and B tile.
 
     * One CTA per tile: a base tile beside that pipeline; (``gather`` column tiles) the gathering
       kernel's x rows, row list, two output tiles and B tiles in flight, scoped apart from it.
@@ -716,12 +714,10 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     fixed = a((BM + 2 * num_lora + 4 * RING) * 4) + a(operand) + a(4 * num_lora)
     fixed += a(BM * kr * x_itemsize) if x_shift or gather else 0
     steps = max(stages, stream_stages)
-    barriers = 8 * (BM.bit_length() + 8 + 2 * steps + (BM + 1 + GATHER_B_STAGES if gather else 0)
-                    + (num_lora + 1 if batched else 0))
+    barriers = 8 * (BM.bit_length() + 8 + 2 * steps + (BM + 1 + GATHER_B_STAGES if gather else 0))
     general = stack * a(stages * window) + a(stages * b_tile)
-    aligned = a(stages * window) + a(stages * b_tile) + (a(2 * operand) if accumulate else 0)
-    if batched:
-        aligned = a(BM * na * x_itemsize if x_shift else window) + a(num_lora * b_tile) + a(num_lora * operand)
+    aligned_stages = 1 if per_adapter else stages
+    aligned = a(aligned_stages * window) + a(aligned_stages * b_tile) + (a(2 * operand) if accumulate else 0)
     one_tile = max(general, aligned)
     if stream_stages:
         ss = stream_stages
@@ -743,8 +739,6 @@ GATHER_TILES = 8
 GATHER_B_STAGES = 4
 #: Tiles in flight in the persistent expand's pipeline (fewer when they do not fit).
 STREAM_STAGES = 4
-#: Most slots a batched decode expand (``Tuning.expand_batched``) takes: it holds a barrier and a B tile per slot.
-BATCHED_MAX_SLOTS = 16
 #: Entries of the persistent expand's ring of its steps' tiles, block counts and first slots (more
 #: than the most stream stages a Tuning may ask for).
 RING = 8
@@ -797,16 +791,12 @@ def expand_config(
         stages = tuning.expand_stages or 1
         tiles = tuning.expand_gather_tiles or min(GATHER_TILES if wide else GATHER_TILES // 2, ntn)
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
-    # (stacked slices: the block's x rows are one TMA box, at most 256 columns, that holds the last slice's kr
-    # columns from (stack-1)*max_r)
-    batched = (bool(tuning.expand_batched) and accumulate and num_lora <= BATCHED_MAX_SLOTS
-               and (not x_shift or (stack - 1) * max_r + kr <= na <= 256))
 
     direct = x_is_operand(x_dtype, op_dtype, x_part)
 
     def need(bn=None, ss=None):
         return expand_smem_bytes(kr, stack, *sizes, bn or block_n, stages, x_shift, ss or stream, accumulate, num_lora,
-                                 tiles, direct, batched, na)
+                                 tiles, direct)
 
     ctas = tuning.expand_ctas or PERSISTENT_CTAS
     if persistent and tuning.expand_ctas is None:
@@ -822,10 +812,6 @@ def expand_config(
                 ctas, block_n, stream = 2 * PERSISTENT_CTAS, bn, ss
                 break
     persistent_limit = smem_limit(ctas)
-    if batched:  # where every slot's tiles fit (at 64 columns if not at the heuristic's width), else the pipeline
-        bn = next((w for w in dict.fromkeys([block_n] if tuning.expand_block_n else [block_n, 64])
-                   if need(w) <= SMEM_LIMIT), None)
-        batched, block_n = bn is not None, bn or block_n
 
     def limit():
         return persistent_limit if persistent else SMEM_LIMIT
@@ -853,7 +839,7 @@ def expand_config(
             persistent, stream = False, 0
             block_n = tuning.expand_block_n or (128 if n >= 128 else 64)
             accumulate = tuning.expand_accumulate and not gather
-        elif accumulate and not batched:  # wide ranks: a merge per adapter (no second x tile)
+        elif accumulate:  # wide ranks: a merge per adapter (no second x tile)
             accumulate = False
         elif tuning.expand_block_n is None and block_n > 64:
             block_n //= 2
@@ -869,7 +855,8 @@ def expand_config(
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, ctas if persistent else 0, stream, accumulate=accumulate,
-        gather=gather, gather_tiles=max(tiles, 1), batched=batched,
+        gather=gather, gather_tiles=max(tiles, 1),
+        per_adapter=bool(tuning.expand_per_adapter) and accumulate and not tuning.expand_reduce_add,
     )
 
 
