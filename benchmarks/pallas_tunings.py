@@ -16,9 +16,8 @@ TUNINGS = {
     # session 27: every adapter tile of an 8-adapter decode block fetched in the pipeline's prologue
     "es6": dict(expand_gather=False, expand_stages=6),
     "es8": dict(expand_gather=False, expand_stages=8),
-    # session 38: a CTA per decode tile and adapter of its block, each adding its update by TMA reduce-add
-    # (session 36's "batched", every slot's tiles fetched at once, was no faster on the H200 and is gone)
-    "perAdapter": dict(expand_gather=False, expand_per_adapter=True),
+    # (gone: session 36's "batched", every slot's tiles fetched at once, and session 38's "perAdapter", a CTA per
+    # tile and adapter, both measured no faster: benchmarks/probe_s38/per_adapter.patch brings the latter back)
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),

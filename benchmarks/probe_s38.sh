@@ -10,7 +10,8 @@
 #   for t in "" "--tunings perAdapter"; do JAX_PLATFORMS=cpu KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache \
 #     PYTHONPATH=.:benchmarks .venv-jax/bin/python benchmarks/pallas_prelower.py --cases 'llama3-8b-*-decode-*' \
 #     --ops expand,expand_qkv,expand_gate_up,qkv,gate_up $t; done
-# Usage (device tool, carry .pallas-cache): bash benchmarks/probe_s38.sh [PREFIX]
+# Usage (device tool, carry .pallas-cache): bash benchmarks/probe_s38.sh [PREFIX]. Ran once (session 38, an H100:
+# benchmarks/results/h100/s38/); the trial was then dropped: git apply benchmarks/probe_s38/per_adapter.patch first.
 # STEPS picks the parts to run (default "tests adapters fused").
 # Decision rule, written before the call: pallas:perAdapter becomes the default decode expand where it is
 # faster than the default on every row of its kind (plain expands; stacked expands), else it is dropped.

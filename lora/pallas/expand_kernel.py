@@ -25,10 +25,6 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
   ``cfg.accumulate`` (aligned slices) every adapter's product goes into one wgmma accumulator: its
   x operand keeps only the adapter's rows, already multiplied by its scale, and the tile is added
   to the base rows once at the end (session 6 on the H200: rank-16 64-token expand 10.1 -> 6.3 us).
-  With ``cfg.per_adapter`` (a trial) a tile's adapters are spread over CTAs instead, one each: the
-  pipeline takes one step, and the CTA adds its update tile (zero on the rows of other slots) to base
-  by TMA reduce-add. Each element gets one nonzero addend, so the result is the same whatever order
-  the CTAs add in.
 * **persistent** (prefill, mixed): ``cfg.ctas`` CTAs, two per SM where their tiles in flight fit
   beside each other (else one), each walking a contiguous run of the full row blocks' tiles
   (column tile major) through one ``emit_pipeline`` whose steps are tiles: while one tile
@@ -82,10 +78,6 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
     q = 16 // jnp.dtype(cfg.x_dtype).itemsize  # a TMA start column must be 16-byte aligned
     R = refs
     offs = [R.offs[j] for j in range(stack + 1)]
-    # The update is added to base by TMA reduce-add (no base load): asked for, or one CTA per adapter of a
-    # tile, where several CTAs add to one tile. Interpret mode has no TMA reductions and runs the grid's
-    # CTAs one after another: there each loads the base rows, adds its update and stores them.
-    reduce = cfg.reduce_add or (cfg.per_adapter and not C.interpret_mode_active())
     aligned = offs[0] == 0
     for o in offs[1:]:
         aligned = aligned & (lax.rem(o, BN) == 0)
@@ -214,11 +206,9 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         start = j * r
         return start - lax.rem(start, q)
 
-    def one_tile(bi, n, k=None):
+    def one_tile(bi, n):
         """Tile (row block bi, column tile n), if it has rows < s with an adapter: base rows loaded
-        and stored row-exact, a pipeline over the block's adapters. Waits for its own stores.
-        ``cfg.per_adapter``: only the block's k-th adapter (aligned slices; unaligned: CTA k == 0 runs
-        them all), its update added to base by TMA reduce-add (``reduce``)."""
+        and stored row-exact, a pipeline over the block's adapters. Waits for its own stores."""
         s = R.nrows[0]
         row_lo = bi * BM
         count = C.block_count(R.meta, lay, bi)
@@ -226,12 +216,8 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         # before the branch on it, so both wait for global memory once (inside the branch the list's
         # loads could only start after the count had come back: a second round trip before any tile).
         C.copy_scalars(R.meta, lay.group(bi) + 1, R.slots, cfg.num_lora)
-        first = jnp.int32(0) if k is None else k  # the slot list's entry of the first adapter this CTA runs
-        active = (row_lo < s) & (count > 0)
-        if k is not None:
-            active = active & jnp.where(aligned, k < count, k == 0)
 
-        @pl.when(active)
+        @pl.when((row_lo < s) & (count > 0))
         def _():
             rx, is_tail = C.box_start(s, row_lo, cfg.tail)
             nrows_b = jnp.minimum(row_lo + BM, s) - row_lo
@@ -248,7 +234,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             def wait_base(off, size, k):
                 plgpu.barrier_wait(R.bars.at[1 + k])
 
-            if reduce:
+            if cfg.reduce_add:
                 # The tile holds the update only (each element is written by one slot and one
                 # slice, the rest stay 0) and is added to base by the TMA engine at the end.
                 R.base_smem[...] = C.wgmma_zeros(BM, BN, R.base_smem.dtype)
@@ -260,7 +246,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             j0 = slice_of(n0)
 
             def slot_of(i):
-                return R.slots[first + i]
+                return R.slots[i]
 
             def adapter_specs(row0, slices, delay=0):
                 """The specs of a pipeline over the block's adapters: the x window of the tile's slice
@@ -291,7 +277,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                     @pl.when(i == 0)
                     def _():  # the row slots and base rows were loaded while the first tiles came in
                         plgpu.barrier_wait(R.bars.at[0])
-                        if not reduce:
+                        if not cfg.reduce_add:
                             C.ladder(nrows_b, wait_base)
 
                     mask_b(bs, r)
@@ -311,10 +297,10 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
 
             def merge_accumulator(acc_ref):
                 """Once every adapter's wgmma is issued (run_accumulate): wait for them and the base rows,
-                then add the accumulator to the rows of the base tile that belong to a slot (with ``reduce``:
-                the tile holds zeros, the accumulator is the update)."""
+                then add the accumulator to the rows of the base tile that belong to a slot (with
+                ``reduce_add``: the tile holds zeros, the accumulator is the update)."""
                 plgpu.wgmma_wait(0)
-                if not reduce:
+                if not cfg.reduce_add:
                     C.ladder(nrows_b, wait_base)
                 rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
                 keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) >= 0  # rows of a slot (rank > 0)
@@ -346,8 +332,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                         plgpu.wgmma(acc_ref, dst, bs.T)
                         plgpu.wgmma_wait(delay)
 
-                    steps = 1 if cfg.per_adapter else count
-                    plgpu.emit_pipeline(step, grid=(steps,), in_specs=adapter_specs(row0, None, delay),
+                    plgpu.emit_pipeline(step, grid=(count,), in_specs=adapter_specs(row0, None, delay),
                                         max_concurrent_steps=cfg.stages)(src_ref, R.b)
                     merge_accumulator(acc_ref)
 
@@ -373,7 +358,7 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                     R.base_smem.at[pl.ds(sm_off + off, size)],
                     R.base.at[pl.ds(row_lo + off, size), pl.ds(n0, BN)],
                     commit_group=False,
-                    reduction_op="add" if reduce else None,
+                    reduction_op="add" if cfg.reduce_add else None,
                 )
 
             C.ladder(nrows_b, store_base)
@@ -799,15 +784,13 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         if cfg.ctas:
             _persistent_body(cfg, R, prog)
         else:
-            prog.one_tile(lax.axis_index("b"), lax.axis_index("n"), lax.axis_index("k") if cfg.per_adapter else None)
+            prog.one_tile(lax.axis_index("b"), lax.axis_index("n"))
 
     args = [meta, nrows, ranks, scalings, offsets, x] + ([x_tail] if cfg.tail else []) + [b_w, base]
     if cfg.ctas:
         grid, names = (cfg.ctas,), ("sm",)
     elif cfg.gather:  # a CTA per (group of column tiles, chunk); those past the batch's chunks exit at once
         grid, names = (-(-cfg.ntn // cfg.gather_tiles), cfg.nb + cfg.num_lora), ("g", "c")
-    elif cfg.per_adapter:  # a CTA per (tile, entry of its block's slot list); those past the block's count exit
-        grid, names = (cfg.ntn, cfg.nb, cfg.num_lora), ("n", "b", "k")
     else:
         # The last grid axis varies fastest (CUDA's x): consecutive CTAs take consecutive row blocks
         # of one column tile, so each adapter's B tile is read from DRAM once and then hits L2.

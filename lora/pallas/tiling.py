@@ -288,9 +288,6 @@ class ExpandConfig:
     #: fallback only
     gather: bool = False
     gather_tiles: int = 1  # column tiles a gathering CTA walks (its x rows gathered once)
-    #: one_tile, aligned slices, ``accumulate``: a CTA per (tile, adapter of its block), each adding its
-    #: adapter's update to the tile by TMA reduce-add, instead of one CTA running the block's adapters
-    per_adapter: bool = False
 
     @property
     def nb(self) -> int:
@@ -327,7 +324,7 @@ class ExpandConfig:
         sizes = [_itemsize(d) for d in (self.x_dtype, self.op_dtype, self.base_dtype)]
         return expand_smem_bytes(self.kr, self.stack, *sizes, self.block_n, self.stages, self.x_shift,
                                  self.stream_stages, self.accumulate, self.num_lora,
-                                 self.gather_tiles if self.gather else 0, self.direct, self.per_adapter)
+                                 self.gather_tiles if self.gather else 0, self.direct)
 
 
 def x_is_operand(x_dtype: str, op_dtype: str, x_part: int) -> bool:
@@ -455,10 +452,6 @@ class Tuning:
     #: CTA per tile running all of the block's adapters (None: the heuristic, see expand_config)
     expand_gather: bool | None = None
     expand_gather_tiles: int | None = None  # 1..16: column tiles per gathering CTA
-    #: decode-sized batches, one CTA per tile: a CTA per (tile, adapter of its block), each adding its
-    #: adapter's update (rounded to the base dtype) by TMA reduce-add, instead of one CTA running the
-    #: block's adapters one after another (None: off)
-    expand_per_adapter: bool | None = None
     #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
@@ -473,7 +466,7 @@ class Tuning:
 
     def __post_init__(self):
         flags = ("expand_reduce_add", "expand_accumulate")
-        optional_flags = ("expand_persistent", "expand_gather", "expand_per_adapter", "shrink_extra_units", "shrink_wide")
+        optional_flags = ("expand_persistent", "expand_gather", "shrink_extra_units", "shrink_wide")
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
@@ -517,7 +510,6 @@ TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's la
     "reduceAdd": dict(expand_reduce_add=True),
     "wide": dict(shrink_wide=True),  # the two-block, warp-specialized shrink (session 22 on the H200: slower)
     "es8": dict(expand_gather=False, expand_stages=8),  # every adapter tile of a decode block in flight at once
-    "perAdapter": dict(expand_gather=False, expand_per_adapter=True),  # a CTA per tile and adapter of its block
 }
 
 
@@ -684,7 +676,7 @@ def scratch_bytes(nbytes: int) -> int:
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False, num_lora=0, gather=0, direct=False, per_adapter=False) -> int:
+                      stream_stages=0, accumulate=False, num_lora=0, gather=0, direct=False) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it: each scratch buffer rounded up to
     1 KB (:func:`scratch_bytes`), and a bound on the barriers (8 bytes each): 40-64 bytes over
     Mosaic's own count (:func:`lora.pallas.interop.smem_bytes`) on the ten persistent, one CTA per
@@ -695,8 +687,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     One tile's work (``one_tile``) runs a pipeline over a block's adapters, per stage the x windows
     (``kw`` columns of x) and the B tile: ``stack`` windows on the general path (unaligned slice
     boundaries), one on the aligned path, which (``accumulate``) also holds two operand-dtype x
-    tiles; the two paths are scoped apart, so the larger counts. ``per_adapter``: the aligned path's
-    pipeline takes one step (a CTA per adapter), so one window and B tile.
+    tiles; the two paths are scoped apart, so the larger counts.
 
     * One CTA per tile: a base tile beside that pipeline; (``gather`` column tiles) the gathering
       kernel's x rows, row list, two output tiles and B tiles in flight, scoped apart from it.
@@ -716,8 +707,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     steps = max(stages, stream_stages)
     barriers = 8 * (BM.bit_length() + 8 + 2 * steps + (BM + 1 + GATHER_B_STAGES if gather else 0))
     general = stack * a(stages * window) + a(stages * b_tile)
-    aligned_stages = 1 if per_adapter else stages
-    aligned = a(aligned_stages * window) + a(aligned_stages * b_tile) + (a(2 * operand) if accumulate else 0)
+    aligned = a(stages * window) + a(stages * b_tile) + (a(2 * operand) if accumulate else 0)
     one_tile = max(general, aligned)
     if stream_stages:
         ss = stream_stages
@@ -856,7 +846,6 @@ def expand_config(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, ctas if persistent else 0, stream, accumulate=accumulate,
         gather=gather, gather_tiles=max(tiles, 1),
-        per_adapter=bool(tuning.expand_per_adapter) and accumulate and not tuning.expand_reduce_add,
     )
 
 

@@ -91,27 +91,6 @@ def test_gathering_decode_expand(op, tokens, rng):
     _check_decode_op_then_repeats(be, op, comp, rng, INTER)
 
 
-@pytest.mark.parametrize("tokens", [64, 256])
-@pytest.mark.parametrize("op", ["expand", "qkv", "gate_up"])
-def test_per_adapter_decode_expand(op, tokens, rng):
-    """The decode expand with a CTA per tile and adapter of its block (Tuning(expand_per_adapter=True),
-    session 38: each adds its update by TMA reduce-add) on every decode op at real widths, a rank-0 slot
-    and a lower rank among full ones; then 20 repeats give the same bits (each element gets one nonzero
-    addend, whatever order the CTAs add in)."""
-    from lora.pallas import plan as P
-    from lora.pallas.tiling import Tuning
-
-    tuning = Tuning(expand_gather=False, expand_per_adapter=True)
-    stack, n = {"expand": (1, Q), "qkv": (3, Q + 2 * KV), "gate_up": (2, 2 * INTER)}[op]
-    (cfg,) = P.plan_expand(tokens, n, 16, stack, 8, "float32" if stack > 1 else "bfloat16", "bfloat16", "bfloat16",
-                           internal=stack > 1, tail=True, tuning=tuning).cfgs
-    assert cfg.per_adapter, cfg
-    comp = C.decode_composition(rng, tokens, 8, 16)
-    comp = C.Composition(comp.seg_lens, comp.weight_indices, (16, 0, 12) + (16,) * 5, comp.scalings, 16, tokens)
-    be = pallas(tuning=tuning)
-    _check_decode_op_then_repeats(be, op, comp, rng, Q)
-
-
 def test_float32_and_odd_shapes(rng):
     be = pallas()
     comp = C.random_composition(rng, max_tokens=90)

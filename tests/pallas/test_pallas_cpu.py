@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -24,8 +23,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu  # noqa: E402
 
 from lora import pallas as lp  # noqa: E402
 from lora.pallas import api as PA, common, tiling as T  # noqa: E402
-from lora.pallas import expand_kernel as EK  # noqa: E402
-from lora.pallas import shrink_kernel as SK  # noqa: E402
 from lora import testing as C  # noqa: E402
 
 DT = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
@@ -408,70 +405,6 @@ def test_decode_expand_deep_stages_interpret(op, stages, rng, interpret):
     assert check.ok, f"{op} stages={stages}: {check.detail}"
 
 
-@pytest.mark.parametrize("op,dtype_name", [("expand", "bfloat16"), ("expand", "float32"), ("gate_up", "bfloat16"),
-                                           ("qkv", "float16"), ("expand_qkv", "bfloat16"), ("qkv_unaligned", "bfloat16"),
-                                           ("qkv_r32", "bfloat16")])
-def test_decode_expand_per_adapter_interpret(op, dtype_name, rng, interpret):
-    """The decode expand with a CTA per tile and adapter of its block (Tuning(expand_per_adapter=True)):
-    on the GPU each adds its update by TMA reduce-add; interpret mode runs the CTAs one after another,
-    each loading the base rows, adding its update and storing them, so a tile's adapters are summed
-    through base as on the GPU. A 64-row block holding eight slots (ranks 16, 12, odd, 0; scalings
-    apart), then a partial block with fewer; one slice and stacked slices of 64 columns, a multiple of
-    the 64-column tiles (each CTA's window at its own rank's slice column; float32 x in the fused ops).
-    QKV slices of 64 and 32 columns are not tile aligned: there CTA 0 of a tile runs all of its adapters
-    (checked at run time) and the others nothing. ``qkv_r32``: max_r 32, slices starting at 16-byte
-    boundaries and off them (ranks 20, 13)."""
-    lens = [9, 7, 8, 1, 12, 6, 11, 10, 20, 3]
-    slots = [0, 1, 2, 3, 4, 5, 6, 7, 1, 6]
-    max_r = 32 if op == "qkv_r32" else 16
-    ranks = [32, 20, 16, 0, 13, 32, 8, 4] if max_r == 32 else [16, 12, 16, 0, 7, 16, 16, 4]
-    comp = C.Composition(lens, slots, ranks, [0.5, 1.0, 2.0, 1.5, 0.25, 1.0, 3.0, 0.75], max_r, sum(lens) + 5)
-    op = op.replace("_r32", "")
-    tuning = T.Tuning(expand_gather=False, expand_per_adapter=True, expand_block_n=64)
-    stack = {"expand": 1, "gate_up": 2}.get(op, 3)
-    x_dtype = dtype_name if op.startswith("expand") else "float32"
-    cfg = T.expand_config(T.padded_tokens(comp.tokens), stack * N, max_r * stack, max_r, 8, stack, x_dtype,
-                          "bfloat16" if dtype_name == "float32" else dtype_name, dtype_name, tail=True,
-                          x_shift=stack > 1, tuning=tuning)
-    assert cfg.per_adapter and cfg.accumulate and not cfg.gather and cfg.ctas == 0 and N % cfg.block_n == 0
-    t = lambda v: jnp.asarray(v, DT[dtype_name])  # noqa: E731
-    if op == "expand_qkv":
-        offs = [0, N, 2 * N, 3 * N]
-        x, b, base = t(C.expand_input(rng, comp, 3)), t(C.expand_weights(rng, comp, offs[-1])), t(C.base_output(rng, comp, offs[-1]))
-        out = lp.expand(x, b, batch_of(comp), offsets=offs, base=base, tuning=tuning)
-        ref = C.ref_expand(comp, f64(x), f64(b), offs, f64(base))
-    elif op == "qkv":
-        offs = [0, N, 2 * N, 3 * N]
-        x, a = t(C.activations(rng, comp, K)), t(C.shrink_weights(rng, comp, 3, K))
-        b, base = t(C.expand_weights(rng, comp, offs[-1])), t(C.base_output(rng, comp, offs[-1]))
-        out = lp.qkv_lora(x, a, b, batch_of(comp), q=N, kv=N, base=base, tuning=tuning)
-        ref = C.ref_stacked(comp, f64(x), f64(a), f64(b), offs, f64(base))
-    else:
-        out, ref = run_op(op.replace("_unaligned", ""), comp, rng, dtype_name, tuning)
-    check = C.compare(f64(out), ref, dtype_name)
-    assert check.ok, f"{op} {dtype_name}: {check.detail}"
-
-
-def test_per_adapter_decode_expand_is_a_trial_of_the_one_cta_per_tile_kernel():
-    """A CTA per tile and adapter only where one CTA per tile accumulates its adapters (decode, not the
-    gathering kernel), and never by default."""
-    tuning = T.Tuning(expand_gather=False, expand_per_adapter=True)
-    small = T.expand_config(64, 4096, 16, 16, 8, 1, "bfloat16", "bfloat16", "bfloat16", tail=True, tuning=tuning)
-    assert small.per_adapter and small.accumulate and small.block_n == 128
-    r64 = T.expand_config(64, 6144, 224, 64, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True,
-                          tuning=tuning)
-    assert r64.per_adapter and r64.smem_bytes <= T.SMEM_LIMIT
-    r128 = T.expand_config(64, 6144, 416, 128, 8, 3, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True,
-                           tuning=tuning)
-    assert r128.per_adapter == r128.accumulate and r128.smem_bytes <= T.SMEM_LIMIT
-    prefill = T.expand_config(8192, 4096, 16, 16, 8, 1, "bfloat16", "bfloat16", "bfloat16", tail=True, tuning=tuning)
-    assert prefill.ctas and not prefill.per_adapter
-    gathering = T.expand_config(256, 28672, 32, 16, 8, 2, "float32", "bfloat16", "bfloat16", tail=True, x_shift=True,
-                                tuning=T.Tuning(expand_per_adapter=True))
-    assert gathering.gather and not gathering.per_adapter
-    assert not T.expand_config(64, 4096, 16, 16, 8, 1, "bfloat16", "bfloat16", "bfloat16", tail=True).per_adapter
-
-
 @pytest.mark.parametrize("op", ["expand", "gate_up"])
 def test_decode_gather_chunks_of_one_slot_interpret(op, rng, interpret):
     """A decode-sized batch (four blocks, the last partial) where one slot holds 200 rows in two
@@ -588,14 +521,6 @@ def plan_configs():
             for cfg in P.plan_expand(tokens, 4096, 16, 1, L, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True,
                                      tuning=t).cfgs:
                 seen.setdefault(("expand", cfg), None)
-    # the decode expand with a CTA per adapter (a Tuning, not a default) on the Llama-3-8B decode shapes, ranks 16 and 64
-    per_adapter = T.Tuning(**T.TUNING_TRIALS["perAdapter"])
-    for tokens in (64, 256):
-        for r, stack, n in ((16, 1, 4096), (16, 3, 6144), (16, 2, 28672), (64, 1, 4096), (64, 3, 6144), (64, 2, 28672)):
-            for internal in ((False,) if stack == 1 else (True, False)):
-                for cfg in P.plan_expand(tokens, n, r, stack, L, "bfloat16", "bfloat16", "bfloat16", internal=internal,
-                                         tail=True, tuning=per_adapter).cfgs:
-                    seen.setdefault(("expand", cfg), None)
     # the plain stacked expands (the caller's packed x; torch: as it is, windows past its last column)
     for tokens in (64, 256, 8192):
         for tail in (True, False):
@@ -660,8 +585,6 @@ def test_expand_config_fits_shared_memory():
     ("rank-16 QKV, float32 x", (8192, 6144, 16, 3, "float32", True)),
     ("rank-64 float32, one CTA per tile", (8192, 4096, 64, 1, "float32", False)),
     ("decode gate-up, gathering", (256, 28672, 16, 2, "bfloat16", True)),
-    ("decode expand, a CTA per adapter", (64, 4096, 16, 1, "bfloat16", False, "perAdapter")),
-    ("decode rank-64 QKV, a CTA per adapter", (64, 6144, 64, 3, "float32", True, "perAdapter")),
 ])
 def test_expand_shared_memory_is_mosaics_count(what, args):
     """The shared memory the plans count for an expand CTA (ExpandConfig.smem_bytes, what decides two
@@ -669,11 +592,9 @@ def test_expand_shared_memory_is_mosaics_count(what, args):
     from lora.pallas import interop
     from lora.pallas import plan as P
 
-    tokens, n, r, stack, dtype, internal, *trial = args
-    tuning = T.Tuning(**T.TUNING_TRIALS[trial[0]]) if trial else T.DEFAULT_TUNING
+    tokens, n, r, stack, dtype, internal = args
     cfg = P.plan_expand(tokens, n, r, stack, 8, dtype, "bfloat16" if dtype == "float32" else dtype, dtype,
-                        internal=internal, tail=True, tuning=tuning).cfgs[0]
-    assert cfg.per_adapter == bool(trial), (what, cfg)
+                        internal=internal, tail=True).cfgs[0]
     counted, mosaic = cfg.smem_bytes, interop.smem_bytes("expand", cfg)
     assert 0 <= counted - mosaic < 1024, (what, counted, mosaic, cfg)
     assert counted <= (T.smem_limit(cfg.ctas) if cfg.ctas else T.SMEM_LIMIT), (what, cfg)
