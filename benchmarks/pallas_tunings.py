@@ -18,6 +18,8 @@ TUNINGS = {
     "es8": dict(expand_gather=False, expand_stages=8),
     # (gone: session 36's "batched", every slot's tiles fetched at once, and session 38's "perAdapter", a CTA per
     # tile and adapter, both measured no faster: benchmarks/probe_s38/per_adapter.patch brings the latter back)
+    # session 38: every block's base rows through the row-exact ladder's plain tile (before the tiled tile for full blocks)
+    "nofull": dict(expand_full_tile=False),
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),

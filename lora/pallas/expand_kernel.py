@@ -71,7 +71,7 @@ __all__ = ["expand"]
 def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
     """The per-tile steps, over the kernel's refs: one_tile(bi, n) and the pieces the persistent
     kernel's pipeline step reuses. ``refs``: meta, nrows, ranks, scal, offs, x, x_tail, b, base
-    (GMEM), rs, base_smem, xop, bars, xsh (scratch)."""
+    (GMEM), rs, base_smem, xop, bars, xsh, base_full (scratch)."""
     lay = MetaLayout(cfg.num_lora)
     BN, kr, kw, stack = cfg.block_n, cfg.kr, cfg.kw, cfg.stack
     op = jnp.dtype(cfg.op_dtype)
@@ -223,6 +223,12 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
             nrows_b = jnp.minimum(row_lo + BM, s) - row_lo
             sm_off = row_lo - rx
             n0 = n * BN
+            # A full block on the aligned path (``cfg.full_tile``) keeps its base rows in a tiled, swizzled
+            # tile: one TMA box each way and vectorized merge loads and stores, where the row-exact ladder's
+            # plain tile takes a scalar access an element (a full block is never the clamped tail box).
+            full = (nrows_b == BM) & aligned if cfg.full_tile else False
+            plain = jnp.logical_not(full) if cfg.full_tile else True
+            base_box = R.base.at[pl.ds(row_lo, BM), pl.ds(n0, BN)]
 
             def load_base(off, size, k):
                 plgpu.copy_gmem_to_smem(
@@ -239,7 +245,8 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                 # slice, the rest stay 0) and is added to base by the TMA engine at the end.
                 R.base_smem[...] = C.wgmma_zeros(BM, BN, R.base_smem.dtype)
             else:
-                C.ladder(nrows_b, load_base)
+                pl.when(full)(lambda: plgpu.copy_gmem_to_smem(base_box, R.base_full, R.bars.at[1]))
+                pl.when(plain)(lambda: C.ladder(nrows_b, load_base))
 
             # In flight with the base rows and the pipeline's first tiles: waited for in the first step.
             C.issue_box_slots(R.meta, lay, rx, R.rs, R.bars.at[0])
@@ -300,13 +307,24 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                 then add the accumulator to the rows of the base tile that belong to a slot (with
                 ``reduce_add``: the tile holds zeros, the accumulator is the update)."""
                 plgpu.wgmma_wait(0)
-                if not cfg.reduce_add:
-                    C.ladder(nrows_b, wait_base)
-                rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
-                keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) >= 0  # rows of a slot (rank > 0)
-                old = plgpu.load(R.base_smem, layout=plgpu.Layout.WGMMA, optimized=False)
-                new = (old.astype(jnp.float32) + acc_ref[...]).astype(R.base_smem.dtype)
-                R.base_smem[...] = jnp.where(keep, new, old)
+
+                def merge_into(tile_ref, optimized):
+                    rs = plgpu.load(R.rs, layout=plgpu.Layout.WGMMA.reduce(1))
+                    keep = lax.broadcast_in_dim(rs, (BM, BN), [0]) >= 0  # rows of a slot (rank > 0)
+                    old = plgpu.load(tile_ref, layout=plgpu.Layout.WGMMA, optimized=optimized)
+                    new = (old.astype(jnp.float32) + acc_ref[...]).astype(tile_ref.dtype)
+                    tile_ref[...] = jnp.where(keep, new, old)
+
+                @pl.when(full)
+                def _():
+                    plgpu.barrier_wait(R.bars.at[1])
+                    merge_into(R.base_full, True)
+
+                @pl.when(plain)
+                def _():
+                    if not cfg.reduce_add:
+                        C.ladder(nrows_b, wait_base)
+                    merge_into(R.base_smem, False)
 
             def run_accumulate(src_ref, row0, _slices):
                 """Aligned offsets: every adapter's product accumulates into one wgmma accumulator
@@ -361,7 +379,8 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
                     reduction_op="add" if cfg.reduce_add else None,
                 )
 
-            C.ladder(nrows_b, store_base)
+            pl.when(full)(lambda: plgpu.copy_smem_to_gmem(R.base_full, base_box, commit_group=False))
+            pl.when(plain)(lambda: C.ladder(nrows_b, store_base))
             plgpu.commit_smem_to_gmem_group()
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -374,6 +393,9 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
     and scalings, made when the kernel starts (:func:`lora.pallas.common.copy_scalars`): the
     pipeline steps read them (and ``slots``, a tile's slot list) from shared memory, not from global
     memory, where each read would wait a round trip to L2 after the read it depends on."""
+    base_full = rest[-1] if cfg.full_tile else None  # (the last scratch)
+    if cfg.full_tile:
+        rest = rest[:-1]
     if not cfg.tail:
         rest = (None, *rest)
     if not (cfg.x_shift or cfg.gather):
@@ -396,7 +418,8 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
 
     return SimpleNamespace(meta=meta_ref, nrows=nrows_ref, ranks=ranks_s, scal=scal_s, slots=slots_s,
                            offs=offs_ref, x=x_ref, x_tail=x_tail_ref, b=b_ref, base=base_ref, rs=rs_smem,
-                           base_smem=base_smem, xop=xop, bars=bars, xsh=xsh, load_tables=load_tables,
+                           base_smem=base_smem, base_full=base_full, xop=xop, bars=bars, xsh=xsh,
+                           load_tables=load_tables,
                            ring_b=ring_b, ring_n=ring_n, ring_count=ring_count, ring_slot=ring_slot,
                            ranks_gmem=ranks_ref, scal_gmem=scal_ref)
 
@@ -808,6 +831,7 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
             plgpu.Barrier(num_barriers=1 + rungs),
             plgpu.SMEM((cfg.num_lora,), jnp.float32),
         ]
-        + ([plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype))] if cfg.x_shift or cfg.gather else []),
+        + ([plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype))] if cfg.x_shift or cfg.gather else [])
+        + ([plgpu.SMEM((BM, BN), base.dtype, transforms=C.tiled(base.dtype, BN))] if cfg.full_tile else []),
         aliases={len(args) - 1: 0},
     )

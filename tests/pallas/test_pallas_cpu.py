@@ -399,10 +399,29 @@ def test_decode_expand_deep_stages_interpret(op, stages, rng, interpret):
     n = 2 * N if op == "gate_up" else N
     cfg = T.expand_config(T.padded_tokens(comp.tokens), n, 16, 16, 8, 1, "bfloat16", "bfloat16", "bfloat16",
                           tail=True, tuning=tuning)
-    assert cfg.stages == stages and not cfg.gather and cfg.ctas == 0
+    assert cfg.stages == stages and not cfg.gather and cfg.ctas == 0 and cfg.full_tile  # (block 0 is full)
     out, ref = run_op(op, comp, rng, "bfloat16", tuning)
     check = C.compare(f64(out), ref, "bfloat16")
     assert check.ok, f"{op} stages={stages}: {check.detail}"
+
+
+def test_full_block_tile_only_where_the_grid_stays_resident():
+    """The one-CTA-per-tile expand takes a tiled base tile for full blocks where all of its grid's CTAs stay
+    resident at once with it: not for the rank-64 64-token gate-up expand (224 CTAs of 125 KB would leave one
+    an SM instead of two: 1.4x slower on the H100, session 38), and never at the cost of the plan's stages."""
+    def cfg(tokens, n, r, stack, tuning=T.DEFAULT_TUNING, x="bfloat16"):
+        return T.expand_config(T.padded_tokens(tokens), n, r * stack, r, 8, stack, x, "bfloat16", "bfloat16", tail=True,
+                               x_shift=stack > 1, tuning=tuning)
+
+    assert cfg(64, 4096, 16, 1).full_tile and cfg(64, 4096, 64, 1).full_tile and cfg(256, 6144, 16, 3).full_tile
+    assert cfg(256, 6144, 16, 3, x="float32").full_tile  # 192 CTAs, one an SM either way
+    assert cfg(64, 28672, 16, 2).full_tile  # 224 CTAs of 88 KB: two an SM either way
+    assert not cfg(64, 28672, 16, 2, x="float32").full_tile  # (float32 x windows: 121 KB would be one an SM)
+    gate_up = cfg(64, 28672, 64, 2)
+    assert not gate_up.gather and gate_up.ctas == 0 and not gate_up.full_tile
+    assert 2 * gate_up.smem_bytes <= T.SM_SMEM
+    assert not cfg(64, 4096, 16, 1, T.Tuning(expand_full_tile=False)).full_tile
+    assert not cfg(8192, 4096, 16, 1).full_tile and not cfg(256, 28672, 16, 2).full_tile  # persistent, gathering
 
 
 @pytest.mark.parametrize("op", ["expand", "gate_up"])
@@ -585,6 +604,8 @@ def test_expand_config_fits_shared_memory():
     ("rank-16 QKV, float32 x", (8192, 6144, 16, 3, "float32", True)),
     ("rank-64 float32, one CTA per tile", (8192, 4096, 64, 1, "float32", False)),
     ("decode gate-up, gathering", (256, 28672, 16, 2, "bfloat16", True)),
+    ("decode expand, one CTA per tile, a tiled tile for full blocks", (64, 4096, 16, 1, "bfloat16", False)),
+    ("decode rank-16 QKV, float32 x, a tiled tile for full blocks", (64, 6144, 16, 3, "float32", True)),
 ])
 def test_expand_shared_memory_is_mosaics_count(what, args):
     """The shared memory the plans count for an expand CTA (ExpandConfig.smem_bytes, what decides two
