@@ -20,6 +20,8 @@ TUNINGS = {
     # tile and adapter, both measured no faster: benchmarks/probe_s38/per_adapter.patch brings the latter back)
     # session 38: every block's base rows through the row-exact ladder's plain tile (before the tiled tile for full blocks)
     "nofull": dict(expand_full_tile=False),
+    # session 38: the gathering decode expand with four B tiles in flight (before the residency rule's two)
+    "gs4": dict(expand_gather_stages=4),
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),

@@ -63,7 +63,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import common as C
-from .tiling import BM, CHUNK, GATHER_B_STAGES, RING, ExpandConfig, MetaLayout
+from .tiling import BM, CHUNK, RING, ExpandConfig, MetaLayout
 
 __all__ = ["expand"]
 
@@ -400,7 +400,7 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
         rest = (None, *rest)
     if not (cfg.x_shift or cfg.gather):
         rest = (*rest, None)
-    if cfg.ctas:  # the persistent kernel scopes one_tile's base tile after its pipeline
+    if cfg.ctas or cfg.gather:  # the persistent / gathering kernel scopes one_tile's base tile apart
         rest = (*rest[:5], None, *rest[5:])
     x_tail_ref, b_ref, base_ref, out_ref, table, base_smem, xop, bars, scal_s, xsh = rest
     del out_ref  # aliased with base_ref
@@ -525,7 +525,7 @@ def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c):
                 grid=(T,),
                 in_specs=[plgpu.BlockSpec((None, BN, kr), lambda t: (w, jnp.minimum(n_first + t, ntn - 1), 0),
                                           transforms=C.tiled(op, kr))],
-                max_concurrent_steps=min(T, GATHER_B_STAGES),
+                max_concurrent_steps=cfg.gather_stages,
             )(R.b)
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -552,10 +552,15 @@ def _gather_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
     def _():
         R.load_tables()
 
-        @pl.loop(0, cfg.gather_tiles)
-        def _(t):
-            n = g * cfg.gather_tiles + t
-            pl.when(n < cfg.ntn)(lambda: prog.one_tile(c, n))
+        def tiles(base_smem):  # (its base tile scoped apart from the gathering kernel's buffers)
+            R.base_smem = base_smem
+
+            @pl.loop(0, cfg.gather_tiles)
+            def _(t):
+                n = g * cfg.gather_tiles + t
+                pl.when(n < cfg.ntn)(lambda: prog.one_tile(c, n))
+
+        pl.run_scoped(tiles, plgpu.SMEM((BM, cfg.block_n), jnp.dtype(cfg.base_dtype)))
 
 
 def _persistent_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
@@ -826,7 +831,7 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         grid_names=names,
         scratch=[
             plgpu.SMEM((BM + 2 * cfg.num_lora + 4 * RING,), jnp.int32),
-            *([] if cfg.ctas else [plgpu.SMEM((BM, BN), base.dtype)]),
+            *([] if cfg.ctas or cfg.gather else [plgpu.SMEM((BM, BN), base.dtype)]),
             plgpu.SMEM((BM, kr), op, transforms=C.tiled(op, kr)),
             plgpu.Barrier(num_barriers=1 + rungs),
             plgpu.SMEM((cfg.num_lora,), jnp.float32),

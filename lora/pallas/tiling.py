@@ -288,6 +288,7 @@ class ExpandConfig:
     #: fallback only
     gather: bool = False
     gather_tiles: int = 1  # column tiles a gathering CTA walks (its x rows gathered once)
+    gather_stages: int = 0  # B tiles a gathering CTA has in flight
     #: one CTA per tile, ``accumulate``: a full block's base rows go through a tiled, swizzled tile of their
     #: own (one TMA box each way, vectorized merge loads and stores), beside the row-exact ladder's plain tile
     full_tile: bool = False
@@ -327,7 +328,8 @@ class ExpandConfig:
         sizes = [_itemsize(d) for d in (self.x_dtype, self.op_dtype, self.base_dtype)]
         return expand_smem_bytes(self.kr, self.stack, *sizes, self.block_n, self.stages, self.x_shift,
                                  self.stream_stages, self.accumulate, self.num_lora,
-                                 self.gather_tiles if self.gather else 0, self.direct, self.full_tile)
+                                 self.gather_tiles if self.gather else 0, self.direct, self.full_tile,
+                                 self.gather_stages)
 
 
 def x_is_operand(x_dtype: str, op_dtype: str, x_part: int) -> bool:
@@ -458,6 +460,7 @@ class Tuning:
     #: CTA per tile running all of the block's adapters (None: the heuristic, see expand_config)
     expand_gather: bool | None = None
     expand_gather_tiles: int | None = None  # 1..16: column tiles per gathering CTA
+    expand_gather_stages: int | None = None  # 1..8: B tiles a gathering CTA has in flight (at most its tiles)
     #: Experimental (GPU only: interpret mode has no TMA reductions): the expand adds its update to
     #: base_output with a TMA reduce-add instead of load, add, store. The update is rounded to the
     #: base dtype before the add (two roundings instead of one).
@@ -490,7 +493,7 @@ class Tuning:
         if self.expand_block_n not in (None, 64, 128, 256):
             raise ValueError(f"Tuning.expand_block_n={self.expand_block_n} must be 64, 128 or 256")
         for name, lo, hi in (("shrink_stages", 1, 8), ("expand_stages", 1, 8), ("expand_stream_stages", 2, 6),
-                             ("expand_gather_tiles", 1, 16)):
+                             ("expand_gather_tiles", 1, 16), ("expand_gather_stages", 1, 8)):
             v = getattr(self, name)
             if v is not None and not lo <= v <= hi:
                 raise ValueError(f"Tuning.{name}={v} must lie in [{lo}, {hi}]")
@@ -682,7 +685,8 @@ def scratch_bytes(nbytes: int) -> int:
 
 
 def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n, stages, x_shift=False,
-                      stream_stages=0, accumulate=False, num_lora=0, gather=0, direct=False, full_tile=False) -> int:
+                      stream_stages=0, accumulate=False, num_lora=0, gather=0, direct=False, full_tile=False,
+                      gather_stages=0) -> int:
     """Shared memory of one expand CTA, as Mosaic allocates it: each scratch buffer rounded up to
     1 KB (:func:`scratch_bytes`), and a bound on the barriers (8 bytes each): 40-64 bytes over
     Mosaic's own count (:func:`lora.pallas.interop.smem_bytes`) on the ten persistent, one CTA per
@@ -695,9 +699,9 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     boundaries), one on the aligned path, which (``accumulate``) also holds two operand-dtype x
     tiles; the two paths are scoped apart, so the larger counts.
 
-    * One CTA per tile: a base tile beside that pipeline (two with ``full_tile``: a full block's is tiled);
-      (``gather`` column tiles) the gathering kernel's x rows, row list, two output tiles and B tiles in
-      flight, scoped apart from it.
+    * One CTA per tile: a base tile beside that pipeline (two with ``full_tile``: a full block's is tiled).
+    * Gathering (``gather`` column tiles): its x rows, row list, two output tiles and ``gather_stages`` B
+      tiles in flight, scoped apart from one_tile's base tile and pipeline (its unaligned-slices fallback).
     * Persistent (``stream_stages`` > 0): its pipeline over tiles, each stage an x window (``kr``
       operand-dtype columns when ``direct``: x is the wgmma operand as it is; else ``kw`` of x), a B
       tile, a base tile and the row slots, beside one window and B tile for a block's further
@@ -712,7 +716,7 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
     fixed = a((BM + 2 * num_lora + 4 * RING) * 4) + a(operand) + a(4 * num_lora)
     fixed += a(BM * kr * x_itemsize) if x_shift or gather else 0
     steps = max(stages, stream_stages)
-    barriers = 8 * (BM.bit_length() + 8 + 2 * steps + (BM + 1 + GATHER_B_STAGES if gather else 0))
+    barriers = 8 * (BM.bit_length() + 8 + 2 * steps + (BM + 1 + gather_stages if gather else 0))
     general = stack * a(stages * window) + a(stages * b_tile)
     aligned = a(stages * window) + a(stages * b_tile) + (a(2 * operand) if accumulate else 0)
     one_tile = max(general, aligned)
@@ -722,9 +726,8 @@ def expand_smem_bytes(kr, stack, x_itemsize, op_itemsize, base_itemsize, block_n
                  + a(operand if direct and not x_shift else window) + a(b_tile))
         return fixed + max(tiles, a(base_tile) + one_tile) + barriers
     if gather:
-        b_stages = min(gather, GATHER_B_STAGES)
         rows = a(BM * gather_cols(kw, x_itemsize) * x_itemsize) + a(BM * 4) + a(2 * base_tile)
-        one_tile = max(one_tile, rows + a(b_stages * b_tile))
+        return fixed + max(a(base_tile) + one_tile, rows + a(gather_stages * b_tile)) + barriers
     return fixed + a(base_tile) * (2 if full_tile else 1) + one_tile + barriers
 
 
@@ -791,10 +794,14 @@ def expand_config(
     accumulate = tuning.expand_accumulate and not persistent and not gather  # (one CTA per tile only)
 
     direct = x_is_operand(x_dtype, op_dtype, x_part)
+    gather_b = tuning.expand_gather_stages or GATHER_B_STAGES
+
+    def gather_stages():
+        return min(tiles, gather_b) if gather else 0
 
     def need(bn=None, ss=None):
         return expand_smem_bytes(kr, stack, *sizes, bn or block_n, stages, x_shift, ss or stream, accumulate, num_lora,
-                                 tiles, direct, full_tile())
+                                 tiles, direct, full_tile(), gather_stages())
 
     # The tiled tile for full blocks (16 KB at 64 x 128 bf16): dropped first where the kernel does not fit, and
     # where it would leave fewer of the grid's CTAs resident on an SM at once (session 38 on the H100: the decode
@@ -861,6 +868,17 @@ def expand_config(
                 f"(limit {limit()}{on}): the pallas backend takes ranks up to 128 with three slices (QKV), 192 "
                 f"with two (gate-up), 256 with one"
             )
+    if gather and tuning.expand_gather_stages is None:
+        # Fewer B tiles in flight (down to 2) where that lets an SM hold as many of the grid's working CTAs (a
+        # chunk at least per block and per slot) as one wave needs, up to two (the rank-64 256-token gate-up
+        # expand: 224 such CTAs of 135 KB at four stages, 103 KB at two).
+        wanted = min(-(-(-(-ntn // tiles) * max(nb, num_lora)) // PERSISTENT_CTAS), 2)
+        fits = []
+        for g in range(gather_b, 1, -1):
+            gather_b = g
+            if SM_SMEM // (need() + 1024) >= wanted:
+                fits.append(g)
+        gather_b = fits[0] if fits else GATHER_B_STAGES
     if full_tile():
         wanted = -(-nb * -(-n // block_n) // PERSISTENT_CTAS)  # CTAs an SM would hold for one wave
 
@@ -873,7 +891,7 @@ def expand_config(
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, ctas if persistent else 0, stream, accumulate=accumulate,
-        gather=gather, gather_tiles=max(tiles, 1), full_tile=full_tile(),
+        gather=gather, gather_tiles=max(tiles, 1), full_tile=full_tile(), gather_stages=gather_stages(),
     )
 
 

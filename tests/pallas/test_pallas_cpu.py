@@ -424,6 +424,26 @@ def test_full_block_tile_only_where_the_grid_stays_resident():
     assert not cfg(8192, 4096, 16, 1).full_tile and not cfg(256, 28672, 16, 2).full_tile  # persistent, gathering
 
 
+def test_gathering_expand_takes_fewer_b_tiles_where_two_ctas_then_share_an_sm():
+    """The gathering decode expand keeps four B tiles in flight, two where that lets two of its working CTAs
+    share an SM: the rank-64 256-token gate-up expand (224 of them; session 38 on the H100, 37.2 -> 30.7 us).
+    Not where one wave needs one CTA an SM (rank-64 QKV) or two fit anyway (rank-16 gate-up)."""
+    def cfg(tokens, n, r, stack, tuning=T.DEFAULT_TUNING):
+        return T.expand_config(T.padded_tokens(tokens), n, r * stack, r, 8, stack, "bfloat16", "bfloat16", "bfloat16",
+                               tail=True, x_shift=True, tuning=tuning)
+
+    gate_up = cfg(256, 28672, 64, 2)
+    assert gate_up.gather and gate_up.gather_stages == 2 and T.SM_SMEM // (gate_up.smem_bytes + 1024) == 2
+    four = cfg(256, 28672, 64, 2, T.Tuning(expand_gather_stages=4))
+    assert four.gather_stages == 4 and T.SM_SMEM // (four.smem_bytes + 1024) == 1
+    assert cfg(256, 28672, 16, 2).gather_stages == 4 and cfg(256, 6144, 64, 3).gather_stages == 4
+    assert cfg(64, 6144, 64, 3).gather_stages == 4
+    assert cfg(256, 6144, 64, 3, T.Tuning(expand_gather_stages=8)).gather_stages == 4  # (at most its tiles)
+    assert cfg(64, 4096, 16, 1).gather_stages == 0  # one CTA per tile
+    with pytest.raises(ValueError, match="expand_gather_stages"):
+        T.Tuning(expand_gather_stages=9)
+
+
 @pytest.mark.parametrize("op", ["expand", "gate_up"])
 def test_decode_gather_chunks_of_one_slot_interpret(op, rng, interpret):
     """A decode-sized batch (four blocks, the last partial) where one slot holds 200 rows in two
@@ -604,6 +624,7 @@ def test_expand_config_fits_shared_memory():
     ("rank-16 QKV, float32 x", (8192, 6144, 16, 3, "float32", True)),
     ("rank-64 float32, one CTA per tile", (8192, 4096, 64, 1, "float32", False)),
     ("decode gate-up, gathering", (256, 28672, 16, 2, "bfloat16", True)),
+    ("decode rank-64 gate-up, gathering, two B tiles in flight", (256, 28672, 64, 2, "bfloat16", True)),
     ("decode expand, one CTA per tile, a tiled tile for full blocks", (64, 4096, 16, 1, "bfloat16", False)),
     ("decode rank-16 QKV, float32 x, a tiled tile for full blocks", (64, 6144, 16, 3, "float32", True)),
 ])
