@@ -17,10 +17,8 @@
 # faster than the default on every row of its kind (plain expands; stacked expands), else it is dropped.
 set -u
 P=${1:-s38}
-want() { [[ " ${STEPS:-tests adapters fused} " == *" $1 "* ]]; }
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-[ -d .pallas-cache ] && export KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache && echo "pallas cache: $(ls .pallas-cache | wc -l) files"
+DEFAULT_STEPS="tests adapters fused"
+source benchmarks/probe_preamble.sh
 if want tests; then
 t0=$SECONDS
 PYTHONPATH=. timeout ${TESTS_S:-120} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_pallas_gpu.py \

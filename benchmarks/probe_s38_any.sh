@@ -11,13 +11,11 @@
 # Usage (device tool): bash benchmarks/probe_s38_any.sh [PREFIX]
 set -u
 P=${1:-s38a}
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
+source benchmarks/probe_preamble.sh
 if echo "$GPU" | grep -q H200; then
     bash benchmarks/probe_s35_h200.sh
     exit
 fi
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-[ -d .pallas-cache ] && export KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache && echo "pallas cache: $(ls .pallas-cache | wc -l) files"
 t0=$SECONDS
 PYTHONPATH=. timeout ${STEP_S:-200} python3 -m lora compare --step --quick --backends triton,pallas --no-progress \
     --json $OUT/${P}_step.json > $OUT/${P}_step.txt 2>&1

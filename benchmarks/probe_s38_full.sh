@@ -14,10 +14,8 @@
 # with it on average and none is slower by more than 3%; else Tuning.expand_full_tile defaults to False.
 set -u
 P=${1:-s38f}
-want() { [[ " ${STEPS:-tests decode} " == *" $1 "* ]]; }
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-[ -d .pallas-cache ] && export KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache && echo "pallas cache: $(ls .pallas-cache | wc -l) files"
+DEFAULT_STEPS="tests decode"
+source benchmarks/probe_preamble.sh
 if want tests; then
 t0=$SECONDS
 PYTHONPATH=. timeout ${TESTS_S:-150} python3 -m pytest -q -p no:cacheprovider -n 8 tests/gpu/test_pallas_gpu.py \

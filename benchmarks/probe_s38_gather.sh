@@ -14,10 +14,8 @@
 # faster with it and no other row is slower by more than 3%; else gather_stages stays at four.
 set -u
 P=${1:-s38g}
-want() { [[ " ${STEPS:-tests decode} " == *" $1 "* ]]; }
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-[ -d .pallas-cache ] && export KERNELSTACK_PALLAS_CACHE_DIR=$PWD/.pallas-cache && echo "pallas cache: $(ls .pallas-cache | wc -l) files"
+DEFAULT_STEPS="tests decode"
+source benchmarks/probe_preamble.sh
 if want tests; then
 t0=$SECONDS
 PYTHONPATH=. timeout ${TESTS_S:-100} python3 -m pytest -q -p no:cacheprovider -n 4 tests/gpu/test_pallas_gpu.py -k gather \
