@@ -15,11 +15,11 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
   of rank >= 64): one CTA per (group of column tiles, chunk of the metadata's chunk table: one
   adapter's rows, at most 64), :func:`_gather_group`. Its rows are gathered by one TMA copy each, so
   each adapter's B tile is read once per chunk instead of once per row block, and each tile is
-  added to base by per-row TMA reduce-adds.
+  added to base by per-row TMA reduce-adds. ``cfg.gather_stages`` B tiles are in flight.
 
 * **grid** (decode-sized batches): one CTA per tile, :func:`_tile_program` ``.one_tile``. It loads
   the block's base rows (a ladder of power-of-two TMA boxes: row-exact, so the caller's tensor
-  needs no padding), then pipelines over the adapters present in the block (``emit_pipeline``
+  needs no padding; with ``cfg.full_tile`` a full block's are one box into a tiled tile), then pipelines over the adapters present in the block (``emit_pipeline``
   with a dynamic grid: the next adapters' tiles are in flight while the current one computes).
   Decode blocks hold many adapters, so that pipeline is what hides the loads. With
   ``cfg.accumulate`` (aligned slices) every adapter's product goes into one wgmma accumulator: its
