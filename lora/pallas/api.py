@@ -119,6 +119,10 @@ class _JaxExecutor:
         return jnp.full(shape, v, jnp.int32)
 
     @staticmethod
+    def const(key, fn):  # (under jit, XLA folds the constants)
+        return fn()
+
+    @staticmethod
     def take(a, idx):
         return a[idx]
 

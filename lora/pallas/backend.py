@@ -124,6 +124,18 @@ class TorchExecutor:
         if launcher is None:
             from .interop import launch as launcher
         self.launcher = launcher
+        self._consts: dict = {}
+
+    def const(self, key, fn):
+        """fn(), kept for ``key``: the metadata's arrays that depend on the layout only are made once, not
+        by kernels in every ``prepare`` (each a launch in a captured step). Never kept when made inside a
+        CUDA-graph capture: those would live in the graph's memory pool."""
+        got = self._consts.get(key)
+        if got is None:
+            got = fn()
+            if not (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+                self._consts[key] = got
+        return got
 
     # array namespace (int32 index arithmetic on self.device)
     def arange(self, n):
@@ -134,7 +146,7 @@ class TorchExecutor:
 
     @staticmethod
     def take(a, idx):
-        return a[idx.long()]
+        return a[idx]  # (int32 indices as they are: no conversion kernel)
 
     @staticmethod
     def where(c, a, b):
@@ -302,8 +314,12 @@ class PallasLoRABackend(BaseLoRABackend):
         groups = T.padded_tokens(max(tokens, 1)) // T.BM
         num_lora = batch_info.num_lora
         dev = batch_info.device
+        # The block shrink (the one kernel that reads the extra units) runs on calls of more than
+        # split_max_blocks blocks only, and no call has more blocks than the buffers' groups.
+        max_blocks = T.SPLIT_MAX_BLOCKS if self.tuning.split_max_blocks is None else self.tuning.split_max_blocks
         meta = M.build(self._executor(dev), batch_info.seg_indptr, batch_info.weight_indices,
-                       batch_info.lora_ranks, bs=batch_info.bs, num_lora=num_lora, groups=groups)
+                       batch_info.lora_ranks, bs=batch_info.bs, num_lora=num_lora, groups=groups,
+                       units=groups > max_blocks)
         mbuf = self.buffer("pallas.meta", meta.numel(), torch.int32, dev)
         mbuf[: meta.numel()].copy_(meta)
         # The row count every kernel reads, for any call the buffers hold (s <= groups * 64): entry

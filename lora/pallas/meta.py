@@ -2,7 +2,8 @@
 
 :func:`build` is written against a small array namespace (``xp``: ``arange``, ``full``, ``take``,
 ``where``, ``minimum``, ``clip``, ``searchsorted``, ``any``, ``sum``, ``cumsum``, ``sort``,
-``concat``, ``reshape``),
+``concat``, ``reshape``, and ``const(key, fn)``: ``fn()``, which an executor may keep and return again for
+the same ``key``, as the torch executor does for the arrays that depend on the layout only),
 which the JAX executor (:mod:`lora.pallas.api`) implements with ``jax.numpy`` and the torch
 executor (:mod:`lora.pallas.backend`) with torch ops, so the layout in :mod:`lora.pallas.tiling`
 is derived by one piece of code. Everything it does is a device op on the batch's tensors: no host
@@ -29,11 +30,14 @@ def rows_covered(groups: int) -> int:
     return groups * BM + BOX_SPAN + SHIFTS
 
 
-def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int, groups: int):
-    """(MetaLayout(num_lora).length(64 * groups),) int32 metadata of a batch of ``bs`` segments."""
+def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int, groups: int, units: bool = True):
+    """(MetaLayout(num_lora).length(64 * groups),) int32 metadata of a batch of ``bs`` segments.
+
+    ``units=False``: the block shrink's extra units are left 0, for a caller whose kernels cannot read them
+    (the block shrink runs on batches of more than ``split_max_blocks`` blocks only); the rest is the same."""
     lay = MetaLayout(num_lora)
     n = max(rows_covered(groups), GATHER_ROWS)
-    rows = xp.arange(n)
+    rows = xp.const(("arange", n), lambda: xp.arange(n))
     if bs == 0 or num_lora == 0:
         row_slot = xp.full((n,), -1)
     else:
@@ -42,22 +46,26 @@ def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int,
         valid = (seg < bs) & (xp.take(lora_ranks, slot) > 0)
         row_slot = xp.where(valid, slot, -1)
     # SHIFTS copies of BOX_SPAN row slots per group: copy k of group g starts at row 64g + k.
-    g = xp.reshape(xp.arange(groups), (groups, 1, 1))
-    k = xp.reshape(xp.arange(SHIFTS), (1, SHIFTS, 1))
-    t = xp.reshape(xp.arange(BOX_SPAN), (1, 1, BOX_SPAN))
-    shifted = xp.reshape(xp.take(row_slot, g * BM + k + t), (groups, SHIFTS * BOX_SPAN))
+    def shifted_rows():
+        g = xp.reshape(xp.arange(groups), (groups, 1, 1))
+        k = xp.reshape(xp.arange(SHIFTS), (1, SHIFTS, 1))
+        t = xp.reshape(xp.arange(BOX_SPAN), (1, 1, BOX_SPAN))
+        return g * BM + k + t
+
+    shifted = xp.reshape(xp.take(row_slot, xp.const(("shifted", groups), shifted_rows)), (groups, SHIFTS * BOX_SPAN))
     # The adapters of each group's own 64 rows, ascending, then the absent ones (never read).
     own = xp.reshape(row_slot[: groups * BM], (groups, BM, 1))
-    ids = xp.reshape(xp.arange(num_lora), (1, 1, num_lora))
+    ids = xp.const(("ids", num_lora), lambda: xp.reshape(xp.arange(num_lora), (1, 1, num_lora)))
     present = xp.any(own == ids, 1)  # (groups, num_lora)
     count = xp.sum(present, 1)
     ids2 = xp.reshape(ids, (1, num_lora))
-    order = xp.sort(xp.where(present, ids2, ids2 + num_lora), 1)
+    order = xp.sort(xp.where(present, ids2, xp.const(("ids+L", num_lora), lambda: ids2 + num_lora)), 1)
     if num_lora:
         order = order % num_lora
-    units = [_extra_units(xp, count, u, groups) for u in UNIT_SIZES]
-    pad = xp.full((groups, lay.head - 1 - num_lora - 3 * len(UNIT_SIZES)), 0)
-    record = xp.concat([xp.reshape(count, (groups, 1)), order, *units, pad, shifted], 1)
+    extra = [_extra_units(xp, count, u, groups) for u in UNIT_SIZES] if units else []
+    width = lay.head - 1 - num_lora - 3 * len(extra)
+    pad = xp.const(("pad", groups, width), lambda: xp.full((groups, width), 0))
+    record = xp.concat([xp.reshape(count, (groups, 1)), order, *extra, pad, shifted], 1)
     chunks = _chunk_table(xp, row_slot[:GATHER_ROWS], lay)
     return xp.concat([xp.reshape(chunks, (lay.start,)), xp.reshape(record, (groups * lay.record,))], 0)
 
@@ -85,18 +93,20 @@ def _chunk_table(xp, row_slot, lay: MetaLayout):
     if L == 0:
         return xp.full((nc, CHUNK), 0)
     key = xp.where(row_slot >= 0, row_slot, L)  # rows without an adapter sort last
-    ids = xp.reshape(xp.arange(L), (1, L))
+    ids = xp.reshape(xp.const(("ids", L), lambda: xp.reshape(xp.arange(L), (1, 1, L))), (1, L))
     cnt = xp.sum(xp.reshape(key, (n, 1)) == ids, 0)  # rows per slot
     nch = (cnt + BM - 1) // BM  # chunks per slot
     ch_end = xp.cumsum(nch)  # chunk index after slot w's last
     row_start = xp.cumsum(cnt) - cnt  # slot w's first row in the sorted order
-    c = xp.reshape(xp.arange(nc), (nc, 1))
+    c = xp.const(("chunks", nc), lambda: xp.reshape(xp.arange(nc), (nc, 1)))
     w = xp.minimum(xp.sum(xp.reshape(ch_end, (1, L)) <= c, 1), L - 1)  # the slot chunk c belongs to
     i = xp.reshape(c, (nc,)) - (xp.take(ch_end, w) - xp.take(nch, w))  # chunk c is slot w's i-th
     rows = xp.clip(xp.take(cnt, w) - BM * i, 0, BM)
     rows = xp.where(xp.reshape(c, (nc,)) < xp.sum(nch, 0), rows, 0)
-    ordered = xp.sort(key * n + xp.arange(n), 0) % n  # row indices, by slot then row
+    ordered = xp.sort(key * n + xp.const(("arange", n), lambda: xp.arange(n)), 0) % n  # row indices, by slot then row
     first = xp.reshape(xp.take(row_start, w) + BM * i, (nc, 1))
-    members = xp.take(ordered, xp.clip(first + xp.reshape(xp.arange(BM), (1, BM)), 0, n - 1))
-    head = xp.concat([xp.reshape(w, (nc, 1)), xp.reshape(rows, (nc, 1)), xp.full((nc, CHUNK - BM - 2), 0)], 1)
+    members = xp.take(ordered, xp.clip(first + xp.const(("row", BM), lambda: xp.reshape(xp.arange(BM), (1, BM))), 0,
+                                       n - 1))
+    zeros = xp.const(("pad", nc, CHUNK - BM - 2), lambda: xp.full((nc, CHUNK - BM - 2), 0))
+    head = xp.concat([xp.reshape(w, (nc, 1)), xp.reshape(rows, (nc, 1)), zeros], 1)
     return xp.concat([head, members], 1)

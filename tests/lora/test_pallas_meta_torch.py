@@ -11,7 +11,6 @@ and the torch executor, with the Mosaic kernels replaced by a torch model of wha
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -112,6 +111,38 @@ def test_meta_matches_the_layout(lens, slots, ranks, s):
         off = lay.box_offset(p)
         assert off % 4 == 0  # 16-byte aligned TMA start
         assert meta[off : off + T.BM].tolist() == slot_of[p : p + T.BM]
+
+
+@pytest.mark.parametrize("lens,slots,ranks,s", CASES)
+def test_meta_without_units_differs_only_in_the_units(lens, slots, ranks, s):
+    """build(units=False) (what prepare asks for where no call can run the block shrink) leaves every group's
+    extra-unit entries 0 and the rest as build() writes it; the torch executor's kept layout arrays give the
+    same metadata on a second build."""
+    bi = LoRABatchInfo.from_segments(lens, slots, ranks, [1.0] * len(ranks), device="cpu")
+    groups = T.padded_tokens(s) // T.BM
+    ex = TorchExecutor("cpu", launcher=lambda *a: None)
+    args = (bi.seg_indptr, bi.weight_indices, bi.lora_ranks)
+    kw = dict(bs=bi.bs, num_lora=bi.num_lora, groups=groups)
+    full, without = M.build(ex, *args, **kw), M.build(ex, *args, units=False, **kw)
+    assert ex._consts and torch.equal(M.build(ex, *args, **kw), full)
+    lay = T.MetaLayout(len(ranks))
+    units = {lay.extra(g, u) + i for g in range(groups) for u in T.UNIT_SIZES for i in range(3)}
+    for i, (a, b) in enumerate(zip(full.tolist(), without.tolist())):
+        assert b == (0 if i in units else a), i
+
+
+def test_prepare_leaves_out_the_units_only_where_no_call_reads_them(rng, model, monkeypatch):
+    """Decode-sized buffers (at most SPLIT_MAX_BLOCKS groups) skip the extra units, unless the backend's
+    Tuning lets the block shrink run on such batches; prefill-sized buffers always have them."""
+    seen = []
+    real = M.build
+    monkeypatch.setattr(M, "build", lambda *a, **k: seen.append(k["units"]) or real(*a, **k))
+    backend(batch_info(C.decode_composition(rng, 64, 8, 16), "cpu"))
+    backend(batch_info(C.decode_composition(rng, 256, 8, 16), "cpu"))
+    backend(batch_info(C.decode_composition(rng, 320, 8, 16), "cpu"))
+    PallasLoRABackend("pallas", batch_info(C.decode_composition(rng, 64, 8, 16), "cpu"),
+                      tuning=T.Tuning(split_max_blocks=0))
+    assert seen == [False, False, True, True]
 
 
 def model_row_slots(lens, slots, ranks, n):
