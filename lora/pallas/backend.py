@@ -316,10 +316,9 @@ class PallasLoRABackend(BaseLoRABackend):
         dev = batch_info.device
         # The block shrink (the one kernel that reads the extra units) runs on calls of more than
         # split_max_blocks blocks only, and no call has more blocks than the buffers' groups.
-        max_blocks = T.SPLIT_MAX_BLOCKS if self.tuning.split_max_blocks is None else self.tuning.split_max_blocks
         meta = M.build(self._executor(dev), batch_info.seg_indptr, batch_info.weight_indices,
                        batch_info.lora_ranks, bs=batch_info.bs, num_lora=num_lora, groups=groups,
-                       units=groups > max_blocks)
+                       units=groups > self.tuning.split_blocks)
         mbuf = self.buffer("pallas.meta", meta.numel(), torch.int32, dev)
         mbuf[: meta.numel()].copy_(meta)
         # The row count every kernel reads, for any call the buffers hold (s <= groups * 64): entry

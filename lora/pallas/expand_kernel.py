@@ -19,12 +19,13 @@ The unit of work is a *tile*: one 64-row block by ``block_n`` output columns. Th
 
 * **grid** (decode-sized batches): one CTA per tile, :func:`_tile_program` ``.one_tile``. It loads
   the block's base rows (a ladder of power-of-two TMA boxes: row-exact, so the caller's tensor
-  needs no padding; with ``cfg.full_tile`` a full block's are one box into a tiled tile), then pipelines over the adapters present in the block (``emit_pipeline``
-  with a dynamic grid: the next adapters' tiles are in flight while the current one computes).
-  Decode blocks hold many adapters, so that pipeline is what hides the loads. With
-  ``cfg.accumulate`` (aligned slices) every adapter's product goes into one wgmma accumulator: its
-  x operand keeps only the adapter's rows, already multiplied by its scale, and the tile is added
-  to the base rows once at the end (session 6 on the H200: rank-16 64-token expand 10.1 -> 6.3 us).
+  needs no padding; with ``cfg.full_tile`` a full block's are one box into a tiled tile), then
+  pipelines over the adapters present in the block (``emit_pipeline`` with a dynamic grid: the
+  next adapters' tiles are in flight while the current one computes). Decode blocks hold many
+  adapters, so that pipeline is what hides the loads. With ``cfg.accumulate`` (aligned slices)
+  every adapter's product goes into one wgmma accumulator: its x operand keeps only the adapter's
+  rows, already multiplied by its scale, and the tile is added to the base rows once at the end
+  (session 6 on the H200: rank-16 64-token expand 10.1 -> 6.3 us).
 * **persistent** (prefill, mixed): ``cfg.ctas`` CTAs, two per SM where their tiles in flight fit
   beside each other (else one), each walking a contiguous run of the full row blocks' tiles
   (column tile major) through one ``emit_pipeline`` whose steps are tiles: while one tile

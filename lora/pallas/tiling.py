@@ -423,6 +423,11 @@ def smem_limit(ctas: int) -> int:
     return min(SMEM_LIMIT, SM_SMEM // per_sm - 1024)
 
 
+def ctas_per_sm(smem_bytes: int) -> int:
+    """CTAs of ``smem_bytes`` of shared memory each that an SM holds at once (each reserves 1 KB more)."""
+    return SM_SMEM // (smem_bytes + 1024)
+
+
 @dataclass(frozen=True)
 class Tuning:
     """Caller overrides of the kernel configurations the plan picks (None: the heuristic's choice).
@@ -501,6 +506,12 @@ class Tuning:
             raise ValueError(f"Tuning.expand_ctas={self.expand_ctas} must lie in [1, {8 * PERSISTENT_CTAS}]")
         if self.shrink_ksplit is not None and self.shrink_ksplit < 1:
             raise ValueError(f"Tuning.shrink_ksplit={self.shrink_ksplit} must be >= 1")
+
+    @property
+    def split_blocks(self) -> int:
+        """The most 64-row blocks the shrink's split-K variant runs on (``split_max_blocks``, else
+        SPLIT_MAX_BLOCKS); larger batches run the block variant."""
+        return SPLIT_MAX_BLOCKS if self.split_max_blocks is None else self.split_max_blocks
 
 
 DEFAULT_TUNING = Tuning()
@@ -602,7 +613,7 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
     Measured on the H200, Llama-3-8B prefill-8k (``benchmarks/pallas_sweep.py``, session 4): rank 16
     shrink 40.7 -> 27.9 us, down-projection shrink 131.7 -> 73.2 us against 64-deep, 4-stage, unsplit."""
     nb = bpad // BM
-    max_blocks = SPLIT_MAX_BLOCKS if tuning.split_max_blocks is None else tuning.split_max_blocks
+    max_blocks = tuning.split_blocks
     split = nb <= max_blocks
     itemsize = 2
     # the block variant's float32 tile (one column chunk); its copy in the output dtype is scoped
@@ -665,7 +676,7 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
                                               else tuning.shrink_extra_units)
     cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages,
                        out_dtype, result, extra_units, wide)
-    tiles = nb * ksplit * (num_lora if split else 1) if (split or ksplit > 1) else 0
+    tiles = nb * cfg.parts_shape[1] if (split or ksplit > 1) else 0
     if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
         raise ValueError(
             f"the split shrink of {bpad} rows, {num_lora} slots and ksplit={ksplit} needs more than "
@@ -873,21 +884,16 @@ def expand_config(
         # chunk at least per block and per slot) as one wave needs, up to two (the rank-64 256-token gate-up
         # expand: 224 such CTAs of 135 KB at four stages, 103 KB at two).
         wanted = min(-(-(-(-ntn // tiles) * max(nb, num_lora)) // PERSISTENT_CTAS), 2)
-        fits = []
-        for g in range(gather_b, 1, -1):
-            gather_b = g
-            if SM_SMEM // (need() + 1024) >= wanted:
-                fits.append(g)
-        gather_b = fits[0] if fits else GATHER_B_STAGES
+        for gather_b in range(GATHER_B_STAGES, 1, -1):  # the most stages that reach it, else GATHER_B_STAGES
+            if ctas_per_sm(need()) >= wanted:
+                break
+        else:
+            gather_b = GATHER_B_STAGES
     if full_tile():
         wanted = -(-nb * -(-n // block_n) // PERSISTENT_CTAS)  # CTAs an SM would hold for one wave
-
-        def resident(nbytes):
-            return min(wanted, SM_SMEM // (nbytes + 1024))
-
         with_full = need()
-        use_full = False
-        use_full = resident(with_full) >= resident(need())
+        use_full = False  # (need() below: the same kernel without the tile)
+        use_full = min(wanted, ctas_per_sm(with_full)) >= min(wanted, ctas_per_sm(need()))
     return ExpandConfig(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, ctas if persistent else 0, stream, accumulate=accumulate,

@@ -143,6 +143,7 @@ def test_prepare_leaves_out_the_units_only_where_no_call_reads_them(rng, model, 
     PallasLoRABackend("pallas", batch_info(C.decode_composition(rng, 64, 8, 16), "cpu"),
                       tuning=T.Tuning(split_max_blocks=0))
     assert seen == [False, False, True, True]
+    assert T.Tuning().split_blocks == T.SPLIT_MAX_BLOCKS and T.Tuning(split_max_blocks=0).split_blocks == 0
 
 
 def test_prepare_of_a_decode_batch_runs_few_torch_ops(rng, model):
@@ -683,6 +684,8 @@ def test_expand_kernel_choice():
     assert T.smem_limit(T.PERSISTENT_CTAS) == T.SMEM_LIMIT
     assert T.smem_limit(2 * T.PERSISTENT_CTAS) == T.SM_SMEM // 2 - 1024
     assert T.smem_limit(2 * T.PERSISTENT_CTAS + 1) == T.SM_SMEM // 3 - 1024
+    assert T.ctas_per_sm(T.smem_limit(2 * T.PERSISTENT_CTAS)) == 2 and T.ctas_per_sm(T.smem_limit(1)) == 1
+    assert T.ctas_per_sm(T.smem_limit(2 * T.PERSISTENT_CTAS) + 1) == 1
     two = T.Tuning(expand_ctas=2 * T.PERSISTENT_CTAS, expand_block_n=128)
     c = cfg(8192, 4096, 16, 1, two)
     assert (c.ctas, c.block_n) == (2 * T.PERSISTENT_CTAS, 128) and c.stream_stages >= 3  # (fits: cfg checks)
