@@ -22,6 +22,8 @@ TUNINGS = {
     "nofull": dict(expand_full_tile=False),
     # session 38: the gathering decode expand with four B tiles in flight (before the residency rule's two)
     "gs4": dict(expand_gather_stages=4),
+    # session 39: decode launches without programmatic dependent launch (before Tuning.pdl)
+    "nopdl": dict(pdl=False),
     "bn64": dict(expand_block_n=64),
     "bn256": dict(expand_block_n=256),
     "bn64es4": dict(expand_block_n=64, expand_stages=4),

@@ -11,7 +11,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from .tiling import BM, BOX_SPAN, SHIFTS
+from .tiling import BM, BOX_SPAN, PDL_DEPENDENT, SHIFTS
 
 #: Python-side counter of kernel traces (lowerings); the no-recompile tests read it.
 TRACE_COUNT = {"shrink": 0, "expand": 0, "parts": 0}
@@ -36,11 +36,16 @@ def tiled(dtype, cols: int):
     return (plgpu.TilingTransform((8, tc)), plgpu.SwizzleTransform(tc * jnp.dtype(dtype).itemsize))
 
 
-def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=None, lane=False, threads=0):
+def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=None, lane=False, threads=0, pdl=0):
     """``plgpu.kernel`` plus input/output aliasing (in-place outputs for the JAX API).
 
     ``lane``: lower with Lane semantics (explicit register layouts, no layout inference).
     ``threads``: warpgroups a CTA runs (axis ``"wg"``; 0: one), the scratch shared by all of them.
+    ``pdl``: the launch's :data:`lora.pallas.tiling.PDL_OFF` / ``PDL_TRIGGER`` / ``PDL_DEPENDENT``. Every
+    warpgroup runs the wait and the trigger before the body, after its shared memory is set up; a dependent
+    kernel (one with a ``griddepcontrol.wait``) is lowered with Mosaic's ``uses_pdl``, so that its launch
+    carries the programmatic stream serialization attribute. Interpret mode runs kernels one after another
+    and has no such primitives: it ignores ``pdl``.
     """
     from jax._src import config
     from jax._src.pallas import mpmd
@@ -50,8 +55,15 @@ def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=Non
         check_interpret_threads(threads)
     mesh = plgpu.Mesh(grid=grid, grid_names=grid_names, **(dict(num_threads=threads, thread_name="wg") if threads else {}))
 
+    def scoped(*refs):
+        if pdl and not interpret:
+            if pdl == PDL_DEPENDENT:
+                plgpu.griddepcontrol_wait()
+            plgpu.griddepcontrol_launch_dependents()
+        body(*refs)
+
     def kernel_body(*refs):
-        pl.run_scoped(functools.partial(body, *refs), *scratch, **(dict(collective_axes="wg") if threads else {}))
+        pl.run_scoped(functools.partial(scoped, *refs), *scratch, **(dict(collective_axes="wg") if threads else {}))
 
     return mpmd._mpmd_map(
         [(mesh, kernel_body)],

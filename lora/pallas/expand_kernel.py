@@ -840,4 +840,5 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         + ([plgpu.SMEM((BM, kr), jnp.dtype(cfg.x_dtype))] if cfg.x_shift or cfg.gather else [])
         + ([plgpu.SMEM((BM, BN), base.dtype, transforms=C.tiled(base.dtype, BN))] if cfg.full_tile else []),
         aliases={len(args) - 1: 0},
+        pdl=cfg.pdl,
     )

@@ -154,7 +154,7 @@ def plan_shrink(bpad: int, k: int, max_r: int, stack: int, num_lora: int, dtype:
     cfg = shrink_config(bpad, kp, stack * rp, num_lora, stack, _op_dtype(dtype), tail=tail, out_dtype=dtype,
                         result=result, tuning=tuning)
     parts = F32_SHRINK_PARTS if dtype == "float32" else ((0, 0),)
-    total = parts_config(cfg, cfg.out_cols, dtype) if (cfg.split or cfg.ksplit > 1) else None
+    total = parts_config(cfg, cfg.out_cols, dtype, tuning) if (cfg.split or cfg.ksplit > 1) else None
     return ShrinkPlan(cfg, kp, rp, BM if tail else bpad, parts, total)
 
 

@@ -317,6 +317,7 @@ def shrink_block(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         grid=(cfg.nb, KS, nc) if KS > 1 else (cfg.nb, nc),
         grid_names=("b", "ks", "c") if KS > 1 else ("b", "c"),
         scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
+        pdl=cfg.pdl,
     )
 
 
@@ -505,6 +506,7 @@ def _shrink_wide(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         grid_names=("b", "ks", "c"),
         scratch=scratch,
         threads=3,
+        pdl=cfg.pdl,
     )
 
 
@@ -566,6 +568,7 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         grid=(cfg.nb, L, KS, nc),
         grid_names=("b", "i", "ks", "c"),
         scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
+        pdl=cfg.pdl,
     )
 
 
@@ -644,4 +647,5 @@ def add_parts(nrows, parts, *, cfg: PartsConfig):
         grid_names=("b", "r", "c"),
         scratch=[plgpu.SMEM((RR, CW), jnp.float32), plgpu.SMEM((RR, CW), out_dtype),
                  plgpu.SMEM((RR, staged_cols), out_dtype)],
+        pdl=cfg.pdl,
     )

@@ -61,6 +61,7 @@ on the batch info only, never on ``s``: it is derived once per batch (``prepare`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 BM = 64  # rows per block (wgmma M)
@@ -233,6 +234,7 @@ class ShrinkConfig:
     #: one consumer warpgroup per block; each A tile feeds both: half the A bytes a row); see
     #: shrink_kernel.shrink_block
     wide: bool = False
+    pdl: int = 0  # PDL_OFF / PDL_TRIGGER / PDL_DEPENDENT (see pdl_modes)
 
     @property
     def nb(self) -> int:
@@ -292,6 +294,7 @@ class ExpandConfig:
     #: one CTA per tile, ``accumulate``: a full block's base rows go through a tiled, swizzled tile of their
     #: own (one TMA box each way, vectorized merge loads and stores), beside the row-exact ladder's plain tile
     full_tile: bool = False
+    pdl: int = 0  # PDL_OFF / PDL_TRIGGER / PDL_DEPENDENT (see pdl_modes)
 
     @property
     def nb(self) -> int:
@@ -355,6 +358,7 @@ class PartsConfig:
     tail: bool = False  # a partial last block's tiles hold its clamped box (ShrinkConfig.tail)
     rows: int = 8  # output rows of one CTA (a divisor of 64)
     cols: int = 16  # output columns of one CTA (a divisor of na)
+    pdl: int = 0  # PDL_OFF / PDL_TRIGGER / PDL_DEPENDENT (see pdl_modes)
 
     @property
     def bpad(self) -> int:
@@ -376,7 +380,7 @@ PARTS_BLOCK_COLS = 64
 PARTS_BLOCK_STEP_BYTES = 32 * 1024
 
 
-def parts_config(cfg: "ShrinkConfig", out_cols: int, out_dtype: str) -> PartsConfig:
+def parts_config(cfg: "ShrinkConfig", out_cols: int, out_dtype: str, tuning: "Tuning" = None) -> PartsConfig:
     """The partial-tile sum of a split (or K-split block) shrink ``cfg`` into (bpad, out_cols)."""
     tiles = cfg.parts_shape[1]
     if cfg.split:
@@ -388,7 +392,8 @@ def parts_config(cfg: "ShrinkConfig", out_cols: int, out_dtype: str) -> PartsCon
         per_step_max = max(1, PARTS_BLOCK_STEP_BYTES // (rows * cols * 4))
     per_step = max(d for d in range(1, min(tiles, per_step_max) + 1) if tiles % d == 0)
     return PartsConfig(cfg.nb, tiles, cfg.na, cfg.na_out, out_cols, out_dtype, per_step,
-                       min(3, tiles // per_step), cfg.tail, rows, cols)
+                       min(3, tiles // per_step), cfg.tail, rows, cols,
+                       pdl_modes(tuning or DEFAULT_TUNING, cfg.split)[1])
 
 
 #: Shrink uses the slot-parallel split-K variant up to this many row blocks (decode-sized batches).
@@ -477,10 +482,13 @@ class Tuning:
     #: ``shrink_ksplit`` names a split > 1). Not the default: slower than the block variant on the H200
     #: (benchmarks/results/h200, session 22) (None: off)
     shrink_wide: bool | None = None
+    #: programmatic dependent launch between decode-sized launches (Hopper; see :func:`pdl_modes`). None: on,
+    #: unless the environment variable ``LORA_PALLAS_NO_PDL`` is ``1`` when the plan is made
+    pdl: bool | None = None
 
     def __post_init__(self):
         flags = ("expand_reduce_add", "expand_accumulate", "expand_full_tile")
-        optional_flags = ("expand_persistent", "expand_gather", "shrink_extra_units", "shrink_wide")
+        optional_flags = ("expand_persistent", "expand_gather", "shrink_extra_units", "shrink_wide", "pdl")
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Tuning.{name}={getattr(self, name)!r} must be a bool")
@@ -515,6 +523,29 @@ class Tuning:
 
 
 DEFAULT_TUNING = Tuning()
+
+#: How a kernel is launched with respect to the kernel before it and the one after it on the stream
+#: (programmatic dependent launch, PDL: Hopper and later). PDL_OFF: plainly. PDL_TRIGGER: plainly, and it lets
+#: the next kernel launch at its start (``griddepcontrol.launch_dependents``). PDL_DEPENDENT: as a
+#: programmatic dependent of the kernel before it, so its CTAs may start while that kernel runs: they wait for
+#: it to complete and its writes to be visible (``griddepcontrol.wait``) before any access to global memory,
+#: then let the next kernel launch. A kernel launched plainly after ours is ordered as usual; one launched as a
+#: programmatic dependent of ours must itself wait before reading what ours wrote.
+PDL_OFF, PDL_TRIGGER, PDL_DEPENDENT = 0, 1, 2
+#: Environment variable that turns PDL off where the Tuning leaves it to the default.
+NO_PDL_ENV = "LORA_PALLAS_NO_PDL"
+
+
+def pdl_modes(tuning: Tuning, decode: bool) -> tuple[int, int, int]:
+    """(shrink, partial-tile sum, expand) PDL modes. Decode-sized batches (the split shrink, its sum, the
+    one-wave expands): the shrink launches plainly and lets the next kernel launch at its start, the sum and
+    the expand are dependents of the kernel before them, so each one's launch and set-up overlap the tail of
+    the kernel before (the triton backend's layout: ``lora.triton.tiling.pdl_chain``). Larger batches and
+    ``Tuning(pdl=False)`` (or ``LORA_PALLAS_NO_PDL=1`` with ``pdl`` None): plain launches."""
+    on = tuning.pdl if tuning.pdl is not None else os.environ.get(NO_PDL_ENV) != "1"
+    if not (on and decode):
+        return PDL_OFF, PDL_OFF, PDL_OFF
+    return PDL_TRIGGER, PDL_DEPENDENT, PDL_DEPENDENT
 
 #: Tuning variants ``benchmarks/pallas_gpu_check.py`` times against the defaults (the CPU tests lower
 #: their kernels): keyword arguments of :class:`Tuning` by name.
@@ -675,7 +706,7 @@ def shrink_config(bpad, k, na, num_lora, stack, dtype, *, tail, out_dtype: str =
     extra_units = not split and not wide and (na <= EXTRA_UNITS_MAX_COLS if tuning.shrink_extra_units is None
                                               else tuning.shrink_extra_units)
     cfg = ShrinkConfig(bpad, k, na, num_lora, stack, dtype, split, ksplit, block_k, stages, tail, pair_stages,
-                       out_dtype, result, extra_units, wide)
+                       out_dtype, result, extra_units, wide, pdl_modes(tuning, split)[0])
     tiles = nb * cfg.parts_shape[1] if (split or ksplit > 1) else 0
     if tiles * BM * cfg.na_out * 4 > SPLIT_PARTS_LIMIT:
         raise ValueError(
@@ -898,6 +929,7 @@ def expand_config(
         bpad, n, na, max_r, num_lora, stack, x_dtype, op_dtype, base_dtype, x_part, block_n, stages, tail, x_shift,
         tuning.expand_reduce_add, ctas if persistent else 0, stream, accumulate=accumulate,
         gather=gather, gather_tiles=max(tiles, 1), full_tile=full_tile(), gather_stages=gather_stages(),
+        pdl=pdl_modes(tuning, decode and not persistent)[2],
     )
 
 

@@ -424,6 +424,43 @@ def test_full_block_tile_only_where_the_grid_stays_resident():
     assert not cfg(8192, 4096, 16, 1).full_tile and not cfg(256, 28672, 16, 2).full_tile  # persistent, gathering
 
 
+def test_decode_launches_overlap_by_pdl(monkeypatch):
+    """Decode-sized batches: the split shrink launches plainly and lets the next kernel launch at its start, its
+    partial-tile sum and the expands are programmatic dependents (they wait before any memory access); larger
+    batches, Tuning(pdl=False) and LORA_PALLAS_NO_PDL=1 (with pdl left None) launch plainly. The lowered kernels
+    carry exactly those instructions, and only a dependent the launch attribute (Mosaic's uses_pdl)."""
+    from lora.pallas import interop, plan as P
+
+    monkeypatch.delenv(T.NO_PDL_ENV, raising=False)
+    on = (T.PDL_TRIGGER, T.PDL_DEPENDENT, T.PDL_DEPENDENT)
+    assert T.pdl_modes(T.Tuning(), True) == on and T.pdl_modes(T.Tuning(), False) == (T.PDL_OFF,) * 3
+    assert T.pdl_modes(T.Tuning(pdl=False), True) == (T.PDL_OFF,) * 3
+    monkeypatch.setenv(T.NO_PDL_ENV, "1")
+    assert T.pdl_modes(T.Tuning(), True) == (T.PDL_OFF,) * 3 and T.pdl_modes(T.Tuning(pdl=True), True) == on
+    monkeypatch.delenv(T.NO_PDL_ENV)
+    with pytest.raises(ValueError, match="pdl"):
+        T.Tuning(pdl="all")
+
+    sp = P.plan_shrink(64, 4096, 16, 3, 8, "bfloat16", tail=True, tuning=T.Tuning(pdl=True))
+    ep = P.plan_expand(64, 4096, 16, 1, 8, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True,
+                       tuning=T.Tuning(pdl=True))
+    assert (sp.cfg.pdl, sp.sum.pdl, ep.cfgs[0].pdl) == on
+    big = P.plan_shrink(8192, 14336, 16, 1, 8, "bfloat16", tail=True, tuning=T.Tuning(pdl=True))
+    assert big.cfg.pdl == big.sum.pdl == T.PDL_OFF
+    assert P.plan_expand(8192, 4096, 16, 1, 8, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True,
+                         tuning=T.Tuning(pdl=True)).cfgs[0].pdl == T.PDL_OFF
+    off = P.plan_shrink(64, 4096, 16, 3, 8, "bfloat16", tail=True, tuning=T.Tuning(pdl=False))
+
+    def marks(kind, cfg):
+        asm, _ = interop.lower_to_mosaic(*interop.kernel_signature(kind, cfg))
+        return b"griddepcontrol.wait" in asm, b"griddepcontrol.launch_dependents" in asm, b"uses_pdl" in asm
+
+    assert marks("shrink", sp.cfg) == (False, True, False)
+    assert marks("parts", sp.sum) == (True, True, True)
+    assert marks("expand", ep.cfgs[0]) == (True, True, True)
+    assert marks("parts", off.sum) == (False, False, False)
+
+
 def test_gathering_expand_takes_fewer_b_tiles_where_two_ctas_then_share_an_sm():
     """The gathering decode expand keeps four B tiles in flight, two where that lets two of its working CTAs
     share an SM: the rank-64 256-token gate-up expand (224 of them; session 38 on the H100, 37.2 -> 30.7 us).
