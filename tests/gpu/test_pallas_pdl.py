@@ -37,7 +37,7 @@ def test_chained_ops_read_what_the_op_before_wrote(tokens, r):
     h0, y0, q0, u0 = rand(s, r), rand(s, h), rand(s, n + 2 * 256), rand(s, 2 * inter)
     b1, a2, b2 = rand(lora, h, r, scale=r**-0.5), rand(lora, r, h, scale=h**-0.5), rand(lora, h, r, scale=r**-0.5)
     a3, b3 = rand(lora, 3 * r, h, scale=h**-0.5), rand(lora, n + 2 * 256, r, scale=r**-0.5)
-    a4, b4 = rand(lora, 2 * r, h, scale=h**-0.5), rand(lora, 2 * inter, r, scale=r**-0.5)
+    a4, b4 = rand(lora, 2 * r, n + 512, scale=(n + 512) ** -0.5), rand(lora, 2 * inter, r, scale=r**-0.5)
     offsets = torch.tensor([0, n, n + 256, n + 512], dtype=torch.int32, device=DEV)
 
     def chain(backend, y, q, u):
@@ -45,7 +45,7 @@ def test_chained_ops_read_what_the_op_before_wrote(tokens, r):
         h1 = backend.run_lora_a_sgemm(y, a2)  # reads y
         backend.run_lora_b_sgemm(h1, b2, base_output=y)  # reads h1, y; writes y
         backend.run_qkv_lora(y, a3, b3, offsets, n, base_output=q)  # reads y; writes q
-        backend.run_gate_up_lora(q[:, :h], a4, b4, base_output=u)  # reads q; writes u
+        backend.run_gate_up_lora(q, a4, b4, base_output=u)  # reads q; writes u
         return y, q, u
 
     bpad = T.padded_tokens(s)
