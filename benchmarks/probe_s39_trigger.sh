@@ -9,7 +9,7 @@
 # run pallas_prelower.py as probe_s39_pdl.sh says, revert).
 # Decision rule, written before the call: the patch lands if the step is faster with it on at least three of the
 # four cases and slower by no more than 1% on the other.
-# Usage (device tool): bash benchmarks/probe_s39_trigger.sh [PREFIX]
+# Usage (device tool): [DECODE=0] bash benchmarks/probe_s39_trigger.sh [PREFIX] (DECODE=0: the steps only)
 set -u
 P=${1:-s39t}
 source benchmarks/probe_preamble.sh
@@ -22,6 +22,7 @@ for v in main trial; do
     PYTHONPATH=. timeout 60 python3 -m lora compare --step --quick --backends pallas --no-progress \
         --json $OUT/${P}_step_$v.json > $OUT/${P}_step_$v.txt 2>&1
     echo "== step $v rc=$? $((SECONDS - t0)) s"; grep -E "graph_once" $OUT/${P}_step_$v.txt | cut -c1-110
+    [ "${DECODE:-1}" = 0 ] && continue
     t0=$SECONDS
     PYTHONPATH=.:benchmarks timeout 80 python3 benchmarks/decode_kernels.py --no-profile --budget-s 60 \
         --ops shrink1,shrink3,shrink_down,qkv,gate_up --backends pallas --json $OUT/${P}_decode_$v.json \
