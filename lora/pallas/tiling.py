@@ -547,6 +547,7 @@ def pdl_modes(tuning: Tuning, decode: bool) -> tuple[int, int, int]:
         return PDL_OFF, PDL_OFF, PDL_OFF
     return PDL_TRIGGER, PDL_DEPENDENT, PDL_DEPENDENT
 
+
 #: Tuning variants ``benchmarks/pallas_gpu_check.py`` times against the defaults (the CPU tests lower
 #: their kernels): keyword arguments of :class:`Tuning` by name.
 TUNING_TRIALS = {  # the riskier ones last: a kernel fault ends the GPU run's later work
