@@ -8,9 +8,8 @@
 #   all (benchmarks/probe_s39/all.patch): the shrink is a dependent too (waits for the kernel before it).
 # The PDL GPU test first (tests/gpu/test_pallas_pdl.py, fixed after call 2: its gate-up reads the QKV output's 1,536
 # columns), then, for main and each trial, the decode step (pallas) and (unless DECODE=0) the shrinks and fused ops
-# graph-batched. Carry .pallas-cache with every variant lowered: for main and for each patch applied in turn
-# (`git apply benchmarks/probe_s39/<v>.patch`, lower, `git apply -R ...`), the command of probe_s39_pdl.sh's header
-# without --tunings (about a minute each on 2 cores).
+# graph-batched. Carry .pallas-cache with every variant lowered: `bash benchmarks/probe_s39_lower.sh` (about a
+# minute a variant on 2 cores; 31 MB for the three).
 # Decision rule, written before the call: a trial lands if the step is faster with it than with main on at least
 # three of the four cases and slower by no more than 1% on the other (the faster of two that both qualify).
 # Usage (device tool): [DECODE=0] [VARIANTS="main notrigger all"] bash benchmarks/probe_s39_trigger.sh [PREFIX]
