@@ -380,7 +380,7 @@ PARTS_BLOCK_COLS = 64
 PARTS_BLOCK_STEP_BYTES = 32 * 1024
 
 
-def parts_config(cfg: "ShrinkConfig", out_cols: int, out_dtype: str, tuning: "Tuning" = None) -> PartsConfig:
+def parts_config(cfg: "ShrinkConfig", out_cols: int, out_dtype: str, tuning: "Tuning") -> PartsConfig:
     """The partial-tile sum of a split (or K-split block) shrink ``cfg`` into (bpad, out_cols)."""
     tiles = cfg.parts_shape[1]
     if cfg.split:
@@ -393,7 +393,7 @@ def parts_config(cfg: "ShrinkConfig", out_cols: int, out_dtype: str, tuning: "Tu
     per_step = max(d for d in range(1, min(tiles, per_step_max) + 1) if tiles % d == 0)
     return PartsConfig(cfg.nb, tiles, cfg.na, cfg.na_out, out_cols, out_dtype, per_step,
                        min(3, tiles // per_step), cfg.tail, rows, cols,
-                       pdl_modes(tuning or DEFAULT_TUNING, cfg.split)[1])
+                       pdl_modes(tuning, cfg.split)[1])
 
 
 #: Shrink uses the slot-parallel split-K variant up to this many row blocks (decode-sized batches).
