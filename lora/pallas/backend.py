@@ -166,7 +166,7 @@ class TorchExecutor:
 
     @staticmethod
     def searchsorted(a, v):
-        return torch.searchsorted(a, v, right=True).to(torch.int32)
+        return torch.searchsorted(a, v, right=True, out_int32=True)
 
     @staticmethod
     def any(a, axis):

@@ -42,9 +42,9 @@ def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int,
         row_slot = xp.full((n,), -1)
     else:
         seg = xp.searchsorted(seg_indptr[1:], rows)  # = bs for rows after the last segment
-        slot = xp.take(weight_indices, xp.minimum(seg, bs - 1))
-        valid = (seg < bs) & (xp.take(lora_ranks, slot) > 0)
-        row_slot = xp.where(valid, slot, -1)
+        # each segment's slot (-1 for a rank-0 slot), then -1 for the rows after the last segment
+        seg_slot = xp.where(xp.take(lora_ranks, weight_indices) > 0, weight_indices, -1)
+        row_slot = xp.take(xp.concat([seg_slot, xp.const(("-1",), lambda: xp.full((1,), -1))], 0), seg)
     # SHIFTS copies of BOX_SPAN row slots per group: copy k of group g starts at row 64g + k.
     def shifted_rows():
         g = xp.reshape(xp.arange(groups), (groups, 1, 1))
@@ -87,24 +87,26 @@ def _extra_units(xp, count, unit: int, groups: int):
 
 def _chunk_table(xp, row_slot, lay: MetaLayout):
     """(lay.chunks, CHUNK) chunk table of the first GATHER_ROWS rows (layout in :mod:`.tiling`):
-    each slot's rows in ascending order, cut into chunks of at most 64; unused chunks count 0 rows."""
+    each slot's rows in ascending order, cut into chunks of at most 64; unused chunks count 0 rows.
+    (Written with few array ops: the torch executor launches a kernel or more for each.)"""
     L, nc = lay.num_lora, lay.chunks
     n = GATHER_ROWS
     if L == 0:
         return xp.full((nc, CHUNK), 0)
-    key = xp.where(row_slot >= 0, row_slot, L)  # rows without an adapter sort last
-    ids = xp.reshape(xp.const(("ids", L), lambda: xp.reshape(xp.arange(L), (1, 1, L))), (1, L))
-    cnt = xp.sum(xp.reshape(key, (n, 1)) == ids, 0)  # rows per slot
+    key = row_slot % (L + 1)  # the slot; rows without an adapter (-1) get L and sort last
+    ranked = xp.sort(key * n + xp.const(("arange", n), lambda: xp.arange(n)), 0)  # by slot, then row
+    ordered = ranked % n  # row indices, by slot then row
+    # starts[w]: rows of slots < w (w = 0..L), from the sorted slots; cnt[w]: rows of slot w
+    starts = xp.searchsorted(ranked // n, xp.const(("ids-1", L), lambda: xp.arange(L + 1) - 1))
+    cnt = starts[1:] - starts[:L]
     nch = (cnt + BM - 1) // BM  # chunks per slot
     ch_end = xp.cumsum(nch)  # chunk index after slot w's last
-    row_start = xp.cumsum(cnt) - cnt  # slot w's first row in the sorted order
-    c = xp.const(("chunks", nc), lambda: xp.reshape(xp.arange(nc), (nc, 1)))
-    w = xp.minimum(xp.sum(xp.reshape(ch_end, (1, L)) <= c, 1), L - 1)  # the slot chunk c belongs to
-    i = xp.reshape(c, (nc,)) - (xp.take(ch_end, w) - xp.take(nch, w))  # chunk c is slot w's i-th
-    rows = xp.clip(xp.take(cnt, w) - BM * i, 0, BM)
-    rows = xp.where(xp.reshape(c, (nc,)) < xp.sum(nch, 0), rows, 0)
-    ordered = xp.sort(key * n + xp.const(("arange", n), lambda: xp.arange(n)), 0) % n  # row indices, by slot then row
-    first = xp.reshape(xp.take(row_start, w) + BM * i, (nc, 1))
+    c = xp.const(("chunks", nc), lambda: xp.arange(nc))
+    # the slot chunk c belongs to (an unused chunk: the last slot, with i past its chunks: 0 rows)
+    w = xp.minimum(xp.searchsorted(ch_end, c), L - 1)
+    i64 = (c - xp.take(ch_end - nch, w)) * BM  # chunk c is slot w's i-th: its first row's rank in the slot
+    rows = xp.clip(xp.take(cnt, w) - i64, 0, BM)
+    first = xp.reshape(xp.take(starts, w) + i64, (nc, 1))
     members = xp.take(ordered, xp.clip(first + xp.const(("row", BM), lambda: xp.reshape(xp.arange(BM), (1, BM))), 0,
                                        n - 1))
     zeros = xp.const(("pad", nc, CHUNK - BM - 2), lambda: xp.full((nc, CHUNK - BM - 2), 0))

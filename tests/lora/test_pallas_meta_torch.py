@@ -149,7 +149,8 @@ def test_prepare_leaves_out_the_units_only_where_no_call_reads_them(rng, model, 
 def test_prepare_of_a_decode_batch_runs_few_torch_ops(rng, model):
     """prepare derives the metadata inside every decode step's graph, each torch op a kernel there (session 38
     on the H100: 144 kernels took 222 us a batch, 79 took 141). Once the layout-only arrays are kept, a
-    decode batch's prepare runs at most 60 torch ops that are not views."""
+    decode batch's prepare runs at most 42 torch ops that are neither views nor indexing (session 40: 40; 50
+    before the row slots were taken from per-segment slots and the chunk table was rewritten with fewer ops)."""
     from torch.overrides import TorchFunctionMode
 
     views = {"reshape", "view", "__getitem__", "dim", "size", "__get__", "numel", "data_ptr", "is_floating_point"}
@@ -169,7 +170,7 @@ def test_prepare_of_a_decode_batch_runs_few_torch_ops(rng, model):
     bi = batch_info(C.decode_composition(rng, 64, 8, 16), "cpu")
     with Count() as count:
         be.set_batch_info(bi)
-    assert 0 < len(count.ops) <= 60, (len(count.ops), count.ops)
+    assert 0 < len(count.ops) <= 42, (len(count.ops), count.ops)
 
 
 def model_row_slots(lens, slots, ranks, n):
