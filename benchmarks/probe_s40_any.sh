@@ -8,7 +8,7 @@
 # Carry .pallas-cache lowered by `PATCH_DIR=benchmarks/probe_s40 bash benchmarks/probe_s39_lower.sh "main shrink_waits"`.
 # Decision rule, written before the call: the trial lands if the pallas step is faster with it than with main on at
 # least three of the four cases and slower by no more than 1% on the other (and the chain test passes).
-# Usage (device tool): bash benchmarks/probe_s40_any.sh [PREFIX]
+# Usage (device tool): [MAIN_BACKENDS=pallas] bash benchmarks/probe_s40_any.sh [PREFIX]
 set -u
 P=${1:-s40w}
 if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
@@ -17,7 +17,7 @@ if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
 fi
 source benchmarks/probe_preamble.sh
 t0=$SECONDS
-PYTHONPATH=. timeout 100 python3 -m lora compare --step --quick --backends triton,pallas --no-progress \
+PYTHONPATH=. timeout 100 python3 -m lora compare --step --quick --backends ${MAIN_BACKENDS:-triton,pallas} --no-progress \
     --json $OUT/${P}_step_main.json > $OUT/${P}_step_main.txt 2>&1
 echo "== step main rc=$? $((SECONDS - t0)) s"; grep -E "graph_once" $OUT/${P}_step_main.txt | cut -c1-110
 git apply benchmarks/probe_s40/shrink_waits.patch || { echo "patch failed"; exit 1; }
