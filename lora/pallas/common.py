@@ -41,8 +41,9 @@ def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=Non
 
     ``lane``: lower with Lane semantics (explicit register layouts, no layout inference).
     ``threads``: warpgroups a CTA runs (axis ``"wg"``; 0: one), the scratch shared by all of them.
-    ``pdl``: the launch's :data:`lora.pallas.tiling.PDL_OFF` / ``PDL_DEPENDENT``. In a dependent, every
-    warpgroup runs the wait and the trigger before the body, after its shared memory is set up; a dependent
+    ``pdl``: the launch's :data:`lora.pallas.tiling.PDL_OFF` / ``PDL_DEPENDENT`` / ``PDL_WAIT``. In a
+    dependent, every warpgroup runs the wait (and, but for ``PDL_WAIT``, the trigger) before the body, after its
+    shared memory is set up; a dependent
     kernel (one with a ``griddepcontrol.wait``) is lowered with Mosaic's ``uses_pdl``, so that its launch
     carries the programmatic stream serialization attribute. Interpret mode runs kernels one after another
     and has no such primitives: it ignores ``pdl``.
@@ -56,9 +57,10 @@ def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=Non
     mesh = plgpu.Mesh(grid=grid, grid_names=grid_names, **(dict(num_threads=threads, thread_name="wg") if threads else {}))
 
     def scoped(*refs):
-        if pdl == PDL_DEPENDENT and not interpret:
+        if pdl and not interpret:
             plgpu.griddepcontrol_wait()
-            plgpu.griddepcontrol_launch_dependents()
+            if pdl == PDL_DEPENDENT:
+                plgpu.griddepcontrol_launch_dependents()
         body(*refs)
 
     def kernel_body(*refs):

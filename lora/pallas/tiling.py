@@ -234,7 +234,7 @@ class ShrinkConfig:
     #: one consumer warpgroup per block; each A tile feeds both: half the A bytes a row); see
     #: shrink_kernel.shrink_block
     wide: bool = False
-    pdl: int = 0  # PDL_OFF / PDL_DEPENDENT (see pdl_modes)
+    pdl: int = 0  # PDL_OFF / PDL_DEPENDENT / PDL_WAIT (see pdl_modes)
 
     @property
     def nb(self) -> int:
@@ -294,7 +294,7 @@ class ExpandConfig:
     #: one CTA per tile, ``accumulate``: a full block's base rows go through a tiled, swizzled tile of their
     #: own (one TMA box each way, vectorized merge loads and stores), beside the row-exact ladder's plain tile
     full_tile: bool = False
-    pdl: int = 0  # PDL_OFF / PDL_DEPENDENT (see pdl_modes)
+    pdl: int = 0  # PDL_OFF / PDL_DEPENDENT / PDL_WAIT (see pdl_modes)
 
     @property
     def nb(self) -> int:
@@ -358,7 +358,7 @@ class PartsConfig:
     tail: bool = False  # a partial last block's tiles hold its clamped box (ShrinkConfig.tail)
     rows: int = 8  # output rows of one CTA (a divisor of 64)
     cols: int = 16  # output columns of one CTA (a divisor of na)
-    pdl: int = 0  # PDL_OFF / PDL_DEPENDENT (see pdl_modes)
+    pdl: int = 0  # PDL_OFF / PDL_DEPENDENT / PDL_WAIT (see pdl_modes)
 
     @property
     def bpad(self) -> int:
@@ -528,28 +528,30 @@ DEFAULT_TUNING = Tuning()
 #: (programmatic dependent launch, PDL: Hopper and later). PDL_OFF: plainly. PDL_DEPENDENT: as a
 #: programmatic dependent of the kernel before it, so its CTAs may start while that kernel runs: they wait for
 #: it to complete and its writes to be visible (``griddepcontrol.wait``) before any access to global memory,
-#: then let the next kernel launch (``griddepcontrol.launch_dependents``). A kernel launched plainly after ours
-#: is ordered as usual; one launched as a programmatic dependent of ours must itself wait before reading what
-#: ours wrote.
-PDL_OFF, PDL_DEPENDENT = 0, 1
+#: then let the next kernel launch (``griddepcontrol.launch_dependents``). PDL_WAIT: a dependent that waits
+#: the same way but never lets the next kernel launch early (that one launches as this one's CTAs exit). A
+#: kernel launched plainly after ours is ordered as usual; one launched as a programmatic dependent of ours must
+#: itself wait before reading what ours wrote.
+PDL_OFF, PDL_DEPENDENT, PDL_WAIT = 0, 1, 2
 #: Environment variable that turns PDL off where the Tuning leaves it to the default.
 NO_PDL_ENV = "LORA_PALLAS_NO_PDL"
 
 
 def pdl_modes(tuning: Tuning, decode: bool) -> tuple[int, int, int]:
     """(shrink, partial-tile sum, expand) PDL modes. Decode-sized batches (the split shrink, its sum, the
-    one-wave expands): the shrink launches plainly, the sum and the expand are dependents of the kernel
-    before them, so each one's launch and set-up overlap the tail of the kernel before. Larger batches and
-    ``Tuning(pdl=False)`` (or ``LORA_PALLAS_NO_PDL=1`` with ``pdl`` None): plain launches.
+    one-wave expands): all three are dependents of the kernel before them, so each one's launch and set-up
+    overlap the tail of the kernel before; the shrink never lets its sum launch early (``PDL_WAIT``). Larger
+    batches and ``Tuning(pdl=False)`` (or ``LORA_PALLAS_NO_PDL=1`` with ``pdl`` None): plain launches.
 
-    Unlike triton's layout (``lora.triton.tiling.pdl_chain``), the split shrink does not let its sum launch
-    at its start: measured on the H100 (session 40, ``benchmarks/results/h100/s40``), the decode step was
-    0.6-3.1% faster on all four cases without that trigger (the sum's CTAs, launched early, waited on SMs the
-    shrink's own CTAs could have used)."""
+    Unlike triton's layout (``lora.triton.tiling.pdl_chain``: the shrink launched plainly, letting its expand
+    launch at its start), measured on the H100 (session 40, ``benchmarks/results/h100/s40``), the decode step:
+    0.6-3.1% faster on all four cases once the shrink stopped letting its sum launch at its start (the sum's
+    CTAs, launched early, waited on SMs the shrink's own CTAs could have used), then 1.2-2.8% faster again on
+    all four with the shrink a dependent of the kernel before it."""
     on = tuning.pdl if tuning.pdl is not None else os.environ.get(NO_PDL_ENV) != "1"
     if not (on and decode):
         return PDL_OFF, PDL_OFF, PDL_OFF
-    return PDL_OFF, PDL_DEPENDENT, PDL_DEPENDENT
+    return PDL_WAIT, PDL_DEPENDENT, PDL_DEPENDENT
 
 
 #: Tuning variants ``benchmarks/pallas_gpu_check.py`` times against the defaults (the CPU tests lower

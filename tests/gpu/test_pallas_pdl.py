@@ -52,7 +52,7 @@ def test_chained_ops_read_what_the_op_before_wrote(tokens, r):
     sp = P.plan_shrink(bpad, h, r, 1, lora, "bfloat16", tail=True, result=True, tuning=with_pdl.tuning)
     ep = P.plan_expand(bpad, h, r, 1, lora, "bfloat16", "bfloat16", "bfloat16", internal=False, tail=True,
                        tuning=with_pdl.tuning)
-    assert (sp.cfg.pdl, sp.sum.pdl, ep.cfgs[0].pdl) == (T.PDL_OFF, T.PDL_DEPENDENT, T.PDL_DEPENDENT)
+    assert (sp.cfg.pdl, sp.sum.pdl, ep.cfgs[0].pdl) == (T.PDL_WAIT, T.PDL_DEPENDENT, T.PDL_DEPENDENT)
     off = P.plan_shrink(bpad, h, r, 1, lora, "bfloat16", tail=True, result=True, tuning=plain.tuning)
     assert (off.cfg.pdl, off.sum.pdl) == (T.PDL_OFF, T.PDL_OFF)
 

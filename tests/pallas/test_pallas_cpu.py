@@ -425,14 +425,14 @@ def test_full_block_tile_only_where_the_grid_stays_resident():
 
 
 def test_decode_launches_overlap_by_pdl(monkeypatch):
-    """Decode-sized batches: the split shrink launches plainly (no early trigger either), its partial-tile sum
-    and the expands are programmatic dependents (they wait before any memory access); larger
+    """Decode-sized batches: the split shrink, its partial-tile sum and the expands are programmatic dependents
+    (they wait before any memory access), and the shrink never lets its sum launch early; larger
     batches, Tuning(pdl=False) and LORA_PALLAS_NO_PDL=1 (with pdl left None) launch plainly. The lowered kernels
     carry exactly those instructions, and only a dependent the launch attribute (Mosaic's uses_pdl)."""
     from lora.pallas import interop, plan as P
 
     monkeypatch.delenv(T.NO_PDL_ENV, raising=False)
-    on = (T.PDL_OFF, T.PDL_DEPENDENT, T.PDL_DEPENDENT)
+    on = (T.PDL_WAIT, T.PDL_DEPENDENT, T.PDL_DEPENDENT)
     assert T.pdl_modes(T.Tuning(), True) == on and T.pdl_modes(T.Tuning(), False) == (T.PDL_OFF,) * 3
     assert T.pdl_modes(T.Tuning(pdl=False), True) == (T.PDL_OFF,) * 3
     monkeypatch.setenv(T.NO_PDL_ENV, "1")
@@ -455,7 +455,7 @@ def test_decode_launches_overlap_by_pdl(monkeypatch):
         asm, _ = interop.lower_to_mosaic(*interop.kernel_signature(kind, cfg))
         return b"griddepcontrol.wait" in asm, b"griddepcontrol.launch_dependents" in asm, b"uses_pdl" in asm
 
-    assert marks("shrink", sp.cfg) == (False, False, False)
+    assert marks("shrink", sp.cfg) == (True, False, True)
     assert marks("parts", sp.sum) == (True, True, True)
     assert marks("expand", ep.cfgs[0]) == (True, True, True)
     assert marks("parts", off.sum) == (False, False, False)
