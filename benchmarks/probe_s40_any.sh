@@ -15,6 +15,8 @@ if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
     bash benchmarks/probe_s35_h200.sh
     exit
 fi
+# (the trial landed in 74bb056: after that the patch no longer applies, and nothing runs on another card)
+git apply --check benchmarks/probe_s40/shrink_waits.patch 2>/dev/null || { echo "shrink_waits already in main: nothing run"; exit 0; }
 source benchmarks/probe_preamble.sh
 t0=$SECONDS
 PYTHONPATH=. timeout 100 python3 -m lora compare --step --quick --backends ${MAIN_BACKENDS:-triton,pallas} --no-progress \
