@@ -43,10 +43,9 @@ def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=Non
     ``threads``: warpgroups a CTA runs (axis ``"wg"``; 0: one), the scratch shared by all of them.
     ``pdl``: the launch's :data:`lora.pallas.tiling.PDL_OFF` / ``PDL_DEPENDENT`` / ``PDL_WAIT``. In a
     dependent, every warpgroup runs the wait (and, but for ``PDL_WAIT``, the trigger) before the body, after its
-    shared memory is set up; a dependent
-    kernel (one with a ``griddepcontrol.wait``) is lowered with Mosaic's ``uses_pdl``, so that its launch
-    carries the programmatic stream serialization attribute. Interpret mode runs kernels one after another
-    and has no such primitives: it ignores ``pdl``.
+    shared memory is set up; a dependent kernel (one with a ``griddepcontrol.wait``) is lowered with Mosaic's
+    ``uses_pdl``, so that its launch carries the programmatic stream serialization attribute. Interpret mode
+    runs kernels one after another and has no such primitives: it ignores ``pdl``.
     """
     from jax._src import config
     from jax._src.pallas import mpmd
