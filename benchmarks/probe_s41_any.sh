@@ -26,7 +26,7 @@ echo "== gpu tests rc=$? $((SECONDS - t0)) s"; grep -E "passed|failed|error" $OU
 fi
 if want prepare; then
 t0=$SECONDS
-PYTHONPATH=. timeout 60 python3 benchmarks/prepare_cost.py --json $OUT/${P}_prepare.json > $OUT/${P}_prepare.txt 2>&1
+[ -z "${SKIP_MAIN:-}" ] && PYTHONPATH=. timeout 60 python3 benchmarks/prepare_cost.py --json $OUT/${P}_prepare.json > $OUT/${P}_prepare.txt 2>&1
 echo "== prepare rc=$? $((SECONDS - t0)) s"; grep -E "prepare " $OUT/${P}_prepare.txt | cut -c1-120
 t0=$SECONDS
 PYTHONPATH=. timeout 150 python3 benchmarks/probe_s41/compiled_prepare.py prepare --backends pallas \
@@ -35,7 +35,7 @@ echo "== prepare compiled rc=$? $((SECONDS - t0)) s"; grep -E "prepare |bitwise|
 fi
 if want step; then
 t0=$SECONDS
-PYTHONPATH=. timeout 100 python3 -m lora compare --step --quick --backends triton,pallas --no-progress \
+[ -z "${SKIP_MAIN:-}" ] && PYTHONPATH=. timeout 100 python3 -m lora compare --step --quick --backends triton,pallas --no-progress \
     --json $OUT/${P}_step_main.json > $OUT/${P}_step_main.txt 2>&1
 echo "== step main rc=$? $((SECONDS - t0)) s"; grep -E "graph_once" $OUT/${P}_step_main.txt | cut -c1-110
 t0=$SECONDS
