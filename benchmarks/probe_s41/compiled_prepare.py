@@ -72,7 +72,13 @@ def check(n: int = 12) -> None:
         kw = dict(bs=bi.bs, num_lora=bi.num_lora, groups=groups, units=bool(i % 2))
         a = _eager(ex, bi.seg_indptr, bi.weight_indices, bi.lora_ranks, **kw)
         b = build(ex, bi.seg_indptr, bi.weight_indices, bi.lora_ranks, **kw)
-        bad += int(not torch.equal(a, b))
+        if not torch.equal(a, b):
+            bad += 1
+            if bad <= 3:
+                d = (a != b).nonzero().flatten().tolist() if a.shape == b.shape else []
+                print(f"batch {i} {kw} tokens={tokens}: shapes {tuple(a.shape)} {tuple(b.shape)} dtypes {a.dtype} "
+                      f"{b.dtype}; {len(d)} entries differ, first {d[:8]}: eager {a[d[:8]].tolist()} compiled "
+                      f"{b[d[:8]].tolist()}", flush=True)
     print(f"compiled builder: {n - bad} of {n} random decode batches bitwise equal to the eager builder; "
           f"calls took {min(COMPILE_S):.4f}-{max(COMPILE_S):.1f} s (first ones compile)", flush=True)
     if bad:
