@@ -41,10 +41,14 @@ def build(xp, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int,
     if bs == 0 or num_lora == 0:
         row_slot = xp.full((n,), -1)
     else:
-        seg = xp.searchsorted(seg_indptr[1:], rows)  # = bs for rows after the last segment
-        # each segment's slot (-1 for a rank-0 slot), then -1 for the rows after the last segment
+        # 1 + each row's segment (seg_indptr[0] = 0: never 0; bs + 1 for rows after the last segment). The
+        # whole seg_indptr, not a slice: inductor's searchsorted reads a sliced sequence from its storage's start.
+        seg1 = xp.searchsorted(seg_indptr, rows)
+        # each segment's slot (-1 for a rank-0 slot) between two -1: index 0 (never read) and the rows after the
+        # last segment
         seg_slot = xp.where(xp.take(lora_ranks, weight_indices) > 0, weight_indices, -1)
-        row_slot = xp.take(xp.concat([seg_slot, xp.const(("-1",), lambda: xp.full((1,), -1))], 0), seg)
+        minus1 = xp.const(("-1",), lambda: xp.full((1,), -1))
+        row_slot = xp.take(xp.concat([minus1, seg_slot, minus1], 0), seg1)
     # SHIFTS copies of BOX_SPAN row slots per group: copy k of group g starts at row 64g + k.
     def shifted_rows():
         g = xp.reshape(xp.arange(groups), (groups, 1, 1))
