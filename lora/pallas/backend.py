@@ -17,9 +17,10 @@
   (:func:`lora.pallas.tiling.padded_tokens`: 64, 128, 256, ... powers of two) and the real count
   travels in device metadata, so a new batch composition never recompiles.
 * Metadata (per-row adapter slot, adapters present per 64-row block) is derived once per batch,
-  in ``prepare`` (called by ``set_batch_info``), into buffers owned by the backend: a few torch ops
-  on the device, no host read, so ``prepare`` can also be captured in a CUDA graph. An op call only
-  validates and launches. ``reserve(max_tokens, max_segments)`` sizes the buffers once (CUDA
+  in ``prepare`` (called by ``set_batch_info``), into buffers owned by the backend: device ops only,
+  no host read, so ``prepare`` can also be captured in a CUDA graph; on CUDA devices the builder
+  runs compiled by ``torch.compile`` (:mod:`lora.pallas.fused_meta`: about 12 kernels instead of 62).
+  An op call only validates and launches. ``reserve(max_tokens, max_segments)`` sizes the buffers once (CUDA
   graphs); without it they grow with the batches.
 * One shape-only plan per call shape (:mod:`lora.pallas.plan`, memoised) says which kernels run
   with which configuration; this module is the torch executor of its steps (the JAX API in
@@ -55,10 +56,10 @@ from typing import NamedTuple
 import torch
 
 from ..backend import BaseLoRABackend
-from . import meta as M
 from . import plan as P
 from . import tiling as T
 from ..triton.scratch import scratch_for
+from .fused_meta import builder_for
 
 __all__ = ["PallasLoRABackend"]
 
@@ -316,9 +317,9 @@ class PallasLoRABackend(BaseLoRABackend):
         dev = batch_info.device
         # The block shrink (the one kernel that reads the extra units) runs on calls of more than
         # split_max_blocks blocks only, and no call has more blocks than the buffers' groups.
-        meta = M.build(self._executor(dev), batch_info.seg_indptr, batch_info.weight_indices,
-                       batch_info.lora_ranks, bs=batch_info.bs, num_lora=num_lora, groups=groups,
-                       units=groups > self.tuning.split_blocks)
+        meta = builder_for(dev)(batch_info.seg_indptr, batch_info.weight_indices, batch_info.lora_ranks,
+                                bs=batch_info.bs, num_lora=num_lora, groups=groups,
+                                units=groups > self.tuning.split_blocks)
         mbuf = self.buffer("pallas.meta", meta.numel(), torch.int32, dev)
         mbuf[: meta.numel()].copy_(meta)
         # The row count every kernel reads, for any call the buffers hold (s <= groups * 64): entry

@@ -275,6 +275,68 @@ def test_cuda_graph_replay_with_new_metadata(rng, capture_prepare):
     assert be._meta.data_ptr() == meta, "reserved metadata buffers were reallocated"
 
 
+def test_compiled_metadata_builder(rng):
+    """prepare's builder compiled for the GPU (lora.pallas.fused_meta: inductor's Triton kernels): bitwise the
+    op-by-op builder's metadata on decode, prefill and edge-case batches; a shape built twice outside a capture
+    runs compiled inside one, and its replays re-derive the metadata of new batch values; a shape never built
+    outside a capture runs op by op in it."""
+    pallas()
+    from lora.pallas import fused_meta as F
+    from lora.pallas import meta as M
+
+    b = F.FusedBuilder(DEV)  # a builder of its own: the counts below are this test's
+    if not b.enabled:
+        pytest.skip(f"{F.EAGER_ENV}=1: the builder runs op by op")
+
+    def args(comp):
+        bi = batch_info(comp, DEV)
+        groups = max(1, -(-comp.tokens // 64))
+        kw = dict(bs=bi.bs, num_lora=bi.num_lora, groups=groups, units=groups > 4)
+        return bi, (bi.seg_indptr, bi.weight_indices, bi.lora_ranks), kw
+
+    ranks, scal = (16, 16, 0, 16, 8, 16, 16, 16), (1.0,) * 8
+    comps = [C.decode_composition(rng, t, 8, 16) for t in (1, 7, 64, 200, 256)] + [mixed(rng), mixed(rng, 700, 5)]
+    comps += [C.Composition((0, 5, 0, 0, 9, 0, 3), (1, 2, 1, 2, 2, 0, 7), ranks, scal, 16, 17),
+              C.Composition((3, 1, 70, 2, 5, 1, 8), (1, 0, 1, 1, 0, 1, 0), ranks, scal, 16, 97)]
+    for comp in comps:
+        _, a, kw = args(comp)
+        want = M.build(b.ex, *a, **kw)
+        for _ in range(F.FusedBuilder.COMPILE_AT):
+            got = b(*a, **kw)
+        assert torch.equal(got, want), (comp.seg_lens[:8], kw, (got != want).nonzero().flatten()[:8].tolist())
+    assert b.failure is None and b.runs["compiled"] >= len(comps)
+
+    bi, a, kw = args(C.decode_composition(rng, 64, 8, 16))
+    out = torch.zeros_like(M.build(b.ex, *a, **kw))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(F.FusedBuilder.COMPILE_AT):
+            out.copy_(b(*a, **kw))
+    torch.cuda.current_stream().wait_stream(side)
+    runs = dict(b.runs)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out.copy_(b(*a, **kw))
+    assert b.runs == {"compiled": runs["compiled"] + 1, "eager": runs["eager"]}
+    for _ in range(3):
+        new = C.decode_composition(rng, 64, 8, 16)
+        new.lora_ranks[int(rng.integers(8))] = 0
+        nbi = batch_info(new, DEV)
+        for field in ("seg_indptr", "weight_indices", "lora_ranks"):
+            getattr(bi, field).copy_(getattr(nbi, field))
+        out.zero_()
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, M.build(b.ex, nbi.seg_indptr, nbi.weight_indices, nbi.lora_ranks, **kw))
+
+    _, a, kw = args(C.decode_composition(rng, 32, 8, 16))  # never built outside a capture
+    g2 = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g2):
+        b(*a, **kw)
+    assert b.runs["eager"] == runs["eager"] + 1
+
+
 def test_decode_shrink_is_bitwise_reproducible(rng):
     """The split-K decode shrink, repeated on one stream, gives the same bits every time (each CTA
     stores its own partial tile, the tiles are summed in index order; before: TMA reduce-adds of the
