@@ -12,8 +12,10 @@ module compiles :func:`lora.pallas.meta.build` itself, and its results are bitwi
   more than once before they capture it (warm-up runs).
 * Compiling inside a CUDA-graph capture is not safe: a captured build runs compiled only if its shape already ran
   compiled outside a capture, else op by op (same results, more kernels).
-* Shapes are dynamic (``torch.compile(dynamic=True)``): new batch sizes and token buckets reuse the compiled code,
-  except where dynamo specializes (one segment, one 64-row group, a new adapter count).
+* One compiled function per (adapter count, units, 64-row groups, empty batch or not), where groups is the
+  token bucket's (powers of two): static sizes, so inductor fuses the sorts (H100: 12 kernels a decode batch; all
+  sizes dynamic gave 16-17 and 31-34 us against 21). The segment count varies within it: the first length
+  compiles static, the second a graph with that length symbolic (``torch.compile``'s automatic dynamic shapes).
 * If compiling fails (no C compiler, an inductor error), a warning names the error once and the device's builds
   run op by op from then on.
 * ``LORA_PALLAS_EAGER_META=1`` (read when the first backend builds on a device) runs every build op by op.
@@ -33,6 +35,9 @@ __all__ = ["EAGER_ENV", "FusedBuilder", "builder_for"]
 EAGER_ENV = "LORA_PALLAS_EAGER_META"
 
 _BUILDERS: dict = {}
+
+#: graphs dynamo may compile for the builder (all keys together; each key makes two or three)
+RECOMPILE_LIMIT = 256
 
 
 def builder_for(device) -> "FusedBuilder":
@@ -55,7 +60,7 @@ class FusedBuilder:
         self.device = torch.device(device)
         self.ex = _namespace(self.device, keep=True)  # the op-by-op builds' namespace
         self.enabled = self.device.type == "cuda" and os.environ.get(EAGER_ENV, "") != "1"
-        self._fns: dict = {}  # (num_lora, units) -> compiled build
+        self._fns: dict = {}  # (num_lora, units, groups, empty) -> compiled build
         self._builds: dict = {}  # call shape -> builds outside a capture, until it runs compiled
         self._compiled_shapes: set = set()  # call shapes built compiled (outside a capture first)
         self.failure: str | None = None  # why compiling failed (then every build runs op by op)
@@ -74,12 +79,15 @@ class FusedBuilder:
             self._builds[shape] = self._builds.get(shape, 0) + 1
             if self._builds[shape] < self.COMPILE_AT:
                 return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
-        fn = self._fns.get((num_lora, units))
+        key = (num_lora, units, groups, bs == 0)
+        fn = self._fns.get(key)
         if fn is None:
-            fn = self._fns[(num_lora, units)] = torch.compile(
-                _Build(self.device, num_lora, units), dynamic=True, fullgraph=True)
+            fn = self._fns[key] = torch.compile(_Build(self.device, *key), fullgraph=True)
         try:
-            out = fn(seg_indptr, weight_indices, lora_ranks, bs, groups)
+            # every key's function runs one code object (_Build.__call__): dynamo's limit of graphs per code
+            # object (8 by default) would count all keys' graphs together
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                out = fn(seg_indptr, weight_indices, lora_ranks)
         except Exception as e:  # noqa: BLE001 - any compile failure: the op-by-op builder gives the same result
             self.failure = f"{type(e).__name__}: {e}".splitlines()[0][:300]
             warnings.warn(f"lora.pallas: compiling the metadata builder failed ({self.failure}); it runs op by op "
@@ -96,16 +104,19 @@ class FusedBuilder:
 
 
 class _Build:
-    """The function compiled: :func:`lora.pallas.meta.build` for one (device, adapter count, units), with a
-    namespace that keeps nothing between calls (inductor folds the layout-only arrays into its kernels)."""
+    """The function compiled: :func:`lora.pallas.meta.build` for one (device, adapter count, units, groups, empty
+    batch or not), with a namespace that keeps nothing between calls (inductor folds the layout-only arrays into
+    its kernels). The segment arrays' lengths are its only sizes that vary: ``torch.compile``'s automatic dynamic
+    shapes make them symbolic at the second length seen (``build`` reads ``bs`` only to tell an empty batch)."""
 
-    def __init__(self, device, num_lora: int, units: bool):
+    def __init__(self, device, num_lora: int, units: bool, groups: int, empty: bool):
         self.ns = _namespace(device, keep=False)
-        self.num_lora, self.units = num_lora, units
+        self.num_lora, self.units, self.groups, self.empty = num_lora, units, groups, empty
 
-    def __call__(self, seg_indptr, weight_indices, lora_ranks, bs, groups):
-        return M.build(self.ns, seg_indptr, weight_indices, lora_ranks, bs=bs, num_lora=self.num_lora, groups=groups,
-                       units=self.units)
+    def __call__(self, seg_indptr, weight_indices, lora_ranks):
+        bs = 0 if self.empty else weight_indices.shape[0]
+        return M.build(self.ns, seg_indptr, weight_indices, lora_ranks, bs=bs, num_lora=self.num_lora,
+                       groups=self.groups, units=self.units)
 
 
 def _namespace(device, keep: bool):
