@@ -70,7 +70,8 @@ class FusedBuilder:
         kw = dict(bs=bs, num_lora=num_lora, groups=groups, units=units)
         if not self.enabled or self.failure is not None:
             return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
-        shape = (bs, num_lora, groups, units, seg_indptr.shape, weight_indices.shape, lora_ranks.shape)
+        key = (num_lora, units, groups, bs == 0)  # the compiled function's (bs itself is not compiled in)
+        shape = key + (seg_indptr.shape, weight_indices.shape, lora_ranks.shape)
         capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
         if capturing:
             if shape not in self._compiled_shapes:  # compiling inside a capture is not safe
@@ -79,7 +80,6 @@ class FusedBuilder:
             self._builds[shape] = self._builds.get(shape, 0) + 1
             if self._builds[shape] < self.COMPILE_AT:
                 return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
-        key = (num_lora, units, groups, bs == 0)
         fn = self._fns.get(key)
         if fn is None:
             fn = self._fns[key] = torch.compile(_Build(self.device, *key), fullgraph=True)
