@@ -43,6 +43,8 @@ RECOMPILE_LIMIT = 256
 def builder_for(device) -> "FusedBuilder":
     """The process's builder for ``device`` (compiled functions are shared by every backend on it)."""
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     b = _BUILDERS.get(device)
     if b is None:
         b = _BUILDERS[device] = FusedBuilder(device)
