@@ -9,6 +9,9 @@ one of:
     PYTHONPATH=. python benchmarks/probe_s41/compiled_prepare.py check
     PYTHONPATH=. python benchmarks/probe_s41/compiled_prepare.py prepare [prepare_cost.py args]
     PYTHONPATH=. python benchmarks/probe_s41/compiled_prepare.py step [lora compare args]
+
+The record of calls 1-4 of ``benchmarks/results/h100/s41``. Since then the torch executor compiles the builder
+itself (``lora/pallas/fused_meta.py``): measure that with ``benchmarks/probe_s41_fused.sh``, not with this patch.
 """
 
 from __future__ import annotations

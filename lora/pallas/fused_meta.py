@@ -63,8 +63,7 @@ class FusedBuilder:
         self.ex = _namespace(self.device, keep=True)  # the op-by-op builds' namespace
         self.enabled = self.device.type == "cuda" and os.environ.get(EAGER_ENV, "") != "1"
         self._fns: dict = {}  # (num_lora, units, groups, empty) -> compiled build
-        self._builds: dict = {}  # call shape -> builds outside a capture, until it runs compiled
-        self._compiled_shapes: set = set()  # call shapes built compiled (outside a capture first)
+        self._builds: dict = {}  # call shape -> builds outside a capture (compiled from COMPILE_AT on)
         self.failure: str | None = None  # why compiling failed (then every build runs op by op)
         self.runs = {"compiled": 0, "eager": 0}  # builds of each kind so far
 
@@ -74,14 +73,12 @@ class FusedBuilder:
             return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
         key = (num_lora, units, groups, bs == 0)  # the compiled function's (bs itself is not compiled in)
         shape = key + (seg_indptr.shape, weight_indices.shape, lora_ranks.shape)
-        capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        if capturing:
-            if shape not in self._compiled_shapes:  # compiling inside a capture is not safe
-                return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
-        elif shape not in self._compiled_shapes:
+        # builds outside a capture count; a captured build never compiles (not safe inside a capture), so it runs
+        # compiled only where its shape's count already reached COMPILE_AT (and so ran compiled)
+        if not (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
             self._builds[shape] = self._builds.get(shape, 0) + 1
-            if self._builds[shape] < self.COMPILE_AT:
-                return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
+        if self._builds.get(shape, 0) < self.COMPILE_AT:
+            return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
         fn = self._fns.get(key)
         if fn is None:
             fn = self._fns[key] = torch.compile(_Build(self.device, *key), fullgraph=True)
@@ -96,7 +93,6 @@ class FusedBuilder:
                           f"on {self.device} from now on (same results, more kernels a batch)", RuntimeWarning,
                           stacklevel=3)
             return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
-        self._compiled_shapes.add(shape)
         self.runs["compiled"] += 1
         return out
 
