@@ -18,6 +18,10 @@ module compiles :func:`lora.pallas.meta.build` itself, and its results are bitwi
   compiles static, the second a graph with that length symbolic (``torch.compile``'s automatic dynamic shapes).
 * If compiling fails (no C compiler, an inductor error), a warning names the error once and the device's builds
   run op by op from then on.
+* Each call shape's first compiled build (outside a capture) is checked against the op-by-op builder: an
+  extra op-by-op build and one host sync, once per shape. A difference (inductor once miscompiled a sliced
+  ``searchsorted``: ``benchmarks/results/h100/s41``) is handled as a failure to compile: one warning, the op-by-op
+  result returned, op by op from then on. A spot check of one batch per shape, not a proof for every batch.
 * ``LORA_PALLAS_EAGER_META=1`` (read when the first backend builds on a device) runs every build op by op.
 """
 
@@ -64,7 +68,7 @@ class FusedBuilder:
         self.enabled = self.device.type == "cuda" and os.environ.get(EAGER_ENV, "") != "1"
         self._fns: dict = {}  # (num_lora, units, groups, empty) -> compiled build
         self._builds: dict = {}  # call shape -> builds outside a capture (compiled from COMPILE_AT on)
-        self.failure: str | None = None  # why compiling failed (then every build runs op by op)
+        self.failure: str | None = None  # why builds run op by op from now on (a compile failed or differed)
         self.runs = {"compiled": 0, "eager": 0}  # builds of each kind so far
 
     def __call__(self, seg_indptr, weight_indices, lora_ranks, *, bs: int, num_lora: int, groups: int, units: bool):
@@ -75,9 +79,11 @@ class FusedBuilder:
         shape = key + (seg_indptr.shape, weight_indices.shape, lora_ranks.shape)
         # builds outside a capture count; a captured build never compiles (not safe inside a capture), so it runs
         # compiled only where its shape's count already reached COMPILE_AT (and so ran compiled)
-        if not (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if not capturing:
             self._builds[shape] = self._builds.get(shape, 0) + 1
-        if self._builds.get(shape, 0) < self.COMPILE_AT:
+        count = self._builds.get(shape, 0)
+        if count < self.COMPILE_AT:
             return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
         fn = self._fns.get(key)
         if fn is None:
@@ -88,13 +94,23 @@ class FusedBuilder:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                 out = fn(seg_indptr, weight_indices, lora_ranks)
         except Exception as e:  # noqa: BLE001 - any compile failure: the op-by-op builder gives the same result
-            self.failure = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            warnings.warn(f"lora.pallas: compiling the metadata builder failed ({self.failure}); it runs op by op "
-                          f"on {self.device} from now on (same results, more kernels a batch)", RuntimeWarning,
-                          stacklevel=3)
+            self._fail(f"compiling the metadata builder failed ({type(e).__name__}: {e}".splitlines()[0][:300] + ")")
             return self._eager(seg_indptr, weight_indices, lora_ranks, kw)
+        if count == self.COMPILE_AT and not capturing:  # this shape's first compiled build: checked once
+            want = M.build(self.ex, seg_indptr, weight_indices, lora_ranks, **kw)
+            if not torch.equal(out, want):
+                self._fail(f"the compiled metadata builder's result differs from the op-by-op builder's (batch of "
+                           f"{bs} segments, {num_lora} adapters, {groups} groups)")
+                self.runs["eager"] += 1
+                return want
         self.runs["compiled"] += 1
         return out
+
+    def _fail(self, why: str) -> None:
+        """Builds on this device run op by op from now on; one warning says why."""
+        self.failure = why
+        warnings.warn(f"lora.pallas: {why}; it runs op by op on {self.device} from now on (same results, more "
+                      f"kernels a batch)", RuntimeWarning, stacklevel=4)
 
     def _eager(self, seg_indptr, weight_indices, lora_ranks, kw):
         self.runs["eager"] += 1

@@ -98,11 +98,46 @@ def test_a_compile_failure_warns_once_and_builds_op_by_op(rng, monkeypatch):
     b(*args, **kw)
     with pytest.warns(RuntimeWarning, match="compiling the metadata builder failed .RuntimeError: inductor could not"):
         got = b(*args, **kw)
-    assert torch.equal(got, want) and b.failure.startswith("RuntimeError")
+    assert torch.equal(got, want) and "RuntimeError: inductor could not compile" in b.failure
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(b(*args, **kw), want)  # no second warning
     assert b.runs == {"compiled": 0, "eager": 3}
+
+
+def test_a_compiled_result_that_differs_is_caught_at_its_first_run(rng, monkeypatch):
+    """Each call shape's first compiled build is checked against the op-by-op builder: a compiled function with other
+    bits (as inductor's sliced searchsorted gave on the GPU) warns once, and the device builds op by op after it."""
+    compile_ = F.torch.compile
+
+    def off_by_one_from_the_second_shape(fn, **kw):
+        real = compile_(fn, **kw)
+        calls = []
+
+        def run(*a):
+            calls.append(a[0].shape)
+            out = real(*a)
+            return out + 1 if len(set(calls)) > 1 else out  # right on the first shape, wrong on the next
+
+        return run
+
+    monkeypatch.setattr(F.torch, "compile", off_by_one_from_the_second_shape)
+    b = cpu_builder()
+    first = build_args(C.decode_composition(rng, 64, 8, 16), units=False)
+    for _ in range(F.FusedBuilder.COMPILE_AT + 1):
+        b(*first[0], **first[1])
+    assert b.runs == {"compiled": 2, "eager": 1} and b.failure is None  # checked once, equal
+    args, kw = build_args(C.decode_composition(rng, 40, 8, 16), units=False)  # another segment count
+    want = M.build(b.ex, *args, **kw)
+    b(*args, **kw)
+    with pytest.warns(RuntimeWarning, match="compiled metadata builder's result differs from the op-by-op"):
+        got = b(*args, **kw)
+    assert torch.equal(got, want) and "differs" in b.failure
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(b(*args, **kw), want)  # op by op now, no second warning
+        assert torch.equal(b(*first[0], **first[1]), M.build(b.ex, *first[0], **first[1]))
+    assert b.runs == {"compiled": 2, "eager": 5}
 
 
 def test_compiled_on_cuda_devices_only_and_off_by_environment(monkeypatch):
