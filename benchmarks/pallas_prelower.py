@@ -50,7 +50,9 @@ def configs(case, op_name: str, dtype: str = "bfloat16", tuning=None) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--cases", required=True, help="comma-separated case names or globs (lora.compare.cases)")
+    p.add_argument("--cases", required=True, help="comma-separated case names or globs (lora.compare.cases); '' for none")
+    p.add_argument("--shape", action="append", default=[], metavar="SPEC",
+                   help="a case from a shape spec, as `python -m lora compare --shape` (repeatable)")
     p.add_argument("--ops", required=True)
     p.add_argument("--tunings", default="", help="comma-separated pallas_tunings.TUNINGS names (the defaults too)")
     args = p.parse_args(argv)
@@ -64,7 +66,8 @@ def main(argv=None) -> int:
 
     print(f"cache: {interop.cache_dir()}", flush=True)
     seen = {}
-    for case in CS.select_cases(args.cases.split(",")):
+    cases = (CS.select_cases(args.cases.split(",")) if args.cases else []) + [CS.parse_shape_spec(s) for s in args.shape]
+    for case in cases:
         for op in args.ops.split(","):
             for tuning in tunings:
                 try:
