@@ -34,30 +34,34 @@ def stacked_operands(comp, x: torch.Tensor, b: torch.Tensor, offsets) -> list:
     ``x`` (tokens, stack * max_r), ``b`` (L, N, max_r), ``offsets`` the slice boundaries. NaN tails of x and b
     (columns past a slot's rank, rows without work) are never read into the operands."""
     L, R = comp.num_lora, comp.max_r
-    t = x.shape[0]
+    t, dev = x.shape[0], x.device
     offsets = [int(v) for v in offsets]
     slot = torch.full((t,), -1, dtype=torch.long)
     for start, end, w, _r, _s in comp.work():
         slot[start:end] = w
-    ranks = torch.tensor(comp.lora_ranks, dtype=torch.long)
-    scal = torch.tensor(comp.scalings, dtype=torch.float32)
-    k = torch.arange(R)
-    # (L, R) which of a slot's R columns are inside its rank
-    in_rank = k[None, :] < ranks[:, None]
+    rows = (slot >= 0).nonzero().flatten().to(dev)
+    w = slot.to(dev)[rows]
+    ranks = torch.tensor(comp.lora_ranks, dtype=torch.long, device=dev)
+    scale = torch.tensor(comp.scalings, dtype=torch.float32, device=dev)[w][:, None]
+    k = torch.arange(R, device=dev)
+    in_rank = k[None, :] < ranks[:, None]  # (L, R) which of a slot's R columns are inside its rank
+    zero = torch.zeros((), device=dev)
     out = []
-    rows = (slot >= 0).nonzero().flatten().to(x.device)
-    w = slot.to(x.device)[rows]
-    rank_w = ranks.to(x.device)[w][:, None]
-    keep = in_rank.to(x.device)[w]  # (n, R)
     for j, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
         # the contract's packed layout: slice j of a row of slot w is x[:, j*rank[w] : (j+1)*rank[w]]
-        cols = (j * rank_w + k.to(x.device)[None, :]).clamp_max(x.shape[1] - 1)
-        vals = x[rows].float().gather(1, cols) * scal.to(x.device)[w][:, None]
-        xs = torch.zeros(t, L, R, dtype=torch.float32, device=x.device)
-        xs[rows, w] = torch.where(keep, vals, torch.zeros((), device=x.device))
-        bj = b[:, lo:hi, :].float().permute(0, 2, 1)  # (L, R, n)
-        bj = torch.where(in_rank.to(x.device)[:, :, None], bj, torch.zeros((), device=x.device))
+        cols = (j * ranks[w][:, None] + k[None, :]).clamp_max(x.shape[1] - 1)
+        xs = torch.zeros(t, L, R, dtype=torch.float32, device=dev)
+        xs[rows, w] = torch.where(in_rank[w], x[rows].float().gather(1, cols) * scale, zero)
+        bj = torch.where(in_rank[:, :, None], b[:, lo:hi, :].float().permute(0, 2, 1), zero)  # (L, R, n)
         out.append((xs.reshape(t, L * R).to(x.dtype), bj.reshape(L * R, hi - lo).contiguous().to(x.dtype), lo, hi))
+    return out
+
+
+def stacked_expand(ops: list, base: torch.Tensor) -> torch.Tensor:
+    """``base`` + the stacked GEMMs of :func:`stacked_operands`, in float64 (the check against the oracle)."""
+    out = base.double()
+    for xj, bj, lo, hi in ops:
+        out[:, lo:hi] += xj.double() @ bj.double()
     return out
 
 
@@ -96,9 +100,7 @@ def main(argv=None) -> int:
                 sets.append((stacked_operands(comp, t["x"], t["b"], offsets), t["base"]))
                 if i == 0:  # the first set against the float64 oracle, on the rows with work
                     ref = T.ref_expand(comp, t["x"], t["b"], offsets, t["base"])
-                    got = t["base"].double()
-                    for xj, bj, lo, hi in sets[0][0]:
-                        got[:, lo:hi] += xj.double() @ bj.double()
+                    got = stacked_expand(sets[0][0], t["base"])
                     worked = ~torch.tensor(comp.idle_rows(), device=dev)
                     err = ((got[worked] - ref[worked]).abs().max() / ref[worked].abs().max()).item()
             ops0 = sets[0][0]
