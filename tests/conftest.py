@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 import zlib
@@ -39,3 +40,17 @@ def rng(request):
     request.node.user_properties.append(("seed", seed))
     print(f"seed={seed} (LORA_TEST_SEED={BASE_SEED})")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def benchmark_script():
+    """``benchmark_script(name)``: the script ``benchmarks/<name>.py`` loaded as a module (scripts are not a package)."""
+
+    def load(name: str):
+        path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

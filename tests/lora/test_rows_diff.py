@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-
-ROWS_DIFF = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "rows_diff.py")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("rows_diff", ROWS_DIFF)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _run(tmp_path, name, rows):
@@ -23,13 +12,13 @@ def _run(tmp_path, name, rows):
     return str(path)
 
 
-def test_rows_side_by_side_with_the_changes_counted(tmp_path, capsys):
+def test_rows_side_by_side_with_the_changes_counted(tmp_path, capsys, benchmark_script):
     before = _run(tmp_path, "a.json", [("p", "shrink1", "triton", "pass", 10.0), ("p", "expand", "triton", "pass", 20.0),
                                        ("m", "qkv", "triton", "pass", 30.0), ("m", "qkv", "peer", "pass", 1.0),
                                        ("m", "gate_up", "triton", "pass", 40.0), ("only", "x", "triton", "pass", 5.0)])
     after = _run(tmp_path, "b.json", [("p", "shrink1", "triton", "pass", 9.0), ("p", "expand", "triton", "pass", 20.2),
                                       ("m", "qkv", "triton", "pass", 33.0), ("m", "gate_up", "triton", "wrong", 39.0)])
-    assert _load().main([before, after]) == 0
+    assert benchmark_script("rows_diff").main([before, after]) == 0
     out = capsys.readouterr().out
     assert "| p | shrink1 | 10.00 | 9.00 | 0.900 |" in out
     assert "| p | expand | 20.00 | 20.20 | 1.010 |" in out
@@ -39,6 +28,6 @@ def test_rows_side_by_side_with_the_changes_counted(tmp_path, capsys):
     assert out.strip().endswith("triton: 4 rows in both runs; 1 faster and 1 slower by more than 2%")
 
 
-def test_usage_without_two_files(capsys):
-    assert _load().main(["one.json"]) == 2
+def test_usage_without_two_files(capsys, benchmark_script):
+    assert benchmark_script("rows_diff").main(["one.json"]) == 2
     assert "rows_diff.py BEFORE.json AFTER.json" in capsys.readouterr().err
