@@ -36,7 +36,8 @@ def tiled(dtype, cols: int):
     return (plgpu.TilingTransform((8, tc)), plgpu.SwizzleTransform(tc * jnp.dtype(dtype).itemsize))
 
 
-def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=None, lane=False, threads=0, pdl=0):
+def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=None, lane=False, threads=0, pdl=0,
+              early=False):
     """``plgpu.kernel`` plus input/output aliasing (in-place outputs for the JAX API).
 
     ``lane``: lower with Lane semantics (explicit register layouts, no layout inference).
@@ -46,6 +47,9 @@ def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=Non
     shared memory is set up; a dependent kernel (one with a ``griddepcontrol.wait``) is lowered with Mosaic's
     ``uses_pdl``, so that its launch carries the programmatic stream serialization attribute. Interpret mode
     runs kernels one after another and has no such primitives: it ignores ``pdl``.
+    ``early``: the body waits itself: it is called with ``dep_wait=`` a function that runs the wait (and the
+    trigger), which every CTA must call exactly once, on every path, before it touches memory that the kernel
+    before it may write (see :data:`lora.pallas.tiling.PDL_OFF` for what it may read before).
     """
     from jax._src import config
     from jax._src.pallas import mpmd
@@ -55,12 +59,18 @@ def mgpu_call(body, args, *, out_type, grid, grid_names, scratch=(), aliases=Non
         check_interpret_threads(threads)
     mesh = plgpu.Mesh(grid=grid, grid_names=grid_names, **(dict(num_threads=threads, thread_name="wg") if threads else {}))
 
-    def scoped(*refs):
+    def dep_wait():
         if pdl and not interpret:
             plgpu.griddepcontrol_wait()
             if pdl == PDL_DEPENDENT:
                 plgpu.griddepcontrol_launch_dependents()
-        body(*refs)
+
+    def scoped(*refs):
+        if early:
+            body(*refs, dep_wait=dep_wait)
+        else:
+            dep_wait()
+            body(*refs)
 
     def kernel_body(*refs):
         pl.run_scoped(functools.partial(scoped, *refs), *scratch, **(dict(collective_axes="wg") if threads else {}))

@@ -207,9 +207,10 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         start = j * r
         return start - lax.rem(start, q)
 
-    def one_tile(bi, n):
+    def one_tile(bi, n, dep_wait=None):
         """Tile (row block bi, column tile n), if it has rows < s with an adapter: base rows loaded
-        and stored row-exact, a pipeline over the block's adapters. Waits for its own stores."""
+        and stored row-exact, a pipeline over the block's adapters. Waits for its own stores.
+        ``dep_wait`` (the grid kernel): the PDL wait, run once the block's metadata is read."""
         s = R.nrows[0]
         row_lo = bi * BM
         count = C.block_count(R.meta, lay, bi)
@@ -217,6 +218,8 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         # before the branch on it, so both wait for global memory once (inside the branch the list's
         # loads could only start after the count had come back: a second round trip before any tile).
         C.copy_scalars(R.meta, lay.group(bi) + 1, R.slots, cfg.num_lora)
+        if dep_wait is not None:  # (every CTA, before the branch: base and x may be the kernel before's)
+            dep_wait()
 
         @pl.when((row_lo < s) & (count > 0))
         def _():
@@ -429,7 +432,7 @@ def _refs(cfg: ExpandConfig, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref,
 ROW_BARS = 32
 
 
-def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c):
+def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c, dep_wait):
     """Column tiles g*T .. g*T+T-1 (T = ``cfg.gather_tiles``) of chunk c of the chunk table (decode:
     one adapter's rows, at most 64).
 
@@ -441,7 +444,10 @@ def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c):
     element of base gets exactly one addend: the same bits every run (the update is rounded to the
     base dtype, then added: two roundings). Interpret mode (no TMA reductions) loads the rows of
     base and stores base + update instead (one rounding). A group that crosses a slice boundary
-    (never with real model shapes) gathers x again for each tile past it."""
+    (never with real model shapes) gathers x again for each tile past it.
+
+    The chunk's record, rank, scale and row list are read before the PDL wait (``dep_wait``: metadata only),
+    and the first x rows are in flight with the pipeline's first B tiles."""
     lay = MetaLayout(cfg.num_lora)
     BN, kr, kg, T, ntn = cfg.block_n, cfg.kr, cfg.gather_cols, cfg.gather_tiles, cfg.ntn
     kx = min(kg, cfg.na)  # columns of one x row copy (past x's last column: TMA's zero fill)
@@ -452,6 +458,7 @@ def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c):
     w = R.meta[rec]
     rows = R.meta[rec + 1]
     n_first = g * T
+    pl.when(rows <= 0)(dep_wait)
 
     @pl.when(rows > 0)
     def _():
@@ -468,9 +475,10 @@ def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c):
 
             plgpu.copy_gmem_to_smem(R.meta.at[pl.ds(rec + CHUNK - BM, BM)], lst, bars.at[0])
             plgpu.barrier_wait(bars.at[0])
+            dep_wait()
 
-            def x_operand(j):
-                """R.xop = the chunk's rows of slice j (gathered), scaled, masked to the rank."""
+            def fetch_x(j):
+                """The chunk's rows of slice j's x window into ``win`` (one TMA copy a row, in flight)."""
                 start = prog.slice_start(j, r)
 
                 def fetch(k):
@@ -478,23 +486,32 @@ def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c):
                         R.x.at[pl.ds(lst[k], 1), pl.ds(start, kx)], win.at[pl.ds(k, 1), pl.ds(0, kx)], bar))
 
                 each_row(fetch)
+
+            def x_operand(j):
+                """R.xop = the chunk's rows of slice j (fetched by fetch_x), scaled, masked to the rank."""
                 each_row(lambda k: with_row_bar(k, plgpu.barrier_wait))
                 prog.x_into_xop(win, r, j, rows=(lambda: C.row_iota(BM, kr) < rows, scale), width=kg)
                 plgpu.commit_smem()
 
             j_first = prog.slice_of(n_first * BN)
-            x_operand(j_first)
+            fetch_x(j_first)  # in flight with the pipeline's first B tiles
 
             def step(idx, bs):
                 (t,) = idx
                 n = n_first + t
                 n0 = n * BN
                 out = outs.at[lax.rem(t, 2)]
+                pl.when(t == 0)(lambda: x_operand(j_first))  # (n_first < ntn: the grid's groups start on tiles)
 
                 @pl.when(n < ntn)
                 def _():
                     j = prog.slice_of(n0)
-                    pl.when(j != j_first)(lambda: x_operand(j))
+
+                    @pl.when(j != j_first)
+                    def _():
+                        fetch_x(j)
+                        x_operand(j)
+
                     prog.mask_b(bs, r)
                     # the row stores of two tiles before have read this buffer
                     plgpu.wait_smem_to_gmem(1, wait_read_only=True)
@@ -541,13 +558,14 @@ def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c):
         )
 
 
-def _gather_body(cfg: ExpandConfig, R: SimpleNamespace, prog):
+def _gather_body(cfg: ExpandConfig, R: SimpleNamespace, prog, dep_wait):
     """The decode expand: CTA (g, c) runs column tile group g of chunk c (:func:`_gather_group`).
     When a slice boundary is not a multiple of ``block_n`` (checked at run time), CTA (g, b) for
     b < nb runs ``one_tile`` on the group's tiles of block b instead (every slice's window, column
     masks)."""
     g, c = lax.axis_index("g"), lax.axis_index("c")
-    pl.when(prog.aligned)(lambda: _gather_group(cfg, R, prog, g, c))
+    pl.when(prog.aligned)(lambda: _gather_group(cfg, R, prog, g, c, dep_wait))
+    pl.when(jnp.logical_not(prog.aligned))(dep_wait)
 
     @pl.when(jnp.logical_not(prog.aligned) & (c < cfg.nb))
     def _():
@@ -803,17 +821,18 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
     op = jnp.dtype(cfg.op_dtype)
     rungs = C.ladder_rungs()
 
-    def body(meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, *rest):
+    def body(meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, *rest, dep_wait):
         R = _refs(cfg, meta_ref, nrows_ref, ranks_ref, scal_ref, offs_ref, x_ref, rest)
-        prog = _tile_program(cfg, R)
+        prog = _tile_program(cfg, R)  # (reads the slice offsets: before the PDL wait)
         if cfg.gather:
-            _gather_body(cfg, R, prog)
+            _gather_body(cfg, R, prog, dep_wait)
             return
         R.load_tables()
         if cfg.ctas:
+            dep_wait()
             _persistent_body(cfg, R, prog)
         else:
-            prog.one_tile(lax.axis_index("b"), lax.axis_index("n"))
+            prog.one_tile(lax.axis_index("b"), lax.axis_index("n"), dep_wait=dep_wait)
 
     args = [meta, nrows, ranks, scalings, offsets, x] + ([x_tail] if cfg.tail else []) + [b_w, base]
     if cfg.ctas:
@@ -841,4 +860,5 @@ def expand(meta, nrows, ranks, scalings, offsets, x, x_tail, b_w, base, *, cfg: 
         + ([plgpu.SMEM((BM, BN), base.dtype, transforms=C.tiled(base.dtype, BN))] if cfg.full_tile else []),
         aliases={len(args) - 1: 0},
         pdl=cfg.pdl,
+        early=True,
     )

@@ -523,7 +523,7 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
     L, KS = cfg.num_lora, cfg.ksplit
     nk_split = cfg.nk // KS
 
-    def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest):
+    def body(meta_ref, nrows_ref, ranks_ref, x_ref, *rest, dep_wait):
         if cfg.tail:
             x_tail_ref, a_ref, o_ref, rs_smem, o_smem, bar = rest
         else:
@@ -538,12 +538,12 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         active = (row_lo < s) & (i < count)
         # read with the count, not after it (an entry past the count is padding, never used)
         w = C.block_slot(meta_ref, lay, b, i)
+        # the row slots come in while the K loop runs (waited for by the merge); metadata only, before the PDL wait
+        pl.when(active)(lambda: C.issue_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0]))
+        dep_wait()
 
         @pl.when(active)
         def _():
-            # the row slots come in while the K loop runs: waited for by the merge
-            C.issue_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0])
-
             def merge(acc):
                 plgpu.barrier_wait(bar.at[0])
                 keep = _keep(rs_smem, w, cfg.stack * ranks_ref[w], c, cw)
@@ -569,6 +569,7 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         grid_names=("b", "i", "ks", "c"),
         scratch=[plgpu.SMEM((BM,), jnp.int32), plgpu.SMEM((BM, cw), jnp.float32), plgpu.Barrier(num_barriers=1)],
         pdl=cfg.pdl,
+        early=True,
     )
 
 
@@ -593,12 +594,13 @@ def add_parts(nrows, parts, *, cfg: PartsConfig):
     out_dtype = jnp.dtype(cfg.out_dtype)
     staged_cols = _staged_cols(CW, out_dtype)
 
-    def body(n_ref, p_ref, o_ref, acc, o_smem, o_rows):
+    def body(n_ref, p_ref, o_ref, acc, o_smem, o_rows, dep_wait):
         b = lax.axis_index("b")
         rc = lax.axis_index("r")
         c = lax.axis_index("c")
         s = n_ref[0]
         row0 = b * BM + rc * RR
+        dep_wait()  # (s is metadata, read before it)
 
         @pl.when(row0 < s)
         def _():
@@ -648,4 +650,5 @@ def add_parts(nrows, parts, *, cfg: PartsConfig):
         scratch=[plgpu.SMEM((RR, CW), jnp.float32), plgpu.SMEM((RR, CW), out_dtype),
                  plgpu.SMEM((RR, staged_cols), out_dtype)],
         pdl=cfg.pdl,
+        early=True,
     )

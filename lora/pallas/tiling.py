@@ -532,6 +532,13 @@ DEFAULT_TUNING = Tuning()
 #: the same way but never lets the next kernel launch early (that one launches as this one's CTAs exit). A
 #: kernel launched plainly after ours is ordered as usual; one launched as a programmatic dependent of ours must
 #: itself wait before reading what ours wrote.
+#: Before its wait, a dependent may read what only plainly launched kernels write: the batch metadata (written by
+#: ``prepare``'s torch kernels), the slots' ranks and scalings and the adapters' weights. The first dependent after
+#: a plain kernel launches once that kernel has completed, and each of ours lets the next launch only after its own
+#: wait returned, so no kernel of a chain starts before the plain kernels ahead of the chain have completed. The
+#: decode kernels read their metadata (and the gathering expand its row list) before the wait, so those round
+#: trips overlap the kernel before (``lora.pallas.common.mgpu_call``'s ``early``); x and base, which the kernel
+#: just before may write, only after it.
 PDL_OFF, PDL_DEPENDENT, PDL_WAIT = 0, 1, 2
 #: Environment variable that turns PDL off where the Tuning leaves it to the default.
 NO_PDL_ENV = "LORA_PALLAS_NO_PDL"
