@@ -116,14 +116,6 @@ def wgmma_zeros(rows: int, cols: int, dtype=jnp.float32):
     return plgpu.broadcasted_iota(jnp.int32, (rows, cols), 0, layout=plgpu.Layout.WGMMA).astype(dtype) * 0
 
 
-def prefetch_l2(ref) -> None:
-    """Start bringing ``ref`` (a GMEM slice, a TMA box) into L2 (no shared memory, nothing to wait on). A
-    decode kernel launched as a programmatic dependent prefetches its weights before its PDL wait, so its
-    loads after the wait hit L2. Interpret mode has no L2: nothing."""
-    if not interpret_mode_active():
-        plgpu.async_prefetch(ref)
-
-
 def block_count(meta_ref, lay, b):
     """Number of adapters present in block b's own rows."""
     return meta_ref[lay.group(b)]

@@ -219,12 +219,6 @@ def _tile_program(cfg: ExpandConfig, refs: SimpleNamespace):
         # loads could only start after the count had come back: a second round trip before any tile).
         C.copy_scalars(R.meta, lay.group(bi) + 1, R.slots, cfg.num_lora)
         if dep_wait is not None:  # (every CTA, before the branch: base and x may be the kernel before's)
-            if cfg.pdl:  # the block's B tiles into L2 while the kernel before runs
-
-                @pl.when(row_lo < s)
-                def _():
-                    pl.loop(0, count)(lambda i: C.prefetch_l2(R.b.at[R.slots[i], pl.ds(n * BN, BN), pl.ds(0, kr)]))
-
             dep_wait()
 
         @pl.when((row_lo < s) & (count > 0))
@@ -480,10 +474,6 @@ def _gather_group(cfg: ExpandConfig, R: SimpleNamespace, prog, g, c, dep_wait):
                 pl.loop(0, rows)(fn)
 
             plgpu.copy_gmem_to_smem(R.meta.at[pl.ds(rec + CHUNK - BM, BM)], lst, bars.at[0])
-            if cfg.pdl:  # the group's B tiles into L2 while the kernel before runs
-                for t in range(T):
-                    pl.when(n_first + t < ntn)(
-                        lambda t=t: C.prefetch_l2(R.b.at[w, pl.ds((n_first + t) * BN, BN), pl.ds(0, kr)]))
             plgpu.barrier_wait(bars.at[0])
             dep_wait()
 

@@ -540,14 +540,6 @@ def shrink_split(meta, nrows, ranks, x, x_tail, a, *, cfg: ShrinkConfig):
         w = C.block_slot(meta_ref, lay, b, i)
         # the row slots come in while the K loop runs (waited for by the merge); metadata only, before the PDL wait
         pl.when(active)(lambda: C.issue_box_slots(meta_ref, lay, rx, rs_smem, bar.at[0]))
-        if cfg.pdl:  # the CTA's A tiles into L2 while the kernel before runs
-
-            @pl.when(active)
-            def _():
-                k_first = ks * nk_split
-                pl.loop(0, nk_split)(lambda k: C.prefetch_l2(
-                    a_ref.at[w, pl.ds(c * cw, cw), pl.ds((k_first + k) * cfg.block_k, cfg.block_k)]))
-
         dep_wait()
 
         @pl.when(active)
