@@ -12,6 +12,8 @@
 # Carry .out/cp, .out/cn and .out/co: main's, early's and before's kernels lowered for the decode cases, each in
 #   its tree: KERNELSTACK_PALLAS_CACHE_DIR=DIR pallas_prelower.py --cases 'llama3-8b-*-decode-*'
 #   --ops shrink1,shrink2,shrink3,shrink_down,expand,expand_qkv,expand_gate_up,qkv,gate_up
+# Ran once, at bc2c09a (results/h100/s43). The prefetches were reverted after it (e799d73), so prefetch.patch no
+# longer reverses on later trees: benchmarks/probe_s43_confirm.sh compares main with the kernels waiting first.
 # Usage (device tool): bash benchmarks/probe_s43_early.sh [PREFIX]; STEPS: "tests step ops".
 set -u
 P=${1:-s43e}
