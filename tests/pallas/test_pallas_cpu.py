@@ -426,7 +426,7 @@ def test_full_block_tile_only_where_the_grid_stays_resident():
 
 def test_decode_launches_overlap_by_pdl(monkeypatch):
     """Decode-sized batches: the split shrink, its partial-tile sum and the expands are programmatic dependents
-    (they wait before any memory access), and the shrink never lets its sum launch early; larger
+    (they wait before they read x, the weights or base), and the shrink never lets its sum launch early; larger
     batches, Tuning(pdl=False) and LORA_PALLAS_NO_PDL=1 (with pdl left None) launch plainly. The lowered kernels
     carry exactly those instructions, and only a dependent the launch attribute (Mosaic's uses_pdl)."""
     from lora.pallas import interop, plan as P
