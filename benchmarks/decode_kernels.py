@@ -32,7 +32,7 @@ from lora.compare import cases as CS  # noqa: E402
 from lora.compare import timing as TM  # noqa: E402
 
 from pallas_tunings import TUNINGS  # noqa: E402  (benchmarks/: the script's directory)
-from probe_record import write_rows  # noqa: E402  (benchmarks/: the script's directory)
+from probe_record import copy_bandwidth, write_rows  # noqa: E402  (benchmarks/: the script's directory)
 OPS = "shrink1,shrink3,shrink_down,expand,expand_qkv,expand_gate_up,qkv,gate_up"
 CASES = "llama3-8b-r16-decode-64,llama3-8b-r16-decode-256,llama3-8b-r64-decode-64,llama3-8b-r64-decode-256"
 DEV = torch.device("cuda")
@@ -77,8 +77,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from lora.pallas.tiling import Tuning
 
-    copy = TM.copy_bandwidth(DEV, quick=True)["gbps"]
-    print(f"device {torch.cuda.get_device_name()}  copy bandwidth {copy:.0f} GB/s", flush=True)
+    copy = copy_bandwidth(DEV)
     budget = TM.Budget(5.0, 20.0, 5, 200)
     rows = []
     cases = (CS.select_cases(args.cases.split(",")) if args.cases else []) + [CS.parse_shape_spec(s) for s in args.shape]

@@ -26,7 +26,7 @@ import lora  # noqa: E402
 from lora import testing as T  # noqa: E402
 from lora.compare import cases as CS  # noqa: E402
 from lora.compare import timing as TM  # noqa: E402
-from probe_record import pct_of_copy, write_rows  # noqa: E402  (benchmarks/: the script's directory)
+from probe_record import copy_bandwidth, pct_of_copy, write_rows  # noqa: E402  (benchmarks/: the script's directory)
 
 #: name -> (Tuning keyword arguments, the ops it applies to)
 SHRINK_OPS = ("shrink1", "shrink3", "shrink_down")
@@ -83,8 +83,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from lora.pallas.tiling import Tuning
 
-    copy = TM.copy_bandwidth(DEV, quick=True)["gbps"]
-    print(f"device {torch.cuda.get_device_name()}  copy bandwidth {copy:.0f} GB/s", flush=True)
+    copy = copy_bandwidth(DEV)
     budget = TM.Budget(5.0, 25.0, 5, 200)
     rows = []
     for case in CS.select_cases(args.cases.split(",")):

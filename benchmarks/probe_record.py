@@ -11,6 +11,15 @@ import sys
 import torch
 
 
+def copy_bandwidth(device) -> float:
+    """The device's copy bandwidth in GB/s (``lora.compare.timing.copy_bandwidth``, quick), printed with its name."""
+    from lora.compare import timing
+
+    gbps = timing.copy_bandwidth(device, quick=True)["gbps"]
+    print(f"device {torch.cuda.get_device_name()}  copy bandwidth {gbps:.0f} GB/s", flush=True)
+    return gbps
+
+
 def pct_of_copy(nbytes: int, us: float, copy_gbps: float) -> float:
     """``nbytes`` moved in ``us`` microseconds, as a percentage of ``copy_gbps``."""
     return 100 * nbytes / (us * 1e-6) / 1e9 / copy_gbps

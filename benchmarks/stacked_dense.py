@@ -81,11 +81,10 @@ def main(argv=None) -> int:
     from lora import testing as T
     from lora.compare import cases as CS
     from lora.compare import timing as TM
-    from probe_record import pct_of_copy, write_rows  # benchmarks/: the script's directory
+    from probe_record import copy_bandwidth, pct_of_copy, write_rows  # benchmarks/: the script's directory
 
     dev = torch.device("cuda")
-    copy = TM.copy_bandwidth(dev, quick=True)["gbps"]
-    print(f"device {torch.cuda.get_device_name()}  copy bandwidth {copy:.0f} GB/s", flush=True)
+    copy = copy_bandwidth(dev)
     budget = TM.Budget(5.0, 20.0, 5, 200)
     rows = []
     for case in CS.select_cases(args.cases.split(",")):
